@@ -1,0 +1,3 @@
+from clusterous_cli.main import main
+
+main()

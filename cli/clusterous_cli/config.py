@@ -1,0 +1,181 @@
+"""Profiles and local state under $XDG_CONFIG_HOME/clusterous-k8s.
+
+Layout (all files 0600, directories 0700):
+    config.yml               current_profile
+    profiles/<name>.yml      region, key pair, bucket, current_cluster
+    keys/<name>.pem          private keys we created
+    clusters/<profile>/<cluster>/   per-cluster state (keys, known hosts, tunnels)
+
+AWS credentials are never stored here: boto3's own chain supplies them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+from clusterous_provisioner.errors import BadInput
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DEFAULT_PROFILE = "default"
+
+
+class Profile(BaseModel):
+    """One account/region setting the user picked with `setup`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: str = Field(min_length=1)
+    bucket: str = Field(min_length=3, description="S3 bucket for the image registry")
+    key_name: str | None = Field(default=None, description="EC2 key pair; None: one per cluster")
+    key_file: str | None = Field(default=None, description="private key of key_name")
+    ssh_cidr: str | None = None
+    jump_host: str | None = None
+    current_cluster: str | None = None
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_profile: str | None = None
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "clusterous-k8s"
+
+
+def settings_path() -> Path:
+    return config_dir() / "config.yml"
+
+
+def profile_path(name: str) -> Path:
+    return config_dir() / "profiles" / f"{name}.yml"
+
+
+def check_profile_name(name: str, source: str = "--profile") -> str:
+    if not PROFILE_NAME.match(name):
+        raise BadInput(source, None, "a profile name of letters, digits, '.', '_' or '-' (max 63)", name)
+    return name
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from disk; bad YAML or a non-mapping is the user's input error."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadInput(str(path), None, "an existing file") from None
+    except OSError as exc:
+        raise BadInput(str(path), None, "a readable file", exc.strerror) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(str(path), where, "valid YAML", problem) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(str(path), None, "a YAML mapping", type(data).__name__)
+    return data
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _model(cls, data: dict, path: Path):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise BadInput(str(path), field, err["msg"].lower()) from None
+
+
+def load_settings() -> Settings:
+    path = settings_path()
+    if not path.exists():
+        return Settings()
+    return _model(Settings, read_yaml(path), path)
+
+
+def save_settings(settings: Settings) -> None:
+    write_private(settings_path(), yaml.safe_dump(settings.model_dump(exclude_none=True), sort_keys=False))
+
+
+def profile_names() -> list[str]:
+    folder = config_dir() / "profiles"
+    return sorted(p.stem for p in folder.glob("*.yml")) if folder.is_dir() else []
+
+
+def selected_profile_name(explicit: str | None = None) -> str:
+    """--profile, then $CLUSTEROUS_K8S_PROFILE, then config.yml, then 'default'."""
+    name = explicit or os.environ.get("CLUSTEROUS_K8S_PROFILE") or load_settings().current_profile
+    return check_profile_name(name or DEFAULT_PROFILE)
+
+
+def load_profile(name: str) -> Profile:
+    check_profile_name(name)
+    path = profile_path(name)
+    if not path.exists():
+        known = ", ".join(profile_names()) or "none yet"
+        raise BadInput(
+            str(path),
+            None,
+            f"an existing profile '{name}' (known: {known}); create it with `clusterous-k8s setup`",
+        )
+    return _model(Profile, read_yaml(path), path)
+
+
+def save_profile(name: str, profile: Profile) -> Path:
+    check_profile_name(name)
+    path = profile_path(name)
+    write_private(path, yaml.safe_dump(profile.model_dump(exclude_none=True), sort_keys=False))
+    return path
+
+
+def remove_profile(name: str) -> None:
+    load_profile(name)  # refuses unknown names with the usual message
+    profile_path(name).unlink()
+    settings = load_settings()
+    if settings.current_profile == name:
+        settings.current_profile = None
+        save_settings(settings)
+
+
+def use_profile(name: str) -> None:
+    load_profile(name)
+    settings = load_settings()
+    settings.current_profile = name
+    save_settings(settings)
+
+
+def set_current_cluster(profile_name: str, cluster: str | None) -> None:
+    """The record that `workon` changes: which cluster commands act on by default."""
+    profile = load_profile(profile_name)
+    profile.current_cluster = cluster
+    save_profile(profile_name, profile)
+
+
+def cluster_dir(profile_name: str, cluster: str) -> Path:
+    path = config_dir() / "clusters" / profile_name / cluster
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def keys_dir() -> Path:
+    path = config_dir() / "keys"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path

@@ -1,0 +1,117 @@
+"""The `clusterous-k8s` command: a typer app whose commands import heavy libraries lazily.
+
+Every command reports problems through the shared error model (clusterous_provisioner.errors):
+bad input exits 2, failures exit 1, neither prints a traceback unless --verbose.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import typer
+
+from clusterous_cli import __version__
+from clusterous_cli.commands import profile as profile_cmd
+from clusterous_cli.commands import setup as setup_cmd
+
+HELP = """Private compute clusters on AWS for Docker-based master/worker applications.
+
+Example: clusterous-k8s setup --region eu-west-1
+"""
+
+app = typer.Typer(
+    name="clusterous-k8s",
+    help=HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Global options every command can read from ctx.obj."""
+
+    profile: str | None
+    verbose: bool
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clusterous-k8s {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    profile: str = typer.Option(
+        None, "--profile", "-p", envvar="CLUSTEROUS_K8S_PROFILE", help="Configuration profile to use."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug output and tracebacks."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    ctx.obj = Options(profile=profile, verbose=verbose)
+
+
+app.command("setup", help=setup_cmd.HELP)(setup_cmd.setup)
+app.add_typer(profile_cmd.app, name="profile")
+
+
+def _wants_traceback(argv: list[str]) -> bool:
+    return any(arg in ("-v", "--verbose") for arg in argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; the error model lives here."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from clusterous_provisioner.errors import ClusterousError
+
+    try:
+        result = app(args=argv, prog_name="clusterous-k8s", standalone_mode=False)
+    except ClusterousError as exc:
+        if _wants_traceback(argv):
+            import traceback
+
+            traceback.print_exc()
+        _print_error(exc.render())
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        _print_error("aborted")
+        return 1
+    except KeyboardInterrupt:
+        _print_error("interrupted; re-run the command to continue")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence before the user
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if _wants_traceback(argv):
+            import traceback
+
+            traceback.print_exc()
+        _print_error(
+            f"unexpected {type(exc).__name__}: {exc}\n  next: re-run with --verbose for the traceback"
+        )
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text("error: ", style="bold red") + Text(message)
+    )
+
+
+def main() -> None:
+    sys.exit(run())
