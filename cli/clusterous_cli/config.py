@@ -16,8 +16,9 @@ import re
 from pathlib import Path
 
 import yaml
-from clusterous_provisioner.errors import BadInput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clusterous_provisioner.errors import BadInput
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PROFILE = "default"

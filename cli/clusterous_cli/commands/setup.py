@@ -30,11 +30,10 @@ def setup(
     ssh_cidr: str = typer.Option(None, "--ssh-cidr", help="Address range allowed to SSH [your address]."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Take the defaults instead of asking."),
 ) -> None:
+    from clusterous_cli import config, output
     from clusterous_provisioner import aws, keypairs
     from clusterous_provisioner import bucket as buckets
     from clusterous_provisioner.errors import BadInput
-
-    from clusterous_cli import config, output
 
     def ask(question: str, given: str | None, default: str) -> str:
         if given is not None or yes:

@@ -1,0 +1,1 @@
+"""Harness module aws (being written)."""

@@ -1,0 +1,1 @@
+"""Harness module k8s (being written)."""

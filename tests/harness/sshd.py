@@ -1,0 +1,1 @@
+"""Harness module sshd (being written)."""

@@ -1,0 +1,1 @@
+"""Harness module tools (being written)."""
