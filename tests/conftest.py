@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.harness.sshd",
     "tests.harness.k8s",
     "tests.harness.tools",
+    "tests.harness.cli",
 ]
