@@ -178,6 +178,16 @@ def _kill_quietly(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def _end_sessions(listener_pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM each session monitor while the listener can still reap it (no zombies)."""
+    sessions = _children(listener_pid)
+    for pid in sessions:
+        _kill_quietly(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while set(sessions) & set(_children(listener_pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def wait_for_ssh_banner(host: str, port: int, process: subprocess.Popen, timeout: float) -> None:
     """Poll until the port answers with an SSH banner; raise early if sshd died."""
     deadline = time.monotonic() + timeout
@@ -321,7 +331,11 @@ class SshServer:
         options = {"look_for_keys": False, "allow_agent": False, "timeout": 10} | connect_kwargs
         try:
             client.connect(
-                self.host, port=self.port, username=self.user, key_filename=str(self.client_key_path), **options
+                self.host,
+                port=self.port,
+                username=self.user,
+                key_filename=str(self.client_key_path),
+                **options,
             )
         except BaseException:
             client.close()
@@ -380,14 +394,16 @@ class SshServer:
         if self.process is None:
             return
         process, self.process = self.process, None
-        sessions = _descendants(process.pid) if drop_sessions else []
+        leftovers = _descendants(process.pid) if drop_sessions else []
+        if drop_sessions:
+            _end_sessions(process.pid)
         process.terminate()
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for pid in sessions:
+        for pid in leftovers:  # normally gone already; SIGKILL whatever ignored SIGTERM
             _kill_quietly(pid, signal.SIGKILL)
 
     def restart(self) -> None:
