@@ -20,6 +20,7 @@ from tests.harness.sshd import (
     cloud_init_console_output,
     keygen_fingerprint_line,
     require_tools,
+    start_on_a_free_port,
 )
 
 
@@ -192,6 +193,20 @@ def test_rotated_host_key_is_refused_by_the_old_known_host(sshd: SshServer) -> N
     with pytest.raises(paramiko.BadHostKeyException):
         sshd.paramiko_client(known_hosts_line=old_line)
     sshd.paramiko_client().close()  # the fixture's own known host follows the rotation
+
+
+def test_first_start_moves_off_a_port_taken_meanwhile(tmp_path: Path) -> None:
+    require_tools()
+    server = SshServer(workdir=tmp_path / "sshd")
+    server.prepare()
+    taken = server.port
+    try:
+        with socket.create_server((server.host, taken)):
+            start_on_a_free_port(server)
+        assert server.is_running and server.port != taken
+        assert _run(server.ssh_command("true")).returncode == 0
+    finally:
+        server.stop()
 
 
 # --- console output ----------------------------------------------------------------------

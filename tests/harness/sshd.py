@@ -431,10 +431,24 @@ def running_sshd(workdir: Path) -> Iterator[SshServer]:
     server = SshServer(workdir=workdir)
     try:
         server.prepare()
-        server.start()
+        start_on_a_free_port(server)
         yield server
     finally:
         server.stop()
+
+
+def start_on_a_free_port(server: SshServer, attempts: int = 3) -> None:
+    """First start; if another process took the chosen port meanwhile, pick another."""
+    for attempt in range(attempts):
+        try:
+            server.start()
+            return
+        except RuntimeError:
+            if attempt == attempts - 1 or "Address already in use" not in server.log_text():
+                raise
+            server.log_path.unlink()
+            server.port = free_port(server.host)
+            server._write_config()
 
 
 @pytest.fixture
