@@ -88,10 +88,8 @@ def run(argv: list[str] | None = None) -> int:
         _print_error("interrupted; re-run the command to continue")
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence before the user
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # a usage error from typer/click: it already reads as a message
             return exc.exit_code
         if _wants_traceback(argv):
             import traceback

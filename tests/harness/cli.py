@@ -45,6 +45,8 @@ def run_cli(argv: list[str], input: str | None = None) -> Result:
     runner = CliRunner()
     with runner.isolation(input=input) as streams:
         code = run(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
         stdout, stderr = streams[0].getvalue(), streams[1].getvalue()
     return Result(code, stdout.decode(), stderr.decode())
 
