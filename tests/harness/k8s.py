@@ -1,1 +1,1033 @@
-"""Harness module k8s (being written)."""
+"""Kubernetes API emulator for tests: kmock's Kubernetes emulator plus our adapter.
+
+No kube-apiserver, k3s or kind can run on the test machines (DESIGN §6), yet the CLI,
+the operator (kopf), the `kubernetes` client and real `kubectl` must talk to something
+that behaves like one over HTTP. kmock (pinned in pyproject) provides the HTTP server,
+request parsing, the versioned object store, the built-in resource catalogue,
+API discovery and Status error bodies; `ApiEmulator` below replaces kmock's naive
+write/watch semantics with the ones real clients rely on. See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+import datetime
+import json
+import os
+import re
+import secrets
+import string
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import kmock
+import pytest
+import yaml
+from kmock._internal import apps, parsing, rendering
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kmock", "platform": "linux/amd64"}
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+NAMESPACES = kmock.resource("", "v1", "namespaces")
+MERGE_KEYS = ("name", "containerPort", "mountPath", "devicePath", "type", "ip", "topologyKey")
+WATCH_POLL_SECONDS = 0.5
+
+# ---------------------------------------------------------------------------------------------
+# Errors: the Status bodies clients map to exceptions (kubernetes.ApiException, kubectl messages).
+# ---------------------------------------------------------------------------------------------
+
+
+def api_error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
+    """A KubernetesError that kmock renders as a standard `Status` body with this reason."""
+    return kmock.KubernetesError(status=code, reason=reason, message=message, details=details)
+
+
+def not_found(plural: str, name: str) -> kmock.KubernetesError:
+    return api_error(404, "NotFound", f'{plural} "{name}" not found', name=name, kind=plural)
+
+
+def invalid(message: str, **details: Any) -> kmock.KubernetesError:
+    return api_error(422, "Invalid", message, **details)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parsing: kmock mis-parses /api/v1/namespaces[/name], so paths are parsed here.
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_path(path: str) -> parsing.ParsedPath:
+    """Split an API path into group/version/plural/namespace/name/subresource.
+
+    Unlike kmock's parser, `namespaces/NAME[/status|finalize]` is the namespace resource itself.
+    """
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 2 and parts[0] == "apis":
+        group, version, rest = parts[1], (parts[2] if len(parts) > 2 else None), parts[3:]
+    else:
+        return parsing.ParsedPath()
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        namespace, rest = rest[1], rest[2:]
+    plural = rest[0] if rest else None
+    name = rest[1] if len(rest) > 1 else None
+    subresource = "/".join(rest[2:]) or None
+    return parsing.ParsedPath(group, version, plural, namespace, name, subresource)
+
+
+async def parse_request(raw: aiohttp.web.BaseRequest, *, id: int) -> rendering.Request:
+    """Build kmock's Request from a raw aiohttp request, with our path parser."""
+    body = await raw.read()
+    k8s = parse_path(raw.path)
+    resource = (
+        None if k8s.group is None else kmock.resource(group=k8s.group, version=k8s.version, plural=k8s.plural)
+    )
+    method = kmock.method(raw.method)
+    return rendering.Request(
+        id=id,
+        raw_request=raw,
+        url=raw.url,
+        method=raw.method,
+        params=dict(raw.query),
+        headers=dict(raw.headers),
+        cookies=dict(raw.cookies),
+        data=decode_body(body),
+        body=body,
+        text=body.decode("utf-8", "replace"),
+        action=parsing.guess_k8s(k8s, method, dict(raw.query)),
+        resource=resource,
+        namespace=k8s.namespace,
+        name=k8s.name,
+        subresource=k8s.subresource,
+    )
+
+
+def decode_body(body: bytes) -> Any:
+    """JSON or YAML (server-side apply sends YAML); None if empty or undecodable."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        try:
+            return yaml.safe_load(body)
+        except yaml.YAMLError:
+            return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors.
+# ---------------------------------------------------------------------------------------------
+
+_SET_RE = re.compile(r"^\s*(\S+)\s+(in|notin)\s+\((.*)\)\s*$")
+
+
+def split_selector(text: str) -> list[str]:
+    """Split on commas that are not inside `in (a,b)` parentheses."""
+    terms, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += char
+    terms.append(current)
+    return [t.strip() for t in terms if t.strip()]
+
+
+def label_term(term: str) -> Callable[[dict[str, str]], bool]:
+    """One requirement of a label selector: =, ==, !=, in, notin, exists, !exists."""
+    if m := _SET_RE.match(term):
+        key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",")}
+        if op == "in":
+            return lambda labels: labels.get(key) in values
+        return lambda labels: labels.get(key) not in values
+    if "!=" in term:
+        key, value = (s.strip() for s in term.split("!=", 1))
+        return lambda labels: labels.get(key) != value
+    if "=" in term:
+        key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+        return lambda labels: labels.get(key) == value
+    if term.startswith("!"):
+        return lambda labels: term[1:].strip() not in labels
+    return lambda labels: term in labels
+
+
+def field_term(term: str) -> Callable[[dict[str, Any]], bool]:
+    """One requirement of a field selector on a dotted path (metadata.name, metadata.namespace...)."""
+    negate = "!=" in term
+    path, value = (s.strip() for s in term.replace("!=", "=").replace("==", "=").split("=", 1))
+
+    def check(obj: dict[str, Any]) -> bool:
+        current: Any = obj
+        for part in path.split("."):
+            current = current.get(part) if isinstance(current, dict) else None
+        return (str(current) if current is not None else "") != value if negate else current == value
+
+    return check
+
+
+def selector_matches(obj: dict[str, Any], labels: str | None, fields: str | None) -> bool:
+    label_checks = [label_term(t) for t in split_selector(labels or "")]
+    field_checks = [field_term(t) for t in split_selector(fields or "")]
+    obj_labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(c(obj_labels) for c in label_checks) and all(c(obj) for c in field_checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches.
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: dicts merge recursively, None deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _merge_key(old: list[Any], new: list[Any]) -> str | None:
+    """The field that identifies list items (e.g. containers by name), if every item has it."""
+    items = old + new
+    for key in MERGE_KEYS:
+        if items and all(isinstance(i, dict) and key in i for i in items):
+            return key
+    return None
+
+
+def strategic_merge(target: Any, patch: Any) -> Any:
+    """A small approximation of strategic merge: enough for kubectl's client-side apply.
+
+    Like a merge patch, but lists of dicts that share a merge key (name, containerPort...)
+    are merged item by item, `$patch: delete` items are removed, and `$`-directives are
+    dropped. No per-field patch strategies from the OpenAPI schema are known here.
+    """
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue
+        old = result.get(key)
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and isinstance(old, list) and _merge_key(old, value):
+            result[key] = _merge_lists(old, value, _merge_key(old, value))
+        else:
+            result[key] = strategic_merge(old, value)
+    return result
+
+
+def _merge_lists(old: list[dict[str, Any]], new: list[dict[str, Any]], key: str) -> list[Any]:
+    merged = {item[key]: item for item in old}
+    for item in new:
+        if item.get("$patch") == "delete":
+            merged.pop(item[key], None)
+        else:
+            merged[item[key]] = strategic_merge(merged.get(item[key]), item)
+    return list(merged.values())
+
+
+def json_patch(obj: dict[str, Any], operations: Any) -> dict[str, Any]:
+    """RFC 6902 JSON patch; a failed `test` or a bad path is 422 Invalid, as in Kubernetes."""
+    if not isinstance(operations, list):
+        raise api_error(400, "BadRequest", "a JSON patch must be a list of operations")
+    try:
+        return jsonpatch.apply_patch(obj, operations)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise invalid(f"the server rejected our request due to an error in our request: {exc}") from None
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise invalid(f"the server rejected our request due to an error in our request: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulator.
+# ---------------------------------------------------------------------------------------------
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def body_of_spec(obj: dict[str, Any], has_status: bool) -> dict[str, Any]:
+    """What counts as the object's spec for `generation`: all but metadata (and status)."""
+    skipped = {"metadata", "status"} if has_status else {"metadata"}
+    return {k: v for k, v in obj.items() if k not in skipped}
+
+
+@attrs.define(kw_only=True)
+class ApiEmulator(kmock.KubernetesEmulator):
+    """kmock's Kubernetes emulator with Kubernetes' write, watch and discovery semantics.
+
+    kmock routes requests by action (list/watch/fetch/create/update/delete) and keeps objects
+    with their history in `self.objects`; the `_serve_*` handlers here replace kmock's, and
+    `_handle` skips kmock's merge-everything pre-processing. User reactions added with kmock's
+    DSL (e.g. `emulator['get /api/v1/nodes'] << 500`) still take priority over all of this.
+    """
+
+    _revision: int = attrs.field(default=0, init=False)
+    _events: list[tuple[int, kmock.resource, dict[str, Any]]] = attrs.field(factory=list, init=False)
+    _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.resources.load_bundled()  # kmock's catalogue of built-in resources (from k3s)
+        self.fallback["put"] << self._serve_replace
+        self.fallback["get /openapi/v3"] << self._serve_openapi_root
+        self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_group
+        self.fallback["get", re.compile(r"/openapi/v2")] << api_error(404, "NotFound", "use /openapi/v3")
+        for name in DEFAULT_NAMESPACES:
+            self._store(NAMESPACES, None, self._fill_new(NAMESPACES, None, {"metadata": {"name": name}}))
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """As kmock's RawHandler.__call__, but with our request parsing."""
+        try:
+            request = await parse_request(raw_request, id=len(self._requests))
+        except Exception as exc:  # noqa: BLE001 - a malformed request is the client's 400
+            return await self._render_error(api_error(400, "BadRequest", repr(exc)))
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except rendering.StreamingError as exc:  # a stream already started: end it with an ERROR
+            raw_response = exc.args[0]
+            await self._stream_error(exc.__cause__ or exc, raw_response)
+            await raw_response.write_eof()
+            return raw_response
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a Status body
+            return await self._render_error(exc)
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Dispatch to user reactions and our fallbacks, skipping kmock's state pre-processing."""
+        return await apps.RawHandler._handle(self, request)
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """kmock's resource list of a group version, corrected as kubectl expects it.
+
+        The core group is `v1`, not `/v1`; subresources carry no short names or categories
+        (otherwise kubectl warns that `deploy` could also mean `deployments/status`).
+        """
+        result = await super()._serve_version(request)
+        result["groupVersion"] = result["groupVersion"].lstrip("/")
+        for entry in result["resources"]:
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[])
+        return result
+
+    async def _serve_server_version(self, request: rendering.Request) -> rendering.Payload:
+        return dict(SERVER_VERSION)
+
+    def _info(self, resource: kmock.resource | None) -> kmock.ResourceInfo:
+        """The catalogue entry of a served resource, or 404 as for an unknown URL."""
+        if resource is None or resource.plural is None or resource not in self.resources:
+            plural = resource.plural if resource else "?"
+            raise api_error(404, "NotFound", f"the server could not find the requested resource ({plural})")
+        return self.resources[resource]
+
+    def _get_resources(self) -> list[kmock.resource]:
+        return list(self.resources)  # only what is served: bundled built-ins and served CRDs
+
+    def _key(self, resource: kmock.resource, namespace: str | None, name: str) -> tuple[Any, ...]:
+        return (resource, namespace, name)
+
+    def _current(self, resource: kmock.resource, namespace: str | None, name: str) -> dict | None:
+        key = self._key(resource, namespace, name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return copy.deepcopy(self.objects[key].raw)
+
+    def _live(self, resource: kmock.resource, namespace: str | None) -> Iterator[dict[str, Any]]:
+        for (res, ns, _), obj in list(self.objects.items()):
+            if res == resource and not obj.deleted and (namespace is None or ns == namespace):
+                yield obj.raw
+
+    def _store(self, resource: kmock.resource, namespace: str | None, obj: dict[str, Any]) -> None:
+        key = self._key(resource, namespace, obj["metadata"]["name"])
+        if key in self.objects:
+            self.objects[key].history.append(obj)
+        else:
+            self.objects[key] = obj
+
+    def _next_version(self) -> str:
+        self._revision += 1
+        return str(self._revision)
+
+    async def _emit(self, resource: kmock.resource, kind: str, obj: dict[str, Any]) -> None:
+        revision = int(obj["metadata"]["resourceVersion"])
+        self._events.append((revision, resource, {"type": kind, "object": copy.deepcopy(obj)}))
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def close_watches(self) -> None:
+        """End all watch streams so that the server can shut down without waiting for them."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- object lifecycle ------------------------------------------------------------------
+
+    def _request_namespace(self, request: rendering.Request, info: kmock.ResourceInfo) -> str | None:
+        return request.namespace if info.namespaced else None
+
+    def _fill_new(self, resource: kmock.resource, namespace: str | None, obj: Any) -> dict[str, Any]:
+        """Server-set fields of a new object: identity, versions, timestamps, defaults."""
+        if not isinstance(obj, dict):
+            raise api_error(400, "BadRequest", "the request body must be an object")
+        info = self.resources[resource]
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {}) or {}
+        obj["metadata"] = meta
+        if not meta.get("name") and meta.get("generateName"):
+            suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+            meta["name"] = meta["generateName"] + suffix
+        if not meta.get("name"):
+            raise invalid("metadata.name: Required value: name or generateName is required")
+        obj.setdefault("apiVersion", f"{resource.group}/{resource.version}".lstrip("/"))
+        obj.setdefault("kind", info.kind)
+        if namespace is not None:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            meta.pop(field, None)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
+        meta["resourceVersion"] = self._next_version()
+        if "status" in info.subresources:
+            obj.pop("status", None)  # status is written through /status only
+        if resource == NAMESPACES:
+            obj["status"] = {"phase": "Active"}
+        return obj
+
+    def _check_namespace(self, namespace: str | None) -> None:
+        if namespace is not None and self._current(NAMESPACES, None, namespace) is None:
+            raise api_error(404, "NotFound", f'namespaces "{namespace}" not found', name=namespace)
+
+    async def create(self, resource: kmock.resource, namespace: str | None, body: Any) -> dict:
+        """Create an object as the API server would; also used by the test-facing helpers."""
+        info = self._info(resource)
+        if info.namespaced and isinstance(body, dict):
+            body_ns = (body.get("metadata") or {}).get("namespace")
+            if namespace and body_ns and body_ns != namespace:
+                raise api_error(400, "BadRequest", "the namespace of the object does not match the request")
+            namespace = namespace or body_ns or "default"
+        namespace = namespace if info.namespaced else None
+        self._check_namespace(namespace)
+        name = (body.get("metadata") or {}).get("name") if isinstance(body, dict) else None
+        if name and self._current(resource, namespace, name) is not None:
+            raise api_error(409, "AlreadyExists", f'{resource.plural} "{name}" already exists', name=name)
+        obj = self._fill_new(resource, namespace, body)
+        if resource == CRD_RESOURCE:
+            obj["status"] = self._serve_crd(obj)
+        self._store(resource, namespace, obj)
+        await self._emit(resource, "ADDED", obj)
+        return copy.deepcopy(obj)
+
+    def _merge_write(self, info: kmock.ResourceInfo, old: dict, new: dict, subresource: str | None) -> dict:
+        """Combine a written object with the stored one: status and spec are written separately."""
+        has_status = "status" in info.subresources
+        if subresource == "status":
+            result = copy.deepcopy(old)
+            result["status"] = new.get("status")
+            if result["status"] is None:
+                result.pop("status")
+            return result
+        if subresource:
+            raise api_error(404, "NotFound", f"subresource {subresource} is not supported")
+        result = copy.deepcopy(new)
+        if has_status:
+            result.pop("status", None)
+            if "status" in old:
+                result["status"] = copy.deepcopy(old["status"])
+        return result
+
+    def _preserve_metadata(self, old: dict, new: dict) -> None:
+        """Fields a client can never change with a write."""
+        meta = new.setdefault("metadata", {}) or {}
+        new["metadata"] = meta
+        for field in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            if field in old["metadata"]:
+                meta[field] = old["metadata"][field]
+            else:
+                meta.pop(field, None)
+        new.setdefault("apiVersion", old.get("apiVersion"))
+        new.setdefault("kind", old.get("kind"))
+
+    async def update(
+        self,
+        resource: kmock.resource,
+        namespace: str | None,
+        name: str,
+        new: Any,
+        subresource: str | None = None,
+    ) -> dict:
+        """Store a new full state of an existing object (after PUT or any kind of PATCH)."""
+        info = self._info(resource)
+        old = self._current(resource, namespace, name)
+        if old is None:
+            raise not_found(resource.plural, name)
+        if not isinstance(new, dict):
+            raise api_error(400, "BadRequest", "the request body must be an object")
+        wanted_version = (new.get("metadata") or {}).get("resourceVersion")
+        if wanted_version and wanted_version != old["metadata"]["resourceVersion"]:
+            raise api_error(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {resource.plural} "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                name=name,
+            )
+        result = self._merge_write(info, old, new, subresource)
+        self._preserve_metadata(old, result)
+        result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if result == old:
+            return old  # a no-op write changes nothing, as in Kubernetes
+        has_status = "status" in info.subresources
+        if body_of_spec(result, has_status) != body_of_spec(old, has_status):
+            result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        result["metadata"]["resourceVersion"] = self._next_version()
+        return await self._commit_update(resource, namespace, result)
+
+    async def _commit_update(self, resource: kmock.resource, namespace: str | None, obj: dict) -> dict:
+        meta = obj["metadata"]
+        if resource == CRD_RESOURCE:
+            obj["status"] = self._serve_crd(obj)
+        self._store(resource, namespace, obj)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            return await self._remove(resource, namespace, obj)  # the last finalizer is gone
+        await self._emit(resource, "MODIFIED", obj)
+        return copy.deepcopy(obj)
+
+    async def _remove(self, resource: kmock.resource, namespace: str | None, obj: dict) -> dict:
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = self._next_version()
+        self.objects[self._key(resource, namespace, obj["metadata"]["name"])].delete()
+        await self._emit(resource, "DELETED", obj)
+        if resource == CRD_RESOURCE:
+            self._unserve_crd(obj)
+        return obj
+
+    async def delete(self, resource: kmock.resource, namespace: str | None, name: str) -> dict:
+        """Delete now, or only mark for deletion while finalizers remain (kopf relies on this)."""
+        self._info(resource)
+        old = self._current(resource, namespace, name)
+        if old is None:
+            raise not_found(resource.plural, name)
+        if not old["metadata"].get("finalizers"):
+            return await self._remove(resource, namespace, old)
+        if old["metadata"].get("deletionTimestamp"):
+            return old
+        old["metadata"]["deletionTimestamp"] = now_rfc3339()
+        old["metadata"]["resourceVersion"] = self._next_version()
+        return await self._commit_update(resource, namespace, old)
+
+    # -- CRDs ------------------------------------------------------------------------------
+
+    def _serve_crd(self, crd: dict[str, Any]) -> dict[str, Any]:
+        """A posted CustomResourceDefinition makes its resource served and discoverable.
+
+        Returns the status a real API server's CRD controller would soon report.
+        """
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        if not spec.get("group") or not names.get("plural") or not names.get("kind"):
+            raise invalid("spec.group, spec.names.plural and spec.names.kind are required")
+        for version in spec.get("versions") or []:
+            if not version.get("served", True):
+                continue
+            resource = kmock.resource(spec["group"], version["name"], names["plural"])
+            self.resources[resource] = kmock.ResourceInfo(
+                kind=names.get("kind"),
+                singular=names.get("singular") or names.get("kind", "").lower(),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                shortnames=names.get("shortNames") or [],
+                categories=names.get("categories") or [],
+                verbs=["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                subresources=list((version.get("subresources") or {}).keys()),
+            )
+        conditions = [{"type": t, "status": "True"} for t in ("NamesAccepted", "Established")]
+        return {
+            "acceptedNames": names,
+            "conditions": conditions,
+            "storedVersions": [v["name"] for v in spec["versions"]],
+        }
+
+    def _unserve_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd.get("spec") or {}
+        for version in spec.get("versions") or []:
+            resource = kmock.resource(spec["group"], version["name"], spec["names"]["plural"])
+            if resource in self.resources:
+                del self.resources[resource]
+
+    # -- HTTP handlers (kmock routes by action to these) -----------------------------------
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        info = self._info(request.resource)
+        obj = self._current(request.resource, self._request_namespace(request, info), request.name)
+        if obj is None:
+            raise not_found(request.resource.plural, request.name)
+        return obj
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        info = self._info(request.resource)
+        items = [
+            copy.deepcopy(obj)
+            for obj in self._live(request.resource, self._request_namespace(request, info))
+            if selector_matches(obj, request.params.get("labelSelector"), request.params.get("fieldSelector"))
+        ]
+        items.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+        group_version = f"{request.resource.group}/{request.resource.version}".lstrip("/")
+        return {
+            "kind": f"{info.kind}List",
+            "apiVersion": group_version,
+            "metadata": {"resourceVersion": str(self._revision)},
+            "items": items,
+        }
+
+    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+        info = self._info(request.resource)
+        if request.name is not None:
+            raise api_error(405, "MethodNotAllowed", "POST is only allowed on collections")
+        obj = await self.create(request.resource, self._request_namespace(request, info), request.data)
+        return rendering.Response(status=201, payload=obj)
+
+    async def _serve_replace(self, request: rendering.Request) -> rendering.Payload:
+        info = self._info(request.resource)
+        if request.name is None:
+            raise api_error(405, "MethodNotAllowed", "PUT is only allowed on named objects")
+        namespace = self._request_namespace(request, info)
+        return await self.update(request.resource, namespace, request.name, request.data, request.subresource)
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        """PATCH in all its flavours: merge, strategic merge (approximated), JSON patch, apply."""
+        info = self._info(request.resource)
+        namespace = self._request_namespace(request, info)
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        old = self._current(request.resource, namespace, request.name)
+        if content_type == "application/apply-patch+yaml":
+            return await self._server_side_apply(request, namespace, old)
+        if old is None:
+            raise not_found(request.resource.plural, request.name)
+        patchers = {
+            "application/json-patch+json": json_patch,
+            "application/merge-patch+json": merge_patch,
+            "application/strategic-merge-patch+json": strategic_merge,
+        }
+        if content_type not in patchers:
+            raise api_error(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format: {content_type}",
+            )
+        new = patchers[content_type](old, request.data)
+        return await self.update(request.resource, namespace, request.name, new, request.subresource)
+
+    async def _server_side_apply(
+        self, request: rendering.Request, namespace: str | None, old: dict | None
+    ) -> rendering.Payload:
+        """Server-side apply without field ownership: create, or merge into the existing object."""
+        body = request.data
+        if not isinstance(body, dict):
+            raise api_error(400, "BadRequest", "an apply patch must be an object")
+        if old is None:
+            if request.subresource:
+                raise not_found(request.resource.plural, request.name)
+            body.setdefault("metadata", {}).setdefault("name", request.name)
+            obj = await self.create(request.resource, namespace, body)
+            return rendering.Response(status=201, payload=obj)
+        new = merge_patch(old, body)
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        return await self.update(request.resource, namespace, request.name, new, request.subresource)
+
+    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        info = self._info(request.resource)
+        namespace = self._request_namespace(request, info)
+        obj = await self.delete(request.resource, namespace, request.name)
+        if obj["metadata"].get("deletionTimestamp") and obj["metadata"].get("finalizers"):
+            return obj  # still there, waiting for its finalizers
+        if info.kind and request.resource.group == "":
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": request.name,
+                    "kind": request.resource.plural,
+                    "uid": obj["metadata"]["uid"],
+                },
+            }
+        return obj
+
+    # -- watch -----------------------------------------------------------------------------
+
+    async def _serve_watch(self, request: rendering.Request) -> rendering.Payload:
+        """Stream watch events as JSON lines; resourceVersion, timeoutSeconds and selectors apply."""
+        info = self._info(request.resource)
+        stream = self._watch_stream(request, self._request_namespace(request, info))
+        return rendering.Response(payload=stream, headers={"Content-Type": "application/json"})
+
+    def _initial_events(self, request: rendering.Request, namespace: str | None) -> tuple[list[dict], int]:
+        # sendInitialEvents (the watch-list protocol) ends the initial ADDED events with a bookmark.
+        """Events a watch starts with, and the index in the event log to continue from."""
+        since = request.params.get("resourceVersion") or "0"
+        initial = request.params.get("sendInitialEvents") == "true"
+        if since != "0" and not initial:
+            start = bisect.bisect_right([rv for rv, _, _ in self._events], int(since))
+            return [], start
+        added = [
+            {"type": "ADDED", "object": copy.deepcopy(o)} for o in self._live(request.resource, namespace)
+        ]
+        if initial:
+            bookmark = {
+                "kind": self.resources[request.resource].kind,
+                "metadata": {"resourceVersion": str(self._revision)},
+            }
+            bookmark["metadata"]["annotations"] = {"k8s.io/initial-events-end": "true"}
+            added.append({"type": "BOOKMARK", "object": bookmark})
+        return added, len(self._events)
+
+    def _event_matches(self, request: rendering.Request, namespace: str | None, event: dict) -> bool:
+        meta = event["object"]["metadata"]
+        if namespace is not None and meta.get("namespace") != namespace:
+            return False
+        if request.name is not None and meta.get("name") != request.name:
+            return False
+        params = request.params
+        return selector_matches(event["object"], params.get("labelSelector"), params.get("fieldSelector"))
+
+    async def _watch_stream(self, request: rendering.Request, namespace: str | None):
+        yield b""  # send the headers now: clients wait for them before reading events
+        timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        initial, cursor = self._initial_events(request, namespace)
+        for event in initial:
+            if event["type"] == "BOOKMARK" or self._event_matches(request, namespace, event):
+                yield event
+        while not self._closing and not self._client_gone(request):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            await self._wait_for_events(cursor, remaining)
+            for _revision, resource, event in self._events[cursor:]:
+                if resource == request.resource and self._event_matches(request, namespace, event):
+                    yield event
+            cursor = len(self._events)
+
+    async def _wait_for_events(self, cursor: int, remaining: float | None) -> None:
+        wait = WATCH_POLL_SECONDS if remaining is None else min(remaining, WATCH_POLL_SECONDS)
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: len(self._events) > cursor or self._closing), wait
+                )
+            except asyncio.TimeoutError:
+                pass
+
+    @staticmethod
+    def _client_gone(request: rendering.Request) -> bool:
+        transport = request._raw_request.transport if request._raw_request is not None else None
+        return transport is None or transport.is_closing()
+
+    # -- OpenAPI (only what kubectl needs to skip client-side validation) -------------------
+
+    def _group_versions(self) -> dict[str, list[kmock.resource]]:
+        result: dict[str, list[kmock.resource]] = {}
+        for resource in self.resources:
+            path = (
+                f"apis/{resource.group}/{resource.version}" if resource.group else f"api/{resource.version}"
+            )
+            result.setdefault(path, []).append(resource)
+        return result
+
+    async def _serve_openapi_root(self, request: rendering.Request) -> rendering.Payload:
+        return {
+            "paths": {
+                path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={len(resources)}"}
+                for path, resources in self._group_versions().items()
+            }
+        }
+
+    async def _serve_openapi_group(self, request: rendering.Request) -> rendering.Payload:
+        """Declare that PATCH supports fieldValidation, so kubectl leaves validation to the server."""
+        path = request.url.path.removeprefix("/openapi/v3/")
+        resources = self._group_versions().get(path)
+        if not resources:
+            raise api_error(404, "NotFound", f"no OpenAPI document for {path}")
+        paths = {}
+        for resource in resources:
+            info = self.resources[resource]
+            gvk = {"group": resource.group, "version": resource.version, "kind": info.kind}
+            scope = "namespaces/{namespace}/" if info.namespaced else ""
+            paths[f"/{path}/{scope}{resource.plural}/{{name}}"] = {
+                "patch": {
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "kmock", "version": "v1"},
+            "paths": paths,
+            "components": {},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Running it in a background thread, and the test-facing object.
+# ---------------------------------------------------------------------------------------------
+
+
+class K8sApi:
+    """A running emulator on 127.0.0.1, controlled from the (synchronous) test thread.
+
+    The emulator lives in its own event loop in a daemon thread; every access to its state
+    goes through that loop, so tests, kopf and clients never race with the server.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.emulator: ApiEmulator | None = None
+        self.url = ""
+        self._thread = threading.Thread(target=self._run, name="k8s-api-emulator", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> K8sApi:
+        self._thread.start()
+        if not self._ready.wait(10) or self._error is not None:
+            raise RuntimeError(f"the Kubernetes API emulator did not start: {self._error!r}")
+        self.kubeconfig = self._write_kubeconfig()
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        self.emulator = ApiEmulator()
+        async with self.emulator, kmock.Server(self.emulator, host="127.0.0.1") as server:
+            self.url = f"http://127.0.0.1:{server.port}"
+            self._ready.set()
+            await self._stop.wait()
+            await self.emulator.close_watches()
+
+    def _write_kubeconfig(self) -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock-test-token"}}],
+            "contexts": [
+                {"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}
+            ],
+            "current-context": "kmock",
+        }
+        path = self.workdir / "kubeconfig"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            yaml.safe_dump(config, stream)
+        return path
+
+    def call(self, fn: Callable[[ApiEmulator], Any], timeout: float = 10) -> Any:
+        """Run `fn(emulator)` (sync, or returning a coroutine) inside the emulator's loop."""
+
+        async def runner() -> Any:
+            result = fn(self.emulator)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(runner(), self._loop).result(timeout)
+
+    # -- access to stored objects ----------------------------------------------------------
+
+    def resource(self, spec: str) -> kmock.resource:
+        """'v1/configmaps', 'apps/v1/deployments', 'configmaps', 'capp' (short name) → resource."""
+        return self.call(lambda emulator: find_resource(emulator, spec))
+
+    def get(self, resource: str, name: str, namespace: str | None = None) -> dict | None:
+        res = self.resource(resource)
+        return self.call(lambda emulator: emulator._current(res, _scope(emulator, res, namespace), name))
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict]:
+        res = self.resource(resource)
+        return self.call(lambda emulator: copy.deepcopy(list(emulator._live(res, namespace))))
+
+    def history(self, resource: str, name: str, namespace: str | None = None) -> list[dict | None]:
+        """Every stored version of an object, None marking a deletion (kmock's history)."""
+        res = self.resource(resource)
+
+        def read(emulator: ApiEmulator) -> list[dict | None]:
+            obj = emulator.objects[res, _scope(emulator, res, namespace), name]
+            return [None if v is None else copy.deepcopy(v.raw) for v in obj.history]
+
+        return self.call(read)
+
+    def create(self, resource: str, body: dict, namespace: str | None = None) -> dict:
+        res = self.resource(resource)
+        return self.call(lambda emulator: emulator.create(res, namespace, body))
+
+    def write_status(self, resource: str, name: str, status: dict, namespace: str | None = None) -> dict:
+        res = self.resource(resource)
+        return self.call(lambda emulator: emulator.update(res, namespace, name, {"status": status}, "status"))
+
+    def wait_for(self, condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+        """Poll `condition()` until truthy; fail the test after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if result := condition():
+                return result
+            time.sleep(0.05)
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+    def add_node(
+        self,
+        name: str,
+        labels: dict[str, str] | None = None,
+        cpu: str | int = "2",
+        memory: str = "4Gi",
+        ready: bool = True,
+        taints: list[dict] | None = None,
+    ) -> dict:
+        """Register a Node as a kubelet would: no controller here creates them."""
+        labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})}
+        spec = {"taints": taints} if taints else {}
+        self.create(
+            "v1/nodes",
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec},
+        )
+        capacity = {"cpu": str(cpu), "memory": memory, "pods": "110"}
+        condition = {"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady"}
+        status = {"capacity": capacity, "allocatable": dict(capacity), "conditions": [condition]}
+        return self.write_status("v1/nodes", name, status)
+
+
+def _scope(emulator: ApiEmulator, resource: kmock.resource, namespace: str | None) -> str | None:
+    return (namespace or "default") if emulator.resources[resource].namespaced else None
+
+
+def find_resource(emulator: ApiEmulator, spec: str) -> kmock.resource:
+    parts = spec.split("/")
+    if len(parts) == 3 or (len(parts) == 2 and parts[0] == "v1"):
+        group, version, plural = ("", *parts) if len(parts) == 2 else parts
+        return kmock.resource(group, version, plural)
+    for resource in emulator.resources:
+        info = emulator.resources[resource]
+        if spec in {resource.plural, info.singular, (info.kind or "").lower(), *info.shortnames}:
+            return resource
+    raise KeyError(f"no served resource matches {spec!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# kubectl (the binary from scripts/fetch-k8s-tools, never the system one).
+# ---------------------------------------------------------------------------------------------
+
+
+def find_kubectl() -> Path | None:
+    """kubectl from $CLUSTEROUS_TOOLS_BIN or <repo>/.tools/bin, if it is there and executable."""
+    tools = os.environ.get("CLUSTEROUS_TOOLS_BIN")
+    path = (Path(tools) if tools else REPO_ROOT / ".tools" / "bin") / "kubectl"
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def require_kubectl() -> Path:
+    """Skip locally without kubectl, but fail in CI: a skipped test must not pass there."""
+    path = find_kubectl()
+    if path is None:
+        message = "kubectl not found in $CLUSTEROUS_TOOLS_BIN or .tools/bin; run scripts/fetch-k8s-tools"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class Kubectl:
+    """Runs the real kubectl against the emulator, with a private cache directory."""
+
+    def __init__(self, binary: Path, api: K8sApi) -> None:
+        self.binary = binary
+        self.api = api
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(api.kubeconfig),
+            "KUBECACHEDIR": str(api.workdir / "kube-cache"),
+            "HOME": str(api.workdir),
+        }
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30):
+        result = subprocess.run(
+            [str(self.binary), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}"
+            )
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        """Start a long-running kubectl (e.g. `get -w`); the caller terminates it."""
+        return subprocess.Popen(
+            [str(self.binary), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def k8s_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sApi]:
+    """A fresh Kubernetes API emulator per test; `.url`, `.kubeconfig`, `.add_node()`, `.get()`..."""
+    api = K8sApi(tmp_path_factory.mktemp("k8s-api")).start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+@pytest.fixture()
+def kubectl(k8s_api: K8sApi) -> Kubectl:
+    """The real kubectl pointed at `k8s_api` (skipped locally if absent, failing in CI)."""
+    return Kubectl(require_kubectl(), k8s_api)
