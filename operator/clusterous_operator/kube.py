@@ -1,0 +1,120 @@
+"""The operator's writes to the Kubernetes API (the only I/O outside kopf itself)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from clusterous_operator.builders import APP_LABEL, Change
+
+log = logging.getLogger(__name__)
+
+# kind -> (API class, the suffix of its namespaced methods)
+_APIS = {
+    "Deployment": ("AppsV1Api", "deployment"),
+    "Service": ("CoreV1Api", "service"),
+    "PersistentVolumeClaim": ("CoreV1Api", "persistent_volume_claim"),
+}
+# Deletion order: what runs first, what it uses last.
+DELETION_ORDER = ("Deployment", "Service", "PersistentVolumeClaim")
+_PAST = {"create": "created", "replace": "updated", "delete": "deleted"}
+
+
+def login() -> None:
+    """In-cluster credentials when running as a pod, else the kubeconfig (`kopf run` on a laptop)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def apply_changes(changes: Iterable[Change], namespace: str) -> list[str]:
+    """Make each change; returns what was done, e.g. 'created Deployment app-master'.
+
+    A create that finds the object already there (a concurrent resync) is left for the next
+    resync to compare, and a delete that finds nothing is done.
+    """
+    import kubernetes
+
+    done = []
+    with kubernetes.client.ApiClient() as client:
+        for change in changes:
+            kind, name = change.obj["kind"], change.obj["metadata"]["name"]
+            api_class, suffix = _APIS[kind]
+            api = getattr(kubernetes.client, api_class)(client)
+            try:
+                _write(api, suffix, change, name, namespace)
+            except kubernetes.client.ApiException as exc:
+                if (change.verb, exc.status) in (("create", 409), ("delete", 404)):
+                    continue
+                raise
+            done.append(f"{_PAST[change.verb]} {kind} {name}")
+    return done
+
+
+def delete_children(namespace: str, app_name: str) -> tuple[list[str], list[str]]:
+    """Delete every object labelled with the app (there may be no garbage collector).
+
+    Returns (deleted, failed); never raises for one object, so the finalizer is released.
+    """
+    import kubernetes
+
+    deleted, failed = [], []
+    selector = f"{APP_LABEL}={app_name}"
+    with kubernetes.client.ApiClient() as client:
+        for kind in DELETION_ORDER:
+            api_class, suffix = _APIS[kind]
+            api = getattr(kubernetes.client, api_class)(client)
+            try:
+                items = getattr(api, f"list_namespaced_{suffix}")(namespace, label_selector=selector).items
+            except kubernetes.client.ApiException as exc:
+                failed.append(f"list {kind}: {exc.reason}")
+                continue
+            for item in items:
+                name = item.metadata.name
+                try:
+                    getattr(api, f"delete_namespaced_{suffix}")(
+                        name, namespace, propagation_policy="Background"
+                    )
+                    deleted.append(f"{kind} {name}")
+                except kubernetes.client.ApiException as exc:
+                    if exc.status == 404:
+                        continue
+                    failed.append(f"{kind} {name}: {exc.reason}")
+    return deleted, failed
+
+
+def _write(api, suffix: str, change: Change, name: str, namespace: str) -> None:
+    if change.verb == "create":
+        getattr(api, f"create_namespaced_{suffix}")(namespace, dict(change.obj))
+    elif change.verb == "delete":
+        getattr(api, f"delete_namespaced_{suffix}")(name, namespace, propagation_policy="Background")
+    elif suffix == "persistent_volume_claim":
+        # A claim's spec is immutable once bound: only its labels and annotations can follow.
+        metadata = {k: change.obj["metadata"][k] for k in ("labels", "annotations")}
+        getattr(api, f"patch_namespaced_{suffix}")(name, namespace, {"metadata": metadata})
+    else:
+        _replace(api, suffix, change.obj, name, namespace)
+
+
+def _replace(api, suffix: str, obj: Mapping, name: str, namespace: str) -> None:
+    """PUT the object, keeping what the server owns (resourceVersion, a Service's cluster IP)."""
+    current = api.api_client.sanitize_for_serialization(
+        getattr(api, f"read_namespaced_{suffix}")(name, namespace)
+    )
+    body = dict(obj)
+    body["metadata"] = {**obj["metadata"], "resourceVersion": current["metadata"].get("resourceVersion")}
+    if suffix == "service":
+        was_headless = current.get("spec", {}).get("clusterIP") == "None"
+        if was_headless != (obj["spec"].get("clusterIP") == "None"):
+            # A Service's cluster IP is immutable: switching to or from headless means a new one.
+            api.delete_namespaced_service(name, namespace)
+            api.create_namespaced_service(namespace, dict(obj))
+            return
+        body["spec"] = {
+            **obj["spec"],
+            **{k: current["spec"][k] for k in ("clusterIP", "clusterIPs") if k in current["spec"]},
+        }
+    getattr(api, f"replace_namespaced_{suffix}")(name, namespace, body)

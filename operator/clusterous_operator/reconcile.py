@@ -1,0 +1,179 @@
+"""One reconciliation, decided without I/O: from the ClusterApp and what the cluster shows,
+the children it should have and the status it should report.
+
+The kopf handlers feed this from their indices and write only the difference; the tests and
+the benchmark call it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from clusterous_operator.builders import APP_LABEL, COMPONENT_LABEL, SPEC_HASH_ANNOTATION, build_children
+from clusterous_operator.images import CLUSTER_REGISTRY
+from clusterous_operator.placement import node_groups, place
+from clusterous_operator.spec import App, SpecError, check_groups, cpu_millicores, parse_app
+from clusterous_operator.status import (
+    FAILING_REASONS,
+    Observed,
+    PodState,
+    build_status,
+    component_status,
+    waiting_components,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the app should look like now: its children (none when the spec is invalid) and status."""
+
+    children: list[dict]
+    status: dict
+    app: App | None = None
+    error: SpecError | None = None
+    waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def decide(
+    body: Mapping,
+    nodes: Iterable[Mapping],
+    pods: Iterable[Mapping] = (),
+    deployments: Iterable[Mapping] = (),
+    *,
+    now: str,
+    registry: str = CLUSTER_REGISTRY,
+) -> Decision:
+    """Children and status of the ClusterApp `body` given the cluster's Nodes, all Pods and the
+    app's existing Deployments."""
+    nodes, pods = list(nodes), list(pods)
+    previous = body.get("status") or {}
+    generation = (body.get("metadata") or {}).get("generation")
+    try:
+        app = parse_app(body)
+        check_groups(app.spec, node_groups(nodes))
+    except SpecError as error:
+        status = build_status(None, generation=generation, now=now, error=error, previous=previous)
+        return Decision(children=[], status=status, error=error)
+    reserved = reserved_cpu(pods, app)
+    placements = place(app.spec, nodes, reserved)
+    observed = observed_deployments(app, deployments)
+    waiting = waiting_components(app.spec, placements, observed)
+    children = build_children(app, nodes, reserved=reserved, waiting=waiting, registry=registry)
+    observed = _mark_outdated(observed, children, deployments)
+    app_pods = [pod_state(p) for p in pods if _belongs(p, app)]
+    counts = {
+        c.name: (observed.get(c.name, Observed()).ready, placements[c.name].replicas)
+        for c in app.spec.components
+    }
+    components = [
+        component_status(
+            c,
+            placements[c.name],
+            observed.get(c.name),
+            app_pods,
+            waiting_for=waiting.get(c.name, ()),
+            waiting_ready=counts,
+        )
+        for c in app.spec.components
+    ]
+    status = build_status(app.spec, generation=generation, now=now, components=components, previous=previous)
+    return Decision(children=children, status=status, app=app, waiting=waiting)
+
+
+def status_changed(old: Mapping | None, new: Mapping) -> bool:
+    """Whether writing `new` would change anything a reader sees (kopf's own keys aside)."""
+    old = {k: v for k, v in (old or {}).items() if k in new}
+    return old != dict(new)
+
+
+def observed_deployments(app: App, deployments: Iterable[Mapping]) -> dict[str, Observed]:
+    """The app's Deployments as Observed, by component."""
+    observed = {}
+    for deployment in deployments:
+        labels = (deployment.get("metadata") or {}).get("labels") or {}
+        if labels.get(APP_LABEL) != app.name or COMPONENT_LABEL not in labels:
+            continue
+        status = deployment.get("status") or {}
+        observed[labels[COMPONENT_LABEL]] = Observed(
+            replicas=(deployment.get("spec") or {}).get("replicas", 1),
+            ready=status.get("readyReplicas") or 0,
+        )
+    return observed
+
+
+def reserved_cpu(pods: Iterable[Mapping], app: App) -> dict[str, int]:
+    """CPU (millicores) per node requested by running or scheduled pods of everything else."""
+    reserved: dict[str, int] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if not node or phase in ("Succeeded", "Failed") or _belongs(pod, app):
+            continue
+        reserved[node] = reserved.get(node, 0) + pod_cpu_request(pod)
+    return reserved
+
+
+def pod_cpu_request(pod: Mapping) -> int:
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        request = ((container.get("resources") or {}).get("requests") or {}).get("cpu")
+        if request is not None:
+            try:
+                total += cpu_millicores(request)
+            except ValueError:
+                continue
+    return total
+
+
+def pod_state(pod: Mapping) -> PodState:
+    """What the status needs from a pod: its phase, unschedulable or not, why it fails."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    status = pod.get("status") or {}
+    unschedulable = any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        for c in status.get("conditions") or []
+    )
+    failing = None
+    for container in status.get("containerStatuses") or []:
+        reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason in FAILING_REASONS:
+            failing = reason
+    return PodState(
+        component=labels.get(COMPONENT_LABEL, ""),
+        phase=status.get("phase", "Pending"),
+        unschedulable=unschedulable,
+        failing_reason=failing,
+    )
+
+
+def _belongs(obj: Mapping, app: App) -> bool:
+    meta = obj.get("metadata") or {}
+    return (meta.get("labels") or {}).get(APP_LABEL) == app.name and meta.get(
+        "namespace", app.namespace
+    ) == app.namespace
+
+
+def _mark_outdated(
+    observed: dict[str, Observed], children: list[dict], deployments: Iterable[Mapping]
+) -> dict[str, Observed]:
+    """A Deployment about to be replaced, or not yet rolled out, has no ready replicas of the
+    new spec: count it as not ready, so the app is never Running on an old spec."""
+    wanted = {
+        o["metadata"]["labels"].get(COMPONENT_LABEL): o["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        for o in children
+        if o["kind"] == "Deployment"
+    }
+    result = dict(observed)
+    for deployment in deployments:
+        meta = deployment.get("metadata") or {}
+        component = (meta.get("labels") or {}).get(COMPONENT_LABEL)
+        if component not in result:
+            continue
+        current = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted.get(component)
+        rolled = (deployment.get("status") or {}).get("observedGeneration", 0) >= (
+            meta.get("generation") or 0
+        )
+        if not (current and rolled):
+            result[component] = Observed(replicas=result[component].replicas, ready=0)
+    return result

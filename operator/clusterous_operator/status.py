@@ -1,0 +1,286 @@
+"""What a ClusterApp's status says, computed from what was observed (no I/O).
+
+The phase is a small, visible machine: Failed (the spec cannot run), Pending (nothing ready
+and something blocks it), Deploying (on its way), Running (every replica ready, no pod
+Pending), Degraded (some replicas ready but something is wrong, or fewer are ready than
+were). Conditions carry reasons a person can act on, including the command to run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from clusterous_operator.images import resolve_image
+from clusterous_operator.placement import ComponentPlacement
+from clusterous_operator.spec import AUTO, Component, Spec, SpecError, dependency_order, format_cpu
+
+PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
+FAILING_REASONS = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One component's Deployment as last seen: replicas asked for and replicas ready."""
+
+    replicas: int = 0
+    ready: int = 0
+
+
+@dataclass(frozen=True)
+class PodState:
+    """The part of a pod the status needs."""
+
+    component: str
+    phase: str = "Running"
+    unschedulable: bool = False
+    failing_reason: str | None = None  # a container's waiting reason from FAILING_REASONS
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    group: str
+    state: str  # Waiting, Pending, Deploying, Ready, Degraded
+    desired: int
+    ready: int
+    cpu: str | None
+    message: str
+    blocked_reason: str | None = None  # InsufficientCPU, NoNodes, ContainersFailing
+
+    def as_dict(self) -> dict:
+        data = {
+            "name": self.name,
+            "group": self.group,
+            "state": self.state,
+            "desired": self.desired,
+            "ready": self.ready,
+            "message": self.message,
+        }
+        if self.cpu is not None:
+            data["cpu"] = self.cpu
+        return data
+
+
+def waiting_components(
+    spec: Spec, placements: Mapping[str, ComponentPlacement], observed: Mapping[str, Observed]
+) -> dict[str, tuple[str, ...]]:
+    """Components that must not start yet -> the dependencies they wait for.
+
+    A component that already runs (its Deployment asks for replicas) is never stopped again.
+    """
+    waiting: dict[str, tuple[str, ...]] = {}
+    for name in dependency_order(spec):
+        component = spec.component(name)
+        if observed.get(name, Observed()).replicas > 0:
+            continue
+        blockers = tuple(
+            d
+            for d in component.depends_on
+            if d in waiting or not is_ready(spec.component(d), placements[d], observed.get(d))
+        )
+        if blockers:
+            waiting[name] = blockers
+    return waiting
+
+
+def is_ready(component: Component, placement: ComponentPlacement, observed: Observed | None) -> bool:
+    """All of a component's replicas are ready; a component fixed at 0 replicas counts as ready."""
+    if placement.replicas == 0:
+        return component.replicas == 0
+    return (
+        observed is not None
+        and observed.replicas >= placement.replicas
+        and observed.ready >= placement.replicas
+    )
+
+
+def component_status(
+    component: Component,
+    placement: ComponentPlacement,
+    observed: Observed | None,
+    pods: Iterable[PodState],
+    waiting_for: tuple[str, ...] = (),
+    waiting_ready: Mapping[str, tuple[int, int]] | None = None,
+) -> ComponentStatus:
+    """One component's state and the sentence that explains it."""
+    observed = observed or Observed()
+    pods = [p for p in pods if p.component == component.name]
+    desired, ready = placement.replicas, min(observed.ready, placement.replicas)
+    cpu = format_cpu(placement.cpu_m) if placement.cpu_m else None
+
+    def status(state: str, message: str, reason: str | None = None) -> ComponentStatus:
+        return ComponentStatus(component.name, component.group, state, desired, ready, cpu, message, reason)
+
+    if waiting_for:
+        counts = waiting_ready or {}
+        detail = ", ".join(
+            f"{d} ({counts.get(d, (0, 0))[0]}/{counts.get(d, (0, 0))[1]} ready)" for d in waiting_for
+        )
+        return status("Waiting", f"{component.name} waiting for {detail}")
+    blocked = _placement_problem(component, placement, pods)
+    failing = [p.failing_reason for p in pods if p.failing_reason]
+    if blocked:
+        return status("Degraded" if ready else "Pending", blocked[1], blocked[0])
+    if failing:
+        message = _failing_message(component, failing)
+        return status("Degraded" if ready else "Pending", message, "ContainersFailing")
+    pending = sum(1 for p in pods if p.phase == "Pending")
+    if ready >= desired and observed.replicas == desired and not pending:
+        return status("Ready", f"{ready}/{desired} {component.name} replicas ready")
+    return status("Deploying", f"{ready}/{desired} {component.name} replicas ready")
+
+
+def build_status(
+    spec: Spec | None,
+    *,
+    generation: int | None,
+    now: str,
+    components: Iterable[ComponentStatus] = (),
+    error: SpecError | None = None,
+    previous: Mapping | None = None,
+) -> dict:
+    """The whole status object; lastTransitionTime moves only when a condition's status does."""
+    previous = previous or {}
+    components = list(components)
+    if error is not None or spec is None:
+        conditions = [
+            _condition("SpecValid", False, "InvalidSpec", str(error)),
+            _condition("Ready", False, "InvalidSpec", "fix the spec; nothing is deployed"),
+        ]
+        return _assemble("Failed", generation, [], conditions, str(error), previous, now)
+    desired = sum(c.desired for c in components)
+    ready = sum(c.ready for c in components)
+    phase = app_phase(components, previous, generation)
+    blocked = [c for c in components if c.blocked_reason in ("InsufficientCPU", "NoNodes", "TooLarge")]
+    scheduled = (
+        _condition("Scheduled", False, blocked[0].blocked_reason, "; ".join(c.message for c in blocked))
+        if blocked
+        else _condition("Scheduled", True, "Placed", "every replica fits on the group's nodes")
+    )
+    conditions = [
+        _condition("SpecValid", True, "Valid", "the spec is valid"),
+        scheduled,
+        _ready_condition(components),
+    ]
+    message = next(
+        (c["message"] for c in conditions if c["status"] != "True"), f"{ready}/{desired} replicas ready"
+    )
+    return _assemble(phase, generation, components, conditions, message, previous, now, (ready, desired))
+
+
+def app_phase(components: list[ComponentStatus], previous: Mapping, generation: int | None) -> str:
+    if all(c.state == "Ready" for c in components):
+        return "Running"
+    if any(c.state in ("Pending", "Degraded") for c in components):
+        return "Degraded" if any(c.ready for c in components) else "Pending"
+    was_up = previous.get("phase") in ("Running", "Degraded")
+    if was_up and previous.get("observedGeneration") == generation:
+        return "Degraded"
+    return "Deploying"
+
+
+def scale_hint(component: Component, placement: ComponentPlacement, missing: int) -> str:
+    """The command that makes room for `missing` more replicas of `component`."""
+    cpu = placement.cpu_m or 0
+    per_node = placement.largest_node_m // cpu if cpu else 0
+    if placement.group_nodes == 0:
+        return f"`clusterous-k8s scale {component.group} 1`"
+    if per_node == 0:
+        return f"a larger {component.group} instance type, or a smaller cpu"
+    extra = max(1, math.ceil(missing / per_node))
+    return f"`clusterous-k8s scale {component.group} {placement.group_nodes + extra}`"
+
+
+def _placement_problem(
+    component: Component, placement: ComponentPlacement, pods: list[PodState]
+) -> tuple[str, str] | None:
+    """(reason, message) when replicas cannot be scheduled, predicted or observed."""
+    group, cpu = component.group, placement.cpu_m
+    if placement.group_nodes == 0 and (placement.replicas > 0 or component.replicas == AUTO):
+        hint = scale_hint(component, placement, 1)
+        return "NoNodes", f"{component.name}: no Ready, schedulable {group} node — {hint}"
+    if cpu and cpu > placement.largest_node_m:
+        return (
+            "TooLarge",
+            f"{component.name}: no {group} node has {format_cpu(cpu)} CPU (largest: "
+            f"{format_cpu(placement.largest_node_m)}) — use a larger {group} instance type or a smaller cpu",
+        )
+    if component.replicas == AUTO and placement.replicas == 0:
+        hint = scale_hint(component, placement, 1)
+        return (
+            "InsufficientCPU",
+            f"0 {component.name} replicas: no {group} node has {format_cpu(cpu or 0)} CPU free — {hint}",
+        )
+    unschedulable = max(placement.unplaced, sum(1 for p in pods if p.phase == "Pending" and p.unschedulable))
+    if unschedulable:
+        hint = scale_hint(component, placement, unschedulable)
+        need = f"{format_cpu(cpu)} CPU" if cpu else "room"
+        return (
+            "InsufficientCPU",
+            f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
+            f"no {group} node has {need} free — {hint}",
+        )
+    return None
+
+
+def _failing_message(component: Component, reasons: list[str]) -> str:
+    reason = max(set(reasons), key=reasons.count)
+    head = f"{len(reasons)} {component.name} replicas failing: {reason}"
+    if "Image" in reason:
+        image = resolve_image(component.image)
+        return f"{head} — is {image} in the registry? `clusterous-k8s images`, `clusterous-k8s build-image DIR {component.image}`"
+    return f"{head} — see `clusterous-k8s logs {component.name}`"
+
+
+def _ready_condition(components: list[ComponentStatus]) -> dict:
+    if all(c.state == "Ready" for c in components):
+        return _condition("Ready", True, "AllReplicasReady", "every replica is ready")
+    first = next(c for c in components if c.state != "Ready")
+    reason = {
+        "Waiting": "WaitingForDependency",
+        "Deploying": "ReplicasNotReady",
+    }.get(first.state, first.blocked_reason or "ReplicasNotReady")
+    return _condition("Ready", False, reason, "; ".join(c.message for c in components if c.state != "Ready"))
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str) -> dict:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def _assemble(
+    phase: str,
+    generation: int | None,
+    components: list[ComponentStatus],
+    conditions: list[dict],
+    message: str,
+    previous: Mapping,
+    now: str,
+    totals: tuple[int, int] = (0, 0),
+) -> dict:
+    before = {c.get("type"): c for c in previous.get("conditions") or []}
+    for condition in conditions:
+        old = before.get(condition["type"])
+        same = old is not None and old.get("status") == condition["status"]
+        condition["lastTransitionTime"] = old.get("lastTransitionTime", now) if same else now
+    status = {
+        "phase": phase,
+        "ready": f"{totals[0]}/{totals[1]}",
+        "readyReplicas": totals[0],
+        "desiredReplicas": totals[1],
+        "message": message,
+        "components": [c.as_dict() for c in components],
+        "conditions": conditions,
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
