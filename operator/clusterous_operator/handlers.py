@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 
 import kopf
 
@@ -22,6 +23,7 @@ from clusterous_operator.reconcile import decide, status_changed
 CAPP = ("clusterous.io", "v1alpha1", "clusterapps")
 RESYNC_SECONDS = float(os.environ.get("CLUSTEROUS_RESYNC_SECONDS", "10"))
 FINALIZER = "clusterous.io/finalizer"
+RECENT_WRITE_SECONDS = 30.0  # trust our own writes over the indices for this long
 
 
 @kopf.on.startup()
@@ -116,6 +118,7 @@ def reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     logger,
+    memo: kopf.Memo,
     node_index: kopf.Index,
     pod_index: kopf.Index,
     deployment_index: kopf.Index,
@@ -136,9 +139,10 @@ def reconcile(
             **{(kind, name): digest for kind, name, digest in service_index.get(key, [])},
             **{(kind, name): digest for kind, name, digest in claim_index.get(key, [])},
         }
-        changes = plan_changes(decision.children, existing)
+        changes = plan_changes(decision.children, {**existing, **_recent_writes(memo)})
         kopf.adopt([c.obj for c in changes if c.verb != "delete"], owner=body)
         done = kube.apply_changes(changes, key[0])
+        _remember_writes(memo, changes)
         if done:
             logger.info("%s", "; ".join(done))
             kopf.info(body, reason="Reconciled", message="; ".join(done))
@@ -148,6 +152,26 @@ def reconcile(
         if old.get("phase") != decision.status["phase"]:
             post = kopf.warn if decision.status["phase"] in ("Failed", "Degraded", "Pending") else kopf.info
             post(body, reason=decision.status["phase"], message=decision.status["message"])
+
+
+def _recent_writes(memo: kopf.Memo) -> dict:
+    """What we wrote a moment ago: the indices learn it only when the watch event arrives."""
+    now = time.monotonic()
+    return {
+        key: digest
+        for key, (digest, at) in memo.get("written", {}).items()
+        if now - at < RECENT_WRITE_SECONDS
+    }
+
+
+def _remember_writes(memo: kopf.Memo, changes) -> None:
+    written = memo.setdefault("written", {})
+    for change in changes:
+        key = (change.obj["kind"], change.obj["metadata"]["name"])
+        if change.verb == "delete":
+            written.pop(key, None)
+        else:
+            written[key] = (change.obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION], time.monotonic())
 
 
 def _hash(obj: dict) -> str | None:
