@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import typer
 
 from clusterous_cli import __version__
+from clusterous_cli.commands import hostkey as hostkey_cmd
 from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import setup as setup_cmd
+from clusterous_cli.commands import tunnel as tunnel_cmd
 
 HELP = """Private compute clusters on AWS for Docker-based master/worker applications.
 
@@ -59,6 +61,8 @@ def root(
 
 app.command("setup", help=setup_cmd.HELP)(setup_cmd.setup)
 app.add_typer(profile_cmd.app, name="profile")
+app.add_typer(tunnel_cmd.app, name="tunnel")
+app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)
 
 
 def _wants_traceback(argv: list[str]) -> bool:

@@ -1,0 +1,146 @@
+"""Which controller a command talks to: the cluster it names and the facts in its `controller.yml`.
+
+The provisioner writes `controller.yml` into the cluster's config directory at `up`; the SSH
+code reads only this file, so the two stay decoupled. Format (YAML mapping):
+
+    host: 203.0.113.10          # required: public address (or name) of the controller
+    port: 22                    # SSH port                                   [22]
+    user: ubuntu                # SSH login                                  [ubuntu]
+    key_file: keys/mycl.pem     # private key; relative paths are relative to the cluster dir
+                                #   [the profile's key_file, else <cluster dir>/id_ed25519]
+    known_hosts: known_hosts    # pinned host keys, relative to the cluster dir  [known_hosts]
+    jump_host: me@bastion:22    # optional bastion        [the profile's jump_host]
+    shared_root: /export/shared # the shared volume's directory on the controller
+    api_port: 6443              # the Kubernetes API port on the controller (loopback)
+    k3s_kubeconfig: /etc/rancher/k3s/k3s.yaml   # where the cluster credentials live
+    instance_id: i-0abc...      # lets `host-key --relearn` read the EC2 console output
+    region: eu-west-1           # region of instance_id  [the profile's region]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clusterous_provisioner.errors import BadInput
+
+CONTROLLER_FILE = "controller.yml"
+DEFAULT_SHARED_ROOT = "/export/shared"
+DEFAULT_API_PORT = 6443
+DEFAULT_K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+
+
+@dataclass(frozen=True)
+class ControllerEndpoint:
+    """Everything needed to open a checked SSH connection to one controller."""
+
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    jump_host: str | None = None
+    shared_root: str = DEFAULT_SHARED_ROOT
+    api_port: int = DEFAULT_API_PORT
+    k3s_kubeconfig: str = DEFAULT_K3S_KUBECONFIG
+    instance_id: str | None = None
+    region: str | None = None
+
+    @property
+    def host_key_name(self) -> str:
+        """The known_hosts name: OpenSSH and paramiko both spell a non-22 port `[host]:port`."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """A cluster as the CLI addresses it: profile, name, and its private state directory."""
+
+    profile_name: str
+    cluster: str
+    directory: Path
+
+    @property
+    def controller_file(self) -> Path:
+        return self.directory / CONTROLLER_FILE
+
+
+def resolve_cluster(profile_option: str | None, cluster_option: str | None) -> ClusterRef:
+    """--cluster, else the profile's current_cluster; a clear message when neither is set."""
+    from clusterous_cli import config
+
+    profile_name = config.selected_profile_name(profile_option)
+    cluster = cluster_option
+    if not cluster:
+        profile = config.load_profile(profile_name)
+        cluster = profile.current_cluster
+    if not cluster:
+        raise BadInput(
+            "--cluster",
+            None,
+            f"a cluster name (profile '{profile_name}' has no current cluster; "
+            "create one with `clusterous-k8s up` or pick one with `clusterous-k8s workon NAME`)",
+        )
+    if not config.PROFILE_NAME.match(cluster):
+        raise BadInput("--cluster", None, "a cluster name of letters, digits, '.', '_' or '-'", cluster)
+    return ClusterRef(profile_name, cluster, config.cluster_dir(profile_name, cluster))
+
+
+def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
+    """Read controller.yml, filling defaults from the profile; bad fields are the user's input error."""
+    from clusterous_cli import config
+
+    path = ref.controller_file
+    if not path.exists():
+        raise BadInput(
+            str(path),
+            None,
+            f"the controller record of cluster '{ref.cluster}' (written by `clusterous-k8s up`); "
+            "is the cluster up?",
+        )
+    data = config.read_yaml(path)
+    profile = (
+        config.load_profile(ref.profile_name) if config.profile_path(ref.profile_name).exists() else None
+    )
+
+    def text(field: str, default: str | None = None) -> str | None:
+        value = data.get(field, default)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise BadInput(str(path), field, "a non-empty string", value)
+        return value
+
+    def number(field: str, default: int) -> int:
+        value = data.get(field, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+            raise BadInput(str(path), field, "a port number 1-65535", value)
+        return value
+
+    host = text("host")
+    if not host:
+        raise BadInput(str(path), "host", "the controller's address")
+    key = text("key_file") or (profile.key_file if profile and profile.key_file else None)
+    key_path = ref.directory / Path(key or "id_ed25519").expanduser()
+    return ControllerEndpoint(
+        host=host,
+        port=number("port", 22),
+        user=text("user", "ubuntu"),
+        key_file=key_path,
+        known_hosts=ref.directory / text("known_hosts", "known_hosts"),
+        jump_host=text("jump_host") or (profile.jump_host if profile else None),
+        shared_root=text("shared_root", DEFAULT_SHARED_ROOT),
+        api_port=number("api_port", DEFAULT_API_PORT),
+        k3s_kubeconfig=text("k3s_kubeconfig", DEFAULT_K3S_KUBECONFIG),
+        instance_id=text("instance_id"),
+        region=text("region") or (profile.region if profile else None),
+    )
+
+
+def write_endpoint(ref: ClusterRef, endpoint: ControllerEndpoint) -> Path:
+    """The writer the provisioner calls at `up` (and tests use): 0600, atomic."""
+    import yaml
+
+    from clusterous_cli import config
+
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(endpoint).items() if v is not None}
+    config.write_private(ref.controller_file, yaml.safe_dump(data, sort_keys=False))
+    return ref.controller_file

@@ -1,0 +1,308 @@
+"""The tunnel supervisor: one background process per cluster forwarding local ports over ONE SSH transport.
+
+Modelled on kr8s's port-forward: listeners stay up while the connection comes and goes; every
+accepted client gets a fresh channel on whatever transport is current; a dead transport is
+replaced with exponential backoff (0.5 s doubling to 30 s), so a restarted controller or a laptop
+waking from sleep needs no user action. A liveness probe (an OpenSSH keepalive request that must
+be answered) notices silently dead TCP connections that paramiko's one-way keepalive cannot.
+
+Run by `tunnels.start_supervisor` as `python -m clusterous_cli.forwarder ... CLUSTER_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+
+from clusterous_cli import ssh, tunnels
+from clusterous_cli.endpoint import ClusterRef, load_endpoint
+from clusterous_provisioner.errors import ClusterousError
+
+log = logging.getLogger("clusterous.tunnels")
+
+CHUNK = 256 * 1024
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+PROBE_EVERY, PROBE_TIMEOUT = 15.0, 10.0
+CLIENT_WAIT = 30.0  # how long a new client waits for the connection to come back
+POLL = 0.2
+
+
+def pump(source_recv, dest_sendall, on_end) -> None:
+    """Copy until EOF or error; big chunks keep per-call overhead out of the throughput."""
+    try:
+        while data := source_recv(CHUNK):
+            dest_sendall(data)
+    except (OSError, EOFError, Exception):  # noqa: BLE001 - either end may vanish mid-copy
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            on_end()
+
+
+class Supervisor:
+    """Holds the current connection and the listeners; the main loop reconciles both."""
+
+    def __init__(self, ref: ClusterRef):
+        self.ref = ref
+        self.connection: ssh.Connection | None = None
+        self.changed = threading.Condition()
+        self.listeners: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
+        self.port_states: dict[int, str] = {}
+        self.stopping = threading.Event()
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.desired_mtime: int | None = None
+        self._written: str | None = None
+        self._retry_at = 0.0
+
+    # --- connection ---------------------------------------------------------------------
+
+    def current(self, timeout: float) -> ssh.Connection | None:
+        """The live connection, waiting up to `timeout` for the main loop to (re)connect."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not self.stopping.is_set():
+                conn = self.connection
+                if conn is not None and conn.is_active():
+                    return conn
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.changed.wait(min(left, POLL))
+        return None
+
+    def _connect(self) -> bool:
+        try:
+            endpoint = load_endpoint(self.ref)
+            conn = ssh.connect_cluster(self.ref)
+        except ClusterousError as exc:
+            self.last_error = exc.render().replace("\n  next:", ";")
+            log.warning("connect failed: %s", self.last_error)
+            return False
+        with self.changed:
+            self.connection = conn
+            self.last_error = None
+            self.changed.notify_all()
+        log.info("connected to %s:%s", endpoint.host, endpoint.port)
+        return True
+
+    def _drop(self, reason: str, expected: ssh.Connection | None = None) -> None:
+        """Forget the connection (only `expected`, when given: a newer one may have replaced it)."""
+        with self.changed:
+            conn = self.connection
+            if expected is not None and conn is not expected:
+                return
+            self.connection = None
+        if conn is not None:
+            log.warning("connection lost: %s", reason)
+            self.last_error = f"connection lost: {reason}; reconnecting"
+            self.reconnects += 1
+            conn.close()
+
+    def _alive(self, conn: ssh.Connection) -> bool:
+        """Ask the server for an answer; no answer within PROBE_TIMEOUT means the link is dead."""
+        answered = threading.Event()
+
+        def probe() -> None:
+            with contextlib.suppress(Exception):
+                conn.transport.global_request("keepalive@openssh.com", wait=True)
+                answered.set()
+
+        threading.Thread(target=probe, daemon=True).start()
+        return answered.wait(PROBE_TIMEOUT) and conn.is_active()
+
+    # --- listeners ----------------------------------------------------------------------
+
+    def _targets(self) -> dict[int, tuple[str, int]]:
+        desired = tunnels.read_desired(self.ref)
+        targets = {t.local: (t.host, t.port) for t in desired.tunnels}
+        if desired.api_local:
+            try:
+                api_port = load_endpoint(self.ref).api_port
+            except ClusterousError:
+                api_port = 6443
+            targets[desired.api_local] = ("127.0.0.1", api_port)
+        return targets
+
+    def reconcile(self) -> None:
+        """Open listeners for new tunnels, close removed ones, retarget changed ones."""
+        try:
+            mtime = (self.ref.directory / tunnels.DESIRED_FILE).stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        retry_failed = len(self.listeners) < len(self.port_states) and time.monotonic() > self._retry_at
+        if mtime == self.desired_mtime and not retry_failed:
+            return
+        self._retry_at = time.monotonic() + 5.0
+        try:
+            targets = self._targets()
+        except ClusterousError as exc:
+            self.last_error = exc.render()
+            return
+        for port in list(self.listeners):
+            if port not in targets:
+                listener, _ = self.listeners.pop(port)
+                with contextlib.suppress(OSError):
+                    listener.close()
+                log.info("stopped listening on %s", port)
+        self.port_states = {p: s for p, s in self.port_states.items() if p in targets}
+        for port, target in targets.items():
+            if port in self.listeners:
+                self.listeners[port] = (self.listeners[port][0], target)
+                continue
+            try:
+                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((tunnels.LISTEN_HOST, port))
+                listener.listen(128)
+            except OSError as exc:
+                with contextlib.suppress(Exception):
+                    listener.close()
+                self.port_states[port] = f"port in use ({exc.strerror or exc})"
+                log.warning("cannot listen on %s: %s", port, exc)
+                continue
+            self.listeners[port] = (listener, target)
+            self.port_states[port] = "listening"
+            threading.Thread(target=self._accept, args=(port, listener), daemon=True).start()
+            log.info("listening on %s -> %s:%s", port, *target)
+        self.desired_mtime = mtime
+
+    def _accept(self, port: int, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                client, origin = listener.accept()
+            except OSError:
+                return  # closed by reconcile or shutdown
+            entry = self.listeners.get(port)
+            if entry is None or entry[0] is not listener:
+                client.close()
+                return
+            threading.Thread(target=self._serve, args=(client, origin, entry[1]), daemon=True).start()
+
+    def _serve(self, client: socket.socket, origin, target: tuple[str, int]) -> None:
+        """One client, one fresh channel; a stale transport is dropped and the open retried once."""
+        ssh.tune_socket(client)
+        channel = None
+        for _attempt in range(2):
+            conn = self.current(CLIENT_WAIT)
+            if conn is None:
+                break
+            try:
+                channel = conn.open_tcp(target[0], target[1], origin=origin)
+                break
+            except paramiko.ChannelException as exc:  # the controller answered: the target refused
+                log.warning("controller could not open %s:%s: %s", target[0], target[1], exc)
+                break
+            except Exception as exc:  # noqa: BLE001 - a dead transport raises several kinds
+                self._drop(f"opening a channel failed: {exc}", conn)
+        if channel is None:
+            client.close()
+            return
+        client.settimeout(None)
+
+        def client_done() -> None:
+            channel.shutdown_write()
+
+        def channel_done() -> None:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_WR)
+
+        upstream = threading.Thread(
+            target=pump, args=(client.recv, channel.sendall, client_done), daemon=True
+        )
+        upstream.start()
+        pump(channel.recv, client.sendall, channel_done)
+        upstream.join()
+        channel.close()
+        client.close()
+
+    # --- status -------------------------------------------------------------------------
+
+    def write_status(self) -> None:
+        conn = self.connection
+        status = {
+            "pid": os.getpid(),
+            "connected": bool(conn and conn.is_active()),
+            "ports": {str(p): s for p, s in sorted(self.port_states.items())},
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+            "desired_mtime": self.desired_mtime,
+        }
+        text = json.dumps(status, sort_keys=True)
+        if text == self._written:
+            return
+        path = self.ref.directory / tunnels.STATUS_FILE
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        self._written = text
+
+    # --- main loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff, next_try, next_probe = BACKOFF_START, 0.0, time.monotonic() + PROBE_EVERY
+        while not self.stopping.is_set():
+            if not self.ref.controller_file.exists():
+                log.info("controller record gone (cluster down?): stopping")
+                break
+            self.reconcile()
+            now = time.monotonic()
+            conn = self.connection
+            if conn is not None and not conn.is_active():
+                self._drop("the transport closed")
+                conn = None
+                next_try = now  # first retry right away, then back off
+            if conn is None and now >= next_try:
+                if self._connect():
+                    backoff, next_probe = BACKOFF_START, now + PROBE_EVERY
+                else:
+                    next_try = time.monotonic() + backoff
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+            elif conn is not None and now >= next_probe:
+                if not self._alive(conn):
+                    self._drop("no answer to a keepalive")
+                next_probe = time.monotonic() + PROBE_EVERY
+            self.write_status()
+            self.stopping.wait(POLL)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for listener, _ in self.listeners.values():
+            with contextlib.suppress(OSError):
+                listener.close()
+        if self.connection is not None:
+            self.connection.close()
+        with contextlib.suppress(OSError):
+            (self.ref.directory / tunnels.STATUS_FILE).unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="clusterous_cli.forwarder")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    supervisor = Supervisor(ClusterRef(args.profile, args.cluster, args.directory))
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.info("tunnel supervisor %s started for %s/%s", os.getpid(), args.profile, args.cluster)
+    supervisor.run()
+    log.info("tunnel supervisor %s stopped", os.getpid())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Tunnels as the CLI manages them: specs, the per-cluster records, and the background supervisor's life.
+
+Two files in the cluster's config directory connect the CLI and the supervisor process
+(`clusterous_cli.forwarder`), so neither needs to talk to the other directly:
+
+    tunnels.yml       what should be forwarded (written by the CLI, polled by the supervisor):
+                        api: {local: 41234}                    # the Kubernetes API tunnel
+                        tunnels:
+                          - {local: 8888, host: 10.43.0.17, port: 8888, component: master}
+    supervisor.json   what is (written by the supervisor): pid, connected, listening ports,
+                      per-port errors, last error, reconnect count.
+    supervisor.pid    the pid, written by the CLI the moment it starts the process.
+    tunnels.log       the supervisor's log (no secrets in it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clusterous_cli.endpoint import ClusterRef
+from clusterous_provisioner.errors import BadInput, Failure
+
+DESIRED_FILE = "tunnels.yml"
+STATUS_FILE = "supervisor.json"
+PID_FILE = "supervisor.pid"
+LOG_FILE = "tunnels.log"
+API_NAME = "kubernetes-api"
+LISTEN_HOST = "127.0.0.1"
+MIN_LOCAL_PORT, MAX_PORT = 1024, 65535
+COMPONENT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SPEC_HELP = (
+    "LOCAL:COMPONENT:PORT (e.g. 8888:master:8888) or LOCAL:HOST:PORT with an IP address or dotted name"
+)
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    """A parsed `LOCAL:TARGET:PORT`: TARGET is a component name or, when raw, a host."""
+
+    local: int
+    target: str
+    port: int
+    raw: bool  # True: target is a host the controller connects to directly
+
+
+@dataclass
+class Tunnel:
+    """One forwarded port as recorded in tunnels.yml."""
+
+    local: int
+    host: str
+    port: int
+    component: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.component or f"{self.host}:{self.port}"
+
+
+@dataclass
+class Desired:
+    api_local: int | None = None
+    tunnels: list[Tunnel] = field(default_factory=list)
+
+
+def _port(text: str, what: str, spec: str, low: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= MAX_PORT:
+        raise BadInput("tunnel spec", what, f"a port number {low}-{MAX_PORT} in {SPEC_HELP}", spec)
+    return int(text)
+
+
+def is_raw_host(target: str) -> bool:
+    """IP addresses and dotted names are hosts; a bare lowercase label is a component."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(target.strip("[]"))
+        return True
+    return "." in target
+
+
+def parse_spec(spec: str) -> TunnelSpec:
+    """`LOCAL:COMPONENT:PORT` or `LOCAL:HOST:PORT`; local ports 1024-65535 (no root needed)."""
+    local, sep1, rest = spec.partition(":")
+    target, sep2, port = rest.rpartition(":")
+    if not (sep1 and sep2 and target):
+        raise BadInput("tunnel spec", None, SPEC_HELP, spec)
+    local_port = _port(local, "LOCAL", spec, MIN_LOCAL_PORT)
+    remote_port = _port(port, "PORT", spec, 1)
+    raw = is_raw_host(target)
+    if not raw and not COMPONENT_NAME.match(target):
+        raise BadInput(
+            "tunnel spec", "COMPONENT", f"a component name (lowercase, digits, '-') in {SPEC_HELP}", spec
+        )
+    return TunnelSpec(local_port, target.strip("[]"), remote_port, raw)
+
+
+def check_local_port(port: int, what: str = "LOCAL") -> int:
+    if not MIN_LOCAL_PORT <= port <= MAX_PORT:
+        raise BadInput("tunnel", what, f"a local port {MIN_LOCAL_PORT}-{MAX_PORT}", port)
+    return port
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def read_desired(ref: ClusterRef) -> Desired:
+    from clusterous_cli import config
+
+    path = ref.directory / DESIRED_FILE
+    if not path.exists():
+        return Desired()
+    data = config.read_yaml(path)
+    api = data.get("api") or {}
+    return Desired(
+        api_local=api.get("local"),
+        tunnels=[Tunnel(**t) for t in data.get("tunnels") or []],
+    )
+
+
+def write_desired(ref: ClusterRef, desired: Desired) -> None:
+    import yaml
+
+    from clusterous_cli import config
+
+    data: dict = {}
+    if desired.api_local:
+        data["api"] = {"local": desired.api_local}
+    data["tunnels"] = [{k: v for k, v in asdict(t).items() if v is not None} for t in desired.tunnels]
+    config.write_private(ref.directory / DESIRED_FILE, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_status(ref: ClusterRef) -> dict:
+    path = ref.directory / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- the supervisor process ---------------------------------------------------------------
+
+
+def supervisor_pid(ref: ClusterRef) -> int | None:
+    """The pid of this cluster's running supervisor, or None (stale records are ignored)."""
+    try:
+        pid = int((ref.directory / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        cmdline = None
+    if cmdline is not None:
+        alive = b"clusterous_cli.forwarder" in cmdline and str(ref.directory).encode() in cmdline
+        return pid if alive and not _is_zombie(pid) else None
+    try:  # no /proc (macOS): trust the pid if something lives there
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def start_supervisor(ref: ClusterRef) -> int:
+    """Start the supervisor unless it runs; it outlives this command (own session, no terminal)."""
+    pid = supervisor_pid(ref)
+    if pid:
+        return pid
+    (ref.directory / STATUS_FILE).unlink(missing_ok=True)
+    log = open(ref.directory / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clusterous_cli.forwarder",
+                "--profile",
+                ref.profile_name,
+                "--cluster",
+                ref.cluster,
+                str(ref.directory),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        log.close()
+    from clusterous_cli import config
+
+    config.write_private(ref.directory / PID_FILE, f"{process.pid}\n")
+    return process.pid
+
+
+def stop_supervisor(ref: ClusterRef, timeout: float = 5.0) -> int | None:
+    """SIGTERM and wait; SIGKILL if it will not go. Returns the pid that was stopped."""
+    pid = supervisor_pid(ref)
+    if pid is None:
+        (ref.directory / PID_FILE).unlink(missing_ok=True)
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while supervisor_pid(ref) == pid and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if supervisor_pid(ref) == pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+    (ref.directory / PID_FILE).unlink(missing_ok=True)
+    (ref.directory / STATUS_FILE).unlink(missing_ok=True)
+    return pid
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the supervisor is our own child (tests run the CLI in-process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_for(ref: ClusterRef, condition, timeout: float, what: str) -> dict:
+    """Poll supervisor.json until `condition(status)` holds; a Failure naming the log if it never does."""
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = read_status(ref)
+        if condition(status):
+            return status
+        if supervisor_pid(ref) is None and time.monotonic() > deadline - timeout + 2:
+            break
+        time.sleep(0.05)
+    error = status.get("last_error") or "no answer from the tunnel supervisor"
+    raise Failure(
+        f"{what}: {error}",
+        f"see {ref.directory / LOG_FILE}; `clusterous-k8s tunnel ls` shows the tunnels' state",
+    )
+
+
+def port_state(status: dict, port: int) -> str | None:
+    """'listening', an error message, or None when the supervisor has not reached this port yet."""
+    return (status.get("ports") or {}).get(str(port))
+
+
+def bindable(port: int) -> bool:
+    """True when a tunnel could listen on this local port now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LISTEN_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def next_free_port(start: int, taken: set[int]) -> int:
+    for port in range(start, MAX_PORT + 1):
+        if port not in taken and bindable(port):
+            return port
+    raise Failure(f"no free local port from {start} up", "pick a LOCAL port yourself")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LISTEN_HOST, 0))
+        return probe.getsockname()[1]
+
+
+def apply(ref: ClusterRef, desired: Desired, wait_ports: list[int], timeout: float = 20.0) -> dict:
+    """Record the wanted tunnels, make sure the supervisor runs, and wait until it listens on them."""
+    write_desired(ref, desired)
+    start_supervisor(ref)
+
+    def settled(status: dict) -> bool:
+        return status.get("desired_mtime") == _mtime(ref) and all(port_state(status, p) for p in wait_ports)
+
+    status = wait_for(ref, settled, timeout, "the tunnel supervisor did not pick up the change")
+    for port in wait_ports:
+        state = port_state(status, port)
+        if state != "listening":
+            raise Failure(f"cannot listen on local port {port}: {state}", "pick another LOCAL port")
+    return status
+
+
+def _mtime(ref: ClusterRef) -> float | None:
+    with contextlib.suppress(OSError):
+        return (ref.directory / DESIRED_FILE).stat().st_mtime_ns
+    return None
+
+
+def ensure_api_tunnel(ref: ClusterRef, timeout: float = 20.0) -> int:
+    """The local port of the Kubernetes API tunnel, started (and connected) if it was not."""
+    desired = read_desired(ref)
+    if not desired.api_local:
+        desired.api_local = free_port()
+    apply(ref, desired, [desired.api_local], timeout)
+    wait_for(
+        ref,
+        lambda s: s.get("connected"),
+        timeout,
+        "the SSH tunnel to the controller is not connected",
+    )
+    return desired.api_local
