@@ -1,0 +1,109 @@
+"""The cluster's add-ons: the manifests in `manifests/` with one cluster's values filled in.
+
+Templates mark values as `{{ name }}`; a template naming a value we do not know, or a value we
+know but no template uses, is a bug caught by `render` and the tests. Values are plain strings
+inserted inside quoted YAML scalars, so they never change a manifest's structure.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
+
+NAMESPACE = "clusterous-system"
+SHARED_DIR = "/export/shared"  # the shared volume's mount point and NFS export on the controller
+REGISTRY_PORT = 5000
+REGISTRY_IMAGE = "registry:2.8.3"
+CSI_NFS_VERSION = "v4.11.0"
+CSI_NFS_IMAGE = f"registry.k8s.io/sig-storage/nfsplugin:{CSI_NFS_VERSION}"
+
+# In the order k3s should apply them (it applies each file on its own; the CRDs come first).
+TEMPLATES = (
+    "namespace.yaml",
+    "kopf-peering.yaml",
+    "cluster-info.yaml",
+    "nfs-csi.yaml",
+    "storage-classes.yaml",
+    "registry.yaml",
+    "operator.yaml",
+)
+CRD_FILE = "crd-clusterapp.yaml"  # the operator's CRD (clusterous_operator/crd.yaml), never edited here
+OPERATOR_CODE_FILE = "operator-code.yaml"
+# Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers.
+APPLIED_LATER = frozenset({OPERATOR_CODE_FILE})
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+
+
+def registry_endpoint(controller_ip: str) -> str:
+    """Where every node's containerd reaches the registry: the controller's host port."""
+    return f"{controller_ip}:{REGISTRY_PORT}"
+
+
+def registries_yaml(controller_ip: str) -> str:
+    """k3s registries.yaml: the registry's names (cluster DNS and Clusterous' `registry:5000`)
+    mirrored to the controller's plain-HTTP endpoint, reachable from the hosts' containerd."""
+    endpoint = f"http://{registry_endpoint(controller_ip)}"
+    lines = ["mirrors:"]
+    for name in (CLUSTER_REGISTRY, LEGACY_REGISTRY):
+        lines += [f'  "{name}":', "    endpoint:", f'      - "{endpoint}"']
+    return "\n".join(lines) + "\n"
+
+
+def values_for(inputs) -> dict[str, str]:
+    """Template values from BootstrapInputs (duck-typed to keep this module free of a cycle)."""
+    from clusterous_provisioner import operator_bundle
+
+    parent, _, name = SHARED_DIR.rpartition("/")
+    return {
+        "cluster_name": inputs.cluster_name,
+        "region": inputs.region,
+        "bucket": inputs.bucket,
+        "k3s_version": inputs.k3s_version,
+        "controller_ip": inputs.controller_ip,
+        "logging_level": str(inputs.logging_level),
+        "shared_dir": SHARED_DIR,
+        "shared_parent": parent,
+        "shared_name": name,
+        "registry": CLUSTER_REGISTRY,
+        "registry_endpoint": registry_endpoint(inputs.controller_ip),
+        "registry_image": REGISTRY_IMAGE,
+        "csi_nfs_version": CSI_NFS_VERSION,
+        "csi_nfs_image": CSI_NFS_IMAGE,
+        "operator_image": operator_bundle.OPERATOR_IMAGE,
+        "operator_module": operator_bundle.OPERATOR_MODULE,
+        "operator_requirements": " ".join(operator_bundle.REQUIREMENTS),
+        "operator_code_hash": operator_bundle.code_hash(),
+    }
+
+
+def template(name: str) -> str:
+    return (resources.files("clusterous_provisioner") / "manifests" / name).read_text()
+
+
+def fill(text: str, values: dict[str, str], name: str = "template") -> str:
+    def replace(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise KeyError(f"{name}: no value for {{{{ {key} }}}}")
+        return values[key]
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def render(values: dict[str, str]) -> dict[str, str]:
+    """Every add-on manifest, file name -> YAML text, in apply order."""
+    from clusterous_provisioner import operator_bundle
+
+    rendered = {CRD_FILE: crd_text()}
+    for name in TEMPLATES:
+        rendered[name] = fill(template(name), values, name)
+    rendered[OPERATOR_CODE_FILE] = operator_bundle.code_configmap_yaml()
+    return rendered
+
+
+def crd_text() -> str:
+    """The ClusterApp CRD exactly as the operator package ships it."""
+    return (resources.files("clusterous_operator") / "crd.yaml").read_text()

@@ -1,0 +1,198 @@
+"""What runs inside the instances: cloud-init user-data per role, and the cluster's add-ons.
+
+The provisioner passes `render_controller` / `render_node` output to EC2 as user-data. The real
+work is done by the shell scripts in `scripts/` (shellchecked and run in tests with stand-ins);
+the user-data only writes them, their settings and the k3s token (a 0600 file, never on a
+command line, never echoed) and runs them once. Add-on manifests are written into k3s's
+auto-deploy directory, so k3s applies them as soon as its API is up.
+
+EC2 limits user-data to 16 KiB, so the manifests travel gzip+base64 encoded (`gz+b64`, decoded
+by cloud-init's write_files).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+import shlex
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from clusterous_provisioner import addons
+from clusterous_provisioner.errors import BadInput, Failure
+
+DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
+SUPPORTED_OS = ("ubuntu-24.04", "al2023")
+USER_DATA_LIMIT = 16384  # bytes, EC2's limit on raw user-data
+
+# Paths on the instance.
+SCRIPT_DIR = "/usr/local/lib/clusterous"
+CONFIG_FILE = "/etc/clusterous/bootstrap.env"
+TOKEN_FILE = "/etc/clusterous/k3s-token"
+REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
+K3S_MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
+ADDONS_FILE = f"{K3S_MANIFEST_DIR}/clusterous-addons.yaml"
+
+_K3S_RELEASE = re.compile(r"^v1\.(\d+)\.(\d+)\+k3s(\d+)$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class BootstrapInputs:
+    """Everything the instances of one cluster need to know about it."""
+
+    cluster_name: str
+    region: str
+    k3s_version: str
+    token: str = field(repr=False)  # never shown, not even in a traceback's repr
+    controller_ip: str
+    vpc_cidr: str
+    shared_volume_id: str | None
+    bucket: str
+    node_groups: list[str]
+    logging_level: int = 0
+    os: str = "ubuntu-24.04"
+
+
+def check_k3s_version(version: str, source: str = "cluster file", field_name: str = "k3s_version") -> str:
+    """A k3s release name such as v1.33.5+k3s1; anything else would fail on every instance at boot."""
+    if not isinstance(version, str) or not _K3S_RELEASE.match(version):
+        raise BadInput(source, field_name, "a k3s release name like v1.33.5+k3s1", version)
+    return version
+
+
+def _check_inputs(inputs: BootstrapInputs) -> None:
+    check_k3s_version(inputs.k3s_version)
+    if inputs.os not in SUPPORTED_OS:
+        raise BadInput("cluster file", "os", f"one of {', '.join(SUPPORTED_OS)}", inputs.os)
+    for group in inputs.node_groups:
+        if not _LABEL_VALUE.match(group):
+            raise BadInput(
+                "cluster file", "node_groups", "group names usable as Kubernetes label values", group
+            )
+
+
+def _script(name: str) -> str:
+    return (resources.files("clusterous_provisioner") / "scripts" / name).read_text()
+
+
+def _settings(inputs: BootstrapInputs, role: str, group: str | None = None) -> str:
+    """bootstrap.env: plain settings the scripts source. The token is deliberately not here."""
+    values = {
+        "CLUSTEROUS_CLUSTER": inputs.cluster_name,
+        "CLUSTEROUS_ROLE": role,
+        "K3S_VERSION": inputs.k3s_version,
+        "OS_FAMILY": inputs.os.split("-")[0],
+        "CONTROLLER_IP": inputs.controller_ip,
+        "VPC_CIDR": inputs.vpc_cidr,
+        "SHARED_VOLUME_ID": inputs.shared_volume_id or "",  # vol-... or empty
+        "SHARED_DIR": addons.SHARED_DIR,
+        "SHARED_FS": "ext4",
+    }
+    if group is not None:
+        values["NODE_GROUP"] = group
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def _file(path: str, content: str, permissions: str = "0644", compress: bool = False) -> dict:
+    entry = {"path": path, "owner": "root:root", "permissions": permissions}
+    if compress:
+        entry["encoding"] = "gz+b64"
+        entry["content"] = base64.b64encode(gzip.compress(content.encode(), mtime=0)).decode()
+    else:
+        entry["content"] = content
+    return entry
+
+
+def _cloud_config(files: list[dict], script: str) -> str:
+    config = {
+        "write_files": files,
+        # runcmd runs once per instance; the script is idempotent should it run again.
+        "runcmd": [[f"{SCRIPT_DIR}/{script}"]],
+    }
+    return "#cloud-config\n" + yaml.dump(config, Dumper=_LiteralDumper, sort_keys=False, width=1000)
+
+
+def _common_files(inputs: BootstrapInputs, role: str, group: str | None = None) -> list[dict]:
+    return [
+        _file(TOKEN_FILE, inputs.token + "\n", "0600"),
+        _file(CONFIG_FILE, _settings(inputs, role, group), "0600"),
+        _file(f"{SCRIPT_DIR}/common.sh", _script("common.sh"), "0644", compress=True),
+        _file(REGISTRIES_FILE, addons.registries_yaml(inputs.controller_ip), "0644"),
+    ]
+
+
+def render_controller(inputs: BootstrapInputs) -> str:
+    """User-data of the controller: NFS server on the shared volume, k3s server, add-ons."""
+    _check_inputs(inputs)
+    files = _common_files(inputs, "controller")
+    files.append(_file(f"{SCRIPT_DIR}/controller.sh", _script("controller.sh"), "0755", compress=True))
+    files.append(_file(ADDONS_FILE, boot_manifests(inputs), "0600", compress=True))
+    user_data = _cloud_config(files, "controller.sh")
+    if len(user_data.encode()) > USER_DATA_LIMIT:
+        raise Failure(
+            f"controller user-data is {len(user_data.encode())} bytes, over EC2's {USER_DATA_LIMIT}",
+            "this is a bug in clusterous-k8s: please report it",
+        )
+    return user_data
+
+
+def boot_manifests(inputs: BootstrapInputs) -> str:
+    """The add-ons k3s applies at boot, as one multi-document file (it compresses best).
+
+    k3s retries a file until every object in it applies, so objects of a CRD defined earlier in
+    the file (the kopf peering) land once the CRD is served.
+    """
+    texts = [text for name, text in render_manifests(inputs).items() if name not in addons.APPLIED_LATER]
+    return "".join(text if text.startswith("---") else "---\n" + text for text in texts)
+
+
+def render_node(inputs: BootstrapInputs, group: str) -> str:
+    """User-data of a node of `group`: NFS client and a k3s agent joining the controller."""
+    _check_inputs(inputs)
+    if group not in inputs.node_groups:
+        raise BadInput("cluster file", "node_groups", f"one of {', '.join(inputs.node_groups)}", group)
+    files = _common_files(inputs, "node", group)
+    files.append(_file(f"{SCRIPT_DIR}/node.sh", _script("node.sh"), "0755", compress=True))
+    return _cloud_config(files, "node.sh")
+
+
+def render_manifests(inputs: BootstrapInputs) -> dict[str, str]:
+    """Add-on manifests (file name -> YAML) with this cluster's values filled in."""
+    _check_inputs(inputs)
+    return addons.render(addons.values_for(inputs))
+
+
+def write_render_dir(inputs: BootstrapInputs, directory: Path | str) -> list[Path]:
+    """`up --dry-run --render-dir DIR`: every user-data file and manifest a real `up` would use."""
+    root = Path(directory)
+    written: list[Path] = []
+
+    def write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o600)  # user-data holds the cluster token
+        written.append(path)
+
+    write(root / "user-data" / "controller.user-data", render_controller(inputs))
+    for group in inputs.node_groups:
+        write(root / "user-data" / f"{group}.user-data", render_node(inputs, group))
+    for name, text in render_manifests(inputs).items():
+        write(root / "manifests" / name, text)
+    return written
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings (scripts, settings) as readable `|` blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_representer)

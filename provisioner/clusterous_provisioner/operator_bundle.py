@@ -1,0 +1,86 @@
+"""How the operator reaches a cluster that has no public registry to pull it from.
+
+The operator pod runs a pinned stock Python image. Its code is this installation's own
+`clusterous_operator` package, zipped (Python imports straight from a zip) into the
+`clusterous-operator-code` ConfigMap with the pod's start script; the start script pip-installs
+the pinned dependencies once per code version on the controller and runs kopf. So the cluster
+runs exactly the operator the CLI was tested with, and nothing has to be built or published.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zipfile
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+OPERATOR_IMAGE = "python:3.12.11-slim-bookworm"
+OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
+# What the operator package imports besides the standard library, pinned as tested.
+REQUIREMENTS = ("kopf==1.45.2", "pyyaml==6.0.3")
+CONFIGMAP = "clusterous-operator-code"
+ZIP_NAME = "clusterous_operator.zip"
+START_SCRIPT = "start.sh"
+_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".txt")
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same code gives the same bytes and hash
+
+
+def _package_files(package: str = "clusterous_operator"):
+    def walk(node, prefix):
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir():
+                if child.name != "__pycache__":
+                    yield from walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(_SUFFIXES):
+                yield f"{prefix}{child.name}", child.read_bytes()
+
+    yield from walk(resources.files(package), f"{package}/")
+
+
+@lru_cache(maxsize=1)
+def operator_zip() -> bytes:
+    """The installed clusterous_operator package as a deterministic zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in _package_files():
+            info = zipfile.ZipInfo(name, _EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def start_script() -> str:
+    return (resources.files("clusterous_provisioner") / "scripts" / "operator-start.sh").read_text()
+
+
+def code_hash() -> str:
+    """Changes whenever the code, the start script or the pins change: the pod rolls then."""
+    digest = hashlib.sha256(operator_zip())
+    digest.update(start_script().encode())
+    digest.update(" ".join(REQUIREMENTS).encode())
+    return digest.hexdigest()[:16]
+
+
+def code_configmap() -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CONFIGMAP,
+            "namespace": "clusterous-system",
+            "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
+            "annotations": {"clusterous.io/code-hash": code_hash()},
+        },
+        "data": {START_SCRIPT: start_script()},
+        "binaryData": {ZIP_NAME: base64.b64encode(operator_zip()).decode()},
+    }
+
+
+def code_configmap_yaml() -> str:
+    header = "# The operator's code (see clusterous_provisioner/operator_bundle.py). Generated.\n"
+    return header + yaml.safe_dump(code_configmap(), sort_keys=False, width=1000)
