@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import copy
 import datetime
+import functools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,16 @@ def json_patch(obj: dict[str, Any], operations: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def builtin_resources() -> dict[kmock.resource, kmock.ResourceInfo]:
+    """kmock's bundled catalogue of built-in resources (taken from k3s), loaded once."""
+    catalogue = kmock.ResourcesArray()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # kmock uses importlib.resources.read_binary
+        catalogue.load_bundled()
+    return {resource: catalogue[resource] for resource in catalogue}
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -291,8 +303,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.resources.load_bundled()  # kmock's catalogue of built-in resources (from k3s)
+        for resource, info in builtin_resources().items():
+            self.resources[resource] = attrs.evolve(info)  # a copy: CRDs must not leak across tests
         self.fallback["put"] << self._serve_replace
+        self.fallback["get /apis/"] << self._serve_apis  # the kubernetes client asks with a slash
+        self.fallback["get /api/"] << self._serve_api
         self.fallback["get /openapi/v3"] << self._serve_openapi_root
         self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_group
         self.fallback["get", re.compile(r"/openapi/v2")] << api_error(404, "NotFound", "use /openapi/v3")
@@ -902,6 +917,19 @@ class K8sApi:
     def create(self, resource: str, body: dict, namespace: str | None = None) -> dict:
         res = self.resource(resource)
         return self.call(lambda emulator: emulator.create(res, namespace, body))
+
+    def patch(self, resource: str, name: str, patch: dict, namespace: str | None = None) -> dict:
+        """A JSON merge patch, as a client's PATCH would apply it (watchers see MODIFIED)."""
+        res = self.resource(resource)
+
+        async def apply(emulator: ApiEmulator) -> dict:
+            scope = _scope(emulator, res, namespace)
+            old = emulator._current(res, scope, name)
+            if old is None:
+                raise KeyError(f"{resource} {name!r} does not exist")
+            return await emulator.update(res, scope, name, merge_patch(old, patch))
+
+        return self.call(apply)
 
     def write_status(self, resource: str, name: str, status: dict, namespace: str | None = None) -> dict:
         res = self.resource(resource)

@@ -1,0 +1,519 @@
+"""The Kubernetes API emulator works for the clients we use: kubernetes, kopf and kubectl."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import textwrap
+import threading
+
+import pytest
+
+from tests.harness.k8s import (
+    K8sApi,
+    merge_patch,
+    parse_path,
+    selector_matches,
+    strategic_merge,
+)
+
+kubernetes = pytest.importorskip("kubernetes")
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+
+GROUP, VERSION, PLURAL = "example.clusterous.dev", "v1", "capps"
+CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": f"{PLURAL}.{GROUP}"},
+    "spec": {
+        "group": GROUP,
+        "scope": "Namespaced",
+        "names": {"plural": PLURAL, "singular": "capp", "kind": "CApp", "shortNames": ["capp"]},
+        "versions": [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture()
+def client(k8s_api: K8sApi):
+    """A `kubernetes` ApiClient configured from the emulator's kubeconfig file."""
+    api_client = kubernetes.config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture()
+def crd(client) -> dict:
+    kubernetes.client.ApiextensionsV1Api(client).create_custom_resource_definition(CRD)
+    return CRD
+
+
+def capp(name: str, size: int = 1, **metadata) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CApp",
+        "metadata": {"name": name, **metadata},
+        "spec": {"size": size},
+    }
+
+
+def status_of(call) -> ApiException:
+    with pytest.raises(ApiException) as info:
+        call()
+    return info.value
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("role=worker", True),
+        ("role==worker", True),
+        ("role!=worker", False),
+        ("role in (master, worker)", True),
+        ("role notin (master,worker)", False),
+        ("role", True),
+        ("!role", False),
+        ("zone", False),
+        ("role=worker,!zone,tier in (a)", True),
+        ("role=worker,tier notin (a)", False),
+    ],
+)
+def test_label_selectors(selector: str, expected: bool) -> None:
+    obj = {"metadata": {"name": "n", "labels": {"role": "worker", "tier": "a"}}}
+    assert selector_matches(obj, selector, None) is expected
+
+
+def test_field_selectors_on_name_and_namespace() -> None:
+    obj = {"metadata": {"name": "a", "namespace": "ns1"}}
+    assert selector_matches(obj, None, "metadata.name=a,metadata.namespace=ns1")
+    assert not selector_matches(obj, None, "metadata.name!=a")
+    assert not selector_matches(obj, None, "metadata.namespace=other")
+
+
+def test_paths_of_namespaces_are_the_namespace_resource() -> None:
+    assert (parse_path("/api/v1/namespaces").plural, parse_path("/api/v1/namespaces").name) == (
+        "namespaces",
+        None,
+    )
+    named = parse_path("/api/v1/namespaces/dev")
+    assert (named.plural, named.name, named.namespace) == ("namespaces", "dev", None)
+    status = parse_path("/api/v1/namespaces/dev/status")
+    assert (status.plural, status.name, status.subresource) == ("namespaces", "dev", "status")
+    inner = parse_path("/apis/apps/v1/namespaces/dev/deployments/web/status")
+    assert (inner.group, inner.namespace, inner.plural, inner.name, inner.subresource) == (
+        "apps",
+        "dev",
+        "deployments",
+        "web",
+        "status",
+    )
+
+
+def test_merge_and_strategic_patches() -> None:
+    old = {"spec": {"a": 1, "b": 2, "containers": [{"name": "x", "image": "1", "ports": [80]}]}}
+    assert merge_patch(old, {"spec": {"a": None, "c": 3}}) == {
+        "spec": {"b": 2, "c": 3, "containers": old["spec"]["containers"]}
+    }
+    patch = {
+        "spec": {"$setElementOrder/containers": [{"name": "x"}], "containers": [{"name": "x", "image": "2"}]}
+    }
+    assert strategic_merge(old, patch)["spec"]["containers"] == [{"name": "x", "image": "2", "ports": [80]}]
+    delete = {"spec": {"containers": [{"name": "x", "$patch": "delete"}]}}
+    assert strategic_merge(old, delete)["spec"]["containers"] == []
+
+
+# -- the kubernetes client -----------------------------------------------------------------
+
+
+def test_server_fills_metadata_and_answers_201(client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    created, code, _ = core.create_namespaced_config_map_with_http_info(
+        "default", {"metadata": {"generateName": "cm-"}}
+    )
+    assert code == 201
+    meta = created.metadata
+    assert meta.name.startswith("cm-") and len(meta.name) > len("cm-")
+    assert meta.namespace == "default" and meta.uid and meta.resource_version and meta.generation == 1
+    assert meta.creation_timestamp is not None
+    again = core.read_namespaced_config_map(meta.name, "default")
+    assert again.metadata.uid == meta.uid
+
+
+def test_standard_errors(client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespaced_config_map("default", {"metadata": {"name": "c"}, "data": {"k": "1"}})
+    exists = status_of(lambda: core.create_namespaced_config_map("default", {"metadata": {"name": "c"}}))
+    assert exists.status == 409 and json.loads(exists.body)["reason"] == "AlreadyExists"
+    missing = status_of(lambda: core.read_namespaced_config_map("nope", "default"))
+    assert missing.status == 404 and json.loads(missing.body)["reason"] == "NotFound"
+    stale = {"metadata": {"name": "c", "resourceVersion": "1"}, "data": {"k": "2"}}
+    conflict = status_of(lambda: core.replace_namespaced_config_map("c", "default", stale))
+    assert conflict.status == 409 and json.loads(conflict.body)["reason"] == "Conflict"
+    nameless = status_of(lambda: core.create_namespaced_config_map("default", {"metadata": {}}))
+    assert nameless.status == 422 and json.loads(nameless.body)["reason"] == "Invalid"
+    no_ns = status_of(lambda: core.create_namespaced_config_map("ghost", {"metadata": {"name": "c"}}))
+    assert no_ns.status == 404
+
+
+def test_replace_merge_patch_and_json_patch(client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    created = core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}}
+    )
+    current = core.read_namespaced_config_map("c", "default")
+    current.data = {"a": "replaced"}
+    replaced = core.replace_namespaced_config_map("c", "default", current)
+    assert replaced.data == {"a": "replaced"}
+    assert int(replaced.metadata.resource_version) > int(created.metadata.resource_version)
+
+    merged = core.patch_namespaced_config_map(
+        "c", "default", {"data": {"a": None, "c": "3"}}, _content_type="application/merge-patch+json"
+    )
+    assert merged.data == {"c": "3"}
+
+    ops = [{"op": "test", "path": "/data/c", "value": "3"}, {"op": "add", "path": "/data/d", "value": "4"}]
+    assert core.patch_namespaced_config_map("c", "default", ops).data == {"c": "3", "d": "4"}
+    failing = [{"op": "test", "path": "/data/c", "value": "wrong"}, {"op": "remove", "path": "/data/c"}]
+    error = status_of(lambda: core.patch_namespaced_config_map("c", "default", failing))
+    assert error.status == 422 and json.loads(error.body)["reason"] == "Invalid"
+    assert core.read_namespaced_config_map("c", "default").data == {"c": "3", "d": "4"}
+
+
+def test_deployment_status_subresource_and_generation(client) -> None:
+    apps = kubernetes.client.AppsV1Api(client)
+    labels = {"app": "web"}
+    container = {"name": "app", "image": "nginx:1"}
+    body = {
+        "metadata": {"name": "web", "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+        "status": {"replicas": 99},
+    }
+    created = apps.create_namespaced_deployment("default", body)
+    assert created.status is None or created.status.replicas is None  # status is not writable on create
+    with_status = apps.patch_namespaced_deployment_status("web", "default", {"status": {"readyReplicas": 1}})
+    assert with_status.status.ready_replicas == 1 and with_status.metadata.generation == 1
+    ignored = apps.patch_namespaced_deployment(
+        "web", "default", {"status": {"readyReplicas": 5}}, _content_type="application/merge-patch+json"
+    )
+    assert ignored.status.ready_replicas == 1 and ignored.metadata.generation == 1
+    scaled = apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 3}})
+    assert scaled.spec.replicas == 3 and scaled.metadata.generation == 2 and scaled.status.ready_replicas == 1
+    status_write = apps.patch_namespaced_deployment_status("web", "default", {"spec": {"replicas": 7}})
+    assert status_write.spec.replicas == 3
+
+
+def test_nodes_list_with_label_and_field_selectors(k8s_api: K8sApi, client) -> None:
+    k8s_api.add_node("w1", {"role": "worker"}, cpu=4)
+    k8s_api.add_node("w2", {"role": "worker", "spot": "yes"}, cpu=8, ready=False)
+    k8s_api.add_node("m1", {"role": "master"})
+    core = kubernetes.client.CoreV1Api(client)
+
+    def names(**kwargs) -> list[str]:
+        result = core.list_node(**kwargs)
+        assert result.kind == "NodeList" and result.api_version == "v1"
+        return sorted(n.metadata.name for n in result.items)
+
+    assert names() == ["m1", "w1", "w2"]
+    assert names(label_selector="role=worker") == ["w1", "w2"]
+    assert names(label_selector="role!=worker") == ["m1"]
+    assert names(label_selector="role in (master),!spot") == ["m1"]
+    assert names(label_selector="role notin (master),spot") == ["w2"]
+    assert names(field_selector="metadata.name=w1") == ["w1"]
+    w2 = core.read_node("w2")
+    assert w2.status.capacity["cpu"] == "8" and w2.status.conditions[0].status == "False"
+
+
+def test_namespaces_are_served(client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespace({"metadata": {"name": "dev"}})
+    assert "dev" in {ns.metadata.name for ns in core.list_namespace().items}
+    assert core.read_namespace("dev").status.phase == "Active"
+    core.create_namespaced_config_map("dev", {"metadata": {"name": "c"}})
+    assert [c.metadata.namespace for c in core.list_config_map_for_all_namespaces().items] == ["dev"]
+
+
+def test_watch_replays_from_resource_version_and_times_out(client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    start = core.list_namespaced_config_map("default").metadata.resource_version
+    core.create_namespaced_config_map("default", {"metadata": {"name": "c", "labels": {"w": "y"}}})
+    core.create_namespaced_config_map("default", {"metadata": {"name": "other"}})
+    core.patch_namespaced_config_map("c", "default", {"data": {"k": "v"}})
+    core.delete_namespaced_config_map("c", "default")
+    stream = kubernetes.watch.Watch().stream(
+        core.list_namespaced_config_map,
+        "default",
+        resource_version=start,
+        label_selector="w=y",
+        timeout_seconds=1,
+    )
+    events = [(e["type"], e["object"].metadata.name) for e in stream]  # ends by the server's timeout
+    assert events == [("ADDED", "c"), ("MODIFIED", "c"), ("DELETED", "c")]
+
+
+def test_live_watch_sees_added_modified_deleted(k8s_api: K8sApi, client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    k8s_api.add_node("n1")
+    seen: list[tuple[str, str]] = []
+    watch = kubernetes.watch.Watch()
+
+    def consume() -> None:
+        for event in watch.stream(core.list_node, timeout_seconds=20):
+            seen.append((event["type"], event["object"].metadata.name))
+            if event["type"] == "DELETED":
+                return
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    k8s_api.wait_for(lambda: ("ADDED", "n1") in seen, what="the initial ADDED event")
+    core.patch_node("n1", {"metadata": {"labels": {"x": "y"}}})
+    core.delete_node("n1")
+    thread.join(10)
+    assert seen == [("ADDED", "n1"), ("MODIFIED", "n1"), ("DELETED", "n1")]
+
+
+def test_crd_makes_custom_resources_served(k8s_api: K8sApi, client, crd) -> None:
+    resources = kubernetes.client.ApisApi(client).get_api_versions()
+    assert GROUP in {g.name for g in resources.groups}
+    discovered = kubernetes.client.CustomObjectsApi(client).get_api_resources(GROUP, VERSION)
+    by_name = {r.name: r for r in discovered.resources}
+    assert (
+        by_name[PLURAL].namespaced
+        and by_name[PLURAL].short_names == ["capp"]
+        and f"{PLURAL}/status" in by_name
+    )
+
+    custom = kubernetes.client.CustomObjectsApi(client)
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, capp("a", labels={"t": "1"})
+    )
+    assert created["metadata"]["generation"] == 1 and created["metadata"]["uid"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, capp("b"))
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, label_selector="t=1")
+    assert listed["kind"] == "CAppList" and [i["metadata"]["name"] for i in listed["items"]] == ["a"]
+
+    patched = custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        "a",
+        {"spec": {"size": 5}},
+        _content_type="application/merge-patch+json",
+    )
+    assert patched["spec"]["size"] == 5 and patched["metadata"]["generation"] == 2
+    status = custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        "a",
+        {"status": {"phase": "Ready"}},
+        _content_type="application/merge-patch+json",
+    )
+    assert status["status"] == {"phase": "Ready"} and status["metadata"]["generation"] == 2
+    ops = [{"op": "test", "path": "/spec/size", "value": 1}]
+    error = status_of(
+        lambda: custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, "a", ops, _content_type="application/json-patch+json"
+        )
+    )
+    assert error.status == 422
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "b")
+    gone = status_of(lambda: custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "b"))
+    assert gone.status == 404
+    assert k8s_api.get("capp", "a")["status"] == {"phase": "Ready"}
+
+
+def test_custom_resource_watch(client, crd) -> None:
+    custom = kubernetes.client.CustomObjectsApi(client)
+    start = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["metadata"][
+        "resourceVersion"
+    ]
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, capp("a"))
+    custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        "a",
+        {"spec": {"size": 2}},
+        _content_type="application/merge-patch+json",
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a")
+    stream = kubernetes.watch.Watch().stream(
+        custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        resource_version=start,
+        timeout_seconds=1,
+    )
+    assert [(e["type"], e["object"]["spec"]["size"]) for e in stream] == [
+        ("ADDED", 1),
+        ("MODIFIED", 2),
+        ("DELETED", 2),
+    ]
+
+
+def test_finalizers_hold_deletion_until_removed(k8s_api: K8sApi, client, crd) -> None:
+    custom = kubernetes.client.CustomObjectsApi(client)
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, capp("a", finalizers=["test/hold"])
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a")
+    held = custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a")
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["test/hold"]
+    custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        "a",
+        {"metadata": {"finalizers": None}},
+        _content_type="application/merge-patch+json",
+    )
+    assert k8s_api.get("capp", "a") is None
+    assert k8s_api.history("capp", "a")[-1] is None  # kmock's history records the deletion
+
+
+# -- kopf ------------------------------------------------------------------------------------
+
+OPERATOR = textwrap.dedent(
+    f"""
+    import os
+
+    import kopf
+    import kubernetes
+
+    def core():
+        # KUBECONFIG is read here: the kubernetes package captured its default at import time.
+        config = kubernetes.config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        return kubernetes.client.CoreV1Api(config)
+
+    @kopf.on.login()
+    def login(**kwargs):
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup()
+    def configure(settings, **_):
+        settings.watching.server_timeout = 5
+        settings.posting.level = 100  # no k8s Events: keep the test quiet and fast
+
+    @kopf.on.create("{GROUP}", "{VERSION}", "{PLURAL}")
+    def create_child(name, namespace, spec, patch, **_):
+        child = {{"metadata": {{"name": name + "-child"}}, "data": {{"size": str(spec["size"])}}}}
+        core().create_namespaced_config_map(namespace, child)
+        patch.status["phase"] = "Ready"
+
+    @kopf.on.delete("{GROUP}", "{VERSION}", "{PLURAL}")
+    def delete_child(name, namespace, **_):
+        core().delete_namespaced_config_map(name + "-child", namespace)
+    """
+)
+
+
+def test_kopf_operator_runs_against_the_emulator(k8s_api: K8sApi, client, crd, tmp_path, monkeypatch) -> None:
+    kopf_testing = pytest.importorskip("kopf.testing")
+    operator = tmp_path / "operator.py"
+    operator.write_text(OPERATOR)
+    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))
+    custom = kubernetes.client.CustomObjectsApi(client)
+    args = ["run", "--standalone", "--namespace=default", str(operator)]
+    with kopf_testing.KopfRunner(args, timeout=60) as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, capp("app1", size=3))
+        k8s_api.wait_for(
+            lambda: (k8s_api.get("capp", "app1") or {}).get("status", {}).get("phase") == "Ready"
+        )
+        child = k8s_api.get("configmaps", "app1-child")
+        assert child["data"] == {"size": "3"}
+        assert k8s_api.get("capp", "app1")["metadata"]["finalizers"]
+        custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "app1")
+        k8s_api.wait_for(lambda: k8s_api.get("capp", "app1") is None, what="the finalizer to be released")
+        assert k8s_api.get("configmaps", "app1-child") is None
+    assert runner.exit_code == 0, runner.output
+    assert runner.exception is None
+    history = k8s_api.history("capp", "app1")
+    marked = [v for v in history if v and v["metadata"].get("deletionTimestamp")]
+    assert marked and marked[0]["metadata"]["finalizers"]  # deletion waited for kopf's finalizer
+
+
+# -- kubectl ---------------------------------------------------------------------------------
+
+CONFIGMAP = """
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  labels: {app: demo}
+data:
+  mode: "MODE"
+"""
+
+
+def test_kubectl_apply_get_and_delete(k8s_api: K8sApi, kubectl) -> None:
+    assert (
+        "configmap/settings created"
+        in kubectl("apply", "-f", "-", input=CONFIGMAP.replace("MODE", "a")).stdout
+    )
+    assert "configured" in kubectl("apply", "-f", "-", input=CONFIGMAP.replace("MODE", "b")).stdout
+    assert k8s_api.get("configmaps", "settings")["data"] == {"mode": "b"}
+    listed = json.loads(kubectl("get", "configmaps", "-l", "app=demo", "-o", "json").stdout)
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["settings"]
+    assert "settings" in kubectl("get", "cm").stdout
+    kubectl("delete", "configmap", "settings")
+    assert k8s_api.get("configmaps", "settings") is None
+    missing = kubectl("get", "cm", "settings", check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr
+
+
+def test_kubectl_crd_short_name_and_server_side_apply(k8s_api: K8sApi, kubectl) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(CRD))
+    kubectl("apply", "-f", "-", input=json.dumps(capp("one", size=1)))
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(capp("two", size=2)))
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(capp("two", size=4)))
+    names = kubectl("get", "capp", "-o", "name").stdout.split()
+    assert names == [f"capp.{GROUP}/one", f"capp.{GROUP}/two"]
+    two = json.loads(kubectl("get", "capp", "two", "-o", "json").stdout)
+    assert two["spec"]["size"] == 4 and two["metadata"]["generation"] == 2
+
+
+def read_line(process: subprocess.Popen, timeout: float = 15) -> str:
+    """One line of a running process's output, failing instead of hanging."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        pytest.fail(f"no output from kubectl within {timeout}s")
+    return process.stdout.readline().strip()
+
+
+def test_kubectl_get_watch_sees_a_change(k8s_api: K8sApi, kubectl) -> None:
+    k8s_api.add_node("n1")
+    process = kubectl.popen(
+        "get", "nodes", "-w", "-o", "jsonpath={.metadata.name}={.metadata.labels.role}{'\\n'}"
+    )
+    try:
+        assert read_line(process) == "n1="
+        k8s_api.patch("nodes", "n1", {"metadata": {"labels": {"role": "gpu"}}})
+        assert read_line(process) == "n1=gpu"
+    finally:
+        process.terminate()
+        process.wait(10)
