@@ -517,3 +517,18 @@ def test_kubectl_get_watch_sees_a_change(k8s_api: K8sApi, kubectl) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_deleting_the_crd_stops_serving_it(client, crd) -> None:
+    kubernetes.client.ApiextensionsV1Api(client).delete_custom_resource_definition(CRD["metadata"]["name"])
+    custom = kubernetes.client.CustomObjectsApi(client)
+    error = status_of(lambda: custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL))
+    assert error.status == 404
+
+
+def test_kmock_reactions_inject_faults_before_the_emulation(k8s_api: K8sApi, client) -> None:
+    k8s_api.add_node("n1")
+    core = kubernetes.client.CoreV1Api(client)
+    k8s_api.call(lambda emulator: emulator["get /api/v1/nodes"][:1] << 503)
+    assert status_of(core.list_node).status == 503
+    assert [n.metadata.name for n in core.list_node().items] == ["n1"]  # the reaction is used up
