@@ -49,6 +49,14 @@ def pump(source_recv, dest_sendall, on_end) -> None:
             on_end()
 
 
+def close_listener(listener: socket.socket) -> None:
+    """shutdown() first: on Linux a bare close() leaves a thread blocked in accept() accepting."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        listener.close()
+
+
 class Supervisor:
     """Holds the current connection and the listeners; the main loop reconciles both."""
 
@@ -151,9 +159,7 @@ class Supervisor:
             return
         for port in list(self.listeners):
             if port not in targets:
-                listener, _ = self.listeners.pop(port)
-                with contextlib.suppress(OSError):
-                    listener.close()
+                close_listener(self.listeners.pop(port)[0])
                 log.info("stopped listening on %s", port)
         self.port_states = {p: s for p, s in self.port_states.items() if p in targets}
         for port, target in targets.items():
@@ -279,8 +285,7 @@ class Supervisor:
     def shutdown(self) -> None:
         self.stopping.set()
         for listener, _ in self.listeners.values():
-            with contextlib.suppress(OSError):
-                listener.close()
+            close_listener(listener)
         if self.connection is not None:
             self.connection.close()
         with contextlib.suppress(OSError):

@@ -1,0 +1,129 @@
+"""Tunnels through the harness sshd: bytes intact, self-healing after a restart, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from clusterous_cli import tunnels
+from tests.ssh_support import controller, digest, echo_roundtrip, echo_server  # noqa: F401
+
+
+def _wait_roundtrip(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Retry until the tunnel answers again (it reconnects in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            received = echo_roundtrip(port, payload, timeout=10)
+            if received == payload or time.monotonic() > deadline:
+                return received
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def test_tunnel_carries_bytes_and_heals_after_sshd_restart(controller, cli) -> None:  # noqa: F811
+    local = tunnels.free_port()
+    with echo_server() as echo_port:
+        added = cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"])
+        assert added.exit_code == 0, added.output
+        payload = os.urandom(3 * 1024 * 1024)
+        assert digest(echo_roundtrip(local, payload)) == digest(payload)
+
+        # Many clients at once: each gets its own channel on the one transport.
+        small = [os.urandom(50_000) for _ in range(8)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(lambda p: echo_roundtrip(local, p), small)) == small
+
+        pid = tunnels.supervisor_pid(controller.ref)
+        controller.sshd.restart()
+        assert digest(_wait_roundtrip(local, payload)) == digest(payload)
+        assert tunnels.supervisor_pid(controller.ref) == pid  # same process, no user action
+        status = tunnels.read_status(controller.ref)
+        assert status["reconnects"] >= 1 and status["connected"]
+
+        listed = cli(["tunnel", "ls", "--json"])
+        data = json.loads(listed.stdout)
+        assert data["connected"] and data["supervisor_pid"] == pid
+        assert [(t["local"], t["target"], t["state"]) for t in data["tunnels"]] == [
+            (local, f"127.0.0.1:{echo_port}", "up")
+        ]
+
+        removed = cli(["tunnel", "rm", str(local)])
+        assert removed.exit_code == 0, removed.output
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", local), timeout=2).close()
+
+    stopped = cli(["tunnel", "stop"])
+    assert stopped.exit_code == 0 and tunnels.supervisor_pid(controller.ref) is None
+
+
+def test_tunnel_waits_out_a_controller_outage(controller, cli) -> None:  # noqa: F811
+    local = tunnels.free_port()
+    with echo_server() as echo_port:
+        assert cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"]).exit_code == 0
+        controller.sshd.stop()
+        time.sleep(1.5)  # several failed reconnects: the backoff is running
+        controller.sshd.start()
+        assert _wait_roundtrip(local, b"back again") == b"back again"
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ("8080:master", None),
+        ("8080", None),
+        ("80:master:8080", "LOCAL"),
+        ("70000:master:8080", "LOCAL"),
+        ("8080:master:0", "PORT"),
+        ("8080:Master_1:80", "COMPONENT"),
+        ("x:master:80", "LOCAL"),
+    ],
+)
+def test_bad_tunnel_specs_are_bad_input(controller, cli, spec, field) -> None:  # noqa: F811
+    result = cli(["tunnel", "add", spec])
+    assert result.exit_code == 2, result.output
+    assert "LOCAL:COMPONENT:PORT" in result.output
+    if field:
+        assert field in result.output
+    assert not (controller.ref.directory / tunnels.DESIRED_FILE).exists()  # nothing half-written
+    assert tunnels.supervisor_pid(controller.ref) is None
+
+
+def test_local_port_in_use_is_refused_or_moved_on_request(controller, cli) -> None:  # noqa: F811
+    with socket.create_server(("127.0.0.1", 0)) as squatter, echo_server() as echo_port:
+        taken = squatter.getsockname()[1]
+        refused = cli(["tunnel", "add", f"{taken}:127.0.0.1:{echo_port}"])
+        assert refused.exit_code == 2
+        assert "another program listens" in refused.output and "--next-free" in refused.output
+        assert tunnels.read_desired(controller.ref).tunnels == []
+
+        moved = cli(["tunnel", "add", f"{taken}:127.0.0.1:{echo_port}", "--next-free"])
+        assert moved.exit_code == 0, moved.output
+        local = int(moved.stdout.strip().rsplit(":", 1)[1])
+        assert local > taken
+        assert echo_roundtrip(local, b"moved") == b"moved"
+
+
+def test_tunnel_to_a_refused_target_closes_the_client_only(controller, cli) -> None:  # noqa: F811
+    from tests.harness.sshd import free_port
+
+    local = tunnels.free_port()
+    assert cli(["tunnel", "add", f"{local}:127.0.0.1:{free_port()}"]).exit_code == 0
+    try:
+        assert echo_roundtrip(local, b"nobody home") == b""
+    except ConnectionResetError:
+        pass  # closed before reading what we sent: a reset is the kernel's way of saying so
+    assert tunnels.read_status(controller.ref)["connected"]  # the transport survived
+
+
+def test_rm_of_an_unknown_tunnel_is_bad_input(controller, cli) -> None:  # noqa: F811
+    result = cli(["tunnel", "rm", "12345"])
+    assert result.exit_code == 2 and "known: none" in result.output
