@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import typer
 
 from clusterous_cli import __version__
+from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
 from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import setup as setup_cmd
 from clusterous_cli.commands import tunnel as tunnel_cmd
+from clusterous_cli.commands import volumes as volumes_cmd
 
 HELP = """Private compute clusters on AWS for Docker-based master/worker applications.
 
@@ -61,6 +63,15 @@ def root(
 
 app.command("setup", help=setup_cmd.HELP)(setup_cmd.setup)
 app.add_typer(profile_cmd.app, name="profile")
+app.command("up", help=cluster_cmd.UP_HELP)(cluster_cmd.up)
+app.command("down", help=cluster_cmd.DOWN_HELP)(cluster_cmd.down)
+app.command("status", help=cluster_cmd.STATUS_HELP)(cluster_cmd.status)
+app.command("clusters", help=cluster_cmd.CLUSTERS_HELP)(cluster_cmd.clusters)
+app.command("workon", help=cluster_cmd.WORKON_HELP)(cluster_cmd.workon)
+app.command("scale", help=cluster_cmd.SCALE_HELP)(cluster_cmd.scale)
+app.command("add-nodes", help=cluster_cmd.ADD_HELP)(cluster_cmd.add_nodes)
+app.command("rm-nodes", help=cluster_cmd.RM_HELP)(cluster_cmd.rm_nodes)
+app.add_typer(volumes_cmd.app, name="volumes")
 app.add_typer(tunnel_cmd.app, name="tunnel")
 app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)
 

@@ -1,0 +1,645 @@
+"""Cluster lifecycle commands: up, down, status, clusters, workon, scale, add-nodes, rm-nodes.
+
+Thin: they read the profile and flags, call clusterous_provisioner (plan, apply, destroy,
+scaling), and print. Heavy imports stay inside the functions so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+PLACEHOLDER_TOKEN = "0" * 64  # dry runs render user-data without touching the real token
+DEFAULT_NAME = "mycluster"
+
+UP_HELP = """Create a cluster, or finish one a previous run left incomplete.
+
+Reads an optional Clusterous cluster file; flags override it. Shows the plan with its cost per
+hour, asks for confirmation (unless --yes), creates only what is missing, and can be re-run after
+any failure. --dry-run prints the plan only and needs no AWS credentials.
+
+Example: clusterous-k8s up examples/mycluster.yml --workers 4 --yes
+"""
+DOWN_HELP = """Delete everything a cluster owns in AWS and prove nothing billable is left.
+
+A shared volume the cluster created is deleted unless --keep-shared-volume; one brought in with
+--shared-volume-id is kept unless --delete-shared-volume. Works without local state.
+
+Example: clusterous-k8s down mycluster --keep-shared-volume
+"""
+STATUS_HELP = """Instances per group, the controller's address, the shared volume and the cost so far.
+
+Example: clusterous-k8s status --json
+"""
+CLUSTERS_HELP = """List the clusters in the region (found by their tags), with node counts and age.
+
+Example: clusterous-k8s clusters --region eu-west-1
+"""
+WORKON_HELP = """Make NAME the cluster that commands act on by default.
+
+Example: clusterous-k8s workon othercluster
+"""
+SCALE_HELP = """Resize a node group to COUNT instances (new ones get the same user-data).
+
+Shrinking terminates the newest nodes. Draining them through Kubernetes first is not implemented
+yet: nodes are terminated without a drain, and the command says so.
+
+Example: clusterous-k8s scale worker 8 --yes
+"""
+ADD_HELP = """Add N nodes to a group (default: worker).
+
+Example: clusterous-k8s add-nodes 2 --group worker
+"""
+RM_HELP = """Remove N nodes from a group (default: worker); the newest go first.
+
+Example: clusterous-k8s rm-nodes 2 --yes
+"""
+
+
+def _profile_name(ctx: typer.Context) -> str:
+    from clusterous_cli import config
+
+    return config.selected_profile_name(ctx.obj.profile if ctx.obj else None)
+
+
+def _profile(ctx: typer.Context, required: bool = True):
+    from clusterous_cli import config
+
+    name = _profile_name(ctx)
+    if not required and not config.profile_path(name).exists():
+        return name, None
+    return name, config.load_profile(name)
+
+
+def _reporter():
+    from clusterous_cli import output
+
+    return output.say
+
+
+def _render(spec, bucket: str, directory: Path, token: str = PLACEHOLDER_TOKEN) -> list[Path]:
+    from clusterous_provisioner import apply, bootstrap
+
+    volume = spec.shared_volume_id or "vol-00000000000000000"
+    return bootstrap.write_render_dir(apply.bootstrap_inputs(spec, bucket, token, volume), directory)
+
+
+def print_plan(plan, as_json: bool) -> None:
+    from clusterous_cli import output
+
+    if as_json:
+        output.print_json(plan.to_json())
+        return
+    rows = [
+        (
+            i.action,
+            i.kind,
+            i.name,
+            i.detail,
+            "?" if i.hourly_usd is None else f"{i.hourly_usd:.4f}",
+        )
+        for i in plan.items
+    ]
+    output.print_table(
+        f"plan for cluster {plan.cluster} in {plan.region}",
+        ["action", "resource", "name", "detail", "USD/hour"],
+        rows,
+    )
+    monthly = plan.hourly_cost_usd * 730
+    print(f"cost: {plan.hourly_cost_usd:.4f} USD per hour (about {monthly:.0f} USD per 30 days of uptime)")
+    for line in plan.unpriced:
+        print(f"  not priced: {line}")
+    for note in plan.notes:
+        print(f"  note: {note}")
+
+
+def up(
+    ctx: typer.Context,
+    cluster_file: Path = typer.Argument(None, help="Clusterous cluster file (YAML); optional."),
+    name: str = typer.Option(None, "--name", help="Cluster name [cluster file, else mycluster]."),
+    workers: int = typer.Option(None, "--workers", help="Number of worker nodes."),
+    master_type: str = typer.Option(None, "--master-type", help="Instance type of the master node."),
+    worker_type: str = typer.Option(None, "--worker-type", help="Instance type of the workers."),
+    controller_type: str = typer.Option(None, "--controller-type", help="Instance type of the controller."),
+    shared_volume_size: int = typer.Option(None, "--shared-volume-size", help="Shared volume GiB (1-16384)."),
+    shared_volume_id: str = typer.Option(None, "--shared-volume-id", help="Use an existing EBS volume."),
+    logging_level: int = typer.Option(None, "--logging-level", help="0 off, 1 app logs, 2 + system logs."),
+    spot: bool = typer.Option(
+        False, "--spot", help="Spot instances for the node groups (never the controller)."
+    ),
+    region: str = typer.Option(None, "--region", help="AWS region [cluster file, else profile]."),
+    os_name: str = typer.Option(None, "--os", help="ubuntu-24.04 (default) or al2023."),
+    ami: str = typer.Option(None, "--ami", help="An AMI id instead of --os."),
+    ssh_cidr: str = typer.Option(None, "--ssh-cidr", help="Who may SSH to the controller [your address]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its cost; create nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan (and result) as JSON."),
+    render_dir: Path = typer.Option(None, "--render-dir", help="Also write user-data and manifests to DIR."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the instances run."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    from clusterous_cli import config, output
+    from clusterous_provisioner import apply, aws, clientip, plan
+    from clusterous_provisioner.clients import Clients, have_credentials
+    from clusterous_provisioner.clusterfile import check_cidr, load_spec
+    from clusterous_provisioner.errors import BadInput
+    from clusterous_provisioner.inventory import Inventory, discover
+
+    if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
+        raise BadInput("--os", None, "ubuntu-24.04 or al2023", os_name)
+    profile_name, profile = _profile(ctx, required=not dry_run)
+    overrides = {
+        "name": name,
+        "workers": workers,
+        "master_type": master_type,
+        "worker_type": worker_type,
+        "controller_type": controller_type,
+        "shared_volume_size": shared_volume_size,
+        "shared_volume_id": shared_volume_id,
+        "logging_level": logging_level,
+        "spot": spot,
+        "region": region,
+        "ssh_cidr": ssh_cidr,
+        "os": os_name,
+        "ami": ami,
+    }
+    spec = load_spec(
+        cluster_file,
+        overrides,
+        profile_region=profile.region if profile else None,
+        profile_ssh_cidr=profile.ssh_cidr if profile else None,
+        default_name=DEFAULT_NAME,
+    )
+    bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
+    key_name = profile.key_name if profile else None
+    report = _reporter()
+
+    if render_dir is not None:
+        written = _render(spec, bucket, render_dir)
+        report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
+
+    clients = Clients(spec.region)
+    if dry_run and not have_credentials():
+        inv = Inventory.offline(spec.name, spec.region)
+    else:
+        with aws.aws_errors(f"up {spec.name}: reading what exists", "check your AWS credentials and region"):
+            inv = discover(clients, spec.name)
+    the_plan = plan.make_plan(spec, inv, key_name, bucket)
+    if dry_run:
+        print_plan(the_plan, as_json)
+        return
+
+    cidr = spec.ssh_cidr
+    if cidr is None:
+        found = clientip.discover_client_cidr()
+        if found is None:
+            raise BadInput(
+                "--ssh-cidr",
+                None,
+                "the address range allowed to SSH to the controller (your public address could not be "
+                "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
+            )
+        cidr = check_cidr(found)
+        report(f"SSH will be allowed from {cidr} (your public address)")
+
+    with aws.aws_errors(f"up {spec.name}: checking the region", "check --os/--ami and the instance types"):
+        pre = apply.preflight(clients, spec, inv)
+    if not as_json:
+        print_plan(the_plan, False)
+    if not the_plan.changes and not yes:
+        report("nothing to create: the cluster matches the plan; checking it converged")
+    elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
+        raise typer.Abort()
+
+    target = apply.Target(
+        bucket=bucket, ssh_cidr=cidr, state_dir=config.cluster_dir(profile_name, spec.name), key_name=key_name
+    )
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            output.say(message)
+
+        from clusterous_provisioner import bucket as buckets
+
+        buckets.ensure_bucket(clients.s3, bucket, spec.region)
+        outcome = apply.apply(clients, spec, target, inv, progress, pre)
+    config.set_current_cluster(profile_name, spec.name)
+
+    if as_json:
+        output.print_json(
+            {
+                "cluster": spec.name,
+                "region": spec.region,
+                "created": outcome.created,
+                "controller": {"instance_id": outcome.controller_id, "public_ip": outcome.public_ip},
+                "nodes": outcome.instance_ids,
+                "key_file": str(outcome.key_file) if outcome.key_file else None,
+                "hourly_cost_usd": the_plan.hourly_cost_usd,
+                "in_cluster_ready": None,
+            }
+        )
+    else:
+        print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
+        print(
+            f"  created {len(outcome.created)} resource(s); {sum(len(v) for v in outcome.instance_ids.values())} node(s)"
+        )
+        if outcome.key_file:
+            print(f"  SSH key: {outcome.key_file}")
+    if not no_wait:
+        report(
+            "note: waiting for the cluster inside the instances (k3s, nodes Ready, add-ons) is not implemented "
+            "yet; the instances are running and bootstrapping themselves"
+        )
+
+
+def down(
+    ctx: typer.Context,
+    name: str = typer.Argument(None, help="Cluster name [the current cluster]."),
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    keep_shared_volume: bool = typer.Option(
+        False, "--keep-shared-volume", help="Keep a volume the cluster created."
+    ),
+    delete_shared_volume: bool = typer.Option(
+        False, "--delete-shared-volume", help="Also delete a volume brought in with --shared-volume-id."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the receipt as JSON."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    import shutil
+
+    from clusterous_cli import config, output
+    from clusterous_provisioner import aws, destroy
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.clusterfile import check_cluster_name
+    from clusterous_provisioner.errors import BadInput, Failure
+    from clusterous_provisioner.inventory import discover
+
+    if keep_shared_volume and delete_shared_volume:
+        raise BadInput(
+            "--keep-shared-volume", None, "either --keep-shared-volume or --delete-shared-volume, not both"
+        )
+    profile_name, profile = _profile(ctx, required=False)
+    name = name or (profile.current_cluster if profile else None)
+    if not name:
+        raise BadInput("NAME", None, "a cluster name (no current cluster: see `clusterous-k8s clusters`)")
+    check_cluster_name(name, "NAME")
+    region = aws.check_region(
+        region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
+    )
+    clients = Clients(region)
+    report = _reporter()
+    with aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"):
+        inv = discover(clients, name)
+        volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
+        if inv.empty and volume is None:
+            report(f"cluster {name}: nothing tagged with it in {region}")
+        else:
+            lines = destroy.summary(inv, delete_volume)
+            report(f"down {name} in {region} will delete:")
+            for line in lines:
+                report(f"  - {line}")
+            if not yes and not typer.confirm("Delete all of this?", default=False):
+                raise typer.Abort()
+        key_dir = config.config_dir() / "clusters" / profile_name / name
+        receipt = destroy.destroy(clients, inv, delete_volume, report, key_dir)
+    if profile and profile.current_cluster == name:
+        config.set_current_cluster(profile_name, None)
+    if not receipt.leftovers:
+        shutil.rmtree(config.config_dir() / "clusters" / profile_name / name, ignore_errors=True)
+    if as_json:
+        output.print_json(receipt.to_json())
+    else:
+        output.print_table(
+            f"receipt: cluster {name} in {region}",
+            ["", "resource"],
+            [("deleted", d) for d in receipt.deleted]
+            + [("kept", k) for k in receipt.kept]
+            + [("LEFT", x) for x in receipt.leftovers],
+        )
+        print(f"checked by tags: {', '.join(receipt.checked)}")
+        if not receipt.leftovers:
+            print(
+                f"nothing billable is left of cluster {name}"
+                + (f" (kept: {', '.join(receipt.kept)})" if receipt.kept else "")
+            )
+    if receipt.leftovers:
+        raise Failure(
+            f"down {name}: still tagged with the cluster: {', '.join(receipt.leftovers)}",
+            "re-run `clusterous-k8s down` to continue",
+        )
+
+
+def _uptime_hours(launch_time) -> float:
+    from datetime import datetime, timezone
+
+    if launch_time is None:
+        return 0.0
+    if isinstance(launch_time, str):
+        launch_time = datetime.fromisoformat(launch_time.replace("Z", "+00:00"))
+    return max(0.0, (datetime.now(timezone.utc) - launch_time).total_seconds() / 3600)
+
+
+def _cluster_region(ctx, name, region):
+    from clusterous_provisioner import aws
+    from clusterous_provisioner.clusterfile import check_cluster_name
+    from clusterous_provisioner.errors import BadInput
+
+    profile_name, profile = _profile(ctx, required=False)
+    name = name or (profile.current_cluster if profile else None)
+    if not name:
+        raise BadInput("--name", None, "a cluster name (no current cluster: see `clusterous-k8s clusters`)")
+    check_cluster_name(name, "--name")
+    region = aws.check_region(
+        region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
+    )
+    return profile_name, profile, name, region
+
+
+def status_data(inv) -> dict:
+    """The status report as data (shared by the table and --json)."""
+    from clusterous_provisioner import pricing, tags
+    from clusterous_provisioner.inventory import role_of
+
+    instances = []
+    cost = 0.0
+    for i in sorted(inv.instances, key=lambda i: (role_of(i) != "controller", str(i.get("LaunchTime")))):
+        t = tags.as_dict(i.get("Tags"))
+        hours = _uptime_hours(i.get("LaunchTime")) if i["State"]["Name"] == "running" else 0.0
+        price = pricing.instance_hourly(i["InstanceType"], inv.region).hourly_usd or 0.0
+        cost += hours * price
+        instances.append(
+            {
+                "group": "controller" if role_of(i) == "controller" else t.get(tags.GROUP, "?"),
+                "instance_id": i["InstanceId"],
+                "type": i["InstanceType"],
+                "state": i["State"]["Name"],
+                "private_ip": i.get("PrivateIpAddress"),
+                "public_ip": i.get("PublicIpAddress"),
+                "uptime_hours": round(hours, 2),
+            }
+        )
+    nat = inv.nat_gateway
+    if nat is not None:
+        cost += _uptime_hours(nat.get("CreateTime")) * (
+            (pricing.nat_gateway_hourly(inv.region).hourly_usd or 0.0) + pricing.PUBLIC_IPV4_HOURLY
+        )
+    volume = inv.shared_volume
+    if volume is not None:
+        cost += _uptime_hours(volume.get("CreateTime")) * (
+            pricing.gp3_hourly(volume["Size"], inv.region).hourly_usd or 0.0
+        )
+    controller = inv.controller
+    return {
+        "cluster": inv.cluster,
+        "region": inv.region,
+        "exists": not inv.empty,
+        "controller_public_ip": controller.get("PublicIpAddress") if controller else None,
+        "instances": instances,
+        "groups": {g: len(inv.group_instances(g)) for g in inv.groups},
+        "shared_volume": None
+        if volume is None
+        else {"volume_id": volume["VolumeId"], "size_gib": volume["Size"], "state": volume["State"]},
+        "nat_gateway": nat["NatGatewayId"] if nat else None,
+        "cost_so_far_usd": round(cost, 4),
+    }
+
+
+def status(
+    ctx: typer.Context,
+    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    from clusterous_cli import output
+    from clusterous_provisioner import aws
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.errors import Failure
+    from clusterous_provisioner.inventory import discover
+
+    _, _, name, region = _cluster_region(ctx, name, region)
+    with aws.aws_errors(f"status {name}", "check your AWS credentials and region"):
+        inv = discover(Clients(region), name)
+    data = status_data(inv)
+    if as_json:
+        output.print_json(data)
+        return
+    if not data["exists"]:
+        raise Failure(
+            f"no cluster {name} in {region}", "see `clusterous-k8s clusters`, or create it with `up`"
+        )
+    output.print_table(
+        f"cluster {name} in {region}",
+        ["group", "instance", "type", "state", "private address", "uptime (h)"],
+        [
+            (i["group"], i["instance_id"], i["type"], i["state"], i["private_ip"], f"{i['uptime_hours']:.2f}")
+            for i in data["instances"]
+        ],
+    )
+    print(f"controller: {data['controller_public_ip'] or 'not running'}")
+    vol = data["shared_volume"]
+    print(
+        f"shared volume: {vol['volume_id']} ({vol['size_gib']} GiB, {vol['state']})"
+        if vol
+        else "shared volume: none"
+    )
+    print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
+
+
+def clusters(
+    ctx: typer.Context,
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    from datetime import datetime, timezone
+
+    from clusterous_cli import output
+    from clusterous_provisioner import aws, tags
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.inventory import cluster_instances, cluster_names, role_of
+
+    _, profile = _profile(ctx, required=False)
+    region = aws.check_region(
+        region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
+    )
+    clients = Clients(region)
+    with aws.aws_errors("clusters", "check your AWS credentials and region"):
+        vpcs = cluster_names(clients)
+        instances = cluster_instances(clients)
+    rows: dict[str, dict] = {}
+    for name, vpc in vpcs.items():
+        created = tags.as_dict(vpc.get("Tags")).get(tags.CREATED)
+        rows[name] = {"name": name, "nodes": 0, "controller": False, "created": created}
+    for i in instances:
+        name = tags.as_dict(i.get("Tags"))[tags.CLUSTER]
+        row = rows.setdefault(name, {"name": name, "nodes": 0, "controller": False, "created": None})
+        if role_of(i) == "controller":
+            row["controller"] = True
+        else:
+            row["nodes"] += 1
+    current = profile.current_cluster if profile else None
+    now = datetime.now(timezone.utc)
+    for row in rows.values():
+        row["current"] = row["name"] == current
+        if row["created"]:
+            created = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
+            row["age_hours"] = round((now - created).total_seconds() / 3600, 2)
+        else:
+            row["age_hours"] = None
+    data = sorted(rows.values(), key=lambda r: r["name"])
+    if as_json:
+        output.print_json(data)
+        return
+    if not data:
+        output.say(f"no clusters in {region}")
+        return
+    output.print_table(
+        f"clusters in {region}",
+        ["", "name", "nodes", "controller", "age (h)"],
+        [
+            (
+                "*" if r["current"] else "",
+                r["name"],
+                r["nodes"],
+                "yes" if r["controller"] else "no",
+                r["age_hours"],
+            )
+            for r in data
+        ],
+    )
+
+
+def workon(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Cluster name."),
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+) -> None:
+    from clusterous_cli import config, output
+    from clusterous_provisioner import aws
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.clusterfile import check_cluster_name
+    from clusterous_provisioner.errors import BadInput
+    from clusterous_provisioner.inventory import cluster_names
+
+    check_cluster_name(name, "NAME")
+    profile_name, profile = _profile(ctx)
+    region = aws.check_region(region or profile.region, "--region")
+    with aws.aws_errors(f"workon {name}", "check your AWS credentials and region"):
+        known = cluster_names(Clients(region))
+    if name not in known:
+        raise BadInput(
+            "NAME", None, f"a cluster in {region} (known: {', '.join(sorted(known)) or 'none'})", name
+        )
+    config.set_current_cluster(profile_name, name)
+    output.say(f"now working on cluster {name}")
+
+
+def _resize(
+    ctx, group: str, count: int | None, delta: int, instance_type, force, yes, no_wait, name, region, as_json
+) -> None:
+    from clusterous_cli import output
+    from clusterous_provisioner import aws, scaling
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.errors import BadInput, Failure
+    from clusterous_provisioner.inventory import discover
+
+    _, profile, name, region = _cluster_region(ctx, name, region)
+    if profile is None:
+        raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
+    clients = Clients(region)
+    report = _reporter()
+    with aws.aws_errors(f"scale {name}", "re-run the command to continue"):
+        inv = discover(clients, name)
+        if inv.vpc is None:
+            raise Failure(f"no cluster {name} in {region}", "see `clusterous-k8s clusters`")
+        have = len(inv.group_instances(group))
+        target = have + delta if count is None else count
+        if target < 0:
+            raise BadInput("N", None, f"at most {have} (group {group} has {have} node(s))", -delta)
+        added: list[str] = []
+        removed: list[str] = []
+        if target > have:
+            if not yes and not typer.confirm(
+                f"Launch {target - have} node(s) in group {group}?", default=False
+            ):
+                raise typer.Abort()
+            added = scaling.grow(
+                clients, inv, group, target, profile.bucket, instance_type, not no_wait, report
+            )
+        elif target < have:
+            if not force:
+                report(
+                    "warning: draining nodes through Kubernetes is not implemented yet; they are terminated "
+                    "without a drain (pass --force to silence this warning)"
+                )
+            if not yes and not typer.confirm(
+                f"Terminate {have - target} node(s) of group {group}?", default=False
+            ):
+                raise typer.Abort()
+            removed = scaling.shrink(clients, inv, group, target, not no_wait, report)
+    result = {
+        "cluster": name,
+        "group": group,
+        "before": have,
+        "after": target,
+        "added": added,
+        "removed": removed,
+    }
+    if as_json:
+        output.print_json(result)
+    else:
+        print(f"group {group} of cluster {name}: {have} → {target} node(s)")
+
+
+def scale(
+    ctx: typer.Context,
+    group: str = typer.Argument(..., help="Node group, e.g. worker."),
+    count: int = typer.Argument(..., min=0, help="Number of nodes the group should have."),
+    instance_type: str = typer.Option(
+        None, "--instance-type", help="Type for a group that has no nodes yet."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Terminate without draining (currently always the case)."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run or terminate."),
+    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json)
+
+
+def add_nodes(
+    ctx: typer.Context,
+    n: int = typer.Argument(..., min=1, help="How many nodes to add."),
+    group: str = typer.Option("worker", "--group", help="Node group."),
+    instance_type: str = typer.Option(
+        None, "--instance-type", help="Type for a group that has no nodes yet."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run."),
+    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    _resize(ctx, group, None, n, instance_type, False, yes, no_wait, name, region, as_json)
+
+
+def rm_nodes(
+    ctx: typer.Context,
+    n: int = typer.Argument(..., min=1, help="How many nodes to remove."),
+    group: str = typer.Option("worker", "--group", help="Node group."),
+    force: bool = typer.Option(
+        False, "--force", help="Terminate without draining (currently always the case)."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to terminate."),
+    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
+    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json)

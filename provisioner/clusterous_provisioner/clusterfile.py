@@ -1,0 +1,423 @@
+"""The cluster file (Clusterous format plus extensions) and command-line overrides, as one typed spec.
+
+Clusterous users keep their files: `cluster_name`, `controller_instance_type`, `shared_volume_size`
+or `shared_volume_id`, `central_logging_level`, `environment_file` and `parameters`
+(`master_instance_type`, `worker_instance_type`, `worker_count`). Extensions: `region`, `spot`,
+`ssh_cidr`, `k3s_version`, `os`, `ami` and `node_groups` (a custom layout). Flags win over the
+file, the file over the profile, the profile over the defaults. Every mistake is a BadInput naming
+the file (or flag), the field and what is expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clusterous_provisioner.errors import BadInput
+
+# A DNS label (Kubernetes object names, hostnames) that also fits AWS names built from it
+# (IAM role "clusterous-<name>-controller" must stay within 64 characters; tag values allow it).
+CLUSTER_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
+CLUSTER_NAME_EXPECTED = (
+    "a cluster name of 1-40 lowercase letters, digits and '-', starting with a letter and not "
+    "ending with '-' (it becomes a DNS label and part of AWS names)"
+)
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+K3S_VERSION = re.compile(r"^v1\.\d+\.\d+\+k3s\d+$")
+GROUP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")
+VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
+AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
+
+DEFAULT_CONTROLLER_TYPE = "t3.medium"
+DEFAULT_MASTER_TYPE = "t3.large"
+DEFAULT_WORKER_TYPE = "t3.large"
+DEFAULT_WORKERS = 2
+DEFAULT_VOLUME_GIB = 20
+MAX_VOLUME_GIB = 16384
+DEFAULT_K3S_VERSION = "v1.33.5+k3s1"  # the bootstrap renderer's pinned default
+OS_CHOICES = ("ubuntu-24.04", "al2023")
+
+
+def check_cluster_name(name: str, source: str = "--name", field: str | None = None) -> str:
+    if not isinstance(name, str) or not CLUSTER_NAME.match(name):
+        raise BadInput(source, field, CLUSTER_NAME_EXPECTED, name)
+    return name
+
+
+class GroupFile(BaseModel):
+    """One node group of a custom layout, as written in the file."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    instance_type: str = Field(alias="type")
+    count: int = Field(ge=0, le=1000)
+    spot: bool | None = None
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a non-negative integer")
+        return value
+
+    @field_validator("instance_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if not INSTANCE_TYPE.match(value):
+            raise ValueError("must be an EC2 instance type such as t3.large")
+        return value
+
+
+class Parameters(BaseModel):
+    """The default layout's $variables (Clusterous `parameters:`); other keys are kept for custom layouts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    master_instance_type: str = DEFAULT_MASTER_TYPE
+    worker_instance_type: str = DEFAULT_WORKER_TYPE
+    worker_count: int = Field(default=DEFAULT_WORKERS, ge=0, le=1000)
+
+    @field_validator("worker_count", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a non-negative integer")
+        return value
+
+    @field_validator("master_instance_type", "worker_instance_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if not INSTANCE_TYPE.match(value):
+            raise ValueError("must be an EC2 instance type such as t3.large")
+        return value
+
+
+class ClusterFile(BaseModel):
+    """The file as written: Clusterous keys plus our extensions, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cluster_name: str | None = None
+    controller_instance_type: str = DEFAULT_CONTROLLER_TYPE
+    shared_volume_size: int | None = Field(default=None, ge=1, le=MAX_VOLUME_GIB)
+    shared_volume_id: str | None = None
+    central_logging_level: int = Field(default=0, ge=0, le=2)
+    environment_file: str | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+    region: str | None = None
+    spot: bool = False
+    ssh_cidr: str | None = None
+    k3s_version: str = DEFAULT_K3S_VERSION
+    os: Literal["ubuntu-24.04", "al2023"] = "ubuntu-24.04"
+    ami: str | None = None
+    node_groups: dict[str, GroupFile] | None = None
+
+    @field_validator("shared_volume_size", "central_logging_level", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("must be an integer")
+        return value
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not CLUSTER_NAME.match(value):
+            raise ValueError(CLUSTER_NAME_EXPECTED)
+        return value
+
+    @field_validator("controller_instance_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if not INSTANCE_TYPE.match(value):
+            raise ValueError("must be an EC2 instance type such as t3.medium")
+        return value
+
+    @field_validator("shared_volume_id")
+    @classmethod
+    def _volume(cls, value: str | None) -> str | None:
+        if value is not None and not VOLUME_ID.match(value):
+            raise ValueError("must be an EBS volume id such as vol-0123456789abcdef0")
+        return value
+
+    @field_validator("ami")
+    @classmethod
+    def _ami(cls, value: str | None) -> str | None:
+        if value is not None and not AMI_ID.match(value):
+            raise ValueError("must be an AMI id such as ami-0123456789abcdef0")
+        return value
+
+    @field_validator("k3s_version")
+    @classmethod
+    def _k3s(cls, value: str) -> str:
+        if not K3S_VERSION.match(value):
+            raise ValueError("must be a k3s release name such as v1.31.4+k3s1")
+        return value
+
+    @field_validator("ssh_cidr")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        return None if value is None else check_cidr(value)
+
+    @field_validator("node_groups")
+    @classmethod
+    def _groups(cls, value: dict | None) -> dict | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must name at least one group")
+            for name in value:
+                if not GROUP_NAME.match(name):
+                    raise ValueError(
+                        f"group name {name!r} must be 1-22 lowercase letters, digits or '-', starting with a letter"
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _one_volume(self) -> ClusterFile:
+        if self.shared_volume_size is not None and self.shared_volume_id is not None:
+            raise ValueError("give either shared_volume_size or shared_volume_id, not both")
+        return self
+
+
+def check_cidr(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError("must be an IPv4 address range such as 203.0.113.7/32") from None
+    if net.version != 4:
+        raise ValueError("must be an IPv4 address range such as 203.0.113.7/32")
+    return str(net)
+
+
+class NodeGroup(BaseModel):
+    """A resolved node group: what EC2 is asked to run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    instance_type: str
+    count: int
+    spot: bool = False
+
+
+class ClusterSpec(BaseModel):
+    """Everything `up` needs to know about the cluster, after file, flags and profile are merged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    region: str
+    controller_type: str
+    groups: tuple[NodeGroup, ...]
+    shared_volume_size: int | None
+    shared_volume_id: str | None
+    logging_level: int
+    environment_file: str | None
+    ssh_cidr: str | None
+    k3s_version: str
+    os: str
+    ami: str | None
+    source: str
+
+    def group(self, name: str) -> NodeGroup | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+    @property
+    def instance_types(self) -> list[str]:
+        return sorted({self.controller_type, *(g.instance_type for g in self.groups)})
+
+
+# Flags as typed on the command line → the file field they override (for messages).
+FLAG_FIELDS = {
+    "name": ("--name", "cluster_name"),
+    "workers": ("--workers", "parameters.worker_count"),
+    "master_type": ("--master-type", "parameters.master_instance_type"),
+    "worker_type": ("--worker-type", "parameters.worker_instance_type"),
+    "controller_type": ("--controller-type", "controller_instance_type"),
+    "shared_volume_size": ("--shared-volume-size", "shared_volume_size"),
+    "shared_volume_id": ("--shared-volume-id", "shared_volume_id"),
+    "logging_level": ("--logging-level", "central_logging_level"),
+    "spot": ("--spot", "spot"),
+    "region": ("--region", "region"),
+    "ssh_cidr": ("--ssh-cidr", "ssh_cidr"),
+    "os": ("--os", "os"),
+    "ami": ("--ami", "ami"),
+    "k3s_version": ("--k3s-version", "k3s_version"),
+}
+
+
+def read_cluster_file(path: Path) -> dict:
+    """The file's mapping; missing files and broken YAML are bad input naming the file."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise BadInput(str(path), None, "an existing cluster file") from None
+    except IsADirectoryError:
+        raise BadInput(str(path), None, "a cluster file, not a directory") from None
+    except OSError as exc:
+        raise BadInput(str(path), None, "a readable cluster file", exc.strerror) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(str(path), where, "valid YAML", problem) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(str(path), None, "a YAML mapping of cluster settings", type(data).__name__)
+    return data
+
+
+def _validation_error(source: str, exc: ValidationError, data: dict, flagged: dict[str, str]) -> BadInput:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or None
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if err["type"] == "extra_forbidden":
+        message = f"a known setting (unknown key {loc[-1]!r})"
+    elif field in ("shared_volume_size",) and err["type"].startswith(("greater", "less")):
+        message = f"an integer number of GiB from 1 to {MAX_VOLUME_GIB}"
+    elif field == "central_logging_level" and err["type"].startswith(("greater", "less")):
+        message = "0 (off), 1 (application logs) or 2 (application and system logs)"
+    elif field and field.endswith("count") and err["type"].startswith(("greater", "less")):
+        message = "a non-negative integer (at most 1000)"
+    elif err["type"] == "literal_error":
+        message = f"one of {', '.join(OS_CHOICES)}"
+    got = _lookup(data, loc)
+    if field in flagged:  # the value came from a flag: name the flag, not the file
+        return BadInput(flagged[field], None, message, got)
+    return BadInput(source, field, message, got)
+
+
+def _lookup(data: Any, loc: list[str]) -> Any:
+    for key in loc:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        else:
+            return None
+    return data
+
+
+def load_spec(
+    path: Path | None,
+    overrides: dict[str, Any] | None = None,
+    profile_region: str | None = None,
+    profile_ssh_cidr: str | None = None,
+    default_name: str | None = None,
+) -> ClusterSpec:
+    """Merge file, flags and profile into a ClusterSpec; raise BadInput on the first mistake."""
+    from clusterous_provisioner.aws import check_region
+
+    source = str(path) if path else "cluster settings"
+    data = read_cluster_file(path) if path else {}
+    merged = _deep_copy(data)
+    flagged: dict[str, str] = {}
+    for key, value in (overrides or {}).items():
+        if value is None or key not in FLAG_FIELDS:
+            continue
+        flag, field = FLAG_FIELDS[key]
+        if key == "spot" and value is False:
+            continue
+        flagged[field] = flag
+        if "." in field:
+            outer, inner = field.split(".")
+            section = merged.setdefault(outer, {})
+            if not isinstance(section, dict):
+                raise BadInput(source, outer, "a mapping of parameters", section)
+            section[inner] = value
+        else:
+            merged[field] = value
+    if "shared_volume_id" in flagged and "shared_volume_size" not in flagged:
+        merged.pop("shared_volume_size", None)  # the flag replaces the file's choice of volume
+    if "shared_volume_size" in flagged and "shared_volume_id" not in flagged:
+        merged.pop("shared_volume_id", None)
+    try:
+        model = ClusterFile.model_validate(merged)
+    except ValidationError as exc:
+        raise _validation_error(source, exc, merged, flagged) from None
+
+    name = model.cluster_name or default_name
+    if not name:
+        raise BadInput(source, "cluster_name", "a cluster name (in the file or with --name)")
+    region = model.region or profile_region
+    if not region:
+        raise BadInput("--region", None, "an AWS region (flag, cluster file or profile)")
+    check_region(region, flagged.get("region") or (f"{source}: region" if model.region else "profile region"))
+
+    if model.node_groups is not None:
+        if "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged:
+            if "worker" not in model.node_groups:
+                raise BadInput(
+                    flagged.get("parameters.worker_count") or "--worker-type",
+                    None,
+                    f"a layout with a 'worker' group ({source} defines: {', '.join(model.node_groups)})",
+                )
+        groups = []
+        for gname, g in model.node_groups.items():
+            itype, count = g.instance_type, g.count
+            if gname == "worker" and "parameters.worker_count" in flagged:
+                count = model.parameters.worker_count
+            if gname == "worker" and "parameters.worker_instance_type" in flagged:
+                itype = model.parameters.worker_instance_type
+            if gname == "master" and "parameters.master_instance_type" in flagged:
+                itype = model.parameters.master_instance_type
+            groups.append(
+                NodeGroup(
+                    name=gname,
+                    instance_type=itype,
+                    count=count,
+                    spot=model.spot if g.spot is None else g.spot,
+                )
+            )
+    else:
+        p = model.parameters
+        groups = [
+            NodeGroup(name="master", instance_type=p.master_instance_type, count=1, spot=model.spot),
+            NodeGroup(
+                name="worker", instance_type=p.worker_instance_type, count=p.worker_count, spot=model.spot
+            ),
+        ]
+
+    ssh_cidr = model.ssh_cidr
+    if ssh_cidr is None and profile_ssh_cidr:
+        try:
+            ssh_cidr = check_cidr(profile_ssh_cidr)
+        except ValueError as exc:
+            raise BadInput(
+                "profile", "ssh_cidr", str(exc).removeprefix("must be "), profile_ssh_cidr
+            ) from None
+
+    volume_size = model.shared_volume_size
+    if volume_size is None and model.shared_volume_id is None:
+        volume_size = DEFAULT_VOLUME_GIB
+    return ClusterSpec(
+        name=name,
+        region=region,
+        controller_type=model.controller_instance_type,
+        groups=tuple(groups),
+        shared_volume_size=volume_size,
+        shared_volume_id=model.shared_volume_id,
+        logging_level=model.central_logging_level,
+        environment_file=model.environment_file,
+        ssh_cidr=ssh_cidr,
+        k3s_version=model.k3s_version,
+        os=model.os,
+        ami=model.ami,
+        source=source,
+    )
+
+
+def _deep_copy(data: dict) -> dict:
+    import copy
+
+    return copy.deepcopy(data)

@@ -1,0 +1,290 @@
+"""`down`: delete everything a cluster owns, in the order AWS requires, then prove nothing is left.
+
+Works from tags alone (a lost laptop, a partial `up`, a half-finished `down` are all fine): the
+inventory says what exists, each deletion tolerates "already gone", and the final sweep asks AWS
+again, through describe calls and the Resource Groups Tagging API, for anything still tagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clusterous_provisioner import layout, tags
+from clusterous_provisioner.inventory import Inventory, discover, role_of
+
+WAIT = {"Delay": 5, "MaxAttempts": 120}
+GONE = (
+    "NotFound",
+    "NoSuchEntity",
+    "ParameterNotFound",
+    "InvalidAllocationID.NotFound",
+    "InvalidAssociationID.NotFound",
+    "Gateway.NotAttached",
+    "InvalidPermission.NotFound",
+)
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class Receipt:
+    """What `down` did, what it kept on purpose, and what the sweep still found (should be nothing)."""
+
+    cluster: str
+    region: str
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "region": self.region,
+            "deleted": self.deleted,
+            "kept": self.kept,
+            "leftovers": self.leftovers,
+            "checked": self.checked,
+            "clean": not self.leftovers,
+        }
+
+
+def volume_fate(inv: Inventory, keep: bool, delete: bool) -> tuple[dict | None, bool]:
+    """(shared volume, delete it?): created volumes go unless kept; adopted ones stay unless deleted."""
+    volume = inv.shared_volume
+    if volume is None:
+        return None, False
+    origin = tags.as_dict(volume.get("Tags")).get(tags.VOLUME_ORIGIN, "created")
+    if origin == "external":
+        return volume, delete
+    return volume, not keep
+
+
+def summary(inv: Inventory, delete_volume: bool) -> list[str]:
+    """One line per kind of resource that `down` will delete, for the confirmation."""
+    lines = []
+    if inv.instances:
+        by_role: dict[str, int] = {}
+        for i in inv.instances:
+            label = (
+                "controller"
+                if role_of(i) == "controller"
+                else tags.as_dict(i.get("Tags")).get(tags.GROUP, "node")
+            )
+            by_role[label] = by_role.get(label, 0) + 1
+        lines.append("instances: " + ", ".join(f"{k} ×{v}" for k, v in sorted(by_role.items())))
+    live_nat = [n for n in inv.nat_gateways if n["State"] != "deleted"]
+    network = [
+        (len(live_nat), "NAT gateway"),
+        (len(inv.addresses), "Elastic IP"),
+        (len(inv.internet_gateways), "internet gateway"),
+        (len(inv.subnets), "subnet"),
+        (len(inv.route_tables), "route table"),
+        (len(inv.security_groups), "security group"),
+        (len(inv.vpcs), "VPC"),
+    ]
+    parts = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in network if n]
+    if parts:
+        lines.append("network: " + ", ".join(parts))
+    if inv.role or inv.instance_profile:
+        lines.append(f"IAM: role and instance profile {layout.role_name(inv.cluster)}")
+    if inv.key_pairs:
+        lines.append(f"key pair {inv.key_pairs[0]['KeyName']} and its local private key")
+    if inv.token_parameter:
+        lines.append(f"SSM parameter {layout.token_parameter(inv.cluster)} (k3s token)")
+    volume = inv.shared_volume
+    if volume is not None:
+        fate = "DELETED (its data is lost)" if delete_volume else "KEPT (see `clusterous-k8s volumes ls`)"
+        lines.append(f"shared volume {volume['VolumeId']} ({volume['Size']} GiB): {fate}")
+    return lines
+
+
+def _quietly(call, *args, **kwargs):
+    """Run a delete; a resource that is already gone is what we wanted."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return call(*args, **kwargs)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in GONE or code.endswith(".NotFound") or code.endswith("NotFoundException"):
+            return None
+        raise
+
+
+def destroy(
+    clients, inv: Inventory, delete_volume: bool, report: Report, key_dir: Path | None = None
+) -> Receipt:
+    """Delete in dependency order: instances, NAT, EIP, IGW, route tables and subnets, SGs, VPC,
+    then IAM, the cluster's key pair and token; the shared volume as decided by volume_fate."""
+    ec2, iam = clients.ec2, clients.iam
+    r = Receipt(cluster=inv.cluster, region=inv.region)
+    cluster = inv.cluster
+
+    instance_ids = [i["InstanceId"] for i in inv.instances]
+    if instance_ids:
+        report(f"terminating {len(instance_ids)} instance(s)")
+        ec2.terminate_instances(InstanceIds=instance_ids)
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=instance_ids, WaiterConfig=WAIT)
+        r.deleted += [f"instance {i}" for i in instance_ids]
+
+    volume = inv.shared_volume
+    if volume is not None:
+        current = ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]
+        if current["State"] == "in-use":
+            for attachment in current.get("Attachments", []):
+                _quietly(ec2.detach_volume, VolumeId=volume["VolumeId"], InstanceId=attachment["InstanceId"])
+            ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig=WAIT)
+        if delete_volume:
+            report(f"deleting shared volume {volume['VolumeId']}")
+            _quietly(ec2.delete_volume, VolumeId=volume["VolumeId"])
+            r.deleted.append(f"shared volume {volume['VolumeId']}")
+        else:
+            keep_volume(clients, volume, cluster)
+            r.kept.append(f"shared volume {volume['VolumeId']} ({volume['Size']} GiB)")
+    for other in inv.volumes:
+        if other is not volume and role_of(other) != "shared-volume":
+            _quietly(ec2.delete_volume, VolumeId=other["VolumeId"])  # root volumes left behind, if any
+
+    nat_ids = [n["NatGatewayId"] for n in inv.nat_gateways if n["State"] != "deleted"]
+    if nat_ids:
+        report("deleting the NAT gateway (usually about a minute)")
+        for nat in nat_ids:
+            _quietly(ec2.delete_nat_gateway, NatGatewayId=nat)
+        ec2.get_waiter("nat_gateway_deleted").wait(NatGatewayIds=nat_ids, WaiterConfig=WAIT)
+        r.deleted += [f"NAT gateway {n}" for n in nat_ids]
+
+    for address in inv.addresses:
+        if address.get("AssociationId"):
+            _quietly(ec2.disassociate_address, AssociationId=address["AssociationId"])
+        _quietly(ec2.release_address, AllocationId=address["AllocationId"])
+        r.deleted.append(f"Elastic IP {address.get('PublicIp', address['AllocationId'])}")
+
+    for igw in inv.internet_gateways:
+        for attachment in igw.get("Attachments", []):
+            _quietly(
+                ec2.detach_internet_gateway,
+                InternetGatewayId=igw["InternetGatewayId"],
+                VpcId=attachment["VpcId"],
+            )
+        _quietly(ec2.delete_internet_gateway, InternetGatewayId=igw["InternetGatewayId"])
+        r.deleted.append(f"internet gateway {igw['InternetGatewayId']}")
+
+    for table in inv.route_tables:
+        if any(a.get("Main") for a in table.get("Associations", [])):
+            continue  # the VPC's main table goes with the VPC
+        for association in table.get("Associations", []):
+            _quietly(ec2.disassociate_route_table, AssociationId=association["RouteTableAssociationId"])
+        _quietly(ec2.delete_route_table, RouteTableId=table["RouteTableId"])
+        r.deleted.append(f"route table {table['RouteTableId']}")
+    for subnet in inv.subnets:
+        _quietly(ec2.delete_subnet, SubnetId=subnet["SubnetId"])
+        r.deleted.append(f"subnet {subnet['SubnetId']}")
+
+    # Groups that refer to each other cannot be deleted until those rules are gone.
+    for group in inv.security_groups:
+        referencing = [p for p in group.get("IpPermissions", []) if p.get("UserIdGroupPairs")]
+        if referencing:
+            _quietly(ec2.revoke_security_group_ingress, GroupId=group["GroupId"], IpPermissions=referencing)
+    for group in inv.security_groups:
+        _quietly(ec2.delete_security_group, GroupId=group["GroupId"])
+        r.deleted.append(f"security group {group['GroupId']}")
+
+    for vpc in inv.vpcs:
+        _quietly(ec2.delete_vpc, VpcId=vpc["VpcId"])
+        r.deleted.append(f"VPC {vpc['VpcId']}")
+
+    name = layout.role_name(cluster)
+    if inv.instance_profile is not None:
+        for role in inv.instance_profile.get("Roles", []):
+            _quietly(
+                iam.remove_role_from_instance_profile, InstanceProfileName=name, RoleName=role["RoleName"]
+            )
+        _quietly(iam.delete_instance_profile, InstanceProfileName=name)
+        r.deleted.append(f"instance profile {name}")
+    if inv.role is not None:
+        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            _quietly(iam.delete_role_policy, RoleName=name, PolicyName=policy)
+        for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+            _quietly(iam.detach_role_policy, RoleName=name, PolicyArn=policy["PolicyArn"])
+        _quietly(iam.delete_role, RoleName=name)
+        r.deleted.append(f"IAM role {name}")
+
+    for key in inv.key_pairs:
+        _quietly(ec2.delete_key_pair, KeyPairId=key["KeyPairId"])
+        r.deleted.append(f"key pair {key['KeyName']}")
+        if key_dir is not None:
+            (key_dir / f"{key['KeyName']}.pem").unlink(missing_ok=True)
+    if inv.token_parameter:
+        _quietly(clients.ssm.delete_parameter, Name=layout.token_parameter(cluster))
+        r.deleted.append(f"SSM parameter {layout.token_parameter(cluster)}")
+
+    report("sweeping for anything still tagged with the cluster")
+    r.leftovers, r.checked = sweep(clients, cluster)
+    return r
+
+
+def keep_volume(clients, volume: dict, cluster: str) -> None:
+    """A kept volume no longer belongs to the cluster; it remembers which cluster it served."""
+    clients.ec2.delete_tags(Resources=[volume["VolumeId"]], Tags=[{"Key": tags.CLUSTER}, {"Key": tags.KEY}])
+    clients.ec2.create_tags(
+        Resources=[volume["VolumeId"]],
+        Tags=[{"Key": tags.LAST_CLUSTER, "Value": cluster}, {"Key": tags.ROLE, "Value": "shared-volume"}],
+    )
+
+
+def sweep(clients, cluster: str) -> tuple[list[str], list[str]]:
+    """Ask AWS again for anything carrying the cluster's tag: (leftovers, what was checked)."""
+    inv = discover(clients, cluster)
+    left: list[str] = []
+    left += [f"instance {i['InstanceId']} ({i['State']['Name']})" for i in inv.instances]
+    left += [f"volume {v['VolumeId']}" for v in inv.volumes if v["State"] != "deleted"]
+    left += [
+        f"NAT gateway {n['NatGatewayId']} ({n['State']})" for n in inv.nat_gateways if n["State"] != "deleted"
+    ]
+    left += [f"Elastic IP {a.get('PublicIp')}" for a in inv.addresses]
+    left += [f"internet gateway {g['InternetGatewayId']}" for g in inv.internet_gateways]
+    left += [f"subnet {s['SubnetId']}" for s in inv.subnets]
+    left += [f"route table {t['RouteTableId']}" for t in inv.route_tables]
+    left += [f"security group {g['GroupId']}" for g in inv.security_groups]
+    left += [f"VPC {v['VpcId']}" for v in inv.vpcs]
+    left += [f"key pair {k['KeyName']}" for k in inv.key_pairs]
+    if inv.role:
+        left.append(f"IAM role {inv.role['RoleName']}")
+    if inv.instance_profile:
+        left.append(f"instance profile {inv.instance_profile['InstanceProfileName']}")
+    if inv.token_parameter:
+        left.append(f"SSM parameter {layout.token_parameter(cluster)}")
+    checked = [
+        "instances",
+        "volumes",
+        "NAT gateways",
+        "Elastic IPs",
+        "internet gateways",
+        "subnets",
+        "route tables",
+        "security groups",
+        "VPCs",
+        "key pairs",
+        "IAM role and instance profile",
+        "SSM parameters",
+    ]
+    # The Tagging API sees resource types the describe calls above do not know about.
+    known = {"instance", "volume", "natgateway", "elastic-ip", "internet-gateway", "subnet", "route-table",
+             "security-group", "vpc", "key-pair", "parameter"}  # fmt: skip
+    try:
+        pages = clients.tagging.get_paginator("get_resources").paginate(
+            TagFilters=[{"Key": tags.CLUSTER, "Values": [cluster]}]
+        )
+        for page in pages:
+            for mapping in page["ResourceTagMappingList"]:
+                arn = mapping["ResourceARN"]
+                kind = arn.split(":")[5].split("/")[0] if arn.count(":") >= 5 else arn
+                if kind not in known:
+                    left.append(f"tagged resource {arn}")
+        checked.append("Resource Groups Tagging API")
+    except Exception as exc:  # noqa: BLE001 - the describe calls above already covered what we make
+        checked.append(f"Resource Groups Tagging API unavailable ({type(exc).__name__})")
+    return left, checked

@@ -1,0 +1,186 @@
+"""What a cluster owns in AWS right now, found by tags alone (no local state is trusted).
+
+`discover` makes a fixed number of describe calls whatever the cluster's size; `up` plans against
+it, `down` deletes from it, `status` reports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clusterous_provisioner import layout, tags
+
+LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+LIVE_NAT_STATES = ("pending", "available", "deleting", "failed")
+
+
+@dataclass
+class Inventory:
+    """The cluster's resources by planned key; lists where AWS could hold more than one."""
+
+    cluster: str
+    region: str
+    vpcs: list[dict] = field(default_factory=list)
+    subnets: list[dict] = field(default_factory=list)
+    internet_gateways: list[dict] = field(default_factory=list)
+    route_tables: list[dict] = field(default_factory=list)
+    addresses: list[dict] = field(default_factory=list)
+    nat_gateways: list[dict] = field(default_factory=list)
+    security_groups: list[dict] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)
+    volumes: list[dict] = field(default_factory=list)
+    key_pairs: list[dict] = field(default_factory=list)
+    role: dict | None = None
+    instance_profile: dict | None = None
+    token_parameter: bool = False
+    online: bool = True
+
+    @staticmethod
+    def offline(cluster: str, region: str) -> Inventory:
+        """An empty inventory for plans made without credentials: everything will be created."""
+        return Inventory(cluster=cluster, region=region, online=False)
+
+    def by_key(self, items: list[dict], key: str) -> dict | None:
+        return next((i for i in items if tags.as_dict(i.get("Tags")).get(tags.KEY) == key), None)
+
+    @property
+    def vpc(self) -> dict | None:
+        return self.vpcs[0] if self.vpcs else None
+
+    def subnet(self, key: str) -> dict | None:
+        return self.by_key(self.subnets, key)
+
+    def route_table(self, key: str) -> dict | None:
+        return self.by_key(self.route_tables, key)
+
+    def security_group(self, key: str) -> dict | None:
+        return self.by_key(self.security_groups, key)
+
+    @property
+    def nat_gateway(self) -> dict | None:
+        return next((n for n in self.nat_gateways if n["State"] in ("pending", "available")), None)
+
+    @property
+    def address(self) -> dict | None:
+        return self.addresses[0] if self.addresses else None
+
+    @property
+    def controller(self) -> dict | None:
+        return next((i for i in self.instances if role_of(i) == "controller"), None)
+
+    def group_instances(self, group: str) -> list[dict]:
+        return [
+            i
+            for i in self.instances
+            if role_of(i) == "node" and tags.as_dict(i.get("Tags")).get(tags.GROUP) == group
+        ]
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted(
+            {tags.as_dict(i.get("Tags")).get(tags.GROUP, "?") for i in self.instances if role_of(i) == "node"}
+        )
+
+    @property
+    def shared_volume(self) -> dict | None:
+        return next((v for v in self.volumes if role_of(v) == "shared-volume"), None)
+
+    @property
+    def empty(self) -> bool:
+        return not any(
+            [
+                self.vpcs,
+                self.subnets,
+                self.internet_gateways,
+                self.route_tables,
+                self.addresses,
+                [n for n in self.nat_gateways if n["State"] != "deleted"],
+                self.security_groups,
+                self.instances,
+                [v for v in self.volumes if role_of(v) != "shared-volume"],
+                self.key_pairs,
+                self.role,
+                self.instance_profile,
+                self.token_parameter,
+            ]
+        )
+
+
+def role_of(resource: dict) -> str | None:
+    return tags.as_dict(resource.get("Tags")).get(tags.ROLE)
+
+
+def _pages(client, operation: str, key: str, **kwargs) -> list[dict]:
+    items: list[dict] = []
+    for page in client.get_paginator(operation).paginate(**kwargs):
+        if key == "Reservations":
+            for reservation in page["Reservations"]:
+                items.extend(reservation["Instances"])
+        else:
+            items.extend(page[key])
+    return items
+
+
+def discover(clients, cluster: str) -> Inventory:
+    """Everything tagged with the cluster's name in the region (and its IAM role and SSM token)."""
+    from botocore.exceptions import ClientError
+
+    ec2, flt = clients.ec2, tags.cluster_filter(cluster)
+    inv = Inventory(cluster=cluster, region=clients.region)
+    inv.vpcs = ec2.describe_vpcs(Filters=flt)["Vpcs"]
+    inv.subnets = ec2.describe_subnets(Filters=flt)["Subnets"]
+    inv.internet_gateways = ec2.describe_internet_gateways(Filters=flt)["InternetGateways"]
+    inv.route_tables = ec2.describe_route_tables(Filters=flt)["RouteTables"]
+    inv.addresses = ec2.describe_addresses(Filters=flt)["Addresses"]
+    inv.nat_gateways = [
+        n for n in ec2.describe_nat_gateways(Filters=flt)["NatGateways"] if n["State"] in LIVE_NAT_STATES
+    ]
+    inv.security_groups = ec2.describe_security_groups(Filters=flt)["SecurityGroups"]
+    inv.instances = _pages(
+        ec2,
+        "describe_instances",
+        "Reservations",
+        Filters=[*flt, {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}],
+    )
+    inv.volumes = ec2.describe_volumes(Filters=flt)["Volumes"]
+    inv.key_pairs = ec2.describe_key_pairs(Filters=flt)["KeyPairs"]
+    name = layout.role_name(cluster)
+    try:
+        role = clients.iam.get_role(RoleName=name)["Role"]
+        if tags.as_dict(role.get("Tags")).get(tags.CLUSTER) == cluster:
+            inv.role = role
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "NoSuchEntity":
+            raise
+    try:
+        inv.instance_profile = clients.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "NoSuchEntity":
+            raise
+    found = clients.ssm.describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [layout.token_parameter(cluster)]}]
+    )["Parameters"]
+    inv.token_parameter = bool(found)
+    return inv
+
+
+def cluster_names(clients) -> dict[str, dict]:
+    """Every cluster in the region, from the tags on VPCs and instances: name → VPC or first instance."""
+    ec2 = clients.ec2
+    found: dict[str, dict] = {}
+    for vpc in ec2.describe_vpcs(Filters=[{"Name": "tag-key", "Values": [tags.CLUSTER]}])["Vpcs"]:
+        found.setdefault(tags.as_dict(vpc.get("Tags"))[tags.CLUSTER], vpc)
+    return found
+
+
+def cluster_instances(clients) -> list[dict]:
+    """All live instances of all clusters in the region (one paginated call)."""
+    return _pages(
+        clients.ec2,
+        "describe_instances",
+        "Reservations",
+        Filters=[
+            {"Name": "tag-key", "Values": [tags.CLUSTER]},
+            {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES},
+        ],
+    )

@@ -1,0 +1,36 @@
+"""Fixed addresses and names of a cluster, computed before anything exists.
+
+The controller's private address is fixed (the .10 of the public subnet) so node user-data can be
+rendered, and node groups launched, without waiting for the controller. The VPC range avoids
+k3s's own pod (10.42/16) and service (10.43/16) ranges.
+"""
+
+from __future__ import annotations
+
+VPC_CIDR = "10.20.0.0/16"
+PUBLIC_CIDR = "10.20.0.0/24"
+PRIVATE_CIDR = "10.20.16.0/20"  # room for 4091 nodes
+CONTROLLER_IP = "10.20.0.10"
+ROOT_VOLUME_GIB = 30
+SHARED_VOLUME_DEVICE = "/dev/sdf"
+
+
+def role_name(cluster: str) -> str:
+    """IAM role and instance profile of the controller (64-character limit: cluster names ≤ 40)."""
+    return f"clusterous-{cluster}-controller"
+
+
+IAM_PATH = "/clusterous/"
+
+
+def key_pair_name(cluster: str) -> str:
+    return f"clusterous-{cluster}"
+
+
+def token_parameter(cluster: str) -> str:
+    """SSM SecureString holding the k3s join token: reused by re-runs and `scale` from any laptop."""
+    return f"/clusterous/{cluster}/k3s-token"
+
+
+def resource_name(cluster: str, what: str) -> str:
+    return f"{cluster}-{what}"
