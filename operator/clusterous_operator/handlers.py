@@ -38,6 +38,12 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     kube.login()
 
 
+@kopf.on.login()
+def login(**kwargs) -> kopf.ConnectionInfo | None:
+    """The pod's service account in the cluster, else $KUBECONFIG as it is when kopf starts."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.index("nodes")
 def node_index(body: kopf.Body, **_) -> dict:
     return {
@@ -179,7 +185,7 @@ def _hash(obj: dict) -> str | None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _trim(body, *paths: tuple[str, ...]) -> dict:

@@ -1,7 +1,13 @@
-"""The operator's writes to the Kubernetes API (the only I/O outside kopf itself)."""
+"""The operator's writes to the Kubernetes API (the only I/O outside kopf itself).
+
+Responses are read as raw JSON (`_preload_content=False`): the operator needs a name or a
+resourceVersion from them, not the client's models, whose strict parsing can fail on fields
+a newer or different API server adds.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -22,12 +28,15 @@ _PAST = {"create": "created", "replace": "updated", "delete": "deleted"}
 
 def login() -> None:
     """In-cluster credentials when running as a pod, else the kubeconfig (`kopf run` on a laptop)."""
+    import os
+
     import kubernetes
 
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # KUBECONFIG is read now, not when kubernetes was imported.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 def apply_changes(changes: Iterable[Change], namespace: str) -> list[str]:
@@ -68,53 +77,59 @@ def delete_children(namespace: str, app_name: str) -> tuple[list[str], list[str]
             api_class, suffix = _APIS[kind]
             api = getattr(kubernetes.client, api_class)(client)
             try:
-                items = getattr(api, f"list_namespaced_{suffix}")(namespace, label_selector=selector).items
-            except kubernetes.client.ApiException as exc:
-                failed.append(f"list {kind}: {exc.reason}")
+                listing = _call(api, f"list_namespaced_{suffix}", namespace, label_selector=selector)
+            except Exception as exc:  # noqa: BLE001 - reported; the finalizer must still go
+                failed.append(f"list {kind}: {exc}")
                 continue
-            for item in items:
-                name = item.metadata.name
+            for item in listing.get("items") or []:
+                name = item["metadata"]["name"]
                 try:
-                    getattr(api, f"delete_namespaced_{suffix}")(
-                        name, namespace, propagation_policy="Background"
+                    _call(
+                        api, f"delete_namespaced_{suffix}", name, namespace, propagation_policy="Background"
                     )
                     deleted.append(f"{kind} {name}")
                 except kubernetes.client.ApiException as exc:
-                    if exc.status == 404:
-                        continue
-                    failed.append(f"{kind} {name}: {exc.reason}")
+                    if exc.status != 404:
+                        failed.append(f"{kind} {name}: {exc.reason}")
+                except Exception as exc:  # noqa: BLE001 - reported; the finalizer must still go
+                    failed.append(f"{kind} {name}: {exc}")
     return deleted, failed
+
+
+def _call(api, method: str, *args, **kwargs) -> dict:
+    """Call an API method and return its response body as plain JSON."""
+    response = getattr(api, method)(*args, _preload_content=False, **kwargs)
+    data = response.data
+    return json.loads(data) if data else {}
 
 
 def _write(api, suffix: str, change: Change, name: str, namespace: str) -> None:
     if change.verb == "create":
-        getattr(api, f"create_namespaced_{suffix}")(namespace, dict(change.obj))
+        _call(api, f"create_namespaced_{suffix}", namespace, dict(change.obj))
     elif change.verb == "delete":
-        getattr(api, f"delete_namespaced_{suffix}")(name, namespace, propagation_policy="Background")
+        _call(api, f"delete_namespaced_{suffix}", name, namespace, propagation_policy="Background")
     elif suffix == "persistent_volume_claim":
         # A claim's spec is immutable once bound: only its labels and annotations can follow.
         metadata = {k: change.obj["metadata"][k] for k in ("labels", "annotations")}
-        getattr(api, f"patch_namespaced_{suffix}")(name, namespace, {"metadata": metadata})
+        _call(api, f"patch_namespaced_{suffix}", name, namespace, {"metadata": metadata})
     else:
         _replace(api, suffix, change.obj, name, namespace)
 
 
 def _replace(api, suffix: str, obj: Mapping, name: str, namespace: str) -> None:
     """PUT the object, keeping what the server owns (resourceVersion, a Service's cluster IP)."""
-    current = api.api_client.sanitize_for_serialization(
-        getattr(api, f"read_namespaced_{suffix}")(name, namespace)
-    )
+    current = _call(api, f"read_namespaced_{suffix}", name, namespace)
     body = dict(obj)
     body["metadata"] = {**obj["metadata"], "resourceVersion": current["metadata"].get("resourceVersion")}
     if suffix == "service":
         was_headless = current.get("spec", {}).get("clusterIP") == "None"
         if was_headless != (obj["spec"].get("clusterIP") == "None"):
             # A Service's cluster IP is immutable: switching to or from headless means a new one.
-            api.delete_namespaced_service(name, namespace)
-            api.create_namespaced_service(namespace, dict(obj))
+            _call(api, "delete_namespaced_service", name, namespace)
+            _call(api, "create_namespaced_service", namespace, dict(obj))
             return
         body["spec"] = {
             **obj["spec"],
             **{k: current["spec"][k] for k in ("clusterIP", "clusterIPs") if k in current["spec"]},
         }
-    getattr(api, f"replace_namespaced_{suffix}")(name, namespace, body)
+    _call(api, f"replace_namespaced_{suffix}", name, namespace, body)
