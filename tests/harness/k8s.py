@@ -37,6 +37,8 @@ import pytest
 import yaml
 from kmock._internal import apps, parsing, rendering
 
+from tests.harness.tools import tool_path
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kmock", "platform": "linux/amd64"}
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -277,7 +279,7 @@ def builtin_resources() -> dict[kmock.resource, kmock.ResourceInfo]:
 
 
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def body_of_spec(obj: dict[str, Any], has_status: bool) -> dict[str, Any]:
@@ -756,7 +758,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: len(self._events) > cursor or self._closing), wait
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     @staticmethod
@@ -987,22 +989,9 @@ def find_resource(emulator: ApiEmulator, spec: str) -> kmock.resource:
 # ---------------------------------------------------------------------------------------------
 
 
-def find_kubectl() -> Path | None:
-    """kubectl from $CLUSTEROUS_TOOLS_BIN or <repo>/.tools/bin, if it is there and executable."""
-    tools = os.environ.get("CLUSTEROUS_TOOLS_BIN")
-    path = (Path(tools) if tools else REPO_ROOT / ".tools" / "bin") / "kubectl"
-    return path if path.is_file() and os.access(path, os.X_OK) else None
-
-
 def require_kubectl() -> Path:
-    """Skip locally without kubectl, but fail in CI: a skipped test must not pass there."""
-    path = find_kubectl()
-    if path is None:
-        message = "kubectl not found in $CLUSTEROUS_TOOLS_BIN or .tools/bin; run scripts/fetch-k8s-tools"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    """The real kubectl; skipped locally when absent but failing in CI (tools.tool_path)."""
+    return tool_path("kubectl")
 
 
 class Kubectl:
