@@ -39,7 +39,6 @@ from kmock._internal import apps, parsing, rendering
 
 from tests.harness.tools import tool_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kmock", "platform": "linux/amd64"}
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
