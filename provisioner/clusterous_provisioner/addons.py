@@ -34,7 +34,7 @@ OPERATOR_CODE_FILE = "operator-code.yaml"
 # Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers.
 APPLIED_LATER = frozenset({OPERATOR_CODE_FILE})
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
 
 
 def registry_endpoint(controller_ip: str) -> str:
@@ -90,7 +90,10 @@ def fill(text: str, values: dict[str, str], name: str = "template") -> str:
             raise KeyError(f"{name}: no value for {{{{ {key} }}}}")
         return values[key]
 
-    return _PLACEHOLDER.sub(replace, text)
+    filled = _PLACEHOLDER.sub(replace, text)
+    if "{{" in filled:
+        raise ValueError(f"{name}: a malformed {{{{ placeholder }}}} is left")
+    return filled
 
 
 def render(values: dict[str, str]) -> dict[str, str]:

@@ -28,7 +28,7 @@ find_device() {
             fi
         done
         if [ "$waited" -ge "$DEVICE_WAIT" ]; then
-            log "shared volume $SHARED_VOLUME_ID not attached after ${DEVICE_WAIT}s"
+            log "shared volume $SHARED_VOLUME_ID not attached after ${DEVICE_WAIT}s" >&2
             return 1
         fi
         sleep 5

@@ -1,0 +1,648 @@
+"""Node bootstrap and add-ons: what the instances run, checked without AWS or a cluster.
+
+The rendered user-data is unpacked into a temporary root exactly as cloud-init's write_files
+would, and its scripts run there with every system command they call replaced by a recording
+stand-in on PATH (DESIGN §6). PATH holds nothing else but a few harmless core utilities, so a
+command the scripts call without a stand-in fails the test instead of touching this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterous_provisioner import addons, operator_bundle
+from clusterous_provisioner.bootstrap import (
+    ADDONS_FILE,
+    REGISTRIES_FILE,
+    TOKEN_FILE,
+    USER_DATA_LIMIT,
+    BootstrapInputs,
+    boot_manifests,
+    check_k3s_version,
+    render_controller,
+    render_manifests,
+    render_node,
+    write_render_dir,
+)
+from clusterous_provisioner.errors import BadInput
+from tests.harness.tools import cloud_init_schema, shellcheck, validate_k8s
+
+TOKEN = "K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface"
+VOLUME = "vol-0abc123def4567890"
+SCRIPTS = Path(__file__).resolve().parents[1] / "provisioner" / "clusterous_provisioner" / "scripts"
+CORE_UTILS = ("bash", "sh", "grep", "awk", "mkdir", "readlink", "dirname", "basename", "touch", "cat",
+              "rm", "mv", "env", "sort", "sed", "chmod")  # fmt: skip
+STAND_INS = ("apt-get", "dnf", "curl", "blkid", "mkfs.ext4", "mkfs.xfs", "mount", "mountpoint",
+             "exportfs", "systemctl", "sleep")  # fmt: skip
+
+
+def make_inputs(**changes) -> BootstrapInputs:
+    base = BootstrapInputs(
+        cluster_name="demo",
+        region="eu-west-1",
+        k3s_version="v1.33.5+k3s1",
+        token=TOKEN,
+        controller_ip="10.42.1.10",
+        vpc_cidr="10.42.0.0/16",
+        shared_volume_id=VOLUME,
+        bucket="clusterous-123456789012-eu-west-1",
+        node_groups=["master", "worker"],
+    )
+    return replace(base, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# A fake instance: a root directory, stand-ins that log their argv, and the user-data unpacked.
+# --------------------------------------------------------------------------------------------
+
+RECORD = 'printf "%s" "$(basename "$0")" >>"$STANDIN_LOG"; printf " %s" "$@" >>"$STANDIN_LOG"; echo >>"$STANDIN_LOG"\n'
+
+BEHAVIOUR = {
+    # the k3s installer: logs its arguments and the whole environment, installs a k3s stand-in
+    "curl": r"""
+out=""; while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
+cat >"$out" <<'EOF'
+#!/bin/sh
+{ printf 'k3s-installer'; printf ' %s' "$@"; echo; env | sed 's/^/  env: /'; } >>"$STANDIN_LOG"
+printf '#!/bin/sh\necho "k3s version %s (0000)"\n' "$INSTALL_K3S_VERSION" >"$STANDIN_BIN/k3s"
+chmod +x "$STANDIN_BIN/k3s"
+EOF
+""",
+    "blkid": r"""
+for dev; do :; done
+state="$STANDIN_STATE/fs-$(basename "$dev")"
+[ -s "$state" ] || exit 2
+case "$*" in *TYPE*) cat "$state" ;; *UUID*) echo 0d3c5a1e-1111-4222-8333-444455556666 ;; esac
+""",
+    "mkfs.ext4": 'for dev; do :; done\necho ext4 >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
+    "mkfs.xfs": 'for dev; do :; done\necho xfs >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
+    "mount": 'for dir; do :; done\ntouch "$STANDIN_STATE/mounted-$(basename "$dir")"\n',
+    "mountpoint": 'for dir; do :; done\n[ -e "$STANDIN_STATE/mounted-$(basename "$dir")" ]\n',
+}
+
+
+class Instance:
+    """A temporary root that user-data is unpacked into and bootstrap scripts run in."""
+
+    def __init__(self, tmp: Path):
+        self.root = tmp / "root"
+        self.bin = tmp / "bin"
+        self.state = tmp / "state"
+        self.log = tmp / "standins.log"
+        for folder in (self.root, self.bin, self.state):
+            folder.mkdir(parents=True)
+        self.log.touch()
+        for tool in CORE_UTILS:
+            (self.bin / tool).symlink_to(shutil.which(tool))
+        for name in STAND_INS:
+            script = self.bin / name
+            script.write_text("#!/bin/sh\n" + RECORD + BEHAVIOUR.get(name, ""))
+            script.chmod(0o755)
+        self.outputs: list[str] = []
+
+    def unpack(self, user_data: str) -> dict:
+        """What cloud-init's write_files does, under the root."""
+        assert user_data.startswith("#cloud-config\n")
+        config = yaml.safe_load(user_data)
+        for entry in config["write_files"]:
+            content = entry["content"]
+            if entry.get("encoding") == "gz+b64":
+                content = gzip.decompress(base64.b64decode(content)).decode()
+            path = self.root / entry["path"].lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+            path.chmod(int(entry["permissions"], 8))
+        return config
+
+    def attach_volume(self, link: str) -> Path:
+        device = self.root / "dev" / "nvme1n1"
+        device.parent.mkdir(parents=True, exist_ok=True)
+        device.touch()
+        path = self.root / link.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path != device:
+            path.symlink_to(device)
+        return device
+
+    def run(self, config: dict, **env) -> subprocess.CompletedProcess:
+        """The user-data's runcmd, as root would run it on the instance."""
+        (command,) = config["runcmd"]
+        script = self.root / command[0].lstrip("/")
+        environ = {
+            "PATH": str(self.bin),
+            "CLUSTEROUS_ROOT": str(self.root),
+            "STANDIN_LOG": str(self.log),
+            "STANDIN_BIN": str(self.bin),
+            "STANDIN_STATE": str(self.state),
+            **env,
+        }
+        result = subprocess.run(
+            [str(self.bin / "bash"), str(script)], env=environ, capture_output=True, text=True, timeout=60
+        )
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def calls(self, name: str) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line.split(" ", 1)[0] == name]
+
+    def installer_args(self) -> list[str]:
+        (line,) = self.calls("k3s-installer")
+        return line.split()[1:]
+
+    def installer_env(self) -> dict[str, str]:
+        pairs = [
+            line.removeprefix("  env: ").split("=", 1)
+            for line in self.log.read_text().splitlines()
+            if line.startswith("  env: ")
+        ]
+        return dict(pairs)
+
+    def text(self, path: str) -> str:
+        file = self.root / path.lstrip("/")
+        return file.read_text() if file.exists() else ""
+
+
+@pytest.fixture
+def instance(tmp_path) -> Instance:
+    return Instance(tmp_path)
+
+
+def nvme_link(volume_id: str = VOLUME) -> str:
+    return f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"
+
+
+def boot_controller(instance: Instance, inputs: BootstrapInputs | None = None, **env):
+    config = instance.unpack(render_controller(inputs or make_inputs()))
+    return config, instance.run(config, **env)
+
+
+# --------------------------------------------------------------------------------------------
+# Static checks: cloud-init schema, shellcheck, Kubernetes schemas.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("os_name", ["ubuntu-24.04", "al2023"])
+def test_every_user_data_passes_cloud_init_schema(tmp_path, os_name):
+    written = write_render_dir(make_inputs(os=os_name), tmp_path)
+    user_data = [path for path in written if path.suffix == ".user-data"]
+    assert {path.stem for path in user_data} == {"controller", "master", "worker"}
+    for path in user_data:
+        result = cloud_init_schema(path)
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")))
+def test_every_script_passes_shellcheck(script):
+    result = shellcheck(SCRIPTS / script)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_manifest_passes_kubernetes_validate():
+    manifests = render_manifests(make_inputs())
+    docs = [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
+    checked = validate_k8s(docs, skip_kinds={"ClusterKopfPeering"})
+    assert checked == len(docs) - 1
+    assert {doc["kind"] for doc in docs} >= {
+        "Namespace", "CustomResourceDefinition", "ConfigMap", "ServiceAccount", "ClusterRole",
+        "ClusterRoleBinding", "Deployment", "DaemonSet", "Service", "StorageClass", "CSIDriver",
+    }  # fmt: skip
+
+
+def test_user_data_fits_ec2_limit_and_carries_every_boot_manifest(instance):
+    inputs = make_inputs()
+    user_data = render_controller(inputs)
+    assert len(user_data.encode()) <= USER_DATA_LIMIT
+    instance.unpack(user_data)
+    shipped = instance.text(ADDONS_FILE)
+    assert shipped == boot_manifests(inputs)
+    shipped_docs = [doc for doc in yaml.safe_load_all(shipped) if doc]
+    shipped_kinds = {doc["kind"] for doc in shipped_docs}
+    assert {"CustomResourceDefinition", "StorageClass", "Deployment", "DaemonSet"} <= shipped_kinds
+    # the operator's code is applied through the API instead (too big for user-data)
+    assert operator_bundle.CONFIGMAP not in {doc["metadata"]["name"] for doc in shipped_docs}
+
+
+# --------------------------------------------------------------------------------------------
+# The controller's script, run.
+# --------------------------------------------------------------------------------------------
+
+
+def test_controller_formats_a_blank_volume_mounts_and_exports_it(instance):
+    device = instance.attach_volume(nvme_link())
+    _, result = boot_controller(instance)
+    assert result.returncode == 0, result.stderr
+    (mkfs,) = instance.calls("mkfs.ext4")
+    assert mkfs.endswith(str(device))
+    fstab = instance.text("/etc/fstab").splitlines()
+    assert len(fstab) == 1
+    spec, mount_dir, fstype, options, *_ = fstab[0].split()
+    assert spec.startswith("UUID=") and mount_dir == addons.SHARED_DIR and fstype == "ext4"
+    assert "nofail" in options.split(",")
+    assert instance.calls("mount") == [f"mount {instance.root}{addons.SHARED_DIR}"]
+    exports = instance.text("/etc/exports")
+    assert f"{addons.SHARED_DIR} 10.42.0.0/16(rw," in exports
+    assert instance.calls("exportfs") == ["exportfs -ra"]
+    assert "systemctl enable --now nfs-server" in instance.calls("systemctl")
+    assert instance.calls("apt-get")[-1].split()[-1] == "nfs-kernel-server"
+
+
+def test_controller_never_formats_a_volume_that_has_a_filesystem(instance):
+    device = instance.attach_volume(nvme_link())
+    (instance.state / f"fs-{device.name}").write_text("xfs\n")
+    _, result = boot_controller(instance)
+    assert result.returncode == 0, result.stderr
+    assert instance.calls("mkfs.ext4") == [] and instance.calls("mkfs.xfs") == []
+    assert instance.text("/etc/fstab").split()[2] == "xfs"  # mounted as what it is
+    assert "already has a xfs filesystem" in result.stdout
+
+
+def test_controller_finds_the_volume_on_xen_instances(instance):
+    device = instance.attach_volume("/dev/xvdf")
+    _, result = boot_controller(instance)
+    assert result.returncode == 0, result.stderr
+    assert instance.calls("mkfs.ext4")[0].endswith(str(device))
+
+
+def test_controller_fails_naming_the_volume_when_it_never_appears(instance):
+    _, result = boot_controller(instance, CLUSTEROUS_DEVICE_WAIT="0")
+    assert result.returncode != 0
+    assert VOLUME in result.stdout + result.stderr
+    assert instance.calls("mkfs.ext4") == [] and instance.calls("k3s-installer") == []
+
+
+def test_rerunning_the_controller_changes_nothing(instance):
+    instance.attach_volume(nvme_link())
+    config, first = boot_controller(instance)
+    assert first.returncode == 0, first.stderr
+    before = {path: instance.text(path) for path in ("/etc/fstab", "/etc/exports")}
+    calls_before = instance.log.read_text().splitlines()
+    second = instance.run(config)  # a reboot or `cloud-init clean` runs it again
+    assert second.returncode == 0, second.stderr
+    assert {path: instance.text(path) for path in before} == before
+    new_calls = instance.log.read_text().splitlines()[len(calls_before) :]
+    commands = {line.split(" ", 1)[0] for line in new_calls}
+    assert not commands & {"mkfs.ext4", "mkfs.xfs", "apt-get", "curl", "k3s-installer", "mount"}
+    assert "k3s v1.33.5+k3s1 already installed" in second.stdout
+
+
+def test_a_new_k3s_version_is_installed_over_the_old(instance):
+    instance.attach_volume(nvme_link())
+    boot_controller(instance)
+    config = instance.unpack(render_controller(make_inputs(k3s_version="v1.34.1+k3s1")))
+    result = instance.run(config)
+    assert result.returncode == 0, result.stderr
+    assert len(instance.calls("k3s-installer")) == 2
+    assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.34.1+k3s1"
+
+
+def test_controller_installs_pinned_k3s_server_with_taint_sans_and_token_file(instance):
+    instance.attach_volume(nvme_link())
+    _, result = boot_controller(instance)
+    assert result.returncode == 0, result.stderr
+    args = instance.installer_args()
+    assert args[0] == "server"
+    assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.33.5+k3s1"
+    pairs = list(zip(args, args[1:], strict=False))
+    assert ("--token-file", TOKEN_FILE) in pairs
+    assert ("--node-taint", "clusterous.io/controller=true:NoSchedule") in pairs
+    sans = {value for flag, value in pairs if flag == "--tls-san"}
+    assert sans == {"127.0.0.1", "localhost", "10.42.1.10"}
+    assert ("--write-kubeconfig-mode", "0600") in pairs
+    assert ("--disable", "traefik") in pairs
+    assert "--token" not in args and not any(a.startswith("--token=") for a in args)
+
+
+@pytest.mark.parametrize("group", ["master", "worker"])
+def test_node_joins_the_controller_with_its_group_label(instance, group):
+    config = instance.unpack(render_node(make_inputs(), group))
+    result = instance.run(config)
+    assert result.returncode == 0, result.stderr
+    args = instance.installer_args()
+    pairs = list(zip(args, args[1:], strict=False))
+    assert args[0] == "agent"
+    assert ("--server", "https://10.42.1.10:6443") in pairs
+    assert ("--token-file", TOKEN_FILE) in pairs
+    assert ("--node-label", f"clusterous.io/group={group}") in pairs
+    assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.33.5+k3s1"
+    assert instance.calls("apt-get")[-1].split()[-1] == "nfs-common"
+    assert instance.calls("mkfs.ext4") == [] and instance.calls("exportfs") == []
+    rerun = instance.run(config)
+    assert rerun.returncode == 0 and len(instance.calls("k3s-installer")) == 1
+
+
+def test_amazon_linux_uses_dnf_and_skips_the_selinux_rpm(instance):
+    instance.attach_volume(nvme_link())
+    _, result = boot_controller(instance, make_inputs(os="al2023"))
+    assert result.returncode == 0, result.stderr
+    assert instance.calls("apt-get") == []
+    assert instance.calls("dnf") == ["dnf install -y -q nfs-utils"]
+    assert instance.installer_env()["INSTALL_K3S_SKIP_SELINUX_RPM"] == "true"
+
+
+def test_the_token_is_only_in_its_0600_file(instance, tmp_path):
+    instance.attach_volume(nvme_link())
+    _, controller = boot_controller(instance)
+    node = Instance(tmp_path / "node")
+    node.run(node.unpack(render_node(make_inputs(), "worker")))
+    for machine in (instance, node):
+        token_file = machine.root / TOKEN_FILE.lstrip("/")
+        assert token_file.read_text().strip() == TOKEN
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert TOKEN not in machine.log.read_text()  # no argv, no environment of any command
+        assert not any(TOKEN in output for output in machine.outputs)
+        settings = machine.root / "etc/clusterous/bootstrap.env"
+        assert TOKEN not in settings.read_text()
+    assert TOKEN not in repr(make_inputs())
+    for text in render_manifests(make_inputs()).values():
+        assert TOKEN not in text
+
+
+def test_every_node_mirrors_the_registry_names_to_the_controller(instance, tmp_path):
+    from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
+
+    inputs = make_inputs()
+    files = {}
+    for name, user_data in [("controller", render_controller(inputs))] + [
+        (group, render_node(inputs, group)) for group in inputs.node_groups
+    ]:
+        machine = Instance(tmp_path / name)
+        machine.unpack(user_data)
+        files[name] = machine.text(REGISTRIES_FILE)
+    assert len(set(files.values())) == 1
+    mirrors = yaml.safe_load(files["controller"])["mirrors"]
+    for name in (CLUSTER_REGISTRY, LEGACY_REGISTRY):
+        assert mirrors[name]["endpoint"] == ["http://10.42.1.10:5000"]
+
+
+# --------------------------------------------------------------------------------------------
+# Add-ons.
+# --------------------------------------------------------------------------------------------
+
+
+def all_docs(inputs: BootstrapInputs | None = None) -> list[dict]:
+    manifests = render_manifests(inputs or make_inputs())
+    return [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def pod_specs(docs):
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "DaemonSet"):
+            yield doc, doc["spec"]["template"]["spec"]
+
+
+def test_manifests_are_filled_with_the_cluster_values():
+    inputs = make_inputs(cluster_name="lab-7", region="us-east-2", controller_ip="10.9.1.5", bucket="bkt-x")
+    manifests = render_manifests(inputs)
+    assert not any("{{" in text for text in manifests.values())
+    (info,) = [
+        d for d in all_docs(inputs) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cluster-info"
+    ]
+    assert info["data"]["clusterName"] == "lab-7"
+    assert info["data"]["nfsServer"] == "10.9.1.5"
+    assert info["data"]["registryEndpoint"] == "10.9.1.5:5000"
+    (registry,) = [
+        d for d in all_docs(inputs) if d["kind"] == "Deployment" and d["metadata"]["name"] == "registry"
+    ]
+    env = {e["name"]: e["value"] for e in registry["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REGISTRY_STORAGE"] == "s3"
+    assert env["REGISTRY_STORAGE_S3_BUCKET"] == "bkt-x" and env["REGISTRY_STORAGE_S3_REGION"] == "us-east-2"
+    assert not any("ACCESSKEY" in key or "SECRETKEY" in key for key in env)  # instance profile only
+
+
+def test_every_image_is_pinned_by_version():
+    for doc, spec in pod_specs(all_docs()):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            image = container["image"]
+            name, _, tag = image.rpartition(":")
+            assert name and tag and tag != "latest" and "/" not in tag, f"{doc['metadata']['name']}: {image}"
+
+
+def test_cluster_services_run_on_the_controller_and_tolerate_its_taint():
+    for name in ("clusterous-operator", "registry", "csi-nfs-controller"):
+        (spec,) = [s for d, s in pod_specs(all_docs()) if d["metadata"]["name"] == name]
+        assert spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": "true"}
+        taint = {"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}
+        assert any({k: t.get(k) for k in taint} == taint for t in spec["tolerations"]), name
+    (registry,) = [s for d, s in pod_specs(all_docs()) if d["metadata"]["name"] == "registry"]
+    assert registry["hostNetwork"] is True  # reaches IMDS (hop limit 1) and the nodes' containerd
+
+
+def test_operator_rbac_is_least_privilege():
+    (role,) = [
+        d for d in all_docs() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "clusterous-operator"
+    ]
+    granted = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert not any("*" in verbs or "*" in key for key, verbs in granted.items())
+    assert ("", "secrets") not in granted
+    assert granted[("", "nodes")] == {"get", "list", "watch"}
+    assert granted[("", "pods")] == {"get", "list", "watch"}
+    assert {"patch"} <= granted[("clusterous.io", "clusterapps/status")]
+    assert {"create", "delete"} <= granted[("apps", "deployments")]
+    assert {"create", "delete"} <= granted[("", "services")] & granted[("", "persistentvolumeclaims")]
+    assert {"patch", "list", "watch"} <= granted[("kopf.dev", "clusterkopfpeerings")]
+
+
+def test_kopf_peering_crds_and_object_exist():
+    docs = all_docs()
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "clusterapps.clusterous.io"} <= crds
+    (peering,) = [d for d in docs if d["kind"] == "ClusterKopfPeering"]
+    start = operator_bundle.start_script()
+    assert f"--peering={peering['metadata']['name']}" in start
+
+
+def test_the_crd_is_the_operators_own():
+    from importlib import resources
+
+    shipped = render_manifests(make_inputs())[addons.CRD_FILE]
+    assert shipped == (resources.files("clusterous_operator") / "crd.yaml").read_text()
+
+
+def test_shared_class_maps_every_claim_to_the_exported_root(instance):
+    """csi-driver-nfs mounts server:<share>/<subDir>: for clusterous-shared that must be the
+    shared volume's root, exported read-write, with a fixed subDir and retained on delete."""
+    instance.attach_volume(nvme_link())
+    boot_controller(instance)
+    exports = {line.split()[0]: line.split()[1] for line in instance.text("/etc/exports").splitlines()}
+    classes = {d["metadata"]["name"]: d for d in all_docs() if d["kind"] == "StorageClass"}
+    shared = classes["clusterous-shared"]["parameters"]
+    assert shared["server"] == "10.42.1.10"
+    assert f"{shared['share']}/{shared['subDir']}" == addons.SHARED_DIR
+    assert "$" not in shared["subDir"] and shared["onDelete"] == "retain"
+    assert "(rw," in exports[addons.SHARED_DIR] and shared["share"] in exports  # both mountable
+    private = classes["clusterous-private"]["parameters"]
+    assert "${pvc.metadata.name}" in private["subDir"]
+    assert private["share"].startswith(addons.SHARED_DIR + "/")
+    assert (instance.root / private["share"].lstrip("/")).is_dir()
+
+
+# --------------------------------------------------------------------------------------------
+# The operator's code bundle.
+# --------------------------------------------------------------------------------------------
+
+
+def test_operator_code_zip_imports_the_installed_package(tmp_path):
+    archive = tmp_path / operator_bundle.ZIP_NAME
+    archive.write_bytes(operator_bundle.operator_zip())
+    assert operator_bundle.operator_zip() == archive.read_bytes()  # deterministic
+    names = zipfile.ZipFile(archive).namelist()
+    assert "clusterous_operator/__init__.py" in names and "clusterous_operator/crd.yaml" in names
+    assert not any("__pycache__" in name for name in names)
+    probe = (
+        "import clusterous_operator.images as m, importlib.resources as r; "
+        "print(m.__file__); print(len((r.files('clusterous_operator') / 'crd.yaml').read_text()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(archive)!r}); {probe}"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert str(archive) in result.stdout  # imported from the zip, not from the checkout
+
+
+def test_operator_code_configmap_matches_the_deployment(tmp_path):
+    (configmap,) = yaml.safe_load_all(render_manifests(make_inputs())[addons.OPERATOR_CODE_FILE])
+    validate_k8s([configmap])
+    assert (
+        base64.b64decode(configmap["binaryData"][operator_bundle.ZIP_NAME]) == operator_bundle.operator_zip()
+    )
+    (deployment,) = [
+        d for d in all_docs() if d["metadata"]["name"] == "clusterous-operator" and d["kind"] == "Deployment"
+    ]
+    template = deployment["spec"]["template"]
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["code"]["configMap"]["name"] == configmap["metadata"]["name"]
+    annotation = "clusterous.io/code-hash"
+    assert template["metadata"]["annotations"][annotation] == configmap["metadata"]["annotations"][annotation]
+    assert len(configmap["binaryData"][operator_bundle.ZIP_NAME]) < 900_000  # ConfigMaps hold 1 MiB
+
+
+def test_operator_start_installs_dependencies_once_then_runs_kopf(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "python.log"
+    bin_dir.mkdir()
+    for tool in ("sh", "rm", "mv", "touch", "mkdir"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    # python stand-in: `-m pip install --target DIR ...` creates DIR; everything is logged
+    (bin_dir / "python").write_text(
+        '#!/bin/sh\necho "python $*" >>"$LOG"\n'
+        'prev=""; for a; do [ "$prev" = --target ] && mkdir -p "$a"; prev="$a"; done\n'
+    )
+    (bin_dir / "python").chmod(0o755)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "start.sh").write_text(operator_bundle.start_script())
+    env = {
+        "PATH": str(bin_dir),
+        "LOG": str(log),
+        "CLUSTEROUS_CODE_DIR": str(code),
+        "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site"),
+        "CLUSTEROUS_OPERATOR_REQUIREMENTS": " ".join(operator_bundle.REQUIREMENTS),
+        "CLUSTEROUS_OPERATOR_MODULE": operator_bundle.OPERATOR_MODULE,
+        "CLUSTEROUS_OPERATOR_CODE_HASH": "abc123",
+    }
+    for _ in range(2):
+        result = subprocess.run(
+            [str(bin_dir / "sh"), str(code / "start.sh")], env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    installs = [line for line in lines if " pip install " in line]
+    assert len(installs) == 1 and all(req in installs[0] for req in operator_bundle.REQUIREMENTS)
+    runs = [line for line in lines if " kopf run " in line]
+    assert len(runs) == 2 and runs[0].endswith(f"-m {operator_bundle.OPERATOR_MODULE}")
+
+
+# --------------------------------------------------------------------------------------------
+# Render dir and bad input.
+# --------------------------------------------------------------------------------------------
+
+
+def test_render_dir_holds_every_user_data_and_manifest(tmp_path):
+    inputs = make_inputs(node_groups=["master", "worker", "gpu"])
+    written = write_render_dir(inputs, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "user-data").iterdir()) == [
+        "controller.user-data", "gpu.user-data", "master.user-data", "worker.user-data",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "manifests").iterdir()) == sorted(render_manifests(inputs))
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in written)  # user-data holds the token
+    assert (tmp_path / "user-data" / "gpu.user-data").read_text() == render_node(inputs, "gpu")
+
+
+@pytest.mark.parametrize("good", ["v1.33.5+k3s1", "v1.30.14+k3s2", "v1.34.1+k3s1"])
+def test_k3s_release_names_are_accepted(good):
+    assert check_k3s_version(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad", ["1.33.5+k3s1", "v1.33.5", "v1.33+k3s1", "latest", "v1.33.5-rc1+k3s1", "", None]
+)
+def test_a_k3s_version_that_is_no_release_name_is_bad_input(bad):
+    with pytest.raises(BadInput) as caught:
+        check_k3s_version(bad, source="cluster.yml")
+    assert caught.value.exit_code == 2
+    assert "cluster.yml: k3s_version" in str(caught.value) and "v1.33.5+k3s1" in str(caught.value)
+    with pytest.raises(BadInput):
+        render_controller(make_inputs(k3s_version=bad))
+
+
+def test_unknown_group_and_os_are_bad_input():
+    with pytest.raises(BadInput, match="node_groups"):
+        render_node(make_inputs(), "gpu")
+    with pytest.raises(BadInput, match="os"):
+        render_node(make_inputs(os="windows"), "worker")
+
+
+# --------------------------------------------------------------------------------------------
+# Real AWS.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.aws
+@pytest.mark.skipif(
+    os.environ.get("CLUSTEROUS_REAL_AWS") != "1", reason="needs CLUSTEROUS_REAL_AWS=1 and credentials"
+)
+def test_real_cluster_with_one_worker_becomes_ready(tmp_path):
+    """`up --workers 1`, then every node Ready with its group label and the add-ons running."""
+    import json
+
+    name = f"ci-{os.getpid()}"
+    cli = [sys.executable, "-m", "clusterous_cli.main"]
+    kubeconfig = tmp_path / "kubeconfig"
+    try:
+        up = subprocess.run([*cli, "up", "--name", name, "--workers", "1", "--yes"], timeout=1800)
+        assert up.returncode == 0
+        got = subprocess.run([*cli, "kubeconfig", "--file", str(kubeconfig)], timeout=120)
+        assert got.returncode == 0
+        nodes = subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        items = json.loads(nodes.stdout)["items"]
+        groups = sorted(n["metadata"]["labels"].get("clusterous.io/group", "") for n in items)
+        assert groups == ["", "master", "worker"]  # the controller has no group
+        for node in items:
+            ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+            assert ready == "True"
+    finally:
+        subprocess.run([*cli, "down", name, "--yes"], timeout=1800)
+
+
+def test_a_template_naming_an_unknown_value_fails_loudly():
+    with pytest.raises(KeyError, match="cluster_nmae"):
+        addons.fill('name: "{{ cluster_nmae }}"', addons.values_for(make_inputs()), "typo.yaml")
