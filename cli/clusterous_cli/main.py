@@ -14,6 +14,7 @@ import typer
 from clusterous_cli import __version__
 from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
+from clusterous_cli.commands import logging_cmd
 from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import setup as setup_cmd
 from clusterous_cli.commands import tunnel as tunnel_cmd
@@ -74,6 +75,7 @@ app.command("rm-nodes", help=cluster_cmd.RM_HELP)(cluster_cmd.rm_nodes)
 app.add_typer(volumes_cmd.app, name="volumes")
 app.add_typer(tunnel_cmd.app, name="tunnel")
 app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)
+app.command("logging", help=logging_cmd.HELP)(logging_cmd.logging)
 
 
 def _wants_traceback(argv: list[str]) -> bool:
