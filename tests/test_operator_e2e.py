@@ -15,6 +15,7 @@ import yaml
 # The resync interval is read when the handlers module is imported: make it short first.
 os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 
+from clusterous_operator.builders import APP_LABEL
 from clusterous_operator.handlers import FINALIZER
 from clusterous_operator.images import CLUSTER_REGISTRY
 
@@ -69,6 +70,14 @@ def deployment(api, name: str) -> dict | None:
     return api.get("apps/v1/deployments", name)
 
 
+def image(api, name: str) -> str:
+    return deployment(api, name)["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def replicas(api, name: str) -> int:
+    return deployment(api, name)["spec"]["replicas"]
+
+
 def status(api, name: str = "demo") -> dict:
     return (api.get("capp", name) or {}).get("status") or {}
 
@@ -101,7 +110,9 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         engine = cluster.wait_for(lambda: deployment(cluster, "demo-engine"), what="the engine Deployment")
         assert master["spec"]["replicas"] == 1
         assert engine["spec"]["replicas"] == 0  # waits for the master
-        assert master["spec"]["template"]["spec"]["containers"][0]["image"] == f"{CLUSTER_REGISTRY}/basic-python"
+        assert (
+            master["spec"]["template"]["spec"]["containers"][0]["image"] == f"{CLUSTER_REGISTRY}/basic-python"
+        )
         owners = master["metadata"]["ownerReferences"]
         assert owners[0]["kind"] == "ClusterApp" and owners[0]["name"] == "demo"
         assert cluster.get("v1/services", "demo-master")["spec"]["ports"][0]["port"] == 8888
@@ -132,3 +143,103 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         assert cluster.get("v1/persistentvolumeclaims", "demo-shared") is None
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
+
+
+def test_image_change_rolls_the_deployment(cluster, custom) -> None:
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
+        cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="the master Deployment")
+        patch = {"spec": {"components": clusterapp(image="ghcr.io/lab/sim:2")["spec"]["components"]}}
+        custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "demo", patch)
+        cluster.wait_for(
+            lambda: image(cluster, "demo-master") == "ghcr.io/lab/sim:2",
+            what="the new image in the Deployment",
+        )
+    assert runner.exception is None, runner.output
+
+
+def test_nodes_joining_and_leaving_change_auto_replicas(cluster, custom) -> None:
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
+        cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="the master Deployment")
+        become_ready(cluster, "demo-master")
+        cluster.wait_for(lambda: replicas(cluster, "demo-engine") == 2, what="2 engines on one 2-CPU worker")
+        cluster.add_node("worker-2", labels={"clusterous.io/group": "worker"}, cpu="4")
+        cluster.add_node("worker-3", labels={"clusterous.io/group": "worker"}, cpu="2", ready=False)
+        cluster.wait_for(
+            lambda: replicas(cluster, "demo-engine") == 6, what="6 engines once a 4-CPU worker joins"
+        )
+        cluster.patch("v1/nodes", "worker-2", {"spec": {"unschedulable": True}})
+        cluster.wait_for(
+            lambda: replicas(cluster, "demo-engine") == 2, what="back to 2 engines when the node is cordoned"
+        )
+    assert runner.exception is None, runner.output
+
+
+def test_invalid_spec_fails_with_the_field_and_creates_nothing(cluster, custom) -> None:
+    app = clusterapp()
+    app["spec"]["components"][1]["group"] = "wrker"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(lambda: status(cluster).get("phase") == "Failed", what="phase Failed")
+        assert "spec.components[1].group" in status(cluster)["message"]
+        assert "master, worker" in status(cluster)["message"]
+        assert deployment(cluster, "demo-master") is None
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, "demo", {"spec": clusterapp()["spec"]}
+        )
+        cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="children once the spec is fixed")
+    assert runner.exception is None, runner.output
+
+
+def test_resync_with_nothing_changed_writes_nothing(cluster, custom) -> None:
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
+        cluster.wait_for(lambda: deployment(cluster, "demo-engine"), what="the children")
+        become_ready(cluster, "demo-master")
+        cluster.wait_for(lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2, what="engines")
+        become_ready(cluster, "demo-engine")
+        cluster.wait_for(lambda: status(cluster).get("phase") == "Running", what="phase Running")
+        before = len(requests_written(cluster))
+        import time
+
+        time.sleep(2.5)  # five resync intervals
+        after = requests_written(cluster)[before:]
+        assert after == [], after
+    assert runner.exception is None, runner.output
+
+
+def requests_written(api) -> list[str]:
+    """Every write request the emulator received, as 'METHOD path'."""
+
+    def read(emulator) -> list[str]:
+        return [
+            f"{r.method.value} {r.url.path}"
+            for r in emulator._requests
+            if r.method.value in ("POST", "PUT", "PATCH", "DELETE")
+        ]
+
+    return api.call(read)
+
+
+def test_kubectl_apply_example_and_get_capp(cluster, kubectl) -> None:
+    example = ROOT / "examples/basic-python/clusterapp.yaml"
+    with run_operator() as runner:
+        assert "clusterapp.clusterous.io/basic-python created" in kubectl("apply", "-f", str(example)).stdout
+        cluster.wait_for(lambda: status(cluster, "basic-python").get("phase"), what="a status")
+        assert kubectl("get", "capp").stdout.splitlines()[1].split()[0] == "basic-python"
+        # The emulator renders no server-side tables, so each printer column's jsonPath is
+        # evaluated by kubectl itself and compared with the status it should show.
+        columns = {c["name"]: c["jsonPath"] for c in CRD["spec"]["versions"][0]["additionalPrinterColumns"]}
+        shown = {
+            name: kubectl("get", "capp", "basic-python", "-o", f"jsonpath={{{path}}}").stdout
+            for name, path in columns.items()
+        }
+        current = cluster.get("capp", "basic-python")
+        assert shown["Phase"] == current["status"]["phase"]
+        assert shown["Ready"] == current["status"]["ready"]
+        assert shown["Message"] == current["status"]["message"]
+        assert shown["Age"] == current["metadata"]["creationTimestamp"]
+        labels = deployment(cluster, "basic-python-engine")["metadata"]["labels"]
+        assert labels[APP_LABEL] == "basic-python"
+    assert runner.exception is None, runner.output
