@@ -16,6 +16,7 @@ from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
 from clusterous_cli.commands import logging_cmd
 from clusterous_cli.commands import profile as profile_cmd
+from clusterous_cli.commands import render as render_cmd
 from clusterous_cli.commands import setup as setup_cmd
 from clusterous_cli.commands import tunnel as tunnel_cmd
 from clusterous_cli.commands import volumes as volumes_cmd
@@ -76,6 +77,7 @@ app.add_typer(volumes_cmd.app, name="volumes")
 app.add_typer(tunnel_cmd.app, name="tunnel")
 app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)
 app.command("logging", help=logging_cmd.HELP)(logging_cmd.logging)
+app.command("render", help=render_cmd.HELP)(render_cmd.render)
 
 
 def _wants_traceback(argv: list[str]) -> bool:

@@ -1,0 +1,114 @@
+"""`render APP [--nodes NODELIST]`: the objects the operator would create, offline.
+
+It calls the operator's own builders, so what it prints is what the operator creates (the
+operator adds owner references, which need the live ClusterApp, and holds a component at 0
+replicas while its dependencies start; render shows the state once everything runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+HELP = """Print the objects the operator would create for a ClusterApp, as multi-document YAML.
+
+Works offline. NODELIST is what `kubectl get nodes -o yaml` prints; without --nodes the cluster
+is taken to be 1 master node and 2 worker nodes with 2 CPUs each (said on stderr).
+
+Example: clusterous-k8s render examples/basic-python/clusterapp.yaml --nodes nodes.yaml
+"""
+
+DEFAULT_NODES = (("master-1", "master", "2"), ("worker-1", "worker", "2"), ("worker-2", "worker", "2"))
+
+
+def render(
+    app_file: Path = typer.Argument(..., metavar="APP", help="A ClusterApp YAML file."),
+    nodes_file: Path = typer.Option(
+        None, "--nodes", metavar="NODELIST", help="Nodes as `kubectl get nodes -o yaml` prints them."
+    ),
+) -> None:
+    import yaml
+
+    from clusterous_cli import output
+    from clusterous_operator.builders import build_children
+    from clusterous_operator.placement import node_groups
+    from clusterous_operator.spec import SpecError, check_groups, parse_app
+    from clusterous_provisioner.errors import BadInput
+
+    body = _clusterapp(_load_yaml(app_file), app_file)
+    if nodes_file is None:
+        nodes = default_nodes()
+        described = ", ".join(f"{name} ({group}, {cpu} CPU)" for name, group, cpu in DEFAULT_NODES)
+        output.say(f"no --nodes given: rendering for {described}")
+    else:
+        nodes = _nodes(_load_yaml(nodes_file), nodes_file)
+    try:
+        app = parse_app(body)
+        check_groups(app.spec, node_groups(nodes))
+    except SpecError as error:
+        raise BadInput(str(app_file), error.field, error.expected, error.got) from None
+    objects = build_children(app, nodes)
+    typer.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
+
+
+def default_nodes() -> list[dict]:
+    """The nodes render assumes without --nodes: Ready, labelled with their group."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"clusterous.io/group": group}},
+            "status": {
+                "allocatable": {"cpu": cpu},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+        for name, group, cpu in DEFAULT_NODES
+    ]
+
+
+def _load_yaml(path: Path) -> list:
+    import yaml
+
+    from clusterous_provisioner.errors import BadInput
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(str(path), None, "a readable YAML file", exc.strerror) from None
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise BadInput(str(path), where, "valid YAML", getattr(exc, "problem", None) or str(exc)) from None
+
+
+def _clusterapp(documents: list, path: Path) -> dict:
+    from clusterous_provisioner.errors import BadInput
+
+    apps = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ClusterApp"]
+    if len(apps) != 1:
+        raise BadInput(str(path), "kind", "exactly one document of kind ClusterApp", f"{len(apps)} found")
+    return apps[0]
+
+
+def _nodes(documents: list, path: Path) -> list[dict]:
+    """Nodes from a List / NodeList (kubectl's output) or from Node documents."""
+    from clusterous_provisioner.errors import BadInput
+
+    nodes: list = []
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") in ("List", "NodeList"):
+            nodes.extend(document.get("items") or [])
+        else:
+            nodes.append(document)
+    for i, node in enumerate(nodes):
+        if (
+            not isinstance(node, dict)
+            or node.get("kind", "Node") != "Node"
+            or "name" not in (node.get("metadata") or {})
+        ):
+            raise BadInput(str(path), f"items[{i}]", "a Node with metadata.name (kubectl get nodes -o yaml)")
+    return nodes
