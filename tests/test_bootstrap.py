@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import os
 import shutil
 import stat
@@ -516,6 +517,25 @@ def test_operator_code_zip_imports_the_installed_package(tmp_path):
     assert str(archive) in result.stdout  # imported from the zip, not from the checkout
 
 
+def test_operator_requirements_cover_every_import_of_the_operator():
+    """The pod has only the stdlib and the pinned requirements: nothing else may be imported."""
+    import ast
+
+    provided = {operator_bundle.PROVIDES[req.split("==")[0]] for req in operator_bundle.REQUIREMENTS}
+    imported = set()
+    with zipfile.ZipFile(io.BytesIO(operator_bundle.operator_zip())) as archive:
+        for name in archive.namelist():
+            if name.endswith(".py"):
+                for node in ast.walk(ast.parse(archive.read(name))):
+                    if isinstance(node, ast.Import):
+                        imported |= {alias.name.split(".")[0] for alias in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"clusterous_operator"}
+    assert third_party <= provided, f"not in operator_bundle.REQUIREMENTS: {third_party - provided}"
+    assert "kopf" in third_party
+
+
 def test_operator_code_configmap_matches_the_deployment(tmp_path):
     (configmap,) = yaml.safe_load_all(render_manifests(make_inputs())[addons.OPERATOR_CODE_FILE])
     validate_k8s([configmap])
@@ -608,6 +628,30 @@ def test_unknown_group_and_os_are_bad_input():
         render_node(make_inputs(os="windows"), "worker")
 
 
+def test_a_template_naming_an_unknown_value_fails_loudly():
+    with pytest.raises(KeyError, match="cluster_nmae"):
+        addons.fill('name: "{{ cluster_nmae }}"', addons.values_for(make_inputs()), "typo.yaml")
+
+
+def test_up_applies_the_operator_code_through_the_api_once(k8s_api):
+    import kubernetes
+
+    k8s_api.create(
+        "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "clusterous-system"}}
+    )
+    with kubernetes.config.new_client_from_config(config_file=str(k8s_api.kubeconfig)) as client:
+        assert operator_bundle.apply_code(client) == "created"
+        assert operator_bundle.apply_code(client) == "unchanged"
+        k8s_api.patch(
+            "configmaps", operator_bundle.CONFIGMAP, {"metadata": {"annotations": {"clusterous.io/code-hash": "old"}}},
+            namespace="clusterous-system",
+        )  # fmt: skip
+        assert operator_bundle.apply_code(client) == "updated"
+    stored = k8s_api.get("configmaps", operator_bundle.CONFIGMAP, namespace="clusterous-system")
+    assert base64.b64decode(stored["binaryData"][operator_bundle.ZIP_NAME]) == operator_bundle.operator_zip()
+    assert stored["metadata"]["annotations"]["clusterous.io/code-hash"] == operator_bundle.code_hash()
+
+
 # --------------------------------------------------------------------------------------------
 # Real AWS.
 # --------------------------------------------------------------------------------------------
@@ -641,8 +685,3 @@ def test_real_cluster_with_one_worker_becomes_ready(tmp_path):
             assert ready == "True"
     finally:
         subprocess.run([*cli, "down", name, "--yes"], timeout=1800)
-
-
-def test_a_template_naming_an_unknown_value_fails_loudly():
-    with pytest.raises(KeyError, match="cluster_nmae"):
-        addons.fill('name: "{{ cluster_nmae }}"', addons.values_for(make_inputs()), "typo.yaml")

@@ -21,7 +21,9 @@ import yaml
 OPERATOR_IMAGE = "python:3.12.11-slim-bookworm"
 OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
 # What the operator package imports besides the standard library, pinned as tested.
-REQUIREMENTS = ("kopf==1.45.2", "pyyaml==6.0.3")
+REQUIREMENTS = ("kopf==1.45.2", "kubernetes==37.0.1", "pyyaml==6.0.3")
+# Import names of those distributions (a test checks the package imports nothing else).
+PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml"}
 CONFIGMAP = "clusterous-operator-code"
 ZIP_NAME = "clusterous_operator.zip"
 START_SCRIPT = "start.sh"
@@ -84,3 +86,25 @@ def code_configmap() -> dict:
 def code_configmap_yaml() -> str:
     header = "# The operator's code (see clusterous_provisioner/operator_bundle.py). Generated.\n"
     return header + yaml.safe_dump(code_configmap(), sort_keys=False, width=1000)
+
+
+def apply_code(api_client, namespace: str = "clusterous-system") -> str:
+    """Create or replace the code ConfigMap through the API (the readiness stage of `up` calls
+    this once the API answers through the tunnel). Returns "created", "updated" or "unchanged"."""
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(api_client)
+    body = code_configmap()
+    try:
+        current = core.read_namespaced_config_map(CONFIGMAP, namespace)
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        core.create_namespaced_config_map(namespace, body)
+        return "created"
+    annotations = current.metadata.annotations or {}
+    if annotations.get("clusterous.io/code-hash") == code_hash():
+        return "unchanged"
+    body["metadata"]["resourceVersion"] = current.metadata.resource_version
+    core.replace_namespaced_config_map(CONFIGMAP, namespace, body)
+    return "updated"
