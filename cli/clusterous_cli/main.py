@@ -19,6 +19,7 @@ from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import render as render_cmd
 from clusterous_cli.commands import setup as setup_cmd
 from clusterous_cli.commands import tunnel as tunnel_cmd
+from clusterous_cli.commands import volume as volume_cmd
 from clusterous_cli.commands import volumes as volumes_cmd
 
 HELP = """Private compute clusters on AWS for Docker-based master/worker applications.
@@ -76,6 +77,10 @@ app.command("rm-nodes", help=cluster_cmd.RM_HELP)(cluster_cmd.rm_nodes)
 app.add_typer(volumes_cmd.app, name="volumes")
 app.add_typer(tunnel_cmd.app, name="tunnel")
 app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)
+app.command("ls", help=volume_cmd.LS_HELP)(volume_cmd.ls)
+app.command("put", help=volume_cmd.PUT_HELP)(volume_cmd.put)
+app.command("get", help=volume_cmd.GET_HELP)(volume_cmd.get)
+app.command("rm", help=volume_cmd.RM_HELP)(volume_cmd.rm)
 app.command("logging", help=logging_cmd.HELP)(logging_cmd.logging)
 app.command("render", help=render_cmd.HELP)(render_cmd.render)
 
