@@ -189,6 +189,11 @@ def app_phase(components: list[ComponentStatus], previous: Mapping, generation: 
     return "Deploying"
 
 
+def cores(millicores: int) -> str:
+    """CPU as people write it in messages: 0.5, 2."""
+    return f"{millicores / 1000:g}"
+
+
 def scale_hint(component: Component, placement: ComponentPlacement, missing: int) -> str:
     """The command that makes room for `missing` more replicas of `component`."""
     cpu = placement.cpu_m or 0
@@ -212,19 +217,19 @@ def _placement_problem(
     if cpu and cpu > placement.largest_node_m:
         return (
             "TooLarge",
-            f"{component.name}: no {group} node has {format_cpu(cpu)} CPU (largest: "
-            f"{format_cpu(placement.largest_node_m)}) — use a larger {group} instance type or a smaller cpu",
+            f"{component.name}: no {group} node has {cores(cpu)} CPU (largest: "
+            f"{cores(placement.largest_node_m)}) — use a larger {group} instance type or a smaller cpu",
         )
     if component.replicas == AUTO and placement.replicas == 0:
         hint = scale_hint(component, placement, 1)
         return (
             "InsufficientCPU",
-            f"0 {component.name} replicas: no {group} node has {format_cpu(cpu or 0)} CPU free — {hint}",
+            f"0 {component.name} replicas: no {group} node has {cores(cpu or 0)} CPU free — {hint}",
         )
     unschedulable = max(placement.unplaced, sum(1 for p in pods if p.phase == "Pending" and p.unschedulable))
     if unschedulable:
         hint = scale_hint(component, placement, unschedulable)
-        need = f"{format_cpu(cpu)} CPU" if cpu else "room"
+        need = f"{cores(cpu)} CPU" if cpu else "room"
         return (
             "InsufficientCPU",
             f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
