@@ -14,6 +14,7 @@ import typer
 from clusterous_cli import __version__
 from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
+from clusterous_cli.commands import kube as kube_cmd
 from clusterous_cli.commands import logging_cmd
 from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import render as render_cmd
@@ -81,6 +82,9 @@ app.command("ls", help=volume_cmd.LS_HELP)(volume_cmd.ls)
 app.command("put", help=volume_cmd.PUT_HELP)(volume_cmd.put)
 app.command("get", help=volume_cmd.GET_HELP)(volume_cmd.get)
 app.command("rm", help=volume_cmd.RM_HELP)(volume_cmd.rm)
+app.command("kubeconfig", help=kube_cmd.KUBECONFIG_HELP)(kube_cmd.kubeconfig)
+app.command("connect", help=kube_cmd.CONNECT_HELP)(kube_cmd.connect)
+app.command("logs", help=kube_cmd.LOGS_HELP)(kube_cmd.logs)
 app.command("logging", help=logging_cmd.HELP)(logging_cmd.logging)
 app.command("render", help=render_cmd.HELP)(render_cmd.render)
 
