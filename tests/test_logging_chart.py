@@ -279,9 +279,35 @@ def test_admin_password_is_generated_into_a_secret(rendered) -> None:
     assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "admin-password")
     service = one(docs, "Service", logging_addon.GRAFANA_SERVICE)
     assert service["spec"]["ports"][0]["port"] == logging_addon.GRAFANA_PORT
-    # Upgrades keep the password: the template reads the existing Secret back.
-    template = (CHART / "templates" / "grafana-secret.yaml").read_text()
-    assert 'lookup "v1" "Secret"' in template and "randAlphaNum" in template
+
+
+def test_upgrade_keeps_the_admin_password(rendered, k8s_api) -> None:
+    """An upgrade renders against the cluster: `lookup` finds the Secret and keeps its password."""
+    installed = one(rendered[1], "Secret", logging_addon.GRAFANA_SECRET)
+    installed["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "Helm"
+    installed["metadata"]["annotations"] = {
+        "meta.helm.sh/release-name": RELEASE,
+        "meta.helm.sh/release-namespace": NAMESPACE,
+    }
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    k8s_api.create("v1/namespaces", namespace)
+    k8s_api.create("v1/secrets", installed, NAMESPACE)
+    upgraded = helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "level=2",
+        "--dry-run=server",
+        "--kubeconfig",
+        str(k8s_api.kubeconfig),
+        "--show-only",
+        "templates/grafana-secret.yaml",
+    ).stdout
+    secret = yaml.safe_load(upgraded)
+    assert secret["data"]["admin-password"] == installed["data"]["admin-password"]
 
 
 # --- the HelmChart object `up` applies ------------------------------------------------------
