@@ -213,7 +213,7 @@ def destroy(
         r.deleted.append(f"IAM role {name}")
 
     for key in inv.key_pairs:
-        _quietly(ec2.delete_key_pair, KeyPairId=key["KeyPairId"])
+        _quietly(ec2.delete_key_pair, KeyName=key["KeyName"])
         r.deleted.append(f"key pair {key['KeyName']}")
         if key_dir is not None:
             (key_dir / f"{key['KeyName']}.pem").unlink(missing_ok=True)

@@ -1,0 +1,282 @@
+"""`up` and `down` against the moto server: the AWS model, its secure defaults, and a clean teardown."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from tests.provisioning import SSH_CIDR, UP, count_tagged, make_profile, tag, tagged
+
+
+def _ids(items, key):
+    return {i[key] for i in items}
+
+
+def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_config):
+    make_profile(cli)
+    result = cli([*UP, "--name", "alpha", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    assert "alpha" in result.stdout and "not implemented yet" not in result.output  # --no-wait
+
+    found = tagged(aws, "alpha")
+    assert {k: len(v) for k, v in found.items()} | {"volumes": 0} == {
+        "instances": 5, "vpcs": 1, "subnets": 2, "igws": 1, "route_tables": 2, "addresses": 1,
+        "nats": 1, "sgs": 2, "volumes": 0, "key_pairs": 1,
+    }  # fmt: skip
+    for kind, items in found.items():
+        for item in items:
+            assert tag(item, "clusterous:role"), (kind, item)
+            assert tag(item, "Name"), (kind, item)
+
+    ec2 = aws.client("ec2")
+    vpc = found["vpcs"][0]["VpcId"]
+    assert ec2.describe_vpc_attribute(VpcId=vpc, Attribute="enableDnsHostnames")["EnableDnsHostnames"]["Value"]
+    assert len({s["AvailabilityZone"] for s in found["subnets"]}) == 1
+
+    # Instances: one RunInstances per group, IMDSv2 with hop limit 1, encrypted root volumes.
+    assert len(aws.calls("RunInstances")) == 3  # controller, master, worker
+    by_role = {}
+    for instance in found["instances"]:
+        by_role.setdefault(tag(instance, "clusterous:group") or tag(instance, "clusterous:role"), []).append(instance)
+        meta = instance["MetadataOptions"]
+        assert (meta["HttpTokens"], meta["HttpPutResponseHopLimit"], meta["HttpEndpoint"]) == ("required", 1, "enabled")
+    assert {k: len(v) for k, v in by_role.items()} == {"controller": 1, "master": 1, "worker": 3}
+    subnets = {tag(s, "clusterous:key"): s["SubnetId"] for s in found["subnets"]}
+    controller = by_role["controller"][0]
+    assert controller["SubnetId"] == subnets["subnet-public"]
+    assert controller["PrivateIpAddress"].endswith(".10") and controller.get("PublicIpAddress")
+    assert controller["IamInstanceProfile"]["Arn"].endswith("clusterous-alpha-controller")
+    for node in by_role["master"] + by_role["worker"]:
+        assert node["SubnetId"] == subnets["subnet-private"]
+        assert not node.get("PublicIpAddress")
+        assert "IamInstanceProfile" not in node
+        assert tag(node, "clusterous:role") == "node"
+    volumes = ec2.describe_volumes(Filters=[{"Name": "tag:clusterous:cluster", "Values": ["alpha"]}])["Volumes"]
+    roots = [v for v in volumes if tag(v, "clusterous:role") != "shared-volume"]
+    assert len(roots) == 5 and all(v["Encrypted"] and v["VolumeType"] == "gp3" for v in roots)
+    shared = [v for v in volumes if tag(v, "clusterous:role") == "shared-volume"]
+    assert len(shared) == 1 and shared[0]["Encrypted"] and shared[0]["VolumeType"] == "gp3"
+    assert shared[0]["Size"] == 20
+    assert shared[0]["Attachments"][0]["InstanceId"] == controller["InstanceId"]
+
+    # User-data came from the bootstrap renderer; nodes join the controller's fixed address.
+    ud = ec2.describe_instance_attribute(InstanceId=by_role["worker"][0]["InstanceId"], Attribute="userData")
+    import base64
+
+    text = base64.b64decode(ud["UserData"]["Value"]).decode()
+    assert text.startswith("#cloud-config") and controller["PrivateIpAddress"] in text
+
+    # Security groups: SSH only from the given range; the cluster talks to itself; nothing else.
+    groups = {tag(g, "clusterous:key"): g for g in found["sgs"]}
+    ctrl_sg, node_sg = groups["sg-controller"], groups["sg-nodes"]
+    cidrs = [r["CidrIp"] for p in ctrl_sg["IpPermissions"] for r in p.get("IpRanges", [])]
+    assert cidrs == [SSH_CIDR]
+    ssh = [p for p in ctrl_sg["IpPermissions"] if p.get("IpRanges")][0]
+    assert (ssh["IpProtocol"], ssh["FromPort"], ssh["ToPort"]) == ("tcp", 22, 22)
+    assert not any(p.get("IpRanges") for p in node_sg["IpPermissions"])
+    assert not any(p.get("Ipv6Ranges") for g in found["sgs"] for p in g["IpPermissions"])
+    referenced = {pair["GroupId"] for p in node_sg["IpPermissions"] for pair in p.get("UserIdGroupPairs", [])}
+    assert referenced == {ctrl_sg["GroupId"], node_sg["GroupId"]}
+    enis = ec2.describe_network_interfaces(Filters=[{"Name": "attachment.instance-id", "Values": [controller["InstanceId"]]}])
+    assert {g["GroupId"] for g in enis["NetworkInterfaces"][0]["Groups"]} == {ctrl_sg["GroupId"]}
+
+    # NAT gateway in the public subnet; the private subnet's default route goes through it.
+    nat = found["nats"][0]
+    assert nat["SubnetId"] == subnets["subnet-public"]
+    tables = {tag(t, "clusterous:key"): t for t in found["route_tables"]}
+    default = lambda t: [r for r in t["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"][0]  # noqa: E731
+    assert default(tables["rtb-private"]).get("NatGatewayId") == nat["NatGatewayId"]
+    assert default(tables["rtb-public"]).get("GatewayId") == found["igws"][0]["InternetGatewayId"]
+
+    # IAM: the controller may use the registry bucket and nothing else.
+    iam = aws.client("iam")
+    policy = iam.get_role_policy(RoleName="clusterous-alpha-controller", PolicyName="registry-bucket")["PolicyDocument"]
+    policy = policy if isinstance(policy, dict) else json.loads(policy)
+    profile = cli(["profile", "show", "--json"])
+    bucket = json.loads(profile.stdout)["bucket"]
+    resources = {r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    assert all(a.startswith("s3:") and "*" not in a for s in policy["Statement"] for a in s["Action"])
+    assert iam.list_attached_role_policies(RoleName="clusterous-alpha-controller")["AttachedPolicies"] == []
+
+    # The bucket: private and encrypted.
+    s3 = aws.client("s3")
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    assert s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+
+    # The per-cluster key pair's private key is 0600 under the config directory; the token is in SSM.
+    keys = list(isolated_config.glob("clusters/default/alpha/*.pem"))
+    assert len(keys) == 1 and stat.S_IMODE(keys[0].stat().st_mode) == 0o600
+    token = aws.client("ssm").get_parameter(Name="/clusterous/alpha/k3s-token", WithDecryption=True)["Parameter"]
+    assert token["Type"] == "SecureString" and len(token["Value"]) >= 32
+    assert token["Value"] not in result.output
+
+
+def test_rerun_up_creates_nothing_new(aws, cli):
+    make_profile(cli)
+    assert cli([*UP, "--name", "beta", "--workers", "1"]).exit_code == 0
+    before = count_tagged(aws, "beta")
+    aws.reset_calls()
+    again = cli([*UP, "--name", "beta", "--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert count_tagged(aws, "beta") == before
+    creates = [op for _, op in aws.calls() if op.startswith(("Create", "RunInstances", "Allocate"))]
+    assert creates == [] or creates == ["CreateBucket"][: len(creates)]
+    plan = cli(["up", "--name", "beta", "--workers", "1", "--dry-run", "--json"])
+    data = json.loads(plan.stdout)
+    assert data["changes"] == 0 and all(r["action"] == "exists" for r in data["resources"])
+
+
+def test_up_grows_a_group_on_rerun_with_one_call(aws, cli):
+    make_profile(cli)
+    assert cli([*UP, "--name", "gamma", "--workers", "1"]).exit_code == 0
+    aws.reset_calls()
+    result = cli([*UP, "--name", "gamma", "--workers", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(aws.calls("RunInstances")) == 1
+    workers = [i for i in tagged(aws, "gamma")["instances"] if tag(i, "clusterous:group") == "worker"]
+    assert len(workers) == 4
+
+
+def _order(calls, *ops):
+    """Index of the last call of each operation, or of the first, to compare phases."""
+    names = [op for _, op in calls]
+    return {op: (names.index(op), len(names) - 1 - names[::-1].index(op)) for op in ops if op in names}
+
+
+def test_down_deletes_in_dependency_order_and_leaves_nothing(aws, cli, isolated_config):
+    make_profile(cli)
+    assert cli([*UP, "--name", "delta", "--workers", "2"]).exit_code == 0
+    aws.reset_calls()
+    result = cli(["down", "delta", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "nothing billable is left" in result.stdout
+    assert count_tagged(aws, "delta") == dict.fromkeys(count_tagged(aws, "delta"), 0)
+
+    o = _order(
+        aws.calls(),
+        "TerminateInstances", "DeleteNatGateway", "ReleaseAddress", "DetachInternetGateway",
+        "DeleteInternetGateway", "DeleteSubnet", "DeleteRouteTable", "DeleteSecurityGroup", "DeleteVpc",
+        "DeleteRole", "DeleteKeyPair", "DeleteVolume",
+    )  # fmt: skip
+    first, last = (lambda op: o[op][0]), (lambda op: o[op][1])
+    assert last("TerminateInstances") < first("DeleteNatGateway") < first("ReleaseAddress")
+    assert last("ReleaseAddress") < first("DetachInternetGateway") < first("DeleteInternetGateway")
+    assert last("DeleteInternetGateway") < min(first("DeleteSubnet"), first("DeleteRouteTable"))
+    assert max(last("DeleteSubnet"), last("DeleteRouteTable")) < first("DeleteSecurityGroup")
+    assert last("DeleteSecurityGroup") < first("DeleteVpc")
+    assert "DeleteRole" in o and "DeleteKeyPair" in o and "DeleteVolume" in o
+    # Instances were waited for, not slept on: the waiter's DescribeInstances sits between.
+    names = [op for _, op in aws.calls()]
+    assert "DescribeInstances" in names[first("TerminateInstances") : first("DeleteNatGateway")]
+    assert aws.client("iam").list_roles(PathPrefix="/clusterous/")["Roles"] == []
+    assert not list(isolated_config.glob("clusters/default/delta/*.pem"))
+    params = aws.client("ssm").describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/clusterous/"]}]
+    )["Parameters"]
+    assert params == []
+    assert cli(["status", "--name", "delta"]).exit_code == 1
+
+
+def test_down_works_without_local_state(aws, cli, isolated_config):
+    import shutil
+
+    make_profile(cli)
+    assert cli([*UP, "--name", "eps", "--workers", "1"]).exit_code == 0
+    shutil.rmtree(isolated_config)  # a lost laptop: no profile, no keys
+    result = cli(["down", "eps", "--region", "us-east-1", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert sum(count_tagged(aws, "eps").values()) == 0
+
+
+def test_down_confirmation_names_the_shared_volume_and_keeps_it_on_request(aws, cli):
+    make_profile(cli)
+    assert cli([*UP, "--name", "zeta", "--workers", "0", "--shared-volume-size", "50"]).exit_code == 0
+    volume = [v for v in tagged(aws, "zeta")["volumes"] if tag(v, "clusterous:role") == "shared-volume"][0]
+    refused = cli(["down", "zeta"], input="n\n")
+    assert refused.exit_code == 1
+    assert volume["VolumeId"] in refused.stderr and "DELETED" in refused.stderr
+    assert count_tagged(aws, "zeta")["instances"] == 2
+
+    kept = cli(["down", "zeta", "--keep-shared-volume", "--yes"])
+    assert kept.exit_code == 0, kept.output
+    assert "KEPT" in kept.stderr and volume["VolumeId"] in kept.stdout
+    ec2 = aws.client("ec2")
+    left = ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]
+    assert left["State"] == "available" and tag(left, "clusterous:last-cluster") == "zeta"
+    listed = cli(["volumes", "ls", "--json"])
+    assert [v["volume_id"] for v in json.loads(listed.stdout)] == [volume["VolumeId"]]
+
+    # Bring it back by id: adopted, and kept again by default at down.
+    again = cli([*UP, "--name", "eta", "--workers", "0", "--shared-volume-id", volume["VolumeId"]])
+    assert again.exit_code == 0, again.output
+    assert tag(ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0], "clusterous:cluster") == "eta"
+    down = cli(["down", "eta", "--yes"])
+    assert down.exit_code == 0 and "KEPT" in down.stderr
+    removed = cli(["volumes", "rm", volume["VolumeId"], "--yes"])
+    assert removed.exit_code == 0, removed.output
+    assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}])["Volumes"] == []
+
+
+def test_second_region(aws, cli, monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    make_profile(cli, region="eu-west-1")
+    result = cli([*UP, "--name", "theta", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert count_tagged(aws, "theta", "eu-west-1")["instances"] == 3
+    assert count_tagged(aws, "theta", "us-east-1")["instances"] == 0
+    subnet = tagged(aws, "theta", "eu-west-1")["subnets"][0]
+    assert subnet["AvailabilityZone"].startswith("eu-west-1")
+    assert cli(["down", "theta", "--yes"]).exit_code == 0
+    assert sum(count_tagged(aws, "theta", "eu-west-1").values()) == 0
+
+
+def test_profile_key_pair_is_used_and_kept(aws, cli):
+    assert cli(["setup", "--region", "us-east-1", "--key-name", "mine", "--yes"]).exit_code == 0
+    assert cli([*UP, "--name", "iota", "--workers", "0"]).exit_code == 0
+    instances = tagged(aws, "iota")["instances"]
+    assert {i["KeyName"] for i in instances} == {"mine"}
+    assert tagged(aws, "iota")["key_pairs"] == []
+    assert cli(["down", "iota", "--yes"]).exit_code == 0
+    assert aws.client("ec2").describe_key_pairs(KeyNames=["mine"])["KeyPairs"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--ami", "ami-00000000000000000"], "--ami"),
+        (["--os", "ubuntu-24.04"], "/aws/service/canonical"),
+        (["--worker-type", "x9.huge"], "x9.huge"),
+    ],
+)
+def test_bad_input_found_by_aws_creates_nothing(aws, cli, argv, expected):
+    make_profile(cli)
+    base = ["up", "--ssh-cidr", SSH_CIDR, "--no-wait", "--yes", "--name", "kappa"]
+    if "--os" not in argv and "--ami" not in argv:
+        base += ["--os", "al2023"]
+    result = cli([*base, *argv])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and "Traceback" not in result.output
+    assert sum(count_tagged(aws, "kappa").values()) == 0
+
+
+def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
+    make_profile(cli)
+    aws.fail("RunInstances", at=2, code="InsufficientInstanceCapacity", message="We currently do not have sufficient t3.large capacity")
+    result = cli([*UP, "--name", "lam", "--workers", "1"])
+    assert result.exit_code == 1
+    assert "sufficient t3.large capacity" in result.stderr and "re-run" in result.stderr and "down" in result.stderr
+
+
+def test_ssh_cidr_undiscoverable_asks_for_the_flag(aws, cli, monkeypatch):
+    make_profile(cli)
+    from clusterous_provisioner import clientip
+
+    monkeypatch.setattr(clientip, "CHECKIP_URL", "http://127.0.0.1:9/")
+    monkeypatch.setattr(clientip.discover_client_cidr, "__defaults__", ("http://127.0.0.1:9/", 1.0))
+    result = cli(["up", "--os", "al2023", "--name", "mu", "--yes", "--no-wait"])
+    assert result.exit_code == 2 and "--ssh-cidr" in result.stderr
+    assert sum(count_tagged(aws, "mu").values()) == 0
