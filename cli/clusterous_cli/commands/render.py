@@ -37,18 +37,16 @@ def render(
     from clusterous_provisioner.errors import BadInput
 
     body = _clusterapp(_load_yaml(app_file), app_file)
-    if nodes_file is None:
-        nodes = default_nodes()
-        described = ", ".join(f"{name} ({group}, {cpu} CPU)" for name, group, cpu in DEFAULT_NODES)
-        output.say(f"no --nodes given: rendering for {described}")
-    else:
-        nodes = _nodes(_load_yaml(nodes_file), nodes_file)
+    nodes = default_nodes() if nodes_file is None else _nodes(_load_yaml(nodes_file), nodes_file)
     try:
         app = parse_app(body)
         check_groups(app.spec, node_groups(nodes))
     except SpecError as error:
         raise BadInput(str(app_file), error.field, error.expected, error.got) from None
     objects = build_children(app, nodes)
+    if nodes_file is None:
+        described = ", ".join(f"{name} ({group}, {cpu} CPU)" for name, group, cpu in DEFAULT_NODES)
+        output.say(f"no --nodes given: rendered for {described}")
     typer.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
 
 
