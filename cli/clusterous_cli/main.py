@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import typer
 
 from clusterous_cli import __version__
+from clusterous_cli.commands import apps as apps_cmd
 from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
+from clusterous_cli.commands import images as images_cmd
 from clusterous_cli.commands import kube as kube_cmd
 from clusterous_cli.commands import logging_cmd
 from clusterous_cli.commands import profile as profile_cmd
@@ -87,6 +89,11 @@ app.command("connect", help=kube_cmd.CONNECT_HELP)(kube_cmd.connect)
 app.command("logs", help=kube_cmd.LOGS_HELP)(kube_cmd.logs)
 app.command("logging", help=logging_cmd.HELP)(logging_cmd.logging)
 app.command("render", help=render_cmd.HELP)(render_cmd.render)
+app.command("convert", help=apps_cmd.CONVERT_HELP)(apps_cmd.convert)
+app.command("run", help=apps_cmd.RUN_HELP)(apps_cmd.run)
+app.command("quit", help=apps_cmd.QUIT_HELP)(apps_cmd.quit_app)
+app.command("build-image", help=images_cmd.BUILD_HELP)(images_cmd.build_image)
+app.command("images", help=images_cmd.IMAGES_HELP)(images_cmd.images)
 
 
 def _wants_traceback(argv: list[str]) -> bool:

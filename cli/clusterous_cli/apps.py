@@ -1,0 +1,315 @@
+"""Running applications on a cluster: apply a ClusterApp, follow it to Running, tunnel to it, quit it.
+
+The Kubernetes API is reached the way every command reaches it (kubeapi: the SSH tunnel to the
+controller's 6443); the operator does the rest. Which tunnels belong to which application is
+recorded in the cluster's config directory (`apps.yml`), so `quit` closes exactly those, even
+when the ClusterApp is already gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from clusterous_cli.endpoint import ClusterRef
+from clusterous_provisioner.errors import Failure
+
+GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
+NAMESPACE = "default"
+RECORD_FILE = "apps.yml"
+POLL = 1.0
+
+
+# --- the ClusterApp --------------------------------------------------------------------------
+
+
+def _custom(api):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api)
+
+
+def apply(api, clusterapp: dict, namespace: str = NAMESPACE) -> str:
+    """Create the ClusterApp, or replace its spec and metadata if it exists: 'created' or 'updated'."""
+    from kubernetes.client.exceptions import ApiException
+
+    from clusterous_cli.kubeapi import api_failure
+
+    name = clusterapp["metadata"]["name"]
+    body = {**clusterapp, "metadata": {**clusterapp["metadata"], "namespace": namespace}}
+    custom = _custom(api)
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        return "created"
+    except ApiException as exc:
+        if exc.status != 409:
+            raise api_failure(f"creating ClusterApp {name}", exc) from None
+    except Exception as exc:  # noqa: BLE001 - connection errors
+        raise api_failure(f"creating ClusterApp {name}", exc) from None
+    try:
+        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        if current["metadata"].get("deletionTimestamp"):
+            raise Failure(
+                f"ClusterApp {name} is still being removed", "wait for `quit` to finish, then run it again"
+            )
+        current["spec"] = body["spec"]
+        annotations = current["metadata"].setdefault("annotations", {}) or {}
+        annotations.update(body["metadata"].get("annotations") or {})
+        current["metadata"]["annotations"] = annotations
+        custom.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, current)
+    except Failure:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise api_failure(f"updating ClusterApp {name}", exc) from None
+    return "updated"
+
+
+def get(api, name: str, namespace: str = NAMESPACE) -> dict | None:
+    from kubernetes.client.exceptions import ApiException
+
+    from clusterous_cli.kubeapi import api_failure
+
+    try:
+        return _custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise api_failure(f"reading ClusterApp {name}", exc) from None
+    except Exception as exc:  # noqa: BLE001
+        raise api_failure(f"reading ClusterApp {name}", exc) from None
+
+
+def list_apps(api, namespace: str = NAMESPACE) -> list[dict]:
+    from clusterous_cli.kubeapi import api_failure
+
+    try:
+        listed = _custom(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    except Exception as exc:  # noqa: BLE001
+        raise api_failure("listing the applications", exc) from None
+    return sorted(listed.get("items") or [], key=lambda a: a["metadata"]["name"])
+
+
+def summary(app: dict) -> dict:
+    """Phase and components ready/desired, as `status` and `run` show them."""
+    status = app.get("status") or {}
+    return {
+        "name": app["metadata"]["name"],
+        "phase": status.get("phase") or "Pending",
+        "ready": status.get("ready") or "0/?",
+        "message": status.get("message") or "waiting for the operator",
+        "components": [
+            {
+                "name": c.get("name"),
+                "state": c.get("state"),
+                "ready": c.get("ready", 0),
+                "desired": c.get("desired", 0),
+                "message": c.get("message", ""),
+            }
+            for c in status.get("components") or []
+        ],
+    }
+
+
+def wait_until_running(
+    api, name: str, say: Callable[[str], None], timeout: float, namespace: str = NAMESPACE
+) -> dict:
+    """Print each component's progress as it changes, until phase Running.
+
+    Failed (the operator refuses the spec) ends at once with its reason; anything else that
+    does not reach Running within `timeout` ends with the status message, which names the
+    blocker (not enough CPU, no nodes in a group, containers crashing) and what to do.
+    """
+    deadline = time.monotonic() + timeout
+    shown: dict[str, str] = {}
+    observed = None
+    while True:
+        app = get(api, name, namespace)
+        if app is None:
+            raise Failure(f"ClusterApp {name} disappeared while starting", "was it removed with `quit`?")
+        info = summary(app)
+        generation = app["metadata"].get("generation")
+        current = (app.get("status") or {}).get("observedGeneration") in (None, generation)
+        for component in info["components"]:
+            line = (
+                f"  {component['name']}: {component['ready']}/{component['desired']} "
+                f"{component['state']}: {component['message']}"
+            )
+            if shown.get(component["name"]) != line:
+                shown[component["name"]] = line
+                say(line)
+        if current and info["phase"] != observed:
+            observed = info["phase"]
+            say(f"{name}: {info['phase']} ({info['ready']} ready)")
+        if current and info["phase"] == "Running":
+            return info
+        if current and info["phase"] == "Failed":
+            raise Failure(f"{name} cannot run: {info['message']}", "fix the file and run it again")
+        if time.monotonic() > deadline:
+            raise Failure(
+                f"{name} is not running after {int(timeout)} s ({info['phase']}, {info['ready']} ready): "
+                f"{info['message']}",
+                "it keeps trying: follow it with `clusterous-k8s status`, or `clusterous-k8s quit "
+                + name
+                + "`",
+            )
+        time.sleep(POLL)
+
+
+def delete(api, name: str, namespace: str = NAMESPACE, timeout: float = 60.0) -> bool | None:
+    """Remove the ClusterApp: None when there was none, True once gone, False if still finalizing."""
+    from kubernetes.client.exceptions import ApiException
+
+    from clusterous_cli.kubeapi import api_failure
+
+    try:
+        _custom(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise api_failure(f"removing ClusterApp {name}", exc) from None
+    except Exception as exc:  # noqa: BLE001
+        raise api_failure(f"removing ClusterApp {name}", exc) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if get(api, name, namespace) is None:
+            return True
+        time.sleep(POLL / 2)
+    return False
+
+
+# --- tunnels ---------------------------------------------------------------------------------
+
+
+def read_record(ref: ClusterRef) -> dict:
+    from clusterous_cli import config
+
+    path = ref.directory / RECORD_FILE
+    data = config.read_yaml(path) if path.exists() else {}
+    return data.get("apps") or {}
+
+
+def write_record(ref: ClusterRef, apps: dict) -> None:
+    import yaml
+
+    from clusterous_cli import config
+
+    config.write_private(ref.directory / RECORD_FILE, yaml.safe_dump({"apps": apps}, sort_keys=True))
+
+
+def fill_message(message: str | None, local: int) -> str:
+    """Clusterous' placeholders: {url} is the local URL, {port} the local port."""
+    url = f"http://localhost:{local}"
+    text = message if message is not None else "{url}"
+    return text.replace("{url}", url).replace("{port}", str(local))
+
+
+def component_address(api, app: str, component: str, namespace: str = NAMESPACE) -> str:
+    """Where the controller reaches a component: its Service's ClusterIP, else a ready pod's IP."""
+    from kubernetes import client
+
+    from clusterous_cli.kubeapi import api_failure
+
+    core = client.CoreV1Api(api)
+    service = f"{app}-{component}"
+    try:
+        found = core.read_namespaced_service(service, namespace)
+        ip = found.spec.cluster_ip if found.spec else None
+        if ip and ip != "None":
+            return ip
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"clusterous.io/app={app},clusterous.io/component={component}"
+        ).items
+    except Exception as exc:  # noqa: BLE001
+        raise api_failure(f"looking up {service}", exc) from None
+    for pod in pods:
+        if pod.status and pod.status.pod_ip and pod.status.phase == "Running":
+            return pod.status.pod_ip
+    raise Failure(f"no address for {service} yet", "open it later with `clusterous-k8s tunnel add`")
+
+
+def open_tunnels(ref: ClusterRef, api, clusterapp: dict, namespace: str = NAMESPACE) -> list[tuple[int, str]]:
+    """Forward each tunnel of the app (a taken local port moves to the next free one);
+    returns (local port, message with {url}/{port} filled) in the file's order."""
+    from clusterous_cli import tunnels
+
+    name = clusterapp["metadata"]["name"]
+    wanted = (clusterapp.get("spec") or {}).get("tunnels") or []
+    record = read_record(ref)
+    desired = tunnels.read_desired(ref)
+    previous = set((record.get(name) or {}).get("tunnels") or [])
+    desired.tunnels = [t for t in desired.tunnels if t.local not in previous]
+    taken = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
+    opened: list[tuple[int, str]] = []
+    for tunnel in wanted:
+        local = tunnel["localPort"]
+        if local in taken or (local not in previous and not tunnels.bindable(local)):
+            local = tunnels.next_free_port(local + 1, taken)
+        host = component_address(api, name, tunnel["component"], namespace)
+        desired.tunnels.append(
+            tunnels.Tunnel(
+                local=local, host=host, port=tunnel["port"], component=f"{name}-{tunnel['component']}"
+            )
+        )
+        taken.add(local)
+        opened.append((local, fill_message(tunnel.get("message"), local)))
+    record[name] = {"namespace": namespace, "tunnels": [port for port, _ in opened]}
+    write_record(ref, record)
+    tunnels.apply(ref, desired, [port for port, _ in opened])
+    return opened
+
+
+def close_tunnels(ref: ClusterRef, name: str) -> list[int]:
+    """Stop forwarding the app's tunnels and forget them; the local ports they used."""
+    from clusterous_cli import tunnels
+
+    record = read_record(ref)
+    ports = list((record.pop(name, None) or {}).get("tunnels") or [])
+    desired = tunnels.read_desired(ref)
+    before = len(desired.tunnels)
+    desired.tunnels = [t for t in desired.tunnels if t.local not in ports]
+    if len(desired.tunnels) != before:
+        if tunnels.supervisor_pid(ref):
+            tunnels.apply(ref, desired, [])
+        else:
+            tunnels.write_desired(ref, desired)
+    write_record(ref, record)
+    return ports
+
+
+# --- for `status` ----------------------------------------------------------------------------
+
+
+def status_section(ref: ClusterRef) -> dict:
+    """Applications (phase, components ready/desired) and open tunnels, for `status`.
+
+    Never fails `status`: an unreachable cluster is reported in `applications_error`.
+    """
+    from clusterous_cli import kubeapi, tunnels
+    from clusterous_provisioner.errors import ClusterousError
+
+    if not ref.controller_file.exists():
+        return {}
+    record = read_record(ref)
+    owner = {port: app for app, entry in record.items() for port in entry.get("tunnels") or []}
+    desired = tunnels.read_desired(ref)
+    pid = tunnels.supervisor_pid(ref)
+    state = tunnels.read_status(ref) if pid else {}
+    section: dict = {
+        "tunnels": [
+            {
+                "local": t.local,
+                "to": t.name,
+                "application": owner.get(t.local),
+                "state": "up"
+                if pid and tunnels.port_state(state, t.local) == "listening" and state.get("connected")
+                else "down",
+            }
+            for t in desired.tunnels
+        ]
+    }
+    try:
+        section["applications"] = [summary(a) for a in list_apps(kubeapi.api_client(ref))]
+    except ClusterousError as exc:
+        section["applications"] = []
+        section["applications_error"] = exc.render().splitlines()[0]
+    return section

@@ -1,0 +1,148 @@
+"""`convert`, `run`, `quit`: Clusterous environment files (or ClusterApps) on the cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+
+CONVERT_HELP = """Print a Clusterous environment file as a ClusterApp (YAML), offline.
+
+$variables are filled from --param NAME=VALUE and the --cluster-file's parameters; the
+`cluster:` section's node groups appear as the clusterous.io/node-groups annotation.
+
+Example: clusterous-k8s convert examples/basic-python/basic-python-env.yml
+"""
+RUN_HELP = """Run an application: a Clusterous environment file or a ClusterApp YAML.
+
+Copies the `copy:` folders to the shared volume (only what changed), builds each image the
+registry does not have yet on the cluster, applies the ClusterApp, shows each component's
+progress until Running, then opens the tunnels and prints their messages.
+
+Example: clusterous-k8s run examples/basic-python/basic-python-env.yml
+"""
+QUIT_HELP = """Stop an application and close its tunnels; the shared volume and images stay.
+
+Example: clusterous-k8s quit basic-python
+"""
+PARAM_OPTION = typer.Option(None, "--param", "-P", help="NAME=VALUE for a $variable (repeatable).")
+CLUSTER_FILE_OPTION = typer.Option(
+    None, "--cluster-file", help="A cluster file whose `parameters` fill $variables too."
+)
+
+
+def _params(param: list[str] | None, cluster_file: Path | None) -> dict:
+    from clusterous_cli import envfile
+
+    params: dict = {}
+    if cluster_file is not None:
+        from clusterous_provisioner.clusterfile import read_cluster_file
+        from clusterous_provisioner.errors import BadInput
+
+        section = read_cluster_file(cluster_file).get("parameters") or {}
+        if not isinstance(section, dict):
+            raise BadInput(str(cluster_file), "parameters", "a mapping of $variable names to values", section)
+        params.update(section)
+    params.update(envfile.parse_params(param))
+    return params
+
+
+def convert(
+    env_file: Path = typer.Argument(..., help="Clusterous environment file (YAML)."),
+    param: list[str] = PARAM_OPTION,
+    cluster_file: Path = CLUSTER_FILE_OPTION,
+) -> None:
+    from clusterous_cli import envfile, output
+
+    app = envfile.load_application(env_file, _params(param, cluster_file))
+    for note in app.notes:
+        output.say(f"note: {note}")
+    typer.echo(envfile.to_yaml(app), nl=False)
+
+
+def run(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Environment file or ClusterApp YAML."),
+    param: list[str] = PARAM_OPTION,
+    cluster_file: Path = CLUSTER_FILE_OPTION,
+    cluster: str = CLUSTER_OPTION,
+    timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for Running."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Apply and return; no tunnels are opened."),
+) -> None:
+    from clusterous_cli import envfile, output
+
+    app = envfile.load_application(file, _params(param, cluster_file))  # every check before any I/O
+    for note in app.notes:
+        output.say(f"note: {note}")
+    run_application(cluster_ref(ctx, cluster), app, timeout=timeout, wait=not no_wait)
+
+
+def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> list[tuple[int, str]]:
+    """Copy, build, apply, follow, tunnel: the body of `run` (and of `up` with environment_file)."""
+    from clusterous_cli import apps, builds, kubeapi, output, ssh, transfer
+    from clusterous_cli.endpoint import load_endpoint
+
+    load_endpoint(ref)  # a missing controller record is bad input, before any connection
+    with ssh.connect_cluster(ref) as conn:
+        for copy in app.copies:
+            report = transfer.put(conn, copy.local, copy.remote)
+            output.say(
+                f"copied {copy.local.name}/ to the shared volume ({copy.remote}/): "
+                f"{len(report.transferred)} file(s) sent, {report.unchanged} unchanged"
+            )
+        api = kubeapi.api_client(ref)
+        for image in app.images:
+            builds.ensure_built(conn, api, image.context, image.name, image.tag, output.say)
+    verb = apps.apply(api, app.clusterapp)
+    output.say(f"ClusterApp {app.name} {verb}")
+    if not wait:
+        output.say("not waiting: follow it with `clusterous-k8s status`; tunnels open with `run` again")
+        return []
+    apps.wait_until_running(api, app.name, output.say, timeout)
+    opened = apps.open_tunnels(ref, api, app.clusterapp)
+    for _, message in opened:
+        typer.echo(message)
+    return opened
+
+
+def quit_app(
+    ctx: typer.Context,
+    app: str = typer.Argument(None, help="Application name [the only one running]."),
+    tunnels_only: bool = typer.Option(False, "--tunnels-only", help="Close the tunnels, keep the app."),
+    cluster: str = CLUSTER_OPTION,
+) -> None:
+    from clusterous_cli import apps, kubeapi, output
+    from clusterous_cli.endpoint import load_endpoint
+    from clusterous_provisioner.errors import BadInput
+
+    ref = cluster_ref(ctx, cluster)
+    load_endpoint(ref)
+    record = apps.read_record(ref)
+    api = None
+    if app is None:
+        if tunnels_only:
+            names = sorted(record)
+        else:
+            api = kubeapi.api_client(ref)
+            names = [a["metadata"]["name"] for a in apps.list_apps(api)]
+        if len(names) != 1:
+            raise BadInput("APP", None, f"the application to stop (running: {', '.join(names) or 'none'})")
+        app = names[0]
+    closed = apps.close_tunnels(ref, app)
+    if closed:
+        output.say(f"closed the tunnel(s) on localhost:{', '.join(str(p) for p in closed)}")
+    if tunnels_only:
+        if not closed:
+            output.say(f"{app} had no open tunnels")
+        return
+    gone = apps.delete(api or kubeapi.api_client(ref), app)
+    if gone is None:
+        if not closed:
+            raise BadInput("APP", None, "a running application (see `clusterous-k8s status`)", app)
+        output.say(f"no ClusterApp {app} on the cluster")
+    elif gone:
+        output.say(f"{app} stopped; the shared volume and the images are kept")
+    else:
+        output.say(f"{app} is being removed (the operator is stopping its components)")

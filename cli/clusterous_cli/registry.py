@@ -1,0 +1,137 @@
+"""The cluster registry's v2 API (CNCF distribution), reached through the SSH connection.
+
+The registry listens on the controller's private address (hostNetwork, plain HTTP: it never
+leaves the VPC), which the cluster-info ConfigMap records as `registryEndpoint`. Each HTTP
+request rides a fresh direct-tcpip channel of the controller connection, so nothing listens on
+the laptop. Only read calls are made here; builds push from inside the cluster.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+
+from clusterous_provisioner.errors import Failure
+
+CLUSTER_INFO = ("clusterous-system", "cluster-info")
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    tag: str
+    size: int | None  # compressed bytes: config + layers, as pulled
+    created: str | None  # the image config's `created` (BuildKit sets it at build, just before the push)
+    digest: str | None
+
+
+def endpoint_from_cluster_info(api) -> tuple[str, int]:
+    """(host, port) of the registry as the controller reaches it, from the cluster-info ConfigMap."""
+    from kubernetes import client
+
+    from clusterous_cli.kubeapi import api_failure
+
+    namespace, name = CLUSTER_INFO
+    try:
+        data = client.CoreV1Api(api).read_namespaced_config_map(name, namespace).data or {}
+    except Exception as exc:  # noqa: BLE001 - ApiException, connection errors
+        raise api_failure(f"reading {namespace}/{name} (where the registry is)", exc) from None
+    host, _, port = (data.get("registryEndpoint") or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise Failure(
+            f"{namespace}/{name} names no registryEndpoint",
+            "re-run `clusterous-k8s up` to restore the add-ons",
+        )
+    return host, int(port)
+
+
+class _ChannelHTTPConnection(http.client.HTTPConnection):
+    """http.client over an SSH channel instead of a socket."""
+
+    def __init__(self, conn, host: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._ssh = conn
+
+    def connect(self) -> None:
+        self.sock = self._ssh.open_tcp(self.host, self.port, timeout=self.timeout)
+        self.sock.settimeout(self.timeout)
+
+
+class Registry:
+    """A few v2 calls; `conn` is an ssh.Connection (anything with open_tcp)."""
+
+    def __init__(self, conn, host: str, port: int, timeout: float = 30.0):
+        self.conn, self.host, self.port, self.timeout = conn, host, port, timeout
+
+    def request(self, method: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        http_conn = _ChannelHTTPConnection(self.conn, self.host, self.port, self.timeout)
+        try:
+            http_conn.request(method, path, headers=headers or {})
+            response = http_conn.getresponse()
+            body = response.read() if method != "HEAD" else b""
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+        except Exception as exc:  # noqa: BLE001 - channel refused, timeouts, protocol errors
+            raise Failure(
+                f"the cluster registry at {self.host}:{self.port} did not answer {method} {path}: {exc}",
+                "check the registry pod: `clusterous-k8s status`; re-run `up` to restore the add-ons",
+            ) from None
+        finally:
+            http_conn.close()
+
+    def _json(self, path: str, headers: dict | None = None) -> tuple[dict, dict]:
+        status, response_headers, body = self.request("GET", path, headers)
+        if status == 404:
+            return {}, response_headers
+        if status != 200:
+            raise Failure(f"the cluster registry answered {status} to GET {path}")
+        try:
+            return json.loads(body or b"{}"), response_headers
+        except ValueError:
+            raise Failure(f"the cluster registry sent something other than JSON for {path}") from None
+
+    def has_tag(self, name: str, tag: str) -> bool:
+        """`HEAD /v2/<name>/manifests/<tag>`: 200 when the tag exists, 404 when not."""
+        status, _, _ = self.request("HEAD", f"/v2/{name}/manifests/{tag}", {"Accept": MANIFEST_TYPES})
+        if status in (200, 404):
+            return status == 200
+        raise Failure(f"the cluster registry answered {status} to HEAD /v2/{name}/manifests/{tag}")
+
+    def repositories(self) -> list[str]:
+        data, _ = self._json("/v2/_catalog?n=10000")
+        return sorted(data.get("repositories") or [])
+
+    def tags(self, name: str) -> list[str]:
+        data, _ = self._json(f"/v2/{name}/tags/list")
+        return sorted(data.get("tags") or [])
+
+    def image(self, name: str, tag: str) -> ImageInfo:
+        """Size and date of one tag; a multi-platform index is described by its first image."""
+        manifest, headers = self._json(f"/v2/{name}/manifests/{tag}", {"Accept": MANIFEST_TYPES})
+        digest = headers.get("docker-content-digest")
+        if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
+            entries = manifest.get("manifests") or []
+            if not entries:
+                return ImageInfo(name, tag, None, None, digest)
+            manifest, _ = self._json(
+                f"/v2/{name}/manifests/{entries[0]['digest']}", {"Accept": MANIFEST_TYPES}
+            )
+        config = manifest.get("config") or {}
+        size = config.get("size", 0) + sum(layer.get("size", 0) for layer in manifest.get("layers") or [])
+        created = None
+        if config.get("digest"):
+            blob, _ = self._json(f"/v2/{name}/blobs/{config['digest']}")
+            created = blob.get("created")
+        return ImageInfo(name, tag, size, created, digest)
