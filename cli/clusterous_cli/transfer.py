@@ -191,7 +191,7 @@ def _same(size_a: int, mtime_a: float, size_b: int, mtime_b: float) -> bool:
     return size_a == size_b and int(mtime_a) == int(mtime_b)
 
 
-def sftp_put_file(sftp, local: Path, remote: str, report: Report, progress) -> None:
+def sftp_put_file(sftp, local: Path, remote: str, report: Report, progress, name: str = "") -> None:
     info = local.stat()
     try:
         theirs = sftp.lstat(remote)
@@ -221,11 +221,11 @@ def sftp_put_file(sftp, local: Path, remote: str, report: Report, progress) -> N
         except OSError:
             pass
         raise
-    report.transferred.append(remote)
+    report.transferred.append(name or remote)
     report.bytes += info.st_size
 
 
-def sftp_get_file(sftp, remote: str, attrs, local: Path, report: Report, progress) -> None:
+def sftp_get_file(sftp, remote: str, attrs, local: Path, report: Report, progress, name: str = "") -> None:
     if local.is_file() and _same(attrs.st_size, attrs.st_mtime, local.stat().st_size, local.stat().st_mtime):
         report.unchanged += 1
         return
@@ -242,7 +242,7 @@ def sftp_get_file(sftp, remote: str, attrs, local: Path, report: Report, progres
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    report.transferred.append(str(local))
+    report.transferred.append(name or str(local))
     report.bytes += attrs.st_size
 
 
@@ -378,9 +378,10 @@ def put(conn, local: Path, remote: str | None, method: str = "auto", progress=No
                             posixpath.join(remote_dir, name),
                             report,
                             progress.advance,
+                            os.path.join(rel_dir, name),
                         )
             else:
-                sftp_put_file(sftp, local, target, report, progress.advance)
+                sftp_put_file(sftp, local, target, report, progress.advance, target)
     if chosen == "rsync":
         source = str(local) + ("/" if local.is_dir() else "")
         destination = _rsync_remote(endpoint, target + ("/" if local.is_dir() else ""))
@@ -430,12 +431,12 @@ def get(conn, remote: str, local: Path | None, method: str = "auto", progress=No
                     for file_name, attrs in files:
                         sftp_get_file(
                             sftp, posixpath.join(target, rel_dir, file_name), attrs, local_dir / file_name,
-                            report, progress.advance,
+                            report, progress.advance, posixpath.join(rel_dir, file_name),
                         )  # fmt: skip
             else:
                 attrs = sftp.stat(target)
                 progress.total(attrs.st_size)
-                sftp_get_file(sftp, target, attrs, destination, report, progress.advance)
+                sftp_get_file(sftp, target, attrs, destination, report, progress.advance, str(destination))
     if chosen == "rsync":
         source = _rsync_remote(endpoint, target + ("/" if kind == "dir" else ""))
         run_rsync(
