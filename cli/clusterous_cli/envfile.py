@@ -53,7 +53,7 @@ _VARIABLE = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*)|(?P<dollar>\$))"
 )
 _WHOLE = re.compile(r"^\s*\$\{?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}?\s*(?:-\s*(?P<minus>\d+))?\s*$")
-_SHELL_SYNTAX = re.compile(r"[|&;<>()`$*?\[\]{}~]|\\")
+_SHELL_EXPANSION = re.compile(r"[$`*?~\[]")
 _APP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _COMPONENT = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_NAME = re.compile(
@@ -314,9 +314,20 @@ def _command(fill: _Filler, raw: object, where: str) -> list[str]:
         argv = shlex.split(text)
     except ValueError as exc:
         raise BadInput(fill.source, where, f"a command line with balanced quotes ({exc})", text) from None
-    if _SHELL_SYNTAX.search(text):
+    if needs_shell(text):
         return ["/bin/sh", "-c", text.strip()]
     return argv
+
+
+def needs_shell(command: str) -> bool:
+    """True when a command line uses shell syntax outside quotes: operators (`&&`, `|`, `>`, `;`,
+    parentheses), expansions (`$x`, backquotes, `~`) or globs. A false positive is harmless: the
+    shell runs a plain command the same way."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    if any(token and set(token) <= set("();<>|&") for token in lexer):
+        return True
+    return bool(_SHELL_EXPANSION.search(re.sub(r"'[^']*'", "", command)))
 
 
 def _cpu(source: str, value: object, where: str) -> str:
