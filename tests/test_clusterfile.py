@@ -37,10 +37,20 @@ def test_defaults_without_a_file():
 
 
 def test_flags_override_the_file(tmp_path):
-    path = write(tmp_path, "cluster_name: a\nregion: eu-west-1\nparameters: {worker_count: 2, worker_instance_type: c5.large}\n")
+    path = write(
+        tmp_path,
+        "cluster_name: a\nregion: eu-west-1\nparameters: {worker_count: 2, worker_instance_type: c5.large}\n",
+    )
     spec = load_spec(
         path,
-        {"name": "b", "workers": 7, "worker_type": "m5.large", "region": "us-west-2", "spot": True, "ssh_cidr": "1.2.3.4"},
+        {
+            "name": "b",
+            "workers": 7,
+            "worker_type": "m5.large",
+            "region": "us-west-2",
+            "spot": True,
+            "ssh_cidr": "1.2.3.4",
+        },
         profile_region="us-east-1",
     )
     assert (spec.name, spec.region, spec.ssh_cidr) == ("b", "us-west-2", "1.2.3.4/32")
@@ -81,7 +91,11 @@ def test_custom_layout_with_node_groups(tmp_path):
         ("cluster_name: " + "a" * 41 + "\n", "cluster_name", "1-40"),
         ("cluster_name: a\nshared_volume_size: 0\n", "shared_volume_size", "1 to 16384"),
         ("cluster_name: a\nshared_volume_size: 16385\n", "shared_volume_size", "1 to 16384"),
-        ("cluster_name: a\nshared_volume_size: 5\nshared_volume_id: vol-0123456789abcdef0\n", None, "not both"),
+        (
+            "cluster_name: a\nshared_volume_size: 5\nshared_volume_id: vol-0123456789abcdef0\n",
+            None,
+            "not both",
+        ),
         ("cluster_name: a\ncentral_logging_level: 3\n", "central_logging_level", "0 (off)"),
         ("cluster_name: a\nregion: mars-north-1\n", "region", "AWS region"),
         ("cluster_name: a\nos: windows\n", "os", "ubuntu-24.04"),
@@ -139,11 +153,17 @@ def test_bad_flag_names_the_flag(tmp_path):
         ("cluster_name: a\n", ["--logging-level", "5"], "--logging-level"),
     ],
 )
-def test_cli_bad_input_is_exit_2_without_traceback_and_without_aws(no_aws, cli, tmp_path, content, flags, needle):
+def test_cli_bad_input_is_exit_2_without_traceback_and_without_aws(
+    no_aws, cli, tmp_path, content, flags, needle
+):
     path = tmp_path / "c.yml"
     if content is not None:
         path.write_text(content)
-    result = cli(["up", str(path), "--dry-run", "--region", "us-east-1", *flags] if "--region" not in flags else ["up", str(path), "--dry-run", *flags])
+    result = cli(
+        ["up", str(path), "--dry-run", "--region", "us-east-1", *flags]
+        if "--region" not in flags
+        else ["up", str(path), "--dry-run", *flags]
+    )
     assert result.exit_code == 2, result.output
     assert needle in result.stderr and "Traceback" not in result.output
     assert result.stderr.count("error:") == 1

@@ -38,7 +38,9 @@ def test_cost_adds_up_from_the_table():
         + pricing.gp3_hourly(20, "us-east-1").hourly_usd
     )
     assert plan.hourly_cost_usd == pytest.approx(expected, abs=1e-3)
-    more = make_plan(spec(workers=8, worker_type="c5.xlarge", master_type="m5.large"), Inventory.offline("p", "us-east-1"))
+    more = make_plan(
+        spec(workers=8, worker_type="c5.xlarge", master_type="m5.large"), Inventory.offline("p", "us-east-1")
+    )
     assert more.hourly_cost_usd > plan.hourly_cost_usd
 
 
@@ -46,7 +48,9 @@ def test_cost_adds_up_from_the_table():
 @pytest.mark.parametrize("family", ["t3", "t3a", "m5", "m6i", "c5", "c6i", "r5"])
 def test_table_covers_common_types_and_regions(region, family):
     price = pricing.instance_hourly(f"{family}.xlarge", region)
-    assert price.hourly_usd and price.hourly_usd == pytest.approx(2 * pricing.instance_hourly(f"{family}.large", region).hourly_usd)
+    assert price.hourly_usd and price.hourly_usd == pytest.approx(
+        2 * pricing.instance_hourly(f"{family}.large", region).hourly_usd
+    )
     assert pricing.nat_gateway_hourly(region).hourly_usd > 0 and pricing.gp3_hourly(20, region).hourly_usd > 0
 
 
@@ -59,12 +63,19 @@ def test_unknown_types_are_reported_not_guessed():
 def test_existing_resources_and_partial_groups():
     inv = Inventory(cluster="p", region="us-east-1")
     inv.vpcs = [{"VpcId": "vpc-1", "Tags": [{"Key": "clusterous:key", "Value": "vpc"}]}]
-    worker = {"InstanceId": "i-1", "Tags": [{"Key": "clusterous:role", "Value": "node"}, {"Key": "clusterous:group", "Value": "worker"}]}
+    worker = {
+        "InstanceId": "i-1",
+        "Tags": [{"Key": "clusterous:role", "Value": "node"}, {"Key": "clusterous:group", "Value": "worker"}],
+    }
     inv.instances = [worker, {**worker, "InstanceId": "i-2"}]
     plan = make_plan(spec(workers=5), inv)
     items = {i.key: i for i in plan.items}
     assert items["vpc"].action == EXISTS and items["subnet-public"].action == CREATE
-    assert (items["group:worker"].action, items["group:worker"].existing, items["group:worker"].count) == (LAUNCH, 2, 5)
+    assert (items["group:worker"].action, items["group:worker"].existing, items["group:worker"].count) == (
+        LAUNCH,
+        2,
+        5,
+    )
     shrink = make_plan(spec(workers=1), inv)
     assert "scale" in " ".join(shrink.notes) and not [i for i in shrink.changes if i.key == "group:worker"]
 
@@ -77,13 +88,19 @@ def test_dry_run_offline_table(no_aws, cli):
 
 
 def test_dry_run_json_is_one_object_with_numeric_cost(no_aws, cli):
-    result = cli(["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--name", "off", "--workers", "2"])
+    result = cli(
+        ["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--name", "off", "--workers", "2"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert isinstance(data["hourly_cost_usd"], float) and data["hourly_cost_usd"] > 0
     groups = {r["key"]: r for r in data["resources"]}
     assert groups["group:worker"]["count"] == 2 and groups["group:worker"]["action"] == "launch"
-    more = json.loads(cli(["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--name", "off", "--workers", "6"]).stdout)
+    more = json.loads(
+        cli(
+            ["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--name", "off", "--workers", "6"]
+        ).stdout
+    )
     assert more["hourly_cost_usd"] > data["hourly_cost_usd"]
 
 

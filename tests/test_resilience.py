@@ -12,8 +12,16 @@ from tests.harness.faults import SimulatedCrash
 from tests.provisioning import UP, count_tagged, make_profile
 
 EXPECTED = {
-    "instances": 3, "vpcs": 1, "subnets": 2, "igws": 1, "route_tables": 2, "addresses": 1,
-    "nats": 1, "sgs": 2, "volumes": 4, "key_pairs": 1,
+    "instances": 3,
+    "vpcs": 1,
+    "subnets": 2,
+    "igws": 1,
+    "route_tables": 2,
+    "addresses": 1,
+    "nats": 1,
+    "sgs": 2,
+    "volumes": 4,
+    "key_pairs": 1,
 }  # fmt: skip  (controller + master + 1 worker: 3 root volumes and the shared volume)
 
 # A sample across the whole of `up` (identity, network, storage, instances), kept small for speed;
@@ -77,7 +85,9 @@ def test_crash_then_up_finishes_the_job(aws, cli):
 def test_down_after_a_partial_down_finishes(aws, cli):
     make_profile(cli)
     assert _run_up(cli).exit_code == 0
-    aws.fail("DeleteSecurityGroup", at=1, code="DependencyViolation", message="resource has a dependent object")
+    aws.fail(
+        "DeleteSecurityGroup", at=1, code="DependencyViolation", message="resource has a dependent object"
+    )
     first = cli(["down", "res", "--yes"])
     assert first.exit_code == 1 and "DependencyViolation" in first.stderr and "down" in first.stderr
     aws.clear_faults()

@@ -32,16 +32,24 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
 
     ec2 = aws.client("ec2")
     vpc = found["vpcs"][0]["VpcId"]
-    assert ec2.describe_vpc_attribute(VpcId=vpc, Attribute="enableDnsHostnames")["EnableDnsHostnames"]["Value"]
+    assert ec2.describe_vpc_attribute(VpcId=vpc, Attribute="enableDnsHostnames")["EnableDnsHostnames"][
+        "Value"
+    ]
     assert len({s["AvailabilityZone"] for s in found["subnets"]}) == 1
 
     # Instances: one RunInstances per group, IMDSv2 with hop limit 1, encrypted root volumes.
     assert len(aws.calls("RunInstances")) == 3  # controller, master, worker
     by_role = {}
     for instance in found["instances"]:
-        by_role.setdefault(tag(instance, "clusterous:group") or tag(instance, "clusterous:role"), []).append(instance)
+        by_role.setdefault(tag(instance, "clusterous:group") or tag(instance, "clusterous:role"), []).append(
+            instance
+        )
         meta = instance["MetadataOptions"]
-        assert (meta["HttpTokens"], meta["HttpPutResponseHopLimit"], meta["HttpEndpoint"]) == ("required", 1, "enabled")
+        assert (meta["HttpTokens"], meta["HttpPutResponseHopLimit"], meta["HttpEndpoint"]) == (
+            "required",
+            1,
+            "enabled",
+        )
     assert {k: len(v) for k, v in by_role.items()} == {"controller": 1, "master": 1, "worker": 3}
     subnets = {tag(s, "clusterous:key"): s["SubnetId"] for s in found["subnets"]}
     controller = by_role["controller"][0]
@@ -53,7 +61,9 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
         assert not node.get("PublicIpAddress")
         assert "IamInstanceProfile" not in node
         assert tag(node, "clusterous:role") == "node"
-    volumes = ec2.describe_volumes(Filters=[{"Name": "tag:clusterous:cluster", "Values": ["alpha"]}])["Volumes"]
+    volumes = ec2.describe_volumes(Filters=[{"Name": "tag:clusterous:cluster", "Values": ["alpha"]}])[
+        "Volumes"
+    ]
     roots = [v for v in volumes if tag(v, "clusterous:role") != "shared-volume"]
     assert len(roots) == 5 and all(v["Encrypted"] and v["VolumeType"] == "gp3" for v in roots)
     shared = [v for v in volumes if tag(v, "clusterous:role") == "shared-volume"]
@@ -79,7 +89,9 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     assert not any(p.get("Ipv6Ranges") for g in found["sgs"] for p in g["IpPermissions"])
     referenced = {pair["GroupId"] for p in node_sg["IpPermissions"] for pair in p.get("UserIdGroupPairs", [])}
     assert referenced == {ctrl_sg["GroupId"], node_sg["GroupId"]}
-    enis = ec2.describe_network_interfaces(Filters=[{"Name": "attachment.instance-id", "Values": [controller["InstanceId"]]}])
+    enis = ec2.describe_network_interfaces(
+        Filters=[{"Name": "attachment.instance-id", "Values": [controller["InstanceId"]]}]
+    )
     assert {g["GroupId"] for g in enis["NetworkInterfaces"][0]["Groups"]} == {ctrl_sg["GroupId"]}
 
     # NAT gateway in the public subnet; the private subnet's default route goes through it.
@@ -92,11 +104,17 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
 
     # IAM: the controller may use the registry bucket and nothing else.
     iam = aws.client("iam")
-    policy = iam.get_role_policy(RoleName="clusterous-alpha-controller", PolicyName="registry-bucket")["PolicyDocument"]
+    policy = iam.get_role_policy(RoleName="clusterous-alpha-controller", PolicyName="registry-bucket")[
+        "PolicyDocument"
+    ]
     policy = policy if isinstance(policy, dict) else json.loads(policy)
     profile = cli(["profile", "show", "--json"])
     bucket = json.loads(profile.stdout)["bucket"]
-    resources = {r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])}
+    resources = {
+        r
+        for s in policy["Statement"]
+        for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+    }
     assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
     assert all(a.startswith("s3:") and "*" not in a for s in policy["Statement"] for a in s["Action"])
     assert iam.list_attached_role_policies(RoleName="clusterous-alpha-controller")["AttachedPolicies"] == []
@@ -110,7 +128,9 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     # The per-cluster key pair's private key is 0600 under the config directory; the token is in SSM.
     keys = list(isolated_config.glob("clusters/default/alpha/*.pem"))
     assert len(keys) == 1 and stat.S_IMODE(keys[0].stat().st_mode) == 0o600
-    token = aws.client("ssm").get_parameter(Name="/clusterous/alpha/k3s-token", WithDecryption=True)["Parameter"]
+    token = aws.client("ssm").get_parameter(Name="/clusterous/alpha/k3s-token", WithDecryption=True)[
+        "Parameter"
+    ]
     assert token["Type"] == "SecureString" and len(token["Value"]) >= 32
     assert token["Value"] not in result.output
 
@@ -213,12 +233,16 @@ def test_down_confirmation_names_the_shared_volume_and_keeps_it_on_request(aws, 
     # Bring it back by id: adopted, and kept again by default at down.
     again = cli([*UP, "--name", "eta", "--workers", "0", "--shared-volume-id", volume["VolumeId"]])
     assert again.exit_code == 0, again.output
-    assert tag(ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0], "clusterous:cluster") == "eta"
+    assert (
+        tag(ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0], "clusterous:cluster") == "eta"
+    )
     down = cli(["down", "eta", "--yes"])
     assert down.exit_code == 0 and "KEPT" in down.stderr
     removed = cli(["volumes", "rm", volume["VolumeId"], "--yes"])
     assert removed.exit_code == 0, removed.output
-    assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}])["Volumes"] == []
+    assert (
+        ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}])["Volumes"] == []
+    )
 
 
 def test_second_region(aws, cli, monkeypatch):
@@ -265,10 +289,19 @@ def test_bad_input_found_by_aws_creates_nothing(aws, cli, argv, expected):
 
 def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
     make_profile(cli)
-    aws.fail("RunInstances", at=2, code="InsufficientInstanceCapacity", message="We currently do not have sufficient t3.large capacity")
+    aws.fail(
+        "RunInstances",
+        at=2,
+        code="InsufficientInstanceCapacity",
+        message="We currently do not have sufficient t3.large capacity",
+    )
     result = cli([*UP, "--name", "lam", "--workers", "1"])
     assert result.exit_code == 1
-    assert "sufficient t3.large capacity" in result.stderr and "re-run" in result.stderr and "down" in result.stderr
+    assert (
+        "sufficient t3.large capacity" in result.stderr
+        and "re-run" in result.stderr
+        and "down" in result.stderr
+    )
 
 
 def test_ssh_cidr_undiscoverable_asks_for_the_flag(aws, cli, monkeypatch):

@@ -12,7 +12,7 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from clusterous_provisioner import layout, tags
@@ -321,7 +321,7 @@ def ensure_network(
     ids: dict[str, str] = {}
     vpc = inv.vpc
     if vpc is None:
-        created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         vpc = ec2.create_vpc(
             CidrBlock=layout.VPC_CIDR,
             TagSpecifications=tags.tag_spec(

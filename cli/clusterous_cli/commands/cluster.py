@@ -6,6 +6,7 @@ scaling), and print. Heavy imports stay inside the functions so `--help` stays f
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 
 import typer
@@ -334,13 +335,13 @@ def down(
 
 
 def _uptime_hours(launch_time) -> float:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if launch_time is None:
         return 0.0
     if isinstance(launch_time, str):
         launch_time = datetime.fromisoformat(launch_time.replace("Z", "+00:00"))
-    return max(0.0, (datetime.now(timezone.utc) - launch_time).total_seconds() / 3600)
+    return max(0.0, (datetime.now(UTC) - launch_time).total_seconds() / 3600)
 
 
 def _cluster_region(ctx, name, region):
@@ -454,7 +455,7 @@ def clusters(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from clusterous_cli import output
     from clusterous_provisioner import aws, tags
@@ -481,7 +482,7 @@ def clusters(
         else:
             row["nodes"] += 1
     current = profile.current_cluster if profile else None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for row in rows.values():
         row["current"] = row["name"] == current
         if row["created"]:

@@ -1,0 +1,99 @@
+"""status, clusters, workon, scale/add-nodes/rm-nodes against the moto server."""
+
+from __future__ import annotations
+
+import json
+
+from tests.provisioning import UP, make_profile, tag, tagged
+
+
+def _workers(aws, cluster):
+    return [i for i in tagged(aws, cluster)["instances"] if tag(i, "clusterous:group") == "worker"]
+
+
+def test_status_clusters_and_workon(aws, cli):
+    make_profile(cli)
+    assert cli([*UP, "--name", "one", "--workers", "2"]).exit_code == 0
+    assert cli([*UP, "--name", "two", "--workers", "0"]).exit_code == 0
+
+    # `up` made "two" current; status reads it without a name.
+    data = json.loads(cli(["status", "--json"]).stdout)
+    assert data["cluster"] == "two" and data["groups"] == {"master": 1}
+    table = cli(["status", "--name", "one"])
+    assert table.exit_code == 0, table.output
+    assert (
+        table.stdout.count("worker") >= 2 and "controller:" in table.stdout and "cost so far" in table.stdout
+    )
+    one = json.loads(cli(["status", "--name", "one", "--json"]).stdout)
+    controller = [i for i in one["instances"] if i["group"] == "controller"][0]
+    assert one["controller_public_ip"] == controller["public_ip"] and controller["public_ip"]
+    assert all(i["public_ip"] is None for i in one["instances"] if i["group"] != "controller")
+    assert one["shared_volume"]["size_gib"] == 20 and one["cost_so_far_usd"] >= 0
+    assert {i["group"] for i in one["instances"]} == {"controller", "master", "worker"}
+
+    listed = json.loads(cli(["clusters", "--json"]).stdout)
+    assert {(c["name"], c["nodes"], c["current"]) for c in listed} == {("one", 3, False), ("two", 1, True)}
+    assert all(c["age_hours"] is not None for c in listed)
+    assert "one" in cli(["clusters"]).stdout
+
+    assert cli(["workon", "one"]).exit_code == 0
+    assert json.loads(cli(["status", "--json"]).stdout)["cluster"] == "one"
+    unknown = cli(["workon", "three"])
+    assert unknown.exit_code == 2 and "three" in unknown.stderr and "one" in unknown.stderr
+
+
+def test_status_of_a_missing_cluster_is_exit_1(aws, cli):
+    make_profile(cli)
+    result = cli(["status", "--name", "ghost"])
+    assert result.exit_code == 1 and "ghost" in result.stderr
+
+
+def test_scale_grows_with_one_call_and_shrinks_newest_first(aws, cli):
+    make_profile(cli)
+    assert cli([*UP, "--name", "sc", "--workers", "1"]).exit_code == 0
+    first = _workers(aws, "sc")[0]["InstanceId"]
+
+    aws.reset_calls()
+    grown = cli(["scale", "worker", "4", "--yes", "--json"])
+    assert grown.exit_code == 0, grown.output
+    assert len(aws.calls("RunInstances")) == 1
+    assert len(_workers(aws, "sc")) == 4 and len(json.loads(grown.stdout)["added"]) == 3
+    new = _workers(aws, "sc")[-1]
+    assert new["MetadataOptions"]["HttpTokens"] == "required" and not new.get("PublicIpAddress")
+
+    assert cli(["add-nodes", "1", "--yes"]).exit_code == 0
+    assert len(_workers(aws, "sc")) == 5
+
+    shrunk = cli(["rm-nodes", "3", "--yes", "--json"])
+    assert shrunk.exit_code == 0, shrunk.output
+    assert "not implemented yet" in shrunk.stderr  # the drain gap is said out loud
+    removed = json.loads(shrunk.stdout)["removed"]
+    remaining = [i["InstanceId"] for i in _workers(aws, "sc")]
+    assert len(removed) == 3 and len(remaining) == 2 and first in remaining and first not in removed
+
+    assert cli(["scale", "worker", "0", "--yes", "--force"]).exit_code == 0
+    assert _workers(aws, "sc") == []
+    regrow = cli(["scale", "worker", "1", "--yes"])  # no running worker to copy the type from
+    assert regrow.exit_code == 2 and "--instance-type" in regrow.stderr
+    assert cli(["scale", "worker", "1", "--yes", "--instance-type", "t3.small"]).exit_code == 0
+    assert [i["InstanceType"] for i in _workers(aws, "sc")] == ["t3.small"]
+
+    too_many = cli(["rm-nodes", "5", "--yes"])
+    assert too_many.exit_code == 2 and "at most 1" in too_many.stderr
+    assert cli(["down", "sc", "--yes"]).exit_code == 0
+
+
+def test_help_of_every_command_has_an_example(cli):
+    for command in [
+        "up",
+        "down",
+        "status",
+        "clusters",
+        "workon",
+        "scale",
+        "add-nodes",
+        "rm-nodes",
+        "volumes",
+    ]:
+        result = cli([command, "--help"])
+        assert result.exit_code == 0 and "Example:" in result.stdout, command
