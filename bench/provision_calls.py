@@ -49,8 +49,11 @@ def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter
 
 
 def main() -> int:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
