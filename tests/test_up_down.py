@@ -306,10 +306,34 @@ def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
 
 def test_ssh_cidr_undiscoverable_asks_for_the_flag(aws, cli, monkeypatch):
     make_profile(cli)
-    from clusterous_provisioner import clientip
-
-    monkeypatch.setattr(clientip, "CHECKIP_URL", "http://127.0.0.1:9/")
-    monkeypatch.setattr(clientip.discover_client_cidr, "__defaults__", ("http://127.0.0.1:9/", 1.0))
+    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "http://127.0.0.1:9/")  # nothing listens there
     result = cli(["up", "--os", "al2023", "--name", "mu", "--yes", "--no-wait"])
     assert result.exit_code == 2 and "--ssh-cidr" in result.stderr
     assert sum(count_tagged(aws, "mu").values()) == 0
+
+
+def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
+    import http.server
+    import threading
+
+    class CheckIp(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"203.0.113.9\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CheckIp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", f"http://127.0.0.1:{server.server_port}/")
+        make_profile(cli)
+        result = cli(["up", "--os", "al2023", "--name", "nu", "--workers", "0", "--yes", "--no-wait"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "203.0.113.9/32" in result.stderr
+    sg = [g for g in tagged(aws, "nu")["sgs"] if tag(g, "clusterous:key") == "sg-controller"][0]
+    assert [r["CidrIp"] for p in sg["IpPermissions"] for r in p.get("IpRanges", [])] == ["203.0.113.9/32"]
