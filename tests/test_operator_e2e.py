@@ -25,6 +25,7 @@ kubernetes = pytest.importorskip("kubernetes")
 ROOT = Path(__file__).resolve().parents[1]
 CRD = yaml.safe_load((ROOT / "operator/clusterous_operator/crd.yaml").read_text())
 GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
+WAIT = 30  # seconds; generous, the test machine is shared
 OPERATOR_ARGS = ["run", "--standalone", "--all-namespaces", "-m", "clusterous_operator.handlers"]
 
 
@@ -106,8 +107,12 @@ def run_operator():
 def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster, custom) -> None:
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
-        master = cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="the master Deployment")
-        engine = cluster.wait_for(lambda: deployment(cluster, "demo-engine"), what="the engine Deployment")
+        master = cluster.wait_for(
+            lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="the master Deployment"
+        )
+        engine = cluster.wait_for(
+            lambda: deployment(cluster, "demo-engine"), timeout=WAIT, what="the engine Deployment"
+        )
         assert master["spec"]["replicas"] == 1
         assert engine["spec"]["replicas"] == 0  # waits for the master
         assert (
@@ -119,6 +124,7 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         assert cluster.get("v1/persistentvolumeclaims", "demo-shared")
         waiting = cluster.wait_for(
             lambda: next((c for c in status(cluster).get("components", []) if c["state"] == "Waiting"), None),
+            timeout=WAIT,
             what="the engine to be reported waiting",
         )
         assert "waiting for master" in waiting["message"]
@@ -127,16 +133,21 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         become_ready(cluster, "demo-master")
         cluster.wait_for(
             lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2,
+            timeout=WAIT,
             what="the engines to start once the master is ready",
         )
         assert status(cluster)["phase"] != "Running"
         become_ready(cluster, "demo-engine")
-        cluster.wait_for(lambda: status(cluster).get("phase") == "Running", what="phase Running")
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
         assert status(cluster)["ready"] == "3/3"
         assert FINALIZER in cluster.get("capp", "demo")["metadata"]["finalizers"]
 
         custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "demo")
-        cluster.wait_for(lambda: cluster.get("capp", "demo") is None, what="the finalizer to be released")
+        cluster.wait_for(
+            lambda: cluster.get("capp", "demo") is None, timeout=WAIT, what="the finalizer to be released"
+        )
         assert deployment(cluster, "demo-master") is None
         assert deployment(cluster, "demo-engine") is None
         assert cluster.get("v1/services", "demo-master") is None
@@ -148,11 +159,14 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
 def test_image_change_rolls_the_deployment(cluster, custom) -> None:
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
-        cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="the master Deployment")
+        cluster.wait_for(
+            lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="the master Deployment"
+        )
         patch = {"spec": {"components": clusterapp(image="ghcr.io/lab/sim:2")["spec"]["components"]}}
         custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "demo", patch)
         cluster.wait_for(
             lambda: image(cluster, "demo-master") == "ghcr.io/lab/sim:2",
+            timeout=WAIT,
             what="the new image in the Deployment",
         )
     assert runner.exception is None, runner.output
@@ -161,17 +175,25 @@ def test_image_change_rolls_the_deployment(cluster, custom) -> None:
 def test_nodes_joining_and_leaving_change_auto_replicas(cluster, custom) -> None:
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
-        cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="the master Deployment")
+        cluster.wait_for(
+            lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="the master Deployment"
+        )
         become_ready(cluster, "demo-master")
-        cluster.wait_for(lambda: replicas(cluster, "demo-engine") == 2, what="2 engines on one 2-CPU worker")
+        cluster.wait_for(
+            lambda: replicas(cluster, "demo-engine") == 2, timeout=WAIT, what="2 engines on one 2-CPU worker"
+        )
         cluster.add_node("worker-2", labels={"clusterous.io/group": "worker"}, cpu="4")
         cluster.add_node("worker-3", labels={"clusterous.io/group": "worker"}, cpu="2", ready=False)
         cluster.wait_for(
-            lambda: replicas(cluster, "demo-engine") == 6, what="6 engines once a 4-CPU worker joins"
+            lambda: replicas(cluster, "demo-engine") == 6,
+            timeout=WAIT,
+            what="6 engines once a 4-CPU worker joins",
         )
         cluster.patch("v1/nodes", "worker-2", {"spec": {"unschedulable": True}})
         cluster.wait_for(
-            lambda: replicas(cluster, "demo-engine") == 2, what="back to 2 engines when the node is cordoned"
+            lambda: replicas(cluster, "demo-engine") == 2,
+            timeout=WAIT,
+            what="back to 2 engines when the node is cordoned",
         )
     assert runner.exception is None, runner.output
 
@@ -181,25 +203,31 @@ def test_invalid_spec_fails_with_the_field_and_creates_nothing(cluster, custom) 
     app["spec"]["components"][1]["group"] = "wrker"
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
-        cluster.wait_for(lambda: status(cluster).get("phase") == "Failed", what="phase Failed")
+        cluster.wait_for(lambda: status(cluster).get("phase") == "Failed", timeout=WAIT, what="phase Failed")
         assert "spec.components[1].group" in status(cluster)["message"]
         assert "master, worker" in status(cluster)["message"]
         assert deployment(cluster, "demo-master") is None
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, "default", PLURAL, "demo", {"spec": clusterapp()["spec"]}
         )
-        cluster.wait_for(lambda: deployment(cluster, "demo-master"), what="children once the spec is fixed")
+        cluster.wait_for(
+            lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="children once the spec is fixed"
+        )
     assert runner.exception is None, runner.output
 
 
 def test_resync_with_nothing_changed_writes_nothing(cluster, custom) -> None:
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
-        cluster.wait_for(lambda: deployment(cluster, "demo-engine"), what="the children")
+        cluster.wait_for(lambda: deployment(cluster, "demo-engine"), timeout=WAIT, what="the children")
         become_ready(cluster, "demo-master")
-        cluster.wait_for(lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2, what="engines")
+        cluster.wait_for(
+            lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2, timeout=WAIT, what="engines"
+        )
         become_ready(cluster, "demo-engine")
-        cluster.wait_for(lambda: status(cluster).get("phase") == "Running", what="phase Running")
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
         before = len(requests_written(cluster))
         import time
 
@@ -226,7 +254,7 @@ def test_kubectl_apply_example_and_get_capp(cluster, kubectl) -> None:
     example = ROOT / "examples/basic-python/clusterapp.yaml"
     with run_operator() as runner:
         assert "clusterapp.clusterous.io/basic-python created" in kubectl("apply", "-f", str(example)).stdout
-        cluster.wait_for(lambda: status(cluster, "basic-python").get("phase"), what="a status")
+        cluster.wait_for(lambda: status(cluster, "basic-python").get("phase"), timeout=WAIT, what="a status")
         assert kubectl("get", "capp").stdout.splitlines()[1].split()[0] == "basic-python"
         # The emulator renders no server-side tables, so each printer column's jsonPath is
         # evaluated by kubectl itself and compared with the status it should show.
