@@ -20,7 +20,8 @@ def summary(results: Path) -> list[dict]:
 def page(rows: list[dict]) -> str:
     total = sum(r["primes"] for r in rows)
     lines = "".join(
-        f"<tr><td>{html.escape(r['engine'])}</td><td>{r['upto']}</td><td>{r['primes']}</td></tr>" for r in rows
+        f"<tr><td>{html.escape(r['engine'])}</td><td>{r['upto']}</td><td>{r['primes']}</td></tr>"
+        for r in rows
     )
     return (
         "<html><head><meta http-equiv='refresh' content='5'><title>basic-python</title></head><body>"
