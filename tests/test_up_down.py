@@ -337,3 +337,14 @@ def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
     assert "203.0.113.9/32" in result.stderr
     sg = [g for g in tagged(aws, "nu")["sgs"] if tag(g, "clusterous:key") == "sg-controller"][0]
     assert [r["CidrIp"] for p in sg["IpPermissions"] for r in p.get("IpRanges", [])] == ["203.0.113.9/32"]
+
+
+def test_up_shows_the_plan_and_creates_nothing_when_refused(aws, cli):
+    make_profile(cli)
+    result = cli(
+        ["up", "--os", "al2023", "--ssh-cidr", SSH_CIDR, "--name", "xi", "--workers", "2"], input="n\n"
+    )
+    assert result.exit_code == 1
+    assert "plan for cluster xi" in result.stdout and "USD per hour" in result.stdout
+    assert "NAT gateway" in result.stdout and "2 × t3.large" in result.stdout
+    assert sum(count_tagged(aws, "xi").values()) == 0
