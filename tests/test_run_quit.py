@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import socket
 import threading
@@ -221,14 +222,28 @@ def test_run_copies_applies_follows_and_tunnels_then_quit_removes_it(
         assert urlsplit(server["cluster"]["server"]).port == api_local != urlsplit(k8s_api.url).port
         assert aws.calls() == []  # nothing in AWS is needed to run an application
 
-        # status reports the application and its tunnel.
-        section = apps.status_section(cluster.ref)
-        assert [(a["name"], a["phase"], a["ready"]) for a in section["applications"]] == [
+        # status reports the application and its tunnel (the cluster exists in AWS: its VPC is tagged).
+        aws.client("ec2", "eu-west-1").create_vpc(
+            CidrBlock="10.20.0.0/16",
+            TagSpecifications=[
+                {"ResourceType": "vpc", "Tags": [{"Key": "clusterous:cluster", "Value": cluster.ref.cluster}]}
+            ],
+        )
+        status = cli(["status", "--json"])
+        assert status.exit_code == 0, status.output
+        data = json.loads(status.stdout)
+        assert [(a["name"], a["phase"], a["ready"]) for a in data["applications"]] == [
             ("webdemo", "Running", "3/3")
         ]
-        assert [(t["local"], t["application"], t["state"]) for t in section["tunnels"]] == [
+        assert {(c["name"], c["ready"], c["desired"]) for c in data["applications"][0]["components"]} == {
+            ("web", 1, 1),
+            ("engine", 2, 2),
+        }
+        assert [(t["local"], t["application"], t["state"]) for t in data["tunnels"]] == [
             (local, "webdemo", "up")
         ]
+        table = cli(["status"])
+        assert table.exit_code == 0 and "webdemo" in table.stdout and f"localhost:{local}" in table.stdout
 
         # Run again: nothing new to copy, same tunnel, same message.
         again = cli(["run", str(path), "--timeout", "60"])

@@ -313,3 +313,40 @@ def status_section(ref: ClusterRef) -> dict:
         section["applications"] = []
         section["applications_error"] = exc.render().splitlines()[0]
     return section
+
+
+def status_for(profile_option: str | None, cluster: str) -> dict:
+    """`status_section` for a cluster named on the command line (the hook `status` calls)."""
+    from clusterous_cli.endpoint import resolve_cluster
+
+    return status_section(resolve_cluster(profile_option, cluster))
+
+
+def print_status(data: dict) -> None:
+    """The applications and tunnels part of `status`, for people."""
+    from clusterous_cli import output
+
+    if "applications" not in data:
+        return
+    if data.get("applications_error"):
+        print(f"applications: unknown ({data['applications_error']})")
+    elif not data["applications"]:
+        print("applications: none (start one with `clusterous-k8s run FILE`)")
+    else:
+        output.print_table(
+            "applications",
+            ["application", "phase", "ready", "components (ready/desired)", "message"],
+            [
+                (
+                    a["name"],
+                    a["phase"],
+                    a["ready"],
+                    ", ".join(f"{c['name']} {c['ready']}/{c['desired']}" for c in a["components"]),
+                    a["message"],
+                )
+                for a in data["applications"]
+            ],
+        )
+    for tunnel in data.get("tunnels") or []:
+        owner = f" ({tunnel['application']})" if tunnel.get("application") else ""
+        print(f"tunnel: localhost:{tunnel['local']} -> {tunnel['to']}{owner}: {tunnel['state']}")

@@ -415,7 +415,7 @@ def status(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from clusterous_cli import output
+    from clusterous_cli import apps, output
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.errors import Failure
@@ -425,6 +425,8 @@ def status(
     with aws.aws_errors(f"status {name}", "check your AWS credentials and region"):
         inv = discover(Clients(region), name)
     data = status_data(inv)
+    if data["exists"]:
+        data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
     if as_json:
         output.print_json(data)
         return
@@ -448,6 +450,7 @@ def status(
         else "shared volume: none"
     )
     print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
+    apps.print_status(data)
 
 
 def clusters(
