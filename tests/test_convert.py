@@ -388,3 +388,52 @@ def test_a_missing_file_and_a_bad_param_are_bad_input(tmp_path, cli) -> None:
     assert missing.exit_code == 2 and "nope.yml" in missing.stderr
     bad = cli(["convert", str(BASIC), "--param", "no-equals-sign"])
     assert bad.exit_code == 2 and "--param" in bad.stderr and "NAME=VALUE" in bad.stderr
+
+
+# --- `up` with an environment_file whose `cluster:` section is the layout ------------------------
+
+
+def test_up_dry_run_takes_the_node_groups_from_the_environment_file(no_aws, cli, tmp_path) -> None:
+    app_dir = tmp_path / "spark"
+    app_dir.mkdir()
+    write_env(
+        app_dir,
+        one(
+            cluster={
+                "master": {"type": "$master_instance_type", "count": 1},
+                "spark": {"type": "$spark_type", "count": "$spark_count - 1"},
+            }
+        ),
+    )
+    cluster_file = tmp_path / "cluster.yml"
+    cluster_file.write_text(
+        yaml.safe_dump(
+            {
+                "cluster_name": "sparky",
+                "environment_file": "spark/env.yml",
+                "parameters": {
+                    "master_instance_type": "t3.large",
+                    "spark_type": "r5.large",
+                    "spark_count": 4,
+                },
+            }
+        )
+    )
+    result = cli(["up", str(cluster_file), "--dry-run", "--json", "--region", "eu-west-1"])
+    assert result.exit_code == 0, result.output
+    groups = {r["key"]: r for r in json.loads(result.stdout)["resources"] if r["key"].startswith("group:")}
+    assert groups["group:spark"]["count"] == 3 and groups["group:master"]["count"] == 1
+    assert "group:worker" not in groups
+
+
+def test_up_names_the_missing_variable_of_the_environment_files_cluster_section(
+    no_aws, cli, tmp_path
+) -> None:
+    write_env(tmp_path, one(cluster={"worker": {"type": "t3.large", "count": "$nodes"}}))
+    cluster_file = tmp_path / "cluster.yml"
+    cluster_file.write_text(yaml.safe_dump({"cluster_name": "c1", "environment_file": "env.yml"}))
+    result = cli(["up", str(cluster_file), "--dry-run", "--region", "eu-west-1"])
+    assert result.exit_code == 2, result.output
+    assert (
+        "env.yml" in result.stderr and "cluster.worker.count" in result.stderr and "$nodes" in result.stderr
+    )

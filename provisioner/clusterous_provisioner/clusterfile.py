@@ -314,8 +314,14 @@ def load_spec(
     profile_region: str | None = None,
     profile_ssh_cidr: str | None = None,
     default_name: str | None = None,
+    environment_groups: Any = None,
 ) -> ClusterSpec:
-    """Merge file, flags and profile into a ClusterSpec; raise BadInput on the first mistake."""
+    """Merge file, flags and profile into a ClusterSpec; raise BadInput on the first mistake.
+
+    `environment_groups(env_path, parameters)`, when given, reads the node groups of the
+    environment file the cluster file names (its Clusterous `cluster:` section, or None);
+    they are the layout unless the cluster file has its own `node_groups`.
+    """
     from clusterous_provisioner.aws import check_region
 
     source = str(path) if path else "cluster settings"
@@ -354,6 +360,11 @@ def load_spec(
         raise BadInput("--region", None, "an AWS region (flag, cluster file or profile)")
     check_region(region, flagged.get("region") or (f"{source}: region" if model.region else "profile region"))
 
+    if model.node_groups is None and model.environment_file and environment_groups is not None:
+        env_path = (Path(path).parent if path else Path.cwd()) / model.environment_file
+        found = environment_groups(env_path, model.parameters.model_dump())
+        if found:
+            model.node_groups = {g: GroupFile.model_validate(v) for g, v in found.items()}
     if model.node_groups is not None:
         if "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged:
             if "worker" not in model.node_groups:

@@ -139,7 +139,7 @@ def up(
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the instances run."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    from clusterous_cli import config, output
+    from clusterous_cli import config, envfile, output
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
     from clusterous_provisioner.clusterfile import check_cidr, load_spec
@@ -170,6 +170,7 @@ def up(
         profile_region=profile.region if profile else None,
         profile_ssh_cidr=profile.ssh_cidr if profile else None,
         default_name=DEFAULT_NAME,
+        environment_groups=envfile.node_groups_for_up,
     )
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
     key_name = profile.key_name if profile else None
@@ -255,6 +256,9 @@ def up(
             "note: waiting for the cluster inside the instances (k3s, nodes Ready, add-ons) is not implemented "
             "yet; the instances are running and bootstrapping themselves"
         )
+    if spec.environment_file and cluster_file is not None:
+        env_path = cluster_file.parent / spec.environment_file
+        report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
 
 
 def down(
