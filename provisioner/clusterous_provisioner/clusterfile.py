@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
 from clusterous_provisioner.errors import BadInput
 
 # A DNS label (Kubernetes object names, hostnames) that also fits AWS names built from it
@@ -38,7 +39,6 @@ DEFAULT_WORKER_TYPE = "t3.large"
 DEFAULT_WORKERS = 2
 DEFAULT_VOLUME_GIB = 20
 MAX_VOLUME_GIB = 16384
-DEFAULT_K3S_VERSION = "v1.33.5+k3s1"  # the bootstrap renderer's pinned default
 OS_CHOICES = ("ubuntu-24.04", "al2023")
 
 
