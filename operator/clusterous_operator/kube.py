@@ -96,9 +96,14 @@ def delete_children(namespace: str, app_name: str) -> tuple[list[str], list[str]
     return deleted, failed
 
 
+# (connect, read) seconds: a handler thread blocked on a silent API server would hold kopf's
+# shutdown (and the next reconcile) forever; a timeout turns it into a retried error.
+REQUEST_TIMEOUT = (5, 30)
+
+
 def _call(api, method: str, *args, **kwargs) -> dict:
     """Call an API method and return its response body as plain JSON."""
-    response = getattr(api, method)(*args, _preload_content=False, **kwargs)
+    response = getattr(api, method)(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
     data = response.data
     return json.loads(data) if data else {}
 
