@@ -1,8 +1,8 @@
 """The cluster's Kubernetes API, reached through the SSH tunnel with credentials read from the controller.
 
-k3s writes its admin kubeconfig to /etc/rancher/k3s/k3s.yaml on the controller with
-`server: https://127.0.0.1:6443`; k3s's serving certificate names 127.0.0.1, so TLS keeps being
-verified when the local end of our tunnel (127.0.0.1:<local port>) replaces the address. The
+k3s writes its admin kubeconfig to /etc/rancher/k3s/k3s.yaml on the controller (mode 0600, owned
+by root, so it is read with `sudo -n`) with `server: https://127.0.0.1:6443`; k3s's serving
+certificate names 127.0.0.1, so TLS keeps being verified when the local end of our tunnel (127.0.0.1:<local port>) replaces the address. The
 rewritten copy lives in the cluster's config directory (`kubeconfig.yml`, 0600); secrets in it
 are never printed.
 """
@@ -17,6 +17,8 @@ from clusterous_provisioner.errors import Failure
 
 CREDENTIALS_FILE = "kubeconfig.yml"
 COMPONENT_LABEL = "clusterous.io/component"
+# `sh -c READ_AS_ROOT read-as-root FILE`: cat as root, through `sudo -n` unless already root.
+READ_AS_ROOT = 'if [ "$(id -u)" -eq 0 ]; then exec cat -- "$1"; else exec sudo -n cat -- "$1"; fi'
 
 
 def rewrite_server(kubeconfig: dict, local_port: int) -> dict:
@@ -31,21 +33,22 @@ def rewrite_server(kubeconfig: dict, local_port: int) -> dict:
 
 
 def fetch_credentials(ref: ClusterRef, local_port: int) -> dict:
-    """Read k3s.yaml over SFTP (sudo-free: k3s is installed with a readable mode for the login user)."""
+    """Read k3s.yaml on the controller as root (k3s writes it 0600 root; the login user has
+    passwordless sudo on the cloud images, and root needs none), rewrite it for the tunnel."""
     import yaml
 
     from clusterous_cli import config, ssh
 
     endpoint = load_endpoint(ref)
-    with ssh.connect_cluster(ref) as conn, conn.sftp() as sftp:
-        try:
-            with sftp.open(endpoint.k3s_kubeconfig, "r") as remote:
-                text = remote.read().decode()
-        except OSError as exc:
-            raise Failure(
-                f"cannot read the cluster credentials {endpoint.k3s_kubeconfig} on the controller: {exc}",
-                "is the cluster fully up? `clusterous-k8s status` shows its progress",
-            ) from None
+    with ssh.connect_cluster(ref) as conn:
+        code, out, err = conn.run(["sh", "-c", READ_AS_ROOT, "read-as-root", endpoint.k3s_kubeconfig])
+    if code != 0:
+        reason = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {code}"]
+        raise Failure(
+            f"cannot read the cluster credentials {endpoint.k3s_kubeconfig} on the controller: {reason[0]}",
+            "is the cluster fully up? re-run `clusterous-k8s up` to wait for it",
+        )
+    text = out.decode(errors="replace")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -74,11 +77,11 @@ def credentials(ref: ClusterRef, refresh: bool = False) -> tuple[dict, int]:
     return data, local_port
 
 
-def api_client(ref: ClusterRef):
-    """A kubernetes ApiClient talking through the tunnel."""
+def api_client(ref: ClusterRef, refresh: bool = False):
+    """A kubernetes ApiClient talking through the tunnel (refresh: fetch the credentials anew)."""
     from kubernetes import client, config
 
-    data, _ = credentials(ref)
+    data, _ = credentials(ref, refresh)
     configuration = client.Configuration()
     config.load_kube_config_from_dict(data, client_configuration=configuration)
     return client.ApiClient(configuration)
