@@ -73,6 +73,13 @@ def _profile(ctx: typer.Context, required: bool = True):
     return name, config.load_profile(name)
 
 
+def _dry_run_region() -> str:
+    """Without a profile a dry run still prices a plan: the AWS config's region, else us-east-1."""
+    from clusterous_provisioner import aws
+
+    return aws.session().region_name or "us-east-1"
+
+
 def _reporter():
     from clusterous_cli import output
 
@@ -167,7 +174,7 @@ def up(
     spec = load_spec(
         cluster_file,
         overrides,
-        profile_region=profile.region if profile else None,
+        profile_region=profile.region if profile else _dry_run_region(),
         profile_ssh_cidr=profile.ssh_cidr if profile else None,
         default_name=DEFAULT_NAME,
         environment_groups=envfile.node_groups_for_up,
