@@ -58,10 +58,10 @@ def check_logging_level(value: object, source: str, field: str | None = None) ->
 
 
 def chart_dir() -> Path:
-    """The chart's folder: $CLUSTEROUS_LOGGING_CHART, else charts/ beside the packages (a checkout
-    or an editable install)."""
+    """The chart's folder: $CLUSTEROUS_LOGGING_CHART, else the copy inside this package (in a
+    checkout `clusterous_provisioner/charts` links to the top-level charts/; a wheel holds files)."""
     override = os.environ.get(CHART_DIR_ENV)
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "charts" / CHART_NAME
+    path = Path(override) if override else Path(__file__).parent / "charts" / CHART_NAME
     if not (path / "Chart.yaml").is_file():
         raise FileNotFoundError(
             f"the logging chart is not at {path}; set {CHART_DIR_ENV} to the charts/{CHART_NAME} folder"
