@@ -2,7 +2,7 @@
 
 Both forwarders carry the same bytes to the same local services on the same harness sshd, in
 alternating rounds: an upload (client → sink, which reports the count) and a download
-(source → client). The ratio uses each forwarder's best round, the usual way to damp the noise of
+(source → client). The ratio uses the median round of each forwarder (the worst round is printed too), damping the noise of
 a shared machine. Last line: `ratio=<value>` (goal ≥ 0.9).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -118,11 +119,14 @@ def main() -> None:
             openssh.terminate()
             openssh.wait(5)
             tunnels.stop_supervisor(ref)
-    best_ours, best_openssh = max(results["ours"]), max(results["openssh"])
+    # Medians of interleaved rounds: a slow round of ours counts, it is not hidden behind a best one.
+    med_ours, med_openssh = statistics.median(results["ours"]), statistics.median(results["openssh"])
+    worst = min(o / t for o, t in zip(results["ours"], results["openssh"], strict=True))
     print(
-        f"payload {PAYLOAD_MB} MB each way; best combined: ours {best_ours:.1f} MB/s, OpenSSH {best_openssh:.1f} MB/s"
+        f"payload {PAYLOAD_MB} MB each way; median combined: ours {med_ours:.1f} MB/s, OpenSSH {med_openssh:.1f} MB/s"
     )
-    print(f"ratio={best_ours / best_openssh:.3f}")
+    print(f"worst single round ours/OpenSSH: {worst:.3f}")
+    print(f"ratio={med_ours / med_openssh:.3f}")
 
 
 if __name__ == "__main__":
