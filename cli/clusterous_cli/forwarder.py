@@ -30,6 +30,8 @@ from clusterous_provisioner.errors import ClusterousError
 
 log = logging.getLogger("clusterous.tunnels")
 
+# 256 KiB reads: measured faster than 64 KiB (per-call overhead) and than draining the whole
+# channel window at once (2 MiB copies fall out of the CPU cache), for downloads in particular.
 CHUNK = 256 * 1024
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 PROBE_EVERY, PROBE_TIMEOUT = 15.0, 10.0
