@@ -17,6 +17,7 @@ from clusterous_provisioner.errors import Failure
 
 CREDENTIALS_FILE = "kubeconfig.yml"
 COMPONENT_LABEL = "clusterous.io/component"
+RELEARN_OR_UP = "re-run `clusterous-k8s up` (it learns the key while waiting for the cluster)"
 # `sh -c READ_AS_ROOT read-as-root FILE`: cat as root, through `sudo -n` unless already root.
 READ_AS_ROOT = 'if [ "$(id -u)" -eq 0 ]; then exec cat -- "$1"; else exec sudo -n cat -- "$1"; fi'
 
@@ -64,6 +65,14 @@ def credentials(ref: ClusterRef, refresh: bool = False) -> tuple[dict, int]:
     """(kubeconfig dict pointing at the running local tunnel, its port), fetching it when needed."""
     import yaml
 
+    from clusterous_cli import hostkeys
+
+    endpoint = load_endpoint(ref)
+    pinned = hostkeys.read_pinned(endpoint.known_hosts, endpoint.host_key_name)
+    # Without a pin the tunnel can never connect: say so now rather than after its timeout.
+    hostkeys.check(
+        pinned[0] if pinned else hostkeys.HostKey("none", ""), pinned, endpoint.host_key_name, RELEARN_OR_UP
+    )
     local_port = tunnels.ensure_api_tunnel(ref)
     path = ref.directory / CREDENTIALS_FILE
     data = None

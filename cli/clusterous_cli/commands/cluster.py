@@ -43,8 +43,9 @@ Example: clusterous-k8s workon othercluster
 """
 SCALE_HELP = """Resize a node group to COUNT instances (new ones get the same user-data).
 
-Shrinking terminates the newest nodes. Draining them through Kubernetes first is not implemented
-yet: nodes are terminated without a drain, and the command says so.
+Shrinking picks the newest nodes, drains them through Kubernetes (cordon, evict their pods,
+delete the Node) and then terminates them. --force terminates without draining, which is also
+the only way when the cluster's API cannot be reached.
 
 Example: clusterous-k8s scale worker 8 --yes
 """
@@ -52,7 +53,7 @@ ADD_HELP = """Add N nodes to a group (default: worker).
 
 Example: clusterous-k8s add-nodes 2 --group worker
 """
-RM_HELP = """Remove N nodes from a group (default: worker); the newest go first.
+RM_HELP = """Remove N nodes from a group (default: worker); the newest go first, drained first.
 
 Example: clusterous-k8s rm-nodes 2 --yes
 """
@@ -143,13 +144,18 @@ def up(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its cost; create nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (and result) as JSON."),
     render_dir: Path = typer.Option(None, "--render-dir", help="Also write user-data and manifests to DIR."),
-    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the instances run."),
+    no_wait: bool = typer.Option(
+        False, "--no-wait", help="Return once the instances run, without waiting for the cluster in them."
+    ),
+    timeout: float = typer.Option(
+        None, "--timeout", help="Seconds each readiness stage may take [host key 600, cloud-init 900, ...]."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     from clusterous_cli import config, envfile, output
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
-    from clusterous_provisioner.clusterfile import check_cidr, load_spec
+    from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
     from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import Inventory, discover
 
@@ -238,6 +244,31 @@ def up(
         outcome = apply.apply(clients, spec, target, inv, progress, pre)
     config.set_current_cluster(profile_name, spec.name)
 
+    from clusterous_cli import readiness
+    from clusterous_cli.endpoint import ClusterRef
+
+    ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
+    node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
+    with aws.aws_errors(f"up {spec.name}: reading the instances"):
+        instances = readiness.describe(clients.ec2, [outcome.controller_id, *node_ids])
+    controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
+    key_file = outcome.key_file or (profile.key_file if profile else None)
+    readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
+    if not as_json:
+        print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
+        print(f"  created {len(outcome.created)} resource(s); {len(node_ids)} node(s)")
+        if outcome.key_file:
+            print(f"  SSH key: {outcome.key_file}")
+    ready = None
+    if not no_wait:
+        explicit = logging_level is not None or (
+            cluster_file is not None and "central_logging_level" in read_cluster_file(cluster_file)
+        )
+        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", readiness.RERUN):
+            ready = readiness.wait_for_cluster(
+                clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
+                spec.logging_level if explicit else None, timeout,
+            )  # fmt: skip
     if as_json:
         output.print_json(
             {
@@ -248,21 +279,15 @@ def up(
                 "nodes": outcome.instance_ids,
                 "key_file": str(outcome.key_file) if outcome.key_file else None,
                 "hourly_cost_usd": the_plan.hourly_cost_usd,
-                "in_cluster_ready": None,
+                "in_cluster_ready": ready is not None if not no_wait else None,
+                "readiness": ready,
             }
         )
+    elif ready is not None:
+        print(f"cluster {spec.name} is ready: {ready['nodes']}; {ready['add_ons']}")
+        print("  kubectl access: clusterous-k8s kubeconfig")
     else:
-        print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
-        print(
-            f"  created {len(outcome.created)} resource(s); {sum(len(v) for v in outcome.instance_ids.values())} node(s)"
-        )
-        if outcome.key_file:
-            print(f"  SSH key: {outcome.key_file}")
-    if not no_wait:
-        report(
-            "note: waiting for the cluster inside the instances (k3s, nodes Ready, add-ons) is not implemented "
-            "yet; the instances are running and bootstrapping themselves"
-        )
+        report("not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it")
     if spec.environment_file and cluster_file is not None:
         env_path = cluster_file.parent / spec.environment_file
         report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
@@ -553,15 +578,16 @@ def workon(
 
 
 def _resize(
-    ctx, group: str, count: int | None, delta: int, instance_type, force, yes, no_wait, name, region, as_json
-) -> None:
+    ctx, group: str, count: int | None, delta: int, instance_type, force, yes, no_wait, name, region, as_json,
+    drain_timeout: float = 300.0,
+) -> None:  # fmt: skip
     from clusterous_cli import output
     from clusterous_provisioner import aws, scaling
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
-    _, profile, name, region = _cluster_region(ctx, name, region)
+    profile_name, profile, name, region = _cluster_region(ctx, name, region)
     if profile is None:
         raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
     clients = Clients(region)
@@ -585,15 +611,18 @@ def _resize(
                 clients, inv, group, target, profile.bucket, instance_type, not no_wait, report
             )
         elif target < have:
-            if not force:
-                report(
-                    "warning: draining nodes through Kubernetes is not implemented yet; they are terminated "
-                    "without a drain (pass --force to silence this warning)"
-                )
+            victims = scaling.pick_to_remove(inv.group_instances(group), have - target)
+            verb = "Terminate" if force else "Drain and terminate"
             if not yes and not typer.confirm(
-                f"Terminate {have - target} node(s) of group {group}?", default=False
+                f"{verb} {len(victims)} node(s) of group {group} "
+                f"({', '.join(v['InstanceId'] for v in victims)})?",
+                default=False,
             ):
                 raise typer.Abort()
+            if force:
+                report("--force: terminating without draining")
+            else:
+                _drain(profile_name, name, victims, drain_timeout, report)
             removed = scaling.shrink(clients, inv, group, target, not no_wait, report)
     result = {
         "cluster": name,
@@ -609,6 +638,30 @@ def _resize(
         print(f"group {group} of cluster {name}: {have} → {target} node(s)")
 
 
+def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> None:
+    """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
+    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner.errors import ClusterousError, Failure
+
+    ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
+    try:
+        api = kubeapi.api_client(ref)
+    except ClusterousError as exc:
+        reason = str(exc).splitlines()[0]
+        raise Failure(
+            f"cannot drain the nodes: the Kubernetes API of cluster {name} cannot be reached ({reason})",
+            drain.FORCE_HINT,
+        ) from None
+    try:
+        drain.drain_instances(api, victims, timeout, report)
+    except ClusterousError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        failure = kubeapi.api_failure(f"draining the nodes of cluster {name}", exc)
+        raise Failure(failure.what, drain.FORCE_HINT) from None
+
+
 def scale(
     ctx: typer.Context,
     group: str = typer.Argument(..., help="Node group, e.g. worker."),
@@ -616,8 +669,9 @@ def scale(
     instance_type: str = typer.Option(
         None, "--instance-type", help="Type for a group that has no nodes yet."
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Terminate without draining (currently always the case)."
+    force: bool = typer.Option(False, "--force", help="Terminate without draining the nodes first."),
+    drain_timeout: float = typer.Option(
+        300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run or terminate."),
@@ -625,7 +679,7 @@ def scale(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json)
+    _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json, drain_timeout)
 
 
 def add_nodes(
@@ -648,8 +702,9 @@ def rm_nodes(
     ctx: typer.Context,
     n: int = typer.Argument(..., min=1, help="How many nodes to remove."),
     group: str = typer.Option("worker", "--group", help="Node group."),
-    force: bool = typer.Option(
-        False, "--force", help="Terminate without draining (currently always the case)."
+    force: bool = typer.Option(False, "--force", help="Terminate without draining the nodes first."),
+    drain_timeout: float = typer.Option(
+        300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to terminate."),
@@ -657,4 +712,4 @@ def rm_nodes(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json)
+    _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json, drain_timeout)

@@ -1,0 +1,144 @@
+"""Draining nodes before their instances are terminated: cordon, evict, delete the Node.
+
+As `kubectl drain --ignore-daemonsets --delete-emptydir-data` does: the node is marked
+unschedulable, every pod on it is evicted through the Eviction API (so PodDisruptionBudgets
+are honoured; an API server that does not serve evictions gets a plain delete instead), except
+DaemonSet pods (they would come straight back) and static mirror pods; once the evicted pods are
+gone the Node object is deleted. `scale`/`rm-nodes` then terminate the instances.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from clusterous_cli.readiness import REQUEST_TIMEOUT, _json, match_node
+from clusterous_provisioner.errors import Failure
+
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"
+Report = Callable[[str], None]
+# Answers are not turned into model classes: what a server sends back is not our business here.
+RAW = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+
+
+def pods_to_evict(pods: list[dict]) -> tuple[list[dict], list[str]]:
+    """(pods to evict, names of pods left alone with why): DaemonSet and mirror pods stay."""
+    evict, skipped = [], []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        owners = meta.get("ownerReferences") or []
+        if any(o.get("kind") == "DaemonSet" for o in owners):
+            skipped.append(f"{meta.get('namespace')}/{meta['name']} (DaemonSet)")
+        elif MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+            skipped.append(f"{meta.get('namespace')}/{meta['name']} (static pod)")
+        elif meta.get("deletionTimestamp") and (pod.get("status") or {}).get("phase") in (
+            "Succeeded",
+            "Failed",
+        ):
+            continue
+        else:
+            evict.append(pod)
+    return evict, skipped
+
+
+def nodes_of(instances: list[dict], nodes: list[dict]) -> tuple[list[str], list[str]]:
+    """(names of the Nodes of these EC2 instances, ids of instances that have no Node)."""
+    from clusterous_cli.readiness import members_of
+
+    names, missing = [], []
+    for member in members_of(instances):
+        node = match_node(member, nodes)
+        if node is None:
+            missing.append(member.instance_id)
+        else:
+            names.append(node["metadata"]["name"])
+    return names, missing
+
+
+def _pods_on(core, node: str) -> list[dict]:
+    return _json(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node}").get("items") or []
+
+
+def _evict(core, pod: dict) -> str:
+    """'evicted', 'deleted' (no Eviction API), 'gone', or 'blocked' (a disruption budget says not now)."""
+    from kubernetes.client import ApiException
+
+    meta = pod["metadata"]
+    name, namespace = meta["name"], meta.get("namespace") or "default"
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+    try:
+        core.create_namespaced_pod_eviction(name, namespace, body, **RAW)
+        return "evicted"
+    except ApiException as exc:
+        if exc.status == 429:
+            return "blocked"
+        if exc.status == 404 and f'"{name}"' in (exc.body or ""):
+            return "gone"  # the pod itself is gone (NotFound naming it), not the eviction endpoint
+        if exc.status not in (404, 405):
+            raise
+    try:
+        core.delete_namespaced_pod(name, namespace, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return "gone"
+    return "deleted"
+
+
+def drain_node(api, node: str, timeout: float, report: Report, sleep=time.sleep) -> dict:
+    """Cordon, evict (retrying while a budget blocks), wait for the pods to go, delete the Node."""
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    core = client.CoreV1Api(api)
+    try:
+        core.patch_node(node, {"spec": {"unschedulable": True}}, **RAW)
+    except ApiException as exc:
+        if exc.status == 404:
+            return {"node": node, "evicted": [], "deleted": [], "skipped": [], "gone": True}
+        raise
+    report(f"drain {node}: cordoned")
+    deadline = time.monotonic() + timeout
+    done: dict[str, list[str]] = {"evicted": [], "deleted": []}
+    skipped: list[str] = []
+    while True:
+        pending, skipped = pods_to_evict(_pods_on(core, node))
+        blocked = []
+        for pod in pending:
+            key = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
+            if pod["metadata"].get("deletionTimestamp"):
+                blocked.append(f"{key} (terminating)")
+                continue
+            result = _evict(core, pod)
+            if result in done and key not in done[result]:
+                done[result].append(key)
+                report(f"drain {node}: {result} {key}")
+            elif result == "blocked":
+                blocked.append(f"{key} (a PodDisruptionBudget allows no eviction now)")
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise Failure(
+                f"drain {node}: pods still on the node after {timeout:.0f} s: {', '.join(blocked) or 'see kubectl'}",
+                FORCE_HINT,
+            )
+        sleep(min(2.0, max(0.1, timeout / 100)))
+    try:
+        core.delete_node(node, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    report(f"drain {node}: Node deleted")
+    return {"node": node, **done, "skipped": skipped}
+
+
+def drain_instances(api, instances: list[dict], timeout: float, report: Report) -> list[dict]:
+    """Drain the Nodes of these instances, one after the other; instances without a Node are fine."""
+    from kubernetes import client
+
+    nodes = _json(client.CoreV1Api(api).list_node).get("items") or []
+    names, missing = nodes_of(instances, nodes)
+    for instance_id in missing:
+        report(f"drain: instance {instance_id} has no Kubernetes node (nothing to drain)")
+    return [drain_node(api, name, timeout, report) for name in names]

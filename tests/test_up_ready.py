@@ -1,0 +1,580 @@
+"""`up` waits for the cluster inside its instances; `rm-nodes` drains nodes before terminating them.
+
+What stands in for what (docs/provisioning.md, "Readiness"):
+- AWS is the moto server. moto's GetConsoleOutput holds no SSH host keys, so the console text is
+  the one AWS response the tests supply themselves (tests/console_output_plugin.py): the harness
+  sshd's cloud-init output, keys and fingerprints of its real host key.
+- The controller is the harness sshd. `up` records the controller from what EC2 says (public
+  address, login user of the OS); $CLUSTEROUS_CONTROLLER_OVERRIDES replaces those with
+  127.0.0.1:<sshd port> and the current user, the API port with the emulator's, and k3s.yaml
+  and cloud-init's files with stand-ins below the sshd's folder.
+- k3s is the Kubernetes API emulator behind the SSH tunnel. What k3s, the kubelets and the
+  controllers would do, `FakeK3s` does from a background thread: it applies the add-on
+  manifests found in the controller's real user-data (as k3s's auto-deploy does), registers a
+  Node for every running instance (address, group label), and marks Deployments available and
+  DaemonSets ready. Tests tell it what to leave broken.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import re
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from clusterous_cli import config, hostkeys, tunnels
+from clusterous_cli.endpoint import ClusterRef
+from tests import console_output_plugin
+from tests.harness import faults
+from tests.harness.k8s import find_resource
+
+CLUSTER = "ready"
+SSH_CIDR = "198.51.100.7/32"
+UP = ["up", "--name", CLUSTER, "--os", "al2023", "--ssh-cidr", SSH_CIDR, "--yes"]
+ADDONS_FILE = "/var/lib/rancher/k3s/server/manifests/clusterous-addons.yaml"
+HELMCHART_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "helmcharts.helm.cattle.io"},
+    "spec": {
+        "group": "helm.cattle.io",
+        "scope": "Namespaced",
+        "names": {"plural": "helmcharts", "singular": "helmchart", "kind": "HelmChart"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+def _tags(instance: dict) -> dict:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def node_name(instance: dict) -> str:
+    return "ip-" + instance["PrivateIpAddress"].replace(".", "-")
+
+
+class FakeK3s:
+    """k3s's auto-deploy, the kubelets and the workload controllers, for one cluster."""
+
+    def __init__(self, aws, k8s_api, cluster: str = CLUSTER):
+        self.aws, self.api, self.cluster = aws, k8s_api, cluster
+        self.not_ready_groups: set[str] = set()  # their kubelets report NotReady
+        self.held: set[str] = set()  # workloads that never become ready
+        self.on_addons = None  # called once after the add-ons are applied
+        self.applied = False
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FakeK3s:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import boto3
+        from botocore import plugin
+
+        plugin.set_plugin_context(plugin.PluginContext(plugins="DISABLED"))  # keep aws.calls() ours
+        ec2 = boto3.client("ec2", region_name=self.aws.region, endpoint_url=self.aws.url)
+        while not self._stop.is_set():
+            try:
+                self.step(ec2)
+            except Exception as exc:  # noqa: BLE001 - reported by the fixture
+                self.errors.append(exc)
+            self._stop.wait(0.1)
+
+    def instances(self, ec2) -> list[dict]:
+        flt = [
+            {"Name": "tag:clusterous:cluster", "Values": [self.cluster]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+        return [i for r in ec2.describe_instances(Filters=flt)["Reservations"] for i in r["Instances"]]
+
+    def step(self, ec2) -> None:
+        instances = self.instances(ec2)
+        controller = next((i for i in instances if _tags(i).get("clusterous:role") == "controller"), None)
+        if controller is None:
+            return
+        if not self.applied:
+            self.apply_addons(ec2, controller["InstanceId"])
+            self.applied = True
+            if self.on_addons:
+                self.on_addons(self.api)
+        names = {n["metadata"]["name"] for n in self.api.list("v1/nodes")}
+        for instance in instances:
+            if node_name(instance) not in names:
+                self.register(instance)
+        self.reconcile_workloads()
+
+    def apply_addons(self, ec2, controller_id: str) -> None:
+        """What k3s's auto-deploy does with the add-ons file the controller's user-data writes."""
+        raw = ec2.describe_instance_attribute(InstanceId=controller_id, Attribute="userData")["UserData"][
+            "Value"
+        ]
+        user_data = base64.b64decode(raw).decode() if not raw.startswith("#cloud-config") else raw
+        files = yaml.safe_load(user_data)["write_files"]
+        entry = next(f for f in files if f["path"] == ADDONS_FILE)
+        text = gzip.decompress(base64.b64decode(entry["content"])).decode()
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                self.create(doc)
+
+    def create(self, doc: dict) -> None:
+        group, _, version = doc["apiVersion"].rpartition("/")
+        kind = doc["kind"]
+
+        def lookup(emulator):
+            for resource in emulator.resources:
+                info = emulator.resources[resource]
+                if (resource.group, resource.version, info.kind) == (group, version, kind) and "/" not in (
+                    resource.plural or "/"
+                ):
+                    return resource.plural
+            raise KeyError(doc["apiVersion"], kind)
+
+        plural = self.api.call(lookup)
+        spec = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+        self.api.create(spec, doc, doc["metadata"].get("namespace"))
+
+    def register(self, instance: dict) -> None:
+        """What a kubelet does when k3s starts on the instance."""
+        tags = _tags(instance)
+        group = tags.get("clusterous:group")
+        if group is None:
+            labels, taints = {"node-role.kubernetes.io/control-plane": "true"}, None
+            taints = [{"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}]
+        else:
+            labels, taints = {"clusterous.io/group": group}, None
+        name = node_name(instance)
+        status = self.api.add_node(
+            name, labels=labels, taints=taints, ready=group not in self.not_ready_groups
+        )
+        status = status["status"]
+        if group in self.not_ready_groups:
+            status["conditions"] = [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "KubeletNotReady",
+                    "message": "container runtime network not ready: cni plugin not initialized",
+                }
+            ]
+        status["addresses"] = [
+            {"type": "InternalIP", "address": instance["PrivateIpAddress"]},
+            {"type": "Hostname", "address": name},
+        ]
+        self.api.write_status("v1/nodes", name, status)
+
+    def reconcile_workloads(self) -> None:
+        nodes = len(self.api.list("v1/nodes"))
+        for dep in self.api.list("apps/v1/deployments"):
+            meta = dep["metadata"]
+            if (
+                meta["name"] in self.held
+                or (dep.get("status") or {}).get("observedGeneration") == meta["generation"]
+            ):
+                continue
+            want = dep["spec"].get("replicas", 1)
+            status = {
+                "observedGeneration": meta["generation"],
+                "replicas": want,
+                "readyReplicas": want,
+                "availableReplicas": want,
+                "updatedReplicas": want,
+                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
+            }
+            self.api.write_status("apps/v1/deployments", meta["name"], status, meta["namespace"])
+        for ds in self.api.list("apps/v1/daemonsets"):
+            meta = ds["metadata"]
+            if meta["name"] in self.held or (ds.get("status") or {}).get("desiredNumberScheduled") == nodes:
+                continue
+            status = {
+                "observedGeneration": meta["generation"],
+                "desiredNumberScheduled": nodes,
+                "currentNumberScheduled": nodes,
+                "numberReady": nodes,
+                "numberAvailable": nodes,
+                "updatedNumberScheduled": nodes,
+            }
+            self.api.write_status("apps/v1/daemonsets", meta["name"], status, meta["namespace"])
+
+
+@pytest.fixture
+def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
+    """Profile with the sshd's key pair, the overrides, the stand-in files, the console text, k3s."""
+    ec2 = aws.client("ec2")
+    ec2.import_key_pair(KeyName="lab", PublicKeyMaterial=Path(f"{sshd.client_key_path}.pub").read_bytes())
+    config.save_profile(
+        "default",
+        config.Profile(
+            region=aws.region,
+            bucket="clusterous-ready-test",
+            key_name="lab",
+            key_file=str(sshd.client_key_path),
+        ),
+    )
+    root = sshd.workdir / "root"
+    for path, text in (
+        ("var/lib/cloud/instance/boot-finished", "12.5 - Wed, 01 Jan 2025 00:00:12 +0000 - v. 24.4\n"),
+        ("var/lib/cloud/data/result.json", json.dumps({"v1": {"datasource": "DataSourceEc2", "errors": []}})),
+        ("var/log/cloud-init-output.log", "Cloud-init v. 24.4 running 'modules:final'\ncontroller ready\n"),
+    ):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    k3s_yaml = sshd.workdir / "k3s.yaml"
+    k3s_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                # k3s's says https; the emulator behind the tunnel speaks plain HTTP.
+                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
+                "users": [{"name": "default", "user": {"token": "k3s-admin-token"}}],
+                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
+                "current-context": "default",
+            }
+        )
+    )
+    k3s_yaml.chmod(0o600)
+    overrides = tmp_path / "controller-overrides.yml"
+    overrides.write_text(
+        yaml.safe_dump(
+            {
+                "host": sshd.host,
+                "port": sshd.port,
+                "user": sshd.user,
+                "api_port": urlsplit(k8s_api.url).port,
+                "k3s_kubeconfig": str(k3s_yaml),
+                "cloud_init_root": str(root),
+            }
+        )
+    )
+    monkeypatch.setenv("CLUSTEROUS_CONTROLLER_OVERRIDES", str(overrides))
+    console = tmp_path / "console-output.txt"
+    console.write_text(sshd.console_output())
+    monkeypatch.setenv(console_output_plugin.ENV_FILE, str(console))
+    monkeypatch.setenv(
+        "BOTOCORE_EXPERIMENTAL__PLUGINS", f"{faults.PLUGIN_SPEC},{console_output_plugin.PLUGIN_SPEC}"
+    )
+    k8s_api.call(lambda emulator: emulator["get /readyz"] << b"ok")
+    k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", HELMCHART_CRD)
+    ref = ClusterRef("default", CLUSTER, config.cluster_dir("default", CLUSTER))
+    with FakeK3s(aws, k8s_api) as k3s:
+        try:
+            yield k3s
+        finally:
+            tunnels.stop_supervisor(ref)
+    assert not k3s.errors, k3s.errors
+
+
+def cluster_ref() -> ClusterRef:
+    return ClusterRef("default", CLUSTER, config.cluster_dir("default", CLUSTER))
+
+
+def test_up_waits_for_every_stage_and_records_the_controller(cluster_side, aws, sshd, k8s_api, cli) -> None:
+    result = cli([*UP, "--workers", "2", "--timeout", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["in_cluster_ready"] is True
+    for stage in (
+        "host key",
+        "SSH to the controller",
+        "cloud-init",
+        "/readyz ok",
+        "operator code",
+        "4/4 nodes Ready",
+    ):
+        assert stage in result.stderr, stage
+    assert "not implemented" not in result.output
+    assert aws.calls("GetConsoleOutput")
+
+    ref = cluster_ref()
+    pinned = hostkeys.read_pinned(ref.directory / "known_hosts", f"[{sshd.host}]:{sshd.port}")
+    assert [k.fingerprint for k in pinned] == [sshd.host_key_fingerprint]
+    record = yaml.safe_load(ref.controller_file.read_text())
+    controller = next(
+        i
+        for r in aws.client("ec2").describe_instances(InstanceIds=[data["controller"]["instance_id"]])[
+            "Reservations"
+        ]
+        for i in r["Instances"]
+    )
+    assert record["instance_id"] == controller["InstanceId"] and record["region"] == aws.region
+    assert record["key_file"] == str(sshd.client_key_path)
+    assert ref.controller_file.stat().st_mode & 0o777 == 0o600
+    code = k8s_api.get("v1/configmaps", "clusterous-operator-code", "clusterous-system")
+    assert code and code["binaryData"]["clusterous_operator.zip"]
+    assert data["readiness"]["operator_code"] == "created" and data["readiness"]["logging_level"] == 0
+    assert k8s_api.get("helm.cattle.io/v1/helmcharts", "clusterous-logging", "kube-system") is None
+
+    again = cli([*UP, "--workers", "2", "--timeout", "30"])  # converged: nothing new, the same pin
+    assert again.exit_code == 0, again.output
+    assert "pinned earlier" in again.stderr and "operator code unchanged" in again.stderr
+    assert f"cluster {CLUSTER} is ready" in again.stdout
+
+
+def test_a_node_that_never_gets_ready_is_named_and_exit_is_1(cluster_side, cli) -> None:
+    cluster_side.not_ready_groups.add("worker")
+    result = cli([*UP, "--workers", "1", "--timeout", "3"])
+    assert result.exit_code == 1, result.output
+    assert "timed out after 3 s waiting for every node Ready with its group label" in result.stderr
+    assert re.search(
+        r"node ip-10-20-16-\d+ \(group worker, i-[0-9a-f]+\): not Ready \(KubeletNotReady: container runtime",
+        result.stderr,
+    )
+    assert "re-run `clusterous-k8s up`" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_pending_pod_is_named_with_its_events(cluster_side, cli) -> None:
+    cluster_side.held.add("registry")
+
+    def pending_registry_pod(api) -> None:
+        api.create(
+            "v1/pods",
+            {
+                "metadata": {
+                    "name": "registry-5d8f7-x2x9q",
+                    "labels": {"app.kubernetes.io/name": "registry"},
+                },
+                "spec": {"containers": [{"name": "registry", "image": "registry:2.8.3"}]},
+            },
+            "clusterous-system",
+        )
+        api.write_status(
+            "v1/pods",
+            "registry-5d8f7-x2x9q",
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/2 nodes are available",
+                    }
+                ],
+            },
+            "clusterous-system",
+        )
+        api.create(
+            "v1/events",
+            {
+                "metadata": {"name": "registry-5d8f7-x2x9q.1"},
+                "involvedObject": {
+                    "kind": "Pod",
+                    "name": "registry-5d8f7-x2x9q",
+                    "namespace": "clusterous-system",
+                },
+                "type": "Warning",
+                "reason": "FailedScheduling",
+                "message": "0/2 nodes are available: 1 node(s) had untolerated taint",
+                "lastTimestamp": "2025-01-01T00:00:00Z",
+            },
+            "clusterous-system",
+        )
+
+    cluster_side.on_addons = pending_registry_pod
+    result = cli([*UP, "--workers", "0", "--timeout", "3"])
+    assert result.exit_code == 1, result.output
+    assert "Deployment clusterous-system/registry: 0/1 replicas available" in result.stderr
+    assert (
+        "pod registry-5d8f7-x2x9q: Pending; PodScheduled: Unschedulable: 0/2 nodes are available"
+        in result.stderr
+    )
+    assert (
+        "Warning FailedScheduling: 0/2 nodes are available: 1 node(s) had untolerated taint" in result.stderr
+    )
+
+
+def test_selector_of_the_registry_matches_the_pending_pod_labels() -> None:
+    """The pod above stands for the registry's: its labels are the Deployment's selector."""
+    text = (Path(__file__).resolve().parents[1] / "manifests" / "registry.yaml").read_text()
+    deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "registry"}
+
+
+def test_a_changed_host_key_is_refused(cluster_side, sshd, cli) -> None:
+    assert cli([*UP, "--workers", "0", "--timeout", "30"]).exit_code == 0
+    ref = cluster_ref()
+    before = (ref.directory / "known_hosts").read_text()
+    tunnels.stop_supervisor(ref)
+    sshd.rotate_host_key()
+    result = cli([*UP, "--workers", "0", "--timeout", "30"])
+    assert result.exit_code == 1, result.output
+    assert "has CHANGED" in result.stderr and "host-key --relearn" in result.stderr
+    assert (ref.directory / "known_hosts").read_text() == before
+
+
+def test_console_output_without_host_keys_times_out_naming_the_controller(
+    cluster_side, cli, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setenv(console_output_plugin.ENV_FILE, str(tmp_path / "not-posted-yet"))
+    result = cli([*UP, "--workers", "0", "--timeout", "2"])
+    assert result.exit_code == 1
+    assert "waiting for the controller's SSH host key" in result.stderr
+    assert re.search(r"controller i-[0-9a-f]+: no console output yet", result.stderr)
+    assert not (cluster_ref().directory / "known_hosts").exists()
+
+
+def test_a_failed_cloud_init_shows_the_end_of_its_log(cluster_side, sshd, cli) -> None:
+    root = sshd.workdir / "root"
+    (root / "var/lib/cloud/data/result.json").write_text(
+        json.dumps(
+            {"v1": {"errors": ["('scripts_user', RuntimeError('Runparts: 1 failures (controller.sh)'))"]}}
+        )
+    )
+    (root / "var/log/cloud-init-output.log").write_text(
+        "installing k3s\ncurl: (6) Could not resolve host: get.k3s.io\n"
+    )
+    result = cli([*UP, "--workers", "0", "--timeout", "5"])
+    assert result.exit_code == 1
+    assert "cloud-init failed on the controller" in result.stderr and "controller.sh" in result.stderr
+    assert "Could not resolve host: get.k3s.io" in result.stderr
+
+
+def test_logging_level_is_applied_kept_and_removed_by_rerunning_up(cluster_side, k8s_api, cli) -> None:
+    def helmchart():
+        return k8s_api.get("helm.cattle.io/v1/helmcharts", "clusterous-logging", "kube-system")
+
+    def recorded():
+        return k8s_api.get("v1/configmaps", "cluster-info", "clusterous-system")["data"]["loggingLevel"]
+
+    assert cli([*UP, "--workers", "0", "--timeout", "30", "--logging-level", "1"]).exit_code == 0
+    assert helmchart()["metadata"]["annotations"]["clusterous.io/logging-level"] == "1" and recorded() == "1"
+
+    kept = cli([*UP, "--workers", "0", "--timeout", "30"])  # no level asked: the cluster keeps its own
+    assert kept.exit_code == 0, kept.output
+    assert "logging level 1 (unchanged)" in kept.stderr and recorded() == "1"
+
+    raised = cli([*UP, "--workers", "0", "--timeout", "30", "--logging-level", "2"])
+    assert raised.exit_code == 0 and "logging level 2 (updated)" in raised.stderr
+    assert helmchart()["metadata"]["annotations"]["clusterous.io/logging-level"] == "2" and recorded() == "2"
+
+    off = cli([*UP, "--workers", "0", "--timeout", "30", "--logging-level", "0"])
+    assert off.exit_code == 0, off.output
+    assert helmchart() is None and recorded() == "0" and "logging level 0 (removed)" in off.stderr
+
+
+# --- drain on shrink ---------------------------------------------------------------------------
+
+
+def _running_workers(aws) -> dict[str, dict]:
+    flt = [
+        {"Name": "tag:clusterous:cluster", "Values": [CLUSTER]},
+        {"Name": "tag:clusterous:group", "Values": ["worker"]},
+        {"Name": "instance-state-name", "Values": ["running", "pending"]},
+    ]
+    reply = aws.client("ec2").describe_instances(Filters=flt)
+    return {i["InstanceId"]: i for r in reply["Reservations"] for i in r["Instances"]}
+
+
+def _pods_on_every_worker(k8s_api, workers: dict[str, dict]) -> None:
+    for instance in workers.values():
+        node = node_name(instance)
+        for name, owner in ((f"app-{node}", "ReplicaSet"), (f"nfs-{node}", "DaemonSet")):
+            k8s_api.create(
+                "v1/pods",
+                {
+                    "metadata": {
+                        "name": name,
+                        "ownerReferences": [
+                            {"apiVersion": "apps/v1", "kind": owner, "name": "x", "uid": "u"}
+                        ],
+                    },
+                    "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox:1.37"}]},
+                },
+                "default",
+            )
+
+
+def test_rm_nodes_drains_then_terminates(cluster_side, aws, k8s_api, cli) -> None:
+    assert cli([*UP, "--workers", "3", "--timeout", "30"]).exit_code == 0
+    workers = _running_workers(aws)
+    _pods_on_every_worker(k8s_api, workers)
+    terminations_at_node_delete: list[int] = []
+    evicted: list[str] = []
+
+    def record_node_delete(request):
+        terminations_at_node_delete.append(len(aws.calls("TerminateInstances")))
+        raise NotImplementedError  # fall through to the emulator, which deletes the Node
+
+    k8s_api.call(lambda emulator: emulator["delete", re.compile(r".*/api/v1/nodes/[^/]+$")] << record_node_delete)
+
+    # 1. The emulator serves no Eviction API: pods are deleted instead.
+    aws.reset_calls()
+    first = cli(["rm-nodes", "1", "--yes", "--json"])
+    assert first.exit_code == 0, first.output
+    (gone,) = json.loads(first.stdout)["removed"]
+    node = node_name(workers[gone])
+    history = k8s_api.history("v1/nodes", node)
+    assert history[-1] is None  # deleted
+    assert [v["spec"].get("unschedulable") for v in history if v][-1] is True  # cordoned before
+    assert k8s_api.get("v1/pods", f"app-{node}", "default") is None
+    assert k8s_api.get("v1/pods", f"nfs-{node}", "default") is not None  # DaemonSet pods stay
+    assert f"deleted default/app-{node}" in first.stderr
+    assert terminations_at_node_delete == [0] and len(aws.calls("TerminateInstances")) == 1
+    for other in set(workers) - {gone}:
+        assert not (k8s_api.get("v1/nodes", node_name(workers[other]))["spec"].get("unschedulable"))
+        assert k8s_api.get("v1/pods", f"app-{node_name(workers[other])}", "default") is not None
+
+    # 2. With the Eviction API served, pods are evicted through it.
+    async def serve_eviction(request):
+        emulator = k8s_api.emulator
+        evicted.append(request.name)
+        await emulator.delete(find_resource(emulator, "v1/pods"), request.namespace, request.name)
+        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
+
+    k8s_api.call(lambda emulator: emulator["post", re.compile(r".*/pods/[^/]+/eviction$")] << serve_eviction)
+    aws.reset_calls()
+    second = cli(["rm-nodes", "1", "--yes", "--json"])
+    assert second.exit_code == 0, second.output
+    (gone2,) = json.loads(second.stdout)["removed"]
+    node2 = node_name(workers[gone2])
+    assert evicted == [f"app-{node2}"] and f"evicted default/app-{node2}" in second.stderr
+    assert k8s_api.get("v1/nodes", node2) is None
+    assert terminations_at_node_delete == [0, 0] and len(aws.calls("TerminateInstances")) == 1
+
+    # 3. --force terminates without touching Kubernetes.
+    (last,) = set(workers) - {gone, gone2}
+    forced = cli(["rm-nodes", "1", "--yes", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert last not in _running_workers(aws)
+    survivor = k8s_api.get("v1/nodes", node_name(workers[last]))
+    assert survivor is not None and not survivor["spec"].get("unschedulable")
+
+
+def test_rm_nodes_on_an_unreachable_cluster_needs_force(aws, cli) -> None:
+    result = cli(["setup", "--region", aws.region, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert cli([*UP, "--workers", "1", "--no-wait"]).exit_code == 0  # no host key learned yet
+    before = set(_running_workers(aws))
+    refused = cli(["rm-nodes", "1", "--yes"])
+    assert refused.exit_code == 1
+    assert "cannot be reached" in refused.stderr and "--force" in refused.stderr
+    assert set(_running_workers(aws)) == before and not aws.calls("TerminateInstances")
+    with contextlib.suppress(Exception):
+        tunnels.stop_supervisor(cluster_ref())
+    forced = cli(["rm-nodes", "1", "--yes", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert _running_workers(aws) == {}
