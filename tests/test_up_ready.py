@@ -519,7 +519,9 @@ def test_rm_nodes_drains_then_terminates(cluster_side, aws, k8s_api, cli) -> Non
         terminations_at_node_delete.append(len(aws.calls("TerminateInstances")))
         raise NotImplementedError  # fall through to the emulator, which deletes the Node
 
-    k8s_api.call(lambda emulator: emulator["delete", re.compile(r".*/api/v1/nodes/[^/]+$")] << record_node_delete)
+    k8s_api.call(
+        lambda emulator: emulator["delete", re.compile(r".*/api/v1/nodes/[^/]+$")] << record_node_delete
+    )
 
     # 1. The emulator serves no Eviction API: pods are deleted instead.
     aws.reset_calls()
