@@ -15,8 +15,8 @@ conditions, the pod, its containers and its last events — and says to re-run `
 creates nothing that exists and picks the wait up again.
 
 The checks are pure functions of Kubernetes objects as the API returns them (JSON dicts) and
-are tested alone; the I/O (EC2, SSH, the API through the tunnel) stays in the `*_poll`
-functions and `wait_until_ready` at the bottom.
+are tested alone; the I/O (EC2, SSH, the API through the tunnel) stays in `Waiter`'s methods,
+one per stage, and in the functions `up` calls at the bottom.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ UP_HELP = """Create a cluster, or finish one a previous run left incomplete.
 
 Reads an optional Clusterous cluster file; flags override it. Shows the plan with its cost per
 hour, asks for confirmation (unless --yes), creates only what is missing, and can be re-run after
-any failure. --dry-run prints the plan only and needs no AWS credentials.
+any failure. --dry-run prints the plan only and needs no AWS credentials. Then waits, stage by
+stage, for the cluster inside the instances: the controller's SSH host key (from its console
+output), SSH, cloud-init, the Kubernetes API, every node Ready, the add-ons; --no-wait skips it.
 
 Example: clusterous-k8s up examples/mycluster.yml --workers 4 --yes
 """
