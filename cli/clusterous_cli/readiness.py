@@ -695,7 +695,6 @@ class Waiter:
 
     def setup(self) -> Check:
         from kubernetes import client
-        from kubernetes.client import ApiException
 
         from clusterous_provisioner import operator_bundle
 
@@ -723,7 +722,7 @@ class Waiter:
                     {"data": {"loggingLevel": str(level)}},
                     _request_timeout=REQUEST_TIMEOUT,
                 )
-        except ApiException as exc:
+        except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel: tried again
             return Check(False, _failure_text(exc))
         self.outcome["operator_code"] = code
         self.outcome["logging_level"] = level
