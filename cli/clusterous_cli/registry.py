@@ -23,6 +23,12 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
+# A HEAD answer has no body, so the reason for an error status is only in the registry's log;
+# a 500 usually means the registry cannot reach its S3 bucket.
+REGISTRY_LOG_HINT = (
+    "see the registry's log: `kubectl -n clusterous-system logs deploy/registry` "
+    "(a 5xx usually means it cannot reach its S3 bucket)"
+)
 INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -96,7 +102,7 @@ class Registry:
         if status == 404:
             return {}, response_headers
         if status != 200:
-            raise Failure(f"the cluster registry answered {status} to GET {path}")
+            raise Failure(f"the cluster registry answered {status} to GET {path}", REGISTRY_LOG_HINT)
         try:
             return json.loads(body or b"{}"), response_headers
         except ValueError:
@@ -107,15 +113,34 @@ class Registry:
         status, _, _ = self.request("HEAD", f"/v2/{name}/manifests/{tag}", {"Accept": MANIFEST_TYPES})
         if status in (200, 404):
             return status == 200
-        raise Failure(f"the cluster registry answered {status} to HEAD /v2/{name}/manifests/{tag}")
+        raise Failure(
+            f"the cluster registry answered {status} to HEAD /v2/{name}/manifests/{tag}", REGISTRY_LOG_HINT
+        )
+
+    def _pages(self, path: str, key: str) -> list[str]:
+        """Every entry of a paginated list, following `Link: <next>; rel="next"` headers.
+
+        distribution serves `_catalog` in pages of at most `catalog.maxentries` (1000 unless
+        configured) and answers 400 to a larger `n`, so no `n` is sent: the server's page size
+        is used and its links are followed. Tag lists get the same treatment for registries that
+        paginate them; 2.8 ignores `n` there and sends every tag (no Link header).
+        """
+        items: list[str] = []
+        seen = {path}
+        while path:
+            data, headers = self._json(path)
+            items += data.get(key) or []
+            path = _next_page(headers.get("link"))
+            if path in seen:  # a registry that links to a page already read: stop, not loop
+                break
+            seen.add(path)
+        return items
 
     def repositories(self) -> list[str]:
-        data, _ = self._json("/v2/_catalog?n=10000")
-        return sorted(data.get("repositories") or [])
+        return sorted(self._pages("/v2/_catalog", "repositories"))
 
     def tags(self, name: str) -> list[str]:
-        data, _ = self._json(f"/v2/{name}/tags/list")
-        return sorted(data.get("tags") or [])
+        return sorted(self._pages(f"/v2/{name}/tags/list", "tags"))
 
     def image(self, name: str, tag: str) -> ImageInfo:
         """Size and date of one tag; a multi-platform index is described by its first image."""
@@ -135,3 +160,16 @@ class Registry:
             blob, _ = self._json(f"/v2/{name}/blobs/{config['digest']}")
             created = blob.get("created")
         return ImageInfo(name, tag, size, created, digest)
+
+
+def _next_page(link: str | None) -> str | None:
+    """The path and query of the `rel="next"` target of a Link header (RFC 8288), if any."""
+    from urllib.parse import urlsplit
+
+    for part in (link or "").split(","):
+        target, _, params = part.partition(";")
+        target = target.strip()
+        if target.startswith("<") and target.endswith(">") and 'rel="next"' in params.replace(" ", ""):
+            url = urlsplit(target[1:-1])
+            return url.path + (f"?{url.query}" if url.query else "")
+    return None

@@ -1,0 +1,396 @@
+"""A real image registry for the tests: Debian's `docker-registry` (CNCF distribution 2.8) on
+127.0.0.1, configured exactly as the cluster's registry add-on, storing into the moto server's S3.
+
+    registry                 fixture (import `registry_fixture`): a RegistryServer, started per test (the `aws` fixture resets moto)
+    push_image(url, ...)     a tiny but valid image (config blob, one gzip'd tar layer, a schema2 or
+                             OCI manifest) pushed through the registry's v2 API, as any client pushes
+    push_index(url, ...)     a multi-platform index over images already pushed
+
+How the configuration is made (docs/testing.md, "Registry"):
+- the base file is the `registry:2` image's own /etc/docker/registry/config.yml (BASE_CONFIG);
+- every `REGISTRY_*` variable of the registry container in `manifests/registry.yaml`, rendered by
+  `bootstrap.render_manifests` with this test's cluster values, is passed unchanged (s3 driver,
+  region, bucket, root directory, encryption, redirect off, delete on) — except
+  `REGISTRY_HTTP_ADDR`, which names the controller's port 5000: here a free port on 127.0.0.1;
+- what the cluster gets from its surroundings is supplied here: the S3 endpoint is moto
+  (`REGISTRY_STORAGE_S3_REGIONENDPOINT`, plain HTTP so `..._SECURE=false`; distribution 2.8 then
+  uses path-style requests by itself), and the credentials come from the AWS SDK's default chain
+  (environment variables here, the instance profile on the controller). Nothing else of the
+  test process's AWS_* environment reaches the registry (AWS_CA_BUNDLE makes aws-sdk-go panic).
+
+A missing binary skips the tests on a developer's machine and fails them in CI (.ci/run
+installs the `docker-registry` package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterous_provisioner.bootstrap import BootstrapInputs, render_manifests
+from tests.harness.tools import missing
+
+BINARY = "docker-registry"
+# The registry:2 image's /etc/docker/registry/config.yml (distribution 2.8.3), which the pod
+# runs with; the manifest's REGISTRY_* variables override it (REGISTRY_STORAGE=s3 replaces the
+# whole storage section, filesystem and cache included).
+BASE_CONFIG = """\
+version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"""
+START_TIMEOUT = 15.0
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def cluster_inputs(region: str, controller_ip: str = "127.0.0.1") -> BootstrapInputs:
+    """A cluster's values for rendering the add-ons; the controller is this machine."""
+    return BootstrapInputs(
+        cluster_name="lab",
+        region=region,
+        k3s_version="v1.33.5+k3s1",
+        token="t" * 48,
+        controller_ip=controller_ip,
+        vpc_cidr="10.42.0.0/16",
+        shared_volume_id=None,
+        bucket=f"clusterous-123456789012-{region}",
+        node_groups=["master", "worker"],
+    )
+
+
+def rendered_addon(inputs: BootstrapInputs, file: str, kind: str, name: str) -> dict:
+    """One object of a rendered add-on manifest."""
+    docs = [d for d in yaml.safe_load_all(render_manifests(inputs)[file]) if d]
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def registry_env(inputs: BootstrapInputs) -> dict[str, str]:
+    """The REGISTRY_* variables of the rendered registry Deployment's container."""
+    deployment = rendered_addon(inputs, "registry.yaml", "Deployment", "registry")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("REGISTRY_")}
+
+
+@dataclass
+class RegistryServer:
+    host: str
+    port: int
+    region: str
+    bucket: str
+    root_directory: str  # REGISTRY_STORAGE_S3_ROOTDIRECTORY as rendered, e.g. /clusterous/registry
+    rendered_env: dict[str, str]  # what the manifest sets
+    env: dict[str, str]  # what the process got (rendered + endpoint + credentials)
+    cluster_info: dict  # the rendered cluster-info ConfigMap, registryEndpoint pointing here
+    s3: object  # a boto3 S3 client on moto
+    workdir: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "registry.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stored_keys(self) -> list[str]:
+        """Every object key in the bucket (paginated)."""
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return keys
+
+    def start(self) -> None:
+        config = self.workdir / "config.yml"
+        config.write_text(BASE_CONFIG)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [shutil.which(BINARY) or BINARY, "serve", str(config)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"docker-registry exited with {self.process.returncode}:\n{self.log_text()[-4000:]}"
+                )
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(
+            f"docker-registry did not answer GET /v2/ within {START_TIMEOUT} s:\n{self.log_text()[-4000:]}"
+        )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_registry(
+    aws, workdir: Path, region: str = "eu-west-1", create_bucket: bool = True, **extra_env: str
+) -> RegistryServer:
+    """A registry configured from the rendered add-on, its bucket created in moto (not started)."""
+    if not shutil.which(BINARY):
+        missing(f"{BINARY} (apt-get install docker-registry)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs = cluster_inputs(region)
+    rendered = registry_env(inputs)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
+    env |= rendered
+    env |= {
+        "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",  # rendered: <controller_ip>:5000
+        "REGISTRY_STORAGE_S3_REGIONENDPOINT": aws.url,
+        "REGISTRY_STORAGE_S3_SECURE": "false",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **CREDENTIALS,
+        **extra_env,
+    }
+    info = rendered_addon(inputs, "cluster-info.yaml", "ConfigMap", "cluster-info")
+    info["data"]["registryEndpoint"] = f"127.0.0.1:{port}"  # rendered: <controller_ip>:5000
+    s3 = aws.client("s3", region)
+    bucket = rendered["REGISTRY_STORAGE_S3_BUCKET"]
+    if create_bucket:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    return RegistryServer(
+        host="127.0.0.1",
+        port=port,
+        region=region,
+        bucket=bucket,
+        root_directory=rendered["REGISTRY_STORAGE_S3_ROOTDIRECTORY"],
+        rendered_env=rendered,
+        env=env,
+        cluster_info=info,
+        s3=s3,
+        workdir=workdir,
+    )
+
+
+@contextlib.contextmanager
+def running_registry(
+    aws, workdir: Path, create_bucket: bool = True, **extra_env: str
+) -> Iterator[RegistryServer]:
+    server = make_registry(aws, workdir, create_bucket=create_bucket, **extra_env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="registry")
+def registry_fixture(aws, tmp_path) -> Iterator[RegistryServer]:
+    """The cluster's registry configuration, running on 127.0.0.1 and storing into moto's S3."""
+    with running_registry(aws, tmp_path / "registry") as server:
+        yield server
+
+
+# -- pushing test images through the v2 API -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    name: str
+    tag: str
+    digest: str  # the manifest's digest (Docker-Content-Digest)
+    media_type: str
+    config_digest: str
+    layer_digest: str
+    size: int  # config + layer, compressed: what a node pulls
+    created: str
+    config: bytes
+    layer: bytes
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _request(method: str, url: str, data: bytes | None = None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{method} {url}: {exc.code} {exc.read()[:500]!r}") from None
+
+
+def push_blob(url: str, name: str, data: bytes) -> str:
+    """Monolithic upload: POST /v2/<name>/blobs/uploads/, then PUT <Location>?digest=..."""
+    digest = _digest(data)
+    status, headers, _ = _request("POST", f"{url}/v2/{name}/blobs/uploads/", b"")
+    assert status == 202, status
+    location = headers["Location"]
+    if location.startswith("/"):
+        location = url + location
+    separator = "&" if "?" in location else "?"
+    status, headers, _ = _request(
+        "PUT",
+        f"{location}{separator}digest={digest}",
+        data,
+        {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+    )
+    assert status == 201 and headers["Docker-Content-Digest"] == digest, (status, dict(headers))
+    return digest
+
+
+def layer_tarball(files: dict[str, bytes]) -> tuple[bytes, bytes]:
+    """(gzip'd tar, plain tar) of `files`, reproducible bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, content in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mtime, info.mode = len(content), 0, 0o644
+            tar.addfile(info, io.BytesIO(content))
+    plain = raw.getvalue()
+    return gzip.compress(plain, mtime=0), plain
+
+
+def push_image(
+    url: str,
+    name: str,
+    tag: str,
+    files: dict[str, bytes] | None = None,
+    created: str = "2025-03-07T09:05:01Z",
+    oci: bool = False,
+    architecture: str = "amd64",
+    labels: dict[str, str] | None = None,
+) -> PushedImage:
+    """A valid single-layer image: config blob, layer blob, then the manifest under `tag`."""
+    layer, plain = layer_tarball(files or {"hello.txt": f"{name}:{tag}\n".encode()})
+    config = json.dumps(
+        {
+            "architecture": architecture,
+            "os": "linux",
+            "created": created,
+            "config": {"Cmd": ["/bin/sh"], "Labels": labels or {}},
+            "rootfs": {"type": "layers", "diff_ids": [_digest(plain)]},
+            "history": [{"created": created, "created_by": "tests/registry_support.py"}],
+        },
+        sort_keys=True,
+    ).encode()
+    config_digest = push_blob(url, name, config)
+    layer_digest = push_blob(url, name, layer)
+    media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+                "size": len(config),
+                "digest": config_digest,
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER if oci else DOCKER_LAYER, "size": len(layer), "digest": layer_digest}
+            ],
+        }
+    ).encode()
+    digest = put_manifest(url, name, tag, manifest, media_type)
+    return PushedImage(
+        name,
+        tag,
+        digest,
+        media_type,
+        config_digest,
+        layer_digest,
+        len(config) + len(layer),
+        created,
+        config,
+        layer,
+    )
+
+
+def put_manifest(url: str, name: str, reference: str, manifest: bytes, media_type: str) -> str:
+    status, headers, _ = _request(
+        "PUT", f"{url}/v2/{name}/manifests/{reference}", manifest, {"Content-Type": media_type}
+    )
+    assert status == 201 and headers["Docker-Content-Digest"] == _digest(manifest), (status, dict(headers))
+    return _digest(manifest)
+
+
+def push_index(url: str, name: str, tag: str, images: list[PushedImage]) -> str:
+    """An OCI image index (multi-platform) over images already pushed to `name`."""
+    entries = []
+    for image in images:
+        _, _, body = _request(
+            "GET", f"{url}/v2/{name}/manifests/{image.digest}", headers={"Accept": image.media_type}
+        )
+        architecture = json.loads(image.config)["architecture"]
+        entries.append(
+            {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": len(body),
+                "platform": {"architecture": architecture, "os": "linux"},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+    return put_manifest(url, name, tag, index, OCI_INDEX)

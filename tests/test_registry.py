@@ -1,0 +1,372 @@
+"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8) configured from
+the rendered registry add-on, storing into the moto server's S3, read by `images` and by
+`build-image`'s skip-if-present check the way the product reaches it.
+
+What stands in for what (docs/testing.md, "Registry"):
+- the registry runs the rendered manifest's REGISTRY_* settings; only its listening address
+  (a free port instead of <controller_ip>:5000), the S3 endpoint (moto) and the credentials
+  (environment instead of the instance profile) come from the test;
+- the controller is the harness sshd and the Kubernetes API the emulator, as in test_run_quit.py;
+  the CLI reads the rendered cluster-info ConfigMap (registryEndpoint = 127.0.0.1:<registry
+  port>, where the controller would have <controller_ip>:5000) and sends every registry request
+  through a direct-tcpip channel of its SSH connection to the controller;
+- images are pushed by the test through the registry's v2 API (tests/registry_support.py);
+- nothing can run BuildKit here, so for a build the test plays the Job controller and the
+  kubelet: it gives the Job a Pod, serves that Pod's log, and sets the Job's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from clusterous_cli import buildjob, tunnels
+from clusterous_cli.builds import TAIL_LINES
+from clusterous_operator.images import CLUSTER_REGISTRY
+from tests.registry_support import (
+    PushedImage,
+    push_image,
+    push_index,
+    registry_fixture,  # noqa: F401 - the `registry` fixture
+    running_registry,
+)
+from tests.ssh_support import make_controller
+
+
+def blob_key(root: str, digest: str) -> str:
+    """Where distribution's storage layout keeps a blob's bytes."""
+    hexdigest = digest.removeprefix("sha256:")
+    return f"{root.strip('/')}/docker/registry/v2/blobs/sha256/{hexdigest[:2]}/{hexdigest}/data"
+
+
+def test_the_rendered_registry_config_serves_the_v2_api_and_stores_in_s3_under_its_root(registry) -> None:
+    assert registry.rendered_env["REGISTRY_STORAGE"] == "s3"
+    image = push_image(registry.url, "lab/sim", "1.0")
+
+    keys = registry.stored_keys()
+    root = registry.root_directory.strip("/") + "/"
+    assert keys and all(key.startswith(root) for key in keys), keys
+    for digest, data in ((image.config_digest, image.config), (image.layer_digest, image.layer)):
+        stored = registry.s3.get_object(Bucket=registry.bucket, Key=blob_key(registry.root_directory, digest))
+        assert stored["Body"].read() == data
+        assert stored["ServerSideEncryption"] == "AES256"  # REGISTRY_STORAGE_S3_ENCRYPT
+    assert any(key.endswith("/repositories/lab/sim/_manifests/tags/1.0/current/link") for key in keys)
+
+    # The pushed image reads back through the API (served from S3: no local storage is configured).
+    request = urllib.request.Request(
+        f"{registry.url}/v2/lab/sim/manifests/1.0", headers={"Accept": image.media_type}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Docker-Content-Digest"] == image.digest
+        assert json.loads(response.read())["layers"][0]["digest"] == image.layer_digest
+
+
+def test_images_outlive_the_registry_that_pushed_them(aws, tmp_path) -> None:
+    """The bucket, not the registry pod, holds the images: a new cluster's registry sees them."""
+    with running_registry(aws, tmp_path / "first") as first:
+        image = push_image(first.url, "basic-python", "latest")
+    with running_registry(aws, tmp_path / "second", create_bucket=False) as second:
+        assert second.bucket == first.bucket and second.port != first.port
+        with urllib.request.urlopen(f"{second.url}/v2/basic-python/tags/list", timeout=10) as response:
+            assert json.loads(response.read())["tags"] == [image.tag]
+
+
+# -- the CLI, through the SSH connection to the controller -----------------------------------
+
+
+def k3s_yaml(sshd):
+    """The stand-in k3s.yaml the CLI fetches from the controller over SFTP."""
+    path = sshd.workdir / "k3s.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def cluster(sshd, k8s_api, registry):
+    """The harness controller, the API emulator behind it, and cluster-info naming the registry."""
+    made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml(sshd)))
+    k8s_api.create("v1/namespaces", {"metadata": {"name": buildjob.NAMESPACE}})
+    k8s_api.create("v1/configmaps", registry.cluster_info, namespace=buildjob.NAMESPACE)
+    try:
+        yield made
+    finally:
+        tunnels.stop_supervisor(made.ref)
+
+
+def as_listed(image: PushedImage) -> dict:
+    return {
+        "name": image.name,
+        "tag": image.tag,
+        "size": image.size,
+        "created": image.created,
+        "digest": image.digest,
+    }
+
+
+def test_images_lists_names_tags_sizes_and_dates_through_the_ssh_connection(cluster, registry, cli) -> None:
+    pushed = [
+        push_image(registry.url, "basic-python", "latest", created="2025-03-07T09:05:01Z"),
+        push_image(
+            registry.url, "basic-python", "1.0", files={"a": b"x" * 5000}, created="2025-01-02T03:04:05Z"
+        ),
+        push_image(registry.url, "lab/dask", "2024.1", oci=True, created="2024-12-24T18:00:00Z"),
+    ]
+    result = cli(["images", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert sorted(listed, key=lambda i: (i["name"], i["tag"])) == sorted(
+        (as_listed(i) for i in pushed), key=lambda i: (i["name"], i["tag"])
+    )
+    # The real registry answered: its access log has the catalogue and manifest reads.
+    assert '"GET /v2/_catalog HTTP/1.1" 200' in registry.log_text()
+    assert '"GET /v2/lab/dask/manifests/2024.1 HTTP/1.1" 200' in registry.log_text()
+
+    table = cli(["images"])
+    assert table.exit_code == 0, table.output
+    for image in pushed:
+        row = next(
+            line for line in table.stdout.splitlines() if image.name in line and f" {image.tag} " in line
+        )
+        assert image.created in row
+
+    only = cli(["images", "basic-python", "--json"])
+    assert only.exit_code == 0, only.output
+    assert sorted((i["name"], i["tag"]) for i in json.loads(only.stdout)) == [
+        ("basic-python", "1.0"),
+        ("basic-python", "latest"),
+    ]
+
+
+def test_images_describes_a_multi_platform_index_by_its_first_image(cluster, registry, cli) -> None:
+    amd = push_image(registry.url, "multi", "amd64", created="2025-02-01T00:00:00Z")
+    arm = push_image(registry.url, "multi", "arm64", architecture="arm64", files={"b": b"y" * 300})
+    digest = push_index(registry.url, "multi", "1.0", [amd, arm])
+    result = cli(["images", "multi", "--json"])
+    assert result.exit_code == 0, result.output
+    by_tag = {i["tag"]: i for i in json.loads(result.stdout)}
+    assert by_tag["1.0"] == as_listed(amd) | {"tag": "1.0", "digest": digest}
+
+
+def test_images_of_an_empty_registry_and_of_an_unknown_name(cluster, cli) -> None:
+    empty = cli(["images", "--json"])
+    assert empty.exit_code == 0, empty.output
+    assert json.loads(empty.stdout) == []
+    assert "empty" in cli(["images"]).stderr
+    unknown = cli(["images", "nothing-here"])
+    assert unknown.exit_code == 0, unknown.output
+    assert "nothing-here" in unknown.stderr
+
+
+def test_images_follows_the_registrys_catalog_pages(aws, sshd, k8s_api, tmp_path, cli) -> None:
+    """distribution caps a catalog page at catalog.maxentries (1000 by default) and links the
+    next page; with a cap of 2 five repositories take three pages."""
+    with running_registry(aws, tmp_path / "registry", REGISTRY_CATALOG_MAXENTRIES="2") as small:
+        names = [f"img{i}" for i in range(5)]
+        for name in names:
+            push_image(small.url, name, "v1")
+        made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml(sshd)))
+        k8s_api.create("v1/namespaces", {"metadata": {"name": buildjob.NAMESPACE}})
+        k8s_api.create("v1/configmaps", small.cluster_info, namespace=buildjob.NAMESPACE)
+        try:
+            result = cli(["images", "--json"])
+        finally:
+            tunnels.stop_supervisor(made.ref)
+    assert result.exit_code == 0, result.output
+    assert sorted(i["name"] for i in json.loads(result.stdout)) == names
+    assert "/v2/_catalog?last=" in small.log_text()  # the registry really served several pages
+
+
+# -- build-image: skip when the registry has the tag, else build -----------------------------
+
+
+def build_context(tmp_path):
+    context = tmp_path / "image"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM python:3.12-slim\nRUN echo built\n")
+    (context / "app.py").write_text("print('hello')\n")
+    return context
+
+
+@pytest.mark.parametrize("oci", [False, True], ids=["docker-schema2", "oci"])
+def test_build_image_skips_a_tag_the_registry_already_has(
+    cluster, registry, k8s_api, cli, tmp_path, oci
+) -> None:
+    push_image(registry.url, "sim", "1", oci=oci)
+    result = cli(["build-image", str(build_context(tmp_path)), "sim:1"])
+    assert result.exit_code == 0, result.output
+    assert "sim:1" in result.stderr and "not rebuilt" in result.stderr
+    assert '"HEAD /v2/sim/manifests/1 HTTP/1.1" 200' in registry.log_text()  # asked the real registry
+    assert k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE) == []
+    assert k8s_api.list("v1/persistentvolumeclaims", namespace=buildjob.NAMESPACE) == []
+    assert list(cluster.shared.iterdir()) == []  # the context was not uploaded
+
+
+def test_build_image_without_a_tag_skips_when_latest_exists(
+    cluster, registry, k8s_api, cli, tmp_path
+) -> None:
+    push_image(registry.url, "lab/sim", "latest")
+    result = cli(["build-image", str(build_context(tmp_path)), "lab/sim"])
+    assert result.exit_code == 0, result.output
+    assert "lab/sim:latest" in result.stderr and "not rebuilt" in result.stderr
+    assert k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE) == []
+
+
+@contextlib.contextmanager
+def job_controller(k8s_api, log: str, succeed: bool, on_start=None):
+    """What the Job controller and the kubelet would do for the build Job (nothing runs BuildKit
+    here): a Pod for the Job, its container ended, its log served, the Job's outcome set.
+    `on_start(job)` runs while the "build" runs (e.g. to push what BuildKit would push)."""
+    stop, errors = threading.Event(), []
+
+    def play() -> None:
+        try:
+            while not stop.is_set() and not (
+                jobs := k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE)
+            ):
+                time.sleep(0.05)
+            if stop.is_set():
+                return
+            (job,) = jobs
+            name, namespace = job["metadata"]["name"], buildjob.NAMESPACE
+            pod = f"{name}-x7k2p"
+            template = job["spec"]["template"]
+            k8s_api.call(
+                lambda emulator: (
+                    emulator[f"get /api/v1/namespaces/{namespace}/pods/{pod}/log"] << log.encode()
+                )
+            )
+            if on_start:
+                on_start(job)
+            labels = {**template["metadata"]["labels"], "job-name": name}
+            k8s_api.create(
+                "v1/pods",
+                {"metadata": {"name": pod, "labels": labels}, "spec": template["spec"]},
+                namespace=namespace,
+            )
+            (container,) = template["spec"]["containers"]
+            k8s_api.write_status(
+                "v1/pods",
+                pod,
+                {
+                    "phase": "Succeeded" if succeed else "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": container["name"],
+                            "image": container["image"],
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"terminated": {"exitCode": 0 if succeed else 1}},
+                        }
+                    ],
+                },
+                namespace=namespace,
+            )
+            k8s_api.write_status(
+                "batch/v1/jobs", name, {"succeeded": 1} if succeed else {"failed": 1}, namespace
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not errors, errors
+
+
+def test_a_missing_tag_is_built_and_a_failed_build_ends_with_its_log_tail(
+    cluster, registry, k8s_api, cli, tmp_path
+) -> None:
+    push_image(registry.url, "sim", "1")  # another tag of the same image does not count
+    context = build_context(tmp_path)
+    log = (
+        "\n".join(f"#{i} step {i}" for i in range(40))
+        + "\nERROR: process did not complete successfully: exit code: 2\n"
+    )
+    with job_controller(k8s_api, log, succeed=False):
+        result = cli(["build-image", str(context), "sim:2"])
+    assert result.exit_code == 1, result.output
+    assert '"HEAD /v2/sim/manifests/2 HTTP/1.1" 404' in registry.log_text()
+
+    # The context was uploaded to the shared volume and the BuildKit Job created for sim:2.
+    uploaded = cluster.shared / buildjob.context_dir("sim")
+    assert (uploaded / "Dockerfile").read_text() == (context / "Dockerfile").read_text()
+    assert (uploaded / "app.py").exists()
+    (job,) = k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    output = next(a for a in container["args"] if a.startswith("--output="))
+    assert f"name={CLUSTER_REGISTRY}/sim:2" in output and "push=true" in output
+    assert k8s_api.get("v1/persistentvolumeclaims", buildjob.CONTEXT_CLAIM, buildjob.NAMESPACE) is not None
+
+    # The log was streamed, and the error ends with its last lines and the command for the rest.
+    lines = log.splitlines()
+    assert all(f"  | {line}" in result.stderr for line in lines)
+    error = result.stderr[result.stderr.index("the build of sim:2 failed") :]
+    assert lines[-1] in error and lines[-TAIL_LINES] in error and lines[-TAIL_LINES - 1] not in error
+    assert f"logs job/{job['metadata']['name']}" in error
+
+
+def test_a_successful_build_lands_in_the_registry_and_the_next_build_is_skipped(
+    cluster, registry, k8s_api, cli, tmp_path
+) -> None:
+    context = build_context(tmp_path)
+    pushed = []
+
+    def buildkit_pushes(job) -> None:  # what buildctl's push=true does at the end of the build
+        pushed.append(push_image(registry.url, "sim", "2", created="2025-06-01T12:00:00Z"))
+
+    with job_controller(k8s_api, "#1 DONE\n#2 pushing layers done\n", succeed=True, on_start=buildkit_pushes):
+        built = cli(["build-image", str(context), "sim:2"])
+    assert built.exit_code == 0, built.output
+    assert "built and pushed sim:2" in built.stderr and "  | #2 pushing layers done" in built.stderr
+
+    listed = cli(["images", "sim", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == [as_listed(pushed[0])]
+
+    again = cli(["build-image", str(context), "sim:2"])
+    assert again.exit_code == 0, again.output
+    assert "not rebuilt" in again.stderr
+
+
+@pytest.mark.parametrize("broken", ["registry stopped", "bucket gone"])
+def test_an_unreachable_registry_fails_the_build_before_uploading(
+    cluster, registry, k8s_api, cli, tmp_path, broken
+) -> None:
+    if broken == "registry stopped":
+        registry.stop()
+    else:  # the registry answers, but its storage does not
+        for key in registry.stored_keys():
+            registry.s3.delete_object(Bucket=registry.bucket, Key=key)
+        registry.s3.delete_bucket(Bucket=registry.bucket)
+    result = cli(["build-image", str(build_context(tmp_path)), "sim:1"])
+    assert result.exit_code == 1, result.output
+    assert "/v2/sim/manifests/1" in result.stderr
+    if broken == "registry stopped":
+        assert registry.endpoint in result.stderr
+    else:
+        assert "answered 500" in result.stderr and "logs deploy/registry" in result.stderr
+    assert k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE) == []
+    assert list(cluster.shared.iterdir()) == []
