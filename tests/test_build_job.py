@@ -1,10 +1,11 @@
 """Image builds: the BuildKit Job manifest (schema-validated), and what can run here of the build path.
 
-No registry, BuildKit or container runtime can run on the test machines, so a real build and
-the registry's `HEAD /v2/<name>/manifests/<tag>` answer are not exercised end to end. What is:
-the Job and claim against the Kubernetes schemas, their security and wiring, bad build input,
-and that an unreachable registry (looked up in cluster-info, reached through the SSH
-connection) fails the build before anything is created.
+No BuildKit or container runtime can run on the test machines, so a real build is not
+exercised end to end. What is, here: the Job and claim against the Kubernetes schemas, their
+security and wiring, bad build input, and that an unreachable registry (looked up in
+cluster-info, reached through the SSH connection) fails the build before anything is created.
+The registry's skip-if-present answer, `images` and the build flow around the Job run against a
+real registry in test_registry.py.
 """
 
 from __future__ import annotations
