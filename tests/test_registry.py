@@ -9,7 +9,8 @@ What stands in for what (docs/testing.md, "Registry"):
 - the controller is the harness sshd and the Kubernetes API the emulator, as in test_run_quit.py;
   the CLI reads the rendered cluster-info ConfigMap (registryEndpoint = 127.0.0.1:<registry
   port>, where the controller would have <controller_ip>:5000) and sends every registry request
-  through a direct-tcpip channel of its SSH connection to the controller;
+  through a direct-tcpip channel of its SSH connection to the controller (one test checks
+  that each connection to the registry comes from the sshd process);
 - images are pushed by the test through the registry's v2 API (tests/registry_support.py);
 - nothing can run BuildKit here, so for a build the test plays the Job controller and the
   kubelet: it gives the Job a Pod, serves that Pod's log, and sets the Job's status.
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -193,6 +197,85 @@ def test_images_follows_the_registrys_catalog_pages(aws, sshd, k8s_api, tmp_path
     assert result.exit_code == 0, result.output
     assert sorted(i["name"] for i in json.loads(result.stdout)) == names
     assert "/v2/_catalog?last=" in small.log_text()  # the registry really served several pages
+
+
+def process_of_peer(conn: socket.socket) -> str:
+    """The command name of the process holding the other end of a loopback TCP connection
+    (Linux /proc: the peer's socket inode from /proc/net/tcp, then the process with that fd)."""
+
+    def hexaddr(address) -> str:
+        return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
+
+    peer, ours = hexaddr(conn.getpeername()), hexaddr(conn.getsockname())
+    inode = next(  # both ends must match: an old TIME_WAIT entry may share the peer's port
+        fields[9]
+        for fields in map(str.split, Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if fields[1] == peer and fields[2] == ours
+    )
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for fd in _fds(pid):
+            with contextlib.suppress(OSError):  # fds come and go while we look
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return Path(f"/proc/{pid}/comm").read_text().strip() + (
+                        " (the test process)" if int(pid) == os.getpid() else ""
+                    )
+    return f"no process holds socket {inode}"
+
+
+def _fds(pid: str) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone, or not ours to look at
+        return []
+
+
+@contextlib.contextmanager
+def recording_relay(target_port: int):
+    """A TCP relay to the registry that records which process opened each connection to it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    origins: list[str] = []
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                origins.append(process_of_peer(conn))
+                upstream = socket.create_connection(("127.0.0.1", target_port))
+                threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], origins
+    finally:
+        listener.close()
+
+
+def test_registry_requests_travel_through_the_controller(sshd, k8s_api, registry, cli) -> None:
+    """registryEndpoint is the controller's address: each request must leave from the controller
+    (the harness sshd opening a direct-tcpip channel), never from the laptop."""
+    push_image(registry.url, "sim", "1")
+    made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml(sshd)))
+    k8s_api.create("v1/namespaces", {"metadata": {"name": buildjob.NAMESPACE}})
+    with recording_relay(registry.port) as (relay_port, origins):
+        info = registry.cluster_info | {
+            "data": registry.cluster_info["data"] | {"registryEndpoint": f"127.0.0.1:{relay_port}"}
+        }
+        k8s_api.create("v1/configmaps", info, namespace=buildjob.NAMESPACE)
+        try:
+            result = cli(["images", "--json"])
+        finally:
+            tunnels.stop_supervisor(made.ref)
+    assert result.exit_code == 0, result.output
+    assert [(i["name"], i["tag"]) for i in json.loads(result.stdout)] == [("sim", "1")]
+    assert origins and all(origin.startswith("sshd") for origin in origins), origins
 
 
 # -- build-image: skip when the registry has the tag, else build -----------------------------
