@@ -33,7 +33,8 @@ CLUSTER_FILE_OPTION = typer.Option(
 )
 
 
-def _params(param: list[str] | None, cluster_file: Path | None) -> dict:
+def collect_params(param: list[str] | None, cluster_file: Path | None) -> dict:
+    """$variable values: the cluster file's `parameters`, then --param (which wins)."""
     from clusterous_cli import envfile
 
     params: dict = {}
@@ -56,7 +57,7 @@ def convert(
 ) -> None:
     from clusterous_cli import envfile, output
 
-    app = envfile.load_application(env_file, _params(param, cluster_file))
+    app = envfile.load_application(env_file, collect_params(param, cluster_file))
     for note in app.notes:
         output.say(f"note: {note}")
     typer.echo(envfile.to_yaml(app), nl=False)
@@ -73,7 +74,7 @@ def run(
 ) -> None:
     from clusterous_cli import envfile, output
 
-    app = envfile.load_application(file, _params(param, cluster_file))  # every check before any I/O
+    app = envfile.load_application(file, collect_params(param, cluster_file))  # every check before any I/O
     for note in app.notes:
         output.say(f"note: {note}")
     run_application(cluster_ref(ctx, cluster), app, timeout=timeout, wait=not no_wait)

@@ -190,6 +190,13 @@ def up(
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
     key_name = profile.key_name if profile else None
     report = _reporter()
+    # The environment file the cluster file names is checked now, before anything is created.
+    env_app = None
+    if spec.environment_file and cluster_file is not None:
+        from clusterous_cli.commands.apps import collect_params
+
+        env_path = cluster_file.parent / spec.environment_file
+        env_app = envfile.load_application(env_path, collect_params(None, cluster_file))
 
     if render_dir is not None:
         written = _render(spec, bucket, render_dir)
@@ -290,9 +297,14 @@ def up(
         print("  kubectl access: clusterous-k8s kubeconfig")
     else:
         report("not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it")
-    if spec.environment_file and cluster_file is not None:
-        env_path = cluster_file.parent / spec.environment_file
-        report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
+    if env_app is not None:
+        if ready is None or as_json:  # --json keeps stdout for the JSON document
+            report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
+        else:
+            from clusterous_cli.commands.apps import run_application
+
+            report(f"running {env_path} ({env_app.name}), as the cluster file asks")
+            run_application(ref, env_app, timeout=timeout or 900)
 
 
 def down(
