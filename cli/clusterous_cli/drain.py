@@ -142,3 +142,25 @@ def drain_instances(api, instances: list[dict], timeout: float, report: Report) 
     for instance_id in missing:
         report(f"drain: instance {instance_id} has no Kubernetes node (nothing to drain)")
     return [drain_node(api, name, timeout, report) for name in names]
+
+
+def forget_nodes(api, names: list[str], report: Report) -> list[str]:
+    """Delete Node objects again once their instances are terminated.
+
+    A kubelet that still runs re-registers its Node after the drain deleted it; k3s on EC2 has no
+    cloud controller to remove it later, so a NotReady ghost would stay. Returns the names removed.
+    """
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    core, gone = client.CoreV1Api(api), []
+    for name in names:
+        try:
+            core.delete_node(name, **RAW)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            continue
+        gone.append(name)
+        report(f"{name}: re-registered before its instance stopped; Node deleted again")
+    return gone

@@ -633,11 +633,14 @@ def _resize(
                 default=False,
             ):
                 raise typer.Abort()
+            drained: list[dict] = []
             if force:
                 report("--force: terminating without draining")
             else:
-                _drain(profile_name, name, victims, drain_timeout, report)
+                drained = _drain(profile_name, name, victims, drain_timeout, report)
             removed = scaling.shrink(clients, inv, group, target, not no_wait, report)
+            if drained and not no_wait:  # terminated now: no kubelet can bring the Nodes back
+                _forget(profile_name, name, [d["node"] for d in drained], report)
     result = {
         "cluster": name,
         "group": group,
@@ -652,7 +655,7 @@ def _resize(
         print(f"group {group} of cluster {name}: {have} → {target} node(s)")
 
 
-def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> None:
+def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> list[dict]:
     """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
     from clusterous_cli import config, drain, kubeapi
     from clusterous_cli.endpoint import ClusterRef
@@ -668,12 +671,24 @@ def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, re
             drain.FORCE_HINT,
         ) from None
     try:
-        drain.drain_instances(api, victims, timeout, report)
+        return drain.drain_instances(api, victims, timeout, report)
     except ClusterousError:
         raise
     except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
         failure = kubeapi.api_failure(f"draining the nodes of cluster {name}", exc)
         raise Failure(failure.what, drain.FORCE_HINT) from None
+
+
+def _forget(profile_name: str, name: str, nodes: list[str], report) -> None:
+    """After termination, remove Nodes a kubelet re-registered during the drain (best effort)."""
+    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli.endpoint import ClusterRef
+
+    ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
+    try:
+        drain.forget_nodes(kubeapi.api_client(ref), nodes, report)
+    except Exception as exc:  # noqa: BLE001 - the instances are gone; a leftover Node is cosmetic
+        report(f"could not check for re-registered Nodes ({str(exc).splitlines()[0]}): `kubectl get nodes`")
 
 
 def scale(
