@@ -12,8 +12,9 @@ What stands in for what (docs/applications.md, "How run is tested"):
   Deployments ready) and the Service IP allocator (gives each Service 127.0.0.1, where the
   test's HTTP server listens on the component's port);
 - AWS is the moto server: `run` and `quit` must not call AWS at all.
-Image builds cannot run here (no registry, no BuildKit, no containers): the env files of these
-tests have no `image:` section; the build Job manifest is validated in test_build_job.py.
+BuildKit cannot run here (no containers): the env files of these tests have no `image:` section;
+the build Job manifest is validated in test_build_job.py and the build path against a real
+registry in test_registry.py.
 """
 
 from __future__ import annotations
