@@ -121,3 +121,26 @@ def test_dry_run_with_credentials_sees_what_exists_and_changes_nothing(aws, cli)
     assert before["checked_existing_resources"] and before["changes"] == len(before["resources"])
     mutating = ("Create", "Run", "Allocate", "Put", "Attach", "Modify", "Authorize", "Associate")
     assert aws.calls() and not [op for _, op in aws.calls() if op.startswith(mutating)]
+
+
+def test_newest_nodes_go_first_even_within_one_second():
+    """LaunchTime has one-second resolution: our launch stamp and the launch index break ties."""
+    from datetime import UTC, datetime
+
+    from clusterous_provisioner import tags
+    from clusterous_provisioner.scaling import pick_to_remove
+
+    same_second = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    def node(instance_id, stamp, index):
+        return {
+            "InstanceId": instance_id,
+            "LaunchTime": same_second,
+            "AmiLaunchIndex": index,
+            "Tags": [{"Key": tags.LAUNCHED, "Value": stamp}],
+        }
+
+    first = node("i-fff", "2026-01-01T12:00:00.100000Z", 0)
+    batch = [node("i-aaa", "2026-01-01T12:00:00.900000Z", 0), node("i-000", "2026-01-01T12:00:00.900000Z", 1)]
+    assert [i["InstanceId"] for i in pick_to_remove([first, *batch], 2)] == ["i-000", "i-aaa"]
+    assert [i["InstanceId"] for i in pick_to_remove([*batch, first], 3)] == ["i-000", "i-aaa", "i-fff"]

@@ -645,8 +645,12 @@ def launch_group(
             "MarketType": "spot",
             "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
         }
+    launched = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     tagset = tags.tag_dict(
-        spec.name, "node", layout.resource_name(spec.name, group.name), **{tags.GROUP: group.name}
+        spec.name,
+        "node",
+        layout.resource_name(spec.name, group.name),
+        **{tags.GROUP: group.name, tags.LAUNCHED: launched},
     )
     args["TagSpecifications"] = tags.tag_spec("instance", tagset) + tags.tag_spec("volume", tagset)
     return run_instances(clients.ec2, count, args)

@@ -17,9 +17,17 @@ Report = Callable[[str], None]
 
 
 def pick_to_remove(instances: list[dict], count: int) -> list[dict]:
-    """The `count` newest instances: the oldest have the longest-running work and warm caches."""
-    ordered = sorted(instances, key=lambda i: (str(i.get("LaunchTime", "")), i["InstanceId"]), reverse=True)
-    return ordered[:count]
+    """The `count` newest instances: the oldest have the longest-running work and warm caches.
+
+    LaunchTime has one-second resolution, so two launches within a second would tie: our own
+    launch stamp (microseconds) and the index within one RunInstances call order them exactly.
+    """
+
+    def age(instance: dict) -> tuple:
+        stamp = tags.as_dict(instance.get("Tags")).get(tags.LAUNCHED, "")
+        return (str(instance.get("LaunchTime", "")), stamp, instance.get("AmiLaunchIndex", 0))
+
+    return sorted(instances, key=age, reverse=True)[:count]
 
 
 def _spec_from(
