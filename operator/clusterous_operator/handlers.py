@@ -26,14 +26,33 @@ FINALIZER = "clusterous.io/finalizer"
 RECENT_WRITE_SECONDS = 30.0  # trust our own writes over the indices for this long
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No last-handled configuration on the object.
+
+    kopf keeps one to tell on.create from on.update handlers and to give them a diff; our only
+    change handler is on.delete, which needs neither (every add and edit goes through on.event
+    and is compared with the cluster, not with a stored copy). Kept as an annotation, it would
+    cost one more write per new ClusterApp and one more reconciliation of its event. Nothing
+    is kept, so nothing is built either: kopf would otherwise copy every watched object (child
+    Deployments, Pods...) on each of its events to compare it with nothing.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields=None) -> dict:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_) -> None:
     """Keep kopf's bookkeeping in our own annotations (the status is ours), then log in."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="clusterous.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="clusterous.io", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
     kube.login()
 
@@ -45,7 +64,7 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
 
 
 @kopf.index("nodes")
-def node_index(body: kopf.Body, **_) -> dict:
+async def node_index(body: kopf.Body, **_) -> dict:
     return {
         None: _trim(
             body,
@@ -59,7 +78,7 @@ def node_index(body: kopf.Body, **_) -> dict:
 
 
 @kopf.index("pods")
-def pod_index(body: kopf.Body, **_) -> dict:
+async def pod_index(body: kopf.Body, **_) -> dict:
     return {
         None: _trim(
             body,
@@ -76,7 +95,7 @@ def pod_index(body: kopf.Body, **_) -> dict:
 
 
 @kopf.index("deployments", labels={APP_LABEL: kopf.PRESENT})
-def deployment_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
+async def deployment_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
     return {
         (namespace, labels[APP_LABEL]): _trim(
             body, ("kind",), ("metadata",), ("spec", "replicas"), ("status",)
@@ -85,22 +104,37 @@ def deployment_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) 
 
 
 @kopf.index("services", labels={APP_LABEL: kopf.PRESENT})
-def service_index(namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_) -> dict:
+async def service_index(
+    namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_
+) -> dict:
     return {(namespace, labels[APP_LABEL]): ("Service", name, annotations.get(SPEC_HASH_ANNOTATION))}
 
 
 @kopf.index("persistentvolumeclaims", labels={APP_LABEL: kopf.PRESENT})
-def claim_index(namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_) -> dict:
+async def claim_index(
+    namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_
+) -> dict:
     return {
         (namespace, labels[APP_LABEL]): ("PersistentVolumeClaim", name, annotations.get(SPEC_HASH_ANNOTATION))
     }
 
 
-@kopf.on.event(*CAPP)
-def on_change(body: kopf.Body, type: str | None, patch: kopf.Patch, logger, **indices) -> None:
-    """Every add or edit of a ClusterApp (and kopf's first listing after a restart)."""
-    if type != "DELETED":
-        reconcile(body, patch, logger, **indices)
+def _news(body: kopf.Body, type: str | None, memo: kopf.Memo, **_) -> bool:
+    """Whether an event of a ClusterApp can change what the app should be (checked in kopf's
+    loop, before a thread is taken): not a deletion (on_delete's), not before the finalizer
+    (see `reconcile`), not the echo of our own status write with the spec unchanged."""
+    meta = body.get("metadata", {})
+    if type == "DELETED" or meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
+        return False
+    generation, status = memo.get("status_written", (None, None))
+    return generation != meta.get("generation") or status_changed(body.get("status"), status)
+
+
+@kopf.on.event(*CAPP, when=_news)
+def on_change(body: kopf.Body, patch: kopf.Patch, logger, **indices) -> None:
+    """Every add or edit of a ClusterApp (and kopf's first listing after a restart) that `_news`
+    lets through; what changes around the app waits for the resync."""
+    reconcile(body, patch, logger, **indices)
 
 
 @kopf.timer(*CAPP, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
@@ -136,6 +170,13 @@ def reconcile(
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
         return
+    if FINALIZER not in (meta.get("finalizers") or []):
+        # kopf adds the finalizer (for on.delete and the resync timer) after this handler, in a
+        # write whose event starts the next reconciliation at once; everything waits for it.
+        # No child can then exist without the finalizer that deletes it. And a status written
+        # now would arrive first, in an event without the finalizer, on which kopf would try
+        # to add it a second time, in vain.
+        return
     key = (meta.get("namespace"), meta.get("name"))
     deployments = list(deployment_index.get(key, []))
     decision = decide(body, node_index.get(None, []), pod_index.get(None, []), deployments, now=_now())
@@ -155,6 +196,7 @@ def reconcile(
     old = body.get("status") or {}
     if status_changed(old, decision.status):
         patch.status.update(decision.status)
+        memo["status_written"] = (meta.get("generation"), decision.status)
         if old.get("phase") != decision.status["phase"]:
             post = kopf.warn if decision.status["phase"] in ("Failed", "Degraded", "Pending") else kopf.info
             post(body, reason=decision.status["phase"], message=decision.status["message"])

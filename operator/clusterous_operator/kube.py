@@ -7,6 +7,7 @@ a newer or different API server adds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -26,17 +27,32 @@ DELETION_ORDER = ("Deployment", "Service", "PersistentVolumeClaim")
 _PAST = {"create": "created", "replace": "updated", "delete": "deleted"}
 
 
+_client = None  # one API client (and connection pool) per run of the operator, made by login()
+
+
 def login() -> None:
     """In-cluster credentials when running as a pod, else the kubeconfig (`kopf run` on a laptop)."""
     import os
 
     import kubernetes
 
+    global _client
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         # KUBECONFIG is read now, not when kubernetes was imported.
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    if _client is not None:
+        _client.close()
+    _client = kubernetes.client.ApiClient()
+
+
+def _api_client():
+    """The client login() made, whose connections are kept between reconciliations; a fresh one
+    (closed on leaving the `with`) if login() has not run."""
+    import kubernetes
+
+    return contextlib.nullcontext(_client) if _client is not None else kubernetes.client.ApiClient()
 
 
 def apply_changes(changes: Iterable[Change], namespace: str) -> list[str]:
@@ -48,7 +64,7 @@ def apply_changes(changes: Iterable[Change], namespace: str) -> list[str]:
     import kubernetes
 
     done = []
-    with kubernetes.client.ApiClient() as client:
+    with _api_client() as client:
         for change in changes:
             kind, name = change.obj["kind"], change.obj["metadata"]["name"]
             api_class, suffix = _APIS[kind]
@@ -72,7 +88,7 @@ def delete_children(namespace: str, app_name: str) -> tuple[list[str], list[str]
 
     deleted, failed = [], []
     selector = f"{APP_LABEL}={app_name}"
-    with kubernetes.client.ApiClient() as client:
+    with _api_client() as client:
         for kind in DELETION_ORDER:
             api_class, suffix = _APIS[kind]
             api = getattr(kubernetes.client, api_class)(client)
