@@ -348,3 +348,15 @@ def test_up_shows_the_plan_and_creates_nothing_when_refused(aws, cli):
     assert "plan for cluster xi" in result.stdout and "USD per hour" in result.stdout
     assert "NAT gateway" in result.stdout and "2 × t3.large" in result.stdout
     assert sum(count_tagged(aws, "xi").values()) == 0
+
+
+def test_spot_is_for_node_groups_never_the_controller(aws, cli):
+    make_profile(cli)
+    result = cli([*UP, "--name", "spotty", "--workers", "2", "--spot"])
+    assert result.exit_code == 0, result.output
+    lifecycle = {}
+    for instance in tagged(aws, "spotty")["instances"]:
+        role = tag(instance, "clusterous:group") or tag(instance, "clusterous:role")
+        lifecycle.setdefault(role, set()).add(instance.get("InstanceLifecycle", "on-demand"))
+    assert lifecycle == {"controller": {"on-demand"}, "master": {"spot"}, "worker": {"spot"}}
+    assert cli(["down", "spotty", "--yes"]).exit_code == 0
