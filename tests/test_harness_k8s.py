@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import select
 import subprocess
 import textwrap
@@ -532,3 +534,180 @@ def test_kmock_reactions_inject_faults_before_the_emulation(k8s_api: K8sApi, cli
     k8s_api.call(lambda emulator: emulator["get /api/v1/nodes"][:1] << 503)
     assert status_of(core.list_node).status == 503
     assert [n.metadata.name for n in core.list_node().items] == ["n1"]  # the reaction is used up
+
+
+# -- pod logs and exec (the kubelet's part) --------------------------------------------------
+
+
+def make_pod(k8s_api: K8sApi, name: str, containers: tuple[str, ...] = ("main",), **env: str) -> None:
+    specs = [
+        {"name": c, "image": "example/app:1", "env": [{"name": k, "value": v} for k, v in env.items()]}
+        for c in containers
+    ]
+    k8s_api.create(
+        "v1/pods", {"metadata": {"name": name}, "spec": {"containers": specs}}, namespace="default"
+    )
+
+
+def test_pod_log_with_tail_timestamps_and_containers(k8s_api: K8sApi, client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    make_pod(k8s_api, "web")
+    k8s_api.write_pod_log("default", "web", "one\ntwo\n")
+    k8s_api.write_pod_log("default", "web", b"three")  # a last line without its newline
+    assert core.read_namespaced_pod_log("web", "default") == "one\ntwo\nthree\n"
+    assert core.read_namespaced_pod_log("web", "default", tail_lines=2) == "two\nthree\n"
+    assert core.read_namespaced_pod_log("web", "default", tail_lines=0) == ""
+
+    stamped = core.read_namespaced_pod_log("web", "default", timestamps=True).splitlines()
+    stamps = [line.split(" ", 1)[0] for line in stamped]
+    assert [line.split(" ", 1)[1] for line in stamped] == ["one", "two", "three"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", s) for s in stamps)
+    assert stamps == sorted(stamps) and stamps[0] == stamps[1] < stamps[2]  # one write, one stamp
+
+    make_pod(k8s_api, "duo", containers=("app", "sidecar"))
+    k8s_api.write_pod_log("default", "duo", "from app\n", container="app")
+    k8s_api.write_pod_log("default", "duo", "from sidecar\n", container="sidecar")
+    assert core.read_namespaced_pod_log("duo", "default", container="sidecar") == "from sidecar\n"
+    unnamed = status_of(lambda: core.read_namespaced_pod_log("duo", "default"))
+    assert unnamed.status == 400 and "choose one of: [app sidecar]" in unnamed.body
+    assert status_of(lambda: core.read_namespaced_pod_log("web", "default", container="nope")).status == 400
+    assert status_of(lambda: core.read_namespaced_pod_log("ghost", "default")).status == 404
+
+    k8s_api.delete("v1/pods", "web")
+    make_pod(k8s_api, "web")  # a new pod of the same name starts with an empty log
+    assert core.read_namespaced_pod_log("web", "default") == ""
+
+
+def test_pod_log_follow_streams_until_the_pod_is_deleted(k8s_api: K8sApi, client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    make_pod(k8s_api, "web")
+    k8s_api.write_pod_log("default", "web", "old 1\nold 2\n")
+    response = core.read_namespaced_pod_log(
+        "web", "default", follow=True, tail_lines=1, _preload_content=False
+    )
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(response.stream(65536)), daemon=True)
+    reader.start()
+    k8s_api.wait_for(lambda: b"".join(chunks) == b"old 2\n", what="the tail")
+    k8s_api.write_pod_log("default", "web", "new 1\n")
+    k8s_api.wait_for(lambda: b"".join(chunks) == b"old 2\nnew 1\n", what="the appended line")
+    assert reader.is_alive()
+    k8s_api.delete("v1/pods", "web")
+    reader.join(15)
+    assert not reader.is_alive() and b"".join(chunks) == b"old 2\nnew 1\n"
+
+
+def exec_session(client, pod: str, command: list[str], **flags):
+    from kubernetes.stream import stream
+
+    options = {"stdin": False, "stdout": True, "stderr": True, "tty": False} | flags
+    return stream(
+        kubernetes.client.CoreV1Api(client).connect_get_namespaced_pod_exec,
+        pod,
+        "default",
+        command=command,
+        _preload_content=False,
+        **options,
+    )
+
+
+def test_exec_runs_the_command_with_stdin_and_reports_its_exit_status(k8s_api: K8sApi, client) -> None:
+    make_pod(k8s_api, "web", ROLE="frontend")
+    session = exec_session(
+        client, "web", ["sh", "-c", "echo $ROLE@$HOSTNAME; tr a-z A-Z; echo oops >&2; exit 3"], stdin=True
+    )
+    assert session.subprotocol == "v5.channel.k8s.io"
+    session.write_stdin("piped through\n")
+    session.close_channel(0)  # v5: end of stdin, so `tr` ends
+    session.run_forever(timeout=15)
+    assert session.returncode == 3  # read channel 3 before read_all() clears the channels
+    assert session.read_stdout() == "frontend@web\nPIPED THROUGH\n"
+    assert session.read_stderr() == "oops\n"
+
+    ok = exec_session(client, "web", ["true"])
+    ok.run_forever(timeout=15)
+    assert ok.returncode == 0
+
+    missing = exec_session(client, "web", ["no-such-command"])
+    missing.run_forever(timeout=15)
+    assert missing.returncode == 126 and "no-such-command" in missing.read_stderr()
+
+
+def test_exec_with_a_tty_follows_resizes(k8s_api: K8sApi, client) -> None:
+    make_pod(k8s_api, "web")
+    session = exec_session(client, "web", ["sh", "-c", "read go; stty size; tty"], stdin=True, tty=True)
+    session.write_channel(4, json.dumps({"Width": 120, "Height": 40}))
+    session.write_stdin("go\r")
+    session.run_forever(timeout=15)
+    assert session.returncode == 0
+    lines = session.read_stdout().splitlines()
+    assert "40 120" in lines and any(line.startswith("/dev/pts/") for line in lines)
+
+
+def raw_exec(k8s_api: K8sApi, path: str, protocols: list[str]):
+    """A WebSocket to the emulator as any client would open it (websocket-client)."""
+    import websocket
+
+    url = k8s_api.url.replace("http://", "ws://") + path
+    return websocket.create_connection(url, subprotocols=protocols, timeout=15)
+
+
+def test_exec_protocol_negotiation_and_refusals(k8s_api: K8sApi) -> None:
+    import urllib.error
+    import urllib.request
+
+    import websocket
+
+    make_pod(k8s_api, "web")
+    path = (
+        "/api/v1/namespaces/default/pods/web/exec?command=sh&command=-c&command=echo+hi%3B+exit+2&stdout=true"
+    )
+    v4 = raw_exec(k8s_api, path, ["base64.channel.k8s.io", "v4.channel.k8s.io"])
+    assert v4.getsubprotocol() == "v4.channel.k8s.io"
+    frames = []
+    while (frame := v4.recv_data_frame(True))[0] != websocket.ABNF.OPCODE_CLOSE:
+        frames.append(frame[1].data)
+    v4.close()
+    assert frames[0] == b"\x01hi\n"
+    status = json.loads(frames[-1][1:])
+    assert frames[-1][0] == 3 and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "2"}]
+
+    with pytest.raises(websocket.WebSocketBadStatusException) as unsupported:
+        raw_exec(k8s_api, path, ["base64.channel.k8s.io"])
+    assert unsupported.value.status_code == 400
+    with pytest.raises(websocket.WebSocketBadStatusException) as ghost:
+        raw_exec(k8s_api, path.replace("/web/", "/ghost/"), ["v4.channel.k8s.io"])
+    assert ghost.value.status_code == 404
+    with pytest.raises(websocket.WebSocketBadStatusException) as no_command:
+        raw_exec(k8s_api, "/api/v1/namespaces/default/pods/web/exec?stdout=true", ["v4.channel.k8s.io"])
+    assert no_command.value.status_code == 400
+    with pytest.raises(urllib.error.HTTPError) as plain:
+        urllib.request.urlopen(k8s_api.url + path, timeout=15)
+    assert plain.value.code == 400 and b"Upgrade request required" in plain.value.read()
+
+
+def test_exec_process_is_killed_when_the_client_leaves(k8s_api: K8sApi, client) -> None:
+    make_pod(k8s_api, "web")
+    session = exec_session(client, "web", ["sh", "-c", "echo $$; exec sleep 60"])
+    pid = int(session.readline_stdout(timeout=15))
+    session.close()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    k8s_api.wait_for(gone, what=f"exec'd process {pid} to be killed")
+
+
+def test_kubectl_exec_and_logs(k8s_api: K8sApi, kubectl) -> None:
+    make_pod(k8s_api, "web")
+    k8s_api.write_pod_log("default", "web", "line 1\nline 2\n")
+    assert kubectl("logs", "web", "--tail=1").stdout == "line 2\n"
+    # exec reads the pod first: after a text/plain log, objects must still come back as JSON
+    result = kubectl("exec", "-i", "web", "--", "sh", "-c", "cat; exit 5", input="via kubectl\n", check=False)
+    assert result.returncode == 5
+    assert result.stdout == "via kubectl\n" and "exit code 5" in result.stderr

@@ -2,7 +2,7 @@
 
 The emulator (tests/harness/k8s.py) speaks plain HTTP on 127.0.0.1; the controller record's
 api_port points the tunnel at it and a stand-in k3s.yaml on the "controller" holds the
-credentials. It serves no pod logs or exec, so `logs` and `connect` are not exercised here.
+credentials. `logs` and `connect` are exercised in test_connect_logs.py.
 """
 
 from __future__ import annotations

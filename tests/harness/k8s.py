@@ -6,21 +6,34 @@ that behaves like one over HTTP. kmock (pinned in pyproject) provides the HTTP s
 request parsing, the versioned object store, the built-in resource catalogue,
 API discovery and Status error bodies; `ApiEmulator` below replaces kmock's naive
 write/watch semantics with the ones real clients rely on. See docs/testing.md.
+
+It also plays the kubelet for two pod subresources. `pods/NAME/log` serves what the test wrote
+with `K8sApi.write_pod_log` (container, follow, tailLines, timestamps). `pods/NAME/exec` speaks
+the WebSocket channel protocol (v5/v4.channel.k8s.io, channel.k8s.io) and runs the command as a
+**local process on this machine**, as the test user, with the pod's container env — the stand-in
+for the container; it is killed when the client goes away or the emulator stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import copy
 import datetime
+import fcntl
 import functools
 import json
 import os
+import pty
 import re
 import secrets
+import signal
 import string
+import struct
 import subprocess
+import sys
+import termios
 import threading
 import time
 import uuid
@@ -43,8 +56,30 @@ SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kmock", "p
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
+PODS = kmock.resource("", "v1", "pods")
 MERGE_KEYS = ("name", "containerPort", "mountPath", "devicePath", "type", "ip", "topologyKey")
 WATCH_POLL_SECONDS = 0.5
+# Exec subprotocols, newest first; "" (none offered) behaves as channel.k8s.io, as in Kubernetes.
+# v4 and v5 end with a JSON Status on channel 3; v5 adds the client's CLOSE signal (255, channel).
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io")
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+# The exec'd process starts through this: with a tty it takes the pty as its controlling
+# terminal (so shells get job control), then it execs the command; a command that cannot be
+# started exits 126 with the message a container runtime prints.
+EXEC_LAUNCHER = """
+import os, sys
+if sys.argv[1] == "tty":
+    import fcntl, termios
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    why = "executable file not found in $PATH" if isinstance(exc, FileNotFoundError) else exc.strerror
+    sys.stderr.write(
+        f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{sys.argv[2]}": {why}: unknown\\n'
+    )
+    sys.exit(126)
+"""
 
 # ---------------------------------------------------------------------------------------------
 # Errors: the Status bodies clients map to exceptions (kubernetes.ApiException, kubectl messages).
@@ -301,6 +336,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
     _events: list[tuple[int, kmock.resource, dict[str, Any]]] = attrs.field(factory=list, init=False)
     _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # Container logs: (pod uid, container) → [(RFC 3339 timestamp, line with its newline)].
+    _pod_logs: dict[tuple[str, str], list[tuple[str, bytes]]] = attrs.field(factory=dict, init=False)
+    _exec_processes: set[asyncio.subprocess.Process] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -335,7 +373,16 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return await self._render_error(exc)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        """Dispatch to user reactions and our fallbacks, skipping kmock's state pre-processing."""
+        """Dispatch to user reactions and our fallbacks, skipping kmock's state pre-processing.
+
+        Pod logs and exec are served first and directly with aiohttp: exec answers with a
+        WebSocket, which kmock cannot render, and a kmock `Response` with its own Content-Type
+        would leave that header on every later response of the same fallback reaction.
+        """
+        if request.resource == PODS and request.name and request.subresource == "exec":
+            return await self._serve_exec(request)
+        if request.resource == PODS and request.name and request.subresource == "log":
+            return await self._serve_pod_log(request)
         return await apps.RawHandler._handle(self, request)
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
@@ -396,8 +443,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
             self._changed.notify_all()
 
     async def close_watches(self) -> None:
-        """End all watch streams so that the server can shut down without waiting for them."""
+        """End all watch and log streams and exec sessions so that the server can shut down."""
         self._closing = True
+        for process in list(self._exec_processes):
+            _kill_group(process)
         async with self._changed:
             self._changed.notify_all()
 
@@ -765,6 +814,145 @@ class ApiEmulator(kmock.KubernetesEmulator):
         transport = request._raw_request.transport if request._raw_request is not None else None
         return transport is None or transport.is_closing()
 
+    # -- pods: logs and exec (the kubelet's part, played by the test and by local processes) --
+
+    def _pod_container(self, namespace: str, name: str, container: str | None) -> tuple[dict, str]:
+        """The pod and the container a log or exec request means, with the API server's errors."""
+        pod = self._current(PODS, namespace, name)
+        if pod is None:
+            raise not_found("pods", name)
+        names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        if container:
+            if names and container not in names:
+                raise api_error(400, "BadRequest", f"container {container} is not valid for pod {name}")
+            return pod, container
+        if len(names) > 1:
+            raise api_error(
+                400,
+                "BadRequest",
+                f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]",
+            )
+        return pod, names[0] if names else ""
+
+    async def write_pod_log(self, namespace: str, pod: str, text: str | bytes, container: str | None) -> None:
+        """Append to a container's log as its runtime would; followers get the lines at once."""
+        obj, container = self._pod_container(namespace, pod, container)
+        data = text.encode() if isinstance(text, str) else text
+        stamp = rfc3339_nano()
+        lines = self._pod_logs.setdefault((obj["metadata"]["uid"], container), [])
+        chunks = data.split(b"\n")
+        if not chunks[-1]:
+            chunks.pop()  # the text ended with a newline; a last unfinished line gets one
+        lines.extend((stamp, chunk + b"\n") for chunk in chunks)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _serve_pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """GET pods/NAME/log (text/plain): container, follow, tailLines, timestamps; previous is 400.
+
+        With follow, the stream goes on until the client leaves, the pod is deleted or we stop.
+        """
+        params = request.params
+        pod, container = self._pod_container(request.namespace, request.name, params.get("container"))
+        if is_true(params.get("previous")):
+            raise api_error(
+                400,
+                "BadRequest",
+                f'previous terminated container "{container}" in pod "{request.name}" not found',
+            )
+        try:
+            tail = None if params.get("tailLines") is None else int(params["tailLines"])
+        except ValueError:
+            raise api_error(
+                400, "BadRequest", f"tailLines: invalid integer {params['tailLines']!r}"
+            ) from None
+        if tail is not None and tail < 0:
+            raise invalid(f"tailLines: Invalid value: {tail}: must be greater than or equal to 0")
+        uid = pod["metadata"]["uid"]
+        lines = self._pod_logs.setdefault((uid, container), [])
+        cursor = 0 if tail is None else max(0, len(lines) - tail)
+        stamps = is_true(params.get("timestamps"))
+        if not is_true(params.get("follow")):
+            return aiohttp.web.Response(body=render_log(lines[cursor:], stamps), content_type="text/plain")
+
+        def pod_alive() -> bool:
+            current = self._current(PODS, request.namespace, request.name)
+            return current is not None and current["metadata"]["uid"] == uid
+
+        def changed(seen: int) -> bool:
+            return len(lines) > seen or self._closing or not pod_alive()
+
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request._raw_request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                if cursor < len(lines):
+                    chunk, cursor = render_log(lines[cursor:], stamps), len(lines)
+                    await response.write(chunk)
+                    continue
+                if self._closing or self._client_gone(request) or not pod_alive():
+                    break
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        woken = functools.partial(changed, cursor)
+                        await asyncio.wait_for(self._changed.wait_for(woken), WATCH_POLL_SECONDS)
+            await response.write_eof()
+        return response
+
+    async def _serve_exec(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """GET pods/NAME/exec upgraded to a WebSocket: the command runs as a local process.
+
+        Checked before the upgrade, with the API server's messages: the pod and container exist,
+        the pod has not completed, a command is given, at least one stream is wanted, the request
+        is a WebSocket upgrade offering a supported channel protocol. With tty, stderr is dropped
+        (it shares the terminal), as the API server does.
+        """
+        raw = request._raw_request
+        assert raw is not None
+        query = raw.query
+        pod, container = self._pod_container(request.namespace, request.name, query.get("container"))
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            raise api_error(
+                400,
+                "BadRequest",
+                f"cannot exec into a container in a completed pod; current phase is {phase}",
+            )
+        command = query.getall("command", [])
+        stdin, stdout, stderr, tty = (is_true(query.get(k)) for k in ("stdin", "stdout", "stderr", "tty"))
+        if not command:
+            raise api_error(400, "BadRequest", "you must specify at least 1 command")
+        if not (stdin or stdout or stderr):
+            raise api_error(400, "BadRequest", "you must specify at least one of stdin, stdout, stderr")
+        if raw.headers.get("Upgrade", "").lower() != "websocket":
+            raise api_error(400, "BadRequest", "Upgrade request required")
+        offered = [p.strip() for p in raw.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        protocol = next((p for p in offered if p in EXEC_PROTOCOLS), "" if not offered else None)
+        if protocol is None:
+            raise api_error(
+                400,
+                "BadRequest",
+                f"requested protocol(s) are not supported: {offered}; supported protocols are {list(EXEC_PROTOCOLS)}",
+            )
+        env = {**os.environ, "HOSTNAME": request.name}
+        for spec in (pod.get("spec") or {}).get("containers") or []:
+            if spec.get("name") == container:
+                env.update({e["name"]: str(e["value"]) for e in spec.get("env") or [] if "value" in e})
+        if tty:
+            env["TERM"] = "xterm"
+        ws = aiohttp.web.WebSocketResponse(protocols=(protocol,) if protocol else ())
+        await ws.prepare(raw)
+        try:
+            await ExecSession(ws, protocol, command, stdin, stdout, stderr and not tty, tty).run(
+                env, self._exec_processes
+            )
+        except ConnectionError:
+            pass  # the client went away; the process is gone too
+        finally:
+            await ws.close()
+        return ws
+
     # -- OpenAPI (only what kubectl needs to skip client-side validation) -------------------
 
     def _group_versions(self) -> dict[str, list[kmock.resource]]:
@@ -808,6 +996,212 @@ class ApiEmulator(kmock.KubernetesEmulator):
             "paths": paths,
             "components": {},
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Pod logs and exec: the kubelet's and container runtime's part.
+# ---------------------------------------------------------------------------------------------
+
+
+def is_true(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")
+
+
+def rfc3339_nano() -> str:
+    """Now as the container runtime stamps log lines: RFC 3339 with nanoseconds, UTC."""
+    ns = time.time_ns()
+    seconds = datetime.datetime.fromtimestamp(ns // 1_000_000_000, datetime.UTC)
+    return f"{seconds:%Y-%m-%dT%H:%M:%S}.{ns % 1_000_000_000:09d}Z"
+
+
+def render_log(lines: list[tuple[str, bytes]], stamps: bool) -> bytes:
+    return b"".join((f"{stamp} ".encode() if stamps else b"") + line for stamp, line in lines)
+
+
+def exec_status(protocol: str, command: list[str], code: int) -> bytes | None:
+    """What the API server sends on channel 3 when the command ends (None: nothing).
+
+    v4/v5: a Status, Success or Failure with reason NonZeroExitCode and the code as the
+    ExitCode cause; older protocols: the error text, on failure only.
+    """
+    message = (
+        f"command terminated with non-zero exit code: error executing command [{' '.join(command)}], "
+        f"exit code {code}"
+    )
+    if protocol not in ("v4.channel.k8s.io", "v5.channel.k8s.io"):
+        return None if code == 0 else message.encode()
+    if code == 0:
+        return json.dumps({"metadata": {}, "status": "Success"}).encode()
+    status = {
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+    return json.dumps(status).encode()
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+class ExecSession:
+    """One exec: a local process (own session and process group) wired to the channels.
+
+    stdin/stdout/stderr are pipes, or with tty one pseudo-terminal (resized through channel 4).
+    Output goes out in binary frames as it comes; the exit status follows on channel 3, then
+    the socket closes. v5's CLOSE of channel 0 closes the process's stdin (pipes only; a terminal
+    stays open). If the client goes away first, the process group is killed.
+    """
+
+    def __init__(
+        self,
+        ws: aiohttp.web.WebSocketResponse,
+        protocol: str,
+        command: list[str],
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    ) -> None:
+        self.ws, self.protocol, self.command = ws, protocol, command
+        self.stdin, self.stdout, self.stderr, self.tty = stdin, stdout, stderr, tty
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, channel: int, data: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_bytes(bytes([channel]) + data)
+
+    async def run(self, env: dict[str, str], registry: set[asyncio.subprocess.Process]) -> None:
+        master = slave = None
+        pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+        if self.tty:
+            master, slave = pty.openpty()
+            stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
+        else:
+            stdio = {
+                "stdin": pipe if self.stdin else null,
+                "stdout": pipe if self.stdout else null,
+                "stderr": pipe if self.stderr else null,
+            }
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                EXEC_LAUNCHER,
+                "tty" if self.tty else "pipes",
+                *self.command,
+                env=env,
+                start_new_session=True,
+                **stdio,
+            )
+        except BaseException:
+            if master is not None:
+                os.close(master)
+            raise
+        finally:
+            if slave is not None:
+                os.close(slave)
+        registry.add(process)
+        finished = asyncio.ensure_future(self._output_and_exit(process, master))
+        receiver = asyncio.ensure_future(self._receive(process, master))
+        try:
+            await asyncio.wait({finished, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if finished.done():
+                status = exec_status(self.protocol, self.command, finished.result())
+                if status is not None:
+                    await self.send(ERROR, status)
+                await self.ws.close()
+        finally:
+            # aiohttp cancels this handler when the client drops the connection (even right after
+            # a clean close), so clean up before awaiting anything.
+            _kill_group(process)
+            registry.discard(process)
+            for task in (finished, receiver):
+                task.cancel()
+            if master is not None:
+                asyncio.get_running_loop().remove_reader(master)
+                os.close(master)
+            await asyncio.gather(finished, receiver, return_exceptions=True)
+
+    async def _output_and_exit(self, process: asyncio.subprocess.Process, master: int | None) -> int:
+        """Forward all output until EOF, then the exit code (128 + signal when killed)."""
+        if master is not None:
+            await self._pump_pty(master)
+        else:
+            streams = ((process.stdout, STDOUT), (process.stderr, STDERR))
+            await asyncio.gather(*(self._pump(stream, channel) for stream, channel in streams if stream))
+        code = await process.wait()
+        return 128 - code if code < 0 else code
+
+    async def _pump(self, stream: asyncio.StreamReader, channel: int) -> None:
+        while data := await stream.read(65536):
+            await self.send(channel, data)
+
+    async def _pump_pty(self, master: int) -> None:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                data = os.read(master, 65536)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: every process holding the terminal is gone
+                data = b""
+            if not data:
+                loop.remove_reader(master)
+            chunks.put_nowait(data)
+
+        os.set_blocking(master, False)
+        loop.add_reader(master, readable)  # removed at EOF, or by run() before it closes the fd
+        while data := await chunks.get():
+            await self.send(STDOUT, data)
+
+    async def _receive(self, process: asyncio.subprocess.Process, master: int | None) -> None:
+        """Client → process: stdin, terminal size, v5 CLOSE; ends when the socket closes."""
+        async for message in self.ws:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                data = message.data
+            elif message.type == aiohttp.WSMsgType.TEXT:  # the kubernetes client sends str as text
+                data = message.data.encode()
+            else:
+                break
+            if not data:
+                continue
+            channel, payload = data[0], data[1:]
+            if channel == STDIN and self.stdin:
+                await self._write_stdin(process, master, payload)
+            elif channel == RESIZE and master is not None:
+                with contextlib.suppress(ValueError, TypeError, KeyError, OSError):
+                    size = json.loads(payload)
+                    winsize = struct.pack("HHHH", int(size["Height"]), int(size["Width"]), 0, 0)
+                    fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
+            elif (
+                channel == CLOSE
+                and self.protocol == "v5.channel.k8s.io"
+                and payload[:1] == bytes([STDIN])
+                and process.stdin is not None
+            ):
+                process.stdin.close()
+
+    @staticmethod
+    async def _write_stdin(process: asyncio.subprocess.Process, master: int | None, data: bytes) -> None:
+        if master is not None:
+            while data:
+                try:
+                    data = data[os.write(master, data) :]
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+                except OSError:
+                    return
+        elif process.stdin is not None and not process.stdin.is_closing():
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                process.stdin.write(data)
+                await process.stdin.drain()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -932,9 +1326,21 @@ class K8sApi:
 
         return self.call(apply)
 
+    def delete(self, resource: str, name: str, namespace: str | None = None) -> dict:
+        """Delete as a client's DELETE would (finalizers hold it; log follows of a pod end)."""
+        res = self.resource(resource)
+        return self.call(lambda emulator: emulator.delete(res, _scope(emulator, res, namespace), name))
+
     def write_status(self, resource: str, name: str, status: dict, namespace: str | None = None) -> dict:
         res = self.resource(resource)
         return self.call(lambda emulator: emulator.update(res, namespace, name, {"status": status}, "status"))
+
+    def write_pod_log(
+        self, namespace: str, pod: str, text: str | bytes, container: str | None = None
+    ) -> None:
+        """Append lines to a container's log (default: the pod's only container), as the
+        container would print them; `follow` streams get them at once. The pod must exist."""
+        self.call(lambda emulator: emulator.write_pod_log(namespace, pod, text, container))
 
     def wait_for(self, condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
         """Poll `condition()` until truthy; fail the test after `timeout` seconds."""

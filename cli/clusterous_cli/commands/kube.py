@@ -14,7 +14,8 @@ KUBECONFIG_HELP = (
 )
 CONNECT_HELP = (
     "Open an interactive shell in a pod of a component (Kubernetes exec through the tunnel).\n\n"
-    "Example: clusterous-k8s connect master"
+    "The shell's exit code becomes this command's; stdin may be a pipe (it ends the shell's input).\n\n"
+    "Example: clusterous-k8s connect master; echo 'ls /data' | clusterous-k8s connect master"
 )
 LOGS_HELP = (
     "Print the logs of a component's pod (--all: every pod, each line prefixed with the pod's name).\n\n"
