@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clusterous_provisioner.errors import BadInput
+from clusterous_provisioner.yamlfile import read_mapping
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PROFILE = "default"
@@ -65,24 +66,7 @@ def check_profile_name(name: str, source: str = "--profile") -> str:
 
 def read_yaml(path: Path) -> dict:
     """A YAML mapping from disk; bad YAML or a non-mapping is the user's input error."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(str(path), None, "an existing file") from None
-    except OSError as exc:
-        raise BadInput(str(path), None, "a readable file", exc.strerror) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BadInput(str(path), where, "valid YAML", problem) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BadInput(str(path), None, "a YAML mapping", type(data).__name__)
-    return data
+    return read_mapping(path, "configuration file")
 
 
 def write_private(path: Path, text: str) -> None:

@@ -136,29 +136,9 @@ def parse_params(pairs: list[str] | None, source: str = "--param") -> dict[str, 
 
 
 def read_yaml(path: Path) -> dict:
-    import yaml
+    from clusterous_provisioner.yamlfile import read_mapping
 
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(str(path), None, "an existing environment file or ClusterApp YAML") from None
-    except IsADirectoryError:
-        raise BadInput(str(path), None, "a file, not a directory") from None
-    except OSError as exc:
-        raise BadInput(str(path), None, "a readable file", exc.strerror) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise BadInput(
-            str(path), f"line {mark.line + 1}" if mark else None, "valid YAML", getattr(exc, "problem", None)
-        ) from None
-    if not isinstance(data, dict):
-        raise BadInput(
-            str(path), None, "a YAML mapping (an environment file or a ClusterApp)", type(data).__name__
-        )
-    return data
+    return read_mapping(path, "environment file or ClusterApp YAML", empty_ok=False)
 
 
 def to_yaml(app: Application) -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
 from clusterous_provisioner.errors import BadInput
+from clusterous_provisioner.yamlfile import read_mapping
 
 # A DNS label (Kubernetes object names, hostnames) that also fits AWS names built from it
 # (IAM role "clusterous-<name>-controller" must stay within 64 characters; tag values allow it).
@@ -252,28 +253,7 @@ FLAG_FIELDS = {
 
 def read_cluster_file(path: Path) -> dict:
     """The file's mapping; missing files and broken YAML are bad input naming the file."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise BadInput(str(path), None, "an existing cluster file") from None
-    except IsADirectoryError:
-        raise BadInput(str(path), None, "a cluster file, not a directory") from None
-    except OSError as exc:
-        raise BadInput(str(path), None, "a readable cluster file", exc.strerror) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BadInput(str(path), where, "valid YAML", problem) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BadInput(str(path), None, "a YAML mapping of cluster settings", type(data).__name__)
-    return data
+    return read_mapping(path, "cluster file")
 
 
 def _validation_error(source: str, exc: ValidationError, data: dict, flagged: dict[str, str]) -> BadInput:
