@@ -597,6 +597,23 @@ def test_pod_log_follow_streams_until_the_pod_is_deleted(k8s_api: K8sApi, client
     assert not reader.is_alive() and b"".join(chunks) == b"old 2\nnew 1\n"
 
 
+def test_pod_log_follow_ends_when_the_container_terminates(k8s_api: K8sApi, client) -> None:
+    """As the kubelet does for a finished container (a build Job's pod): the follow returns."""
+    core = kubernetes.client.CoreV1Api(client)
+    make_pod(k8s_api, "job")
+    k8s_api.write_pod_log("default", "job", "step 1\n")
+    response = core.read_namespaced_pod_log("job", "default", follow=True, _preload_content=False)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(response.stream(65536)), daemon=True)
+    reader.start()
+    k8s_api.wait_for(lambda: b"".join(chunks) == b"step 1\n", what="the first line")
+    k8s_api.write_pod_log("default", "job", "done\n")
+    k8s_api.write_status("v1/pods", "job", {"phase": "Succeeded"}, namespace="default")
+    reader.join(15)
+    assert not reader.is_alive() and b"".join(chunks) == b"step 1\ndone\n"
+    assert k8s_api.get("v1/pods", "job", "default") is not None  # ended by the container, not deleted
+
+
 def exec_session(client, pod: str, command: list[str], **flags):
     from kubernetes.stream import stream
 

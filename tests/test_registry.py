@@ -332,11 +332,6 @@ def job_controller(k8s_api, log: str, succeed: bool, on_start=None):
             name, namespace = job["metadata"]["name"], buildjob.NAMESPACE
             pod = f"{name}-x7k2p"
             template = job["spec"]["template"]
-            k8s_api.call(
-                lambda emulator: (
-                    emulator[f"get /api/v1/namespaces/{namespace}/pods/{pod}/log"] << log.encode()
-                )
-            )
             if on_start:
                 on_start(job)
             labels = {**template["metadata"]["labels"], "job-name": name}
@@ -345,6 +340,7 @@ def job_controller(k8s_api, log: str, succeed: bool, on_start=None):
                 {"metadata": {"name": pod, "labels": labels}, "spec": template["spec"]},
                 namespace=namespace,
             )
+            k8s_api.write_pod_log(namespace, pod, log)  # what the build printed
             (container,) = template["spec"]["containers"]
             k8s_api.write_status(
                 "v1/pods",

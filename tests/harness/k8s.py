@@ -850,7 +850,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
     async def _serve_pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """GET pods/NAME/log (text/plain): container, follow, tailLines, timestamps; previous is 400.
 
-        With follow, the stream goes on until the client leaves, the pod is deleted or we stop.
+        With follow, the stream goes on until the client leaves, the container terminates, the pod
+        is deleted or we stop.
         """
         params = request.params
         pod, container = self._pod_container(request.namespace, request.name, params.get("container"))
@@ -879,8 +880,16 @@ class ApiEmulator(kmock.KubernetesEmulator):
             current = self._current(PODS, request.namespace, request.name)
             return current is not None and current["metadata"]["uid"] == uid
 
+        def container_ended() -> bool:
+            """As the kubelet does: a follow ends once the container has terminated."""
+            status = (self._current(PODS, request.namespace, request.name) or {}).get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed"):
+                return True
+            states = {c.get("name"): c.get("state") or {} for c in status.get("containerStatuses") or []}
+            return "terminated" in states.get(container, {})
+
         def changed(seen: int) -> bool:
-            return len(lines) > seen or self._closing or not pod_alive()
+            return len(lines) > seen or self._closing or not pod_alive() or container_ended()
 
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
@@ -891,7 +900,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
                     chunk, cursor = render_log(lines[cursor:], stamps), len(lines)
                     await response.write(chunk)
                     continue
-                if self._closing or self._client_gone(request) or not pod_alive():
+                if self._closing or self._client_gone(request) or not pod_alive() or container_ended():
                     break
                 async with self._changed:
                     with contextlib.suppress(TimeoutError):
