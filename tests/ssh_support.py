@@ -32,6 +32,29 @@ class Controller:
     shared: Path
 
 
+def write_k3s_yaml(path: Path, token: str = "test-token") -> Path:
+    """The stand-in for the controller's /etc/rancher/k3s/k3s.yaml (0600, as k3s writes it).
+
+    k3s's says https; the emulator behind the tunnel speaks plain HTTP on the same port.
+    """
+    import yaml
+
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
+                "users": [{"name": "default", "user": {"token": token}}],
+                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
+                "current-context": "default",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
 def make_controller(sshd: SshServer, shared_root: Path | None = None, **overrides) -> Controller:
     config.save_profile(
         "default", config.Profile(region="eu-west-1", bucket="clusterous-test", current_cluster=CLUSTER)

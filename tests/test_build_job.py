@@ -13,12 +13,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from clusterous_cli import buildjob, tunnels
 from clusterous_operator.images import CLUSTER_REGISTRY
 from tests.harness.tools import validate_k8s
-from tests.ssh_support import make_controller
+from tests.ssh_support import make_controller, write_k3s_yaml
 
 
 def test_job_and_claim_are_valid_kubernetes_objects() -> None:
@@ -74,19 +73,7 @@ def test_bad_build_input_is_exit_2(tmp_path, cli, make, argv_tail, expected) -> 
 def test_an_unreachable_registry_fails_the_build_before_anything_is_created(
     sshd, k8s_api, cli, tmp_path
 ) -> None:
-    k3s_yaml = sshd.workdir / "k3s.yaml"
-    k3s_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml")
     controller = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
     closed = tunnels.free_port()  # nothing listens here: the registry is down
     k8s_api.create("v1/namespaces", {"metadata": {"name": "clusterous-system"}})

@@ -21,10 +21,9 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from clusterous_cli import tunnels
-from tests.ssh_support import make_controller
+from tests.ssh_support import make_controller, write_k3s_yaml
 
 COMPONENT_LABEL = "clusterous.io/component"
 
@@ -32,19 +31,7 @@ COMPONENT_LABEL = "clusterous.io/component"
 @pytest.fixture
 def kube_controller(sshd, k8s_api):
     """A cluster whose controller is the sshd, with a k3s.yaml pointing at the emulator."""
-    k3s_yaml = sshd.workdir / "k3s.yaml"
-    k3s_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "default", "user": {"token": "connect-logs-token"}}],
-                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
-                "current-context": "default",
-            }
-        )
-    )
+    k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml", "connect-logs-token")
     made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
     try:
         yield made

@@ -22,7 +22,7 @@ import yaml
 from clusterous_provisioner import logging_addon
 from clusterous_provisioner.errors import BadInput
 from tests.harness.tools import REPO, tool_path, validate_k8s
-from tests.ssh_support import make_controller
+from tests.ssh_support import make_controller, write_k3s_yaml
 
 CHART = REPO / "charts" / "clusterous-logging"
 NAMESPACE = logging_addon.DEFAULT_NAMESPACE
@@ -439,19 +439,7 @@ def cluster(sshd, k8s_api, tmp_path):
     """A controller (the harness sshd) whose k3s API is the emulator, with k3s's CRDs served."""
     from clusterous_cli import tunnels
 
-    k3s_yaml = tmp_path / "k3s.yaml"
-    k3s_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "default", "user": {"token": "k3s-test-token"}}],
-                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
-                "current-context": "default",
-            }
-        )
-    )
+    k3s_yaml = write_k3s_yaml(tmp_path / "k3s.yaml", "k3s-test-token")
     port = int(k8s_api.url.rsplit(":", 1)[1])
     made = make_controller(sshd, api_port=port, k3s_kubeconfig=str(k3s_yaml))
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", HELMCHART_CRD)

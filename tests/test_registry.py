@@ -29,7 +29,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from clusterous_cli import buildjob, tunnels
 from clusterous_cli.builds import TAIL_LINES
@@ -41,7 +40,7 @@ from tests.registry_support import (
     registry_fixture,  # noqa: F401 - the `registry` fixture
     running_registry,
 )
-from tests.ssh_support import make_controller
+from tests.ssh_support import make_controller, write_k3s_yaml
 
 
 def blob_key(root: str, digest: str) -> str:
@@ -88,20 +87,7 @@ def test_images_outlive_the_registry_that_pushed_them(aws, tmp_path) -> None:
 
 def k3s_yaml(sshd):
     """The stand-in k3s.yaml the CLI fetches from the controller over SFTP."""
-    path = sshd.workdir / "k3s.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
+    return write_k3s_yaml(sshd.workdir / "k3s.yaml")
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import yaml
 os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 
 from clusterous_cli import apps, kubeapi, tunnels  # noqa: E402
-from tests.ssh_support import make_controller  # noqa: E402
+from tests.ssh_support import make_controller, write_k3s_yaml  # noqa: E402
 
 kopf_testing = pytest.importorskip("kopf.testing")
 CRD = yaml.safe_load(
@@ -116,19 +116,7 @@ def cluster(sshd, k8s_api, aws, monkeypatch):
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
     k8s_api.add_node("master-1", labels={"clusterous.io/group": "master"}, cpu="2")
     k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
-    k3s_yaml = sshd.workdir / "k3s.yaml"
-    k3s_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "default", "user": {"token": "test-token"}}],
-                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
-                "current-context": "default",
-            }
-        )
-    )
+    k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml", "test-token")
     made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
     aws.reset_calls()
     try:

@@ -16,26 +16,14 @@ import yaml
 
 from clusterous_cli import tunnels
 from tests.harness.k8s import require_kubectl
-from tests.ssh_support import echo_roundtrip, echo_server, make_controller
+from tests.ssh_support import echo_roundtrip, echo_server, make_controller, write_k3s_yaml
 
 SECRET_TOKEN = "s3cr3t-token-never-printed"
 
 
 @pytest.fixture
 def kube_controller(sshd, k8s_api, tmp_path):
-    k3s_yaml = sshd.workdir / "k3s.yaml"
-    k3s_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "default", "user": {"token": SECRET_TOKEN}}],
-                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
-                "current-context": "default",
-            }
-        )
-    )
+    k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml", SECRET_TOKEN)
     made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
     try:
         yield made

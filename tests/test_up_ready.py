@@ -34,6 +34,7 @@ from clusterous_cli.endpoint import ClusterRef
 from tests import console_output_plugin
 from tests.harness import faults
 from tests.harness.k8s import find_resource
+from tests.ssh_support import write_k3s_yaml
 
 CLUSTER = "ready"
 SSH_CIDR = "198.51.100.7/32"
@@ -241,21 +242,7 @@ def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
-    k3s_yaml = sshd.workdir / "k3s.yaml"
-    k3s_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                # k3s's says https; the emulator behind the tunnel speaks plain HTTP.
-                "clusters": [{"name": "default", "cluster": {"server": "http://127.0.0.1:6443"}}],
-                "users": [{"name": "default", "user": {"token": "k3s-admin-token"}}],
-                "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
-                "current-context": "default",
-            }
-        )
-    )
-    k3s_yaml.chmod(0o600)
+    k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml", "k3s-admin-token")
     overrides = tmp_path / "controller-overrides.yml"
     overrides.write_text(
         yaml.safe_dump(
