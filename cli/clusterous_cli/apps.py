@@ -8,7 +8,6 @@ when the ClusterApp is already gone.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from clusterous_cli.endpoint import ClusterRef
@@ -17,7 +16,6 @@ from clusterous_provisioner.errors import Failure
 GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
-POLL = 1.0
 
 
 # --- the ClusterApp --------------------------------------------------------------------------
@@ -119,40 +117,50 @@ def wait_until_running(
     does not reach Running within `timeout` ends with the status message, which names the
     blocker (not enough CPU, no nodes in a group, containers crashing) and what to do.
     """
-    deadline = time.monotonic() + timeout
+    from clusterous_cli.kubeapi import api_failure, watch_objects
+
     shown: dict[str, str] = {}
-    observed = None
-    while True:
-        app = get(api, name, namespace)
-        if app is None:
-            raise Failure(f"ClusterApp {name} disappeared while starting", "was it removed with `quit`?")
-        info = summary(app)
-        generation = app["metadata"].get("generation")
-        current = (app.get("status") or {}).get("observedGeneration") in (None, generation)
-        for component in info["components"]:
-            line = (
-                f"  {component['name']}: {component['ready']}/{component['desired']} "
-                f"{component['state']}: {component['message']}"
-            )
-            if shown.get(component["name"]) != line:
-                shown[component["name"]] = line
-                say(line)
-        if current and info["phase"] != observed:
-            observed = info["phase"]
-            say(f"{name}: {info['phase']} ({info['ready']} ready)")
-        if current and info["phase"] == "Running":
-            return info
-        if current and info["phase"] == "Failed":
-            raise Failure(f"{name} cannot run: {info['message']}", "fix the file and run it again")
-        if time.monotonic() > deadline:
-            raise Failure(
-                f"{name} is not running after {int(timeout)} s ({info['phase']}, {info['ready']} ready): "
-                f"{info['message']}",
-                "it keeps trying: follow it with `clusterous-k8s status`, or `clusterous-k8s quit "
-                + name
-                + "`",
-            )
-        time.sleep(POLL)
+    observed, info = None, None
+    try:
+        for apps_now in watch_objects(
+            _custom(api).list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout=timeout,
+        ):
+            app = apps_now.get(name)
+            if app is None:
+                raise Failure(f"ClusterApp {name} disappeared while starting", "was it removed with `quit`?")
+            info = summary(app)
+            generation = app["metadata"].get("generation")
+            current = (app.get("status") or {}).get("observedGeneration") in (None, generation)
+            for component in info["components"]:
+                line = (
+                    f"  {component['name']}: {component['ready']}/{component['desired']} "
+                    f"{component['state']}: {component['message']}"
+                )
+                if shown.get(component["name"]) != line:
+                    shown[component["name"]] = line
+                    say(line)
+            if current and info["phase"] != observed:
+                observed = info["phase"]
+                say(f"{name}: {info['phase']} ({info['ready']} ready)")
+            if current and info["phase"] == "Running":
+                return info
+            if current and info["phase"] == "Failed":
+                raise Failure(f"{name} cannot run: {info['message']}", "fix the file and run it again")
+    except Failure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise api_failure(f"following ClusterApp {name}", exc) from None
+    phase, ready, message = (info["phase"], info["ready"], info["message"]) if info else ("unknown", "?", "")
+    raise Failure(
+        f"{name} is not running after {int(timeout)} s ({phase}, {ready} ready): {message}",
+        f"it keeps trying: follow it with `clusterous-k8s status`, or `clusterous-k8s quit {name}`",
+    )
 
 
 def delete(api, name: str, namespace: str = NAMESPACE, timeout: float = 60.0) -> bool | None:
@@ -169,11 +177,22 @@ def delete(api, name: str, namespace: str = NAMESPACE, timeout: float = 60.0) ->
         raise api_failure(f"removing ClusterApp {name}", exc) from None
     except Exception as exc:  # noqa: BLE001
         raise api_failure(f"removing ClusterApp {name}", exc) from None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if get(api, name, namespace) is None:
-            return True
-        time.sleep(POLL / 2)
+    from clusterous_cli.kubeapi import watch_objects
+
+    try:
+        for apps_now in watch_objects(
+            _custom(api).list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout=timeout,
+        ):
+            if name not in apps_now:
+                return True
+    except Exception as exc:  # noqa: BLE001
+        raise api_failure(f"removing ClusterApp {name}", exc) from None
     return False
 
 

@@ -8,17 +8,16 @@ with the log's last lines in the error, so the reason is on screen even when scr
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from clusterous_cli import buildjob
+from clusterous_cli.kubeapi import watch_objects
 from clusterous_provisioner.errors import BadInput, Failure
 
 TAIL_LINES = 25
 START_TIMEOUT = 600.0  # pulling BuildKit and mounting the volume, on a fresh node
-POLL = 1.0
 STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError", "CreateContainerError"}
 
 
@@ -112,23 +111,20 @@ def _delete_previous(batch, core, job_name: str) -> None:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            batch.read_namespaced_job(job_name, buildjob.NAMESPACE)
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
-        time.sleep(POLL)
+    for jobs in watch_objects(
+        batch.list_namespaced_job, buildjob.NAMESPACE, field_selector=f"metadata.name={job_name}", timeout=60
+    ):
+        if job_name not in jobs:
+            return
 
 
 def _wait_for_pod(core, job_name: str):
     """The Job's pod once its container started (or ended); a pod stuck pulling is a Failure."""
-    deadline = time.monotonic() + START_TIMEOUT
     selector = f"{buildjob.BUILD_LABEL}={job_name}"
-    while time.monotonic() < deadline:
-        for pod in core.list_namespaced_pod(buildjob.NAMESPACE, label_selector=selector).items:
+    for pods in watch_objects(
+        core.list_namespaced_pod, buildjob.NAMESPACE, label_selector=selector, timeout=START_TIMEOUT
+    ):
+        for pod in pods.values():
             for state in (pod.status.container_statuses or []) if pod.status else []:
                 if state.state and (state.state.running or state.state.terminated):
                     return pod.metadata.name
@@ -138,7 +134,6 @@ def _wait_for_pod(core, job_name: str):
                         f"the build pod cannot start: {waiting.reason}: {waiting.message or ''}".rstrip(": "),
                         "check that the nodes reach the internet (NAT gateway) to pull the BuildKit image",
                     )
-        time.sleep(POLL)
     raise Failure(
         f"the build pod of {job_name} did not start within {int(START_TIMEOUT)} s",
         f"see `kubectl -n {buildjob.NAMESPACE} describe job {job_name}`",
@@ -167,12 +162,15 @@ def _stream_log(core, pod: str, say: Callable[[str], None], tail: deque) -> None
 
 def _wait_for_job(batch, job_name: str, timeout: float = 120.0) -> bool:
     """True when the Job succeeded; the log has ended, so its status follows within seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = batch.read_namespaced_job(job_name, buildjob.NAMESPACE).status
+    for jobs in watch_objects(
+        batch.list_namespaced_job,
+        buildjob.NAMESPACE,
+        field_selector=f"metadata.name={job_name}",
+        timeout=timeout,
+    ):
+        status = jobs[job_name].status if job_name in jobs else None
         if status and status.succeeded:
             return True
         if status and status.failed:
             return False
-        time.sleep(POLL)
     return False

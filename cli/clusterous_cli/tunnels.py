@@ -218,17 +218,33 @@ def stop_supervisor(ref: ClusterRef, timeout: float = 5.0) -> int | None:
         return None
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while supervisor_pid(ref) == pid and time.monotonic() < deadline:
+
+    def gone() -> bool:
         _reap(pid)
-        time.sleep(0.05)
-    if supervisor_pid(ref) == pid:
+        return supervisor_pid(ref) != pid
+
+    if not _wait_until(gone, timeout):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _reap(pid)
     (ref.directory / PID_FILE).unlink(missing_ok=True)
     (ref.directory / STATUS_FILE).unlink(missing_ok=True)
     return pid
+
+
+def _wait_until(check, timeout: float, first: float = 0.01, most: float = 0.25) -> bool:
+    """True once check() holds, False after `timeout` s. The supervisor is another process that
+    signals only through its pid and status files, so this polls them, backing off from 10 ms
+    (it is usually quick) to 250 ms (not busy-waiting while it reconnects)."""
+    deadline, interval = time.monotonic() + timeout, first
+    while True:
+        if check():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(interval, left))
+        interval = min(interval * 2, most)
 
 
 def _reap(pid: int) -> None:
@@ -239,15 +255,17 @@ def _reap(pid: int) -> None:
 
 def wait_for(ref: ClusterRef, condition, timeout: float, what: str) -> dict:
     """Poll supervisor.json until `condition(status)` holds; a Failure naming the log if it never does."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     status: dict = {}
-    while time.monotonic() < deadline:
+
+    def settled() -> bool:
+        nonlocal status
         status = read_status(ref)
-        if condition(status):
-            return status
-        if supervisor_pid(ref) is None and time.monotonic() > deadline - timeout + 2:
-            break
-        time.sleep(0.05)
+        # a supervisor that died (after 2 s to start) will not change its status any more
+        return condition(status) or (supervisor_pid(ref) is None and time.monotonic() - started > 2)
+
+    if _wait_until(settled, timeout) and condition(status):
+        return status
     error = status.get("last_error") or "no answer from the tunnel supervisor"
     raise Failure(
         f"{what}: {error}",
