@@ -691,22 +691,31 @@ def _forget(profile_name: str, name: str, nodes: list[str], report) -> None:
         report(f"could not check for re-registered Nodes ({str(exc).splitlines()[0]}): `kubectl get nodes`")
 
 
+# Options shared by scale, add-nodes and rm-nodes (typer reads these defaults for each command).
+INSTANCE_TYPE_OPTION = typer.Option(None, "--instance-type", help="Type for a group that has no nodes yet.")
+FORCE_OPTION = typer.Option(False, "--force", help="Terminate without draining the nodes first.")
+DRAIN_TIMEOUT_OPTION = typer.Option(
+    300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
+)
+YES_OPTION = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+NAME_OPTION = typer.Option(None, "--name", help="Cluster name [the current cluster].")
+REGION_OPTION = typer.Option(None, "--region", help="AWS region [profile].")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+GROUP_OPTION = typer.Option("worker", "--group", help="Node group.")
+
+
 def scale(
     ctx: typer.Context,
     group: str = typer.Argument(..., help="Node group, e.g. worker."),
     count: int = typer.Argument(..., min=0, help="Number of nodes the group should have."),
-    instance_type: str = typer.Option(
-        None, "--instance-type", help="Type for a group that has no nodes yet."
-    ),
-    force: bool = typer.Option(False, "--force", help="Terminate without draining the nodes first."),
-    drain_timeout: float = typer.Option(
-        300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
-    ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    instance_type: str = INSTANCE_TYPE_OPTION,
+    force: bool = FORCE_OPTION,
+    drain_timeout: float = DRAIN_TIMEOUT_OPTION,
+    yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run or terminate."),
-    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = NAME_OPTION,
+    region: str = REGION_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json, drain_timeout)
 
@@ -714,15 +723,13 @@ def scale(
 def add_nodes(
     ctx: typer.Context,
     n: int = typer.Argument(..., min=1, help="How many nodes to add."),
-    group: str = typer.Option("worker", "--group", help="Node group."),
-    instance_type: str = typer.Option(
-        None, "--instance-type", help="Type for a group that has no nodes yet."
-    ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    group: str = GROUP_OPTION,
+    instance_type: str = INSTANCE_TYPE_OPTION,
+    yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run."),
-    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = NAME_OPTION,
+    region: str = REGION_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     _resize(ctx, group, None, n, instance_type, False, yes, no_wait, name, region, as_json)
 
@@ -730,15 +737,13 @@ def add_nodes(
 def rm_nodes(
     ctx: typer.Context,
     n: int = typer.Argument(..., min=1, help="How many nodes to remove."),
-    group: str = typer.Option("worker", "--group", help="Node group."),
-    force: bool = typer.Option(False, "--force", help="Terminate without draining the nodes first."),
-    drain_timeout: float = typer.Option(
-        300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
-    ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    group: str = GROUP_OPTION,
+    force: bool = FORCE_OPTION,
+    drain_timeout: float = DRAIN_TIMEOUT_OPTION,
+    yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to terminate."),
-    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = NAME_OPTION,
+    region: str = REGION_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json, drain_timeout)
