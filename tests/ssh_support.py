@@ -32,6 +32,29 @@ class Controller:
     shared: Path
 
 
+# k3s's built-in HelmChart CRD (its helm-controller serves it), for tests that apply HelmCharts.
+HELMCHART_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "helmcharts.helm.cattle.io"},
+    "spec": {
+        "group": "helm.cattle.io",
+        "scope": "Namespaced",
+        "names": {"plural": "helmcharts", "singular": "helmchart", "kind": "HelmChart"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
 def write_k3s_yaml(path: Path, token: str = "test-token") -> Path:
     """The stand-in for the controller's /etc/rancher/k3s/k3s.yaml (0600, as k3s writes it).
 

@@ -22,7 +22,7 @@ import yaml
 from clusterous_provisioner import logging_addon
 from clusterous_provisioner.errors import BadInput
 from tests.harness.tools import REPO, tool_path, validate_k8s
-from tests.ssh_support import make_controller, write_k3s_yaml
+from tests.ssh_support import HELMCHART_CRD, make_controller, write_k3s_yaml
 
 CHART = REPO / "charts" / "clusterous-logging"
 NAMESPACE = logging_addon.DEFAULT_NAMESPACE
@@ -411,27 +411,6 @@ def test_up_refuses_a_bad_logging_level(cli, tmp_path) -> None:
 
 
 # --- `clusterous-k8s logging` through the tunnel ----------------------------------------------
-
-HELMCHART_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "helmcharts.helm.cattle.io"},
-    "spec": {
-        "group": "helm.cattle.io",
-        "scope": "Namespaced",
-        "names": {"plural": "helmcharts", "singular": "helmchart", "kind": "HelmChart"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
 
 
 @pytest.fixture

@@ -34,32 +34,12 @@ from clusterous_cli.endpoint import ClusterRef
 from tests import console_output_plugin
 from tests.harness import faults
 from tests.harness.k8s import find_resource
-from tests.ssh_support import write_k3s_yaml
+from tests.ssh_support import HELMCHART_CRD, write_k3s_yaml
 
 CLUSTER = "ready"
 SSH_CIDR = "198.51.100.7/32"
 UP = ["up", "--name", CLUSTER, "--os", "al2023", "--ssh-cidr", SSH_CIDR, "--yes"]
 ADDONS_FILE = "/var/lib/rancher/k3s/server/manifests/clusterous-addons.yaml"
-HELMCHART_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "helmcharts.helm.cattle.io"},
-    "spec": {
-        "group": "helm.cattle.io",
-        "scope": "Namespaced",
-        "names": {"plural": "helmcharts", "singular": "helmchart", "kind": "HelmChart"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
 
 
 def _tags(instance: dict) -> dict:

@@ -8,7 +8,7 @@ again, through describe calls and the Resource Groups Tagging API, for anything 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clusterous_provisioner import layout, tags
@@ -40,15 +40,7 @@ class Receipt:
     checked: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {
-            "cluster": self.cluster,
-            "region": self.region,
-            "deleted": self.deleted,
-            "kept": self.kept,
-            "leftovers": self.leftovers,
-            "checked": self.checked,
-            "clean": not self.leftovers,
-        }
+        return {**asdict(self), "clean": not self.leftovers}
 
 
 def volume_fate(inv: Inventory, keep: bool, delete: bool) -> tuple[dict | None, bool]:
