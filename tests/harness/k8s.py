@@ -50,6 +50,7 @@ import pytest
 import yaml
 from kmock._internal import apps, parsing, rendering
 
+from tests.harness import k8s_admission
 from tests.harness.tools import tool_path
 
 SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kmock", "platform": "linux/amd64"}
@@ -363,6 +364,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return await self._render_error(api_error(400, "BadRequest", repr(exc)))
         self._requests.append(request)
         try:
+            k8s_admission.authorize(self, request)
             return await self._handle(request)
         except rendering.StreamingError as exc:  # a stream already started: end it with an ERROR
             raw_response = exc.args[0]
@@ -501,7 +503,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         name = (body.get("metadata") or {}).get("name") if isinstance(body, dict) else None
         if name and self._current(resource, namespace, name) is not None:
             raise api_error(409, "AlreadyExists", f'{resource.plural} "{name}" already exists', name=name)
-        obj = self._fill_new(resource, namespace, body)
+        obj = k8s_admission.admit(self, resource, self._fill_new(resource, namespace, body), None)
         if resource == CRD_RESOURCE:
             obj["status"] = self._serve_crd(obj)
         self._store(resource, namespace, obj)
@@ -564,6 +566,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             )
         result = self._merge_write(info, old, new, subresource)
         self._preserve_metadata(old, result)
+        result = k8s_admission.admit(self, resource, result, old, subresource)
         result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if result == old:
             return old  # a no-op write changes nothing, as in Kubernetes
