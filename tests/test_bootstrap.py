@@ -44,9 +44,9 @@ TOKEN = "K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface"
 VOLUME = "vol-0abc123def4567890"
 SCRIPTS = Path(__file__).resolve().parents[1] / "provisioner" / "clusterous_provisioner" / "scripts"
 CORE_UTILS = ("bash", "sh", "grep", "awk", "mkdir", "readlink", "dirname", "basename", "touch", "cat",
-              "rm", "mv", "env", "sort", "sed", "chmod")  # fmt: skip
+              "rm", "mv", "env", "sort", "sed", "chmod", "stat")  # fmt: skip
 STAND_INS = ("apt-get", "dnf", "curl", "blkid", "mkfs.ext4", "mkfs.xfs", "mount", "mountpoint",
-             "exportfs", "systemctl", "sleep")  # fmt: skip
+             "exportfs", "systemctl", "sleep", "chown")  # fmt: skip
 
 
 def make_inputs(**changes) -> BootstrapInputs:
@@ -81,14 +81,16 @@ printf '#!/bin/sh\necho "k3s version %s (0000)"\n' "$INSTALL_K3S_VERSION" >"$STA
 chmod +x "$STANDIN_BIN/k3s"
 EOF
 """,
+    # blkid -p -o export: the signature a test or mkfs left in the state file (KEY=VALUE lines)
     "blkid": r"""
 for dev; do :; done
 state="$STANDIN_STATE/fs-$(basename "$dev")"
 [ -s "$state" ] || exit 2
-case "$*" in *TYPE*) cat "$state" ;; *UUID*) echo 0d3c5a1e-1111-4222-8333-444455556666 ;; esac
+echo UUID=0d3c5a1e-1111-4222-8333-444455556666
+cat "$state"
 """,
-    "mkfs.ext4": 'for dev; do :; done\necho ext4 >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
-    "mkfs.xfs": 'for dev; do :; done\necho xfs >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
+    "mkfs.ext4": 'for dev; do :; done\nprintf "TYPE=ext4\\nUSAGE=filesystem\\n" >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
+    "mkfs.xfs": 'for dev; do :; done\nprintf "TYPE=xfs\\nUSAGE=filesystem\\n" >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
     "mount": 'for dir; do :; done\ntouch "$STANDIN_STATE/mounted-$(basename "$dir")"\n',
     "mountpoint": 'for dir; do :; done\n[ -e "$STANDIN_STATE/mounted-$(basename "$dir")" ]\n',
 }
@@ -261,12 +263,29 @@ def test_controller_formats_a_blank_volume_mounts_and_exports_it(instance):
 
 def test_controller_never_formats_a_volume_that_has_a_filesystem(instance):
     device = instance.attach_volume(nvme_link())
-    (instance.state / f"fs-{device.name}").write_text("xfs\n")
+    (instance.state / f"fs-{device.name}").write_text("TYPE=xfs\nUSAGE=filesystem\n")
     _, result = boot_controller(instance)
     assert result.returncode == 0, result.stderr
     assert instance.calls("mkfs.ext4") == [] and instance.calls("mkfs.xfs") == []
     assert instance.text("/etc/fstab").split()[2] == "xfs"  # mounted as what it is
     assert "already has a xfs filesystem" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "signature, named",
+    [
+        ("PTTYPE=gpt\nPTUUID=5c1e\n", "a gpt partition table"),
+        ("TYPE=LVM2_member\nUSAGE=raid\n", "LVM2_member"),
+    ],
+)
+def test_controller_refuses_a_volume_that_is_neither_blank_nor_a_filesystem(instance, signature, named):
+    device = instance.attach_volume(nvme_link())
+    (instance.state / f"fs-{device.name}").write_text(signature)
+    _, result = boot_controller(instance)
+    assert result.returncode != 0
+    assert VOLUME in result.stderr and named in result.stderr and "refusing to format" in result.stderr
+    assert instance.calls("mkfs.ext4") == [] and instance.calls("mount") == []
+    assert instance.calls("k3s-installer") == [] and instance.text("/etc/fstab") == ""
 
 
 def test_controller_finds_the_volume_on_xen_instances(instance):

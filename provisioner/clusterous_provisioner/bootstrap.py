@@ -28,6 +28,9 @@ from clusterous_provisioner.errors import BadInput, Failure
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
 SUPPORTED_OS = ("ubuntu-24.04", "al2023")
 USER_DATA_LIMIT = 16384  # bytes, EC2's limit on raw user-data
+# The login user `put`, `run` and build uploads write the shared volume as: cloud-init's default
+# user, `ubuntu` on Ubuntu 24.04 and `ec2-user` on Amazon Linux 2023, both uid/gid 1000.
+LOGIN_UID = 1000
 
 # Paths on the instance.
 SCRIPT_DIR = "/usr/local/lib/clusterous"
@@ -92,6 +95,7 @@ def _settings(inputs: BootstrapInputs, role: str, group: str | None = None) -> s
         "SHARED_VOLUME_ID": inputs.shared_volume_id or "",  # vol-... or empty
         "SHARED_DIR": addons.SHARED_DIR,
         "SHARED_FS": "ext4",
+        "SHARED_OWNER": f"{LOGIN_UID}:{LOGIN_UID}",  # owner of the shared volume's root
     }
     if group is not None:
         values["NODE_GROUP"] = group

@@ -7,7 +7,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh disable=SC1091  # checked on its own; written beside this script
 . "$HERE/common.sh"
 load_config
-: "${CONTROLLER_IP:?}" "${VPC_CIDR:?}"
+: "${CONTROLLER_IP:?}" "${VPC_CIDR:?}" "${SHARED_OWNER:?}"
 
 SHARED_DIR="${SHARED_DIR:-/export/shared}"
 MNT="$ROOT$SHARED_DIR"
@@ -36,29 +36,77 @@ find_device() {
     done
 }
 
+# probe_volume DEVICE: the filesystem type on DEVICE, or nothing when the device is blank.
+# Low-level probing (blkid -p) reads the device itself rather than blkid's cache and also
+# reports partition tables and non-filesystem signatures. Anything that is neither a
+# filesystem nor blank (a partition table, LVM, RAID, LUKS, swap, signatures blkid cannot tell
+# apart) is refused: formatting it would destroy someone's data, mounting it cannot work.
+probe_volume() {
+    local device="$1" probe="" rc=0 fstype pttype usage
+    probe="$(blkid -p -o export "$device")" || rc=$?
+    case "$rc" in
+        0) ;;
+        2) return 0 ;;  # no signature of any kind: blank
+        8) refuse_volume "$device" "signatures blkid cannot tell apart" ;;
+        *) log "blkid -p $device failed (exit $rc)" >&2; return 1 ;;
+    esac
+    fstype="$(export_value TYPE "$probe")"
+    pttype="$(export_value PTTYPE "$probe")"
+    usage="$(export_value USAGE "$probe")"
+    if [ -n "$pttype" ]; then
+        refuse_volume "$device" "a $pttype partition table"
+    fi
+    if [ "$usage" != filesystem ] || [ -z "$fstype" ]; then
+        refuse_volume "$device" "a ${fstype:-unknown} signature (${usage:-no usage}), not a filesystem"
+    fi
+    printf '%s\n' "$fstype"
+}
+
+export_value() { printf '%s\n' "$2" | sed -n "s/^$1=//p"; }
+
+refuse_volume() {
+    log "shared volume $SHARED_VOLUME_ID ($1) has $2: refusing to format or mount it." \
+        "Use a blank volume or one with a filesystem on the whole device (no partitions)." >&2
+    exit 1
+}
+
+# The shared root belongs to the login user (uid 1000 on Ubuntu 24.04 and Amazon Linux 2023),
+# who runs put, run and build-context uploads over SSH. mkfs leaves it root:root 0755, so a
+# root still owned by root is handed over: owner and group SHARED_OWNER, mode 0775 (the login
+# user and its group write; everybody else reads). A root with any other owner is left as is.
+own_shared_root() {
+    if [ "$(stat -c %u "$MNT")" = 0 ]; then
+        chown "$SHARED_OWNER" "$MNT"
+        chmod 0775 "$MNT"
+        log "$SHARED_DIR handed to the login user ($SHARED_OWNER, mode 0775)"
+    fi
+}
+
 setup_shared_volume() {
     mkdir -p "$MNT"
     if [ -z "${SHARED_VOLUME_ID:-}" ]; then
         log "no shared volume id: exporting $SHARED_DIR from the root disk"
+        own_shared_root
         return 0
     fi
     local device fstype uuid
     device="$(find_device)"
-    fstype="$(blkid -o value -s TYPE "$device" || true)"
+    fstype="$(probe_volume "$device")"
     if [ -z "$fstype" ]; then
         log "formatting blank shared volume $SHARED_VOLUME_ID as $SHARED_FS"
         "mkfs.$SHARED_FS" -L clusterous "$device"
-        fstype="$SHARED_FS"
+        fstype="$(probe_volume "$device")"
     else
         log "shared volume $SHARED_VOLUME_ID already has a $fstype filesystem: kept"
     fi
-    uuid="$(blkid -o value -s UUID "$device")"
+    uuid="$(export_value UUID "$(blkid -p -o export "$device")")"
     if ! grep -qsE "^[^#]*[[:space:]]${SHARED_DIR}[[:space:]]" "$FSTAB"; then
         printf 'UUID=%s %s %s defaults,nofail 0 2\n' "$uuid" "$SHARED_DIR" "$fstype" >>"$FSTAB"
     fi
     if ! mountpoint -q "$MNT"; then
         mount "$MNT"
     fi
+    own_shared_root
 }
 
 # The shared root read-write; its parent read-only (crossmnt), which the NFS provisioner mounts

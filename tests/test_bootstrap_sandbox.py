@@ -1,0 +1,235 @@
+"""The bootstrap scripts against real file-system state, in a root sandbox.
+
+tests/test_bootstrap.py records which commands the scripts call; here the real mkfs.ext4,
+blkid, mount, chown and friends run on a real block device (a loop device standing for the EBS
+volume) inside a private mount namespace, and the tests look at the result: the file system,
+the mount, fstab, exports, ownership and modes, and what a process of the login user's uid (or
+of another uid) may do there. See tests/harness/bootstrap_sandbox.py for how the sandbox is
+built; it skips without root, unshare or loop devices, and fails instead under CI=true.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterous_provisioner import addons
+from clusterous_provisioner.bootstrap import LOGIN_UID, render_controller, render_node
+from tests.harness.bootstrap_sandbox import FSTAB, NVME_DEVICE, Sandbox
+from tests.test_bootstrap import VOLUME, make_inputs, nvme_link
+
+SHARED = addons.SHARED_DIR  # /export/shared: the volume's mount point and NFS export
+CIDR = "10.42.0.0/16"
+EXPORTS = (
+    f"{SHARED} {CIDR}(rw,sync,no_subtree_check,no_root_squash)\n"
+    f"/export {CIDR}(ro,sync,no_subtree_check,crossmnt)\n"
+)
+OTHER_UID = 1001  # any uid that is neither root nor the login user
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    box = Sandbox(tmp_path)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+def boot_controller(sandbox: Sandbox, **changes):
+    config = sandbox.unpack(render_controller(make_inputs(**changes)))
+    return config, sandbox.run(config)
+
+
+def probe(sandbox: Sandbox, device: str = NVME_DEVICE) -> dict[str, str]:
+    """blkid's low-level probe of the device, as KEY -> value."""
+    result = sandbox.exec(["blkid", "-p", "-o", "export", device])
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def mount_of(sandbox: Sandbox, path: str = SHARED) -> list[str]:
+    """findmnt's SOURCE FSTYPE OPTIONS for every mount exactly at path (empty: not a mount point)."""
+    result = sandbox.exec(["findmnt", "--noheadings", "--raw", "--output", "SOURCE,FSTYPE,OPTIONS",
+                           "--mountpoint", path])  # fmt: skip
+    return result.stdout.splitlines()
+
+
+def can_create(sandbox: Sandbox, path: str, uid: int, gids: tuple[int, ...] = ()) -> bool:
+    result = sandbox.exec(["touch", path], uid=uid, gids=gids)
+    assert result.returncode == 0 or "Permission denied" in result.stderr, result.stderr
+    return result.returncode == 0
+
+
+# --------------------------------------------------------------------------------------------
+# A blank volume.
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_blank_volume_gets_ext4_mounted_at_the_shared_dir(sandbox):
+    sandbox.attach_volume(nvme_link())
+    _, result = boot_controller(sandbox)
+    assert result.returncode == 0, result.stderr
+    signature = probe(sandbox)
+    assert signature["TYPE"] == "ext4" and signature["LABEL"] == "clusterous"
+    ((source, fstype, options),) = [line.split() for line in mount_of(sandbox)]
+    assert source.startswith("/dev/loop") and fstype == "ext4" and "rw" in options.split(",")
+    # fstab: the image's own lines kept, one line added, by UUID, nofail (a lost volume must not
+    # stop the controller from booting)
+    fstab = sandbox.read("/etc/fstab")
+    assert fstab.startswith(FSTAB)
+    (added,) = fstab[len(FSTAB) :].splitlines()
+    assert added.split() == [f"UUID={signature['UUID']}", SHARED, "ext4", "defaults,nofail", "0", "2"]
+    assert sandbox.read("/etc/exports") == EXPORTS
+    assert sandbox.calls("exportfs") == ["exportfs -ra"]
+    assert sandbox.calls("systemctl") == ["systemctl enable --now nfs-server"]
+    assert sandbox.calls("k3s-installer")[0].split()[1] == "server"
+
+
+def test_the_volume_root_belongs_to_the_login_user_and_nobody_else_writes_it(sandbox):
+    sandbox.attach_volume(nvme_link())
+    _, result = boot_controller(sandbox)
+    assert result.returncode == 0, result.stderr
+    # mkfs.ext4 leaves the root root:root 0755; put/run/build uploads (uid 1000) need to write it
+    assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+    assert sandbox.check(f"stat -c %U {SHARED}").strip() == "ubuntu"
+    assert sandbox.stat("/export") == (0, 0, 0o755)
+    assert sandbox.stat(f"{SHARED}/.private") == (0, 0, 0o755)  # csi-driver-nfs (root) makes claims there
+    assert sandbox.stat(f"{SHARED}/lost+found") == (0, 0, 0o700)
+    assert can_create(sandbox, f"{SHARED}/by-login-user", LOGIN_UID)
+    assert sandbox.stat(f"{SHARED}/by-login-user")[:2] == (LOGIN_UID, LOGIN_UID)
+    assert not can_create(sandbox, f"{SHARED}/by-another-user", OTHER_UID)  # not world-writable
+    assert not can_create(sandbox, f"{SHARED}/.private/by-login-user", LOGIN_UID)
+    # a container's non-root user in the login user's group, and root (no_root_squash), write too
+    assert can_create(sandbox, f"{SHARED}/by-group-member", OTHER_UID, gids=(LOGIN_UID,))
+    assert sandbox.exec(["touch", f"{SHARED}/by-root"]).returncode == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Re-runs.
+# --------------------------------------------------------------------------------------------
+
+
+def test_rerunning_changes_nothing_never_reformats_and_keeps_the_data(sandbox):
+    sandbox.attach_volume(nvme_link())
+    config, first = boot_controller(sandbox)
+    assert first.returncode == 0, first.stderr
+    sandbox.check(f"mkdir {SHARED}/results && echo 42 >{SHARED}/results/answer.txt", uid=LOGIN_UID)
+    before = {
+        "uuid": probe(sandbox)["UUID"], "fstab": sandbox.read("/etc/fstab"),
+        "exports": sandbox.read("/etc/exports"), "root": sandbox.stat(SHARED), "mounts": mount_of(sandbox),
+    }  # fmt: skip
+    second = sandbox.run(config)  # a reboot or `cloud-init clean` runs it again
+    assert second.returncode == 0, second.stderr
+    after = {
+        "uuid": probe(sandbox)["UUID"], "fstab": sandbox.read("/etc/fstab"),
+        "exports": sandbox.read("/etc/exports"), "root": sandbox.stat(SHARED), "mounts": mount_of(sandbox),
+    }  # fmt: skip
+    assert after == before
+    assert len(after["mounts"]) == 1  # not mounted twice
+    assert sandbox.read(f"{SHARED}/results/answer.txt") == "42\n"
+    assert "already has a ext4 filesystem: kept" in second.stdout
+    assert "mke2fs" not in second.stdout + second.stderr
+    assert len(sandbox.calls("k3s-installer")) == 1 and len(sandbox.calls("exportfs")) == 2
+
+
+def test_after_a_reboot_the_fstab_line_mounts_the_same_volume_again(sandbox):
+    sandbox.attach_volume(nvme_link())
+    config, first = boot_controller(sandbox)
+    assert first.returncode == 0, first.stderr
+    sandbox.check(f"echo kept >{SHARED}/data.txt", uid=LOGIN_UID)
+    sandbox.check(f"umount {SHARED}")  # the volume is not mounted yet when the script runs again
+    assert mount_of(sandbox) == [] and not sandbox.exists(f"{SHARED}/data.txt")
+    again = sandbox.run(config)
+    assert again.returncode == 0, again.stderr
+    assert len(mount_of(sandbox)) == 1
+    assert sandbox.read(f"{SHARED}/data.txt") == "kept\n"
+    assert sandbox.read("/etc/fstab").count(SHARED) == 1
+    assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes that are not blank.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fstype, owner, expected_root",
+    [
+        # a volume formatted elsewhere, root still mkfs's root:root: handed to the login user
+        ("ext4", "0:0", (LOGIN_UID, LOGIN_UID, 0o775)),
+        # a volume whose owner someone chose (here uid 2000, 0750): left exactly as it is
+        ("ext2", "2000:2000", (2000, 2000, 0o750)),
+    ],
+)
+def test_a_volume_with_a_filesystem_is_never_formatted(sandbox, fstype, owner, expected_root):
+    device = sandbox.attach_volume(nvme_link())
+    sandbox.check(
+        f"mkfs.{fstype} -q -L earlier {device} && mkdir -p /mnt/earlier && mount {device} /mnt/earlier"
+        f" && echo precious >/mnt/earlier/results.csv && chown {owner} /mnt/earlier"
+        " && chmod 0750 /mnt/earlier && umount /mnt/earlier"
+    )
+    uuid = probe(sandbox)["UUID"]
+    _, result = boot_controller(sandbox)
+    assert result.returncode == 0, result.stderr
+    assert f"already has a {fstype} filesystem: kept" in result.stdout
+    signature = probe(sandbox)
+    assert (signature["UUID"], signature["TYPE"], signature["LABEL"]) == (uuid, fstype, "earlier")
+    assert sandbox.read(f"{SHARED}/results.csv") == "precious\n"
+    assert f"UUID={uuid} {SHARED} {fstype} defaults,nofail 0 2" in sandbox.read("/etc/fstab")
+    assert sandbox.stat(SHARED) == expected_root
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        ("printf 'label: gpt\\n,,L\\n' | sfdisk --quiet --no-reread --no-tell-kernel {device}",
+         "a gpt partition table"),
+        ("printf 'label: dos\\n,,83\\n' | sfdisk --quiet --no-reread --no-tell-kernel {device}",
+         "a dos partition table"),
+        ("mkswap {device} >/dev/null", "a swap signature"),
+    ],
+)  # fmt: skip
+def test_a_partitioned_or_foreign_disk_is_refused_untouched(sandbox, make, named):
+    device = sandbox.attach_volume(nvme_link())
+    sandbox.check(make.format(device=device))
+    before = sandbox.head_and_tail(device)
+    _, result = boot_controller(sandbox)
+    assert result.returncode != 0
+    assert f"shared volume {VOLUME} ({device}) has {named}" in result.stderr
+    assert "refusing to format or mount it" in result.stderr
+    assert sandbox.head_and_tail(device) == before  # not a byte written
+    assert "mke2fs" not in result.stdout + result.stderr
+    assert mount_of(sandbox) == []
+    assert sandbox.read("/etc/fstab") == FSTAB and not sandbox.exists("/etc/exports")
+    assert sandbox.calls("k3s-installer") == []
+
+
+# --------------------------------------------------------------------------------------------
+# No volume, and the nodes.
+# --------------------------------------------------------------------------------------------
+
+
+def test_without_a_volume_the_root_disk_directory_is_exported_and_the_login_users(sandbox):
+    _, result = boot_controller(sandbox, shared_volume_id=None)
+    assert result.returncode == 0, result.stderr
+    assert "no shared volume id" in result.stdout
+    assert mount_of(sandbox) == []  # a plain directory on the root disk
+    assert sandbox.read("/etc/fstab") == FSTAB
+    assert sandbox.read("/etc/exports") == EXPORTS
+    assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+    assert can_create(sandbox, f"{SHARED}/by-login-user", LOGIN_UID)
+    assert not can_create(sandbox, f"{SHARED}/by-another-user", OTHER_UID)
+    rerun = sandbox.run(sandbox.unpack(render_controller(make_inputs(shared_volume_id=None))))
+    assert rerun.returncode == 0, rerun.stderr
+    assert sandbox.read("/etc/exports") == EXPORTS and sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+
+
+def test_a_node_installs_the_agent_and_touches_no_disk(sandbox):
+    config = sandbox.unpack(render_node(make_inputs(), "worker"))
+    result = sandbox.run(config)
+    assert result.returncode == 0, result.stderr
+    assert sandbox.calls("k3s-installer")[0].split()[:3] == ["k3s-installer", "agent", "--server"]
+    assert sandbox.check("k3s --version").startswith("k3s version v1.33.5+k3s1")  # what the installer left
+    assert sandbox.read("/etc/fstab") == FSTAB and not sandbox.exists("/export")
+    assert sandbox.stat("/etc/clusterous/k3s-token")[2] == 0o600
+    rerun = sandbox.run(config)
+    assert rerun.returncode == 0 and len(sandbox.calls("k3s-installer")) == 1
