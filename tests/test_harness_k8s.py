@@ -10,7 +10,10 @@ import subprocess
 import textwrap
 import threading
 
+import kopf.testing as kopf_testing
+import kubernetes
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from tests.harness.k8s import (
     K8sApi,
@@ -19,9 +22,6 @@ from tests.harness.k8s import (
     selector_matches,
     strategic_merge,
 )
-
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 GROUP, VERSION, PLURAL = "example.clusterous.dev", "v1", "capps"
 CRD = {
@@ -195,31 +195,36 @@ def test_replace_merge_patch_and_json_patch(client) -> None:
     assert core.read_namespaced_config_map("c", "default").data == {"c": "3", "d": "4"}
 
 
-def test_deployment_status_subresource_and_generation(client) -> None:
-    apps = kubernetes.client.AppsV1Api(client)
-    labels = {"app": "web"}
-    container = {"name": "app", "image": "nginx:1"}
+def test_status_subresource_and_generation(client) -> None:
+    """A CronJob: a kind with a status subresource that no emulated controller writes."""
+    batch = kubernetes.client.BatchV1Api(client)
+    container = {"name": "app", "image": "busybox:1.37"}
+    template = {"spec": {"restartPolicy": "Never", "containers": [container]}}
     body = {
-        "metadata": {"name": "web", "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-        "status": {"replicas": 99},
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": template}}},
+        "status": {"lastScheduleTime": "2025-01-01T00:00:00Z"},
     }
-    created = apps.create_namespaced_deployment("default", body)
-    assert created.status is None or created.status.replicas is None  # status is not writable on create
-    with_status = apps.patch_namespaced_deployment_status("web", "default", {"status": {"readyReplicas": 1}})
-    assert with_status.status.ready_replicas == 1 and with_status.metadata.generation == 1
-    ignored = apps.patch_namespaced_deployment(
-        "web", "default", {"status": {"readyReplicas": 5}}, _content_type="application/merge-patch+json"
+    created = batch.create_namespaced_cron_job("default", body)
+    assert created.status is None or created.status.last_schedule_time is None  # not writable on create
+    stamp = "2025-02-01T03:00:00Z"
+    with_status = batch.patch_namespaced_cron_job_status(
+        "nightly", "default", {"status": {"lastScheduleTime": stamp}}
     )
-    assert ignored.status.ready_replicas == 1 and ignored.metadata.generation == 1
-    scaled = apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 3}})
-    assert scaled.spec.replicas == 3 and scaled.metadata.generation == 2 and scaled.status.ready_replicas == 1
-    status_write = apps.patch_namespaced_deployment_status("web", "default", {"spec": {"replicas": 7}})
-    assert status_write.spec.replicas == 3
+    assert with_status.status.last_schedule_time.isoformat().startswith("2025-02-01T03")
+    assert with_status.metadata.generation == 1
+    ignored = batch.patch_namespaced_cron_job(
+        "nightly",
+        "default",
+        {"status": {"lastScheduleTime": "2030-01-01T00:00:00Z"}},
+        _content_type="application/merge-patch+json",
+    )
+    assert ignored.status.last_schedule_time.year == 2025 and ignored.metadata.generation == 1
+    suspended = batch.patch_namespaced_cron_job("nightly", "default", {"spec": {"suspend": True}})
+    assert suspended.spec.suspend and suspended.metadata.generation == 2
+    assert suspended.status.last_schedule_time.year == 2025
+    status_write = batch.patch_namespaced_cron_job_status("nightly", "default", {"spec": {"suspend": False}})
+    assert status_write.spec.suspend is True
 
 
 def test_nodes_list_with_label_and_field_selectors(k8s_api: K8sApi, client) -> None:
@@ -435,7 +440,6 @@ OPERATOR = textwrap.dedent(
 
 
 def test_kopf_operator_runs_against_the_emulator(k8s_api: K8sApi, client, crd, tmp_path, monkeypatch) -> None:
-    kopf_testing = pytest.importorskip("kopf.testing")
     operator = tmp_path / "operator.py"
     operator.write_text(OPERATOR)
     monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))

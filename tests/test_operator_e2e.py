@@ -1,7 +1,7 @@
 """The operator end to end: kopf runs the real handlers against the Kubernetes API emulator.
 
-The emulator has no scheduler, kubelet or Deployment controller, so the tests play those
-parts: they register Nodes and write Deployment status the way a controller would.
+The emulator's controllers (Deployment, ReplicaSet, scheduler, kubelet) run the pods; the
+tests set up the world (Nodes, an image not pushed yet) and observe.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 from clusterous_operator.builders import APP_LABEL
 from clusterous_operator.handlers import FINALIZER
 from clusterous_operator.images import CLUSTER_REGISTRY
+from tests.addons_support import apply_storage_classes
 
 kopf_testing = pytest.importorskip("kopf.testing")
 kubernetes = pytest.importorskip("kubernetes")
@@ -52,9 +53,11 @@ def clusterapp(name: str = "demo", image: str = "basic-python") -> dict:
 
 @pytest.fixture()
 def cluster(k8s_api, monkeypatch):
-    """The emulator with the CRD, a master node and one 2-CPU worker, and the operator's env."""
+    """The emulator with the CRD, the storage classes, a master node and one 2-CPU worker, and
+    the operator's env."""
     monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
+    apply_storage_classes(k8s_api)
     k8s_api.add_node("master-1", labels={"clusterous.io/group": "master"}, cpu="2")
     k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
     return k8s_api
@@ -83,20 +86,12 @@ def status(api, name: str = "demo") -> dict:
     return (api.get("capp", name) or {}).get("status") or {}
 
 
-def become_ready(api, name: str) -> None:
-    """What the Deployment controller would write once every pod is ready."""
+def rolled_out(api, name: str) -> bool:
     current = deployment(api, name)
-    replicas = current["spec"]["replicas"]
-    api.write_status(
-        "apps/v1/deployments",
-        name,
-        {
-            "observedGeneration": current["metadata"].get("generation", 1),
-            "replicas": replicas,
-            "readyReplicas": replicas,
-            "updatedReplicas": replicas,
-        },
-        namespace="default",
+    want = current["spec"]["replicas"]
+    state = current.get("status") or {}
+    return state.get("observedGeneration") == current["metadata"]["generation"] and (
+        state.get("availableReplicas", 0) == state.get("updatedReplicas", 0) == want
     )
 
 
@@ -105,6 +100,7 @@ def run_operator():
 
 
 def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster, custom) -> None:
+    cluster.world.missing_images.add(f"{CLUSTER_REGISTRY}/basic-python")  # not pushed yet: the master waits
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
         master = cluster.wait_for(
@@ -129,15 +125,14 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         )
         assert "waiting for master" in waiting["message"]
         assert status(cluster)["phase"] in ("Deploying", "Pending")
+        assert engine["spec"]["replicas"] == 0 and not rolled_out(cluster, "demo-master")
 
-        become_ready(cluster, "demo-master")
+        cluster.world.missing_images.clear()  # the image is pushed: the master's pod starts
         cluster.wait_for(
             lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2,
             timeout=WAIT,
             what="the engines to start once the master is ready",
         )
-        assert status(cluster)["phase"] != "Running"
-        become_ready(cluster, "demo-engine")
         cluster.wait_for(
             lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
         )
@@ -178,7 +173,6 @@ def test_nodes_joining_and_leaving_change_auto_replicas(cluster, custom) -> None
         cluster.wait_for(
             lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="the master Deployment"
         )
-        become_ready(cluster, "demo-master")
         cluster.wait_for(
             lambda: replicas(cluster, "demo-engine") == 2, timeout=WAIT, what="2 engines on one 2-CPU worker"
         )
@@ -194,6 +188,9 @@ def test_nodes_joining_and_leaving_change_auto_replicas(cluster, custom) -> None
             lambda: replicas(cluster, "demo-engine") == 2,
             timeout=WAIT,
             what="back to 2 engines when the node is cordoned",
+        )
+        cluster.wait_for(
+            lambda: rolled_out(cluster, "demo-engine"), timeout=WAIT, what="the engines to settle"
         )
     assert runner.exception is None, runner.output
 
@@ -220,11 +217,6 @@ def test_resync_with_nothing_changed_writes_nothing(cluster, custom) -> None:
     with run_operator() as runner:
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
         cluster.wait_for(lambda: deployment(cluster, "demo-engine"), timeout=WAIT, what="the children")
-        become_ready(cluster, "demo-master")
-        cluster.wait_for(
-            lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2, timeout=WAIT, what="engines"
-        )
-        become_ready(cluster, "demo-engine")
         cluster.wait_for(
             lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
         )
@@ -254,7 +246,11 @@ def test_kubectl_apply_example_and_get_capp(cluster, kubectl) -> None:
     example = ROOT / "examples/basic-python/clusterapp.yaml"
     with run_operator() as runner:
         assert "clusterapp.clusterous.io/basic-python created" in kubectl("apply", "-f", str(example)).stdout
-        cluster.wait_for(lambda: status(cluster, "basic-python").get("phase"), timeout=WAIT, what="a status")
+        cluster.wait_for(
+            lambda: status(cluster, "basic-python").get("phase") == "Running",
+            timeout=WAIT,
+            what="phase Running",
+        )
         assert kubectl("get", "capp").stdout.splitlines()[1].split()[0] == "basic-python"
         # The emulator renders no server-side tables, so each printer column's jsonPath is
         # evaluated by kubectl itself and compared with the status it should show.

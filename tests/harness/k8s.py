@@ -50,7 +50,7 @@ import pytest
 import yaml
 from kmock._internal import apps, parsing, rendering
 
-from tests.harness import k8s_admission
+from tests.harness import k8s_admission, k8s_controllers
 from tests.harness.tools import tool_path
 
 SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kmock", "platform": "linux/amd64"}
@@ -58,6 +58,7 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 PODS = kmock.resource("", "v1", "pods")
+SERVICES = kmock.resource("", "v1", "services")
 MERGE_KEYS = ("name", "containerPort", "mountPath", "devicePath", "type", "ip", "topologyKey")
 WATCH_POLL_SECONDS = 0.5
 # Exec subprotocols, newest first; "" (none offered) behaves as channel.k8s.io, as in Kubernetes.
@@ -340,6 +341,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
     # Container logs: (pod uid, container) → [(RFC 3339 timestamp, line with its newline)].
     _pod_logs: dict[tuple[str, str], list[tuple[str, bytes]]] = attrs.field(factory=dict, init=False)
     _exec_processes: set[asyncio.subprocess.Process] = attrs.field(factory=set, init=False)
+    # Where Services' cluster IPs point: allocated from k3s's 10.43.0.0/16, or one address every
+    # Service gets (a test whose servers listen on 127.0.0.1 sets it to reach them through SSH).
+    service_address: str | None = attrs.field(default=None, init=False)
+    _service_ips: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -484,7 +489,19 @@ class ApiEmulator(kmock.KubernetesEmulator):
             obj.pop("status", None)  # status is written through /status only
         if resource == NAMESPACES:
             obj["status"] = {"phase": "Active"}
+        if resource == SERVICES:
+            self._allocate_cluster_ip(obj)
         return obj
+
+    def _allocate_cluster_ip(self, service: dict[str, Any]) -> None:
+        """The API server gives a Service its cluster IP on create (headless ones keep None)."""
+        spec = service.setdefault("spec", {})
+        if spec.get("type") == "ExternalName" or spec.get("clusterIP"):
+            return
+        self._service_ips += 1
+        n = self._service_ips
+        spec["clusterIP"] = self.service_address or f"10.43.{n // 256}.{n % 256}"
+        spec["clusterIPs"] = [spec["clusterIP"]]
 
     def _check_namespace(self, namespace: str | None) -> None:
         if namespace is not None and self._current(NAMESPACES, None, namespace) is None:
@@ -1235,6 +1252,8 @@ class K8sApi:
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self.emulator: ApiEmulator | None = None
+        self.world = k8s_controllers.World()
+        self.controllers: k8s_controllers.Controllers | None = None
         self.url = ""
         self._thread = threading.Thread(target=self._run, name="k8s-api-emulator", daemon=True)
 
@@ -1265,11 +1284,17 @@ class K8sApi:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         self.emulator = ApiEmulator()
+        self.controllers = k8s_controllers.Controllers(self.emulator, self.world)
         async with self.emulator, kmock.Server(self.emulator, host="127.0.0.1") as server:
             self.url = f"http://127.0.0.1:{server.port}"
+            running = asyncio.ensure_future(self.controllers.run())
             self._ready.set()
             await self._stop.wait()
             await self.emulator.close_watches()
+            self.controllers.stop()
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
 
     def _write_kubeconfig(self) -> Path:
         config = {
@@ -1459,6 +1484,7 @@ def k8s_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sApi]:
         yield api
     finally:
         api.stop()
+    assert not api.controllers.errors, f"the emulator's controllers failed: {api.controllers.errors!r}"
 
 
 @pytest.fixture()
