@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 SSH_CIDR = "198.51.100.7/32"
-UP = ["up", "--os", "al2023", "--ssh-cidr", SSH_CIDR, "--no-wait", "--yes"]
+UP = ["up", "--ssh-cidr", SSH_CIDR, "--no-wait", "--yes"]  # the default OS: Ubuntu 24.04
 
 
 def make_profile(cli, region: str = "us-east-1", name: str = "default") -> None:

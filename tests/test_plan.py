@@ -117,7 +117,7 @@ def test_dry_run_render_dir_writes_user_data_and_manifests(no_aws, cli, tmp_path
 def test_dry_run_with_credentials_sees_what_exists_and_changes_nothing(aws, cli):
     assert cli(["setup", "--region", "us-east-1", "--yes"]).exit_code == 0
     aws.reset_calls()
-    before = json.loads(cli(["up", "--dry-run", "--json", "--name", "seen", "--os", "al2023"]).stdout)
+    before = json.loads(cli(["up", "--dry-run", "--json", "--name", "seen"]).stdout)
     assert before["checked_existing_resources"] and before["changes"] == len(before["resources"])
     mutating = ("Create", "Run", "Allocate", "Put", "Attach", "Modify", "Authorize", "Associate")
     assert aws.calls() and not [op for _, op in aws.calls() if op.startswith(mutating)]

@@ -1,9 +1,14 @@
-"""AWS on loopback: a moto server (ThreadedMotoServer) reached over HTTP via AWS_ENDPOINT_URL.
+"""AWS on loopback: a moto server (ThreadedMotoServer) reached over HTTP via AWS_ENDPOINT_URL,
+through the AWS realism layer (tests/harness/aws_realism.py) in front of it.
 
 Fixtures:
-    moto_server  session-wide server on 127.0.0.1 (AMI validation and managed policies on)
-    aws          per test: server state reset, fake credentials, the CLI pointed at the server,
-                 every AWS call recorded, and failures injectable at the k-th call of an operation
+    moto_server  session-wide server on 127.0.0.1 (AMI validation and managed policies on; the
+                 Canonical Ubuntu 24.04 AMIs and SSM parameters seeded)
+    aws_proxy    session-wide realism layer in front of it (every behaviour off unless a test
+                 switches it on through aws.realism)
+    aws          per test: server state and realism reset, fake credentials, the CLI pointed at the
+                 layer, every AWS call recorded, and failures injectable at the k-th call of an
+                 operation
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import faults
+from tests.harness.aws_realism import Realism, RealismProxy, install_public_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,6 +35,7 @@ os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 def moto_server():
     from moto.server import ThreadedMotoServer
 
+    install_public_images()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -36,13 +43,22 @@ def moto_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def aws_proxy(moto_server):
+    """The AWS realism layer in front of moto; `aws` resets it for every test."""
+    with RealismProxy(moto_server) as proxy:
+        yield proxy
+
+
 @dataclass
 class AwsEnv:
-    """Handle on the moto server for one test."""
+    """Handle on the moto server, through the realism layer, for one test."""
 
-    url: str
+    url: str  # the realism layer: what AWS_ENDPOINT_URL points at
     region: str
     workdir: Path
+    moto_url: str = ""  # moto itself, behind the layer
+    realism: Realism = field(default_factory=Realism)
     _faults: list = field(default_factory=list)
 
     @property
@@ -53,10 +69,13 @@ class AwsEnv:
     def config_file(self) -> Path:
         return self.workdir / "faults.json"
 
-    def client(self, service: str, region: str | None = None):
+    def client(self, service: str, region: str | None = None, direct: bool = False):
+        """A boto3 client through the realism layer, or straight to moto with direct=True (to look
+        at the account without being subject to, or counted by, the layer's behaviours)."""
         import boto3
 
-        return boto3.client(service, region_name=region or self.region, endpoint_url=self.url)
+        url = self.moto_url if direct and self.moto_url else self.url
+        return boto3.client(service, region_name=region or self.region, endpoint_url=url)
 
     def calls(self, operation: str | None = None) -> list[tuple[str, str]]:
         """AWS calls made so far by any client, in order, as (service, operation)."""
@@ -109,16 +128,23 @@ def reset_moto(url: str) -> None:
 
 
 @pytest.fixture
-def aws(moto_server, monkeypatch, tmp_path) -> AwsEnv:
+def aws(moto_server, aws_proxy, monkeypatch, tmp_path):
     """A clean AWS account on the moto server, with the standard environment pointing at it."""
     reset_moto(moto_server)
+    aws_proxy.realism.reset()
     workdir = tmp_path / "aws"
     workdir.mkdir()
-    env = AwsEnv(url=moto_server, region="us-east-1", workdir=workdir)
+    env = AwsEnv(
+        url=aws_proxy.url,
+        region="us-east-1",
+        workdir=workdir,
+        moto_url=moto_server,
+        realism=aws_proxy.realism,
+    )
     env._write()
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_proxy.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", env.region)
@@ -127,7 +153,9 @@ def aws(moto_server, monkeypatch, tmp_path) -> AwsEnv:
     monkeypatch.setenv("BOTOCORE_EXPERIMENTAL__PLUGINS", faults.PLUGIN_SPEC)
     monkeypatch.setenv(faults.ENV_FILE, str(env.config_file))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    return env
+    yield env
+    errors, aws_proxy.errors[:] = list(aws_proxy.errors), []
+    assert not errors, f"the AWS realism layer failed on: {errors}"
 
 
 @pytest.fixture

@@ -11,6 +11,10 @@ a JSON file named by CLUSTEROUS_FAULTS_FILE:
 Every call appends "<service> <operation>" to the log (under a lock, so the k-th call is counted
 across clients and processes). A fault makes the k-th call of an operation (1-based) return the
 given AWS error, or raise SimulatedCrash (a process dying between two calls) when "crash" is true.
+
+A response carrying CRASH_HEADER (sent by the AWS realism layer's crash_after, after AWS applied
+the call) also raises SimulatedCrash, before botocore parses it: the process dies having made a
+call whose answer it never saw.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 ENV_FILE = "CLUSTEROUS_FAULTS_FILE"
 PLUGIN_SPEC = "clusterous_faults=tests.harness.faults"
+CRASH_HEADER = "x-clusterous-simulated-crash"  # tests.harness.aws_realism sends it: see crash_after
 
 
 class SimulatedCrash(BaseException):
@@ -82,6 +87,13 @@ def _before_call(model, **kwargs):
     return None
 
 
+def _before_parse(operation_model, response_dict, **kwargs):
+    operation = response_dict["headers"].get(CRASH_HEADER)
+    if operation:
+        raise SimulatedCrash(f"simulated crash after {operation_model.name} was applied ({operation})")
+
+
 def initialize_client_plugin(client) -> None:
     """botocore's plugin entry point: called once for every new client."""
     client.meta.events.register("before-call.*.*", _before_call, unique_id="clusterous-faults")
+    client.meta.events.register("before-parse.*.*", _before_parse, unique_id="clusterous-crash-after")
