@@ -351,3 +351,59 @@ def test_a_crashing_container_of_a_deployment_is_restarted_not_ready(k8s_api: K8
     entry = k8s_api.wait_for(crash_loop, WAIT, "CrashLoopBackOff")
     assert entry["lastState"]["terminated"]["exitCode"] == 3 and entry["restartCount"] == 1
     assert status(k8s_api, "crashy").get("availableReplicas", 0) == 0
+
+
+def test_evictions_honour_the_disruption_budget_as_a_drain_meets_it(k8s_api: K8sApi) -> None:
+    import kubernetes
+
+    k8s_api.add_node("worker-1", cpu="4")
+    k8s_api.create("apps/v1/deployments", deployment("web", replicas=2), "default")
+    budget = {
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+    }
+    k8s_api.create("policy/v1/poddisruptionbudgets", budget, "default")
+    k8s_api.wait_for(lambda: rolled_out(k8s_api, "web", 2), WAIT, "the rollout")
+    k8s_api.wait_for(
+        lambda: status(k8s_api, "web", "policy/v1/poddisruptionbudgets").get("disruptionsAllowed") == 1,
+        WAIT,
+        "budget",
+    )
+    k8s_api.patch("v1/nodes", "worker-1", {"spec": {"unschedulable": True}})  # cordoned: no replacement fits
+    client = kubernetes.config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+    first, second = sorted(p["metadata"]["name"] for p in pods(k8s_api, "web"))
+
+    def evict(name: str) -> int:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": "default"},
+        }
+        try:
+            core.create_namespaced_pod_eviction(name, "default", body)
+        except kubernetes.client.ApiException as exc:
+            return exc.status
+        return 201
+
+    try:
+        assert evict(first) == 201
+        assert evict(second) == 429  # one healthy pod left, and the budget needs one
+        replacement = k8s_api.wait_for(
+            lambda: [p for p in pods(k8s_api, "web") if unschedulable_message(p)], WAIT, "the replacement"
+        )
+        assert "1 node(s) were unschedulable" in unschedulable_message(replacement[0])
+        assert evict(replacement[0]["metadata"]["name"]) == 201  # a pending pod needs no budget
+        assert evict("no-such-pod") == 404
+        k8s_api.patch("v1/nodes", "worker-1", {"spec": {"unschedulable": False}})
+        k8s_api.wait_for(
+            lambda: rolled_out(k8s_api, "web", 2), WAIT, "the replacement to run once uncordoned"
+        )
+        k8s_api.wait_for(
+            lambda: status(k8s_api, "web", "policy/v1/poddisruptionbudgets").get("disruptionsAllowed") == 1,
+            WAIT,
+            "x",
+        )
+        assert evict(second) == 201
+    finally:
+        client.close()

@@ -8,9 +8,9 @@ What stands in for what (docs/applications.md, "How run is tested"):
   emulator's port (sshd and emulator share 127.0.0.1) and a stand-in k3s.yaml holds the
   credentials the CLI fetches over SFTP;
 - the operator is the real kopf operator (KopfRunner) against the emulator;
-- the emulator runs no controllers, so the test plays the Deployment controller (marks
-  Deployments ready) and the Service IP allocator (gives each Service 127.0.0.1, where the
-  test's HTTP server listens on the component's port);
+- the emulator's controllers schedule and run the pods on two Nodes through the StorageClasses
+  k3s would have; every Service's cluster IP is 127.0.0.1, where the test's HTTP server
+  listens on the component's port (the world a tunnel through the controller reaches);
 - AWS is the moto server: `run` and `quit` must not call AWS at all.
 BuildKit cannot run here (no containers): the env files of these tests have no `image:` section;
 the build Job manifest is validated in test_build_job.py and the build path against a real
@@ -34,6 +34,7 @@ import yaml
 os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 
 from clusterous_cli import apps, kubeapi, tunnels  # noqa: E402
+from tests.addons_support import apply_storage_classes  # noqa: E402
 from tests.ssh_support import make_controller, write_k3s_yaml  # noqa: E402
 
 kopf_testing = pytest.importorskip("kopf.testing")
@@ -69,58 +70,20 @@ def web_server(body: bytes):
         server.server_close()
 
 
-@contextlib.contextmanager
-def kube_controllers(k8s_api):
-    """What kube-controller-manager and the IP allocator would do: Deployments become ready,
-    Services get an address (127.0.0.1, where the test's servers listen)."""
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                for dep in k8s_api.list("apps/v1/deployments"):
-                    want = dep["spec"].get("replicas", 0)
-                    status = dep.get("status") or {}
-                    if status.get("readyReplicas", 0) != want or status.get("replicas", 0) != want:
-                        k8s_api.write_status(
-                            "apps/v1/deployments",
-                            dep["metadata"]["name"],
-                            {
-                                "observedGeneration": dep["metadata"].get("generation", 1),
-                                "replicas": want,
-                                "readyReplicas": want,
-                                "updatedReplicas": want,
-                            },
-                            namespace=dep["metadata"]["namespace"],
-                        )
-                for svc in k8s_api.list("v1/services"):
-                    if not svc["spec"].get("clusterIP"):
-                        k8s_api.patch(
-                            "v1/services", svc["metadata"]["name"], {"spec": {"clusterIP": "127.0.0.1"}}
-                        )
-            stop.wait(0.2)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 @pytest.fixture
 def cluster(sshd, k8s_api, aws, monkeypatch):
     """The harness controller with the API behind it, the CRD, two nodes and the operator running."""
     monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))  # the operator's own (in-cluster) access
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
+    apply_storage_classes(k8s_api)
+    k8s_api.call(lambda emulator: setattr(emulator, "service_address", "127.0.0.1"))
     k8s_api.add_node("master-1", labels={"clusterous.io/group": "master"}, cpu="2")
     k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
     k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml", "test-token")
     made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
     aws.reset_calls()
     try:
-        with kopf_testing.KopfRunner(OPERATOR_ARGS, timeout=60) as runner, kube_controllers(k8s_api):
+        with kopf_testing.KopfRunner(OPERATOR_ARGS, timeout=60) as runner:
             yield made
         assert runner.exception is None, runner.output
     finally:

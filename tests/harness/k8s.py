@@ -351,6 +351,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         for resource, info in builtin_resources().items():
             self.resources[resource] = attrs.evolve(info)  # a copy: CRDs must not leak across tests
         self.fallback["put"] << self._serve_replace
+        self.fallback["post", re.compile(r".*/pods/[^/]+/eviction$")] << self._serve_eviction
         self.fallback["get /apis/"] << self._serve_apis  # the kubernetes client asks with a slash
         self.fallback["get /api/"] << self._serve_api
         self.fallback["get /openapi/v3"] << self._serve_openapi_root
@@ -391,6 +392,58 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if request.resource == PODS and request.name and request.subresource == "log":
             return await self._serve_pod_log(request)
         return await apps.RawHandler._handle(self, request)
+
+    async def _serve_eviction(self, request: rendering.Request) -> rendering.Response:
+        """The Eviction API: delete the pod unless a PodDisruptionBudget allows no disruption now.
+
+        As kube-apiserver's eviction REST handler: pending and finished pods go without a
+        budget check; a pod matched by two budgets is an error; a budget whose status is not
+        current, or that allows no disruption, answers 429 with a DisruptionBudget cause."""
+        namespace, name = request.namespace or "default", request.name
+        pod = self._current(PODS, namespace, name)
+        if pod is None:
+            raise not_found("pods", name)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase not in ("Pending", "Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
+            labels = pod["metadata"].get("labels") or {}
+            budgets = [
+                b
+                for b in self._live(k8s_controllers.PDBS, namespace)
+                if b["spec"].get("selector") is not None
+                and k8s_controllers.labels_match(b["spec"]["selector"], labels)
+            ]
+            if len(budgets) > 1:
+                raise api_error(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                )
+            if budgets:
+                await self._spend_disruption(budgets[0], name)
+        await self.delete(PODS, namespace, name)
+        success = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+        return rendering.Response(status=201, payload=success)
+
+    async def _spend_disruption(self, budget: dict[str, Any], pod: str) -> None:
+        status = budget.get("status") or {}
+        meta = budget["metadata"]
+        if (
+            status.get("observedGeneration", 0) < meta.get("generation", 1)
+            or status.get("disruptionsAllowed", 0) <= 0
+        ):
+            why = (
+                f"The disruption budget {meta['name']} needs {status.get('desiredHealthy', 0)} healthy pods "
+                f"and has {status.get('currentHealthy', 0)} currently"
+            )
+            raise api_error(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                causes=[{"reason": "DisruptionBudget", "message": why}],
+            )
+        spent = {**status, "disruptionsAllowed": status["disruptionsAllowed"] - 1}
+        spent["disruptedPods"] = {**(status.get("disruptedPods") or {}), pod: now_rfc3339()}
+        await self.update(k8s_controllers.PDBS, meta["namespace"], meta["name"], {"status": spent}, "status")
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         """kmock's resource list of a group version, corrected as kubectl expects it.

@@ -318,6 +318,7 @@ class Controllers:
         await self.daemon_sets()
         await self.jobs()
         await self.claims()
+        await self.disruption_budgets()
         await self.schedule()
         await self.kubelet()
 
@@ -742,6 +743,58 @@ class Controllers:
                 status = {"phase": "Bound", "accessModes": modes, "capacity": {"storage": size}}
                 await self.write_status(PVCS, current, status)
 
+    async def disruption_budgets(self) -> None:
+        """The disruption controller: how many pods a PodDisruptionBudget lets go right now."""
+        for budget in self.live(PDBS):
+            namespace = budget["metadata"]["namespace"]
+            selector = budget["spec"].get("selector")
+            pods = [
+                p
+                for p in self.live(PODS, namespace)
+                if selector is not None
+                and labels_match(selector, p["metadata"].get("labels") or {})
+                and not p["metadata"].get("deletionTimestamp")
+            ]
+            expected = self.expected_pods(pods)
+            healthy = sum(1 for p in pods if pod_ready(p))
+            spec = budget["spec"]
+            if "minAvailable" in spec:
+                desired = _count(spec["minAvailable"], expected, round_up=True)
+            else:
+                desired = expected - _count(spec.get("maxUnavailable", 0), expected, round_up=True)
+            allowed = max(healthy - desired, 0)
+            status = {
+                "observedGeneration": budget["metadata"].get("generation", 1),
+                "currentHealthy": healthy,
+                "desiredHealthy": desired,
+                "expectedPods": expected,
+                "disruptionsAllowed": allowed,
+                "conditions": [
+                    {
+                        "type": "DisruptionAllowed",
+                        "status": "True" if allowed else "False",
+                        "reason": "SufficientPods" if allowed else "InsufficientPods",
+                        "message": "",
+                    }
+                ],
+            }
+            await self.write_status(PDBS, budget, _keep_transition_times(budget.get("status") or {}, status))
+
+    def expected_pods(self, pods: list[dict]) -> int:
+        """As the disruption controller counts: the scale of each pod's controller, else the pods."""
+        owners: dict[str, int] = {}
+        loose = 0
+        for pod in pods:
+            ref = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+            owner = None
+            if ref and ref.get("kind") == "ReplicaSet":
+                owner = self.api._current(REPLICASETS, pod["metadata"]["namespace"], ref["name"])
+            if owner is None:
+                loose += 1
+            else:
+                owners[owner["metadata"]["uid"]] = owner["spec"].get("replicas", 1)
+        return loose + sum(owners.values())
+
     # -- kube-scheduler ----------------------------------------------------------------------
 
     async def schedule(self) -> None:
@@ -1039,6 +1092,14 @@ def _fraction(value: Any, total: int) -> int:
     """maxUnavailable as a count: "25%" of total rounded down, as the Deployment controller does."""
     if isinstance(value, str) and value.endswith("%"):
         return int(total * int(value[:-1]) / 100)
+    return int(value)
+
+
+def _count(value: Any, total: int, round_up: bool) -> int:
+    """An int-or-percent of a PodDisruptionBudget as a count of pods."""
+    if isinstance(value, str) and value.endswith("%"):
+        share = total * int(value[:-1]) / 100
+        return int(-(-share // 1)) if round_up else int(share)
     return int(value)
 
 
