@@ -1,8 +1,9 @@
 """Counts the AWS API calls of `clusterous-k8s up` with 1 and with 50 workers, against moto.
 
 The number of calls must not grow with the node count (one RunInstances per group, one waiter
-for all instances); the goal is a difference of at most 5. Starts its own ThreadedMotoServer and
-counts calls with the test harness's botocore plugin (tests/harness/faults.py).
+for all instances); the goal is a difference of at most 5. Starts its own ThreadedMotoServer (with the
+Canonical Ubuntu images seeded, so `up` uses the default OS) behind the test harness's AWS realism
+layer (all behaviours off), and counts calls with its botocore plugin (tests/harness/faults.py).
 
 Run: python bench/provision_calls.py
 """
@@ -40,7 +41,7 @@ def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter
     log.write_text("")
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = run(["up", "--name", "bench", "--workers", str(workers), "--os", "al2023",
+        code = run(["up", "--name", "bench", "--workers", str(workers),
                     "--ssh-cidr", "198.51.100.7/32", "--no-wait", "--yes"])  # fmt: skip
     elapsed = time.perf_counter() - start
     assert code == 0, f"up failed with exit code {code}"
@@ -53,13 +54,17 @@ def main() -> int:
 
     from moto.server import ThreadedMotoServer
 
+    from tests.harness.aws_realism import RealismProxy, install_public_images
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    install_public_images()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
+    proxy = RealismProxy(url).start()
     os.environ.update(
-        AWS_ENDPOINT_URL=url,
+        AWS_ENDPOINT_URL=proxy.url,
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
         AWS_DEFAULT_REGION="us-east-1",
@@ -75,6 +80,7 @@ def main() -> int:
             one, t1 = count_up(url, Path(tmp), 1)
             fifty, t50 = count_up(url, Path(tmp), 50)
     finally:
+        proxy.stop()
         server.stop()
     n1, n50 = sum(one.values()), sum(fifty.values())
     print(f"up with  1 worker : {n1} AWS calls ({t1:.2f} s against moto)")
