@@ -18,12 +18,13 @@ What stands in for what (docs/testing.md, "Registry"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ import pytest
 from clusterous_cli import buildjob, tunnels
 from clusterous_cli.builds import TAIL_LINES
 from clusterous_operator.images import CLUSTER_REGISTRY
+from tests.addons_support import apply_storage_classes
 from tests.registry_support import (
     PushedImage,
     push_image,
@@ -96,6 +98,8 @@ def cluster(sshd, k8s_api, registry):
     made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml(sshd)))
     k8s_api.create("v1/namespaces", {"metadata": {"name": buildjob.NAMESPACE}})
     k8s_api.create("v1/configmaps", registry.cluster_info, namespace=buildjob.NAMESPACE)
+    apply_storage_classes(k8s_api)  # the build context's claim binds through clusterous-shared
+    k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
     try:
         yield made
     finally:
@@ -300,66 +304,23 @@ def test_build_image_without_a_tag_skips_when_latest_exists(
 
 
 @contextlib.contextmanager
-def job_controller(k8s_api, log: str, succeed: bool, on_start=None):
-    """What the Job controller and the kubelet would do for the build Job (nothing runs BuildKit
-    here): a Pod for the Job, its container ended, its log served, the Job's outcome set.
-    `on_start(job)` runs while the "build" runs (e.g. to push what BuildKit would push)."""
-    stop, errors = threading.Event(), []
+def buildkit_runs(k8s_api, log: str, succeed: bool, on_start=None):
+    """What the BuildKit image does when it runs (nothing runs BuildKit here): `on_start()` (e.g.
+    push what BuildKit would push), print the build log, exit 0 or 1. The emulator's Job
+    controller, scheduler and kubelet make the pod and the Job's outcome of it."""
 
-    def play() -> None:
-        try:
-            while not stop.is_set() and not (
-                jobs := k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE)
-            ):
-                time.sleep(0.05)
-            if stop.is_set():
-                return
-            (job,) = jobs
-            name, namespace = job["metadata"]["name"], buildjob.NAMESPACE
-            pod = f"{name}-x7k2p"
-            template = job["spec"]["template"]
-            if on_start:
-                on_start(job)
-            labels = {**template["metadata"]["labels"], "job-name": name}
-            k8s_api.create(
-                "v1/pods",
-                {"metadata": {"name": pod, "labels": labels}, "spec": template["spec"]},
-                namespace=namespace,
-            )
-            k8s_api.write_pod_log(namespace, pod, log)  # what the build printed
-            (container,) = template["spec"]["containers"]
-            k8s_api.write_status(
-                "v1/pods",
-                pod,
-                {
-                    "phase": "Succeeded" if succeed else "Failed",
-                    "containerStatuses": [
-                        {
-                            "name": container["name"],
-                            "image": container["image"],
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {"terminated": {"exitCode": 0 if succeed else 1}},
-                        }
-                    ],
-                },
-                namespace=namespace,
-            )
-            k8s_api.write_status(
-                "batch/v1/jobs", name, {"succeeded": 1} if succeed else {"failed": 1}, namespace
-            )
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
+    async def build(emulator, pod, container) -> int:
+        if on_start:
+            await asyncio.to_thread(on_start)
+        await emulator.write_pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], log, None)
+        return 0 if succeed else 1
 
-    thread = threading.Thread(target=play, daemon=True)
-    thread.start()
+    program = (re.compile(re.escape(buildjob.BUILDKIT_IMAGE)), build)
+    k8s_api.world.programs.append(program)
     try:
         yield
     finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not errors, errors
+        k8s_api.world.programs.remove(program)
 
 
 def test_a_missing_tag_is_built_and_a_failed_build_ends_with_its_log_tail(
@@ -371,7 +332,7 @@ def test_a_missing_tag_is_built_and_a_failed_build_ends_with_its_log_tail(
         "\n".join(f"#{i} step {i}" for i in range(40))
         + "\nERROR: process did not complete successfully: exit code: 2\n"
     )
-    with job_controller(k8s_api, log, succeed=False):
+    with buildkit_runs(k8s_api, log, succeed=False):
         result = cli(["build-image", str(context), "sim:2"])
     assert result.exit_code == 1, result.output
     assert '"HEAD /v2/sim/manifests/2 HTTP/1.1" 404' in registry.log_text()
@@ -400,10 +361,10 @@ def test_a_successful_build_lands_in_the_registry_and_the_next_build_is_skipped(
     context = build_context(tmp_path)
     pushed = []
 
-    def buildkit_pushes(job) -> None:  # what buildctl's push=true does at the end of the build
+    def buildkit_pushes() -> None:  # what buildctl's push=true does at the end of the build
         pushed.append(push_image(registry.url, "sim", "2", created="2025-06-01T12:00:00Z"))
 
-    with job_controller(k8s_api, "#1 DONE\n#2 pushing layers done\n", succeed=True, on_start=buildkit_pushes):
+    with buildkit_runs(k8s_api, "#1 DONE\n#2 pushing layers done\n", succeed=True, on_start=buildkit_pushes):
         built = cli(["build-image", str(context), "sim:2"])
     assert built.exit_code == 0, built.output
     assert "built and pushed sim:2" in built.stderr and "  | #2 pushing layers done" in built.stderr

@@ -33,7 +33,7 @@ from clusterous_cli import config, hostkeys, tunnels
 from clusterous_cli.endpoint import ClusterRef
 from tests import console_output_plugin
 from tests.harness import faults
-from tests.harness.k8s import find_resource
+from tests.harness.k8s import api_error
 from tests.ssh_support import HELMCHART_CRD, write_k3s_yaml
 
 CLUSTER = "ready"
@@ -56,7 +56,7 @@ class FakeK3s:
     def __init__(self, aws, k8s_api, cluster: str = CLUSTER):
         self.aws, self.api, self.cluster = aws, k8s_api, cluster
         self.not_ready_groups: set[str] = set()  # their kubelets report NotReady
-        self.held: set[str] = set()  # workloads that never become ready
+        self.controller_cpu = "2"  # what the controller's kubelet reports allocatable
         self.on_addons = None  # called once after the add-ons are applied
         self.applied = False
         self.errors: list[BaseException] = []
@@ -105,7 +105,6 @@ class FakeK3s:
         for instance in instances:
             if node_name(instance) not in names:
                 self.register(instance)
-        self.reconcile_workloads()
 
     def apply_addons(self, ec2, controller_id: str) -> None:
         """What k3s's auto-deploy does with the add-ons file the controller's user-data writes."""
@@ -147,8 +146,9 @@ class FakeK3s:
         else:
             labels, taints = {"clusterous.io/group": group}, None
         name = node_name(instance)
+        cpu = self.controller_cpu if group is None else "2"
         status = self.api.add_node(
-            name, labels=labels, taints=taints, ready=group not in self.not_ready_groups
+            name, labels=labels, taints=taints, cpu=cpu, ready=group not in self.not_ready_groups
         )
         status = status["status"]
         if group in self.not_ready_groups:
@@ -165,39 +165,6 @@ class FakeK3s:
             {"type": "Hostname", "address": name},
         ]
         self.api.write_status("v1/nodes", name, status)
-
-    def reconcile_workloads(self) -> None:
-        nodes = len(self.api.list("v1/nodes"))
-        for dep in self.api.list("apps/v1/deployments"):
-            meta = dep["metadata"]
-            if (
-                meta["name"] in self.held
-                or (dep.get("status") or {}).get("observedGeneration") == meta["generation"]
-            ):
-                continue
-            want = dep["spec"].get("replicas", 1)
-            status = {
-                "observedGeneration": meta["generation"],
-                "replicas": want,
-                "readyReplicas": want,
-                "availableReplicas": want,
-                "updatedReplicas": want,
-                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
-            }
-            self.api.write_status("apps/v1/deployments", meta["name"], status, meta["namespace"])
-        for ds in self.api.list("apps/v1/daemonsets"):
-            meta = ds["metadata"]
-            if meta["name"] in self.held or (ds.get("status") or {}).get("desiredNumberScheduled") == nodes:
-                continue
-            status = {
-                "observedGeneration": meta["generation"],
-                "desiredNumberScheduled": nodes,
-                "currentNumberScheduled": nodes,
-                "numberReady": nodes,
-                "numberAvailable": nodes,
-                "updatedNumberScheduled": nodes,
-            }
-            self.api.write_status("apps/v1/daemonsets", meta["name"], status, meta["namespace"])
 
 
 @pytest.fixture
@@ -314,68 +281,21 @@ def test_a_node_that_never_gets_ready_is_named_and_exit_is_1(cluster_side, cli) 
 
 
 def test_a_pending_pod_is_named_with_its_events(cluster_side, cli) -> None:
-    cluster_side.held.add("registry")
-
-    def pending_registry_pod(api) -> None:
-        api.create(
-            "v1/pods",
-            {
-                "metadata": {
-                    "name": "registry-5d8f7-x2x9q",
-                    "labels": {"app.kubernetes.io/name": "registry"},
-                },
-                "spec": {"containers": [{"name": "registry", "image": "registry:2.8.3"}]},
-            },
-            "clusterous-system",
-        )
-        api.write_status(
-            "v1/pods",
-            "registry-5d8f7-x2x9q",
-            {
-                "phase": "Pending",
-                "conditions": [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": "0/2 nodes are available",
-                    }
-                ],
-            },
-            "clusterous-system",
-        )
-        api.create(
-            "v1/events",
-            {
-                "metadata": {"name": "registry-5d8f7-x2x9q.1"},
-                "involvedObject": {
-                    "kind": "Pod",
-                    "name": "registry-5d8f7-x2x9q",
-                    "namespace": "clusterous-system",
-                },
-                "type": "Warning",
-                "reason": "FailedScheduling",
-                "message": "0/2 nodes are available: 1 node(s) had untolerated taint",
-                "lastTimestamp": "2025-01-01T00:00:00Z",
-            },
-            "clusterous-system",
-        )
-
-    cluster_side.on_addons = pending_registry_pod
+    cluster_side.controller_cpu = "40m"  # the registry asks for 50m: the scheduler finds no room
     result = cli([*UP, "--workers", "0", "--timeout", "3"])
     assert result.exit_code == 1, result.output
     assert "Deployment clusterous-system/registry: 0/1 replicas available" in result.stderr
-    assert (
-        "pod registry-5d8f7-x2x9q: Pending; PodScheduled: Unschedulable: 0/2 nodes are available"
-        in result.stderr
+    message = (
+        "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match Pod's node affinity/selector."
     )
-    assert (
-        "Warning FailedScheduling: 0/2 nodes are available: 1 node(s) had untolerated taint" in result.stderr
+    assert re.search(
+        rf"pod registry-\w+-\w+: Pending; PodScheduled: Unschedulable: {re.escape(message)}", result.stderr
     )
+    assert f"Warning FailedScheduling: {message}" in result.stderr
 
 
 def test_selector_of_the_registry_matches_the_pending_pod_labels() -> None:
-    """The pod above stands for the registry's: its labels are the Deployment's selector."""
+    """The registry's pods are found by its Deployment's selector."""
     text = (Path(__file__).resolve().parents[1] / "manifests" / "registry.yaml").read_text()
     deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
     assert deployment["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "registry"}
@@ -456,31 +376,55 @@ def _running_workers(aws) -> dict[str, dict]:
     return {i["InstanceId"]: i for r in reply["Reservations"] for i in r["Instances"]}
 
 
-def _pods_on_every_worker(k8s_api, workers: dict[str, dict]) -> None:
-    for instance in workers.values():
-        node = node_name(instance)
-        for name, owner in ((f"app-{node}", "ReplicaSet"), (f"nfs-{node}", "DaemonSet")):
-            k8s_api.create(
-                "v1/pods",
-                {
-                    "metadata": {
-                        "name": name,
-                        "ownerReferences": [
-                            {"apiVersion": "apps/v1", "kind": owner, "name": "x", "uid": "u"}
-                        ],
-                    },
-                    "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox:1.37"}]},
-                },
-                "default",
-            )
+def _workloads_on_every_worker(k8s_api, workers: int) -> None:
+    """An app with one pod per worker (each takes most of a 2-CPU node) and a DaemonSet."""
+    labels = {"app": "app"}
+    container = {"name": "c", "image": "busybox:1.37", "resources": {"requests": {"cpu": "1500m"}}}
+    pod_spec = {"nodeSelector": {"clusterous.io/group": "worker"}, "containers": [container]}
+    app = {
+        "metadata": {"name": "app"},
+        "spec": {
+            "replicas": workers,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    k8s_api.create("apps/v1/deployments", app, "default")
+    nfs_labels = {"app": "nfs"}
+    nfs_pod = {"containers": [{"name": "n", "image": "registry.k8s.io/sig-storage/nfsplugin:v4.9.0"}]}
+    nfs = {
+        "metadata": {"name": "nfs"},
+        "spec": {
+            "selector": {"matchLabels": nfs_labels},
+            "template": {"metadata": {"labels": nfs_labels}, "spec": nfs_pod},
+        },
+    }
+    k8s_api.create("apps/v1/daemonsets", nfs, "default")
+
+    def running() -> bool:
+        app_status = k8s_api.get("apps/v1/deployments", "app", "default").get("status") or {}
+        nfs_status = k8s_api.get("apps/v1/daemonsets", "nfs", "default").get("status") or {}
+        return app_status.get("availableReplicas") == workers and nfs_status.get("numberReady") == workers + 1
+
+    k8s_api.wait_for(running, 15, "an app pod on every worker and the DaemonSet on every node")
+
+
+def _pod_on(k8s_api, app: str, node: str) -> str | None:
+    for pod in k8s_api.list("v1/pods", "default"):
+        if pod["metadata"]["labels"].get("app") == app and pod["spec"].get("nodeName") == node:
+            return pod["metadata"]["name"]
+    return None
 
 
 def test_rm_nodes_drains_then_terminates(cluster_side, aws, k8s_api, cli) -> None:
     assert cli([*UP, "--workers", "3", "--timeout", "30"]).exit_code == 0
     workers = _running_workers(aws)
-    _pods_on_every_worker(k8s_api, workers)
+    _workloads_on_every_worker(k8s_api, len(workers))
+    on_node = {
+        node_name(i): (_pod_on(k8s_api, "app", node_name(i)), _pod_on(k8s_api, "nfs", node_name(i)))
+        for i in workers.values()
+    }
     terminations_at_node_delete: list[int] = []
-    evicted: list[str] = []
 
     def record_node_delete(request):
         terminations_at_node_delete.append(len(aws.calls("TerminateInstances")))
@@ -490,40 +434,55 @@ def test_rm_nodes_drains_then_terminates(cluster_side, aws, k8s_api, cli) -> Non
         lambda emulator: emulator["delete", re.compile(r".*/api/v1/nodes/[^/]+$")] << record_node_delete
     )
 
-    # 1. The emulator serves no Eviction API: pods are deleted instead.
+    # 1. An API server without the Eviction API (404 for the endpoint): pods are deleted instead.
+    no_eviction = api_error(404, "NotFound", "the server could not find the requested resource")
+    reaction = k8s_api.call(
+        lambda emulator: emulator["post", re.compile(r".*/pods/[^/]+/eviction$")] << no_eviction
+    )
     aws.reset_calls()
     first = cli(["rm-nodes", "1", "--yes", "--json"])
     assert first.exit_code == 0, first.output
     (gone,) = json.loads(first.stdout)["removed"]
     node = node_name(workers[gone])
+    app_pod, nfs_pod = on_node[node]
     history = k8s_api.history("v1/nodes", node)
     assert history[-1] is None  # deleted
     # cordoned before it was deleted (FakeK3s, like a kubelet, may re-register it until terminated)
     assert history[history.index(None) - 1]["spec"].get("unschedulable") is True
-    assert k8s_api.get("v1/pods", f"app-{node}", "default") is None
-    assert k8s_api.get("v1/pods", f"nfs-{node}", "default") is not None  # DaemonSet pods stay
-    assert f"deleted default/app-{node}" in first.stderr
+    assert k8s_api.get("v1/pods", app_pod, "default") is None
+    assert f"deleted default/{app_pod}" in first.stderr
+    assert nfs_pod not in first.stderr  # DaemonSet pods are left to go with their node
     # The drain deletes the Node before TerminateInstances; once terminated, the CLI deletes it
     # again in case the still-running kubelet re-registered it meanwhile (a 404 when it did not).
     assert terminations_at_node_delete == [0, 1] and len(aws.calls("TerminateInstances")) == 1
     for other in set(workers) - {gone}:
         assert not (k8s_api.get("v1/nodes", node_name(workers[other]))["spec"].get("unschedulable"))
-        assert k8s_api.get("v1/pods", f"app-{node_name(workers[other])}", "default") is not None
+        assert k8s_api.get("v1/pods", on_node[node_name(workers[other])][0], "default") is not None
 
-    # 2. With the Eviction API served, pods are evicted through it.
-    async def serve_eviction(request):
-        emulator = k8s_api.emulator
-        evicted.append(request.name)
-        await emulator.delete(find_resource(emulator, "v1/pods"), request.namespace, request.name)
-        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
-
-    k8s_api.call(lambda emulator: emulator["post", re.compile(r".*/pods/[^/]+/eviction$")] << serve_eviction)
+    # 2. The Eviction API (the emulator's own), with a budget that still allows one disruption.
+    k8s_api.call(lambda emulator: reaction._disabled.set())  # kmock: the reaction answers no more
+    budget = {
+        "metadata": {"name": "app"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "app"}}},
+    }
+    k8s_api.create("policy/v1/poddisruptionbudgets", budget, "default")
+    k8s_api.wait_for(
+        lambda: (
+            (k8s_api.get("policy/v1/poddisruptionbudgets", "app", "default").get("status") or {}).get(
+                "disruptionsAllowed"
+            )
+            == 1
+        ),
+        15,
+        "the budget to allow one disruption",
+    )
     aws.reset_calls()
     second = cli(["rm-nodes", "1", "--yes", "--json"])
     assert second.exit_code == 0, second.output
     (gone2,) = json.loads(second.stdout)["removed"]
     node2 = node_name(workers[gone2])
-    assert evicted == [f"app-{node2}"] and f"evicted default/app-{node2}" in second.stderr
+    assert f"evicted default/{on_node[node2][0]}" in second.stderr
+    assert k8s_api.get("v1/pods", on_node[node2][0], "default") is None
     assert k8s_api.get("v1/nodes", node2) is None
     assert terminations_at_node_delete == [0, 1, 0, 1] and len(aws.calls("TerminateInstances")) == 1
 

@@ -592,6 +592,7 @@ class Waiter:
         self.conn = None
         self.api = None
         self.outcome: dict = {}
+        self.logging_removed = False  # this run deleted the logging chart (reported as "removed")
 
     # -- host key ------------------------------------------------------------------------------
 
@@ -715,6 +716,11 @@ class Waiter:
             logging = apply_logging(self.api, level)
             if logging is None:
                 return Check(False, "the HelmChart resource is not served yet (k3s's helm-controller)")
+            if logging == UNINSTALLING:
+                self.logging_removed = True
+                return Check(False, "the logging release is being uninstalled (k3s's helm-controller)")
+            if logging == "off" and self.logging_removed:
+                logging = "removed"
             if recorded != str(level):
                 core.patch_namespaced_config_map(
                     CLUSTER_INFO,
@@ -808,9 +814,14 @@ class Waiter:
         ]
 
 
+UNINSTALLING = "uninstalling"
+
+
 def apply_logging(api, level: int) -> str | None:
-    """Make the logging HelmChart match `level`: created/updated/unchanged, deleted/off; None while
-    the HelmChart resource is not served yet."""
+    """Make the logging HelmChart match `level`: installed/updated/unchanged, or off; None while
+    the HelmChart resource is not served yet, UNINSTALLING while a deleted chart is still held by
+    k3s's helm-controller finalizer (it runs `helm uninstall` first): a chart written meanwhile
+    would be deleted with it, so a new level waits until the old chart is gone."""
     from kubernetes import client
     from kubernetes.client import ApiException
 
@@ -826,6 +837,8 @@ def apply_logging(api, level: int) -> str | None:
         if exc.status != 404:
             raise
         current = None
+    if current is not None and current["metadata"].get("deletionTimestamp"):
+        return UNINSTALLING
     if change.action == "delete":
         if current is None:
             return "off"
@@ -834,7 +847,7 @@ def apply_logging(api, level: int) -> str | None:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        return "removed"
+        return UNINSTALLING
     body = change.manifest
     if current is None:
         try:
@@ -848,7 +861,7 @@ def apply_logging(api, level: int) -> str | None:
         (current["metadata"].get("annotations") or {}).get(k) == v
         for k, v in body["metadata"]["annotations"].items()
     )
-    if same and not current["metadata"].get("deletionTimestamp"):
+    if same:
         return "unchanged"
     body = {
         **body,
