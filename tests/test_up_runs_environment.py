@@ -17,11 +17,11 @@ import yaml
 
 os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 
+import kopf.testing as kopf_testing  # noqa: E402 - a broken kopf fails the module, never skips it
+
 from clusterous_cli import tunnels  # noqa: E402
 from tests.test_run_quit import OPERATOR_ARGS, env_file, fetch, web_server  # noqa: E402
 from tests.test_up_ready import CLUSTER, SSH_CIDR, cluster_side  # noqa: E402, F401
-
-kopf_testing = pytest.importorskip("kopf.testing")
 
 
 @contextlib.contextmanager

@@ -20,8 +20,18 @@ import yaml
 
 OPERATOR_IMAGE = "python:3.12.11-slim-bookworm"
 OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
+LOCK_FILE = "requirements.txt"  # in the clusterous_operator package: the operator's pins
+
+
+def read_lock() -> tuple[str, ...]:
+    """The `name==version` lines of the operator's lock (also CI's pip constraints file)."""
+    text = (resources.files("clusterous_operator") / LOCK_FILE).read_text()
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return tuple(line for line in lines if line)
+
+
 # What the operator package imports besides the standard library, pinned as tested.
-REQUIREMENTS = ("kopf==1.45.2", "kubernetes==37.0.1", "pyyaml==6.0.3")
+REQUIREMENTS = read_lock()
 # Import names of those distributions (a test checks the package imports nothing else).
 PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml"}
 CONFIGMAP = "clusterous-operator-code"
