@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paramiko
 
-from clusterous_cli import ssh, tunnels
+from clusterous_cli import hostkeys, ssh, tunnels
 from clusterous_cli.endpoint import ClusterRef, load_endpoint
 from clusterous_provisioner.errors import ClusterousError
 
@@ -70,6 +70,8 @@ class Supervisor:
         self.port_states: dict[int, str] = {}
         self.stopping = threading.Event()
         self.last_error: str | None = None
+        # A refusal retrying cannot fix (changed host key, refused login): what and what to do.
+        self.refused: dict[str, str | None] | None = None
         self.reconnects = 0
         self.desired_mtime: int | None = None
         self._written: str | None = None
@@ -97,11 +99,14 @@ class Supervisor:
             conn = ssh.connect_cluster(self.ref)
         except ClusterousError as exc:
             self.last_error = exc.render().replace("\n  next:", ";")
-            log.warning("connect failed: %s", self.last_error)
+            refused = isinstance(exc, hostkeys.Refusal)
+            self.refused = {"error": exc.what, "next": exc.next_step} if refused else None
+            log.warning("connect %s: %s", "refused" if refused else "failed", self.last_error)
             return False
         with self.changed:
             self.connection = conn
             self.last_error = None
+            self.refused = None
             self.changed.notify_all()
         log.info("connected to %s:%s", endpoint.host, endpoint.port)
         return True
@@ -144,21 +149,22 @@ class Supervisor:
             targets[desired.api_local] = ("127.0.0.1", api_port)
         return targets
 
-    def reconcile(self) -> None:
-        """Open listeners for new tunnels, close removed ones, retarget changed ones."""
+    def reconcile(self) -> bool:
+        """Open listeners for new tunnels, close removed ones, retarget changed ones; True when
+        tunnels.yml changed (a command is waiting for this supervisor's answer)."""
         try:
             mtime = (self.ref.directory / tunnels.DESIRED_FILE).stat().st_mtime_ns
         except OSError:
             mtime = None
         retry_failed = len(self.listeners) < len(self.port_states) and time.monotonic() > self._retry_at
         if mtime == self.desired_mtime and not retry_failed:
-            return
+            return False
         self._retry_at = time.monotonic() + 5.0
         try:
             targets = self._targets()
         except ClusterousError as exc:
             self.last_error = exc.render()
-            return
+            return False
         for port in list(self.listeners):
             if port not in targets:
                 close_listener(self.listeners.pop(port)[0])
@@ -183,7 +189,8 @@ class Supervisor:
             self.port_states[port] = "listening"
             threading.Thread(target=self._accept, args=(port, listener), daemon=True).start()
             log.info("listening on %s -> %s:%s", port, *target)
-        self.desired_mtime = mtime
+        changed, self.desired_mtime = mtime != self.desired_mtime, mtime
+        return changed
 
     def _accept(self, port: int, listener: socket.socket) -> None:
         while not self.stopping.is_set():
@@ -243,6 +250,7 @@ class Supervisor:
             "connected": bool(conn and conn.is_active()),
             "ports": {str(p): s for p, s in sorted(self.port_states.items())},
             "last_error": self.last_error,
+            "refused": self.refused,
             "reconnects": self.reconnects,
             "desired_mtime": self.desired_mtime,
         }
@@ -263,13 +271,17 @@ class Supervisor:
             if not self.ref.controller_file.exists():
                 log.info("controller record gone (cluster down?): stopping")
                 break
-            self.reconcile()
+            changed = self.reconcile()
             now = time.monotonic()
             conn = self.connection
             if conn is not None and not conn.is_active():
                 self._drop("the transport closed")
                 conn = None
                 next_try = now  # first retry right away, then back off
+            if changed and conn is None and self.refused:
+                # A command waits on this change: answer it with a fresh attempt (the key may
+                # have been re-learned), not with the refusal of a minute ago.
+                next_try = now
             if conn is None and now >= next_try:
                 if self._connect():
                     backoff, next_probe = BACKOFF_START, now + PROBE_EVERY

@@ -44,7 +44,12 @@ class HostKey:
         return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-class HostKeyChanged(Failure):
+class Refusal(Failure):
+    """A refusal that retrying cannot fix (a key, not the network): the tunnel supervisor reports
+    it at once instead of reconnecting in silence, and the CLI stops waiting for it."""
+
+
+class HostKeyChanged(Refusal):
     """The controller presented a key we did not pin: refuse, and say how to re-learn on purpose."""
 
     def __init__(self, name: str, presented: str, pinned: list[str], relearn: str):
@@ -150,7 +155,7 @@ def host_key_algorithms(keys: list[HostKey]) -> list[str]:
 def check(presented: HostKey, pinned: list[HostKey], name: str, relearn: str = RELEARN) -> None:
     """Accept only a pinned key; the refusal names both fingerprints and the way out."""
     if not pinned:
-        raise Failure(
+        raise Refusal(
             f"no host key pinned for the controller {name}; refusing to connect unchecked",
             f"learn it from the EC2 console output: {relearn}",
         )

@@ -256,7 +256,7 @@ def connect(
         try:
             transport.auth_publickey(endpoint.user, key)
         except paramiko.AuthenticationException:
-            raise Failure(
+            raise hostkeys.Refusal(
                 f"the controller refused the key {endpoint.key_file} for user '{endpoint.user}'",
                 "check key_file in the profile (`clusterous-k8s profile show`) or the cluster's controller.yml",
             ) from None

@@ -253,8 +253,16 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def wait_for(ref: ClusterRef, condition, timeout: float, what: str) -> dict:
-    """Poll supervisor.json until `condition(status)` holds; a Failure naming the log if it never does."""
+def refusal(ref: ClusterRef, status: dict) -> dict | None:
+    """The supervisor's refusal that retrying cannot fix (a changed host key, a refused login),
+    when it answers the current tunnels.yml: an older one may have been fixed since."""
+    refused = status.get("refused")
+    return refused if refused and status.get("desired_mtime") == _mtime(ref) else None
+
+
+def wait_for(ref: ClusterRef, condition, timeout: float, what: str, refusals: bool = True) -> dict:
+    """Poll supervisor.json until `condition(status)` holds; a Failure naming the log if it never
+    does, and (`refusals`) at once when the supervisor reports a refusal waiting cannot cure."""
     started = time.monotonic()
     status: dict = {}
 
@@ -262,9 +270,17 @@ def wait_for(ref: ClusterRef, condition, timeout: float, what: str) -> dict:
         nonlocal status
         status = read_status(ref)
         # a supervisor that died (after 2 s to start) will not change its status any more
-        return condition(status) or (supervisor_pid(ref) is None and time.monotonic() - started > 2)
+        return (
+            condition(status)
+            or (refusals and refusal(ref, status) is not None)
+            or (supervisor_pid(ref) is None and time.monotonic() - started > 2)
+        )
 
-    if _wait_until(settled, timeout) and condition(status):
+    met = _wait_until(settled, timeout)
+    refused = refusal(ref, status) if refusals else None
+    if refused:
+        raise Failure(f"the tunnel cannot connect: {refused['error']}", refused.get("next"))
+    if met and condition(status):
         return status
     error = status.get("last_error") or "no answer from the tunnel supervisor"
     raise Failure(
@@ -310,7 +326,10 @@ def apply(ref: ClusterRef, desired: Desired, wait_ports: list[int], timeout: flo
     def settled(status: dict) -> bool:
         return status.get("desired_mtime") == _mtime(ref) and all(port_state(status, p) for p in wait_ports)
 
-    status = wait_for(ref, settled, timeout, "the tunnel supervisor did not pick up the change")
+    # Only removing tunnels (no ports to wait for) works whatever the connection's state.
+    status = wait_for(
+        ref, settled, timeout, "the tunnel supervisor did not pick up the change", refusals=bool(wait_ports)
+    )
     for port in wait_ports:
         state = port_state(status, port)
         if state != "listening":
