@@ -680,27 +680,40 @@ def test_up_applies_the_operator_code_through_the_api_once(k8s_api):
 @pytest.mark.skipif(
     os.environ.get("CLUSTEROUS_REAL_AWS") != "1", reason="needs CLUSTEROUS_REAL_AWS=1 and credentials"
 )
+@pytest.mark.timeout(5400)  # up and down take many minutes each; pyproject's 300 s would cut them
 def test_real_cluster_with_one_worker_becomes_ready(tmp_path):
-    """`up --workers 1`, then every node Ready with its group label and the add-ons running."""
+    """`up --workers 1`, then every node Ready with its group label and the operator available."""
     import json
 
+    from tests.harness.tools import tool_path
+
+    region = os.environ.get("CLUSTEROUS_REAL_AWS_REGION", "us-east-1")
     name = f"ci-{os.getpid()}"
-    cli = [sys.executable, "-m", "clusterous_cli.main"]
+    cli = [sys.executable, "-m", "clusterous_cli"]  # the package's __main__, as the console script
     kubeconfig = tmp_path / "kubeconfig"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}  # `kubeconfig` writes here, not ~/.kube
+
+    def run(*argv, timeout=120, **kwargs):
+        return subprocess.run([*argv], env=env, timeout=timeout, **kwargs)
+
+    assert run(*cli, "setup", "--region", region, "--yes", timeout=600).returncode == 0
     try:
-        up = subprocess.run([*cli, "up", "--name", name, "--workers", "1", "--yes"], timeout=1800)
+        up = run(*cli, "up", "--name", name, "--workers", "1", "--yes", timeout=2400)
         assert up.returncode == 0
-        got = subprocess.run([*cli, "kubeconfig", "--file", str(kubeconfig)], timeout=120)
-        assert got.returncode == 0
-        nodes = subprocess.run(
-            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
+        assert run(*cli, "kubeconfig", "--cluster", name).returncode == 0
+        kubectl = [str(tool_path("kubectl")), "--kubeconfig", str(kubeconfig)]
+        nodes = run(*kubectl, "get", "nodes", "-o", "json", capture_output=True, text=True, check=True)
         items = json.loads(nodes.stdout)["items"]
         groups = sorted(n["metadata"]["labels"].get("clusterous.io/group", "") for n in items)
         assert groups == ["", "master", "worker"]  # the controller has no group
         for node in items:
             ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
             assert ready == "True"
+        available = run(
+            *kubectl, "-n", "clusterous-system", "wait", "--for=condition=Available",
+            "deployment/clusterous-operator", "--timeout=300s", timeout=330,
+        )  # fmt: skip
+        assert available.returncode == 0
     finally:
-        subprocess.run([*cli, "down", name, "--yes"], timeout=1800)
+        down = run(*cli, "down", name, "--yes", timeout=1800)
+        assert down.returncode == 0

@@ -1,11 +1,23 @@
-"""Smoke test on real AWS: `up --workers 1`, `status`, `down`. Costs a few cents; skipped unless
-CLUSTEROUS_REAL_AWS=1 with credentials (and optionally CLUSTEROUS_REAL_AWS_REGION)."""
+"""Smoke test on real AWS: the example cluster file with one worker, waited for stage by stage, its
+example application (basic-python: image built on the cluster, files copied, ClusterApp followed
+to Running, tunnel opened) answering through the tunnel, then `quit` and `down` with nothing
+billable left.
+
+Skipped unless CLUSTEROUS_REAL_AWS=1 with credentials (CLUSTEROUS_REAL_AWS_REGION, default
+us-east-1). Cost: the plan's price per hour (`clusterous-k8s up examples/mycluster.yml --workers 1
+--dry-run`: about 0.36 USD per hour in us-east-1) for the 20-40 minutes it runs — a few tens of
+cents (docs/testing.md, "Real AWS and real clusters").
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -13,17 +25,47 @@ from tests.harness.aws import requires_real_aws
 
 pytestmark = [pytest.mark.aws, requires_real_aws]
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-def test_up_status_down_on_real_aws(cli):
+
+def fetch_until(url: str, needle: str, timeout: float = 300.0) -> str:
+    """The page once it shows `needle` (the engines need a moment to report)."""
+    deadline, text = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=20) as response:
+                text = response.read().decode(errors="replace")
+            if re.search(needle, text):
+                return text
+        except OSError:
+            pass
+        time.sleep(5)
+    raise AssertionError(f"{url} never showed {needle!r}; last page: {text[:500]}")
+
+
+@pytest.mark.timeout(3600)
+def test_example_cluster_runs_the_example_application_on_real_aws(cli):
     region = os.environ.get("CLUSTEROUS_REAL_AWS_REGION", "us-east-1")
     name = f"smoke-{uuid.uuid4().hex[:8]}"
-    assert cli(["setup", "--region", region, "--yes"]).exit_code == 0
+    setup = cli(["setup", "--region", region, "--yes"])
+    assert setup.exit_code == 0, setup.output
     try:
-        up = cli(["up", "--name", name, "--workers", "1", "--os", "al2023", "--no-wait", "--yes",
-                  "--controller-type", "t3.small", "--master-type", "t3.small", "--worker-type", "t3.small"])  # fmt: skip
+        # Waits for the cluster (host key, SSH, cloud-init, API, nodes Ready, add-ons), then runs
+        # the cluster file's environment_file, basic-python, and prints its tunnel's URL.
+        up = cli(["up", str(EXAMPLES / "mycluster.yml"), "--name", name, "--workers", "1", "--yes"])
         assert up.exit_code == 0, up.output
-        status = json.loads(cli(["status", "--name", name, "--json"]).stdout)
-        assert status["controller_public_ip"] and len(status["instances"]) == 3
+        url = re.search(r"http://localhost:\d+", up.stdout)
+        assert url, up.output
+        assert re.search(r"[1-9]\d* engines", fetch_until(url.group(0), r"[1-9]\d* engines"))
+
+        status = cli(["status", "--name", name, "--json"])
+        assert status.exit_code == 0, status.output
+        data = json.loads(status.stdout)
+        assert data["controller_public_ip"] and len(data["instances"]) == 3
+        assert [(a["name"], a["phase"]) for a in data["applications"]] == [("basic-python", "Running")]
+
+        quit_ = cli(["quit", "basic-python", "--cluster", name])
+        assert quit_.exit_code == 0, quit_.output
     finally:
         down = cli(["down", name, "--yes"])
         assert down.exit_code == 0, down.output
