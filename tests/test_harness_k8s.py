@@ -732,3 +732,47 @@ def test_kubectl_exec_and_logs(k8s_api: K8sApi, kubectl) -> None:
     result = kubectl("exec", "-i", "web", "--", "sh", "-c", "cat; exit 5", input="via kubectl\n", check=False)
     assert result.returncode == 5
     assert result.stdout == "via kubectl\n" and "exit code 5" in result.stderr
+
+
+def test_a_read_overtaken_by_another_writer_meets_409_on_replace(k8s_api: K8sApi, client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespaced_config_map("default", {"metadata": {"name": "c"}, "data": {"a": "1"}})
+    k8s_api.overtake_reads("v1/configmaps", "c")
+    read = core.read_namespaced_config_map("c", "default")
+    read.data = {"a": "2"}
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        core.replace_namespaced_config_map("c", "default", read)
+    assert refused.value.status == 409 and json.loads(refused.value.body)["reason"] == "Conflict"
+    again = core.read_namespaced_config_map("c", "default")  # read afresh: nobody overtakes it now
+    again.data = {"a": "2"}
+    assert core.replace_namespaced_config_map("c", "default", again).data == {"a": "2"}
+
+
+def test_a_watch_from_a_compacted_version_ends_with_410_expired(k8s_api: K8sApi, client) -> None:
+    core = kubernetes.client.CoreV1Api(client)
+    old = core.create_namespaced_config_map("default", {"metadata": {"name": "c"}}).metadata.resource_version
+    core.patch_namespaced_config_map("c", "default", {"data": {"a": "1"}})
+    k8s_api.compact()
+    response = core.list_namespaced_config_map(
+        "default", watch=True, resource_version=old, timeout_seconds=2, _preload_content=False
+    )
+    events = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    assert events == [
+        {
+            "type": "ERROR",
+            "object": {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {old} ({k8s_api.call(lambda e: e._compacted)})",
+                "reason": "Expired",
+                "code": 410,
+            },
+        }
+    ]
+    kubernetes_watch = kubernetes.watch.Watch()  # the client's own watcher turns it into an ApiException
+    with pytest.raises(kubernetes.client.ApiException) as gone:
+        for _ in kubernetes_watch.stream(core.list_namespaced_config_map, "default", resource_version=old):
+            pass
+    assert gone.value.status == 410

@@ -255,3 +255,25 @@ def test_bad_input_copies_builds_and_applies_nothing(
     assert list(cluster.shared.iterdir()) == []
     assert k8s_api.list("capp") == []
     assert tunnels.supervisor_pid(cluster.ref) is None  # not even the API tunnel was opened
+
+
+def test_run_again_redoes_an_update_overtaken_by_the_operator(k8s_api) -> None:
+    """The operator writes the app's status while `run` replaces its spec: a 409 is redone."""
+    import kubernetes
+
+    k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
+    app = {
+        "apiVersion": "clusterous.io/v1alpha1",
+        "kind": "ClusterApp",
+        "metadata": {"name": "webdemo"},
+        "spec": {"components": [{"name": "web", "group": "master", "image": "python:3.12-slim"}]},
+    }
+    client = kubernetes.config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
+    try:
+        assert apps.apply(client, app) == "created"
+        app["spec"]["components"][0]["image"] = "python:3.13-slim"
+        k8s_api.overtake_reads("capp", "webdemo", times=2)
+        assert apps.apply(client, app) == "updated"
+    finally:
+        client.close()
+    assert k8s_api.get("capp", "webdemo")["spec"]["components"][0]["image"] == "python:3.13-slim"

@@ -16,6 +16,7 @@ from clusterous_provisioner.errors import Failure
 GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
+CONFLICT_ATTEMPTS = 5  # a read-modify-replace overtaken by another writer (409) is redone
 
 
 # --- the ClusterApp --------------------------------------------------------------------------
@@ -44,21 +45,28 @@ def apply(api, clusterapp: dict, namespace: str = NAMESPACE) -> str:
             raise api_failure(f"creating ClusterApp {name}", exc) from None
     except Exception as exc:  # noqa: BLE001 - connection errors
         raise api_failure(f"creating ClusterApp {name}", exc) from None
-    try:
-        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        if current["metadata"].get("deletionTimestamp"):
-            raise Failure(
-                f"ClusterApp {name} is still being removed", "wait for `quit` to finish, then run it again"
-            )
-        current["spec"] = body["spec"]
-        annotations = current["metadata"].setdefault("annotations", {}) or {}
-        annotations.update(body["metadata"].get("annotations") or {})
-        current["metadata"]["annotations"] = annotations
-        custom.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, current)
-    except Failure:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise api_failure(f"updating ClusterApp {name}", exc) from None
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            if current["metadata"].get("deletionTimestamp"):
+                raise Failure(
+                    f"ClusterApp {name} is still being removed",
+                    "wait for `quit` to finish, then run it again",
+                )
+            current["spec"] = body["spec"]
+            annotations = current["metadata"].setdefault("annotations", {}) or {}
+            annotations.update(body["metadata"].get("annotations") or {})
+            current["metadata"]["annotations"] = annotations
+            custom.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, current)
+            break
+        except Failure:
+            raise
+        except ApiException as exc:
+            # The operator writes the app's status all the time: read it afresh and try again.
+            if exc.status != 409 or attempt == CONFLICT_ATTEMPTS - 1:
+                raise api_failure(f"updating ClusterApp {name}", exc) from None
+        except Exception as exc:  # noqa: BLE001
+            raise api_failure(f"updating ClusterApp {name}", exc) from None
     return "updated"
 
 

@@ -25,6 +25,7 @@ _APIS = {
 # Deletion order: what runs first, what it uses last.
 DELETION_ORDER = ("Deployment", "Service", "PersistentVolumeClaim")
 _PAST = {"create": "created", "replace": "updated", "delete": "deleted"}
+CONFLICT_ATTEMPTS = 5  # a read-modify-replace overtaken by another writer (409) is redone
 
 
 _client = None  # one API client (and connection pool) per run of the operator, made by login()
@@ -138,19 +139,30 @@ def _write(api, suffix: str, change: Change, name: str, namespace: str) -> None:
 
 
 def _replace(api, suffix: str, obj: Mapping, name: str, namespace: str) -> None:
-    """PUT the object, keeping what the server owns (resourceVersion, a Service's cluster IP)."""
-    current = _call(api, f"read_namespaced_{suffix}", name, namespace)
-    body = dict(obj)
-    body["metadata"] = {**obj["metadata"], "resourceVersion": current["metadata"].get("resourceVersion")}
-    if suffix == "service":
-        was_headless = current.get("spec", {}).get("clusterIP") == "None"
-        if was_headless != (obj["spec"].get("clusterIP") == "None"):
-            # A Service's cluster IP is immutable: switching to or from headless means a new one.
-            _call(api, "delete_namespaced_service", name, namespace)
-            _call(api, "create_namespaced_service", namespace, dict(obj))
+    """PUT the object, keeping what the server owns (resourceVersion, a Service's cluster IP).
+
+    Controllers write the object's status meanwhile (a Deployment's, all the time): a PUT that
+    meets 409 Conflict reads the object afresh and tries again."""
+    import kubernetes
+
+    for attempt in range(CONFLICT_ATTEMPTS):
+        current = _call(api, f"read_namespaced_{suffix}", name, namespace)
+        body = dict(obj)
+        body["metadata"] = {**obj["metadata"], "resourceVersion": current["metadata"].get("resourceVersion")}
+        if suffix == "service":
+            was_headless = current.get("spec", {}).get("clusterIP") == "None"
+            if was_headless != (obj["spec"].get("clusterIP") == "None"):
+                # A Service's cluster IP is immutable: switching to or from headless means a new one.
+                _call(api, "delete_namespaced_service", name, namespace)
+                _call(api, "create_namespaced_service", namespace, dict(obj))
+                return
+            body["spec"] = {
+                **obj["spec"],
+                **{k: current["spec"][k] for k in ("clusterIP", "clusterIPs") if k in current["spec"]},
+            }
+        try:
+            _call(api, f"replace_namespaced_{suffix}", name, namespace, body)
             return
-        body["spec"] = {
-            **obj["spec"],
-            **{k: current["spec"][k] for k in ("clusterIP", "clusterIPs") if k in current["spec"]},
-        }
-    _call(api, f"replace_namespaced_{suffix}", name, namespace, body)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 409 or attempt == CONFLICT_ATTEMPTS - 1:
+                raise

@@ -93,6 +93,19 @@ def api_error(code: int, reason: str, message: str, **details: Any) -> kmock.Kub
     return kmock.KubernetesError(status=code, reason=reason, message=message, details=details)
 
 
+def expired(since: int, compacted: int) -> dict[str, Any]:
+    """The Status a watch from a compacted resourceVersion ends with (HTTP 200, one ERROR event)."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"too old resource version: {since} ({compacted})",
+        "reason": "Expired",
+        "code": 410,
+    }
+
+
 def not_found(plural: str, name: str) -> kmock.KubernetesError:
     return api_error(404, "NotFound", f'{plural} "{name}" not found', name=name, kind=plural)
 
@@ -345,6 +358,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
     # Service gets (a test whose servers listen on 127.0.0.1 sets it to reach them through SSH).
     service_address: str | None = attrs.field(default=None, init=False)
     _service_ips: int = attrs.field(default=0, init=False)
+    # Another writer (a controller, a second client) changes the object right after it is read:
+    # (plural, name) → how many more reads get overtaken. A read-modify-PUT then meets 409.
+    concurrent_writes: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    # Watches from a resourceVersion older than this are answered 410 Expired (etcd compaction).
+    _compacted: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -721,10 +739,28 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         info = self._info(request.resource)
-        obj = self._current(request.resource, self._request_namespace(request, info), request.name)
+        namespace = self._request_namespace(request, info)
+        obj = self._current(request.resource, namespace, request.name)
         if obj is None:
             raise not_found(request.resource.plural, request.name)
-        return obj
+        key = (request.resource.plural, request.name)
+        if self.concurrent_writes.get(key):
+            self.concurrent_writes[key] -= 1
+            await self._write_concurrently(request.resource, namespace, obj)
+        return obj  # the reader holds this version, older than the stored one now
+
+    async def _write_concurrently(self, resource: kmock.resource, namespace: str | None, obj: dict) -> None:
+        changed = copy.deepcopy(obj)
+        annotations = changed["metadata"].setdefault("annotations", {}) or {}
+        count = int(annotations.get("test.clusterous.io/concurrent-writes", "0")) + 1
+        annotations["test.clusterous.io/concurrent-writes"] = str(count)
+        changed["metadata"]["annotations"] = annotations
+        changed["metadata"].pop("resourceVersion", None)
+        await self.update(resource, namespace, obj["metadata"]["name"], changed)
+
+    def compact(self) -> None:
+        """What etcd's periodic compaction does to watches: older resourceVersions are gone."""
+        self._compacted = self._revision
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         info = self._info(request.resource)
@@ -856,6 +892,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     async def _watch_stream(self, request: rendering.Request, namespace: str | None):
         yield b""  # send the headers now: clients wait for them before reading events
+        since = int(request.params.get("resourceVersion") or 0)
+        if 0 < since < self._compacted and request.params.get("sendInitialEvents") != "true":
+            yield {"type": "ERROR", "object": expired(since, self._compacted)}
+            return
         timeout = float(request.params.get("timeoutSeconds") or 0) or None
         deadline = None if timeout is None else time.monotonic() + timeout
         initial, cursor = self._initial_events(request, namespace)
@@ -1424,6 +1464,15 @@ class K8sApi:
     def write_status(self, resource: str, name: str, status: dict, namespace: str | None = None) -> dict:
         res = self.resource(resource)
         return self.call(lambda emulator: emulator.update(res, namespace, name, {"status": status}, "status"))
+
+    def overtake_reads(self, resource: str, name: str, times: int = 1) -> None:
+        """The next `times` reads of the object are overtaken by another writer (see 409 tests)."""
+        res = self.resource(resource)
+        self.call(lambda emulator: emulator.concurrent_writes.__setitem__((res.plural, name), times))
+
+    def compact(self) -> None:
+        """Compact the history: a watch resumed from an older resourceVersion gets 410 Expired."""
+        self.call(lambda emulator: emulator.compact())
 
     def write_pod_log(
         self, namespace: str, pod: str, text: str | bytes, container: str | None = None
