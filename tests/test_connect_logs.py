@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -40,21 +41,36 @@ def kube_controller(sshd, k8s_api):
 
 
 def add_pod(k8s_api, name: str, component: str, phase: str = "Running", env: dict | None = None) -> None:
-    """A component's pod as the operator's Deployment would leave it, with its status."""
-    container = {"name": component, "image": f"registry.local/{component}:1"}
+    """A component's pod, placed and started by the emulator's scheduler and kubelet on a node of
+    the test's; for phase "Succeeded" its image is one that exits 0 at once."""
+    if k8s_api.get("v1/nodes", "node-1") is None:
+        k8s_api.add_node("node-1", cpu="8")
+    image = f"registry.local/{component}:1"
+    container = {"name": component, "image": image}
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    spec = {"containers": [container]}
+    if phase == "Succeeded":
+
+        async def exits_at_once(emulator, pod, container) -> int:
+            return 0
+
+        spec["restartPolicy"] = "Never"
+        k8s_api.world.programs.append((re.compile(re.escape(image)), exits_at_once))
     k8s_api.create(
         "v1/pods",
         {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, "labels": {COMPONENT_LABEL: component}},
-            "spec": {"containers": [container]},
+            "spec": spec,
         },
         namespace="default",
     )
-    k8s_api.write_status("v1/pods", name, {"phase": phase}, namespace="default")
+    k8s_api.wait_for(
+        lambda: ((k8s_api.get("v1/pods", name, "default") or {}).get("status") or {}).get("phase") == phase,
+        what=f"pod {name} {phase}",
+    )
 
 
 def cli_process(*argv: str) -> subprocess.Popen:
