@@ -11,8 +11,8 @@ What stands in for what (docs/provisioning.md, "Readiness"):
 - k3s is the Kubernetes API emulator behind the SSH tunnel. What k3s, the kubelets and the
   controllers would do, `FakeK3s` does from a background thread: it applies the add-on
   manifests found in the controller's real user-data (as k3s's auto-deploy does), registers a
-  Node for every running instance (address, group label), and marks Deployments available and
-  DaemonSets ready. Tests tell it what to leave broken.
+  Node for every running instance (address, group label; tests choose a NotReady group or a
+  controller too small). The emulator's own controllers, scheduler and kubelet run the pods.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def node_name(instance: dict) -> str:
 
 
 class FakeK3s:
-    """k3s's auto-deploy, the kubelets and the workload controllers, for one cluster."""
+    """k3s's auto-deploy and each instance's kubelet registering its Node, for one cluster."""
 
     def __init__(self, aws, k8s_api, cluster: str = CLUSTER):
         self.aws, self.api, self.cluster = aws, k8s_api, cluster

@@ -8,9 +8,7 @@ real kopf operator, Services given 127.0.0.1 where the test's web server listens
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 
 import pytest
 import yaml
@@ -22,31 +20,6 @@ import kopf.testing as kopf_testing  # noqa: E402 - a broken kopf fails the modu
 from clusterous_cli import tunnels  # noqa: E402
 from tests.test_run_quit import OPERATOR_ARGS, env_file, fetch, web_server  # noqa: E402
 from tests.test_up_ready import CLUSTER, SSH_CIDR, cluster_side  # noqa: E402, F401
-
-
-@contextlib.contextmanager
-def service_addresses(k8s_api):
-    """The Service IP allocator (FakeK3s already plays the Deployment controller): 127.0.0.1,
-    where the test's web server listens."""
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                for svc in k8s_api.list("v1/services"):
-                    if not svc["spec"].get("clusterIP"):
-                        meta = svc["metadata"]
-                        address = {"spec": {"clusterIP": "127.0.0.1"}}
-                        k8s_api.patch("v1/services", meta["name"], address, namespace=meta["namespace"])
-            stop.wait(0.2)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 @pytest.mark.usefixtures("cluster_side")
@@ -65,6 +38,8 @@ def test_up_runs_the_environment_file_of_the_cluster_file(
     with open(overrides, "w") as fh:
         yaml.safe_dump(record, fh)
     monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))  # the operator's own access
+    # every Service's cluster IP is 127.0.0.1, where the test's web server listens
+    k8s_api.call(lambda emulator: setattr(emulator, "service_address", "127.0.0.1"))
 
     page = os.urandom(16).hex().encode()
     local = tunnels.free_port()
@@ -80,13 +55,11 @@ def test_up_runs_the_environment_file_of_the_cluster_file(
                 }
             )
         )
-        with kopf_testing.KopfRunner(OPERATOR_ARGS, timeout=60) as runner, service_addresses(k8s_api):
+        with kopf_testing.KopfRunner(OPERATOR_ARGS, timeout=60) as runner:
             result = cli(
                 [
                     "up",
                     str(cluster_file),
-                    "--os",
-                    "al2023",
                     "--ssh-cidr",
                     SSH_CIDR,
                     "--yes",
