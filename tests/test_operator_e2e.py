@@ -271,3 +271,43 @@ def test_kubectl_apply_example_and_get_capp(cluster, kubectl) -> None:
         labels = deployment(cluster, "basic-python-engine")["metadata"]["labels"]
         assert labels[APP_LABEL] == "basic-python"
     assert runner.exception is None, runner.output
+
+
+def test_auto_cpu_leaves_room_for_what_already_runs_on_the_nodes(cluster, custom) -> None:
+    """A node agent (a DaemonSet such as Fluent Bit or the NFS driver) requests CPU on every node:
+    a `cpu: auto` master and `count: auto` engines must still fit the real scheduler."""
+    labels = {"app": "node-agent"}
+    agent = {"name": "agent", "image": "fluent/fluent-bit:3.2", "resources": {"requests": {"cpu": "250m"}}}
+    cluster.create(
+        "apps/v1/daemonsets",
+        {
+            "metadata": {"name": "node-agent"},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": [agent]}},
+            },
+        },
+        "kube-system",
+    )
+    cluster.wait_for(
+        lambda: (
+            ((cluster.get("apps/v1/daemonsets", "node-agent", "kube-system") or {}).get("status") or {}).get(
+                "numberReady"
+            )
+            == 2
+        ),
+        timeout=WAIT,
+        what="the agent on both nodes",
+    )
+    app = clusterapp()
+    app["spec"]["components"][0]["cpu"] = "auto"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+        master = deployment(cluster, "demo-master")["spec"]["template"]["spec"]["containers"][0]
+        assert master["resources"]["requests"]["cpu"] == "1750m"  # 2 CPUs less the agent's 250m
+        assert replicas(cluster, "demo-engine") == 1  # one 1-CPU engine fits beside the agent
+        assert rolled_out(cluster, "demo-master") and rolled_out(cluster, "demo-engine")
+    assert runner.exception is None, runner.output

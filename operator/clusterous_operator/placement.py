@@ -68,18 +68,23 @@ def place(
     return {c.name: result[c.name] for c in spec.components}
 
 
-def auto_cpu_share(members: list[Component], group_nodes: list[NodeCapacity]) -> int | None:
-    """`cpu: auto`: the smallest node's CPU shared evenly among the app's components on the
-    group, so a replica fits on any of its nodes. None when the group has no usable node."""
+def auto_cpu_share(
+    members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, int] | None = None
+) -> int | None:
+    """`cpu: auto`: the CPU left on the group's tightest node (allocatable minus what pods of
+    other apps and the cluster's own agents request there) shared evenly among the app's
+    components on the group, so a replica fits on any of its nodes. None when the group has no
+    usable node."""
     if not group_nodes:
         return None
-    return min(n.cpu_m for n in group_nodes) // len(members)
+    reserved = reserved or {}
+    return min(max(0, n.cpu_m - reserved.get(n.name, 0)) for n in group_nodes) // len(members)
 
 
 def _place_group(
     members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, int]
 ) -> dict[str, ComponentPlacement]:
-    share = auto_cpu_share(members, group_nodes)
+    share = auto_cpu_share(members, group_nodes, reserved)
     cpu = {c.name: share if c.cpu_m == AUTO else c.cpu_m for c in members}
     free = {n.name: max(0, n.cpu_m - reserved.get(n.name, 0)) for n in group_nodes}
     counts: dict[str, dict[str, int]] = {c.name: {} for c in members}
