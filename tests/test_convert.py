@@ -295,6 +295,7 @@ def test_a_clusterapp_yaml_is_accepted_as_it_is(tmp_path) -> None:
 C = "environment.components.main"
 IMG = {"image": [{"dockerfile": "img/", "image_name": "tool"}]}
 BAD = [
+    ("name starts with a digit", one(name="2024-sim"), (), "name", "a lower case letter first"),
     (
         "no components",
         {"name": "app", "environment": {"copy": []}},

@@ -500,3 +500,20 @@ def test_the_operator_runs_as_its_service_account(k8s_api: K8sApi, operator_sa: 
         )
     assert runner.exception is None, runner.output
     assert "Forbidden" not in runner.output, runner.output
+
+
+def test_the_clusterapp_crd_refuses_a_name_its_services_could_not_have(
+    k8s_api: K8sApi, kubectl: Kubectl
+) -> None:
+    """The CRD's root CEL rule: `2024-sim` would make a Service `2024-sim-master` (422)."""
+    crd = (Path(__file__).resolve().parents[1] / "operator/clusterous_operator/crd.yaml").read_text()
+    kubectl("apply", "-f", "-", input=crd)
+    app = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "examples/basic-python/clusterapp.yaml").read_text()
+    )
+    app["metadata"]["name"] = "2024-sim"
+    refused = kubectl("apply", "-f", "-", input=yaml.safe_dump(app), check=False)
+    assert refused.returncode == 1
+    assert "metadata.name must start with a lower case letter" in refused.stderr
+    app["metadata"]["name"] = "sim-2024"
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(app))

@@ -133,6 +133,15 @@ def test_a_dependency_cycle_is_named() -> None:
     assert "master -> engine -> master" in caught.value.expected
 
 
+def test_an_app_name_a_service_name_cannot_begin_with_is_rejected() -> None:
+    """<app>-<component> names Services, which must be DNS-1035 labels (a letter first)."""
+    body = copy.deepcopy(EXAMPLE)
+    body["metadata"]["name"] = "2024-sim"
+    with pytest.raises(SpecError) as caught:
+        parse_app(body)
+    assert caught.value.field == "metadata.name" and "letter first" in caught.value.expected
+
+
 def test_duplicate_component_names_are_rejected() -> None:
     body = copy.deepcopy(EXAMPLE)
     body["spec"]["components"][1]["name"] = "master"

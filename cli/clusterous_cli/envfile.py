@@ -54,7 +54,7 @@ _VARIABLE = re.compile(
 )
 _WHOLE = re.compile(r"^\s*\$\{?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}?\s*(?:-\s*(?P<minus>\d+))?\s*$")
 _SHELL_EXPANSION = re.compile(r"[$`*?~\[]")
-_APP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
 _COMPONENT = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_NAME = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$"
@@ -162,7 +162,12 @@ def convert(path: Path, data: Mapping, params: Mapping[str, object]) -> Applicat
         )
     name = fill.value(data.get("name"), "name")
     if not isinstance(name, str) or not _APP_NAME.match(name):
-        raise BadInput(source, "name", "an application name: lower case letters, digits and '-'", name)
+        raise BadInput(
+            source,
+            "name",
+            "an application name: a lower case letter first, then letters, digits and '-'",
+            name,
+        )
     env = data.get("environment")
     if not isinstance(env, Mapping):
         raise BadInput(

@@ -17,7 +17,7 @@ MAX_NAME = 63  # Service and label values are DNS labels: <app>-<component> must
 
 _COMPONENT_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _GROUP = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_APP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
 _CPU = re.compile(r"^(?:(?P<cores>[0-9]+(?:\.[0-9]{1,3})?|\.[0-9]{1,3})|(?P<milli>[0-9]+)m)$")
 _NOTHING = object()
 
@@ -90,7 +90,11 @@ def parse_app(body: Mapping, default_namespace: str = "default") -> App:
     _expect_mapping(meta, "metadata", "a mapping with a name")
     name = meta.get("name")
     if not isinstance(name, str) or not _APP_NAME.match(name):
-        raise SpecError("metadata.name", "a DNS label (lower case letters, digits and '-')", name)
+        raise SpecError(
+            "metadata.name",
+            "a DNS-1035 label (a lower case letter first, then letters, digits and '-')",
+            name,
+        )
     spec = parse_spec(body.get("spec"), "spec")
     longest = max(len(c.name) for c in spec.components)
     if len(name) + 1 + longest > MAX_NAME:
