@@ -6,11 +6,71 @@ that start later (the operator, `run`) apply the pieces they rely on from the sa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from clusterous_provisioner import addons
+from clusterous_provisioner.bootstrap import BootstrapInputs, render_manifests
+from tests.harness.k8s_admission import service_account_kubeconfig
 
 CONTROLLER_IP = "10.0.0.10"
+OPERATOR_ACCOUNT = ("clusterous-system", "clusterous-operator")
+
+
+def create_documents(api, text: str) -> None:
+    """Create every object of a multi-document manifest, as k3s's auto-deploy applies it."""
+    for doc in yaml.safe_load_all(text):
+        if doc:
+            create_document(api, doc)
+
+
+def create_document(api, doc: dict) -> None:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    kind = doc["kind"]
+
+    def plural_of(emulator) -> str:
+        for resource, info in emulator.resources.items():
+            if (resource.group, resource.version, info.kind) == (group, version, kind) and "/" not in (
+                resource.plural or "/"
+            ):
+                return resource.plural
+        raise KeyError(doc["apiVersion"], kind)
+
+    plural = api.call(plural_of)
+    spec = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+    api.create(spec, doc, doc["metadata"].get("namespace"))
+
+
+def rendered_manifest(name: str) -> str:
+    """One add-on manifest as `up` renders it for a sample cluster."""
+    inputs = BootstrapInputs(
+        cluster_name="demo",
+        region="eu-west-1",
+        k3s_version="v1.33.5+k3s1",
+        token="K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface",
+        controller_ip="10.42.1.10",
+        vpc_cidr="10.42.0.0/16",
+        shared_volume_id="vol-0abc123def4567890",
+        bucket="clusterous-123456789012-eu-west-1",
+        node_groups=["master", "worker"],
+    )
+    return render_manifests(inputs)[name]
+
+
+def operator_account(api) -> Path:
+    """The operator's namespace, ServiceAccount and RBAC from manifests/operator.yaml (nothing
+    else of it: the operator runs in the test); a kubeconfig acting as that account."""
+    create_documents(api, rendered_manifest("namespace.yaml"))
+    text = rendered_manifest("operator.yaml")
+    rbac = [
+        d
+        for d in yaml.safe_load_all(text)
+        if d and (d["kind"] == "ServiceAccount" or d["apiVersion"].startswith("rbac.authorization.k8s.io/"))
+    ]
+    for doc in rbac:
+        create_document(api, doc)
+    return service_account_kubeconfig(api, *OPERATOR_ACCOUNT)
 
 
 def apply_storage_classes(api) -> None:

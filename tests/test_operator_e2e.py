@@ -18,7 +18,7 @@ os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 from clusterous_operator.builders import APP_LABEL
 from clusterous_operator.handlers import FINALIZER
 from clusterous_operator.images import CLUSTER_REGISTRY
-from tests.addons_support import apply_storage_classes
+from tests.addons_support import apply_storage_classes, operator_account
 
 kopf_testing = pytest.importorskip("kopf.testing")
 kubernetes = pytest.importorskip("kubernetes")
@@ -53,10 +53,10 @@ def clusterapp(name: str = "demo", image: str = "basic-python") -> dict:
 
 @pytest.fixture()
 def cluster(k8s_api, monkeypatch):
-    """The emulator with the CRD, the storage classes, a master node and one 2-CPU worker, and
-    the operator's env."""
-    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))
+    """The emulator with the CRD, the storage classes, a master node and one 2-CPU worker; the
+    operator runs as its ServiceAccount, with only the rights manifests/operator.yaml grants."""
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
+    monkeypatch.setenv("KUBECONFIG", str(operator_account(k8s_api)))
     apply_storage_classes(k8s_api)
     k8s_api.add_node("master-1", labels={"clusterous.io/group": "master"}, cpu="2")
     k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
@@ -94,6 +94,12 @@ def rolled_out(api, name: str) -> bool:
     return state.get("observedGeneration") == current["metadata"]["generation"] and (
         state.get("availableReplicas", 0) == state.get("updatedReplicas", 0) == want
     )
+
+
+def assert_ran_clean(runner) -> None:
+    """No crash, and no request its ServiceAccount may not make (403 Forbidden)."""
+    assert runner.exception is None, runner.output
+    assert "Forbidden" not in runner.output, runner.output
 
 
 def run_operator():
@@ -148,7 +154,7 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         assert deployment(cluster, "demo-engine") is None
         assert cluster.get("v1/services", "demo-master") is None
         assert cluster.get("v1/persistentvolumeclaims", "demo-shared") is None
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)
     assert runner.exit_code == 0, runner.output
 
 
@@ -167,7 +173,7 @@ def test_image_change_rolls_the_deployment(cluster, custom) -> None:
             timeout=WAIT,
             what="the new image in the Deployment",
         )
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)
     assert "Conflict" not in runner.output  # redone at once, not left to kopf's retry with backoff
 
 
@@ -196,7 +202,7 @@ def test_nodes_joining_and_leaving_change_auto_replicas(cluster, custom) -> None
         cluster.wait_for(
             lambda: rolled_out(cluster, "demo-engine"), timeout=WAIT, what="the engines to settle"
         )
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)
 
 
 def test_invalid_spec_fails_with_the_field_and_creates_nothing(cluster, custom) -> None:
@@ -214,7 +220,7 @@ def test_invalid_spec_fails_with_the_field_and_creates_nothing(cluster, custom) 
         cluster.wait_for(
             lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="children once the spec is fixed"
         )
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)
 
 
 def test_resync_with_nothing_changed_writes_nothing(cluster, custom) -> None:
@@ -230,7 +236,7 @@ def test_resync_with_nothing_changed_writes_nothing(cluster, custom) -> None:
         time.sleep(2.5)  # five resync intervals
         after = requests_written(cluster)[before:]
         assert after == [], after
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)
 
 
 def requests_written(api) -> list[str]:
@@ -270,7 +276,7 @@ def test_kubectl_apply_example_and_get_capp(cluster, kubectl) -> None:
         assert shown["Age"] == current["metadata"]["creationTimestamp"]
         labels = deployment(cluster, "basic-python-engine")["metadata"]["labels"]
         assert labels[APP_LABEL] == "basic-python"
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)
 
 
 def test_auto_cpu_leaves_room_for_what_already_runs_on_the_nodes(cluster, custom) -> None:
@@ -310,4 +316,4 @@ def test_auto_cpu_leaves_room_for_what_already_runs_on_the_nodes(cluster, custom
         assert master["resources"]["requests"]["cpu"] == "1750m"  # 2 CPUs less the agent's 250m
         assert replicas(cluster, "demo-engine") == 1  # one 1-CPU engine fits beside the agent
         assert rolled_out(cluster, "demo-master") and rolled_out(cluster, "demo-engine")
-    assert runner.exception is None, runner.output
+    assert_ran_clean(runner)

@@ -32,6 +32,7 @@ import yaml
 from clusterous_cli import config, hostkeys, tunnels
 from clusterous_cli.endpoint import ClusterRef
 from tests import console_output_plugin
+from tests.addons_support import create_documents
 from tests.harness import faults
 from tests.harness.k8s import api_error
 from tests.ssh_support import HELMCHART_CRD, write_k3s_yaml
@@ -115,26 +116,7 @@ class FakeK3s:
         files = yaml.safe_load(user_data)["write_files"]
         entry = next(f for f in files if f["path"] == ADDONS_FILE)
         text = gzip.decompress(base64.b64decode(entry["content"])).decode()
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                self.create(doc)
-
-    def create(self, doc: dict) -> None:
-        group, _, version = doc["apiVersion"].rpartition("/")
-        kind = doc["kind"]
-
-        def lookup(emulator):
-            for resource in emulator.resources:
-                info = emulator.resources[resource]
-                if (resource.group, resource.version, info.kind) == (group, version, kind) and "/" not in (
-                    resource.plural or "/"
-                ):
-                    return resource.plural
-            raise KeyError(doc["apiVersion"], kind)
-
-        plural = self.api.call(lookup)
-        spec = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
-        self.api.create(spec, doc, doc["metadata"].get("namespace"))
+        create_documents(self.api, text)
 
     def register(self, instance: dict) -> None:
         """What a kubelet does when k3s starts on the instance."""
