@@ -13,7 +13,7 @@ import requests
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from clusterous_provisioner.bootstrap import BootstrapInputs, render_manifests
+from tests.addons_support import rendered_manifest
 from tests.harness.k8s import K8sApi, Kubectl
 from tests.harness.k8s_admission import (
     dns1035_label,
@@ -340,26 +340,11 @@ def test_kubectl_apply_of_an_invalid_clusterapp(k8s_api: K8sApi, kubectl: Kubect
 # -- RBAC: the operator's ServiceAccount with manifests/operator.yaml applied --------------
 
 
-def rendered(name: str) -> str:
-    inputs = BootstrapInputs(
-        cluster_name="demo",
-        region="eu-west-1",
-        k3s_version="v1.33.5+k3s1",
-        token="K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface",
-        controller_ip="10.42.1.10",
-        vpc_cidr="10.42.0.0/16",
-        shared_volume_id="vol-0abc123def4567890",
-        bucket="clusterous-123456789012-eu-west-1",
-        node_groups=["master", "worker"],
-    )
-    return render_manifests(inputs)[name]
-
-
 @pytest.fixture()
 def operator_sa(k8s_api: K8sApi, kubectl: Kubectl, crd) -> Path:
     """manifests/operator.yaml applied as `up` applies it; a kubeconfig acting as its account."""
     for name in ("namespace.yaml", "operator.yaml"):
-        kubectl("apply", "-f", "-", input=rendered(name))
+        kubectl("apply", "-f", "-", input=rendered_manifest(name))
     return service_account_kubeconfig(k8s_api, "clusterous-system", "clusterous-operator")
 
 
