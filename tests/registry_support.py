@@ -137,6 +137,24 @@ class RegistryServer:
     def log_path(self) -> Path:
         return self.workdir / "registry.log"
 
+    def has_image(self, image: str) -> bool:
+        """Whether `registry:5000/NAME[:TAG]` would pull: the manifest answers a HEAD (what a
+        node's containerd asks through its mirror)."""
+        reference = image.split("/", 1)[1]
+        name, _, tag = reference.partition(":")
+        request = urllib.request.Request(
+            f"{self.url}/v2/{name}/manifests/{tag or 'latest'}",
+            method="HEAD",
+            headers={"Accept": ", ".join((DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX))},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                return True
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -100,6 +100,8 @@ def cluster(sshd, k8s_api, registry):
     k8s_api.create("v1/configmaps", registry.cluster_info, namespace=buildjob.NAMESPACE)
     apply_storage_classes(k8s_api)  # the build context's claim binds through clusterous-shared
     k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
+    # nodes pull the cluster's images from this registry (containerd's mirror of registry:5000)
+    k8s_api.world.registry = (f"{CLUSTER_REGISTRY}/", registry.has_image)
     try:
         yield made
     finally:
@@ -397,3 +399,25 @@ def test_an_unreachable_registry_fails_the_build_before_uploading(
         assert "answered 500" in result.stderr and "logs deploy/registry" in result.stderr
     assert k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE) == []
     assert list(cluster.shared.iterdir()) == []
+
+
+def test_nodes_run_only_images_the_registry_holds(cluster, k8s_api, registry) -> None:
+    """The kubelet pulls `registry:5000/...` from the real registry: a pushed image runs, one that
+    was never built fails with ErrImagePull until it is pushed."""
+
+    def pod(name: str, image: str) -> dict:
+        return {"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": image}]}}
+
+    def state(name: str) -> str | None:
+        status = (k8s_api.get("v1/pods", name, "default") or {}).get("status") or {}
+        for entry in status.get("containerStatuses") or []:
+            return (entry["state"].get("waiting") or {}).get("reason") or status.get("phase")
+        return None
+
+    push_image(registry.url, "sim", "2")
+    k8s_api.create("v1/pods", pod("built", f"{CLUSTER_REGISTRY}/sim:2"), "default")
+    k8s_api.create("v1/pods", pod("unbuilt", f"{CLUSTER_REGISTRY}/sim:3"), "default")
+    assert k8s_api.wait_for(lambda: state("built"), what="the built image's pod") == "Running"
+    assert k8s_api.wait_for(lambda: state("unbuilt"), what="the unbuilt image's pod") == "ErrImagePull"
+    push_image(registry.url, "sim", "3")
+    k8s_api.wait_for(lambda: state("unbuilt") == "Running", what="the pod to start once the image is pushed")
