@@ -31,6 +31,7 @@ controller follows the upstream one closely enough for what the product relies o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -299,15 +300,10 @@ class Controllers:
     async def run(self) -> None:
         while not self.api._closing:
             seen = self.api._revision
-            try:
-                await self.reconcile()
-            except kmock.KubernetesError:
-                pass  # raced with a client (NotFound, Conflict): the next round sees the new state
-            except Exception as exc:  # noqa: BLE001 - a harness bug: reported by the fixture
-                self.errors.append(exc)
+            await self.reconcile()
             if self.api._revision == seen:
                 async with self.api._changed:
-                    with _suppress_timeout():
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.api._changed.wait(), TICK_SECONDS)
 
     def stop(self) -> None:
@@ -315,16 +311,25 @@ class Controllers:
             task.cancel()
 
     async def reconcile(self) -> None:
-        await self.garbage_collect()
-        await self.helm_charts()
-        await self.deployments()
-        await self.replica_sets()
-        await self.daemon_sets()
-        await self.jobs()
-        await self.claims()
-        await self.disruption_budgets()
-        await self.schedule()
-        await self.kubelet()
+        """One round of every controller; each goes on whatever another one met."""
+        for controller in (
+            self.garbage_collect,
+            self.helm_charts,
+            self.deployments,
+            self.replica_sets,
+            self.daemon_sets,
+            self.jobs,
+            self.claims,
+            self.disruption_budgets,
+            self.schedule,
+            self.kubelet,
+        ):
+            try:
+                await controller()
+            except kmock.KubernetesError:
+                pass  # raced with a client (NotFound, Conflict) or refused: the next round sees anew
+            except Exception as exc:  # noqa: BLE001 - a harness bug: reported by the fixture
+                self.errors.append(exc)
 
     # -- store access ----------------------------------------------------------------------
 
@@ -1122,11 +1127,3 @@ def _keep_transition_times(old: dict, new: dict) -> dict:
         )
         entry["lastUpdateTime"] = entry["lastTransitionTime"]
     return new
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        return kind is asyncio.TimeoutError or kind is TimeoutError
