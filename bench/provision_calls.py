@@ -1,7 +1,9 @@
-"""Counts the AWS API calls of `clusterous-k8s up` with 1 and with 50 workers, against moto.
+"""Counts the AWS API calls of `clusterous-k8s up` with 1 and with 50 workers, and of `down` with
+5 and with 50 workers, against moto.
 
 The number of calls must not grow with the node count (one RunInstances per group, one waiter
-for all instances); the goal is a difference of at most 5. Starts its own ThreadedMotoServer (with the
+for all instances; `down` terminates every instance in one call and never deletes a root volume
+that termination deletes); the goal is a difference of at most 5 for each command. Starts its own ThreadedMotoServer (with the
 Canonical Ubuntu images seeded, so `up` uses the default OS) behind the test harness's AWS realism
 layer (all behaviours off), and counts calls with its botocore plugin (tests/harness/faults.py).
 
@@ -27,6 +29,24 @@ os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 
 
+def _counted(log: Path) -> collections.Counter:
+    return collections.Counter(line.split()[1] for line in log.read_text().splitlines() if line.strip())
+
+
+def count_down(workdir: Path, workers: int) -> tuple[collections.Counter, float]:
+    """`down` of the cluster count_up just made (call it right after count_up with the same workers)."""
+    from clusterous_cli.main import run
+
+    log = workdir / f"calls-{workers}.log"
+    log.write_text("")
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = run(["down", "bench", "--yes"])
+    elapsed = time.perf_counter() - start
+    assert code == 0, f"down failed with exit code {code}"
+    return _counted(log), elapsed
+
+
 def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter, float]:
     from clusterous_cli.main import run
 
@@ -45,8 +65,7 @@ def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter
                     "--ssh-cidr", "198.51.100.7/32", "--no-wait", "--yes"])  # fmt: skip
     elapsed = time.perf_counter() - start
     assert code == 0, f"up failed with exit code {code}"
-    calls = collections.Counter(line.split()[1] for line in log.read_text().splitlines() if line.strip())
-    return calls, elapsed
+    return _counted(log), elapsed
 
 
 def main() -> int:
@@ -78,7 +97,10 @@ def main() -> int:
                 Path(tmp) / "none"
             )
             one, t1 = count_up(url, Path(tmp), 1)
+            count_up(url, Path(tmp), 5)
+            down5, d5 = count_down(Path(tmp), 5)
             fifty, t50 = count_up(url, Path(tmp), 50)
+            down50, d50 = count_down(Path(tmp), 50)
     finally:
         proxy.stop()
         server.stop()
@@ -90,7 +112,17 @@ def main() -> int:
     if changed:
         print("operations whose count changed:", ", ".join(f"{op} {a}→{b}" for op, (a, b) in changed.items()))
     print("RunInstances calls:", one["RunInstances"], "and", fifty["RunInstances"])
-    return 0 if n50 - n1 <= 5 else 1
+    m5, m50 = sum(down5.values()), sum(down50.values())
+    print(f"down with  5 workers: {m5} AWS calls ({d5:.2f} s against moto)")
+    print(f"down with 50 workers: {m50} AWS calls ({d50:.2f} s against moto)")
+    print(f"difference          : {m50 - m5} calls (goal: at most 5)")
+    changed = {
+        op: (down5[op], down50[op]) for op in sorted(set(down5) | set(down50)) if down5[op] != down50[op]
+    }
+    if changed:
+        print("operations whose count changed:", ", ".join(f"{op} {a}→{b}" for op, (a, b) in changed.items()))
+    print("DeleteVolume calls of down:", down5["DeleteVolume"], "and", down50["DeleteVolume"])
+    return 0 if n50 - n1 <= 5 and m50 - m5 <= 5 else 1
 
 
 if __name__ == "__main__":

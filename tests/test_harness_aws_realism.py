@@ -571,7 +571,6 @@ def test_pending_for_some_seconds(aws):
 # --- the product under realism (issue 14 makes it pass) -----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: `up` does not retry calls naming a just-created id")
 def test_up_survives_eventual_consistency(aws, cli):
     make_profile(cli)
     aws.realism.eventual_consistency(calls=1)

@@ -582,23 +582,23 @@ def _instance_args(pre: Preflight, instance_type: str, user_data: str, key_name:
     }
 
 
+def client_token(args: dict, count: int) -> str:
+    """The ClientToken of one launch batch: a digest of everything the batch asks for (the launch
+    time to the microsecond included), so every retry of this batch, whoever makes it, is the same
+    request to EC2 and launches nothing twice, while a later batch never replays an earlier one
+    (a token reused after its instances were terminated would answer with those instances)."""
+    import hashlib
+
+    text = json.dumps({"count": count, "args": args}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:64]
+
+
 def run_instances(ec2, count: int, args: dict) -> list[dict]:
-    """One RunInstances call for `count` instances; a just-made instance profile may need a moment
-    to become visible to EC2, which is the one error retried here."""
-    import time
-
-    from botocore.exceptions import ClientError
-
-    for attempt in range(8):
-        try:
-            return ec2.run_instances(MinCount=count, MaxCount=count, **args)["Instances"]
-        except ClientError as exc:
-            message = exc.response.get("Error", {}).get("Message", "")
-            if _code(exc) == "InvalidParameterValue" and "iamInstanceProfile" in message and attempt < 7:
-                time.sleep(2 * (attempt + 1))  # IAM → EC2 propagation has no waiter
-                continue
-            raise
-    raise AssertionError("unreachable")
+    """One RunInstances call for `count` instances, idempotent by its ClientToken. A lost answer is
+    resent with the same token by botocore's retries; a new instance profile that EC2 does not know
+    yet is waited for by the clients' Patience (retries.py)."""
+    token = client_token(args, count)
+    return ec2.run_instances(MinCount=count, MaxCount=count, ClientToken=token, **args)["Instances"]
 
 
 def launch_controller(clients, spec, pre, key_name, profile_arn, sg, subnet_id, user_data, out) -> dict:
@@ -618,7 +618,11 @@ def launch_controller(clients, spec, pre, key_name, profile_arn, sg, subnet_id, 
         spec.name,
         "controller",
         layout.resource_name(spec.name, "controller"),
-        **{tags.K3S_VERSION: spec.k3s_version, tags.OS: spec.os},  # what `scale` launches later
+        **{
+            tags.K3S_VERSION: spec.k3s_version,  # what `scale` launches later
+            tags.OS: spec.os,
+            tags.LAUNCHED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
     )
     args["TagSpecifications"] = tags.tag_spec("instance", tagset) + tags.tag_spec("volume", tagset)
     instance = run_instances(clients.ec2, 1, args)[0]
@@ -687,6 +691,7 @@ def apply(
 ) -> Outcome:
     """Converge the cluster to `spec`: create what is missing, in the order AWS needs."""
     out = Outcome()
+    clients.patience.report = report  # waits for AWS to catch up show as progress
     pre = pre or preflight(clients, spec, inv)
     report("k3s token and key pair")
     token = ensure_token(clients, spec.name)

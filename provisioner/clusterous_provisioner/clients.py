@@ -1,8 +1,16 @@
-"""The AWS clients one cluster operation uses, made once, all in the cluster's region."""
+"""The AWS clients one cluster operation uses, made once, all in the cluster's region.
+
+Every client gets botocore's adaptive retries (throttling, 5xx, lost connections: `aws.client`)
+and the command's `Patience` (retries.py): calls that meet AWS's eventual consistency — an id
+created moments ago not yet known, a new instance profile not yet propagated, a dependency still
+draining at teardown — are retried, bounded, by that one mechanism.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from clusterous_provisioner.retries import Patience
 
 
 @dataclass
@@ -10,6 +18,7 @@ class Clients:
     region: str
     _session: object = None
     _made: dict = field(default_factory=dict)
+    patience: Patience = field(default_factory=Patience)
 
     def _client(self, service: str):
         from clusterous_provisioner import aws
@@ -17,7 +26,9 @@ class Clients:
         if self._session is None:
             self._session = aws.session(self.region)
         if service not in self._made:
-            self._made[service] = aws.client(service, self.region, self._session)
+            made = aws.client(service, self.region, self._session)
+            self.patience.register(made)
+            self._made[service] = made
         return self._made[service]
 
     @property

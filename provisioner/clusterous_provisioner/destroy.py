@@ -3,6 +3,12 @@
 Works from tags alone (a lost laptop, a partial `up`, a half-finished `down` are all fine): the
 inventory says what exists, each deletion tolerates "already gone", and the final sweep asks AWS
 again, through describe calls and the Resource Groups Tagging API, for anything still tagged.
+
+AWS needs time at teardown: instances and the NAT gateway are waited for with botocore's waiters
+(a progress line every 30 s), and the minutes their network interfaces and public addresses
+linger after that (DependencyViolation, or AuthFailure releasing the NAT's address) are waited out
+by the clients' Patience (retries.py), so one run finishes. The calls do not grow with the node
+count apart from the one TerminateInstances batch: root volumes go with their instances.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from pathlib import Path
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.inventory import Inventory, discover, role_of
 
-WAIT = {"Delay": 5, "MaxAttempts": 120}
+WAIT_DELAY = 2  # seconds between a waiter's polls
+WAIT_REPORT = 30  # seconds between progress lines
+WAIT_TOTAL = 900  # seconds before `down` gives up waiting (and says to re-run)
 GONE = (
     "NotFound",
     "NoSuchEntity",
@@ -93,17 +101,39 @@ def summary(inv: Inventory, delete_volume: bool) -> list[str]:
     return lines
 
 
-def _quietly(call, *args, **kwargs):
-    """Run a delete; a resource that is already gone is what we wanted."""
+def _quietly(call, *args, also: tuple[str, ...] = (), **kwargs):
+    """Run a delete; a resource that is already gone (or, for codes in `also`, already in the
+    state the call asks for) is what we wanted."""
     from botocore.exceptions import ClientError
 
     try:
         return call(*args, **kwargs)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in GONE or code.endswith(".NotFound") or code.endswith("NotFoundException"):
+        if code in GONE or code in also or code.endswith(".NotFound") or code.endswith("NotFoundException"):
             return None
         raise
+
+
+def wait_for(ec2, waiter_name: str, what: str, report: Report, **kwargs) -> None:
+    """A botocore waiter polled every WAIT_DELAY s, with a progress line every WAIT_REPORT s, for
+    at most WAIT_TOTAL s (then botocore's WaiterError: `down` says to re-run)."""
+    import time
+
+    from botocore.exceptions import WaiterError
+
+    waiter = ec2.get_waiter(waiter_name)
+    chunk = max(1, WAIT_REPORT // WAIT_DELAY)
+    start = time.monotonic()
+    while True:
+        try:
+            waiter.wait(WaiterConfig={"Delay": WAIT_DELAY, "MaxAttempts": chunk}, **kwargs)
+            return
+        except WaiterError as exc:
+            waited = time.monotonic() - start
+            if "Max attempts exceeded" not in str(exc) or waited + WAIT_REPORT > WAIT_TOTAL:
+                raise
+            report(f"still waiting for {what} ({waited:.0f} s of at most {WAIT_TOTAL // 60} min)")
 
 
 def destroy(
@@ -111,6 +141,7 @@ def destroy(
 ) -> Receipt:
     """Delete in dependency order: instances, NAT, EIP, IGW, route tables and subnets, SGs, VPC,
     then IAM, the cluster's key pair and token; the shared volume as decided by volume_fate."""
+    clients.patience.report = report  # waits for AWS to release dependencies show as progress
     ec2, iam = clients.ec2, clients.iam
     r = Receipt(cluster=inv.cluster, region=inv.region)
     cluster = inv.cluster
@@ -119,7 +150,13 @@ def destroy(
     if instance_ids:
         report(f"terminating {len(instance_ids)} instance(s)")
         ec2.terminate_instances(InstanceIds=instance_ids)
-        ec2.get_waiter("instance_terminated").wait(InstanceIds=instance_ids, WaiterConfig=WAIT)
+        wait_for(
+            ec2,
+            "instance_terminated",
+            f"{len(instance_ids)} instance(s) to terminate",
+            report,
+            InstanceIds=instance_ids,
+        )
         r.deleted += [f"instance {i}" for i in instance_ids]
 
     volume = inv.shared_volume
@@ -127,8 +164,16 @@ def destroy(
         current = ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]
         if current["State"] == "in-use":
             for attachment in current.get("Attachments", []):
-                _quietly(ec2.detach_volume, VolumeId=volume["VolumeId"], InstanceId=attachment["InstanceId"])
-            ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig=WAIT)
+                _quietly(
+                    ec2.detach_volume,
+                    VolumeId=volume["VolumeId"],
+                    InstanceId=attachment["InstanceId"],
+                    also=("IncorrectState",),  # already detaching or detached
+                )
+            wait_for(
+                ec2, "volume_available", f"volume {volume['VolumeId']} to detach", report,
+                VolumeIds=[volume["VolumeId"]],
+            )  # fmt: skip
         if delete_volume:
             report(f"deleting shared volume {volume['VolumeId']}")
             _quietly(ec2.delete_volume, VolumeId=volume["VolumeId"])
@@ -136,20 +181,26 @@ def destroy(
         else:
             keep_volume(clients, volume, cluster)
             r.kept.append(f"shared volume {volume['VolumeId']} ({volume['Size']} GiB)")
-    for other in inv.volumes:
-        if other is not volume and role_of(other) != "shared-volume":
-            _quietly(ec2.delete_volume, VolumeId=other["VolumeId"])  # root volumes left behind, if any
+    # Root volumes are deleted by the termination above (DeleteOnTermination); only volumes that
+    # outlived their instance (detached, or kept by termination) are deleted here.
+    for other in left_behind(inv, instance_ids):
+        if other is not volume:
+            _quietly(ec2.delete_volume, VolumeId=other["VolumeId"])
+            r.deleted.append(f"volume {other['VolumeId']}")
 
-    nat_ids = [n["NatGatewayId"] for n in inv.nat_gateways if n["State"] != "deleted"]
+    live_nats = [n for n in inv.nat_gateways if n["State"] != "deleted"]
+    nat_ids = [n["NatGatewayId"] for n in live_nats]
     if nat_ids:
         report("deleting the NAT gateway (usually about a minute)")
         for nat in nat_ids:
             _quietly(ec2.delete_nat_gateway, NatGatewayId=nat)
-        ec2.get_waiter("nat_gateway_deleted").wait(NatGatewayIds=nat_ids, WaiterConfig=WAIT)
+        wait_for(ec2, "nat_gateway_deleted", "the NAT gateway to be deleted", report, NatGatewayIds=nat_ids)
         r.deleted += [f"NAT gateway {n}" for n in nat_ids]
 
+    # A NAT gateway's address is unmapped by deleting the gateway (disassociating it is refused).
+    nat_addresses = {a.get("AllocationId") for n in live_nats for a in n.get("NatGatewayAddresses", [])}
     for address in inv.addresses:
-        if address.get("AssociationId"):
+        if address.get("AssociationId") and address["AllocationId"] not in nat_addresses:
             _quietly(ec2.disassociate_address, AssociationId=address["AssociationId"])
         _quietly(ec2.release_address, AllocationId=address["AllocationId"])
         r.deleted.append(f"Elastic IP {address.get('PublicIp', address['AllocationId'])}")
@@ -218,6 +269,26 @@ def destroy(
     return r
 
 
+def left_behind(inv: Inventory, terminated: list[str]) -> list[dict]:
+    """The cluster's non-shared volumes that terminating `terminated` does not delete: volumes whose
+    instance's block device mapping says DeleteOnTermination go with it (AWS deletes them)."""
+    going = set(terminated)
+    with_instance = {
+        mapping["Ebs"]["VolumeId"]
+        for i in inv.instances
+        if i["InstanceId"] in going
+        for mapping in i.get("BlockDeviceMappings", [])
+        if mapping.get("Ebs", {}).get("DeleteOnTermination") and mapping["Ebs"].get("VolumeId")
+    }
+    return [
+        v
+        for v in inv.volumes
+        if role_of(v) != "shared-volume"
+        and v["VolumeId"] not in with_instance
+        and v.get("State") not in ("deleting", "deleted")
+    ]
+
+
 def keep_volume(clients, volume: dict, cluster: str) -> None:
     """A kept volume no longer belongs to the cluster; it remembers which cluster it served."""
     clients.ec2.delete_tags(Resources=[volume["VolumeId"]], Tags=[{"Key": tags.CLUSTER}, {"Key": tags.KEY}])
@@ -232,7 +303,7 @@ def sweep(clients, cluster: str) -> tuple[list[str], list[str]]:
     inv = discover(clients, cluster)
     left: list[str] = []
     left += [f"instance {i['InstanceId']} ({i['State']['Name']})" for i in inv.instances]
-    left += [f"volume {v['VolumeId']}" for v in inv.volumes if v["State"] != "deleted"]
+    left += [f"volume {v['VolumeId']}" for v in inv.volumes if v["State"] not in ("deleting", "deleted")]
     left += [
         f"NAT gateway {n['NatGatewayId']} ({n['State']})" for n in inv.nat_gateways if n["State"] != "deleted"
     ]
