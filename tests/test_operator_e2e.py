@@ -15,13 +15,13 @@ import yaml
 # The resync interval is read when the handlers module is imported: make it short first.
 os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 
+import kopf.testing as kopf_testing  # noqa: E402 - a broken kopf fails the module, never skips it
+import kubernetes  # noqa: E402
+
 from clusterous_operator.builders import APP_LABEL
 from clusterous_operator.handlers import FINALIZER
 from clusterous_operator.images import CLUSTER_REGISTRY
 from tests.addons_support import apply_storage_classes, operator_account
-
-kopf_testing = pytest.importorskip("kopf.testing")
-kubernetes = pytest.importorskip("kubernetes")
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = yaml.safe_load((ROOT / "operator/clusterous_operator/crd.yaml").read_text())

@@ -33,11 +33,12 @@ import yaml
 
 os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 
+import kopf.testing as kopf_testing  # noqa: E402 - a broken kopf fails the module, never skips it
+
 from clusterous_cli import apps, kubeapi, tunnels  # noqa: E402
 from tests.addons_support import apply_storage_classes  # noqa: E402
 from tests.ssh_support import make_controller, write_k3s_yaml  # noqa: E402
 
-kopf_testing = pytest.importorskip("kopf.testing")
 CRD = yaml.safe_load(
     (
         __import__("pathlib").Path(__file__).resolve().parents[1] / "operator/clusterous_operator/crd.yaml"

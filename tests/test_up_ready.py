@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import kmock
 import pytest
 import yaml
 
@@ -146,7 +147,11 @@ class FakeK3s:
             {"type": "InternalIP", "address": instance["PrivateIpAddress"]},
             {"type": "Hostname", "address": name},
         ]
-        self.api.write_status("v1/nodes", name, status)
+        try:
+            self.api.write_status("v1/nodes", name, status)
+        except kmock.KubernetesError as exc:
+            if exc.status != 404:
+                raise  # 404: rm-nodes deleted the Node meanwhile; the next round registers it again
 
 
 @pytest.fixture
