@@ -8,8 +8,11 @@ product's own backoff (0.2 s per refusal) and waiter polls (2 s at teardown) mak
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
+from clusterous_provisioner import layout
 from tests.harness.faults import SimulatedCrash
 from tests.provisioning import UP, count_tagged, make_profile
 
@@ -145,3 +148,24 @@ def test_down_finishes_in_one_run_while_aws_drains_and_deletes_no_root_volume(aw
     # 7 instances, 7 root volumes deleted by their termination: only the shared volume is deleted.
     assert len(aws.calls("TerminateInstances")) == 1
     assert len(aws.calls("DeleteVolume")) == 1
+
+
+def test_the_nat_gateway_never_takes_the_controllers_address(aws, cli):
+    """AWS gives a NAT gateway created without an address a random free one of the public
+    subnet; 1 cluster in 251 would lose the controller's fixed address to it, forever."""
+    make_profile(cli)
+    aws.realism.subnet_addresses(nat_takes=layout.CONTROLLER_IP)  # the unlucky draw
+    result = _up(cli)
+    assert result.exit_code == 0, result.output
+    ec2 = aws.client("ec2")
+    (nat,) = [n for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] != "deleted"]
+    (controller,) = [
+        i
+        for r in ec2.describe_instances(Filters=[{"Name": "tag:clusterous:role", "Values": ["controller"]}])[
+            "Reservations"
+        ]
+        for i in r["Instances"]
+    ]
+    assert nat["NatGatewayAddresses"][0]["PrivateIp"] == layout.NAT_GATEWAY_IP
+    assert controller["PrivateIpAddress"] == layout.CONTROLLER_IP != layout.NAT_GATEWAY_IP
+    assert ipaddress.ip_address(layout.NAT_GATEWAY_IP) in ipaddress.ip_network(layout.PUBLIC_CIDR)

@@ -385,6 +385,7 @@ def ensure_network(
         nat = ec2.create_nat_gateway(
             SubnetId=ids["subnet-public"],
             AllocationId=address["AllocationId"],
+            PrivateIpAddress=layout.NAT_GATEWAY_IP,
             TagSpecifications=tags.tag_spec("natgateway", _tags(spec, "network", "nat-gateway", "nat")),
         )["NatGateway"]
         out.created.append(f"NAT gateway {nat['NatGatewayId']}")

@@ -11,6 +11,10 @@ VPC_CIDR = "10.20.0.0/16"
 PUBLIC_CIDR = "10.20.0.0/24"
 PRIVATE_CIDR = "10.20.16.0/20"  # room for 4091 nodes
 CONTROLLER_IP = "10.20.0.10"
+# The NAT gateway's own fixed address: without one AWS picks a random free address of the public
+# subnet, which may be the controller's before the controller asks for it (CreateNatGateway's
+# PrivateIpAddress, EC2 API reference).
+NAT_GATEWAY_IP = "10.20.0.11"
 ROOT_VOLUME_GIB = 30
 SHARED_VOLUME_DEVICE = "/dev/sdf"
 

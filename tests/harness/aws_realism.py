@@ -575,6 +575,8 @@ class Realism:
             self._launched: dict[str, Mark] = {}  # instance or NAT id -> pending window
             self._ending: dict[str, Mark] = {}  # instance or NAT id -> shutting-down / deleting window
             self._withheld: set[str] = set()
+            self._nat_default_ip: str | None = None  # subnet_addresses(): a NAT's address by chance
+            self._nat_ips: dict[str, str] = {}  # NAT gateway id -> its private address
             self.clock = time.monotonic
 
     # -- switches --
@@ -664,6 +666,16 @@ class Realism:
             if shutdown_calls is not None or shutdown_seconds is not None:
                 self._pending["shutdown"] = Window(shutdown_calls, shutdown_seconds)
 
+    def subnet_addresses(self, nat_takes: str) -> None:
+        """Private addresses are held as in a real subnet: a NAT gateway created without
+        `PrivateIpAddress` takes `nat_takes` (AWS picks a free address of the subnet at random;
+        the test names the unlucky one), one created with it takes that address, describes show
+        it, and RunInstances asking for an address a NAT gateway holds answers
+        `InvalidIPAddress.InUse` (moto gives NAT gateways a random 10.x address outside the
+        subnet and checks nothing)."""
+        with self._lock:
+            self._nat_default_ip = nat_takes
+
     def withhold_parameter(self, name: str) -> None:
         """An SSM parameter that does not exist in this account (GetParameter: ParameterNotFound)."""
         with self._lock:
@@ -696,6 +708,7 @@ class Realism:
             or self._strict
             or self._pending
             or self._withheld
+            or self._nat_default_ip
         )
 
     # -- the request path --
@@ -755,6 +768,7 @@ class Realism:
                 with self._lock:
                     self._tokens[token_key] = (_without_token(req.params), reply)
         reply = self._rewrite_states(req, reply, state_filters)
+        reply = self._nat_addresses(req, reply)
 
         rule = self._take(req, ("lose", "crash"))
         if rule is not None and rule.kind == "lose":
@@ -780,10 +794,49 @@ class Realism:
                 return "ParameterNotFound", "", 400
         if req.service != "ec2" or not req.operation:
             return None
-        refused = self._not_yet_visible(req) or self._profile_not_yet_visible(req)
+        refused = (
+            self._not_yet_visible(req) or self._profile_not_yet_visible(req) or self._address_in_use(req)
+        )
         if refused is not None:
             return refused
         return self._dependency_refusal(req, upstream)
+
+    def _address_in_use(self, req: Request) -> tuple[str, str, int] | None:
+        if req.operation != "RunInstances" or not self._nat_ips:
+            return None
+        with self._lock:
+            held = set(self._nat_ips.values())
+        for key, value in req.params.items():
+            if key.endswith("PrivateIpAddress") and value in held:
+                return "InvalidIPAddress.InUse", f"Address {value} is in use.", 400
+        return None
+
+    def _nat_addresses(self, req: Request, reply: Reply) -> Reply:
+        """subnet_addresses(): record and show the private address each NAT gateway holds."""
+        if self._nat_default_ip is None or req.service != "ec2" or reply.status != 200:
+            return reply
+        if req.operation not in ("CreateNatGateway", "DescribeNatGateways", "DeleteNatGateway"):
+            return reply
+        root = _parse(reply.body)
+        if root is None:
+            return reply
+        with self._lock:
+            if req.operation == "DeleteNatGateway":
+                self._nat_ips.pop(_child_text(root, "natGatewayId") or "", None)  # freed once deleted
+                return reply
+            gateways = _children(root, "natGateway") + [
+                item for parent in _children(root, "natGatewaySet") for item in _children(parent, "item")
+            ]
+            for gateway in gateways:
+                nat_id = _child_text(gateway, "natGatewayId") or ""
+                if req.operation == "CreateNatGateway":
+                    self._nat_ips[nat_id] = req.params.get("PrivateIpAddress") or self._nat_default_ip
+                address = self._nat_ips.get(nat_id)
+                if address is None:
+                    continue
+                for node in _all(gateway, "privateIp"):
+                    node.text = address
+        return Reply(reply.status, reply.headers, _serialize(root))
 
     def _not_yet_visible(self, req: Request) -> tuple[str, str, int] | None:
         if self._consistency is None or not self._created:
