@@ -305,3 +305,29 @@ def test_the_operator_package_never_imports_the_cli_or_boto3() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_hostnetwork_components_with_ports_get_one_replica_per_node_and_anti_affinity() -> None:
+    nodes = [node("w1", "worker", "4"), node("w2", "worker", "4")]
+    spread = comp("agent", "worker", replicas="auto", cpu="0.5", ports=[9000], hostNetwork=True)
+    fixed = comp("db", "worker", replicas=3, cpu="0.5", ports=[5432], hostNetwork=True)
+    placements = place(app(spread, fixed).spec, nodes)
+    assert placements["agent"].replicas == 2 and placements["agent"].per_node == {"w1": 1, "w2": 1}
+    assert placements["db"].unplaced == 1 and placements["db"].per_node == {"w1": 1, "w2": 1}
+    deployment = by_kind(build_children(app(spread, fixed), nodes), "Deployment")["sim-agent"]
+    terms = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert terms == [
+        {
+            "labelSelector": {"matchLabels": {APP_LABEL: "sim", COMPONENT_LABEL: "agent"}},
+            "topologyKey": "kubernetes.io/hostname",
+        }
+    ]
+    # Without ports, or without hostNetwork, replicas share nodes as before.
+    portless = comp("agent", "worker", replicas="auto", cpu="0.5", hostNetwork=True)
+    assert place(app(portless).spec, nodes)["agent"].replicas == 16
+    pod_network = comp("agent", "worker", replicas="auto", cpu="0.5", ports=[9000])
+    assert place(app(pod_network).spec, nodes)["agent"].replicas == 16
+    pod = by_kind(build_children(app(pod_network), nodes), "Deployment")["sim-agent"]["spec"]["template"]
+    assert "affinity" not in pod["spec"]

@@ -317,3 +317,62 @@ def test_auto_cpu_leaves_room_for_what_already_runs_on_the_nodes(cluster, custom
         assert replicas(cluster, "demo-engine") == 1  # one 1-CPU engine fits beside the agent
         assert rolled_out(cluster, "demo-master") and rolled_out(cluster, "demo-engine")
     assert_ran_clean(runner)
+
+
+def host_port_app(replicas) -> dict:
+    app = clusterapp()
+    app["spec"]["components"] = [
+        {
+            "name": "agent",
+            "group": "worker",
+            "image": "basic-python",
+            "replicas": replicas,
+            "cpu": "0.5",
+            "ports": [9100],
+            "hostNetwork": True,
+        }
+    ]
+    return app
+
+
+def test_hostnetwork_replicas_with_ports_spread_one_per_node(cluster, custom) -> None:
+    """Host ports collide: a real node (and the emulator's scheduler) refuses a second replica
+    with the same hostNetwork port, so `auto` counts one replica per node."""
+    cluster.add_node("worker-2", labels={"clusterous.io/group": "worker"}, cpu="2")
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, host_port_app("auto"))
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+        assert replicas(cluster, "demo-agent") == 2  # not 4 per 2-CPU node
+        pods = [p for p in cluster.list("v1/pods", "default") if p["metadata"]["labels"].get(APP_LABEL)]
+        assert sorted(p["spec"]["nodeName"] for p in pods) == ["worker-1", "worker-2"]
+    assert_ran_clean(runner)
+
+
+def test_fixed_hostnetwork_replicas_beyond_one_per_node_say_to_scale(cluster, custom) -> None:
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, host_port_app(2))
+
+        def refused() -> list[dict]:
+            return [
+                c
+                for p in cluster.list("v1/pods", "default")
+                for c in (p.get("status") or {}).get("conditions") or []
+                if c.get("reason") == "Unschedulable"
+            ]
+
+        cluster.wait_for(refused, timeout=WAIT, what="the second replica refused by the scheduler")
+        assert "didn't have free ports" in refused()[0]["message"]
+        cluster.wait_for(
+            lambda: "scale worker 2" in status(cluster).get("message", ""),
+            timeout=WAIT,
+            what="the status to ask for a second worker",
+        )
+        assert "at most one replica per node" in status(cluster)["message"]
+        assert status(cluster)["phase"] in ("Degraded", "Pending")
+        cluster.add_node("worker-2", labels={"clusterous.io/group": "worker"}, cpu="2")
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+    assert_ran_clean(runner)

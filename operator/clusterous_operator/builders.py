@@ -22,6 +22,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "clusterous-operator"}
 SPEC_HASH_ANNOTATION = "clusterous.io/spec-hash"
 SHARED_STORAGE_CLASS = "clusterous-shared"
 SHARED_VOLUME = "shared"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 def build_children(
@@ -95,6 +96,15 @@ def build_deployment(
     if component.host_network:
         pod_spec["hostNetwork"] = True
         pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if placement.one_per_node:
+        # Its ports are the node's ports: a second replica there could never bind them.
+        pod_spec["affinity"] = {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": dict(labels)}, "topologyKey": HOSTNAME_LABEL}
+                ]
+            }
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

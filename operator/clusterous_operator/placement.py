@@ -33,6 +33,7 @@ class ComponentPlacement:
     group_nodes: int = 0  # usable nodes in the component's group
     largest_node_m: int = 0  # allocatable CPU of the group's largest usable node
     per_node: Mapping[str, int] = field(default_factory=dict)
+    one_per_node: bool = False  # hostNetwork with ports: host ports collide, one replica a node
 
 
 def node_groups(nodes: Iterable[Mapping]) -> set[str]:
@@ -68,6 +69,12 @@ def place(
     return {c.name: result[c.name] for c in spec.components}
 
 
+def one_per_node(component: Component) -> bool:
+    """A hostNetwork component with ports binds them on the node itself: a second replica on
+    the same node could not bind them (the scheduler refuses it: "didn't have free ports")."""
+    return component.host_network and bool(component.ports)
+
+
 def auto_cpu_share(
     members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, int] | None = None
 ) -> int | None:
@@ -91,7 +98,8 @@ def _place_group(
     unplaced = {c.name: 0 for c in members}
     for component in (c for c in members if c.replicas != AUTO):
         for _ in range(component.replicas):
-            node = _roomiest(free, cpu[component.name] or 0)
+            taken = counts[component.name] if one_per_node(component) else {}
+            node = _roomiest({n: c for n, c in free.items() if n not in taken}, cpu[component.name] or 0)
             if node is None:
                 unplaced[component.name] += 1
                 continue
@@ -109,6 +117,7 @@ def _place_group(
             group_nodes=len(group_nodes),
             largest_node_m=largest,
             per_node=dict(counts[c.name]),
+            one_per_node=one_per_node(c),
         )
         for c in members
     }
@@ -127,6 +136,8 @@ def _fill_node(
         placed = False
         for component in autos:
             need = cpu[component.name] or 0
+            if one_per_node(component) and counts[component.name].get(node):
+                continue
             if 0 < need <= free[node]:
                 free[node] -= need
                 counts[component.name][node] = counts[component.name].get(node, 0) + 1

@@ -198,6 +198,8 @@ def scale_hint(component: Component, placement: ComponentPlacement, missing: int
     """The command that makes room for `missing` more replicas of `component`."""
     cpu = placement.cpu_m or 0
     per_node = placement.largest_node_m // cpu if cpu else 0
+    if placement.one_per_node:
+        per_node = min(per_node, 1) if cpu else 1
     if placement.group_nodes == 0:
         return f"`clusterous-k8s scale {component.group} 1`"
     if per_node == 0:
@@ -220,6 +222,7 @@ def _placement_problem(
             f"{component.name}: no {group} node has {cores(cpu)} CPU (largest: "
             f"{cores(placement.largest_node_m)}) — use a larger {group} instance type or a smaller cpu",
         )
+    spread = " (hostNetwork with ports: at most one replica per node)" if placement.one_per_node else ""
     if component.replicas == AUTO and placement.replicas == 0:
         hint = scale_hint(component, placement, 1)
         return (
@@ -230,10 +233,12 @@ def _placement_problem(
     if unschedulable:
         hint = scale_hint(component, placement, unschedulable)
         need = f"{cores(cpu)} CPU" if cpu else "room"
+        if placement.one_per_node:
+            need += " and its ports"
         return (
             "InsufficientCPU",
             f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
-            f"no {group} node has {need} free — {hint}",
+            f"no {group} node has {need} free{spread} — {hint}",
         )
     return None
 
