@@ -48,7 +48,7 @@ def rendered_manifest(name: str) -> str:
         cluster_name="demo",
         region="eu-west-1",
         k3s_version="v1.33.5+k3s1",
-        token="K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface",
+        agent_token="K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface",
         controller_ip="10.42.1.10",
         vpc_cidr="10.42.0.0/16",
         shared_volume_id="vol-0abc123def4567890",

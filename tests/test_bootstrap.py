@@ -26,8 +26,9 @@ import yaml
 from clusterous_provisioner import addons, operator_bundle
 from clusterous_provisioner.bootstrap import (
     ADDONS_FILE,
+    AGENT_TOKEN_FILE,
     REGISTRIES_FILE,
-    TOKEN_FILE,
+    SERVER_TOKEN_FILE,
     USER_DATA_LIMIT,
     BootstrapInputs,
     boot_manifests,
@@ -40,11 +41,11 @@ from clusterous_provisioner.bootstrap import (
 from clusterous_provisioner.errors import BadInput
 from tests.harness.tools import cloud_init_schema, shellcheck, validate_k8s
 
-TOKEN = "K10c0ffee-s3cr3t-t0ken-0123456789abcdef::server:feedface"
+AGENT_TOKEN = "agent-s3cr3t-0123456789abcdef0123456789abcdef"  # what SSM holds for the cluster
 VOLUME = "vol-0abc123def4567890"
 SCRIPTS = Path(__file__).resolve().parents[1] / "provisioner" / "clusterous_provisioner" / "scripts"
 CORE_UTILS = ("bash", "sh", "grep", "awk", "mkdir", "readlink", "dirname", "basename", "touch", "cat",
-              "rm", "mv", "env", "sort", "sed", "chmod", "stat")  # fmt: skip
+              "rm", "mv", "env", "sort", "sed", "chmod", "stat", "od", "tr")  # fmt: skip
 STAND_INS = ("apt-get", "dnf", "curl", "blkid", "mkfs.ext4", "mkfs.xfs", "mount", "mountpoint",
              "exportfs", "systemctl", "sleep", "chown")  # fmt: skip
 
@@ -54,7 +55,7 @@ def make_inputs(**changes) -> BootstrapInputs:
         cluster_name="demo",
         region="eu-west-1",
         k3s_version="v1.33.5+k3s1",
-        token=TOKEN,
+        agent_token=AGENT_TOKEN,
         controller_ip="10.42.1.10",
         vpc_cidr="10.42.0.0/16",
         shared_volume_id=VOLUME,
@@ -327,7 +328,7 @@ def test_a_new_k3s_version_is_installed_over_the_old(instance):
     assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.34.1+k3s1"
 
 
-def test_controller_installs_pinned_k3s_server_with_taint_sans_and_token_file(instance):
+def test_controller_installs_pinned_k3s_server_with_taint_sans_and_token_files(instance):
     instance.attach_volume(nvme_link())
     _, result = boot_controller(instance)
     assert result.returncode == 0, result.stderr
@@ -335,13 +336,15 @@ def test_controller_installs_pinned_k3s_server_with_taint_sans_and_token_file(in
     assert args[0] == "server"
     assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.33.5+k3s1"
     pairs = list(zip(args, args[1:], strict=False))
-    assert ("--token-file", TOKEN_FILE) in pairs
+    assert ("--token-file", SERVER_TOKEN_FILE) in pairs  # the server token, made on the controller
+    assert ("--agent-token-file", AGENT_TOKEN_FILE) in pairs  # what agents join with
     assert ("--node-taint", "clusterous.io/controller=true:NoSchedule") in pairs
     sans = {value for flag, value in pairs if flag == "--tls-san"}
     assert sans == {"127.0.0.1", "localhost", "10.42.1.10"}
     assert ("--write-kubeconfig-mode", "0600") in pairs
     assert ("--disable", "traefik") in pairs
-    assert "--token" not in args and not any(a.startswith("--token=") for a in args)
+    assert not {"--token", "--agent-token"} & set(args)
+    assert not any(a.startswith(("--token=", "--agent-token=")) for a in args)
 
 
 @pytest.mark.parametrize("group", ["master", "worker"])
@@ -353,7 +356,8 @@ def test_node_joins_the_controller_with_its_group_label(instance, group):
     pairs = list(zip(args, args[1:], strict=False))
     assert args[0] == "agent"
     assert ("--server", "https://10.42.1.10:6443") in pairs
-    assert ("--token-file", TOKEN_FILE) in pairs
+    assert ("--token-file", AGENT_TOKEN_FILE) in pairs  # the agent token, never the server's
+    assert SERVER_TOKEN_FILE not in args and "--agent-token-file" not in args
     assert ("--node-label", f"clusterous.io/group={group}") in pairs
     assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.33.5+k3s1"
     assert instance.calls("apt-get")[-1].split()[-1] == "nfs-common"
@@ -371,22 +375,81 @@ def test_amazon_linux_uses_dnf_and_skips_the_selinux_rpm(instance):
     assert instance.installer_env()["INSTALL_K3S_SKIP_SELINUX_RPM"] == "true"
 
 
-def test_the_token_is_only_in_its_0600_file(instance, tmp_path):
+def server_token(machine: Instance) -> str:
+    return (machine.root / SERVER_TOKEN_FILE.lstrip("/")).read_text().strip()
+
+
+def test_the_tokens_are_only_in_their_0600_files(instance, tmp_path):
     instance.attach_volume(nvme_link())
     _, controller = boot_controller(instance)
+    assert controller.returncode == 0, controller.stderr
     node = Instance(tmp_path / "node")
     node.run(node.unpack(render_node(make_inputs(), "worker")))
+    secret = server_token(instance)
     for machine in (instance, node):
-        token_file = machine.root / TOKEN_FILE.lstrip("/")
-        assert token_file.read_text().strip() == TOKEN
+        token_file = machine.root / AGENT_TOKEN_FILE.lstrip("/")
+        assert token_file.read_text().strip() == AGENT_TOKEN
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        assert TOKEN not in machine.log.read_text()  # no argv, no environment of any command
-        assert not any(TOKEN in output for output in machine.outputs)
-        settings = machine.root / "etc/clusterous/bootstrap.env"
-        assert TOKEN not in settings.read_text()
-    assert TOKEN not in repr(make_inputs())
+        for token in (AGENT_TOKEN, secret):
+            assert token not in machine.log.read_text()  # no argv, no environment of any command
+            assert not any(token in output for output in machine.outputs)
+            settings = machine.root / "etc/clusterous/bootstrap.env"
+            assert token not in settings.read_text()
+    assert stat.S_IMODE((instance.root / SERVER_TOKEN_FILE.lstrip("/")).stat().st_mode) == 0o600
+    assert AGENT_TOKEN not in repr(make_inputs())
     for text in render_manifests(make_inputs()).values():
-        assert TOKEN not in text
+        assert AGENT_TOKEN not in text
+
+
+def test_the_controller_makes_its_server_token_once_and_agents_get_another(instance, tmp_path):
+    instance.attach_volume(nvme_link())
+    config, first = boot_controller(instance)
+    assert first.returncode == 0, first.stderr
+    secret = server_token(instance)
+    assert len(secret) == 64 and int(secret, 16) >= 0  # 32 random bytes, hex
+    assert secret != AGENT_TOKEN and secret not in render_controller(make_inputs())
+    again = instance.run(config)  # a re-run keeps it: k3s encrypts its datastore's secrets with it
+    assert again.returncode == 0, again.stderr
+    assert server_token(instance) == secret
+    other = Instance(tmp_path / "other-cluster")
+    other.attach_volume(nvme_link())
+    assert boot_controller(other)[1].returncode == 0
+    assert server_token(other) != secret  # random per cluster (per controller)
+
+
+def written_files(user_data: str) -> dict[str, str]:
+    """Every file a user-data writes, path -> decoded content (what anyone reading it learns)."""
+    files = {}
+    for entry in yaml.safe_load(user_data)["write_files"]:
+        content = entry["content"]
+        if entry.get("encoding") == "gz+b64":
+            content = gzip.decompress(base64.b64decode(content)).decode()
+        files[entry["path"]] = content
+    return files
+
+
+@pytest.mark.parametrize("os_name", ["ubuntu-24.04", "al2023"])
+def test_no_node_ever_holds_the_server_token(instance, tmp_path, os_name):
+    """The server token is cluster-admin equivalent: not in any node's user-data (which
+    ec2:DescribeInstanceAttribute and hostNetwork pods read) nor anywhere on a booted node."""
+    inputs = make_inputs(os=os_name)
+    instance.attach_volume(nvme_link())
+    assert boot_controller(instance, inputs)[1].returncode == 0
+    secret = server_token(instance)
+    controller_files = written_files(render_controller(inputs))
+    assert SERVER_TOKEN_FILE not in controller_files  # made on the controller, not shipped
+    assert [path for path, text in controller_files.items() if AGENT_TOKEN in text] == [AGENT_TOKEN_FILE]
+    for group in inputs.node_groups:
+        user_data = render_node(inputs, group)
+        assert secret not in user_data
+        files = written_files(user_data)
+        assert SERVER_TOKEN_FILE not in files and not any(secret in text for text in files.values())
+        assert [path for path, text in files.items() if AGENT_TOKEN in text] == [AGENT_TOKEN_FILE]
+        node = Instance(tmp_path / group)
+        result = node.run(node.unpack(user_data))
+        assert result.returncode == 0, result.stderr
+        on_disk = [p for p in node.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert on_disk == [] and not (node.root / SERVER_TOKEN_FILE.lstrip("/")).exists()
 
 
 def test_every_node_mirrors_the_registry_names_to_the_controller(instance, tmp_path):

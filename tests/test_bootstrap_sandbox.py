@@ -223,6 +223,20 @@ def test_without_a_volume_the_root_disk_directory_is_exported_and_the_login_user
     assert sandbox.read("/etc/exports") == EXPORTS and sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
 
 
+def test_the_controller_makes_a_0600_server_token_and_keeps_it(sandbox):
+    config, result = boot_controller(sandbox, shared_volume_id=None)
+    assert result.returncode == 0, result.stderr
+    token_file = "/etc/clusterous/k3s-server-token"
+    assert sandbox.stat(token_file) == (0, 0, 0o600)
+    token = sandbox.read(token_file)
+    assert len(token.strip()) == 64 and int(token, 16) >= 0 and token.endswith("\n")
+    assert sandbox.read("/etc/clusterous/k3s-agent-token").strip() != token.strip()
+    assert token.strip() not in result.stdout + result.stderr
+    rerun = sandbox.run(config)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sandbox.read(token_file) == token
+
+
 def test_a_node_installs_the_agent_and_touches_no_disk(sandbox):
     config = sandbox.unpack(render_node(make_inputs(), "worker"))
     result = sandbox.run(config)
@@ -230,6 +244,7 @@ def test_a_node_installs_the_agent_and_touches_no_disk(sandbox):
     assert sandbox.calls("k3s-installer")[0].split()[:3] == ["k3s-installer", "agent", "--server"]
     assert sandbox.check("k3s --version").startswith("k3s version v1.33.5+k3s1")  # what the installer left
     assert sandbox.read("/etc/fstab") == FSTAB and not sandbox.exists("/export")
-    assert sandbox.stat("/etc/clusterous/k3s-token")[2] == 0o600
+    assert sandbox.stat("/etc/clusterous/k3s-agent-token")[2] == 0o600
+    assert not sandbox.exists("/etc/clusterous/k3s-server-token")  # only the controller has one
     rerun = sandbox.run(config)
     assert rerun.returncode == 0 and len(sandbox.calls("k3s-installer")) == 1

@@ -181,7 +181,10 @@ def preflight(clients, spec: ClusterSpec, inv: Inventory) -> Preflight:
 
 
 def ensure_token(clients, cluster: str) -> str:
-    """The k3s join token: created once per cluster in SSM (SecureString), never printed."""
+    """The k3s *agent* token: created once per cluster in SSM (SecureString), never printed.
+
+    It joins agents only. The server token is not made here: the controller generates it at its
+    first boot and it never leaves that instance (docs/nodes-and-addons.md, "The tokens")."""
     from botocore.exceptions import ClientError
 
     name = layout.token_parameter(cluster)
@@ -195,7 +198,7 @@ def ensure_token(clients, cluster: str) -> str:
             Name=name,
             Value=secrets.token_hex(32),
             Type="SecureString",
-            Description=f"k3s join token of clusterous cluster {cluster}",
+            Description=f"k3s agent token (joins nodes, not servers) of clusterous cluster {cluster}",
             Tags=tags.tag_list(tags.tag_dict(cluster, "k3s-token", name)),
         )
     except ClientError as exc:
@@ -205,6 +208,7 @@ def ensure_token(clients, cluster: str) -> str:
 
 
 def read_token(clients, cluster: str) -> str:
+    """The agent token `scale`/`add-nodes` put in new nodes' user-data (never the server token)."""
     from botocore.exceptions import ClientError
 
     try:
@@ -540,14 +544,14 @@ def ensure_shared_volume(clients, spec: ClusterSpec, inv: Inventory, pre: Prefli
     return volume
 
 
-def bootstrap_inputs(spec: ClusterSpec, bucket: str, token: str, volume_id: str | None):
+def bootstrap_inputs(spec: ClusterSpec, bucket: str, agent_token: str, volume_id: str | None):
     from clusterous_provisioner.bootstrap import BootstrapInputs
 
     return BootstrapInputs(
         cluster_name=spec.name,
         region=spec.region,
         k3s_version=spec.k3s_version,
-        token=token,
+        agent_token=agent_token,
         controller_ip=layout.CONTROLLER_IP,
         vpc_cidr=layout.VPC_CIDR,
         shared_volume_id=volume_id,

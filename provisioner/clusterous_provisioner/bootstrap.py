@@ -2,8 +2,10 @@
 
 The provisioner passes `render_controller` / `render_node` output to EC2 as user-data. The real
 work is done by the shell scripts in `scripts/` (shellchecked and run in tests with stand-ins);
-the user-data only writes them, their settings and the k3s token (a 0600 file, never on a
-command line, never echoed) and runs them once. Add-on manifests are written into k3s's
+the user-data only writes them, their settings and the k3s *agent* token (a 0600 file, never on
+a command line, never echoed) and runs them once. The k3s *server* token (cluster-admin
+equivalent) is never in any user-data: the controller generates it at its first boot and keeps
+it there; nodes join with the agent token only. Add-on manifests are written into k3s's
 auto-deploy directory, so k3s applies them as soon as its API is up.
 
 EC2 limits user-data to 16 KiB, so the manifests travel gzip+base64 encoded (`gz+b64`, decoded
@@ -35,7 +37,8 @@ LOGIN_UID = 1000
 # Paths on the instance.
 SCRIPT_DIR = "/usr/local/lib/clusterous"
 CONFIG_FILE = "/etc/clusterous/bootstrap.env"
-TOKEN_FILE = "/etc/clusterous/k3s-token"
+AGENT_TOKEN_FILE = "/etc/clusterous/k3s-agent-token"  # from user-data: joins agents, not servers
+SERVER_TOKEN_FILE = "/etc/clusterous/k3s-server-token"  # made on the controller, never in user-data
 REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
 K3S_MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
 ADDONS_FILE = f"{K3S_MANIFEST_DIR}/clusterous-addons.yaml"
@@ -51,7 +54,9 @@ class BootstrapInputs:
     cluster_name: str
     region: str
     k3s_version: str
-    token: str = field(repr=False)  # never shown, not even in a traceback's repr
+    # The k3s agent token (the server's --agent-token-file, the nodes' --token-file): never shown,
+    # not even in a traceback's repr. The server token is not an input: the controller makes it.
+    agent_token: str = field(repr=False)
     controller_ip: str
     vpc_cidr: str
     shared_volume_id: str | None
@@ -84,7 +89,7 @@ def _script(name: str) -> str:
 
 
 def _settings(inputs: BootstrapInputs, role: str, group: str | None = None) -> str:
-    """bootstrap.env: plain settings the scripts source. The token is deliberately not here."""
+    """bootstrap.env: plain settings the scripts source. It deliberately holds no token."""
     values = {
         "CLUSTEROUS_CLUSTER": inputs.cluster_name,
         "CLUSTEROUS_ROLE": role,
@@ -123,7 +128,7 @@ def _cloud_config(files: list[dict], script: str) -> str:
 
 def _common_files(inputs: BootstrapInputs, role: str, group: str | None = None) -> list[dict]:
     return [
-        _file(TOKEN_FILE, inputs.token + "\n", "0600"),
+        _file(AGENT_TOKEN_FILE, inputs.agent_token + "\n", "0600"),
         _file(CONFIG_FILE, _settings(inputs, role, group), "0600"),
         _file(f"{SCRIPT_DIR}/common.sh", _script("common.sh"), "0644", compress=True),
         _file(REGISTRIES_FILE, addons.registries_yaml(inputs.controller_ip), "0644"),
@@ -179,7 +184,7 @@ def write_render_dir(inputs: BootstrapInputs, directory: Path | str) -> list[Pat
     def write(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        path.chmod(0o600)  # user-data holds the cluster token
+        path.chmod(0o600)  # user-data holds the agent token
         written.append(path)
 
     write(root / "user-data" / "controller.user-data", render_controller(inputs))

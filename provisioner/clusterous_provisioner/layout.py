@@ -32,7 +32,8 @@ def key_pair_name(cluster: str) -> str:
 
 
 def token_parameter(cluster: str) -> str:
-    """SSM SecureString holding the k3s join token: reused by re-runs and `scale` from any laptop."""
+    """SSM SecureString holding the k3s agent token (never the server token): reused by re-runs
+    and `scale` from any laptop."""
     return f"/clusterous/{cluster}/k3s-token"
 
 

@@ -1,7 +1,8 @@
 """Resizing a node group: launch more with the same user-data, or pick and terminate some.
 
 Launch settings (AMI, root device, spot, instance type) come from the group's running instances,
-so a grown group matches the one `up` made; the k3s token comes from SSM, so any laptop can scale.
+so a grown group matches the one `up` made; the k3s agent token comes from SSM, so any laptop can
+scale (the server token never leaves the controller).
 """
 
 from __future__ import annotations

@@ -3,18 +3,22 @@
 #
 # Every path is under CLUSTEROUS_ROOT (empty on a real instance) so tests run the scripts
 # unprivileged in a temporary directory with the system commands replaced by stand-ins.
-# Nothing here ever reads or prints the k3s token: k3s reads it from its 0600 token file.
+# Nothing here ever reads or prints a k3s token: k3s reads them from their 0600 files.
 
 ROOT="${CLUSTEROUS_ROOT:-}"
 CONF_DIR="$ROOT/etc/clusterous"
 STATE_DIR="$ROOT/var/lib/clusterous"
+# As k3s sees them on the instance. The agent token comes in the user-data of every role; the
+# server token (cluster-admin equivalent) only ever exists on the controller, which makes it.
 # shellcheck disable=SC2034  # used by the scripts that source this file
-TOKEN_FILE="/etc/clusterous/k3s-token"   # as k3s sees it on the instance
+AGENT_TOKEN_FILE="/etc/clusterous/k3s-agent-token"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+SERVER_TOKEN_FILE="/etc/clusterous/k3s-server-token"
 
 log() { printf 'clusterous-bootstrap: %s\n' "$*"; }
 
 load_config() {
-    # bootstrap.env holds plain settings only (never the token).
+    # bootstrap.env holds plain settings only (never a token).
     # shellcheck source=/dev/null
     . "$CONF_DIR/bootstrap.env"
     : "${K3S_VERSION:?}" "${OS_FAMILY:?}"

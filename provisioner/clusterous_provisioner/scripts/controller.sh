@@ -125,11 +125,30 @@ export_shared_volume() {
     exportfs -ra
 }
 
+# The k3s server token: 32 random bytes (hex) made here at the first boot, kept across re-runs
+# (k3s derives the key that encrypts its datastore's secrets from it, so it must never change),
+# 0600 and never printed. It leaves this instance never: not in user-data, not in SSM. Agents
+# join with the agent token (--agent-token-file), which cannot join servers.
+ensure_server_token() {
+    local file="$ROOT$SERVER_TOKEN_FILE"
+    [ -s "$file" ] && return 0
+    mkdir -p "$(dirname "$file")"
+    (
+        umask 077
+        od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file.new"
+        printf '\n' >>"$file.new"
+    )
+    mv "$file.new" "$file"
+    log "generated the k3s server token ($SERVER_TOKEN_FILE, 0600)"
+}
+
 install_packages nfs-kernel-server -- nfs-utils
 setup_shared_volume
 export_shared_volume
+ensure_server_token
 install_k3s server \
-    --token-file "$TOKEN_FILE" \
+    --token-file "$SERVER_TOKEN_FILE" \
+    --agent-token-file "$AGENT_TOKEN_FILE" \
     --node-ip "$CONTROLLER_IP" \
     --advertise-address "$CONTROLLER_IP" \
     --tls-san 127.0.0.1 --tls-san localhost --tls-san "$CONTROLLER_IP" \
