@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
+from clusterous_provisioner.bootstrap import AGENT_TOKEN_FILE, SERVER_TOKEN_FILE
 from tests.provisioning import UP, make_profile, tag, tagged
+from tests.test_bootstrap import written_files
 
 
 def _workers(aws, cluster):
     return [i for i in tagged(aws, cluster)["instances"] if tag(i, "clusterous:group") == "worker"]
+
+
+def _user_data_files(aws, instance_id) -> dict[str, str]:
+    ud = aws.client("ec2").describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    return written_files(base64.b64decode(ud["UserData"]["Value"]).decode())
 
 
 def test_status_clusters_and_workon(aws, cli):
@@ -60,6 +68,12 @@ def test_scale_grows_with_one_call_and_shrinks_newest_first(aws, cli):
     assert len(_workers(aws, "sc")) == 4 and len(json.loads(grown.stdout)["added"]) == 3
     new = _workers(aws, "sc")[-1]
     assert new["MetadataOptions"]["HttpTokens"] == "required" and not new.get("PublicIpAddress")
+    # What scale launched holds the agent token from SSM and no server token (scale never has one).
+    agent = aws.client("ssm").get_parameter(Name="/clusterous/sc/k3s-token", WithDecryption=True)
+    files = _user_data_files(aws, new["InstanceId"])
+    assert files[AGENT_TOKEN_FILE].strip() == agent["Parameter"]["Value"]
+    assert SERVER_TOKEN_FILE not in files and not any("server-token" in path for path in files)
+    assert '--token-file "$AGENT_TOKEN_FILE"' in files["/usr/local/lib/clusterous/node.sh"]
 
     assert cli(["add-nodes", "1", "--yes"]).exit_code == 0
     assert len(_workers(aws, "sc")) == 5

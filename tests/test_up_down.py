@@ -134,6 +134,19 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     ]
     assert token["Type"] == "SecureString" and len(token["Value"]) >= 32
     assert token["Value"] not in result.output
+    # That parameter is the agent token: every instance's user-data holds it and nothing else
+    # secret; the server token is made on the controller, so no user-data (and no SSM) has it.
+    from clusterous_provisioner.bootstrap import AGENT_TOKEN_FILE, SERVER_TOKEN_FILE
+    from tests.test_bootstrap import written_files
+
+    for instance in found["instances"]:
+        attr = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+        files = written_files(base64.b64decode(attr["UserData"]["Value"]).decode())
+        assert files[AGENT_TOKEN_FILE].strip() == token["Value"]
+        assert SERVER_TOKEN_FILE not in files
+        assert [path for path, text in files.items() if token["Value"] in text] == [AGENT_TOKEN_FILE]
+    names = [p["Name"] for p in aws.client("ssm").describe_parameters()["Parameters"]]
+    assert [n for n in names if n.startswith("/clusterous/")] == ["/clusterous/alpha/k3s-token"]
 
 
 def test_rerun_up_creates_nothing_new(aws, cli):
