@@ -17,7 +17,7 @@ from clusterous_operator.builders import (
     plan_changes,
 )
 from clusterous_operator.images import CLUSTER_REGISTRY, resolve_image
-from clusterous_operator.placement import GROUP_LABEL, place, usable_nodes
+from clusterous_operator.placement import GROUP_LABEL, Reserved, place, usable_nodes
 from clusterous_operator.spec import parse_app
 
 
@@ -128,7 +128,9 @@ def test_not_ready_cordoned_tainted_and_unlabelled_nodes_are_ignored() -> None:
 
 def test_cpu_requested_by_other_pods_is_not_available() -> None:
     spec = app(comp("e", "worker", replicas="auto", cpu="1")).spec
-    placed = place(spec, [node("w1", "worker", "4"), node("w2", "worker", "4")], reserved={"w1": 2500})
+    placed = place(
+        spec, [node("w1", "worker", "4"), node("w2", "worker", "4")], reserved={"w1": Reserved(2500)}
+    )
     assert placed["e"].per_node == {"w1": 1, "w2": 4}
 
 
@@ -169,7 +171,7 @@ def test_deployment_per_component_with_labels_selector_cpu_volume_command_and_po
     assert "hostNetwork" not in pod["spec"]
     box = container(master)
     assert box["command"] == ["python", "-m", "srv"]
-    assert box["resources"] == {"requests": {"cpu": "500m"}}
+    assert box["resources"] == {"requests": {"cpu": "500m", "memory": "2Gi"}}  # 1/4 of a 2-CPU 8Gi node
     assert [p["containerPort"] for p in box["ports"]] == [8888, 9000]
     assert box["volumeMounts"] == [{"name": "shared", "mountPath": "/data"}]
     [volume] = pod["spec"]["volumes"]
@@ -331,3 +333,33 @@ def test_hostnetwork_components_with_ports_get_one_replica_per_node_and_anti_aff
     assert place(app(pod_network).spec, nodes)["agent"].replicas == 16
     pod = by_kind(build_children(app(pod_network), nodes), "Deployment")["sim-agent"]["spec"]["template"]
     assert "affinity" not in pod["spec"]
+
+
+def test_memory_is_the_cpu_shares_fraction_of_free_memory_rounded_down_to_mi() -> None:
+    nodes = [node("w1", "worker", "3"), node("w2", "worker", "2")]
+    spec = app(
+        comp("a", "worker", cpu="1"),
+        comp("b", "worker", replicas="auto", cpu="auto"),
+        comp("c", "worker", replicas=1),
+        comp("d", "worker", cpu="0.5", memory="300Mi"),
+    ).spec
+    placed = place(spec, nodes, reserved={"w1": Reserved(0, 1024 * 2**20)})
+    # Tightest ratio: w1, 7Gi free for 3 CPUs; 1 CPU of it is 7168Mi / 3 = 2389.33Mi -> 2389Mi.
+    assert placed["a"].memory == 2389 * 2**20
+    # 2 CPUs (w2) / 4 components; 500m of w1's ratio is 1194.67Mi
+    assert placed["b"].cpu_m == 500 and placed["b"].memory == 1194 * 2**20
+    assert placed["c"].memory == 64 * 2**20  # no CPU: a small request, so it is counted
+    assert placed["d"].memory == 300 * 2**20  # as given
+    for deployment in by_kind(
+        build_children(app(comp("a", "worker", cpu="1")), nodes), "Deployment"
+    ).values():
+        assert container(deployment)["resources"]["requests"]["memory"] == "2730Mi"  # 8Gi * 1/3
+        assert "limits" not in container(deployment)["resources"]
+
+
+def test_memory_requests_of_auto_replicas_fit_every_node_they_are_counted_on() -> None:
+    """Memory runs out before CPU on a node whose memory others hold: fewer replicas there."""
+    nodes = [node("w1", "worker", "4"), node("w2", "worker", "4")]
+    spec = app(comp("e", "worker", replicas="auto", cpu="1", memory="3Gi")).spec
+    placed = place(spec, nodes, reserved={"w2": Reserved(0, 4 * 2**30)})
+    assert placed["e"].per_node == {"w1": 2, "w2": 1}

@@ -376,3 +376,68 @@ def test_fixed_hostnetwork_replicas_beyond_one_per_node_say_to_scale(cluster, cu
             lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
         )
     assert_ran_clean(runner)
+
+
+def start_node_agent(cluster, requests: dict) -> None:
+    """A DaemonSet (like Fluent Bit or the NFS driver) requesting `requests` on every node."""
+    labels = {"app": "node-agent"}
+    agent = {"name": "agent", "image": "fluent/fluent-bit:3.2", "resources": {"requests": requests}}
+    cluster.create(
+        "apps/v1/daemonsets",
+        {
+            "metadata": {"name": "node-agent"},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": [agent]}},
+            },
+        },
+        "kube-system",
+    )
+    cluster.wait_for(
+        lambda: (
+            ((cluster.get("apps/v1/daemonsets", "node-agent", "kube-system") or {}).get("status") or {}).get(
+                "numberReady"
+            )
+            == len(cluster.list("v1/nodes"))
+        ),
+        timeout=WAIT,
+        what="the agent on every node",
+    )
+
+
+def test_every_container_requests_memory_in_proportion_to_its_cpu(cluster, custom) -> None:
+    """Nodes of 2 CPUs and 4Gi; the agent holds 250m and 512Mi on each."""
+    start_node_agent(cluster, {"cpu": "250m", "memory": "512Mi"})
+    app = clusterapp()
+    app["spec"]["components"][0]["cpu"] = "auto"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+
+        def requests(name: str) -> dict:
+            return deployment(cluster, name)["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+        # all of the 1750m left, so all of the 3584Mi left
+        assert requests("demo-master") == {"requests": {"cpu": "1750m", "memory": "3584Mi"}}
+        # 1 CPU of 1750m free: 4/7 of 3584Mi, 2048Mi
+        assert requests("demo-engine") == {"requests": {"cpu": "1", "memory": "2Gi"}}
+        assert {c["name"]: c["memory"] for c in status(cluster)["components"]} == {
+            "master": "3584Mi",
+            "engine": "2Gi",
+        }
+    assert_ran_clean(runner)
+
+
+def test_memory_that_fits_no_node_fails_naming_the_field(cluster, custom) -> None:
+    start_node_agent(cluster, {"memory": "512Mi"})
+    app = clusterapp()
+    app["spec"]["components"][1]["memory"] = "4Gi"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(lambda: status(cluster).get("phase") == "Failed", timeout=WAIT, what="phase Failed")
+        message = status(cluster)["message"]
+        assert message.startswith("spec.components[1].memory: expected at most 3584Mi"), message
+        assert deployment(cluster, "demo-master") is None
+    assert_ran_clean(runner)

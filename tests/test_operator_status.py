@@ -97,7 +97,9 @@ def test_unplaceable_fixed_replicas_say_how_many_and_what_to_run() -> None:
     assert status["phase"] == "Degraded"
     scheduled = condition(status, "Scheduled")
     assert scheduled["status"] == "False" and scheduled["reason"] == "InsufficientCPU"
-    assert scheduled["message"].startswith("3 of 8 crunch replicas Pending: no worker node has 0.5 CPU free")
+    assert scheduled["message"].startswith(
+        "3 of 8 crunch replicas Pending: no worker node has 0.5 CPU and 2Gi memory free"
+    )
     assert "`clusterous-k8s scale worker 3`" in scheduled["message"]  # one more 2-CPU node holds 3
     assert status["message"] == scheduled["message"]
 
@@ -238,3 +240,28 @@ def test_cpu_requested_by_other_apps_pods_reduces_auto_replicas() -> None:
     alone = decide(body, NODES, [mine], now=NOW).status
     shared = decide(body, NODES, [mine, other], now=NOW).status
     assert alone["desiredReplicas"] == 2 and shared["desiredReplicas"] == 1
+
+
+def test_memory_follows_the_cpu_share_of_what_other_pods_leave_and_is_reported() -> None:
+    body = capp({**ENGINE, "dependsOn": []})
+    other = pod("x", node_name="w1")
+    other["metadata"]["labels"][APP_LABEL] = "other-app"
+    other["spec"]["containers"] = [{"name": "x", "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]
+    decision = decide(body, [node("w1", "worker", "2")], [other], now=NOW)
+    engine = decision.status["components"][0]
+    # 1 CPU and 6Gi left beside the other pod: one 1-CPU engine gets all 6Gi.
+    assert engine["desired"] == 1 and engine["cpu"] == "1" and engine["memory"] == "6Gi"
+    deployment = next(o for o in decision.children if o["kind"] == "Deployment")
+    requests = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    assert requests == {"cpu": "1", "memory": "6Gi"}
+
+
+def test_memory_that_fits_no_node_fails_with_the_field_named() -> None:
+    body = capp({**ENGINE, "dependsOn": [], "memory": "9Gi"})
+    decision = decide(body, NODES, now=NOW)
+    assert decision.status["phase"] == "Failed" and decision.children == []
+    assert decision.status["message"].startswith("spec.components[0].memory: expected at most 8Gi")
+    assert "'9Gi'" in decision.status["message"]
+    fits = decide(capp({**ENGINE, "dependsOn": [], "memory": "5Gi"}), NODES, now=NOW)
+    assert fits.status["components"][0]["memory"] == "5Gi"
+    assert fits.status["desiredReplicas"] == 1  # the 2-CPU 8Gi node has CPU for 2, memory for 1

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from clusterous_operator.images import CLUSTER_REGISTRY, resolve_image
-from clusterous_operator.placement import GROUP_LABEL, ComponentPlacement, place
-from clusterous_operator.spec import App, Component, format_cpu
+from clusterous_operator.placement import GROUP_LABEL, ComponentPlacement, Reserved, place
+from clusterous_operator.spec import App, Component, format_cpu, format_memory
 
 APP_LABEL = "clusterous.io/app"
 COMPONENT_LABEL = "clusterous.io/component"
@@ -29,7 +29,7 @@ def build_children(
     app: App,
     nodes: Iterable[Mapping],
     *,
-    reserved: Mapping[str, int] | None = None,
+    reserved: Mapping[str, Reserved] | None = None,
     waiting: Iterable[str] = (),
     registry: str = CLUSTER_REGISTRY,
 ) -> list[dict]:
@@ -132,8 +132,15 @@ def build_container(
         container["command"] = list(component.command)
     if component.ports:
         container["ports"] = [{"containerPort": p, "protocol": "TCP"} for p in component.ports]
+    requests = {}
     if placement.cpu_m:
-        container["resources"] = {"requests": {"cpu": format_cpu(placement.cpu_m)}}
+        requests["cpu"] = format_cpu(placement.cpu_m)
+    if placement.memory:
+        # No limit: a replica may use memory its node has spare; past its request it is the
+        # first the kubelet evicts under memory pressure (see docs/clusterapp.md).
+        requests["memory"] = format_memory(placement.memory)
+    if requests:
+        container["resources"] = {"requests": requests}
     return container
 
 

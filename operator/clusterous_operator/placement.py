@@ -1,8 +1,14 @@
-"""Where an application's replicas fit: `auto` counts and CPUs from the group's Nodes.
+"""Where an application's replicas fit: `auto` counts, CPUs and memory from the group's Nodes.
 
 A pod cannot span nodes, so capacity is counted node by node, never as a total divided by the
 per-replica CPU. Fixed replicas are placed first, each on the node with the most CPU free (as
 the scheduler's default scoring would), then `auto` components take turns filling every node.
+A replica fits a node when both its CPU and its memory fit what is free there.
+
+Memory follows CPU (as in Clusterous): without `memory:`, a replica requests its CPU's share
+of the memory free beside it, at the ratio of the group's tightest node (free memory ÷ free
+CPU, after other pods' requests), rounded down to Mi. So replicas that fill a node's free CPU
+fit its free memory too.
 """
 
 from __future__ import annotations
@@ -10,10 +16,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from clusterous_operator.spec import AUTO, Component, Spec, cpu_millicores
+from clusterous_operator.spec import (
+    AUTO,
+    MI,
+    Component,
+    Spec,
+    SpecError,
+    cpu_millicores,
+    format_memory,
+    memory_bytes,
+)
 
 GROUP_LABEL = "clusterous.io/group"
 _BLOCKING_TAINTS = ("NoSchedule", "NoExecute")
+DEFAULT_MEMORY = 64 * MI  # a component with neither cpu nor memory: enough to be counted
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What pods outside the application request on one node."""
+
+    cpu_m: int = 0
+    memory: int = 0  # bytes
 
 
 @dataclass(frozen=True)
@@ -21,6 +45,7 @@ class NodeCapacity:
     name: str
     group: str
     cpu_m: int  # allocatable millicores
+    memory: int = 0  # allocatable bytes
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,7 @@ class ComponentPlacement:
     group_nodes: int = 0  # usable nodes in the component's group
     largest_node_m: int = 0  # allocatable CPU of the group's largest usable node
     per_node: Mapping[str, int] = field(default_factory=dict)
+    memory: int | None = None  # bytes per replica; None only when the group has no usable node
     one_per_node: bool = False  # hostNetwork with ports: host ports collide, one replica a node
 
 
@@ -50,16 +76,23 @@ def usable_nodes(nodes: Iterable[Mapping]) -> list[NodeCapacity]:
             continue
         if any(t.get("effect") in _BLOCKING_TAINTS for t in (node.get("spec") or {}).get("taints") or []):
             continue
-        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get("cpu", "0")
-        usable.append(NodeCapacity(node["metadata"]["name"], group, _millicores_or_zero(allocatable)))
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        usable.append(
+            NodeCapacity(
+                node["metadata"]["name"],
+                group,
+                _millicores_or_zero(allocatable.get("cpu", "0")),
+                _bytes_or_zero(allocatable.get("memory", "0")),
+            )
+        )
     return sorted(usable, key=lambda n: n.name)
 
 
 def place(
-    spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, int] | None = None
+    spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, Reserved] | None = None
 ) -> dict[str, ComponentPlacement]:
-    """Replicas and per-replica CPU of every component; `reserved` is CPU (millicores) per
-    node already requested by pods outside this application."""
+    """Replicas, per-replica CPU and memory of every component; `reserved` is what pods outside
+    this application already request on each node."""
     capacity = usable_nodes(nodes)
     result: dict[str, ComponentPlacement] = {}
     for group in dict.fromkeys(c.group for c in spec.components):
@@ -75,8 +108,27 @@ def one_per_node(component: Component) -> bool:
     return component.host_network and bool(component.ports)
 
 
+def check_memory(
+    spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, Reserved] | None = None
+) -> None:
+    """An explicit `memory:` must fit the free memory of some usable node of its group (a
+    request that fits no node would leave every replica Pending). Groups without usable nodes
+    are not checked: nothing fits there yet."""
+    free = _free(usable_nodes(nodes), reserved or {})
+    for i, component in enumerate(spec.components):
+        room = [mem for (group, _, mem) in free.values() if group == component.group]
+        if component.memory is None or not room or component.memory <= max(room):
+            continue
+        raise SpecError(
+            f"spec.components[{i}].memory",
+            f"at most {format_memory(max(room) // MI * MI)}, the most memory free on a "
+            f"{component.group} node (or a larger {component.group} instance type)",
+            format_memory(component.memory),
+        )
+
+
 def auto_cpu_share(
-    members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, int] | None = None
+    members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved] | None = None
 ) -> int | None:
     """`cpu: auto`: the CPU left on the group's tightest node (allocatable minus what pods of
     other apps and the cluster's own agents request there) shared evenly among the app's
@@ -84,30 +136,63 @@ def auto_cpu_share(
     usable node."""
     if not group_nodes:
         return None
-    reserved = reserved or {}
-    return min(max(0, n.cpu_m - reserved.get(n.name, 0)) for n in group_nodes) // len(members)
+    free = _free(group_nodes, reserved or {})
+    return min(cpu for (_, cpu, _) in free.values()) // len(members)
+
+
+def memory_request(
+    component: Component, cpu_m: int | None, group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved]
+) -> int | None:
+    """Bytes per replica: `memory:` when given; else the CPU's share of the memory free beside
+    it, at the tightest node's ratio of free memory to free CPU, rounded down to Mi; a component
+    without CPU gets DEFAULT_MEMORY. None when the group has no usable node."""
+    if component.memory is not None:
+        return component.memory
+    if not cpu_m:
+        return DEFAULT_MEMORY
+    free = _free(group_nodes, reserved)
+    shares = [cpu_m * mem // cpu for (_, cpu, mem) in free.values() if cpu > 0 and cpu_m * mem // cpu >= MI]
+    if not shares:  # no room anywhere: nothing fits; state the bare nodes' ratio
+        shares = [cpu_m * n.memory // n.cpu_m for n in group_nodes if n.cpu_m > 0]
+    return min(shares) // MI * MI if shares else None
+
+
+def _free(
+    group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved]
+) -> dict[str, tuple[str, int, int]]:
+    """Per node: its group, then CPU (millicores) and memory (bytes) not requested by others.
+
+    The one place allocatable minus requested is computed, for shares, counts and checks."""
+    free = {}
+    for n in group_nodes:
+        taken = reserved.get(n.name, Reserved())
+        free[n.name] = (n.group, max(0, n.cpu_m - taken.cpu_m), max(0, n.memory - taken.memory))
+    return free
 
 
 def _place_group(
-    members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, int]
+    members: list[Component], group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved]
 ) -> dict[str, ComponentPlacement]:
     share = auto_cpu_share(members, group_nodes, reserved)
     cpu = {c.name: share if c.cpu_m == AUTO else c.cpu_m for c in members}
-    free = {n.name: max(0, n.cpu_m - reserved.get(n.name, 0)) for n in group_nodes}
+    memory = {c.name: memory_request(c, cpu[c.name], group_nodes, reserved) for c in members}
+    need = {c.name: (cpu[c.name] or 0, memory[c.name] or 0) for c in members}
+    free = {name: [cpu_m, mem] for name, (_, cpu_m, mem) in _free(group_nodes, reserved).items()}
     counts: dict[str, dict[str, int]] = {c.name: {} for c in members}
     unplaced = {c.name: 0 for c in members}
     for component in (c for c in members if c.replicas != AUTO):
         for _ in range(component.replicas):
             taken = counts[component.name] if one_per_node(component) else {}
-            node = _roomiest({n: c for n, c in free.items() if n not in taken}, cpu[component.name] or 0)
+            node = _roomiest({n: f for n, f in free.items() if n not in taken}, need[component.name])
             if node is None:
                 unplaced[component.name] += 1
                 continue
-            free[node] -= cpu[component.name] or 0
+            free[node][0] -= need[component.name][0]
+            free[node][1] -= need[component.name][1]
             counts[component.name][node] = counts[component.name].get(node, 0) + 1
     autos = [c for c in members if c.replicas == AUTO and cpu[c.name]]
     for node in free:
-        _fill_node(node, autos, cpu, free, counts)
+        _fill_node(node, autos, need, free, counts)
     largest = max((n.cpu_m for n in group_nodes), default=0)
     return {
         c.name: ComponentPlacement(
@@ -117,6 +202,7 @@ def _place_group(
             group_nodes=len(group_nodes),
             largest_node_m=largest,
             per_node=dict(counts[c.name]),
+            memory=memory[c.name],
             one_per_node=one_per_node(c),
         )
         for c in members
@@ -126,8 +212,8 @@ def _place_group(
 def _fill_node(
     node: str,
     autos: list[Component],
-    cpu: Mapping[str, int | None],
-    free: dict[str, int],
+    need: Mapping[str, tuple[int, int]],
+    free: dict[str, list[int]],
     counts: dict[str, dict[str, int]],
 ) -> None:
     """Auto components take turns on one node, one replica each round, until none fits."""
@@ -135,19 +221,20 @@ def _fill_node(
     while placed:
         placed = False
         for component in autos:
-            need = cpu[component.name] or 0
+            cpu, mem = need[component.name]
             if one_per_node(component) and counts[component.name].get(node):
                 continue
-            if 0 < need <= free[node]:
-                free[node] -= need
+            if 0 < cpu <= free[node][0] and mem <= free[node][1]:
+                free[node][0] -= cpu
+                free[node][1] -= mem
                 counts[component.name][node] = counts[component.name].get(node, 0) + 1
                 placed = True
 
 
-def _roomiest(free: Mapping[str, int], need: int) -> str | None:
-    """The node with the most CPU free that fits `need` (ties: by name), or None."""
-    fitting = [name for name, cpu in free.items() if cpu >= need]
-    return min(fitting, key=lambda name: (-free[name], name), default=None)
+def _roomiest(free: Mapping[str, list[int]], need: tuple[int, int]) -> str | None:
+    """The node with the most CPU free that fits `need` (CPU, memory; ties: by name), or None."""
+    fitting = [name for name, (cpu, mem) in free.items() if cpu >= need[0] and mem >= need[1]]
+    return min(fitting, key=lambda name: (-free[name][0], name), default=None)
 
 
 def _labels(node: Mapping) -> Mapping[str, str]:
@@ -157,6 +244,13 @@ def _labels(node: Mapping) -> Mapping[str, str]:
 def _is_ready(node: Mapping) -> bool:
     conditions = (node.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _bytes_or_zero(quantity: object) -> int:
+    try:
+        return memory_bytes(quantity)
+    except ValueError:
+        return 0
 
 
 def _millicores_or_zero(quantity: object) -> int:

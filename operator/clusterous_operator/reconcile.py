@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from clusterous_operator.builders import APP_LABEL, COMPONENT_LABEL, SPEC_HASH_ANNOTATION, build_children
 from clusterous_operator.images import CLUSTER_REGISTRY
-from clusterous_operator.placement import node_groups, place
-from clusterous_operator.spec import App, SpecError, check_groups, cpu_millicores, parse_app
+from clusterous_operator.placement import Reserved, check_memory, node_groups, place
+from clusterous_operator.spec import App, SpecError, check_groups, cpu_millicores, memory_bytes, parse_app
 from clusterous_operator.status import (
     FAILING_REASONS,
     Observed,
@@ -52,10 +52,11 @@ def decide(
     try:
         app = parse_app(body)
         check_groups(app.spec, node_groups(nodes))
+        reserved = reserved_resources(pods, app)
+        check_memory(app.spec, nodes, reserved)
     except SpecError as error:
         status = build_status(None, generation=generation, now=now, error=error, previous=previous)
         return Decision(children=[], status=status, error=error)
-    reserved = reserved_cpu(pods, app)
     placements = place(app.spec, nodes, reserved)
     observed = observed_deployments(app, deployments)
     waiting = waiting_components(app.spec, placements, observed)
@@ -102,25 +103,31 @@ def observed_deployments(app: App, deployments: Iterable[Mapping]) -> dict[str, 
     return observed
 
 
-def reserved_cpu(pods: Iterable[Mapping], app: App) -> dict[str, int]:
-    """CPU (millicores) per node requested by running or scheduled pods of everything else."""
-    reserved: dict[str, int] = {}
+def reserved_resources(pods: Iterable[Mapping], app: App) -> dict[str, Reserved]:
+    """CPU (millicores) and memory (bytes) per node requested by running or scheduled pods of
+    everything else."""
+    reserved: dict[str, Reserved] = {}
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if not node or phase in ("Succeeded", "Failed") or _belongs(pod, app):
             continue
-        reserved[node] = reserved.get(node, 0) + pod_cpu_request(pod)
+        before = reserved.get(node, Reserved())
+        reserved[node] = Reserved(
+            before.cpu_m + pod_request(pod, "cpu", cpu_millicores),
+            before.memory + pod_request(pod, "memory", memory_bytes),
+        )
     return reserved
 
 
-def pod_cpu_request(pod: Mapping) -> int:
+def pod_request(pod: Mapping, resource: str, parse) -> int:
+    """The sum of a pod's containers' requests of `resource`, as `parse` counts it."""
     total = 0
     for container in (pod.get("spec") or {}).get("containers") or []:
-        request = ((container.get("resources") or {}).get("requests") or {}).get("cpu")
+        request = ((container.get("resources") or {}).get("requests") or {}).get(resource)
         if request is not None:
             try:
-                total += cpu_millicores(request)
+                total += parse(request)
             except ValueError:
                 continue
     return total

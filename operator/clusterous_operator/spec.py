@@ -19,6 +19,23 @@ _COMPONENT_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _GROUP = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
 _CPU = re.compile(r"^(?:(?P<cores>[0-9]+(?:\.[0-9]{1,3})?|\.[0-9]{1,3})|(?P<milli>[0-9]+)m)$")
+_MEMORY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MEMORY_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+MI = 2**20
 _NOTHING = object()
 
 
@@ -47,6 +64,7 @@ class Component:
     ports: tuple[int, ...] = ()
     host_network: bool = False
     depends_on: tuple[str, ...] = ()
+    memory: int | None = None  # bytes per replica; None: derived from the CPU share
 
 
 @dataclass(frozen=True)
@@ -170,6 +188,32 @@ def cpu_millicores(quantity: object) -> int:
     return int(whole or 0) * 1000 + int((fraction + "000")[:3])
 
 
+def memory_bytes(quantity: object) -> int:
+    """A memory quantity ("512Mi", "2Gi", "1G", 1073741824) in bytes, rounded up as Kubernetes
+    does; ValueError when it is not one (milli-bytes and exponents are refused)."""
+    if isinstance(quantity, bool):
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    if isinstance(quantity, int):
+        return quantity
+    match = _MEMORY.match(str(quantity).strip())
+    if not match:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    whole, _, fraction = match["number"].partition(".")
+    unit = _MEMORY_UNITS[match["suffix"]]
+    scaled = int(whole) * unit
+    if fraction:
+        scaled += -(-int(fraction) * unit // 10 ** len(fraction))  # ceil
+    return scaled
+
+
+def format_memory(size: int) -> str:
+    """Bytes as Kubernetes quantities are usually written: whole Gi or Mi, else bytes."""
+    for suffix, unit in (("Gi", 2**30), ("Mi", MI)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
 def format_cpu(millicores: int) -> str:
     """Millicores as Kubernetes writes them: whole cores plainly, the rest as '500m'."""
     return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
@@ -211,6 +255,7 @@ def _parse_component(raw: object, path: str) -> Component:
     cpu = _parse_cpu(raw.get("cpu"), f"{path}.cpu")
     if replicas == AUTO and cpu is None:
         raise SpecError(f"{path}.cpu", 'a CPU per replica (e.g. "0.5" or auto) when replicas is auto')
+    memory = _parse_memory(raw.get("memory"), f"{path}.memory")
     ports = tuple(
         _parse_port(p, f"{path}.ports[{i}]")
         for i, p in enumerate(_list(raw.get("ports"), f"{path}.ports", "a list of port numbers"))
@@ -234,7 +279,23 @@ def _parse_component(raw: object, path: str) -> Component:
         ports=ports,
         host_network=host_network,
         depends_on=tuple(depends_on),
+        memory=memory,
     )
+
+
+def _parse_memory(value: object, path: str) -> int | None:
+    if value is None:
+        return None
+    expected = 'a memory quantity ("512Mi", "2Gi", "1G") of at least 1Mi'
+    if isinstance(value, float):
+        raise SpecError(path, expected + " (with a unit, quoted)", value)
+    try:
+        size = memory_bytes(value)
+    except ValueError:
+        raise SpecError(path, expected, value) from None
+    if size < MI:
+        raise SpecError(path, expected, value)
+    return size
 
 
 def _parse_replicas(value: object, path: str) -> int | str:

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from clusterous_operator.images import resolve_image
 from clusterous_operator.placement import ComponentPlacement
-from clusterous_operator.spec import AUTO, Component, Spec, SpecError, dependency_order, format_cpu
+from clusterous_operator.spec import (
+    AUTO,
+    Component,
+    Spec,
+    SpecError,
+    dependency_order,
+    format_cpu,
+    format_memory,
+)
 
 PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
 FAILING_REASONS = {
@@ -56,6 +64,7 @@ class ComponentStatus:
     cpu: str | None
     message: str
     blocked_reason: str | None = None  # InsufficientCPU, NoNodes, ContainersFailing
+    memory: str | None = None
 
     def as_dict(self) -> dict:
         data = {
@@ -68,6 +77,8 @@ class ComponentStatus:
         }
         if self.cpu is not None:
             data["cpu"] = self.cpu
+        if self.memory is not None:
+            data["memory"] = self.memory
         return data
 
 
@@ -117,9 +128,12 @@ def component_status(
     pods = [p for p in pods if p.component == component.name]
     desired, ready = placement.replicas, min(observed.ready, placement.replicas)
     cpu = format_cpu(placement.cpu_m) if placement.cpu_m else None
+    memory = format_memory(placement.memory) if placement.memory else None
 
     def status(state: str, message: str, reason: str | None = None) -> ComponentStatus:
-        return ComponentStatus(component.name, component.group, state, desired, ready, cpu, message, reason)
+        return ComponentStatus(
+            component.name, component.group, state, desired, ready, cpu, message, reason, memory
+        )
 
     if waiting_for:
         counts = waiting_ready or {}
@@ -233,6 +247,8 @@ def _placement_problem(
     if unschedulable:
         hint = scale_hint(component, placement, unschedulable)
         need = f"{cores(cpu)} CPU" if cpu else "room"
+        if cpu and placement.memory:
+            need += f" and {format_memory(placement.memory)} memory"
         if placement.one_per_node:
             need += " and its ports"
         return (

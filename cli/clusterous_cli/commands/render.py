@@ -19,7 +19,11 @@ is taken to be 1 master node and 2 worker nodes with 2 CPUs each (said on stderr
 Example: clusterous-k8s render examples/basic-python/clusterapp.yaml --nodes nodes.yaml
 """
 
-DEFAULT_NODES = (("master-1", "master", "2"), ("worker-1", "worker", "2"), ("worker-2", "worker", "2"))
+DEFAULT_NODES = (
+    ("master-1", "master", "2", "8Gi"),
+    ("worker-1", "worker", "2", "8Gi"),
+    ("worker-2", "worker", "2", "8Gi"),
+)
 
 
 def render(
@@ -32,7 +36,7 @@ def render(
 
     from clusterous_cli import output
     from clusterous_operator.builders import build_children
-    from clusterous_operator.placement import node_groups
+    from clusterous_operator.placement import check_memory, node_groups
     from clusterous_operator.spec import SpecError, check_groups, parse_app
     from clusterous_provisioner.errors import BadInput
 
@@ -41,11 +45,14 @@ def render(
     try:
         app = parse_app(body)
         check_groups(app.spec, node_groups(nodes))
+        check_memory(app.spec, nodes)
     except SpecError as error:
         raise BadInput(str(app_file), error.field, error.expected, error.got) from None
     objects = build_children(app, nodes)
     if nodes_file is None:
-        described = ", ".join(f"{name} ({group}, {cpu} CPU)" for name, group, cpu in DEFAULT_NODES)
+        described = ", ".join(
+            f"{name} ({group}, {cpu} CPU, {memory})" for name, group, cpu, memory in DEFAULT_NODES
+        )
         output.say(f"no --nodes given: rendered for {described}")
     typer.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
 
@@ -58,11 +65,11 @@ def default_nodes() -> list[dict]:
             "kind": "Node",
             "metadata": {"name": name, "labels": {"clusterous.io/group": group}},
             "status": {
-                "allocatable": {"cpu": cpu},
+                "allocatable": {"cpu": cpu, "memory": memory},
                 "conditions": [{"type": "Ready", "status": "True"}],
             },
         }
-        for name, group, cpu in DEFAULT_NODES
+        for name, group, cpu, memory in DEFAULT_NODES
     ]
 
 
