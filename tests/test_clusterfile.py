@@ -167,3 +167,18 @@ def test_cli_bad_input_is_exit_2_without_traceback_and_without_aws(
     assert result.exit_code == 2, result.output
     assert needle in result.stderr and "Traceback" not in result.output
     assert result.stderr.count("error:") == 1
+
+
+def test_upstream_underscored_group_names_are_a_layout(tmp_path):
+    """Clusterous' own docs name groups io_master and cpu_worker: label values, so accepted."""
+    path = write(
+        tmp_path,
+        "cluster_name: lab\nnode_groups:\n  io_master: {type: t3.large, count: 1}\n"
+        "  cpu_worker: {type: c5.xlarge, count: 3}\n",
+    )
+    spec = load_spec(path, profile_region="us-east-1")
+    assert {(g.name, g.count) for g in spec.groups} == {("io_master", 1), ("cpu_worker", 3)}
+    bad = write(tmp_path, "cluster_name: lab\nnode_groups:\n  _worker: {type: t3.large, count: 1}\n")
+    with pytest.raises(BadInput) as err:
+        load_spec(bad, profile_region="us-east-1")
+    assert "node_groups" in str(err.value) and "'_'" in str(err.value)

@@ -438,3 +438,51 @@ def test_up_names_the_missing_variable_of_the_environment_files_cluster_section(
     assert (
         "env.yml" in result.stderr and "cluster.worker.count" in result.stderr and "$nodes" in result.stderr
     )
+
+
+def test_upstream_underscored_groups_convert_and_render_to_names_kubernetes_accepts(tmp_path) -> None:
+    from tests.harness.k8s_admission import dns1035_label, dns1123_subdomain, label_value
+
+    body = {
+        "name": "sim",
+        "environment": {
+            "components": {
+                "master": {"machine": "io_master", "cpu": 1, "image": "registry:5000/tool", "ports": "8888"},
+                "engine": {
+                    "machine": "cpu_worker",
+                    "cpu": "auto",
+                    "count": "auto",
+                    "image": "registry:5000/tool",
+                    "depends": "master",
+                },
+            }
+        },
+        "cluster": {
+            "io_master": {"type": "t3.large", "count": 1},
+            "cpu_worker": {"type": "c5.xlarge", "count": 2},
+        },
+    }
+    path = write_env(tmp_path, body)
+    assert envfile.node_groups_for_up(path, {}) == {
+        "io_master": {"type": "t3.large", "count": 1},
+        "cpu_worker": {"type": "c5.xlarge", "count": 2},
+    }
+    app = convert(path)
+    assert {c["name"]: c["group"] for c in app["spec"]["components"]} == {
+        "master": "io_master",
+        "engine": "cpu_worker",
+    }
+    nodes = [node("m1", "io_master", "2"), node("w1", "cpu_worker"), node("w2", "cpu_worker")]
+    objects = build_children(parse_app(app), nodes)
+    assert validate_k8s(objects) == len(objects)
+    for obj in objects:
+        meta = obj["metadata"]
+        rule = dns1035_label if obj["kind"] == "Service" else dns1123_subdomain
+        assert rule(meta["name"]) == [], meta["name"]
+        template = (obj.get("spec") or {}).get("template") or {}
+        labels = {**meta["labels"], **(template.get("metadata") or {}).get("labels", {})}
+        assert all(label_value(v) == [] for v in labels.values()), labels
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    pod = deployments["sim-engine"]["spec"]["template"]
+    assert pod["spec"]["nodeSelector"] == {"clusterous.io/group": "cpu_worker"}  # the raw group
+    assert deployments["sim-engine"]["spec"]["replicas"] == 2  # cpu: auto takes a whole node

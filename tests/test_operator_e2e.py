@@ -441,3 +441,25 @@ def test_memory_that_fits_no_node_fails_naming_the_field(cluster, custom) -> Non
         assert message.startswith("spec.components[1].memory: expected at most 3584Mi"), message
         assert deployment(cluster, "demo-master") is None
     assert_ran_clean(runner)
+
+
+def test_upstream_underscored_group_names_run(cluster, custom) -> None:
+    """Clusterous' docs name groups io_master and cpu_worker; nodes carry them as label values."""
+    cluster.add_node("io-master-1", labels={"clusterous.io/group": "io_master"}, cpu="2")
+    cluster.add_node("cpu-worker-1", labels={"clusterous.io/group": "cpu_worker"}, cpu="2")
+    app = clusterapp()
+    app["spec"]["components"][0]["group"] = "io_master"
+    app["spec"]["components"][1]["group"] = "cpu_worker"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+        assert status(cluster)["ready"] == "3/3"
+        nodes = {
+            p["metadata"]["labels"]["clusterous.io/component"]: p["spec"]["nodeName"]
+            for p in cluster.list("v1/pods", "default")
+            if p["metadata"]["labels"].get(APP_LABEL) == "demo"
+        }
+        assert nodes == {"master": "io-master-1", "engine": "cpu-worker-1"}
+    assert_ran_clean(runner)

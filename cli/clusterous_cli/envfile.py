@@ -483,15 +483,13 @@ def split_image_name(source: str, where: str, value: object) -> tuple[str, str]:
 def _node_groups(fill: _Filler, section: object) -> dict[str, dict]:
     if not isinstance(section, Mapping) or not section:
         raise BadInput(fill.source, "cluster", "a mapping of node groups to {type, count}", section)
-    from clusterous_provisioner.clusterfile import GROUP_NAME
+    from clusterous_provisioner.clusterfile import GROUP_NAME, GROUP_NAME_EXPECTED
 
     groups = {}
     for gname, raw in section.items():
         where = f"cluster.{gname}"
         if not isinstance(gname, str) or not GROUP_NAME.match(gname):
-            raise BadInput(
-                fill.source, where, "a node group name: 1-22 lower case letters, digits or '-'", gname
-            )
+            raise BadInput(fill.source, where, GROUP_NAME_EXPECTED, gname)
         if not isinstance(raw, Mapping) or set(raw) != {"type", "count"}:
             raise BadInput(
                 fill.source, where, "a mapping with exactly type (an instance type) and count", raw

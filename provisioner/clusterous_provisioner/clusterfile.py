@@ -30,7 +30,11 @@ CLUSTER_NAME_EXPECTED = (
 )
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 K3S_VERSION = re.compile(r"^v1\.\d+\.\d+\+k3s\d+$")
-GROUP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")
+# Node groups are label values (clusterous.io/group=<group>) and tag values, never object or
+# host names (AWS only tags instances with them), so Clusterous' `io_master` / `cpu_worker` are valid.
+GROUP_NAME = re.compile(r"^[a-z]([a-z0-9_-]{0,20}[a-z0-9])?$")
+GROUP_NAME_RULE = "1-22 lower case letters, digits, '-' or '_', starting with a letter"
+GROUP_NAME_EXPECTED = f"a node group name: {GROUP_NAME_RULE}"
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
 AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 
@@ -172,9 +176,7 @@ class ClusterFile(BaseModel):
                 raise ValueError("must name at least one group")
             for name in value:
                 if not GROUP_NAME.match(name):
-                    raise ValueError(
-                        f"group name {name!r} must be 1-22 lowercase letters, digits or '-', starting with a letter"
-                    )
+                    raise ValueError(f"group name {name!r} must be {GROUP_NAME_RULE}")
         return value
 
     @model_validator(mode="after")
