@@ -4,6 +4,19 @@ from __future__ import annotations
 
 SSH_CIDR = "198.51.100.7/32"
 UP = ["up", "--ssh-cidr", SSH_CIDR, "--no-wait", "--yes"]  # the default OS: Ubuntu 24.04
+# What `up` with one worker owns: controller + master + 1 worker (3 root volumes and the shared one).
+ONE_OF_EVERYTHING = {
+    "instances": 3,
+    "vpcs": 1,
+    "subnets": 2,
+    "igws": 1,
+    "route_tables": 2,
+    "addresses": 1,
+    "nats": 1,
+    "sgs": 2,
+    "volumes": 4,
+    "key_pairs": 1,
+}
 
 
 def make_profile(cli, region: str = "us-east-1", name: str = "default") -> None:

@@ -14,20 +14,7 @@ import pytest
 
 from clusterous_provisioner import layout
 from tests.harness.faults import SimulatedCrash
-from tests.provisioning import UP, count_tagged, make_profile
-
-ONE_OF_EVERYTHING = {
-    "instances": 3,
-    "vpcs": 1,
-    "subnets": 2,
-    "igws": 1,
-    "route_tables": 2,
-    "addresses": 1,
-    "nats": 1,
-    "sgs": 2,
-    "volumes": 4,
-    "key_pairs": 1,
-}  # fmt: skip  (controller + master + 1 worker: 3 root volumes and the shared volume)
+from tests.provisioning import ONE_OF_EVERYTHING, UP, count_tagged, make_profile
 
 
 def _up(cli, name: str = "cons", workers: int = 1):

@@ -280,31 +280,9 @@ def test_kubectl_apply_example_and_get_capp(cluster, kubectl) -> None:
 
 
 def test_auto_cpu_leaves_room_for_what_already_runs_on_the_nodes(cluster, custom) -> None:
-    """A node agent (a DaemonSet such as Fluent Bit or the NFS driver) requests CPU on every node:
-    a `cpu: auto` master and `count: auto` engines must still fit the real scheduler."""
-    labels = {"app": "node-agent"}
-    agent = {"name": "agent", "image": "fluent/fluent-bit:3.2", "resources": {"requests": {"cpu": "250m"}}}
-    cluster.create(
-        "apps/v1/daemonsets",
-        {
-            "metadata": {"name": "node-agent"},
-            "spec": {
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": {"containers": [agent]}},
-            },
-        },
-        "kube-system",
-    )
-    cluster.wait_for(
-        lambda: (
-            ((cluster.get("apps/v1/daemonsets", "node-agent", "kube-system") or {}).get("status") or {}).get(
-                "numberReady"
-            )
-            == 2
-        ),
-        timeout=WAIT,
-        what="the agent on both nodes",
-    )
+    """A node agent requests CPU on every node: a `cpu: auto` master and `count: auto` engines
+    must still fit the real scheduler."""
+    start_node_agent(cluster, {"cpu": "250m"})
     app = clusterapp()
     app["spec"]["components"][0]["cpu"] = "auto"
     with run_operator() as runner:

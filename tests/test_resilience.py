@@ -9,20 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.faults import SimulatedCrash
-from tests.provisioning import UP, count_tagged, make_profile
-
-EXPECTED = {
-    "instances": 3,
-    "vpcs": 1,
-    "subnets": 2,
-    "igws": 1,
-    "route_tables": 2,
-    "addresses": 1,
-    "nats": 1,
-    "sgs": 2,
-    "volumes": 4,
-    "key_pairs": 1,
-}  # fmt: skip  (controller + master + 1 worker: 3 root volumes and the shared volume)
+from tests.provisioning import ONE_OF_EVERYTHING, UP, count_tagged, make_profile
 
 # A sample across the whole of `up` (identity, network, storage, instances), kept small for speed;
 # widen it locally with more (operation, k) pairs: every one must converge.
@@ -52,7 +39,7 @@ def test_fault_then_rerun_converges_to_exactly_one_of_everything(aws, cli, opera
     aws.clear_faults()
     second = _run_up(cli)
     assert second.exit_code == 0, second.output
-    assert count_tagged(aws, "res") == EXPECTED
+    assert count_tagged(aws, "res") == ONE_OF_EVERYTHING
     assert len(aws.client("iam").list_roles(PathPrefix="/clusterous/")["Roles"]) == 1
 
 
@@ -79,7 +66,7 @@ def test_crash_then_up_finishes_the_job(aws, cli):
         _run_up(cli)
     aws.clear_faults()
     assert _run_up(cli).exit_code == 0
-    assert count_tagged(aws, "res") == EXPECTED
+    assert count_tagged(aws, "res") == ONE_OF_EVERYTHING
 
 
 def test_down_after_a_partial_down_finishes(aws, cli):
