@@ -117,7 +117,7 @@ def test_down_finishes_in_one_run_while_aws_drains_and_deletes_no_root_volume(aw
     aws.realism.linger_dependencies(calls=2)  # each dependent delete refused twice
     aws.realism.pending(shutdown_calls=1)  # shutting-down / deleting at the first look
     aws.reset_calls()
-    result = cli(["down", "cons", "--yes"])
+    result = cli(["down", "cons", "--yes", "--delete-shared-volume"])
     assert result.exit_code == 0, result.output
     assert "nothing billable is left" in result.stdout
     assert sum(count_tagged(aws, "cons").values()) == 0

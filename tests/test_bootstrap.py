@@ -778,5 +778,5 @@ def test_real_cluster_with_one_worker_becomes_ready(tmp_path):
         )  # fmt: skip
         assert available.returncode == 0
     finally:
-        down = run(*cli, "down", name, "--yes", timeout=1800)
+        down = run(*cli, "down", name, "--yes", "--delete-shared-volume", timeout=1800)
         assert down.returncode == 0

@@ -67,6 +67,6 @@ def test_example_cluster_runs_the_example_application_on_real_aws(cli):
         quit_ = cli(["quit", "basic-python", "--cluster", name])
         assert quit_.exit_code == 0, quit_.output
     finally:
-        down = cli(["down", name, "--yes"])
+        down = cli(["down", name, "--yes", "--delete-shared-volume"])
         assert down.exit_code == 0, down.output
         assert "nothing billable is left" in down.stdout

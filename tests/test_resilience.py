@@ -53,7 +53,7 @@ def test_crash_then_down_leaves_nothing_tagged(aws, cli, operation, at):
     with pytest.raises(SimulatedCrash):
         _run_up(cli)
     aws.clear_faults()
-    result = cli(["down", "res", "--yes"])
+    result = cli(["down", "res", "--yes", "--delete-shared-volume"])
     assert result.exit_code == 0, result.output
     assert sum(count_tagged(aws, "res").values()) == 0
     assert aws.client("iam").list_roles(PathPrefix="/clusterous/")["Roles"] == []
@@ -75,9 +75,9 @@ def test_down_after_a_partial_down_finishes(aws, cli):
     aws.fail(
         "DeleteSecurityGroup", at=1, code="DependencyViolation", message="resource has a dependent object"
     )
-    first = cli(["down", "res", "--yes"])
+    first = cli(["down", "res", "--yes", "--delete-shared-volume"])
     assert first.exit_code == 1 and "DependencyViolation" in first.stderr and "down" in first.stderr
     aws.clear_faults()
-    second = cli(["down", "res", "--yes"])
+    second = cli(["down", "res", "--yes", "--delete-shared-volume"])
     assert second.exit_code == 0, second.output
     assert sum(count_tagged(aws, "res").values()) == 0

@@ -96,7 +96,7 @@ def test_scale_grows_with_one_call_and_shrinks_newest_first(aws, cli):
 
     too_many = cli(["rm-nodes", "5", "--yes"])
     assert too_many.exit_code == 2 and "at most 1" in too_many.stderr
-    assert cli(["down", "sc", "--yes"]).exit_code == 0
+    assert cli(["down", "sc", "--yes", "--delete-shared-volume"]).exit_code == 0
 
 
 def test_help_of_every_command_has_an_example(cli):

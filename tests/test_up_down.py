@@ -185,7 +185,7 @@ def test_down_deletes_in_dependency_order_and_leaves_nothing(aws, cli, isolated_
     make_profile(cli)
     assert cli([*UP, "--name", "delta", "--workers", "2"]).exit_code == 0
     aws.reset_calls()
-    result = cli(["down", "delta", "--yes"])
+    result = cli(["down", "delta", "--yes", "--delete-shared-volume"])
     assert result.exit_code == 0, result.output
     assert "nothing billable is left" in result.stdout
     assert count_tagged(aws, "delta") == dict.fromkeys(count_tagged(aws, "delta"), 0)
@@ -221,23 +221,26 @@ def test_down_works_without_local_state(aws, cli, isolated_config):
     make_profile(cli)
     assert cli([*UP, "--name", "eps", "--workers", "1"]).exit_code == 0
     shutil.rmtree(isolated_config)  # a lost laptop: no profile, no keys
-    result = cli(["down", "eps", "--region", "us-east-1", "--yes"])
+    result = cli(["down", "eps", "--region", "us-east-1", "--yes", "--delete-shared-volume"])
     assert result.exit_code == 0, result.output
     assert sum(count_tagged(aws, "eps").values()) == 0
 
 
-def test_down_confirmation_names_the_shared_volume_and_keeps_it_on_request(aws, cli):
+def test_down_asks_about_the_shared_volume_and_yes_alone_keeps_it(aws, cli):
     make_profile(cli)
     assert cli([*UP, "--name", "zeta", "--workers", "0", "--shared-volume-size", "50"]).exit_code == 0
     volume = [v for v in tagged(aws, "zeta")["volumes"] if tag(v, "clusterous:role") == "shared-volume"][0]
-    refused = cli(["down", "zeta"], input="n\n")
+    # asked about the volume (yes), then about everything (no): nothing happens
+    refused = cli(["down", "zeta"], input="y\nn\n")
     assert refused.exit_code == 1
-    assert volume["VolumeId"] in refused.stderr and "DELETED" in refused.stderr
+    assert f"Also delete the shared volume {volume['VolumeId']} (50 GiB)" in refused.stdout + refused.stderr
+    assert "DELETED" in refused.stderr
     assert count_tagged(aws, "zeta")["instances"] == 2
 
-    kept = cli(["down", "zeta", "--keep-shared-volume", "--yes"])
+    kept = cli(["down", "zeta", "--yes"])  # nobody to ask: the data stays
     assert kept.exit_code == 0, kept.output
     assert "KEPT" in kept.stderr and volume["VolumeId"] in kept.stdout
+    assert f"clusterous-k8s volumes rm {volume['VolumeId']}" in kept.stderr
     ec2 = aws.client("ec2")
     left = ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]
     assert left["State"] == "available" and tag(left, "clusterous:last-cluster") == "zeta"
@@ -268,7 +271,7 @@ def test_second_region(aws, cli, monkeypatch):
     assert count_tagged(aws, "theta", "us-east-1")["instances"] == 0
     subnet = tagged(aws, "theta", "eu-west-1")["subnets"][0]
     assert subnet["AvailabilityZone"].startswith("eu-west-1")
-    assert cli(["down", "theta", "--yes"]).exit_code == 0
+    assert cli(["down", "theta", "--yes", "--delete-shared-volume"]).exit_code == 0
     assert sum(count_tagged(aws, "theta", "eu-west-1").values()) == 0
 
 
@@ -278,7 +281,7 @@ def test_profile_key_pair_is_used_and_kept(aws, cli):
     instances = tagged(aws, "iota")["instances"]
     assert {i["KeyName"] for i in instances} == {"mine"}
     assert tagged(aws, "iota")["key_pairs"] == []
-    assert cli(["down", "iota", "--yes"]).exit_code == 0
+    assert cli(["down", "iota", "--yes", "--delete-shared-volume"]).exit_code == 0
     assert aws.client("ec2").describe_key_pairs(KeyNames=["mine"])["KeyPairs"]
 
 
@@ -371,4 +374,4 @@ def test_spot_is_for_node_groups_never_the_controller(aws, cli):
         role = tag(instance, "clusterous:group") or tag(instance, "clusterous:role")
         lifecycle.setdefault(role, set()).add(instance.get("InstanceLifecycle", "on-demand"))
     assert lifecycle == {"controller": {"on-demand"}, "master": {"spot"}, "worker": {"spot"}}
-    assert cli(["down", "spotty", "--yes"]).exit_code == 0
+    assert cli(["down", "spotty", "--yes", "--delete-shared-volume"]).exit_code == 0

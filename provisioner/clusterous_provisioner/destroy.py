@@ -51,15 +51,20 @@ class Receipt:
         return {**asdict(self), "clean": not self.leftovers}
 
 
-def volume_fate(inv: Inventory, keep: bool, delete: bool) -> tuple[dict | None, bool]:
-    """(shared volume, delete it?): created volumes go unless kept; adopted ones stay unless deleted."""
+def volume_fate(inv: Inventory, keep: bool, delete: bool) -> tuple[dict | None, bool | None]:
+    """(shared volume, delete it?): --delete-shared-volume deletes it, --keep-shared-volume keeps
+    it; without either, one brought in by id is kept and one the cluster created is the user's
+    call — None: ask, and keep it when nobody can be asked (`--yes`): a kept volume costs cents a
+    month, a deleted one is gone with its data."""
     volume = inv.shared_volume
     if volume is None:
         return None, False
+    if delete:
+        return volume, True
     origin = tags.as_dict(volume.get("Tags")).get(tags.VOLUME_ORIGIN, "created")
-    if origin == "external":
-        return volume, delete
-    return volume, not keep
+    if keep or origin == "external":
+        return volume, False
+    return volume, None
 
 
 def summary(inv: Inventory, delete_volume: bool) -> list[str]:
@@ -96,7 +101,11 @@ def summary(inv: Inventory, delete_volume: bool) -> list[str]:
         lines.append(f"SSM parameter {layout.token_parameter(inv.cluster)} (k3s token)")
     volume = inv.shared_volume
     if volume is not None:
-        fate = "DELETED (its data is lost)" if delete_volume else "KEPT (see `clusterous-k8s volumes ls`)"
+        fate = (
+            "DELETED (its data is lost)"
+            if delete_volume
+            else f"KEPT (`clusterous-k8s volumes rm {volume['VolumeId']}` deletes it later)"
+        )
         lines.append(f"shared volume {volume['VolumeId']} ({volume['Size']} GiB): {fate}")
     return lines
 

@@ -26,10 +26,12 @@ Example: clusterous-k8s up examples/mycluster.yml --workers 4 --yes
 """
 DOWN_HELP = """Delete everything a cluster owns in AWS and prove nothing billable is left.
 
-A shared volume the cluster created is deleted unless --keep-shared-volume; one brought in with
---shared-volume-id is kept unless --delete-shared-volume. Works without local state.
+The shared volume holds your data, so it goes only when you say so: --delete-shared-volume
+deletes it, --keep-shared-volume keeps it; without either you are asked about a volume the
+cluster created, and --yes alone keeps it (`volumes ls` / `volumes rm` later). A volume brought in
+with --shared-volume-id is kept unless --delete-shared-volume. Works without local state.
 
-Example: clusterous-k8s down mycluster --keep-shared-volume
+Example: clusterous-k8s down mycluster --yes --delete-shared-volume
 """
 STATUS_HELP = """Instances per group, the controller's address, the shared volume and the cost so far.
 
@@ -312,10 +314,12 @@ def down(
     name: str = typer.Argument(None, help="Cluster name [the current cluster]."),
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     keep_shared_volume: bool = typer.Option(
-        False, "--keep-shared-volume", help="Keep a volume the cluster created."
+        False, "--keep-shared-volume", help="Keep the shared volume without asking."
     ),
     delete_shared_volume: bool = typer.Option(
-        False, "--delete-shared-volume", help="Also delete a volume brought in with --shared-volume-id."
+        False,
+        "--delete-shared-volume",
+        help="Delete the shared volume and its data (also one brought in by id).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the receipt as JSON."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
@@ -346,6 +350,11 @@ def down(
     with aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"):
         inv = discover(clients, name)
         volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
+        if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
+            delete_volume = not yes and typer.confirm(
+                f"Also delete the shared volume {volume['VolumeId']} ({volume['Size']} GiB) and the data on it?",
+                default=False,
+            )
         if inv.empty and volume is None:
             report(f"cluster {name}: nothing tagged with it in {region}")
         else:
