@@ -28,7 +28,7 @@ CHART = REPO / "charts" / "clusterous-logging"
 NAMESPACE = logging_addon.DEFAULT_NAMESPACE
 RELEASE = logging_addon.RELEASE_NAME
 CONTROLLER_TAINT = {"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}
-PINNED = re.compile(r"^[a-z0-9./-]+:v?\d+\.\d+\.\d+$")
+PINNED = re.compile(r"^[a-z0-9./-]+:v?\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -205,7 +205,14 @@ def test_every_container_has_requests_limits_and_a_pinned_image(rendered, level)
 
 
 def test_unpinned_images_and_bad_levels_are_refused() -> None:
-    for bad in ("collector.image.tag=latest", "grafana.image.tag=latest", "level=0", "level=3"):
+    for bad in (
+        "collector.image.tag=latest",
+        "grafana.image.tag=latest",
+        "loki.image.digest=",
+        "grafana.image.digest=sha256:abc",
+        "level=0",
+        "level=3",
+    ):
         result = helm("template", RELEASE, str(CHART), "--set", bad, check=False)
         assert result.returncode != 0, bad
         assert bad.split("=")[0].split(".")[-1] in result.stderr

@@ -37,5 +37,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if or (eq .tag "latest") (eq .tag "") -}}
 {{- fail (printf "image %s: pin a version tag, not %q" .repository .tag) -}}
 {{- end -}}
-{{- printf "%s:%s" .repository .tag -}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" (.digest | default "")) -}}
+{{- fail (printf "image %s:%s: pin its digest (digest: sha256:<64 hex>), not %q" .repository .tag (.digest | default "")) -}}
+{{- end -}}
+{{- printf "%s:%s@%s" .repository .tag .digest -}}
 {{- end -}}
