@@ -164,3 +164,18 @@ def tree_digest(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
     }
+
+
+def splice(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways between two connected sockets, each way in its own daemon thread,
+    passing on each end-of-stream (a TCP relay's core)."""
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+    threading.Thread(target=pipe, args=(b, a), daemon=True).start()

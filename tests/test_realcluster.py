@@ -50,7 +50,7 @@ import yaml
 
 from clusterous_cli import tunnels
 from tests.harness.tools import tool_path
-from tests.ssh_support import make_controller
+from tests.ssh_support import make_controller, splice
 
 REAL_KUBECONFIG = os.environ.get("CLUSTEROUS_REAL_KUBECONFIG")
 pytestmark = [
@@ -315,13 +315,6 @@ def relay_to(host: str, port: int):
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
-    def pump(src, dst) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
     def serve() -> None:
         while not stop.is_set():
             try:
@@ -330,8 +323,7 @@ def relay_to(host: str, port: int):
                 return
             upstream = socket.create_connection((host, port), timeout=30)
             upstream.settimeout(None)
-            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+            splice(client, upstream)
 
     threading.Thread(target=serve, daemon=True).start()
     try:

@@ -42,7 +42,7 @@ from tests.registry_support import (
     registry_fixture,  # noqa: F401 - the `registry` fixture
     running_registry,
 )
-from tests.ssh_support import make_controller, write_k3s_yaml
+from tests.ssh_support import make_controller, splice, write_k3s_yaml
 
 
 def blob_key(root: str, digest: str) -> str:
@@ -227,21 +227,13 @@ def recording_relay(target_port: int):
     listener = socket.create_server(("127.0.0.1", 0))
     origins: list[str] = []
 
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
     def serve() -> None:
         with contextlib.suppress(OSError):
             while True:
                 conn, _ = listener.accept()
                 origins.append(process_of_peer(conn))
                 upstream = socket.create_connection(("127.0.0.1", target_port))
-                threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
-                threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+                splice(conn, upstream)
 
     threading.Thread(target=serve, daemon=True).start()
     try:

@@ -204,6 +204,15 @@ def path_segment_name(value: str) -> list[str]:
     return [f"may not contain '{c}'" for c in ("/", "%") if c in value]
 
 
+QUALIFIED_NAME_ERROR = regex_error(
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+    LABEL_KEY_FMT,
+    "MyName",
+    "my.name",
+    "123-abc",
+)
+
+
 def label_key(value: str) -> list[str]:
     """content.IsLabelKey (a "qualified name")."""
     parts = value.split("/")
@@ -211,14 +220,7 @@ def label_key(value: str) -> list[str]:
     if len(parts) > 2:
         return [
             "a valid label key "
-            + regex_error(
-                "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                "alphanumeric character",
-                LABEL_KEY_FMT,
-                "MyName",
-                "my.name",
-                "123-abc",
-            )
+            + QUALIFIED_NAME_ERROR
             + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
         ]
     name = parts[-1]
@@ -232,17 +234,7 @@ def label_key(value: str) -> list[str]:
     elif len(name) > 63:
         errors.append("name part " + max_len_error(63))
     if not _full(LABEL_KEY_FMT, name):
-        errors.append(
-            "name part "
-            + regex_error(
-                "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                "alphanumeric character",
-                LABEL_KEY_FMT,
-                "MyName",
-                "my.name",
-                "123-abc",
-            )
-        )
+        errors.append("name part " + QUALIFIED_NAME_ERROR)
     return errors
 
 
