@@ -13,6 +13,7 @@ count apart from the one TerminateInstances batch: root volumes go with their in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,8 +128,6 @@ def _quietly(call, *args, also: tuple[str, ...] = (), **kwargs):
 def wait_for(ec2, waiter_name: str, what: str, report: Report, **kwargs) -> None:
     """A botocore waiter polled every WAIT_DELAY s, with a progress line every WAIT_REPORT s, for
     at most WAIT_TOTAL s (then botocore's WaiterError: `down` says to re-run)."""
-    import time
-
     from botocore.exceptions import WaiterError
 
     waiter = ec2.get_waiter(waiter_name)
