@@ -39,6 +39,7 @@ from clusterous_provisioner.bootstrap import (
     write_render_dir,
 )
 from clusterous_provisioner.errors import BadInput
+from tests.harness.k8s_controllers import tolerates
 from tests.harness.tools import cloud_init_schema, shellcheck, validate_k8s
 
 AGENT_TOKEN = "agent-s3cr3t-0123456789abcdef0123456789abcdef"  # what SSM holds for the cluster
@@ -338,7 +339,7 @@ def test_controller_installs_pinned_k3s_server_with_taint_sans_and_token_files(i
     pairs = list(zip(args, args[1:], strict=False))
     assert ("--token-file", SERVER_TOKEN_FILE) in pairs  # the server token, made on the controller
     assert ("--agent-token-file", AGENT_TOKEN_FILE) in pairs  # what agents join with
-    assert ("--node-taint", "clusterous.io/controller=true:NoSchedule") in pairs
+    assert ("--node-taint", "CriticalAddonsOnly=true:NoExecute") in pairs
     sans = {value for flag, value in pairs if flag == "--tls-san"}
     assert sans == {"127.0.0.1", "localhost", "10.42.1.10"}
     assert ("--write-kubeconfig-mode", "0600") in pairs
@@ -516,8 +517,8 @@ def test_cluster_services_run_on_the_controller_and_tolerate_its_taint():
     for name in ("clusterous-operator", "registry", "csi-nfs-controller"):
         (spec,) = [s for d, s in pod_specs(all_docs()) if d["metadata"]["name"] == name]
         assert spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": "true"}
-        taint = {"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}
-        assert any({k: t.get(k) for k in taint} == taint for t in spec["tolerations"]), name
+        taint = {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}
+        assert tolerates(spec["tolerations"], taint), name
     (registry,) = [s for d, s in pod_specs(all_docs()) if d["metadata"]["name"] == "registry"]
     assert registry["hostNetwork"] is True  # reaches IMDS (hop limit 1) and the nodes' containerd
 

@@ -11,7 +11,7 @@ from tests.harness.k8s import K8sApi
 from tests.ssh_support import HELMCHART_CRD
 
 WAIT = 10
-CONTROLLER_TAINT = {"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}
+CONTROLLER_TAINT = {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}
 
 
 def deployment(name: str, replicas: int = 1, cpu: str | None = None, **pod_spec) -> dict:
@@ -90,7 +90,7 @@ def test_a_pod_that_fits_no_node_is_unschedulable_with_the_schedulers_reasons(k8
     )
     assert unschedulable_message(pod) == (
         "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint "
-        "{clusterous.io/controller: true}. preemption: 0/2 nodes are available: "
+        "{CriticalAddonsOnly: true}. preemption: 0/2 nodes are available: "
         "2 Preemption is not helpful for scheduling."
     )
     assert pod["status"]["phase"] == "Pending" and "nodeName" not in pod["spec"]
@@ -136,8 +136,8 @@ def test_node_selectors_tolerations_and_host_ports_place_pods(k8s_api: K8sApi) -
     )
     assert "1 node(s) didn't have free ports for the requested pod ports" in waiting[0]
     assert "1 node(s) didn't match Pod's node affinity/selector" in waiting[0]
-    assert "1 node(s) had untolerated taint {clusterous.io/controller: true}" in waiting[0]
-    tolerant = deployment("ops", tolerations=[{"key": "clusterous.io/controller", "operator": "Exists"}])
+    assert "1 node(s) had untolerated taint {CriticalAddonsOnly: true}" in waiting[0]
+    tolerant = deployment("ops", tolerations=[{"key": "CriticalAddonsOnly", "operator": "Exists"}])
     tolerant["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "controller"}
     k8s_api.create("apps/v1/deployments", tolerant, "default")
     k8s_api.wait_for(lambda: rolled_out(k8s_api, "ops", 1), WAIT, "the tolerating pod on the controller")

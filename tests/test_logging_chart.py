@@ -21,13 +21,14 @@ import yaml
 
 from clusterous_provisioner import logging_addon
 from clusterous_provisioner.errors import BadInput
+from tests.harness.k8s_controllers import tolerates
 from tests.harness.tools import REPO, tool_path, validate_k8s
 from tests.ssh_support import HELMCHART_CRD, make_controller, write_k3s_yaml
 
 CHART = REPO / "charts" / "clusterous-logging"
 NAMESPACE = logging_addon.DEFAULT_NAMESPACE
 RELEASE = logging_addon.RELEASE_NAME
-CONTROLLER_TAINT = {"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}
+CONTROLLER_TAINT = {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}
 PINNED = re.compile(r"^[a-z0-9./-]+:v?\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$")
 
 
@@ -178,7 +179,7 @@ def test_collector_runs_everywhere_with_least_privilege(rendered) -> None:
     docs = rendered[2]
     daemonset = by_kind(docs, "DaemonSet")[0]
     spec = daemonset["spec"]["template"]["spec"]
-    assert any(CONTROLLER_TAINT.items() <= t.items() for t in spec["tolerations"])
+    assert tolerates(spec["tolerations"], CONTROLLER_TAINT)
     assert "nodeSelector" not in spec and "affinity" not in spec
     role = one(docs, "ClusterRole", spec["serviceAccountName"])
     assert role["rules"] == [
@@ -230,7 +231,7 @@ def test_loki_stores_on_a_persistent_private_volume(rendered) -> None:
     config = yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-loki")["data"]["loki.yaml"])
     assert config["common"]["path_prefix"].startswith(mount["mountPath"])
     assert config["common"]["storage"]["filesystem"]["chunks_directory"].startswith(mount["mountPath"])
-    assert any(CONTROLLER_TAINT.items() <= t.items() for t in spec["tolerations"])
+    assert tolerates(spec["tolerations"], CONTROLLER_TAINT)
     other = render(CHART, "loki.persistence.storageClass=gp3")
     assert one(other, "PersistentVolumeClaim", f"{RELEASE}-loki")["spec"]["storageClassName"] == "gp3"
 

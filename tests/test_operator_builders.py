@@ -117,9 +117,7 @@ def test_not_ready_cordoned_tainted_and_unlabelled_nodes_are_ignored() -> None:
         node("ok", "worker", "2"),
         node("down", "worker", "8", ready=False),
         node("cordoned", "worker", "8", unschedulable=True),
-        node(
-            "controller", "worker", "8", taints=[{"key": "clusterous.io/controller", "effect": "NoSchedule"}]
-        ),
+        node("controller", "worker", "8", taints=[{"key": "CriticalAddonsOnly", "effect": "NoExecute"}]),
         {**node("bare", "worker", "8"), "metadata": {"name": "bare", "labels": {}}},
     ]
     assert [n.name for n in usable_nodes(nodes)] == ["ok"]

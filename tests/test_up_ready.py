@@ -125,7 +125,7 @@ class FakeK3s:
         group = tags.get("clusterous:group")
         if group is None:
             labels, taints = {"node-role.kubernetes.io/control-plane": "true"}, None
-            taints = [{"key": "clusterous.io/controller", "value": "true", "effect": "NoSchedule"}]
+            taints = [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}]
         else:
             labels, taints = {"clusterous.io/group": group}, None
         name = node_name(instance)

@@ -152,7 +152,7 @@ install_k3s server \
     --node-ip "$CONTROLLER_IP" \
     --advertise-address "$CONTROLLER_IP" \
     --tls-san 127.0.0.1 --tls-san localhost --tls-san "$CONTROLLER_IP" \
-    --node-taint clusterous.io/controller=true:NoSchedule \
+    --node-taint CriticalAddonsOnly=true:NoExecute \
     --write-kubeconfig-mode 0600 \
     --disable traefik
 log "controller ready for k3s to start"
