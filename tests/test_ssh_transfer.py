@@ -102,6 +102,34 @@ def test_rm_of_a_symlink_removes_the_link_not_its_target(controller, cli, tmp_pa
     assert not (controller.shared / "link").is_symlink()
 
 
+def test_rm_refuses_a_directory_swapped_for_a_symlink_while_it_asks(
+    controller,  # noqa: F811
+    cli,
+    tmp_path,
+    monkeypatch,
+) -> None:
+    """A pod replaces results/ with a link to the login user's files during the prompt."""
+    import shutil
+
+    import typer
+
+    outside = tmp_path / "home-of-the-login-user"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "keep.txt").write_text("keep")
+    (controller.shared / "results" / "data").mkdir(parents=True)
+
+    def swap_then_say_yes(*args, **kwargs) -> bool:
+        shutil.rmtree(controller.shared / "results")
+        (controller.shared / "results").symlink_to(outside)
+        return True
+
+    monkeypatch.setattr(typer, "confirm", swap_then_say_yes)
+    result = cli(["rm", "results/data"])
+    assert result.exit_code == 2, result.output
+    assert "no symlink leads out of" in result.output
+    assert (outside / "data" / "keep.txt").read_text() == "keep"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
