@@ -833,6 +833,226 @@ def test_dashboard_variables_use_the_loki_variable_query_shape(rendered) -> None
             assert {(name, f"${name}") for name in query_variables} <= used, target["expr"]
 
 
+# --- the rendered configuration run by a real Fluent Bit (when one is at hand) ----------------
+#
+# No registry this project uses packages Fluent Bit, so this runs only where
+# $CLUSTEROUS_FLUENT_BIT names a Fluent Bit binary (built from its sources) and is skipped
+# elsewhere. It runs the chart's configuration as rendered, changed only where the test machine
+# differs from a node: ports, file paths, Loki's address (a stand-in that records pushes), and
+# without the container input and the Kubernetes filter (no kubelet or API server here).
+
+
+class LokiStandIn:
+    """An HTTP server recording Loki pushes; `status` is what it answers (204 as Loki does)."""
+
+    def __init__(self) -> None:
+        self.status = 204
+        self.pushes: list[dict] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/loki/api/v1/push" and stand_in.status == 204:
+                    stand_in.pushes.append(json.loads(body))
+                self.send_response(stand_in.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def entries(self) -> list[tuple[dict, dict]]:
+        """(stream labels, the stored line as JSON) of every pushed entry."""
+        return [
+            (stream["stream"], json.loads(value[1]))
+            for push in self.pushes
+            for stream in push["streams"]
+            for value in stream["values"]
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def local_fluent_bit_config(tmp_path: Path, loki_port: int, syslog_port: int) -> Path:
+    """The chart's level-1 configuration, moved to this machine's paths and ports."""
+    docs = render(CHART, "level=1", f"syslog.port={syslog_port}")
+    config, configmap = collector_config(docs)
+    folder = tmp_path / "config"
+    folder.mkdir()
+    for name, content in configmap["data"].items():
+        (folder / name).write_text(content)
+    text = yaml.safe_dump(config)
+    text = text.replace("/fluent-bit/config/", f"{folder}/").replace(
+        "/var/fluent-bit/state", str(tmp_path / "state")
+    )
+    config = yaml.safe_load(text)
+    config["service"]["http_port"] = 0
+    config["service"]["http_server"] = "off"
+    config["service"]["flush"] = 1
+    config["service"]["scheduler.base"] = 1
+    config["service"]["scheduler.cap"] = 2
+    pipeline = config["pipeline"]
+    pipeline["inputs"] = [i for i in pipeline["inputs"] if i["name"] != "tail"]
+    pipeline["filters"] = [f for f in pipeline["filters"] if f["name"] != "kubernetes"]
+    for output in pipeline["outputs"]:
+        output.update(host="127.0.0.1", port=loki_port)
+    for section in (config["service"], *pipeline["inputs"], *pipeline["filters"], *pipeline["outputs"]):
+        for key, value in section.items():  # YAML 1.1 read `on` as True; Fluent Bit wants the word
+            if isinstance(value, bool):
+                section[key] = "on" if value else "off"
+    path = tmp_path / "fluent-bit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (tmp_path / "state").mkdir()
+    return path
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.fixture
+def fluent_bit(tmp_path):
+    """Start the real Fluent Bit on the chart's configuration; yields (loki stand-in, syslog port, start)."""
+    import os
+    import socket
+
+    binary = os.environ.get("CLUSTEROUS_FLUENT_BIT")
+    if not binary or not Path(binary).is_file():
+        pytest.skip(
+            "set CLUSTEROUS_FLUENT_BIT to a Fluent Bit binary (no package of it in Debian, PyPI or npm)"
+        )
+    loki = LokiStandIn()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        syslog_port = probe.getsockname()[1]
+    config = local_fluent_bit_config(tmp_path, loki.port, syslog_port)
+    procs = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"fluent-bit-{len(procs)}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [binary, "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NODE_NAME": "collector-node"},
+        )
+        procs.append(proc)
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", syslog_port)) == 0
+
+        assert wait_for(listening), (tmp_path / f"fluent-bit-{len(procs) - 1}.log").read_text()
+        return proc
+
+    try:
+        yield loki, syslog_port, start, tmp_path
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        loki.close()
+
+
+def send_samples(port: int) -> list[str]:
+    """Send one line of each format over UDP and TCP with the real senders; returns the texts."""
+    import logging
+    import logging.handlers
+    import socket
+
+    from tests.harness.tools import system_tool
+
+    logger = system_tool("logger")
+    subprocess.run([logger, "-n", "127.0.0.1", "-P", str(port), "-t", "billing", "five424 udp"], check=True)
+    subprocess.run(
+        [logger, "-T", "-n", "127.0.0.1", "-P", str(port), "-t", "billing", "five424 tcp"], check=True
+    )
+    subprocess.run(
+        [logger, "--rfc3164", "-n", "127.0.0.1", "-P", str(port), "-t", "billing", "three164 udp"], check=True
+    )
+    for socktype, word in ((socket.SOCK_DGRAM, "udp"), (socket.SOCK_STREAM, "tcp")):
+        handler = logging.handlers.SysLogHandler(address=("127.0.0.1", port), socktype=socktype)
+        log = logging.Logger("app")
+        log.addHandler(handler)
+        log.warning(f"python bare {word}")
+        handler.ident = "worker: "
+        log.warning(f"python ident {word}")
+        handler.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"<13>Mar  7 09:05:01 web-7d9f4 nginx[7]: rsyslog forwarded", ("127.0.0.1", port))
+        s.sendto(b"no priority at all", ("127.0.0.1", port))
+    return [
+        "five424 udp", "five424 tcp", "three164 udp", "python bare udp", "python ident udp",
+        "python bare tcp", "python ident tcp", "rsyslog forwarded", "no priority at all",
+    ]  # fmt: skip
+
+
+def test_real_fluent_bit_keeps_every_syslog_line(fluent_bit) -> None:
+    import socket
+
+    loki, port, start, _ = fluent_bit
+    start()
+    texts = send_samples(port)
+    assert wait_for(lambda: len(loki.entries()) >= len(texts)), loki.entries()
+    by_text = {line.get("message"): (labels, line) for labels, line in loki.entries()}
+    assert set(texts) <= set(by_text), sorted(by_text)
+    for text in texts:
+        labels, line = by_text[text]
+        assert labels["job"] == "clusterous" and labels["source"] == "syslog", text
+        assert labels["node"] != "collector-node", text
+    assert by_text["five424 udp"][0]["app"] == "billing"
+    assert by_text["five424 udp"][0]["node"] == socket.gethostname()
+    assert by_text["python ident udp"][0]["app"] == "worker"
+    assert by_text["python bare udp"][0]["node"] == "127.0.0.1"  # no host in the line: the sender's address
+    rsyslog = by_text["rsyslog forwarded"][0]
+    assert (rsyslog["node"], rsyslog["app"]) == ("web-7d9f4", "nginx")
+    assert by_text["no priority at all"][1]["message"] == "no priority at all"
+
+
+def test_real_fluent_bit_buffers_on_disk_through_a_loki_outage_and_a_restart(fluent_bit) -> None:
+    loki, port, start, tmp_path = fluent_bit
+    loki.status = 503  # Loki restarting
+    first = start()
+    texts = send_samples(port)
+    buffer = tmp_path / "state" / "buffer"
+    assert wait_for(lambda: any(p.suffix == ".flb" for p in buffer.rglob("*")), 15), list(buffer.rglob("*"))
+    first.kill()  # the collector dies too, before anything was delivered
+    first.wait()
+    assert loki.entries() == []
+    loki.status = 204  # Loki is back
+    start()
+    assert wait_for(lambda: {line.get("message") for _, line in loki.entries()} >= set(texts)), loki.entries()
+
+
+def test_real_fluent_bit_keeps_receiving_when_loki_refuses_a_batch(fluent_bit) -> None:
+    import socket
+
+    loki, port, start, _ = fluent_bit
+    loki.status = 400  # e.g. a line older than Loki accepts: not retried
+    start()
+    send_samples(port)
+    loki.status = 204
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"<14>after the refusal", ("127.0.0.1", port))
+    assert wait_for(lambda: "after the refusal" in {line.get("message") for _, line in loki.entries()})
+    with socket.socket() as s:  # what the readiness probe checks
+        assert s.connect_ex(("127.0.0.1", port)) == 0
+
+
 # --- the HelmChart object `up` applies ------------------------------------------------------
 
 
