@@ -880,7 +880,7 @@ class LokiStandIn:
         self.server.server_close()
 
 
-def local_fluent_bit_config(tmp_path: Path, loki_port: int, syslog_port: int) -> Path:
+def local_fluent_bit_config(tmp_path: Path, loki_port: int, syslog_port: int, http_port: int) -> Path:
     """The chart's level-1 configuration, moved to this machine's paths and ports."""
     docs = render(CHART, "level=1", f"syslog.port={syslog_port}")
     config, configmap = collector_config(docs)
@@ -893,8 +893,7 @@ def local_fluent_bit_config(tmp_path: Path, loki_port: int, syslog_port: int) ->
         "/var/fluent-bit/state", str(tmp_path / "state")
     )
     config = yaml.safe_load(text)
-    config["service"]["http_port"] = 0
-    config["service"]["http_server"] = "off"
+    config["service"]["http_port"] = http_port
     config["service"]["flush"] = 1
     config["service"]["scheduler.base"] = 1
     config["service"]["scheduler.cap"] = 2
@@ -926,7 +925,8 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
 
 @pytest.fixture
 def fluent_bit(tmp_path):
-    """Start the real Fluent Bit on the chart's configuration; yields (loki stand-in, syslog port, start)."""
+    """The real Fluent Bit on the chart's configuration: (Loki stand-in, syslog port, start(),
+    folder, HTTP port); start() runs one and waits until it takes syslog."""
     import os
     import socket
 
@@ -936,10 +936,10 @@ def fluent_bit(tmp_path):
             "set CLUSTEROUS_FLUENT_BIT to a Fluent Bit binary (no package of it in Debian, PyPI or npm)"
         )
     loki = LokiStandIn()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        syslog_port = probe.getsockname()[1]
-    config = local_fluent_bit_config(tmp_path, loki.port, syslog_port)
+    from clusterous_cli import tunnels
+
+    syslog_port, http_port = tunnels.free_port(), tunnels.free_port()
+    config = local_fluent_bit_config(tmp_path, loki.port, syslog_port, http_port)
     procs = []
 
     def start() -> subprocess.Popen:
@@ -960,7 +960,7 @@ def fluent_bit(tmp_path):
         return proc
 
     try:
-        yield loki, syslog_port, start, tmp_path
+        yield loki, syslog_port, start, tmp_path, http_port
     finally:
         for proc in procs:
             proc.kill()
@@ -1004,7 +1004,7 @@ def send_samples(port: int) -> list[str]:
 def test_real_fluent_bit_keeps_every_syslog_line(fluent_bit) -> None:
     import socket
 
-    loki, port, start, _ = fluent_bit
+    loki, port, start, _, _ = fluent_bit
     start()
     texts = send_samples(port)
     assert wait_for(lambda: len(loki.entries()) >= len(texts)), loki.entries()
@@ -1024,13 +1024,17 @@ def test_real_fluent_bit_keeps_every_syslog_line(fluent_bit) -> None:
 
 
 def test_real_fluent_bit_buffers_on_disk_through_a_loki_outage_and_a_restart(fluent_bit) -> None:
-    loki, port, start, tmp_path = fluent_bit
+    loki, port, start, tmp_path, _ = fluent_bit
     loki.status = 503  # Loki restarting
     first = start()
     texts = send_samples(port)
     buffer = tmp_path / "state" / "buffer"
-    assert wait_for(lambda: any(p.suffix == ".flb" for p in buffer.rglob("*")), 15), list(buffer.rglob("*"))
-    first.kill()  # the collector dies too, before anything was delivered
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in buffer.rglob("*.flb"))
+
+    assert wait_for(lambda: all(t.encode() in on_disk() for t in texts)), list(buffer.rglob("*"))
+    first.kill()  # the collector dies too (SIGKILL), before anything was delivered
     first.wait()
     assert loki.entries() == []
     loki.status = 204  # Loki is back
@@ -1041,7 +1045,7 @@ def test_real_fluent_bit_buffers_on_disk_through_a_loki_outage_and_a_restart(flu
 def test_real_fluent_bit_keeps_receiving_when_loki_refuses_a_batch(fluent_bit) -> None:
     import socket
 
-    loki, port, start, _ = fluent_bit
+    loki, port, start, _, http_port = fluent_bit
     loki.status = 400  # e.g. a line older than Loki accepts: not retried
     start()
     send_samples(port)
@@ -1051,6 +1055,8 @@ def test_real_fluent_bit_keeps_receiving_when_loki_refuses_a_batch(fluent_bit) -
     assert wait_for(lambda: "after the refusal" in {line.get("message") for _, line in loki.entries()})
     with socket.socket() as s:  # what the readiness probe checks
         assert s.connect_ex(("127.0.0.1", port)) == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/v1/uptime", timeout=10) as response:
+        assert response.status == 200  # what the liveness probe checks
 
 
 # --- the HelmChart object `up` applies ------------------------------------------------------
