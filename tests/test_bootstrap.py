@@ -880,9 +880,20 @@ def test_shared_class_maps_every_claim_to_the_exported_root(instance):
     assert "$" not in shared["subDir"] and shared["onDelete"] == "retain"
     assert "(rw," in exports[addons.SHARED_DIR] and shared["share"] in exports  # both mountable
     private = classes["clusterous-private"]["parameters"]
-    assert "${pvc.metadata.name}" in private["subDir"]
+    # keyed by the PV's name (pvc-<claim uid>), never reused: two claims never share a directory,
+    # and deleting a claim never deletes a newer claim's of the same name
+    assert private["subDir"] == "${pv.metadata.name}" and private["onDelete"] == "delete"
     assert private["share"].startswith(addons.SHARED_DIR + "/")
     assert (instance.root / private["share"].lstrip("/")).is_dir()
+    for storage_class in classes.values():  # set-uid files and device nodes mean nothing
+        assert {"nosuid", "nodev"} <= set(storage_class["mountOptions"])
+    (csi,) = [
+        d for d in all_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "csi-nfs-controller"
+    ]
+    (provisioner,) = [
+        c for c in csi["spec"]["template"]["spec"]["containers"] if c["name"] == "csi-provisioner"
+    ]
+    assert "--extra-create-metadata=true" in provisioner["args"]  # what fills ${pv.metadata.name}
 
 
 # --------------------------------------------------------------------------------------------
