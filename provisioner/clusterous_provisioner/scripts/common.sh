@@ -59,9 +59,9 @@ apt_get() {
 }
 
 # install_packages UBUNTU_PKGS -- AL2023_PKGS: once per instance (a marker makes reboots no-ops).
-# `apt-get update --error-on=any` fails on a mirror error (plain update only warns), so a
-# transient one is retried; apt-get update's own lock (/var/lib/apt/lists/lock) is not covered
-# by DPkg::Lock::Timeout, the retries wait it out.
+# `-o APT::Update::Error-Mode=any` (what `apt-get update --error-on=any` sets) makes a mirror
+# error fail the update (plain update only warns), so a transient one is retried; the retries
+# also wait out apt-get update's own lists lock, which DPkg::Lock::Timeout may not cover.
 install_packages() {
     local marker="$STATE_DIR/packages.done" apt_pkgs=() dnf_pkgs=() side=apt
     [ -e "$marker" ] && return 0
@@ -71,7 +71,7 @@ install_packages() {
     done
     case "$OS_FAMILY" in
         ubuntu)
-            retry apt_get update --error-on=any
+            retry apt_get -o APT::Update::Error-Mode=any update
             retry apt_get install -y "${apt_pkgs[@]}"
             ;;
         al2023) retry dnf install -y -q --setopt=retries=5 "${dnf_pkgs[@]}" ;;
