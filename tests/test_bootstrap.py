@@ -467,7 +467,7 @@ def test_the_bootstrap_is_a_retrying_systemd_unit_that_runcmd_only_starts(instan
     unit = unit_of(config)
     assert (unit["Type"], unit["Restart"], unit["StartLimitIntervalSec"]) == ("oneshot", "on-failure", "0")
     assert int(unit["RestartSec"]) > 0 and unit["WantedBy"] == "multi-user.target"
-    assert unit["StandardOutput"] == unit["StandardError"] == "journal"
+    assert unit["StandardOutput"] == unit["StandardError"] == "journal+console"
     assert unit["ExecStart"].endswith("controller.sh" if role == "controller" else "node.sh")
     assert (instance.root / unit["ExecStart"].lstrip("/")).stat().st_mode & 0o100
     assert config["runcmd"] == [

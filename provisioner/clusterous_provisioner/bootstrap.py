@@ -145,7 +145,8 @@ def _file(path: str, content: str, permissions: str = "0644", compress: bool = F
 
 def _unit(what: str, script: str) -> str:
     """The bootstrap as a oneshot service: systemd restarts it after a failure, without a start
-    limit, until one run succeeds; its output goes to the journal. Enabled, so a reboot runs it
+    limit, until one run succeeds; its output goes to the journal and the serial console (EC2's
+    console output, which `up` already reads, shows a failing run). Enabled, so a reboot runs it
     again (idempotent: it finds everything done and changes nothing)."""
     return f"""[Unit]
 Description=clusterous bootstrap: {what}
@@ -160,8 +161,8 @@ Restart=on-failure
 RestartSec={RESTART_SEC}
 RemainAfterExit=yes
 TimeoutStartSec=45min
-StandardOutput=journal
-StandardError=journal
+StandardOutput=journal+console
+StandardError=journal+console
 
 [Install]
 WantedBy=multi-user.target
