@@ -71,6 +71,9 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     assert len(shared) == 1 and shared[0]["Encrypted"] and shared[0]["VolumeType"] == "gp3"
     assert shared[0]["Size"] == 20
     assert shared[0]["Attachments"][0]["InstanceId"] == controller["InstanceId"]
+    # Attached as soon as the controller runs, before any node is launched (issue 12 item 5).
+    order = [op for _, op in aws.calls() if op in ("RunInstances", "AttachVolume")]
+    assert order == ["RunInstances", "AttachVolume", "RunInstances", "RunInstances"]
 
     # User-data came from the bootstrap renderer; nodes join the controller's fixed address.
     ud = ec2.describe_instance_attribute(InstanceId=by_role["worker"][0]["InstanceId"], Attribute="userData")

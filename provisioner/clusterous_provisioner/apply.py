@@ -727,9 +727,13 @@ def apply(
             bootstrap.render_controller(inputs),
             out,
         )
-    if controller["State"]["Name"] != "running":
-        waiting.append(controller["InstanceId"])
     out.controller_id = controller["InstanceId"]
+    if controller["State"]["Name"] != "running":
+        (controller,) = wait_running(clients, [out.controller_id], report)
+    # The volume goes on as soon as the controller runs, before any node is launched: the
+    # controller's bootstrap waits for it (and retries), and nothing else delays it.
+    report("attaching the shared volume to the controller")
+    attach_shared_volume(clients, volume, out.controller_id)
     for group in spec.groups:
         have = inv.group_instances(group.name)
         out.instance_ids[group.name] = [i["InstanceId"] for i in have]
@@ -751,10 +755,6 @@ def apply(
             out.created.append(f"{missing} node(s) in group {group.name}")
             out.instance_ids[group.name] += [i["InstanceId"] for i in new]
             waiting += [i["InstanceId"] for i in new]
-    running = wait_running(clients, waiting, report)
-    for instance in running:
-        if instance["InstanceId"] == out.controller_id:
-            controller = instance
-    attach_shared_volume(clients, volume, out.controller_id)
+    wait_running(clients, waiting, report)
     out.public_ip = controller.get("PublicIpAddress")
     return out
