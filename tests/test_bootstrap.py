@@ -481,10 +481,15 @@ def test_a_volume_attached_late_fails_a_run_and_the_retry_finishes(instance):
     """The controller boots before its volume is attached: the run fails naming it, systemd runs
     the unit again, by then the volume is there and everything happens exactly once."""
     config = instance.unpack(render_controller(make_inputs()))
-    runs = instance.run_unit(
-        config, between=lambda attempt: instance.attach_volume(nvme_link()), CLUSTEROUS_DEVICE_WAIT="0"
-    )
+    done = instance.root / "var/lib/clusterous/bootstrap.done"  # what `up` waits for
+
+    def between(attempt) -> None:
+        assert not done.exists()
+        instance.attach_volume(nvme_link())
+
+    runs = instance.run_unit(config, between=between, CLUSTEROUS_DEVICE_WAIT="0")
     assert [run.returncode != 0 for run in runs] == [True, False], runs[-1].stderr
+    assert done.exists()
     assert f"shared volume {VOLUME} not attached" in runs[0].stderr
     assert len(instance.calls("mkfs.ext4")) == 1 and len(instance.calls("k3s-installer")) == 1
     assert len(instance.text("/etc/fstab").splitlines()) == 1

@@ -26,6 +26,13 @@ APT_LOCK_WAIT="${CLUSTEROUS_APT_LOCK_WAIT:-600}"  # seconds apt waits for dpkg's
 
 log() { printf 'clusterous-bootstrap: %s\n' "$*"; }
 
+# bootstrap_done MESSAGE: the run succeeded. `up` waits for this marker (cloud-init finishes as
+# soon as it has started the unit, so cloud-init's result says nothing about the bootstrap).
+bootstrap_done() {
+    : >"$STATE_DIR/bootstrap.done"  # its mtime says when
+    log "$1"
+}
+
 load_config() {
     # bootstrap.env holds plain settings only (never a token).
     # shellcheck source=/dev/null

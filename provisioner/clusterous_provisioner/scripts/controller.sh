@@ -166,4 +166,4 @@ install_k3s server \
     --write-kubeconfig-mode 0600 \
     --disable traefik \
     "${kubelet[@]}"
-log "controller ready for k3s to start"
+bootstrap_done "controller ready for k3s to start"

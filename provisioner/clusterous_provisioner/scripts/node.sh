@@ -39,4 +39,4 @@ install_k3s agent \
     --with-node-id \
     --node-label "clusterous.io/group=$NODE_GROUP" \
     "${kubelet[@]}"
-log "node of group $NODE_GROUP joined (k3s agent installed)"
+bootstrap_done "node of group $NODE_GROUP joined (k3s agent installed)"
