@@ -1,11 +1,12 @@
-"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8) configured from
-the rendered registry add-on, storing into the moto server's S3, read by `images` and by
-`build-image`'s skip-if-present check the way the product reaches it.
+"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8, standing in for
+the cluster's 3.1.1) configured from the rendered registry add-on, storing into the moto server's
+S3: its readiness and delete settings, and `images` and `build-image`'s skip-if-present check
+reading it the way the product reaches it.
 
 What stands in for what (docs/testing.md, "Registry"):
-- the registry runs the rendered manifest's REGISTRY_* settings; only its listening address
-  (a free port instead of <controller_ip>:5000), the S3 endpoint (moto) and the credentials
-  (environment instead of the instance profile) come from the test;
+- the registry runs the rendered manifest's REGISTRY_* settings; only its addresses (free ports
+  instead of <controller_ip>:5000 and the loopback debug port 5001), the S3 endpoint (moto) and
+  the credentials (environment instead of the instance profile) come from the test;
 - the controller is the harness sshd and the Kubernetes API the emulator, as in test_run_quit.py;
   the CLI reads the rendered cluster-info ConfigMap (registryEndpoint = 127.0.0.1:<registry
   port>, where the controller would have <controller_ip>:5000) and sends every registry request
