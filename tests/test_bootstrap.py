@@ -823,8 +823,40 @@ def test_every_image_is_pinned_by_version():
     for doc, spec in pod_specs(all_docs()):
         for container in spec.get("initContainers", []) + spec["containers"]:
             image = container["image"]
-            name, _, tag = image.rpartition(":")
+            reference, _, digest = image.partition("@")
+            name, _, tag = reference.rpartition(":")
             assert name and tag and tag != "latest" and "/" not in tag, f"{doc['metadata']['name']}: {image}"
+            assert not digest or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), image
+
+
+def registry_container(inputs) -> dict:
+    (spec,) = [s for d, s in pod_specs(all_docs(inputs)) if d["metadata"]["name"] == "registry"]
+    (container,) = spec["containers"]
+    return container
+
+
+def test_the_registry_is_distribution_3_by_digest_with_the_health_check_in_the_buckets_region():
+    """distribution 3 (IMDSv2-capable SDK), pinned by its image index digest; S3 in the bucket's
+    region (not the cluster's); the storage health check on, and the readiness probe first asks
+    after the check has had `threshold` polls, so a registry that cannot use S3 never turns Ready."""
+    container = registry_container(make_inputs(region="eu-west-1", bucket="bkt-x", bucket_region="eu-west-3"))
+    assert re.fullmatch(r"registry:3\.\d+\.\d+@sha256:[0-9a-f]{64}", container["image"]), container["image"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["REGISTRY_STORAGE"] == "s3" and env["REGISTRY_STORAGE_S3_BUCKET"] == "bkt-x"
+    assert env["REGISTRY_STORAGE_S3_REGION"] == "eu-west-3"
+    assert env["REGISTRY_STORAGE_DELETE_ENABLED"] == "false"
+    assert not any("ACCESSKEY" in key or "SECRETKEY" in key for key in env)  # instance profile only
+    assert env["REGISTRY_HTTP_DEBUG_ADDR"].startswith("127.0.0.1:")  # pprof never leaves the controller
+    assert env["REGISTRY_HEALTH_STORAGEDRIVER_ENABLED"] == "true"
+    interval = float(env["REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL"].removesuffix("s"))
+    polls = interval * int(env["REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD"])
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/" and readiness["initialDelaySeconds"] > polls
+    assert "tcpSocket" in container["livenessProbe"]  # a restart would not mend S3
+
+    # Without a recorded bucket region (a bucket `up` is about to create), the cluster's.
+    container = registry_container(make_inputs(region="eu-west-1"))
+    assert {e["name"]: e["value"] for e in container["env"]}["REGISTRY_STORAGE_S3_REGION"] == "eu-west-1"
 
 
 def test_cluster_services_run_on_the_controller_and_tolerate_its_taint():

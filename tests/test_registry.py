@@ -1,11 +1,12 @@
-"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8) configured from
-the rendered registry add-on, storing into the moto server's S3, read by `images` and by
-`build-image`'s skip-if-present check the way the product reaches it.
+"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8, standing in for
+the cluster's 3.1.1) configured from the rendered registry add-on, storing into the moto server's
+S3: its readiness and delete settings, and `images` and `build-image`'s skip-if-present check
+reading it the way the product reaches it.
 
 What stands in for what (docs/testing.md, "Registry"):
-- the registry runs the rendered manifest's REGISTRY_* settings; only its listening address
-  (a free port instead of <controller_ip>:5000), the S3 endpoint (moto) and the credentials
-  (environment instead of the instance profile) come from the test;
+- the registry runs the rendered manifest's REGISTRY_* settings; only its addresses (free ports
+  instead of <controller_ip>:5000 and the loopback debug port 5001), the S3 endpoint (moto) and
+  the credentials (environment instead of the instance profile) come from the test;
 - the controller is the harness sshd and the Kubernetes API the emulator, as in test_run_quit.py;
   the CLI reads the rendered cluster-info ConfigMap (registryEndpoint = 127.0.0.1:<registry
   port>, where the controller would have <controller_ip>:5000) and sends every registry request
@@ -25,6 +26,8 @@ import os
 import re
 import socket
 import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,9 +40,12 @@ from clusterous_operator.images import CLUSTER_REGISTRY
 from tests.addons_support import apply_storage_classes
 from tests.registry_support import (
     PushedImage,
+    cluster_inputs,
+    make_registry,
     push_image,
     push_index,
     registry_fixture,  # noqa: F401 - the `registry` fixture
+    rendered_addon,
     running_registry,
 )
 from tests.ssh_support import make_controller, splice, write_k3s_yaml
@@ -82,6 +88,72 @@ def test_images_outlive_the_registry_that_pushed_them(aws, tmp_path) -> None:
         assert second.bucket == first.bucket
         with urllib.request.urlopen(f"{second.url}/v2/basic-python/tags/list", timeout=10) as response:
             assert json.loads(response.read())["tags"] == [image.tag]
+
+
+def status_of(url: str, method: str = "GET", headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def registry_container(server) -> dict:
+    """The registry container of the rendered Deployment this server was configured from."""
+    deployment = rendered_addon(cluster_inputs(server.region), "registry.yaml", "Deployment", "registry")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_readiness_fails_while_the_registry_cannot_use_s3(aws, tmp_path) -> None:
+    """A registry without AWS credentials (what distribution 2.8's SDK got from a controller that
+    requires IMDSv2: NoCredentialProviders) starts and answers GET /v2/ at first; the kubelet's
+    first readiness probe, `initialDelaySeconds` after the start, must already see the storage
+    health check fail. A registry with credentials is ready then, and both stay alive."""
+    no_credentials = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+    }
+    able = make_registry(aws, tmp_path / "able")
+    blind = make_registry(aws, tmp_path / "blind", create_bucket=False, **no_credentials)
+    container = registry_container(blind)
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[readiness["httpGet"]["port"]] == 5000  # the registry's own port (REGISTRY_HTTP_ADDR)
+    try:
+        able.start()
+        started = time.monotonic()  # the kubelet counts from the container's start
+        blind.start()  # returns once GET /v2/ answers 200: the health check has not failed yet
+        time.sleep(max(0.0, started + readiness.get("initialDelaySeconds", 0) - time.monotonic()))
+        path = readiness["httpGet"]["path"]
+        assert status_of(blind.url + path) == 503, blind.log_text()[-3000:]
+        assert status_of(f"{blind.url}/v2/") == 503  # pulls fail at once, saying why
+        health = f"http://127.0.0.1:{blind.debug_port}/debug/health"  # the controller's loopback
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(health, timeout=10)
+        assert failed.value.code == 503
+        assert "NoCredentialProviders" in json.loads(failed.value.read())["storagedriver_s3"]
+        assert status_of(able.url + path) == 200
+        for server in (able, blind):  # liveness does not depend on S3: nothing restarts in vain
+            with socket.create_connection((server.host, server.port), timeout=5):
+                pass
+        assert set(liveness) & {"tcpSocket", "httpGet", "exec"} == {"tcpSocket"}
+    finally:
+        able.stop()
+        blind.stop()
+
+
+def test_nothing_can_delete_an_image(registry) -> None:
+    """Delete is off: neither a manifest nor a tag can be deleted, and the image still pulls."""
+    image = push_image(registry.url, "lab/sim", "1.0")
+    for reference in (image.digest, image.tag):
+        assert status_of(f"{registry.url}/v2/lab/sim/manifests/{reference}", "DELETE") == 405
+    accept = {"Accept": image.media_type}
+    assert status_of(f"{registry.url}/v2/lab/sim/manifests/1.0", headers=accept) == 200
+    assert status_of(f"{registry.url}/v2/lab/sim/blobs/{image.layer_digest}", "DELETE") == 405
 
 
 # -- the CLI, through the SSH connection to the controller -----------------------------------

@@ -37,6 +37,7 @@ class Target:
     ssh_cidr: str
     state_dir: Path
     key_name: str | None = None  # the profile's key pair; None: one per cluster
+    bucket_region: str | None = None  # the bucket's region as setup recorded it; None: the cluster's
 
 
 @dataclass(frozen=True)
@@ -544,7 +545,9 @@ def ensure_shared_volume(clients, spec: ClusterSpec, inv: Inventory, pre: Prefli
     return volume
 
 
-def bootstrap_inputs(spec: ClusterSpec, bucket: str, agent_token: str, volume_id: str | None):
+def bootstrap_inputs(
+    spec: ClusterSpec, bucket: str, agent_token: str, volume_id: str | None, bucket_region: str | None = None
+):
     from clusterous_provisioner.bootstrap import BootstrapInputs
 
     return BootstrapInputs(
@@ -559,6 +562,7 @@ def bootstrap_inputs(spec: ClusterSpec, bucket: str, agent_token: str, volume_id
         node_groups=[g.name for g in spec.groups],
         logging_level=spec.logging_level,
         os=spec.os,
+        bucket_region=bucket_region,
     )
 
 
@@ -711,7 +715,7 @@ def apply(
 
     from clusterous_provisioner import bootstrap
 
-    inputs = bootstrap_inputs(spec, target.bucket, token, volume["VolumeId"])
+    inputs = bootstrap_inputs(spec, target.bucket, token, volume["VolumeId"], target.bucket_region)
     waiting: list[str] = []
     controller = inv.controller
     if controller is None:

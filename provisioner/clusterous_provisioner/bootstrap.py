@@ -79,6 +79,7 @@ class BootstrapInputs:
     node_groups: list[str]
     logging_level: int = 0
     os: str = "ubuntu-24.04"
+    bucket_region: str | None = None  # the registry's S3 region; None: the cluster's (up checks they match)
 
 
 def check_k3s_version(version: str, source: str = "cluster file", field_name: str = "k3s_version") -> str:
