@@ -27,7 +27,17 @@ def _wait_roundtrip(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
         time.sleep(0.2)
 
 
-def test_tunnel_carries_bytes_and_heals_after_sshd_restart(controller, cli) -> None:  # noqa: F811
+@pytest.fixture(params=["openssh", "paramiko"])
+def transport(request, monkeypatch) -> str:
+    """Both supervisors: OpenSSH's ControlMaster (where `ssh` exists) and the paramiko fallback."""
+    if request.param == "paramiko":
+        monkeypatch.setenv("CLUSTEROUS_K8S_SSH", "paramiko")
+    else:
+        monkeypatch.delenv("CLUSTEROUS_K8S_SSH", raising=False)
+    return request.param
+
+
+def test_tunnel_carries_bytes_and_heals_after_sshd_restart(controller, cli, transport) -> None:  # noqa: F811
     local = tunnels.free_port()
     with echo_server() as echo_port:
         added = cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"])
@@ -48,6 +58,7 @@ def test_tunnel_carries_bytes_and_heals_after_sshd_restart(controller, cli) -> N
         assert tunnels.supervisor_pid(controller.ref) == pid  # same process, no user action
         status = tunnels.read_status(controller.ref)
         assert status["reconnects"] >= 1 and status["connected"]
+        assert status["transport"] == transport
 
         listed = cli(["tunnel", "ls", "--json"])
         data = json.loads(listed.stdout)
@@ -65,7 +76,7 @@ def test_tunnel_carries_bytes_and_heals_after_sshd_restart(controller, cli) -> N
     assert stopped.exit_code == 0 and tunnels.supervisor_pid(controller.ref) is None
 
 
-def test_tunnel_waits_out_a_controller_outage(controller, cli) -> None:  # noqa: F811
+def test_tunnel_waits_out_a_controller_outage(controller, cli, transport) -> None:  # noqa: F811
     local = tunnels.free_port()
     with echo_server() as echo_port:
         assert cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"]).exit_code == 0
@@ -112,7 +123,7 @@ def test_local_port_in_use_is_refused_or_moved_on_request(controller, cli) -> No
         assert echo_roundtrip(local, b"moved") == b"moved"
 
 
-def test_tunnel_to_a_refused_target_closes_the_client_only(controller, cli) -> None:  # noqa: F811
+def test_tunnel_to_a_refused_target_closes_the_client_only(controller, cli, transport) -> None:  # noqa: F811
     from tests.harness.sshd import free_port
 
     local = tunnels.free_port()
@@ -141,7 +152,7 @@ def _timed(cli, argv: list[str]):  # noqa: F811
 PROMPTLY = 10.0
 
 
-def test_changed_host_key_fails_tunnel_start_and_add_at_once(controller, cli) -> None:  # noqa: F811
+def test_changed_host_key_fails_tunnel_start_and_add_at_once(controller, cli, transport) -> None:  # noqa: F811
     with echo_server() as echo_port:
         local = tunnels.free_port()
         assert cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"]).exit_code == 0
@@ -179,9 +190,25 @@ def test_changed_host_key_fails_tunnel_start_and_add_at_once(controller, cli) ->
         assert _wait_roundtrip(local, b"trusted again") == b"trusted again"
 
 
-def test_refused_login_fails_tunnel_start_at_once(controller, cli) -> None:  # noqa: F811
+def test_refused_login_fails_tunnel_start_at_once(controller, cli, transport) -> None:  # noqa: F811
+    authorized = controller.sshd.authorized_keys_path.read_text()
     controller.sshd.authorized_keys_path.write_text("")  # the controller no longer takes our key
     started, elapsed = _timed(cli, ["tunnel", "start"])
     assert started.exit_code == 1, started.output
     assert elapsed < PROMPTLY, f"waited {elapsed:.1f}s for a refusal retrying cannot fix"
     assert "refused the key" in started.output and "next:" in started.output
+
+    # The refusal ends the retries: no new connection while nothing it depends on changes
+    # (before, the backoff tried again after 0.5, 1 and 2 s) ...
+    def connections() -> int:
+        return controller.sshd.log_text().count("Connection from")
+
+    seen = connections()
+    time.sleep(4)
+    assert connections() == seen, "the supervisor kept retrying a refused login"
+    # ... and a changed controller record (say, another key_file) is tried at once, unasked.
+    controller.sshd.authorized_keys_path.write_text(authorized)
+    from clusterous_cli.endpoint import write_endpoint
+
+    write_endpoint(controller.ref, controller.endpoint)
+    assert tunnels.wait_for(controller.ref, lambda s: s.get("connected"), 10, "not back", refusals=False)
