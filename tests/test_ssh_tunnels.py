@@ -212,3 +212,38 @@ def test_refused_login_fails_tunnel_start_at_once(controller, cli, transport) ->
 
     write_endpoint(controller.ref, controller.endpoint)
     assert tunnels.wait_for(controller.ref, lambda s: s.get("connected"), 10, "not back", refusals=False)
+
+
+def test_a_stale_pid_file_never_signals_another_process(controller, cli) -> None:  # noqa: F811
+    """A crashed supervisor's pid may be reused by anything, even by a process whose command line
+    looks like a supervisor's: only a pid file the supervisor holds locked counts."""
+    import subprocess
+    import sys
+
+    lookalike = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "clusterous_cli.forwarder",
+            str(controller.ref.directory),
+        ]
+    )
+    try:
+        (controller.ref.directory / tunnels.PID_FILE).write_text(f"{lookalike.pid}\n")
+        assert tunnels.supervisor_pid(controller.ref) is None
+        stopped = cli(["tunnel", "stop"])
+        assert stopped.exit_code == 0 and "was not running" in stopped.output
+        assert lookalike.poll() is None  # not signalled
+
+        with echo_server() as echo_port:  # and a new supervisor starts over the stale file
+            local = tunnels.free_port()
+            assert cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"]).exit_code == 0
+            assert echo_roundtrip(local, b"fresh") == b"fresh"
+        pid = tunnels.supervisor_pid(controller.ref)
+        assert pid and pid != lookalike.pid
+        assert cli(["tunnel", "stop"]).exit_code == 0
+        assert tunnels.supervisor_pid(controller.ref) is None and lookalike.poll() is None
+    finally:
+        lookalike.kill()
+        lookalike.wait()
