@@ -247,3 +247,36 @@ def test_a_stale_pid_file_never_signals_another_process(controller, cli) -> None
     finally:
         lookalike.kill()
         lookalike.wait()
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+def test_tunnel_bench_runs_as_a_smoke_test(cipher) -> None:
+    """CI runs the bench small, for its honesty (same cipher both sides, printed), not its timing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.harness.sshd import require_tools
+
+    require_tools()
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "BENCH_PAYLOAD_MB": "2",
+        "BENCH_ROUNDS": "2",
+        "BENCH_CIPHER": cipher,
+        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "cli", "provisioner", "operator")),
+    }
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "tunnel_throughput.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert f"ciphers: ours={cipher} openssh={cipher}" in lines
+    assert [line.split()[2] for line in lines if line.startswith("round")] == [
+        "ours", "openssh", "openssh", "ours"
+    ]  # fmt: skip
+    assert lines[-1].startswith("ratio=") and float(lines[-1].split("=")[1]) > 0
