@@ -57,6 +57,16 @@ def pump(source_recv, dest_sendall, on_end) -> None:
             on_end()
 
 
+def _mtimes(paths: list[Path]) -> list[int | None]:
+    stamps: list[int | None] = []
+    for path in paths:
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return stamps
+
+
 def close_listener(listener: socket.socket) -> None:
     """shutdown() first: on Linux a bare close() leaves a thread blocked in accept() accepting."""
     with contextlib.suppress(OSError):
@@ -79,7 +89,7 @@ class Supervisor:
         self.last_error: str | None = None
         # A refusal retrying cannot fix (changed host key, refused login): what and what to do.
         self.refused: dict[str, str | None] | None = None
-        self._refused_inputs: tuple | None = None  # what the refusal was given (see _inputs)
+        self._refused_inputs: tuple[list[Path], list[int | None]] | None = None  # see _inputs
         self.reconnects = 0
         self.desired_mtime: int | None = None
         self._written: str | None = None
@@ -101,19 +111,13 @@ class Supervisor:
                 self.changed.wait(min(left, POLL))
         return None
 
-    def _inputs(self) -> tuple:
-        """What a refusal depends on: the controller record, the pin and the key (their mtimes)."""
+    def _inputs(self) -> tuple[list[Path], list[int | None]]:
+        """What a refusal depends on: the controller record, the pin and the key, and their mtimes."""
         paths = [self.ref.controller_file]
         with contextlib.suppress(ClusterousError):
             endpoint = load_endpoint(self.ref)
             paths += [endpoint.known_hosts, endpoint.key_file]
-        stamps = []
-        for path in paths:
-            try:
-                stamps.append(path.stat().st_mtime_ns)
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
+        return paths, _mtimes(paths)
 
     def _connect(self) -> bool:
         inputs = self._inputs()
@@ -320,7 +324,8 @@ class Supervisor:
                 # No retry cures a refusal: try again only when what it depends on changed, or
                 # when a command waits on a tunnels.yml change (answer it with a fresh attempt,
                 # not with the refusal of a minute ago).
-                next_try = now if changed or self._inputs() != self._refused_inputs else float("inf")
+                paths, stamps = self._refused_inputs or ([], [])
+                next_try = now if changed or _mtimes(paths) != stamps else float("inf")
             if conn is None and now >= next_try:
                 if self._connect():
                     backoff, next_probe = BACKOFF_START, now + PROBE_EVERY
