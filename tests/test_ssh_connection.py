@@ -93,12 +93,24 @@ def test_jump_host_reaches_the_controller(sshd: SshServer) -> None:
 
     argv = [*ssh.openssh_argv(endpoint), endpoint.host, "echo", "ok"]
     assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout == "ok\n"
+    from clusterous_cli import controlmaster  # the tunnel supervisor's master goes through it too
+
+    master = controlmaster.Master.start(endpoint, controlmaster.openssh_binary() or "ssh")
+    try:
+        assert master.alive(5)
+    finally:
+        master.close()
 
 
 def test_unreachable_controller_is_a_failure(controller) -> None:  # noqa: F811
+    from clusterous_cli import controlmaster
+
     controller.sshd.stop()
     with pytest.raises(Failure, match="cannot reach the controller"):
         ssh.connect(controller.endpoint)
+    with pytest.raises(Failure, match="cannot reach the controller") as failed:
+        controlmaster.Master.start(controller.endpoint, controlmaster.openssh_binary() or "ssh")
+    assert not isinstance(failed.value, hostkeys.Refusal)  # the network: worth retrying
 
 
 def test_wrong_key_is_refused(controller, tmp_path) -> None:  # noqa: F811

@@ -280,3 +280,31 @@ def test_tunnel_bench_runs_as_a_smoke_test(cipher) -> None:
         "ours", "openssh", "openssh", "ours"
     ]  # fmt: skip
     assert lines[-1].startswith("ratio=") and float(lines[-1].split("=")[1]) > 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ssh master through /proc (Linux)")
+def test_a_killed_supervisor_takes_its_ssh_master_along(controller, cli) -> None:  # noqa: F811
+    """SIGKILL leaves no chance to clean up: the master must not outlive the supervisor."""
+    import contextlib
+    import signal
+    from pathlib import Path
+
+    from tests.harness.sshd import _children
+
+    with echo_server() as echo_port:
+        local = tunnels.free_port()
+        assert cli(["tunnel", "add", f"{local}:127.0.0.1:{echo_port}"]).exit_code == 0
+        pid = tunnels.supervisor_pid(controller.ref)
+        (master,) = [
+            c for c in _children(pid) if b"-M" in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
+        ]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{master}").exists() and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # our child: the CLI ran in-process
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        stat = Path(f"/proc/{master}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", (
+            "the master lives on"
+        )

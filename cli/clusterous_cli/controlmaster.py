@@ -143,6 +143,12 @@ class Master:
             *ssh.openssh_options(endpoint),
             endpoint.host,
         ]  # fmt: skip
+        # Linux: the master gets SIGTERM when the supervisor dies, even by SIGKILL (util-linux
+        # setpriv sets PR_SET_PDEATHSIG, which survives the exec of ssh); elsewhere only a
+        # supervisor's own exit or `tunnel stop`'s process-group kill ends it.
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
         with errors.open("wb") as err:
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, close_fds=True

@@ -46,6 +46,7 @@ def list_tunnels(
                 "cluster": ref.cluster,
                 "supervisor_pid": pid,
                 "connected": bool(status.get("connected")),
+                "transport": status.get("transport"),
                 "last_error": status.get("last_error"),
                 "tunnels": rows,
             }
