@@ -161,10 +161,11 @@ def save_profile(name: str, profile: Profile) -> Path:
 def remove_profile(name: str) -> None:
     load_profile(name)  # refuses unknown names with the usual message
     profile_path(name).unlink()
-    settings = load_settings()
-    if settings.current_profile == name:
-        settings.current_profile = None
-        save_settings(settings)
+    with locked(settings_path()):
+        settings = load_settings()
+        if settings.current_profile == name:
+            settings.current_profile = None
+            save_settings(settings)
 
 
 def use_profile(name: str) -> None:
