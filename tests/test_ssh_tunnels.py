@@ -308,3 +308,31 @@ def test_a_killed_supervisor_takes_its_ssh_master_along(controller, cli) -> None
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", (
             "the master lives on"
         )
+
+
+def test_concurrent_starts_make_one_supervisor(controller) -> None:  # noqa: F811
+    """Commands started together (say `kubeconfig` and `tunnel add`) share one supervisor."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "cli", "provisioner", "operator"))
+    }
+    script = (
+        "import sys; from pathlib import Path; from clusterous_cli import tunnels; "
+        "from clusterous_cli.endpoint import ClusterRef; "
+        "print(tunnels.start_supervisor(ClusterRef('default', 'lab', Path(sys.argv[1]))))"
+    )
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(controller.ref.directory)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    pids = {int(p.communicate(timeout=60)[0]) for p in starters}
+    assert pids == {tunnels.supervisor_pid(controller.ref)}, pids

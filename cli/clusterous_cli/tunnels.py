@@ -200,16 +200,21 @@ def start_supervisor(ref: ClusterRef) -> int:
         return pid
     fd = os.open(ref.directory / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another command is starting it right now
-            _wait_until(lambda: supervisor_pid(ref) is not None, 5.0)
-            pid = supervisor_pid(ref)
-            if pid:
-                return pid
-            raise Failure(
-                "another command holds the tunnel supervisor's pid file", "try again in a moment"
-            ) from None
+        found: list[int] = []
+
+        def ours_or_running() -> bool:
+            """The lock is ours (no supervisor lives), or another command's supervisor answers."""
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:  # a supervisor, one being started, or a brief probe
+                found[:] = [supervisor_pid(ref) or 0]
+                return bool(found[0])
+
+        if not _wait_until(ours_or_running, 5.0):
+            raise Failure("another command holds the tunnel supervisor's pid file", "try again in a moment")
+        if found and found[0]:
+            return found[0]
         (ref.directory / STATUS_FILE).unlink(missing_ok=True)
         with open(ref.directory / LOG_FILE, "ab") as log:
             process = subprocess.Popen(
