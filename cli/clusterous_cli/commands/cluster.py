@@ -131,7 +131,11 @@ def up(
     ctx: typer.Context,
     cluster_file: Path = typer.Argument(None, help="Clusterous cluster file (YAML); optional."),
     name: str = typer.Option(None, "--name", help="Cluster name [cluster file, else mycluster]."),
-    workers: int = typer.Option(None, "--workers", help="Number of worker nodes."),
+    workers: str = typer.Option(
+        None,
+        "--workers",
+        help="Number of worker nodes, or bounds MIN..MAX for the autoscaler (starts at MIN).",
+    ),
     master_type: str = typer.Option(None, "--master-type", help="Instance type of the master node."),
     worker_type: str = typer.Option(None, "--worker-type", help="Instance type of the workers."),
     controller_type: str = typer.Option(None, "--controller-type", help="Instance type of the controller."),
@@ -280,6 +284,8 @@ def up(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
             )  # fmt: skip
+    if ready is not None and any(g.elastic for g in spec.groups):
+        _record_bounds(ref, spec, bucket, report)
     if as_json:
         output.print_json(
             {
@@ -307,6 +313,19 @@ def up(
 
             report(f"running {env_path} ({env_app.name}), as the cluster file asks")
             run_application(ref, env_app, timeout=timeout or 900)
+
+
+def _record_bounds(ref, spec, bucket: str, report) -> None:
+    """Elastic groups: their bounds go to the autoscaler's ConfigMap (docs/elastic.md)."""
+    from clusterous_cli import kubeapi
+    from clusterous_provisioner import autoscaler
+
+    try:
+        done = autoscaler.write_record(kubeapi.api_client(ref), spec, bucket)
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise kubeapi.api_failure(f"up {spec.name}: recording the node groups' bounds", exc) from None
+    bounds = ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups if g.elastic)
+    report(f"autoscaler bounds {done}: {bounds} ({autoscaler.NAMESPACE}/{autoscaler.CONFIGMAP})")
 
 
 def down(
