@@ -47,6 +47,18 @@ class Record:
     status: dict = field(default_factory=dict)
 
 
+MANIFEST = "autoscaler.yaml"  # manifests/: written, not yet in addons.TEMPLATES (docs/elastic.md)
+
+
+def manifest_text() -> str:
+    """The autoscaler's add-on manifest with its one value (the operator's pinned Python image)."""
+    from clusterous_provisioner import addons, operator_bundle
+
+    return addons.fill(
+        addons.template(MANIFEST), {"operator_image": operator_bundle.OPERATOR_IMAGE}, MANIFEST
+    )
+
+
 # --- the record `up` writes --------------------------------------------------------------------
 
 
