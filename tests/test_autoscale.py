@@ -8,8 +8,10 @@ scheduler, EC2 and drain, is tests/test_autoscale_cluster.py.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
+import pytest
 import yaml
 
 from clusterous_provisioner import autoscale, autoscaler
@@ -207,3 +209,37 @@ def test_the_manifest_runs_on_the_controller_with_least_privilege():
     (role,) = [d for d in docs if d["kind"] == "Role"]
     assert role["rules"][0]["resourceNames"] == [autoscaler.CONFIGMAP]
     assert autoscale.GROUP_LABEL == "clusterous.io/group"
+
+
+def test_dry_run_shows_the_bounds_and_the_cost_at_min_and_at_max(no_aws, cli):
+    from clusterous_provisioner import pricing
+
+    result = cli(
+        [
+            "up",
+            "--dry-run",
+            "--json",
+            "--region",
+            "us-east-1",
+            "--workers",
+            "0..10",
+            "--worker-type",
+            "m5.large",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    worker = next(r for r in plan["resources"] if r["key"] == "group:worker")
+    assert worker["count"] == 0 and "autoscaled 0..10" in worker["detail"]
+    (bounds,) = [n for n in plan["notes"] if n.startswith("autoscaler bounds")]
+    assert "worker 0..10 (starts at 0)" in bounds
+    (costs,) = [n for n in plan["notes"] if "at min" in n]
+    node = (
+        pricing.instance_hourly("m5.large", "us-east-1").hourly_usd
+        + pricing.gp3_hourly(30, "us-east-1").hourly_usd
+    )
+    at_min, at_max = (float(x) for x in re.findall(r"(\d+\.\d+) USD", costs))
+    assert at_min == pytest.approx(plan["hourly_cost_usd"], abs=1e-3)  # starts at min
+    assert at_max - at_min == pytest.approx(10 * node, abs=1e-3)
+    fixed = json.loads(cli(["up", "--dry-run", "--json", "--region", "us-east-1", "--workers", "3"]).stdout)
+    assert not [n for n in fixed["notes"] if "autoscaler" in n]
