@@ -8,6 +8,7 @@ the autoscaler's rounds (`run_once`) at chosen clock times, and observes EC2 and
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -99,7 +100,7 @@ def elastic(cluster_side, aws, k8s_api, cli):  # noqa: F811 - the imported fixtu
 
 
 def test_up_records_bounds_pending_pods_grow_the_group_idle_nodes_go_newest_first(
-    elastic, aws, k8s_api
+    elastic, aws, k8s_api, cli
 ) -> None:
     round_at, said = elastic
     record = autoscaler.parse_record(k8s_api.get("v1/configmaps", "autoscaler", "clusterous-system")["data"])
@@ -127,6 +128,13 @@ def test_up_records_bounds_pending_pods_grow_the_group_idle_nodes_go_newest_firs
     entry = status["groups"]["worker"]
     assert (entry["current"], entry["min"], entry["max"]) == (1, 1, 4)
     assert entry["last"]["action"] == "grow" and len(entry["last"]["launched"]) == 2
+    shown = cli(["status", "--name", CLUSTER, "--json"])
+    assert shown.exit_code == 0, shown.output
+    worker = json.loads(shown.stdout)["autoscaler"]["worker"]
+    assert (worker["min"], worker["max"], worker["last"]["action"]) == (1, 4, "grow")
+    table = cli(["status", "--name", CLUSTER])
+    assert "autoscaler: worker 3 node(s) (min 1, max 4)" in table.stdout
+    assert "last change" in table.stdout and "2 pod(s) unschedulable" in table.stdout
 
     # No flapping: within the cooldown nothing happens, even with another burst pending.
     k8s_api.patch("apps/v1/deployments", "sim", {"spec": {"replicas": 6}}, "default")

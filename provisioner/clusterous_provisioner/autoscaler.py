@@ -161,6 +161,44 @@ def status_of(
     return {"groups": groups, "memory": asdict(memory)}
 
 
+def read_status(api_client) -> dict | None:
+    """For `status`: per elastic group its bounds and the autoscaler's last word; None when the
+    cluster has no elastic group (no ConfigMap)."""
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    try:
+        data = _json(client.CoreV1Api(api_client).read_namespaced_config_map, CONFIGMAP, NAMESPACE).get(
+            "data"
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    record = parse_record(data or {})
+    seen = record.status.get("groups") or {}
+    return {
+        g.name: {
+            "min": g.min,
+            "max": g.max,
+            "reason": (seen.get(g.name) or {}).get("reason") or "the autoscaler has not run yet",
+            "last": (seen.get(g.name) or {}).get("last"),
+        }
+        for g in record.groups
+    }
+
+
+def status_line(group: str, current: int, entry: dict) -> str:
+    """One line of `status` for an elastic group."""
+    line = (
+        f"autoscaler: {group} {current} node(s) (min {entry['min']}, max {entry['max']}): {entry['reason']}"
+    )
+    last = entry.get("last")
+    if last:
+        line += f"; last change {last['at']}: {last['action']} {last['count']} ({last['reason']})"
+    return line
+
+
 # --- one round ---------------------------------------------------------------------------------
 
 

@@ -505,6 +505,8 @@ def status(
     data = status_data(inv)
     if data["exists"]:
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
+        if data.get("applications") is not None and not data.get("applications_error"):
+            data.update(_elastic_status(ctx, name))
     if as_json:
         output.print_json(data)
         return
@@ -528,7 +530,26 @@ def status(
         else "shared volume: none"
     )
     print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
+    from clusterous_provisioner.autoscaler import status_line
+
+    for group, entry in (data.get("autoscaler") or {}).items():
+        print(status_line(group, data["groups"].get(group, 0), entry))
     apps.print_status(data)
+
+
+def _elastic_status(ctx, name: str) -> dict:
+    """Elastic groups' bounds and the autoscaler's last reason (docs/elastic.md); never fails `status`."""
+    from clusterous_cli import kubeapi
+    from clusterous_cli.endpoint import resolve_cluster
+    from clusterous_provisioner import autoscaler
+
+    try:
+        found = autoscaler.read_status(
+            kubeapi.api_client(resolve_cluster(ctx.obj.profile if ctx.obj else None, name))
+        )
+    except Exception as exc:  # noqa: BLE001 - ApiException, a malformed record: status still answers
+        return {"autoscaler_error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return {} if found is None else {"autoscaler": found}
 
 
 def clusters(
