@@ -243,3 +243,25 @@ def test_dry_run_shows_the_bounds_and_the_cost_at_min_and_at_max(no_aws, cli):
     assert at_max - at_min == pytest.approx(10 * node, abs=1e-3)
     fixed = json.loads(cli(["up", "--dry-run", "--json", "--region", "us-east-1", "--workers", "3"]).stdout)
     assert not [n for n in fixed["notes"] if "autoscaler" in n]
+
+
+def test_up_writes_the_record_keeps_the_status_and_empties_groups_that_lost_their_bounds(k8s_api, tmp_path):
+    from kubernetes import config as kube_config
+
+    api = kube_config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
+    fixed = load_spec(None, {"name": "lab", "workers": "2"}, profile_region="us-east-1")
+    k8s_api.create("v1/namespaces", {"metadata": {"name": autoscaler.NAMESPACE}})
+    assert autoscaler.write_record(api, fixed, "b") is None  # nothing elastic, nothing recorded
+    assert k8s_api.get("v1/configmaps", autoscaler.CONFIGMAP, autoscaler.NAMESPACE) is None
+    elastic = load_spec(None, {"name": "lab", "workers": "1..3"}, profile_region="us-east-1")
+    assert autoscaler.write_record(api, elastic, "b") == "created"
+    k8s_api.patch(
+        "v1/configmaps", autoscaler.CONFIGMAP, {"data": {"status": '{"groups": {}}'}}, autoscaler.NAMESPACE
+    )
+    assert autoscaler.write_record(api, elastic, "b") == "updated"  # a re-run of up
+    data = k8s_api.get("v1/configmaps", autoscaler.CONFIGMAP, autoscaler.NAMESPACE)["data"]
+    assert data["status"] == '{"groups": {}}'
+    assert autoscaler.parse_record(data).groups == (GroupBounds("worker", "t3.large", 1, 3),)
+    assert autoscaler.read_status(api)["worker"]["reason"] == "the autoscaler has not run yet"
+    assert autoscaler.write_record(api, fixed, "b") == "updated"  # the bounds were dropped
+    assert autoscaler.read_status(api) == {}

@@ -9,6 +9,8 @@ the autoscaler's rounds (`run_once`) at chosen clock times, and observes EC2 and
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -183,3 +185,35 @@ def test_up_records_bounds_pending_pods_grow_the_group_idle_nodes_go_newest_firs
     assert not aws.calls("TerminateInstances") and not aws.calls("RunInstances")
     # A Node a kubelet re-registered before its instance went is deleted again, by now.
     assert all(k8s_api.get("v1/nodes", n) is None for n in gone)
+
+
+def test_the_process_grows_a_group_from_zero_for_its_first_pods(cluster_side, aws, k8s_api, cli) -> None:  # noqa: F811
+    """`python -m clusterous_provisioner.autoscaler --once`, as a process: the group has no node,
+    so the scheduler says no node matches (not "Insufficient cpu"), and the size comes from EC2."""
+    result = cli([*UP, "--workers", "0..3", "--timeout", "30"])
+    assert result.exit_code == 0, result.output
+    assert "autoscaler bounds created: worker 0..3" in result.stderr and _workers(aws) == {}
+    _app(k8s_api, 3, cpu="900m")  # a t3.large has 2 vCPUs: two replicas fit one, three need two
+
+    def waiting() -> bool:
+        messages = [autoscale.unschedulable_message(p) for p in k8s_api.list("v1/pods", "default")]
+        return len([m for m in messages if m and "didn't match Pod's node affinity/selector" in m]) == 3
+
+    k8s_api.wait_for(waiting, 15, "three pods with no node of their group")
+    aws.reset_calls()
+    argv = [
+        sys.executable,
+        "-m",
+        "clusterous_provisioner.autoscaler",
+        "--once",
+        "--kubeconfig",
+        str(k8s_api.kubeconfig),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "worker: grow 2: 3 pod(s) unschedulable" in run.stdout
+    assert len(aws.calls("RunInstances")) == 1 and len(aws.calls("DescribeInstanceTypes")) == 1
+    assert len(_workers(aws)) == 2
+    k8s_api.wait_for(lambda: _available(k8s_api) == 3, 15, "the app on the new nodes")
+    shown = json.loads(cli(["status", "--name", CLUSTER, "--json"]).stdout)["autoscaler"]["worker"]
+    assert (shown["min"], shown["max"], shown["last"]["count"]) == (0, 3, 2)

@@ -92,20 +92,28 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
     }
 
 
-def write_record(api_client, spec, bucket: str) -> str:
-    """Create the ConfigMap, or merge-patch its settings (never `status`): "created"/"updated"."""
+def write_record(api_client, spec, bucket: str) -> str | None:
+    """Create the ConfigMap, or merge-patch its settings (never `status`): "created"/"updated".
+    A cluster without elastic groups gets none; one that had some gets its groups emptied
+    (None when there was nothing to do)."""
     from kubernetes import client
     from kubernetes.client import ApiException
 
     core = client.CoreV1Api(api_client)
     body = record_configmap(spec, bucket)
+    if any(g.elastic for g in spec.groups):
+        try:
+            core.create_namespaced_config_map(NAMESPACE, body, **RAW)
+            return "created"
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
     try:
-        core.create_namespaced_config_map(NAMESPACE, body, **RAW)
-        return "created"
+        core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": body["data"]}, **RAW)
     except ApiException as exc:
-        if exc.status != 409:
+        if exc.status != 404:
             raise
-    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": body["data"]}, **RAW)
+        return None
     return "updated"
 
 

@@ -284,7 +284,7 @@ def up(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
             )  # fmt: skip
-    if ready is not None and any(g.elastic for g in spec.groups):
+    if ready is not None:
         _record_bounds(ref, spec, bucket, report)
     if as_json:
         output.print_json(
@@ -316,7 +316,8 @@ def up(
 
 
 def _record_bounds(ref, spec, bucket: str, report) -> None:
-    """Elastic groups: their bounds go to the autoscaler's ConfigMap (docs/elastic.md)."""
+    """Elastic groups: their bounds go to the autoscaler's ConfigMap (docs/elastic.md); a cluster
+    whose groups lost their bounds has them emptied there."""
     from clusterous_cli import kubeapi
     from clusterous_provisioner import autoscaler
 
@@ -324,8 +325,11 @@ def _record_bounds(ref, spec, bucket: str, report) -> None:
         done = autoscaler.write_record(kubeapi.api_client(ref), spec, bucket)
     except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
         raise kubeapi.api_failure(f"up {spec.name}: recording the node groups' bounds", exc) from None
-    bounds = ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups if g.elastic)
-    report(f"autoscaler bounds {done}: {bounds} ({autoscaler.NAMESPACE}/{autoscaler.CONFIGMAP})")
+    if done:
+        bounds = (
+            ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups if g.elastic) or "no elastic group"
+        )
+        report(f"autoscaler bounds {done}: {bounds} ({autoscaler.NAMESPACE}/{autoscaler.CONFIGMAP})")
 
 
 def down(
