@@ -86,6 +86,10 @@ def test_a_burst_of_pending_pods_is_one_grow_and_nothing_flaps():
     # After the cooldown the two launching nodes are counted: only the rest is asked for.
     third, memory = one([WORKER], nodes, burst, T0 + 6 * MIN, memory, launching={"worker": 2})
     assert (third.action, third.count) == ("grow", 2)
+    # Registered but not Ready yet counts as on its way too: nothing more is asked for.
+    booting = [nodes[0], node("w2", T0 + 7 * MIN, ready=False), node("w3", T0 + 7 * MIN, ready=False)]
+    again, _ = one([WORKER], booting, burst, T0 + 12 * MIN, memory, launching={"worker": 2})
+    assert again.action == "none" and "4 node(s) on their way" in again.reason
     # The nodes joined, every pod runs on one, all idle a while later except the first:
     # no shrink within the cooldown, none of a busy node, never while something is launching.
     joined = [nodes[0], *(node(f"w{i}", T0 + 6 * MIN + i) for i in range(2, 6))]

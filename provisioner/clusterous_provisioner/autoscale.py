@@ -8,7 +8,8 @@ and the bench reach the rules without a cluster. The rules (docs/elastic.md):
 - grow when pods of the group are unschedulable for lack of CPU or memory (kube-scheduler's
   `PodScheduled=False`, reason `Unschedulable`, message naming `Insufficient cpu|memory`), or
   when the group has no node at all: by as many nodes of the group's size as the pending
-  requests need (first fit, largest first), minus the nodes already launching, capped by `max`;
+  requests need (first fit, largest first), minus the nodes on their way (instances without a
+  Node, Nodes not Ready yet), capped by `max`;
   all of it in one decision (one RunInstances);
 - shrink when nodes of the group ran no application pod (DaemonSet and static pods do not count)
   for `idle_minutes`: the newest idle nodes first, never below `min`, drained before they go;
@@ -260,8 +261,9 @@ def _decide_group(
         )
 
     waiting = [p for p in pending if not members or _for_capacity(unschedulable_message(p) or "")]
-    if waiting:
-        return _grow(group, members, pods, waiting, launching, current, type_capacity)
+    if waiting:  # nodes still booting (no Node yet, or not Ready yet) will take some of them
+        coming = launching + sum(1 for n in members if not is_ready(n))
+        return _grow(group, members, pods, waiting, coming, current, type_capacity)
 
     if launching:
         return replace(none, reason=f"{launching} node(s) launching")
@@ -293,7 +295,7 @@ def _for_capacity(message: str) -> bool:
     return any(reason in message for reason in CAPACITY_REASONS)
 
 
-def _grow(group, members, pods, waiting, launching, current, type_capacity) -> Decision:
+def _grow(group, members, pods, waiting, coming, current, type_capacity) -> Decision:
     capacity = node_capacity(group.name, members, pods) or type_capacity
     none = Decision(group.name, "none", current=current)
     if capacity is None:
@@ -305,9 +307,9 @@ def _grow(group, members, pods, waiting, launching, current, type_capacity) -> D
         if too_big
         else ""
     )
-    add = needed - launching
+    add = needed - coming
     if add <= 0:
-        why = f"{launching} node(s) launching for them" if needed else "none fits a new node"
+        why = f"{coming} node(s) on their way for them" if needed else "none fits a new node"
         return replace(none, reason=f"{len(waiting)} pod(s) pending; {why}{big}")
     room = group.max - current
     if room <= 0:
@@ -315,7 +317,7 @@ def _grow(group, members, pods, waiting, launching, current, type_capacity) -> D
             none, reason=f"{len(waiting)} pod(s) pending, but the group is at max {group.max}{big}"
         )
     add = min(add, room)
-    capped = f" (capped by max {group.max})" if add < needed - launching else ""
+    capped = f" (capped by max {group.max})" if add < needed - coming else ""
     return Decision(
         group.name,
         "grow",
