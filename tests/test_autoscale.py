@@ -269,3 +269,12 @@ def test_up_writes_the_record_keeps_the_status_and_empties_groups_that_lost_thei
     assert autoscaler.read_status(api)["worker"]["reason"] == "the autoscaler has not run yet"
     assert autoscaler.write_record(api, fixed, "b") == "updated"  # the bounds were dropped
     assert autoscaler.read_status(api) == {}
+
+
+def test_pods_pending_for_other_reasons_neither_grow_nor_let_the_group_shrink():
+    ports = "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
+    nodes = [node("w1", T0), node("w2", T0 + 1)]
+    d, _ = one([WORKER], nodes, [pod("p", why=ports)], T0 + 60 * MIN)
+    assert d.action == "none" and "1 pod(s) pending" in d.reason and "free ports" in d.reason
+    d, _ = one([WORKER], nodes, [], T0 + 60 * MIN)
+    assert (d.action, d.nodes) == ("shrink", ("w2",))

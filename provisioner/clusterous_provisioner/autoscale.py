@@ -265,8 +265,9 @@ def _decide_group(
         coming = launching + sum(1 for n in members if not is_ready(n))
         return _grow(group, members, pods, waiting, coming, current, type_capacity)
 
-    if launching:
-        return replace(none, reason=f"{launching} node(s) launching")
+    if launching or pending:  # never take nodes away while some are coming or pods wait
+        what = f"{launching} node(s) launching" if launching else f"{len(pending)} pod(s) pending"
+        return replace(none, reason=f"{what} ({_first_reason(pending)})" if pending else what)
     idle_for = settings.idle_minutes * 60
     idle = [
         n
@@ -277,8 +278,8 @@ def _decide_group(
     if removable <= 0:
         if idle:
             return replace(none, reason=f"{len(idle)} idle node(s), but the group is at min {group.min}")
-        busy = sum(1 for n in members if n["metadata"]["name"] in memory.busy_at)
-        return replace(none, reason=f"{current} node(s), {busy} running apps; nothing pending")
+        busy = sum(1 for n in members if memory.busy_at.get(n["metadata"]["name"]) == now)
+        return replace(none, reason=f"{current} node(s), {busy} running app pods; nothing pending")
     newest = sorted(idle, key=lambda n: (created_at(n), n["metadata"]["name"]), reverse=True)[:removable]
     names = tuple(n["metadata"]["name"] for n in newest)
     return Decision(
@@ -289,6 +290,11 @@ def _decide_group(
         f"{len(names)} node(s) ran no app pod for {settings.idle_minutes:g} min (min {group.min})",
         current,
     )
+
+
+def _first_reason(pending: list[Mapping]) -> str:
+    """kube-scheduler's message for the first pending pod, for a reason a person can act on."""
+    return (unschedulable_message(pending[0]) or "").split(" preemption:")[0] if pending else ""
 
 
 def _for_capacity(message: str) -> bool:
