@@ -278,3 +278,44 @@ def test_pods_pending_for_other_reasons_neither_grow_nor_let_the_group_shrink():
     assert d.action == "none" and "1 pod(s) pending" in d.reason and "free ports" in d.reason
     d, _ = one([WORKER], nodes, [], T0 + 60 * MIN)
     assert (d.action, d.nodes) == ("shrink", ("w2",))
+
+
+def test_a_drain_that_cannot_finish_leaves_the_node_schedulable_and_terminates_nothing(k8s_api):
+    """A pod arrived on the idle node after the decision, under a budget that allows no eviction."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    from clusterous_provisioner.inventory import Inventory
+
+    api = kube_config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
+    k8s_api.add_node("w1", {"clusterous.io/group": "worker"})
+    labels = {"app": "late"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.37"}]},
+    }
+    deployment = {"replicas": 1, "selector": {"matchLabels": labels}, "template": template}
+    k8s_api.create("apps/v1/deployments", {"metadata": {"name": "late"}, "spec": deployment}, "default")
+    budget = {"minAvailable": 1, "selector": {"matchLabels": labels}}
+    k8s_api.create(
+        "policy/v1/poddisruptionbudgets", {"metadata": {"name": "late"}, "spec": budget}, "default"
+    )
+
+    def guarded() -> bool:
+        status = k8s_api.get("policy/v1/poddisruptionbudgets", "late", "default").get("status") or {}
+        return status.get("currentHealthy") == 1 and status.get("disruptionsAllowed") == 0
+
+    k8s_api.wait_for(guarded, 15, "the app running under its budget")
+    record = autoscaler.Record("lab", "us-east-1", "b", (GroupBounds("worker", "t3.large", 0, 3),))
+    said: list[str] = []
+    decision = Decision("worker", "shrink", 1, ("w1",), "idle", 1)
+    nodes = k8s_api.list("v1/nodes")
+    outcome = autoscaler.act(
+        None, client.CoreV1Api(api), Inventory("lab", "us-east-1"), record, decision, nodes,
+        autoscaler.make_drain(api, 1.0, said.append), said.append,
+    )  # fmt: skip
+    assert outcome["terminated"] == [] and "PodDisruptionBudget" in outcome["error"]
+    history = k8s_api.history("v1/nodes", "w1")
+    assert [h["spec"].get("unschedulable") for h in history if h].count(True) >= 1  # it was cordoned
+    assert not k8s_api.get("v1/nodes", "w1")["spec"].get("unschedulable")
+    assert any("uncordoned, kept" in line for line in said)

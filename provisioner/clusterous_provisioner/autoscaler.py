@@ -282,7 +282,8 @@ def run_once(
 def act(
     clients, core, inv, record: Record, decision: autoscale.Decision, nodes: list[dict], drain, report
 ) -> dict:
-    """Carry out one decision; returns the instance ids it launched or terminated."""
+    """Carry out one decision; returns the instance ids it launched or terminated (and, when a
+    drain could not finish, the error: the nodes drained before it still go)."""
     group = next(g for g in record.groups if g.name == decision.group)
     have = inv.group_instances(group.name)
     if decision.action == "grow":
@@ -297,14 +298,39 @@ def act(
             report,
         )
         return {"launched": ids}
-    ips = {n["metadata"]["name"]: _internal_ip(n) for n in nodes}
-    victims = [i for i in have if i.get("PrivateIpAddress") in {ips.get(name) for name in decision.nodes}]
+    drained, outcome = [], {}
     for name in decision.nodes:
-        drain(name)  # raises when pods cannot leave: nothing is terminated then
-    # scaling.shrink terminates the newest of what it is shown; shown only the drained ones, it
-    # terminates exactly those (one TerminateInstances).
-    ids = scaling.shrink(clients, replace(inv, instances=victims), group.name, 0, False, report)
-    return {"terminated": ids}
+        try:
+            drain(name)
+        except Exception as exc:  # noqa: BLE001 - Failure (pods would not leave), ApiException
+            # The node stays: schedulable again, and the group rests for the cooldown.
+            _uncordon(core, name)
+            outcome["error"] = f"drain {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            report(f"{outcome['error']}; uncordoned, kept")
+            break
+        drained.append(name)
+    ips = {_internal_ip(n) for n in nodes if n["metadata"]["name"] in drained}
+    victims = [i for i in have if i.get("PrivateIpAddress") in ips]
+    # scaling.shrink terminates the newest of what it is shown; shown only the drained nodes'
+    # instances, it terminates exactly those (one TerminateInstances).
+    ids = (
+        scaling.shrink(clients, replace(inv, instances=victims), group.name, 0, False, report)
+        if victims
+        else []
+    )
+    for name in drained:  # a kubelet may have re-registered its Node before the termination
+        _delete_node(core, name)
+    return {"terminated": ids, **outcome}
+
+
+def _uncordon(core, name: str) -> None:
+    from kubernetes.client import ApiException
+
+    try:
+        core.patch_node(name, {"spec": {"unschedulable": False}}, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def _delete_node(core, name: str) -> bool:
