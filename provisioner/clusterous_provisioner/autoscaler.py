@@ -204,6 +204,8 @@ def status_line(group: str, current: int, entry: dict) -> str:
     last = entry.get("last")
     if last:
         line += f"; last change {last['at']}: {last['action']} {last['count']} ({last['reason']})"
+        if last.get("error"):
+            line += f"; {last['error']}"
     return line
 
 
