@@ -207,6 +207,8 @@ def make_plan(
         )
         if have:
             detail += f" ({have} running)"
+        if group.elastic:
+            detail += f", autoscaled {group.min}..{group.max}"
         items.append(
             Item(
                 f"group:{group.name}",
@@ -228,5 +230,28 @@ def make_plan(
         notes.append(f"running groups not in this layout are left alone: {', '.join(extra_groups)}")
     if any(i.action == EXTRA for i in items):
         notes.append("`up` never removes nodes: use `clusterous-k8s scale GROUP COUNT` to shrink a group")
+    notes += _elastic_notes(spec, region, root, sum(i.hourly_usd or 0.0 for i in items))
     notes.append("costs: on-demand, bundled table; data transfer and NAT per-GB charges not included")
     return Plan(cluster=name, region=region, items=tuple(items), checked_aws=inv.online, notes=tuple(notes))
+
+
+def _elastic_notes(spec: ClusterSpec, region: str, root: float | None, hourly: float) -> list[str]:
+    """Groups with bounds (docs/elastic.md): the autoscaler, and the cost per hour at min and at max."""
+    elastic = [g for g in spec.groups if g.elastic]
+    if not elastic:
+        return []
+    at_min = at_max = hourly
+    for g in elastic:
+        price = pricing.instance_hourly(g.instance_type, region).hourly_usd
+        if price is None or root is None:
+            return [f"autoscaler bounds: {_bounds(elastic)}; cost at min/max not priced ({g.instance_type})"]
+        at_min += (price + root) * (g.min - g.count)
+        at_max += (price + root) * (g.max - g.count)
+    return [
+        f"autoscaler bounds: {_bounds(elastic)} (docs/elastic.md)",
+        f"cost with every elastic group at min: {at_min:.4f} USD per hour; at max: {at_max:.4f} USD per hour",
+    ]
+
+
+def _bounds(groups) -> str:
+    return ", ".join(f"{g.name} {g.min}..{g.max} (starts at {g.count})" for g in groups)

@@ -148,7 +148,11 @@ def up(
     ctx: typer.Context,
     cluster_file: Path = typer.Argument(None, help="Clusterous cluster file (YAML); optional."),
     name: str = typer.Option(None, "--name", help="Cluster name [cluster file, else mycluster]."),
-    workers: int = typer.Option(None, "--workers", help="Number of worker nodes."),
+    workers: str = typer.Option(
+        None,
+        "--workers",
+        help="Number of worker nodes, or bounds MIN..MAX for the autoscaler (starts at MIN).",
+    ),
     master_type: str = typer.Option(None, "--master-type", help="Instance type of the master node."),
     worker_type: str = typer.Option(None, "--worker-type", help="Instance type of the workers."),
     controller_type: str = typer.Option(None, "--controller-type", help="Instance type of the controller."),
@@ -305,6 +309,8 @@ def up(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
             )  # fmt: skip
+    if ready is not None:
+        _record_bounds(ref, spec, bucket, report)
     if as_json:
         output.print_json(
             {
@@ -332,6 +338,23 @@ def up(
 
             report(f"running {env_path} ({env_app.name}), as the cluster file asks")
             run_application(ref, env_app, timeout=timeout or 900)
+
+
+def _record_bounds(ref, spec, bucket: str, report) -> None:
+    """Elastic groups: their bounds go to the autoscaler's ConfigMap (docs/elastic.md); a cluster
+    whose groups lost their bounds has them emptied there."""
+    from clusterous_cli import kubeapi
+    from clusterous_provisioner import autoscaler
+
+    try:
+        done = autoscaler.write_record(kubeapi.api_client(ref), spec, bucket)
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise kubeapi.api_failure(f"up {spec.name}: recording the node groups' bounds", exc) from None
+    if done:
+        bounds = (
+            ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups if g.elastic) or "no elastic group"
+        )
+        report(f"autoscaler bounds {done}: {bounds} ({autoscaler.NAMESPACE}/{autoscaler.CONFIGMAP})")
 
 
 def down(
@@ -511,6 +534,8 @@ def status(
     data = status_data(inv)
     if data["exists"]:
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
+        if data.get("applications") is not None and not data.get("applications_error"):
+            data.update(_elastic_status(ctx, name))
     if as_json:
         output.print_json(data)
         return
@@ -534,7 +559,26 @@ def status(
         else "shared volume: none"
     )
     print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
+    from clusterous_provisioner.autoscaler import status_line
+
+    for group, entry in (data.get("autoscaler") or {}).items():
+        print(status_line(group, data["groups"].get(group, 0), entry))
     apps.print_status(data)
+
+
+def _elastic_status(ctx, name: str) -> dict:
+    """Elastic groups' bounds and the autoscaler's last reason (docs/elastic.md); never fails `status`."""
+    from clusterous_cli import kubeapi
+    from clusterous_cli.endpoint import resolve_cluster
+    from clusterous_provisioner import autoscaler
+
+    try:
+        found = autoscaler.read_status(
+            kubeapi.api_client(resolve_cluster(ctx.obj.profile if ctx.obj else None, name))
+        )
+    except Exception as exc:  # noqa: BLE001 - ApiException, a malformed record: status still answers
+        return {"autoscaler_error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return {} if found is None else {"autoscaler": found}
 
 
 def clusters(
