@@ -441,3 +441,50 @@ def test_upstream_underscored_group_names_run(cluster, custom) -> None:
         }
         assert nodes == {"master": "io-master-1", "engine": "cpu-worker-1"}
     assert_ran_clean(runner)
+
+
+def test_render_with_the_clusters_nodes_and_pods_shows_what_the_operator_made(
+    cluster, custom, kubectl, tmp_path, capsys
+) -> None:
+    """`render --nodes --pods` fed with kubectl's listings of this cluster prints the replicas
+    and requests the operator chose beside the node agent; without --pods it would not."""
+    from clusterous_cli.main import run as cli_run
+
+    start_node_agent(cluster, {"cpu": "300m", "memory": "256Mi"})
+    app = clusterapp()
+    app["spec"]["components"][0]["cpu"] = "auto"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+        (tmp_path / "nodes.yaml").write_text(kubectl("get", "nodes", "-o", "yaml").stdout)
+        (tmp_path / "pods.yaml").write_text(kubectl("get", "pods", "-A", "-o", "yaml").stdout)
+    assert_ran_clean(runner)
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(app))
+
+    def rendered(*extra: str) -> dict:
+        capsys.readouterr()
+        assert (
+            cli_run(["render", str(tmp_path / "app.yaml"), "--nodes", str(tmp_path / "nodes.yaml"), *extra])
+            == 0
+        )
+        return {
+            o["metadata"]["name"]: (
+                o["spec"]["replicas"],
+                o["spec"]["template"]["spec"]["containers"][0]["resources"],
+            )
+            for o in yaml.safe_load_all(capsys.readouterr().out)
+            if o and o["kind"] == "Deployment"
+        }
+
+    live = {
+        name: (
+            deployment(cluster, name)["spec"]["replicas"],
+            deployment(cluster, name)["spec"]["template"]["spec"]["containers"][0]["resources"],
+        )
+        for name in ("demo-master", "demo-engine")
+    }
+    assert live["demo-master"][1]["requests"]["cpu"] == "1700m"  # 2 CPUs less the agent's 300m
+    assert rendered("--pods", str(tmp_path / "pods.yaml")) == live
+    assert rendered() != live  # the bare nodes' arithmetic differs

@@ -70,6 +70,55 @@ def apply(api, clusterapp: dict, namespace: str = NAMESPACE) -> str:
     return "updated"
 
 
+def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESPACE) -> list[str]:
+    """The operator's own checks against the cluster's nodes and the pods already on them
+    (`check_against_cluster`: groups exist, an explicit cpu or memory fits a node), before
+    anything is copied, built or applied: BadInput naming `source` and the field. Returns
+    warnings: node groups whose nodes no application uses (they sit idle and cost money)."""
+    from clusterous_cli.envfile import source_field
+    from clusterous_cli.kubeapi import api_failure
+    from clusterous_operator.placement import GROUP_LABEL, node_groups
+    from clusterous_operator.reconcile import check_against_cluster
+    from clusterous_operator.spec import SpecError, parse_app
+    from clusterous_provisioner.errors import BadInput
+
+    try:
+        nodes, pods = _list(api, "list_node"), _list(api, "list_pod_for_all_namespaces")
+        others = [
+            a for a in list_apps(api, namespace) if a["metadata"]["name"] != clusterapp["metadata"]["name"]
+        ]
+    except Failure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise api_failure("reading the cluster's nodes and pods", exc) from None
+    body = {**clusterapp, "metadata": {**clusterapp["metadata"], "namespace": namespace}}
+    try:
+        check_against_cluster(parse_app(body), nodes, pods)
+    except SpecError as error:
+        raise BadInput(source, source_field(clusterapp, error.field), error.expected, error.got) from None
+    used = {c.get("group") for a in [body, *others] for c in (a.get("spec") or {}).get("components") or []}
+    warnings = []
+    for group in sorted(node_groups(nodes) - used):
+        count = sum(
+            1 for n in nodes if ((n.get("metadata") or {}).get("labels") or {}).get(GROUP_LABEL) == group
+        )
+        warnings.append(
+            f"warning: no component uses node group {group}: its {count} node(s) sit idle and cost "
+            f"money (`clusterous-k8s scale {group} 0` removes them)"
+        )
+    return warnings
+
+
+def _list(api, method: str) -> list[dict]:
+    """Every object a CoreV1Api list call returns, as plain JSON (what the operator sees)."""
+    import json
+
+    from kubernetes import client
+
+    response = getattr(client.CoreV1Api(api), method)(_preload_content=False)
+    return json.loads(response.data).get("items") or []
+
+
 def get(api, name: str, namespace: str = NAMESPACE) -> dict | None:
     from kubernetes.client.exceptions import ApiException
 

@@ -221,7 +221,22 @@ def _check_against_operator(source: str, clusterapp: dict) -> None:
     try:
         parse_app(clusterapp)
     except SpecError as exc:
-        raise BadInput(source, exc.field, exc.expected, exc.got) from None
+        raise BadInput(source, source_field(clusterapp, exc.field), exc.expected, exc.got) from None
+
+
+_ENV_KEYS = {"group": "machine", "replicas": "count", "dependsOn": "depends", "hostNetwork": "docker_network"}
+
+
+def source_field(clusterapp: Mapping, field: str | None) -> str | None:
+    """A ClusterApp field as the user wrote it: `spec.components[1].cpu` of an app converted
+    from an environment file is `environment.components.web.cpu` there."""
+    match = re.fullmatch(r"spec\.components\[(\d+)\]\.(\w+)(.*)", field or "")
+    annotations = (clusterapp.get("metadata") or {}).get("annotations") or {}
+    components = (clusterapp.get("spec") or {}).get("components") or []
+    if not match or SOURCE_ANNOTATION not in annotations or int(match[1]) >= len(components):
+        return field
+    name = components[int(match[1])].get("name")
+    return f"environment.components.{name}.{_ENV_KEYS.get(match[2], match[2])}{match[3]}"
 
 
 def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tuple[dict, dict[int, int]]:

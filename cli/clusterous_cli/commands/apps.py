@@ -86,6 +86,9 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
     from clusterous_cli.endpoint import load_endpoint
 
     load_endpoint(ref)  # a missing controller record is bad input, before any connection
+    api = kubeapi.api_client(ref)
+    for warning in apps.check_on_cluster(api, str(app.source), app.clusterapp):  # before any change
+        output.say(warning)
     with ssh.connect_cluster(ref) as conn:
         for copy in app.copies:
             report = transfer.put(conn, copy.local, copy.remote)
@@ -93,7 +96,6 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
                 f"copied {copy.local.name}/ to the shared volume ({copy.remote}/): "
                 f"{len(report.transferred)} file(s) sent, {report.unchanged} unchanged"
             )
-        api = kubeapi.api_client(ref)
         for image in app.images:
             builds.ensure_built(conn, api, image.context, image.name, image.tag, output.say)
     verb = apps.apply(api, app.clusterapp)
