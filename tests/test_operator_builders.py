@@ -243,15 +243,17 @@ def test_the_registry_is_a_parameter() -> None:
     assert container(by_kind(objects, "Deployment")["sim-c"])["image"] == "10.0.0.5:30500/sim"
 
 
-def test_waiting_components_are_held_at_zero_replicas() -> None:
+def test_waiting_components_get_their_deployment_once_they_can_start() -> None:
     spec = app(
         comp("master", "master"), comp("engine", "worker", replicas="auto", cpu="1", dependsOn=["master"])
     )
     nodes = [node("m1", "master"), node("w1", "worker")]
     held = by_kind(build_children(spec, nodes, waiting={"engine"}), "Deployment")
     free = by_kind(build_children(spec, nodes), "Deployment")
-    assert held["sim-engine"]["spec"]["replicas"] == 0
+    assert "sim-engine" not in held and "sim-master" in held
     assert free["sim-engine"]["spec"]["replicas"] == 2
+    services = by_kind(build_children(spec, nodes, waiting={"engine"}), "Service")
+    assert "sim-engine" in services  # its DNS name exists from the start
 
 
 # -- changes -----------------------------------------------------------------------------------
