@@ -181,11 +181,17 @@ def clusterapp(name: str, namespace: str = NAMESPACE, depends: bool = False) -> 
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "components": [
-                {"name": "master", "group": "master", "image": "basic-python", "cpu": "0.5", "ports": [8888]},
+                {
+                    "name": "master",
+                    "group": "master",
+                    "image": "registry:5000/basic-python",
+                    "cpu": "0.5",
+                    "ports": [8888],
+                },
                 {
                     "name": "engine",
                     "group": "worker",
-                    "image": "basic-python",
+                    "image": "registry:5000/basic-python",
                     "replicas": "auto",
                     "cpu": "1",
                 },

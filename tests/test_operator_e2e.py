@@ -30,7 +30,7 @@ WAIT = 30  # seconds; generous, the test machine is shared
 OPERATOR_ARGS = ["run", "--standalone", "--all-namespaces", "-m", "clusterous_operator.handlers"]
 
 
-def clusterapp(name: str = "demo", image: str = "basic-python") -> dict:
+def clusterapp(name: str = "demo", image: str = "registry:5000/basic-python") -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ClusterApp",

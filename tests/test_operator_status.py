@@ -23,7 +23,7 @@ def capp(*components: dict, generation: int = 1, status: dict | None = None) -> 
     return body
 
 
-MASTER = {"name": "master", "group": "master", "image": "sim", "cpu": "1", "ports": [8888]}
+MASTER = {"name": "master", "group": "master", "image": "registry:5000/sim", "cpu": "1", "ports": [8888]}
 CRUNCH = {"name": "crunch", "group": "worker", "image": "sim", "replicas": 8, "cpu": "0.5"}
 ENGINE = {
     "name": "engine",
@@ -210,6 +210,16 @@ def test_failing_containers_name_the_reason_and_the_next_step(reason, hint) -> N
     assert status["phase"] == "Pending"
     assert reason in status["message"] and hint in status["message"]
     assert condition(status, "Ready")["reason"] == "ContainersFailing"
+
+
+def test_a_public_image_that_cannot_be_pulled_names_where_it_comes_from() -> None:
+    body = capp({**MASTER, "image": "ubuntu:nosuchtag"})
+    deployments = running_deployments(body, ready={"master": 0})
+    status = decide(body, NODES, [pod("master", waiting="ErrImagePull")], deployments, now=NOW).status
+    assert (
+        "can docker.io/library/ubuntu:nosuchtag be pulled? A short name is Docker Hub's" in status["message"]
+    )
+    assert "build-image" not in status["message"]
 
 
 def test_degraded_when_replicas_are_lost_after_running() -> None:

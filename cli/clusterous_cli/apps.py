@@ -9,6 +9,7 @@ when the ClusterApp is already gone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from clusterous_cli.endpoint import ClusterRef
 from clusterous_provisioner.errors import Failure
@@ -16,10 +17,32 @@ from clusterous_provisioner.errors import Failure
 GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
+TOKEN_FILE = "app-token"
+TOKEN_PARAM = "token"
 CONFLICT_ATTEMPTS = 5  # a read-modify-replace overtaken by another writer (409) is redone
 
 
 # --- the ClusterApp --------------------------------------------------------------------------
+
+
+def app_token(directory: Path | None) -> str:
+    """`$token` of environment files: a secret for the web UIs apps serve through their tunnels
+    (the Dask example's Jupyter; its tunnel message shows it in the URL). A UI bound to 0.0.0.0
+    in a pod has no host check, so without a token any web page open on the laptop could reach
+    it through the tunnel. Kept in the cluster's config directory (0600), so each `run` gives
+    the pods the same one (no restart); without a cluster (`convert`) a fresh one."""
+    import secrets
+
+    from clusterous_cli import config
+
+    if directory is None:
+        return secrets.token_urlsafe(24)
+    path = directory / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    config.write_private(path, token + "\n")
+    return token
 
 
 def _custom(api):

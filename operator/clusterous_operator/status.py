@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from clusterous_operator.images import resolve_image
+from clusterous_operator.images import in_cluster_registry, resolve_image
 from clusterous_operator.placement import ComponentPlacement
 from clusterous_operator.spec import (
     AUTO,
@@ -253,9 +253,15 @@ def _placement_problem(
 def _failing_message(component: Component, reasons: list[str]) -> str:
     reason = max(set(reasons), key=reasons.count)
     head = f"{len(reasons)} {component.name} replicas failing: {reason}"
-    if "Image" in reason:
+    if "Image" in reason and in_cluster_registry(component.image):
         image = resolve_image(component.image)
-        return f"{head} — is {image} in the registry? `clusterous-k8s images`, `clusterous-k8s build-image DIR {component.image}`"
+        name = component.image.partition("/")[2]
+        return f"{head} — is {image} in the registry? `clusterous-k8s images`, `clusterous-k8s build-image DIR {name}`"
+    if "Image" in reason:
+        return (
+            f"{head} — can {resolve_image(component.image)} be pulled? A short name is Docker Hub's; "
+            "an image built on the cluster is registry:5000/NAME"
+        )
     return f"{head} — see `clusterous-k8s logs {component.name}`"
 
 
