@@ -100,3 +100,52 @@ def test_status_scale_hint_counts_what_new_nodes_hold_beside_other_pods(
         timeout=WAIT,
         what="phase Running on the nodes the hint asked for",
     )
+
+
+def baseline_violations(pod_spec: dict) -> list[str]:
+    """What the Pod Security `baseline` profile forbids (kubernetes.io/docs/concepts/security/
+    pod-security-standards), as far as the operator's pod specs can express it."""
+    found = [f for f in ("hostNetwork", "hostPID", "hostIPC") if pod_spec.get(f)]
+    found += [f"hostPath {v['name']}" for v in pod_spec.get("volumes") or [] if "hostPath" in v]
+    for container in pod_spec.get("containers") or []:
+        context = container.get("securityContext") or {}
+        if context.get("privileged"):
+            found.append("privileged")
+        found += [f"hostPort {p['hostPort']}" for p in container.get("ports") or [] if p.get("hostPort")]
+        found += [f"capability {c}" for c in (context.get("capabilities") or {}).get("add") or []]
+    return found
+
+
+def test_app_pods_meet_baseline_and_the_namespace_enforces_it_unless_an_app_asks_for_host_network(
+    cluster,  # noqa: F811
+    k8s_api,
+    cli,
+    tmp_path,
+) -> None:
+    path = clusterapp_file(tmp_path, {"cpu": "0.5", "ports": [8080]})
+    result = cli(["run", str(path), "--no-wait"])
+    assert result.exit_code == 0, result.output
+    labels = k8s_api.get("v1/namespaces", "default")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert (
+        labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "baseline"
+    )
+    deployment = k8s_api.wait_for(
+        lambda: k8s_api.get("apps/v1/deployments", "sim-engine"), timeout=WAIT, what="the Deployment"
+    )
+    assert baseline_violations(deployment["spec"]["template"]["spec"]) == []
+
+    host = yaml.safe_load(path.read_text())
+    host["metadata"]["name"] = "agent"
+    host["spec"]["components"][0]["hostNetwork"] = True
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(host))
+    result = cli(["run", str(tmp_path / "agent.yaml"), "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert "Pod Security privileged enforced" in result.stderr
+    labels = k8s_api.get("v1/namespaces", "default")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"  # baseline forbids hostNetwork
+    assert labels["pod-security.kubernetes.io/warn"] == "baseline"  # still reported
+    agent = k8s_api.wait_for(
+        lambda: k8s_api.get("apps/v1/deployments", "agent-engine"), timeout=WAIT, what="the Deployment"
+    )
+    assert baseline_violations(agent["spec"]["template"]["spec"]) == ["hostNetwork"]

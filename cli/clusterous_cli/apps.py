@@ -132,6 +132,42 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
     return warnings
 
 
+PSA = "pod-security.kubernetes.io/"
+
+
+def pod_security_labels(clusterapps: list[dict]) -> dict[str, str]:
+    """The Pod Security labels of the application namespace: `baseline` enforced (what every
+    application pod meets: no host namespaces, ports, paths or privileges) unless an app there
+    asks for hostNetwork (`docker_network: host`), which baseline forbids: then `privileged`
+    is enforced while `baseline` still warns and audits, so such pods are visible."""
+    host = any(
+        c.get("hostNetwork") for app in clusterapps for c in (app.get("spec") or {}).get("components") or []
+    )
+    level = "privileged" if host else "baseline"
+    return {f"{PSA}enforce": level, f"{PSA}warn": "baseline", f"{PSA}audit": "baseline"}
+
+
+def ensure_pod_security(api, clusterapp: dict, namespace: str = NAMESPACE) -> str | None:
+    """Label the namespace for this app and the others there (one patch, only on a change);
+    returns the enforced level when it changed."""
+    from kubernetes import client
+
+    from clusterous_cli.kubeapi import api_failure
+
+    name = clusterapp["metadata"]["name"]
+    others = [a for a in list_apps(api, namespace) if a["metadata"]["name"] != name]
+    wanted = pod_security_labels([clusterapp, *others])
+    core = client.CoreV1Api(api)
+    try:
+        current = core.read_namespace(namespace).metadata.labels or {}
+        if all(current.get(k) == v for k, v in wanted.items()):
+            return None
+        core.patch_namespace(namespace, {"metadata": {"labels": wanted}})
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise api_failure(f"labelling namespace {namespace} for Pod Security", exc) from None
+    return wanted[f"{PSA}enforce"]
+
+
 def _list(api, method: str) -> list[dict]:
     """Every object a CoreV1Api list call returns, as plain JSON (what the operator sees)."""
     import json

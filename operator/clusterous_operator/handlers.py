@@ -30,6 +30,12 @@ CAPP = ("clusterous.io", "v1alpha1", "clusterapps")
 RESYNC_SECONDS = float(os.environ.get("CLUSTEROUS_RESYNC_SECONDS", "10"))
 FINALIZER = "clusterous.io/finalizer"
 RECENT_WRITE_SECONDS = 30.0  # trust our own writes over the indices for this long
+# The namespace whose ClusterApps it serves (its RBAC writes only there); unset: every namespace.
+APP_NAMESPACE = os.environ.get("CLUSTEROUS_APP_NAMESPACE") or None
+
+
+def _served(namespace: str | None, **_) -> bool:
+    return APP_NAMESPACE is None or namespace == APP_NAMESPACE
 
 
 @dataclass
@@ -121,7 +127,7 @@ async def pod_index(body: kopf.Body, **_) -> dict:
     }
 
 
-@kopf.index(*CAPP)
+@kopf.index(*CAPP, when=_served)
 async def app_index(body: kopf.Body, namespace: str, name: str, **_) -> dict:
     """Each ClusterApp as last seen, for the Deployment handler to reconcile it."""
     return {(namespace, name): _trim(body, ("apiVersion",), ("kind",), ("metadata",), ("spec",), ("status",))}
@@ -152,12 +158,14 @@ async def claim_index(
     }
 
 
-def _news(body: kopf.Body, type: str | None, **_) -> bool:
+def _news(body: kopf.Body, type: str | None, namespace: str | None = None, **_) -> bool:
     """Whether an event of a ClusterApp can change what the app should be (checked in kopf's
     loop, before a thread is taken): not a deletion (on_delete's), not before the finalizer
     (see `reconcile`), not the echo of our own status write with the spec unchanged."""
     meta = body.get("metadata", {})
     if type == "DELETED" or meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
+        return False
+    if not _served(namespace):
         return False
     generation, status = app_state(meta).status_written
     return generation != meta.get("generation") or status_changed(body.get("status"), status)
@@ -193,13 +201,13 @@ async def on_deployment(
         await asyncio.to_thread(reconcile, app, logger, phase_only=True, **indices)
 
 
-@kopf.timer(*CAPP, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(*CAPP, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_served)
 def resync(body: kopf.Body, logger, **indices) -> None:
     """Follow what changed around the app: nodes, pods."""
     reconcile(body, logger, **indices)
 
 
-@kopf.on.delete(*CAPP)
+@kopf.on.delete(*CAPP, when=_served)
 def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, logger, **_) -> None:
     """Delete the children explicitly (there may be no garbage collector); never hold the
     finalizer: what could not be deleted is reported as a warning Event."""

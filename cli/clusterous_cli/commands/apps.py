@@ -101,6 +101,9 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
             )
         for image in app.images:
             builds.ensure_built(conn, api, image.context, image.name, image.tag, output.say)
+    level = apps.ensure_pod_security(api, app.clusterapp)
+    if level:
+        output.say(f"namespace default: Pod Security {level} enforced (docs/clusterapp.md)")
     verb = apps.apply(api, app.clusterapp)
     output.say(f"ClusterApp {app.name} {verb}")
     if not wait:
