@@ -127,6 +127,14 @@ def test_dask_example_converts_with_the_cluster_files_parameters_and_renders(cli
     assert "CLUSTEROUS_SCHEDULER_HOST" in (DASK.parent / "launch_scripts" / "launch_worker.sh").read_text()
 
 
+def test_a_tunnel_to_a_host_network_component_needs_no_declared_port(tmp_path) -> None:
+    """As in Clusterous' spark demo: the notebook binds the node's port itself."""
+    body = one({"docker_network": "host"}, environment={"expose_tunnel": [{"service": "31888:main:31888"}]})
+    app = convert(write_env(tmp_path, body))
+    assert app["spec"]["tunnels"] == [{"localPort": 31888, "component": "main", "port": 31888}]
+    render(app)
+
+
 def test_dask_notebook_requires_a_generated_token_that_the_tunnel_url_carries(cli, tmp_path) -> None:
     """Jupyter binds 0.0.0.0 in its pod (no host check): an empty token would let any web page
     open on the laptop run code through the tunnel."""

@@ -339,8 +339,11 @@ def _parse_tunnel(raw: object, path: str, components: tuple[Component, ...]) -> 
     if message is not None and not isinstance(message, str):
         raise SpecError(f"{path}.message", "a string", message)
     port = _parse_port(raw["port"], f"{path}.port")
-    exposed = next(c for c in components if c.name == raw["component"]).ports
-    if port not in exposed:  # nothing would listen there for the tunnel to reach
+    target = next(c for c in components if c.name == raw["component"])
+    exposed = target.ports
+    # nothing would listen there for the tunnel to reach; a hostNetwork component's process
+    # binds the node's ports itself, declared or not (Clusterous' spark demo tunnels so)
+    if port not in exposed and not target.host_network:
         ports = ", ".join(map(str, exposed)) or "none: add the port to its ports"
         raise SpecError(f"{path}.port", f"a port {raw['component']} exposes ({ports})", port)
     return Tunnel(
