@@ -527,3 +527,35 @@ def test_running_is_reported_at_once_with_no_resync_and_costs_8_writes(cluster, 
         operator.terminate()
         operator.wait(30)
         log.close()
+
+
+def test_the_operator_serves_only_its_application_namespace(cluster, custom, tmp_path) -> None:
+    """As deployed (CLUSTEROUS_APP_NAMESPACE=default, writes granted only there): a ClusterApp
+    elsewhere is left alone — no finalizer, no children, no status, no 403 in the log."""
+    import subprocess
+    import sys
+    import time
+
+    cluster.create("v1/namespaces", {"metadata": {"name": "elsewhere"}})
+    other = clusterapp("stray")
+    other["metadata"]["namespace"] = "elsewhere"
+    custom.create_namespaced_custom_object(GROUP, VERSION, "elsewhere", PLURAL, other)
+    env = {**os.environ, "CLUSTEROUS_APP_NAMESPACE": "default"}
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kopf", *OPERATOR_ARGS], env=env, stdout=log, stderr=log
+        )
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
+            cluster.wait_for(
+                lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+            )
+            time.sleep(1.5)  # three resyncs
+        finally:
+            operator.terminate()
+            operator.wait(30)
+    stray = cluster.get("capp", "stray", "elsewhere")
+    assert not stray.get("status") and not stray["metadata"].get("finalizers")
+    assert cluster.list("apps/v1/deployments", "elsewhere") == []
+    assert "Forbidden" not in log_path.read_text() and "403" not in log_path.read_text()
