@@ -176,8 +176,12 @@ def up(
         None, "--timeout", help="Seconds each readiness stage may take [host key 600, cloud-init 900, ...]."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    param: list[str] = typer.Option(
+        None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
+    ),
 ) -> None:
     from clusterous_cli import config, envfile, output
+    from clusterous_cli.commands.apps import collect_params
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
     from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
@@ -208,7 +212,10 @@ def up(
         profile_region=profile.region if profile else _dry_run_region(),
         profile_ssh_cidr=profile.ssh_cidr if profile else None,
         default_name=DEFAULT_NAME,
-        environment_groups=envfile.node_groups_for_up,
+        # --param wins over the cluster file's parameters, as in `run` and `convert`
+        environment_groups=lambda path, values: envfile.node_groups_for_up(
+            path, {**values, **envfile.parse_params(param)}
+        ),
     )
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
     key_name = profile.key_name if profile else None
@@ -216,10 +223,9 @@ def up(
     # The environment file the cluster file names is checked now, before anything is created.
     env_app = None
     if spec.environment_file and cluster_file is not None:
-        from clusterous_cli.commands.apps import collect_params
-
         env_path = cluster_file.parent / spec.environment_file
-        env_app = envfile.load_application(env_path, collect_params(None, cluster_file))
+        token_dir = None if dry_run else config.cluster_dir(profile_name, spec.name)  # `run`'s $token
+        env_app = envfile.load_application(env_path, collect_params(param, cluster_file, token_dir))
 
     if render_dir is not None:
         written = _render(spec, bucket, profile.bucket_region if profile else None, render_dir)
