@@ -369,27 +369,32 @@ def open_tunnels(ref: ClusterRef, api, clusterapp: dict, namespace: str = NAMESP
 
     name = clusterapp["metadata"]["name"]
     wanted = (clusterapp.get("spec") or {}).get("tunnels") or []
+    hosts = [component_address(api, name, tunnel["component"], namespace) for tunnel in wanted]
     record = read_record(ref)
-    desired = tunnels.read_desired(ref)
     previous = set((record.get(name) or {}).get("tunnels") or [])
-    desired.tunnels = [t for t in desired.tunnels if t.local not in previous]
-    taken = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
     opened: list[tuple[int, str]] = []
-    for tunnel in wanted:
-        local = tunnel["localPort"]
-        if local in taken or (local not in previous and not tunnels.bindable(local)):
-            local = tunnels.next_free_port(local + 1, taken)
-        host = component_address(api, name, tunnel["component"], namespace)
-        desired.tunnels.append(
-            tunnels.Tunnel(
-                local=local, host=host, port=tunnel["port"], component=f"{name}-{tunnel['component']}"
+
+    def replace_app_tunnels(desired: tunnels.Desired) -> None:
+        """Under tunnels.yml's lock: other commands' tunnels added meanwhile are kept."""
+        opened.clear()
+        desired.tunnels = [t for t in desired.tunnels if t.local not in previous]
+        taken = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
+        for tunnel, host in zip(wanted, hosts, strict=True):
+            local = tunnel["localPort"]
+            if local in taken or (local not in previous and not tunnels.bindable(local)):
+                local = tunnels.next_free_port(local + 1, taken)
+            desired.tunnels.append(
+                tunnels.Tunnel(
+                    local=local, host=host, port=tunnel["port"], component=f"{name}-{tunnel['component']}"
+                )
             )
-        )
-        taken.add(local)
-        opened.append((local, fill_message(tunnel.get("message"), local)))
+            taken.add(local)
+            opened.append((local, fill_message(tunnel.get("message"), local)))
+
+    tunnels.update_desired(ref, replace_app_tunnels)
     record[name] = {"namespace": namespace, "tunnels": [port for port, _ in opened]}
     write_record(ref, record)
-    tunnels.apply(ref, desired, [port for port, _ in opened])
+    tunnels.apply(ref, None, [port for port, _ in opened])
     return opened
 
 
@@ -399,14 +404,16 @@ def close_tunnels(ref: ClusterRef, name: str) -> list[int]:
 
     record = read_record(ref)
     ports = list((record.pop(name, None) or {}).get("tunnels") or [])
-    desired = tunnels.read_desired(ref)
-    before = len(desired.tunnels)
-    desired.tunnels = [t for t in desired.tunnels if t.local not in ports]
-    if len(desired.tunnels) != before:
-        if tunnels.supervisor_pid(ref):
-            tunnels.apply(ref, desired, [])
-        else:
-            tunnels.write_desired(ref, desired)
+    dropped: list[bool] = []
+
+    def drop_app_tunnels(desired: tunnels.Desired) -> None:
+        before = len(desired.tunnels)
+        desired.tunnels = [t for t in desired.tunnels if t.local not in ports]
+        dropped.append(len(desired.tunnels) != before)
+
+    tunnels.update_desired(ref, drop_app_tunnels)
+    if dropped[0] and tunnels.supervisor_pid(ref):
+        tunnels.apply(ref, None, [])
     write_record(ref, record)
     return ports
 
