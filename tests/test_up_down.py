@@ -291,6 +291,9 @@ def test_profile_key_pair_is_used_and_kept(aws, cli):
         (["--ami", "ami-00000000000000000"], "--ami"),
         (["--os", "ubuntu-24.04"], "/aws/service/canonical"),
         (["--worker-type", "x9.huge"], "x9.huge"),
+        (["--worker-type", "m7g.large"], "--worker-type: expected an instance type that runs x86_64"),
+        (["--controller-type", "t4g.medium"], "the AMI ami-"),
+        (["--ssh-cidr", "not-a-network"], "--ssh-cidr"),
     ],
 )
 def test_bad_input_found_by_aws_creates_nothing(aws, cli, argv, expected):
@@ -375,3 +378,17 @@ def test_spot_is_for_node_groups_never_the_controller(aws, cli):
         lifecycle.setdefault(role, set()).add(instance.get("InstanceLifecycle", "on-demand"))
     assert lifecycle == {"controller": {"on-demand"}, "master": {"spot"}, "worker": {"spot"}}
     assert cli(["down", "spotty", "--yes", "--delete-shared-volume"]).exit_code == 0
+
+
+def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):
+    make_profile(cli)
+    base = ["up", "--name", "wide", "--workers", "0", "--no-wait"]
+    refused = cli([*base, "--ssh-cidr", "0.0.0.0/0"], input="n\n")
+    assert refused.exit_code == 1
+    assert "opens SSH (port 22) on the controller to every address on the internet" in refused.output
+    assert sum(count_tagged(aws, "wide").values()) == 0
+    accepted = cli([*base, "--ssh-cidr", "0.0.0.0/0", "--yes"])
+    assert accepted.exit_code == 0, accepted.output
+    assert "warning: --ssh-cidr 0.0.0.0/0 opens SSH" in accepted.stderr
+    narrow = cli([*base, "--name", "narrow", "--ssh-cidr", "10.1.0.0/16"], input="y\n")
+    assert narrow.exit_code == 0 and "opens SSH" not in narrow.output

@@ -50,6 +50,12 @@ def config_dir() -> Path:
     return Path(base) / "clusterous-k8s"
 
 
+def cache_dir() -> Path:
+    """What may be thrown away and fetched again (prices, the region list): $XDG_CACHE_HOME."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clusterous-k8s"
+
+
 def settings_path() -> Path:
     return config_dir() / "config.yml"
 

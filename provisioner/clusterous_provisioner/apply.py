@@ -65,8 +65,8 @@ def _code(exc) -> str:
 # --- preflight ----------------------------------------------------------------------------------
 
 
-def resolve_ami(clients, spec: ClusterSpec) -> tuple[str, str]:
-    """The AMI id and its root device name: --ami, or the OS's public SSM parameter."""
+def resolve_ami(clients, spec: ClusterSpec) -> tuple[str, str, str]:
+    """The AMI id, its root device name and architecture: --ami, or the OS's public SSM parameter."""
     from botocore.exceptions import ClientError
 
     ami = spec.ami
@@ -92,7 +92,25 @@ def resolve_ami(clients, spec: ClusterSpec) -> tuple[str, str]:
         images = []
     if not images:
         raise BadInput("--ami", None, f"an AMI that exists in {spec.region}", ami)
-    return ami, images[0].get("RootDeviceName") or "/dev/xvda"
+    return ami, images[0].get("RootDeviceName") or "/dev/xvda", images[0].get("Architecture", "x86_64")
+
+
+def wrong_architecture(clients, spec: ClusterSpec, architecture: str) -> list[str]:
+    """The instance types that cannot run `architecture` (DescribeInstanceTypes'
+    ProcessorInfo.SupportedArchitectures): an arm64 type cannot boot an x86_64 image."""
+    from botocore.exceptions import ClientError
+
+    try:
+        found = clients.ec2.describe_instance_types(InstanceTypes=spec.instance_types)["InstanceTypes"]
+    except ClientError as exc:
+        if _code(exc) != "InvalidInstanceType":
+            raise
+        return []  # a type the region lacks: choose_zone names it
+    return sorted(
+        t["InstanceType"]
+        for t in found
+        if architecture not in t.get("ProcessorInfo", {}).get("SupportedArchitectures", [architecture])
+    )
 
 
 def external_volume(clients, spec: ClusterSpec) -> dict | None:
@@ -162,8 +180,19 @@ def choose_zone(clients, spec: ClusterSpec, inv: Inventory, volume: dict | None)
     return good[0]
 
 
-def preflight(clients, spec: ClusterSpec, inv: Inventory) -> Preflight:
-    ami, root = resolve_ami(clients, spec)
+def preflight(clients, spec: ClusterSpec, inv: Inventory, where=None) -> Preflight:
+    """`where(instance_type)` names the flag or file field a refused type came from."""
+    ami, root, architecture = resolve_ami(clients, spec)
+    wrong = wrong_architecture(clients, spec, architecture)
+    if wrong:
+        source, field_name = where(wrong[0]) if where else ("instance type", None)
+        raise BadInput(
+            source,
+            field_name,
+            f"an instance type that runs {architecture}, the architecture of the AMI {ami} "
+            f"({', '.join(wrong)} cannot); pick another type or an image built for it",
+            ", ".join(wrong),
+        )
     volume = external_volume(clients, spec)
     if volume and inv.subnets and volume["AvailabilityZone"] != inv.subnets[0]["AvailabilityZone"]:
         raise BadInput(

@@ -264,7 +264,7 @@ def _validation_error(source: str, exc: ValidationError, data: dict, flagged: di
     field = ".".join(loc) or None
     message = err["msg"]
     if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+        message = message[len("Value error, ") :].removeprefix("must be ")
     if err["type"] == "extra_forbidden":
         message = f"a known setting (unknown key {loc[-1]!r})"
     elif field in ("shared_volume_size",) and err["type"].startswith(("greater", "less")):

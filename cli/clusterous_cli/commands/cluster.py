@@ -98,6 +98,18 @@ def _render(spec, bucket: str, directory: Path, token: str = PLACEHOLDER_TOKEN) 
     return bootstrap.write_render_dir(apply.bootstrap_inputs(spec, bucket, token, volume), directory)
 
 
+def _prices(clients, spec, report) -> dict[str, float]:
+    """Pricing API prices for the types the bundled table lacks (cached 30 days per region)."""
+    from clusterous_cli import config
+    from clusterous_provisioner import pricing
+
+    if all(pricing.bundled(t, spec.region) for t in spec.instance_types):
+        return {}
+    return pricing.fetch_prices(
+        pricing.pricing_client(), spec.region, spec.instance_types, config.cache_dir(), report
+    )
+
+
 def print_plan(plan, as_json: bool) -> None:
     from clusterous_cli import output
 
@@ -119,12 +131,82 @@ def print_plan(plan, as_json: bool) -> None:
         ["action", "resource", "name", "detail", "USD/hour"],
         rows,
     )
-    monthly = plan.hourly_cost_usd * 730
-    print(f"cost: {plan.hourly_cost_usd:.4f} USD per hour (about {monthly:.0f} USD per 30 days of uptime)")
+    print(f"cost: {plan.cost_line}")
     for line in plan.unpriced:
         print(f"  not priced: {line}")
     for note in plan.notes:
         print(f"  note: {note}")
+
+
+def instance_type_sources(
+    spec, cluster_file: Path | None, overrides: dict
+) -> list[tuple[str, str, str | None]]:
+    """(instance type, where it was written, field) for the controller and every group."""
+    from clusterous_provisioner.clusterfile import FLAG_FIELDS, read_cluster_file
+
+    data = read_cluster_file(cluster_file) if cluster_file else {}
+
+    def where(key: str, field: str) -> tuple[str, str | None]:
+        return (FLAG_FIELDS[key][0], None) if overrides.get(key) else (spec.source, field)
+
+    found = [(spec.controller_type, *where("controller_type", "controller_instance_type"))]
+    for group in spec.groups:
+        if isinstance(data.get("node_groups"), dict) and group.name in data["node_groups"]:
+            found.append((group.instance_type, spec.source, f"node_groups.{group.name}.type"))
+        elif group.name in ("master", "worker"):
+            found.append(
+                (group.instance_type, *where(f"{group.name}_type", f"parameters.{group.name}_instance_type"))
+            )
+        else:
+            found.append((group.instance_type, spec.source, f"instance type of node group {group.name}"))
+    return found
+
+
+def check_instance_types(sources) -> None:
+    """Every instance type must be one botocore knows (offline): a typo is exit 2 naming where it
+    was written and the closest known types."""
+    from clusterous_provisioner.pricing import check_instance_type
+
+    for instance_type, source, field in sources:
+        check_instance_type(instance_type, source, field)
+
+
+def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
+    """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
+    from clusterous_provisioner.errors import BadInput
+
+    if not wrong:
+        return
+    _, source, field = next(s for s in sources if s[0] in wrong)
+    raise BadInput(
+        source,
+        field,
+        f"an instance type that runs {architecture}, the architecture of {image} "
+        f"({', '.join(sorted(wrong))} cannot); pick another type or an image built for it",
+        ", ".join(sorted(wrong)),
+    )
+
+
+WIDE_SSH_PREFIX = 16  # a range wider than a /16 (65,536 addresses) is "the internet", not "my lab"
+
+
+def confirm_ssh_cidr(cidr: str, yes: bool, report) -> None:
+    """SSH open to a very wide range is sometimes meant (a roaming laptop) but never by accident:
+    say what it opens and ask, unless --yes."""
+    import ipaddress
+
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen >= WIDE_SSH_PREFIX:
+        return
+    everyone = "every address on the internet" if net.prefixlen == 0 else f"{net.num_addresses:,} addresses"
+    warning = (
+        f"--ssh-cidr {cidr} opens SSH (port 22) on the controller to {everyone}; only its key pair "
+        "then stands between the internet and the cluster"
+    )
+    if yes:
+        report(f"warning: {warning}")
+    elif not typer.confirm(f"{warning}. Continue?", default=False):
+        raise typer.Abort()
 
 
 def up(
@@ -189,6 +271,8 @@ def up(
         default_name=DEFAULT_NAME,
         environment_groups=envfile.node_groups_for_up,
     )
+    sources = instance_type_sources(spec, cluster_file, overrides)
+    check_instance_types(sources)
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
     key_name = profile.key_name if profile else None
     report = _reporter()
@@ -205,13 +289,22 @@ def up(
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
+    prices = None
     if dry_run and not have_credentials():
         inv = Inventory.offline(spec.name, spec.region)
+        if not spec.ami:  # an AMI's architecture is only known to AWS; the OS images are x86_64
+            from clusterous_provisioner.pricing import likely_architecture
+
+            wrong = [t for t in spec.instance_types if likely_architecture(t) != "x86_64"]
+            refuse_architecture(sources, wrong, "x86_64", f"the --os {spec.os} image")
     else:
         with aws.aws_errors(f"up {spec.name}: reading what exists", "check your AWS credentials and region"):
             inv = discover(clients, spec.name)
-    the_plan = plan.make_plan(spec, inv, key_name, bucket)
+        prices = _prices(clients, spec, report)
+    the_plan = plan.make_plan(spec, inv, key_name, bucket, prices)
     if dry_run:
+        if spec.ssh_cidr:
+            confirm_ssh_cidr(spec.ssh_cidr, True, report)
         print_plan(the_plan, as_json)
         return
 
@@ -227,9 +320,10 @@ def up(
             )
         cidr = check_cidr(found)
         report(f"SSH will be allowed from {cidr} (your public address)")
+    confirm_ssh_cidr(cidr, yes, report)
 
     with aws.aws_errors(f"up {spec.name}: checking the region", "check --os/--ami and the instance types"):
-        pre = apply.preflight(clients, spec, inv)
+        pre = apply.preflight(clients, spec, inv, lambda t: next(s[1:] for s in sources if s[0] == t))
     if not as_json:
         print_plan(the_plan, False)
     if not the_plan.changes and not yes:
