@@ -85,6 +85,32 @@ class Inventory:
     def shared_volume(self) -> dict | None:
         return next((v for v in self.volumes if role_of(v) == "shared-volume"), None)
 
+    def duplicates(self) -> list[str]:
+        """Resources that should exist once and exist more than once (say, after two runs raced):
+        one line each, kind and ids."""
+        live_nats = [n for n in self.nat_gateways if n["State"] in ("pending", "available")]
+        singles = [
+            ("VPC", self.vpcs, "VpcId"),
+            ("internet gateway", self.internet_gateways, "InternetGatewayId"),
+            ("NAT gateway", live_nats, "NatGatewayId"),
+            ("Elastic IP", self.addresses, "AllocationId"),
+            ("controller", [i for i in self.instances if role_of(i) == "controller"], "InstanceId"),
+            ("shared volume", [v for v in self.volumes if role_of(v) == "shared-volume"], "VolumeId"),
+            ("key pair", self.key_pairs, "KeyName"),
+        ]
+        keyed = [("subnet", self.subnets, "SubnetId"), ("route table", self.route_tables, "RouteTableId"),
+                 ("security group", self.security_groups, "GroupId")]  # fmt: skip
+        for kind, items, id_key in keyed:
+            by_key: dict[str, list[dict]] = {}
+            for item in items:
+                by_key.setdefault(tags.as_dict(item.get("Tags")).get(tags.KEY, "?"), []).append(item)
+            singles += [(f"{kind} {key}", group, id_key) for key, group in sorted(by_key.items())]
+        return [
+            f"{kind}: {', '.join(str(i.get(id_key)) for i in items)}"
+            for kind, items, id_key in singles
+            if len(items) > 1
+        ]
+
     @property
     def empty(self) -> bool:
         return not any(

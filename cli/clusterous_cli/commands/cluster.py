@@ -6,6 +6,7 @@ scaling), and print. Heavy imports stay inside the functions so `--help` stays f
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC
 from pathlib import Path
 
@@ -96,6 +97,30 @@ def _render(spec, bucket: str, directory: Path, token: str = PLACEHOLDER_TOKEN) 
 
     volume = spec.shared_volume_id or "vol-00000000000000000"
     return bootstrap.write_render_dir(apply.bootstrap_inputs(spec, bucket, token, volume), directory)
+
+
+@contextlib.contextmanager
+def _lease(clients, name: str, command: str, report, hold: bool = True, source: str = "--name"):
+    """The cluster's lease (provisioner/lease.py) around a command that changes the cluster."""
+    if not hold:
+        yield None
+        return
+    from clusterous_provisioner import aws, lease
+
+    with aws.aws_errors(f"{command} {name}: taking the cluster's lease", "check your AWS credentials"):
+        taken = lease.acquire(clients, name, command, report, source=source)
+    taken.start_renewing(report)
+    try:
+        yield taken
+    finally:
+        with aws.aws_errors(f"{command} {name}: releasing the cluster's lease", "it expires on its own"):
+            taken.release()
+
+
+def report_duplicates(inv, report) -> None:
+    """A resource that should exist once but exists more than once (an earlier concurrent run)."""
+    for line in inv.duplicates():
+        report(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
 
 
 def _prices(clients, spec, report) -> dict[str, float]:
@@ -289,64 +314,73 @@ def up(
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
-    prices = None
-    if dry_run and not have_credentials():
-        inv = Inventory.offline(spec.name, spec.region)
-        if not spec.ami:  # an AMI's architecture is only known to AWS; the OS images are x86_64
-            from clusterous_provisioner.pricing import likely_architecture
+    with _lease(clients, spec.name, "up", report, hold=not dry_run):
+        prices = None
+        if dry_run and not have_credentials():
+            inv = Inventory.offline(spec.name, spec.region)
+            if not spec.ami:  # an AMI's architecture is only known to AWS; the OS images are x86_64
+                from clusterous_provisioner.pricing import likely_architecture
 
-            wrong = [t for t in spec.instance_types if likely_architecture(t) != "x86_64"]
-            refuse_architecture(sources, wrong, "x86_64", f"the --os {spec.os} image")
-    else:
-        with aws.aws_errors(f"up {spec.name}: reading what exists", "check your AWS credentials and region"):
-            inv = discover(clients, spec.name)
-        prices = _prices(clients, spec, report)
-    the_plan = plan.make_plan(spec, inv, key_name, bucket, prices)
-    if dry_run:
-        if spec.ssh_cidr:
-            confirm_ssh_cidr(spec.ssh_cidr, True, report)
-        print_plan(the_plan, as_json)
-        return
+                wrong = [t for t in spec.instance_types if likely_architecture(t) != "x86_64"]
+                refuse_architecture(sources, wrong, "x86_64", f"the --os {spec.os} image")
+        else:
+            with aws.aws_errors(
+                f"up {spec.name}: reading what exists", "check your AWS credentials and region"
+            ):
+                inv = discover(clients, spec.name)
+            report_duplicates(inv, report)
+            prices = _prices(clients, spec, report)
+        the_plan = plan.make_plan(spec, inv, key_name, bucket, prices)
+        if dry_run:
+            if spec.ssh_cidr:
+                confirm_ssh_cidr(spec.ssh_cidr, True, report)
+            print_plan(the_plan, as_json)
+            return
 
-    cidr = spec.ssh_cidr
-    if cidr is None:
-        found = clientip.discover_client_cidr()
-        if found is None:
-            raise BadInput(
-                "--ssh-cidr",
-                None,
-                "the address range allowed to SSH to the controller (your public address could not be "
-                "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
-            )
-        cidr = check_cidr(found)
-        report(f"SSH will be allowed from {cidr} (your public address)")
-    confirm_ssh_cidr(cidr, yes, report)
+        cidr = spec.ssh_cidr
+        if cidr is None:
+            found = clientip.discover_client_cidr()
+            if found is None:
+                raise BadInput(
+                    "--ssh-cidr",
+                    None,
+                    "the address range allowed to SSH to the controller (your public address could not be "
+                    "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
+                )
+            cidr = check_cidr(found)
+            report(f"SSH will be allowed from {cidr} (your public address)")
+        confirm_ssh_cidr(cidr, yes, report)
 
-    with aws.aws_errors(f"up {spec.name}: checking the region", "check --os/--ami and the instance types"):
-        pre = apply.preflight(clients, spec, inv, lambda t: next(s[1:] for s in sources if s[0] == t))
-    if not as_json:
-        print_plan(the_plan, False)
-    if not the_plan.changes and not yes:
-        report("nothing to create: the cluster matches the plan; checking it converged")
-    elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
-        raise typer.Abort()
+        with aws.aws_errors(
+            f"up {spec.name}: checking the region", "check --os/--ami and the instance types"
+        ):
+            pre = apply.preflight(clients, spec, inv, lambda t: next(s[1:] for s in sources if s[0] == t))
+        if not as_json:
+            print_plan(the_plan, False)
+        if not the_plan.changes and not yes:
+            report("nothing to create: the cluster matches the plan; checking it converged")
+        elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
+            raise typer.Abort()
 
-    target = apply.Target(
-        bucket=bucket, ssh_cidr=cidr, state_dir=config.cluster_dir(profile_name, spec.name), key_name=key_name
-    )
-    from rich.console import Console
+        target = apply.Target(
+            bucket=bucket,
+            ssh_cidr=cidr,
+            state_dir=config.cluster_dir(profile_name, spec.name),
+            key_name=key_name,
+        )
+        from rich.console import Console
 
-    console = Console(stderr=True)
-    with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
+        console = Console(stderr=True)
+        with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
 
-        def progress(message: str) -> None:
-            status.update(message)
-            output.say(message)
+            def progress(message: str) -> None:
+                status.update(message)
+                output.say(message)
 
-        from clusterous_provisioner import bucket as buckets
+            from clusterous_provisioner import bucket as buckets
 
-        buckets.ensure_bucket(clients.s3, bucket, spec.region)
-        outcome = apply.apply(clients, spec, target, inv, progress, pre)
+            buckets.ensure_bucket(clients.s3, bucket, spec.region)
+            outcome = apply.apply(clients, spec, target, inv, progress, pre)
     config.set_current_cluster(profile_name, spec.name)
 
     from clusterous_cli import readiness
@@ -441,7 +475,10 @@ def down(
     )
     clients = Clients(region)
     report = _reporter()
-    with aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"):
+    with (
+        _lease(clients, name, "down", report, source="NAME"),
+        aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"),
+    ):
         inv = discover(clients, name)
         volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
         if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
@@ -578,6 +615,7 @@ def status(
     with aws.aws_errors(f"status {name}", "check your AWS credentials and region"):
         inv = discover(Clients(region), name)
     data = status_data(inv)
+    data["duplicates"] = inv.duplicates()
     if data["exists"]:
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
     if as_json:
@@ -596,6 +634,8 @@ def status(
         ],
     )
     print(f"controller: {data['controller_public_ip'] or 'not running'}")
+    for line in data["duplicates"]:
+        print(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
     vol = data["shared_volume"]
     print(
         f"shared volume: {vol['volume_id']} ({vol['size_gib']} GiB, {vol['state']})"
@@ -709,7 +749,10 @@ def _resize(
         raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
     clients = Clients(region)
     report = _reporter()
-    with aws.aws_errors(f"scale {name}", "re-run the command to continue"):
+    with (
+        _lease(clients, name, "scale", report),
+        aws.aws_errors(f"scale {name}", "re-run the command to continue"),
+    ):
         inv = discover(clients, name)
         if inv.vpc is None:
             raise Failure(f"no cluster {name} in {region}", "see `clusterous-k8s clusters`")
