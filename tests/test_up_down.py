@@ -56,7 +56,7 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     controller = by_role["controller"][0]
     assert controller["SubnetId"] == subnets["subnet-public"]
     assert controller["PrivateIpAddress"].endswith(".10") and controller.get("PublicIpAddress")
-    assert controller["IamInstanceProfile"]["Arn"].endswith("clusterous-alpha-controller")
+    assert controller["IamInstanceProfile"]["Arn"].endswith("alpha-us-east-1-controller")
     for node in by_role["master"] + by_role["worker"]:
         assert node["SubnetId"] == subnets["subnet-private"]
         assert not node.get("PublicIpAddress")
@@ -105,7 +105,7 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
 
     # IAM: the controller may use the registry bucket and nothing else.
     iam = aws.client("iam")
-    policy = iam.get_role_policy(RoleName="clusterous-alpha-controller", PolicyName="registry-bucket")[
+    policy = iam.get_role_policy(RoleName="alpha-us-east-1-controller", PolicyName="registry-bucket")[
         "PolicyDocument"
     ]
     policy = policy if isinstance(policy, dict) else json.loads(policy)
@@ -118,7 +118,7 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     }
     assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
     assert all(a.startswith("s3:") and "*" not in a for s in policy["Statement"] for a in s["Action"])
-    assert iam.list_attached_role_policies(RoleName="clusterous-alpha-controller")["AttachedPolicies"] == []
+    assert iam.list_attached_role_policies(RoleName="alpha-us-east-1-controller")["AttachedPolicies"] == []
 
     # The bucket: private and encrypted.
     s3 = aws.client("s3")
@@ -392,3 +392,46 @@ def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):
     assert "warning: --ssh-cidr 0.0.0.0/0 opens SSH" in accepted.stderr
     narrow = cli([*base, "--name", "narrow", "--ssh-cidr", "10.1.0.0/16"], input="y\n")
     assert narrow.exit_code == 0 and "opens SSH" not in narrow.output
+
+
+def test_the_same_name_in_two_regions_is_two_clusters_down_to_iam(aws, cli, monkeypatch):
+    """IAM names are account-wide: a second region's `up` and `down` never touch the first's role."""
+    make_profile(cli)
+    assert cli([*UP, "--name", "twin", "--workers", "0"]).exit_code == 0
+    iam = aws.client("iam")
+    first = iam.get_role_policy(RoleName="twin-us-east-1-controller", PolicyName="registry-bucket")
+    second = cli([*UP, "--name", "twin", "--workers", "0", "--region", "eu-west-1"])
+    assert second.exit_code == 0, second.output
+    roles = sorted(r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"])
+    assert roles == ["twin-eu-west-1-controller", "twin-us-east-1-controller"]
+    assert (
+        iam.get_role_policy(RoleName="twin-us-east-1-controller", PolicyName="registry-bucket")[
+            "PolicyDocument"
+        ]
+        == first["PolicyDocument"]
+    )
+    down = cli(["down", "twin", "--region", "eu-west-1", "--yes", "--delete-shared-volume"])
+    assert down.exit_code == 0, down.output
+    assert [r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"]] == [
+        "twin-us-east-1-controller"
+    ]
+    assert iam.get_instance_profile(InstanceProfileName="twin-us-east-1-controller")["InstanceProfile"][
+        "Roles"
+    ]
+
+
+def test_iam_names_not_tagged_as_ours_are_never_adopted_or_deleted(aws, cli):
+    make_profile(cli)
+    iam = aws.client("iam")
+    iam.create_role(  # someone else's role that happens to have our name
+        RoleName="omega-us-east-1-controller",
+        Path="/clusterous/",
+        AssumeRolePolicyDocument='{"Version": "2012-10-17", "Statement": []}',
+    )
+    result = cli([*UP, "--name", "omega", "--workers", "0"])
+    assert result.exit_code == 2, result.output
+    assert "--name" in result.stderr and "IAM role omega-us-east-1-controller" in result.stderr
+    assert sum(count_tagged(aws, "omega").values()) == 0
+    assert iam.list_role_policies(RoleName="omega-us-east-1-controller")["PolicyNames"] == []
+    assert cli(["down", "omega", "--yes"]).exit_code == 0
+    assert iam.get_role(RoleName="omega-us-east-1-controller")["Role"]

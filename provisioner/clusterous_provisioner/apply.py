@@ -182,6 +182,14 @@ def choose_zone(clients, spec: ClusterSpec, inv: Inventory, volume: dict | None)
 
 def preflight(clients, spec: ClusterSpec, inv: Inventory, where=None) -> Preflight:
     """`where(instance_type)` names the flag or file field a refused type came from."""
+    if inv.foreign_iam:  # account-wide names: never adopt or change what another made
+        raise BadInput(
+            "--name",
+            None,
+            f"a cluster name whose IAM names are free in this account: {' and '.join(inv.foreign_iam)} "
+            f"exist(s) without this cluster's tags for {spec.region}",
+            spec.name,
+        )
     ami, root, architecture = resolve_ami(clients, spec)
     wrong = wrong_architecture(clients, spec, architecture)
     if wrong:
@@ -308,8 +316,8 @@ ASSUME_EC2 = {
 
 def ensure_iam(clients, spec: ClusterSpec, target: Target, inv: Inventory, out: Outcome) -> str:
     """The controller's role and instance profile; nodes get none (the minimum)."""
-    name = layout.role_name(spec.name)
-    tag = tags.tag_list(tags.tag_dict(spec.name, "iam", name))
+    name = layout.role_name(spec.name, spec.region)
+    tag = tags.tag_list(tags.tag_dict(spec.name, "iam", name, **{tags.REGION: spec.region}))
     iam = clients.iam
     if inv.role is None:
         iam.create_role(

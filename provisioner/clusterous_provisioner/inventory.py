@@ -32,6 +32,7 @@ class Inventory:
     key_pairs: list[dict] = field(default_factory=list)
     role: dict | None = None
     instance_profile: dict | None = None
+    foreign_iam: list[str] = field(default_factory=list)  # our IAM names, not tagged as ours
     token_parameter: bool = False
     online: bool = True
 
@@ -132,6 +133,13 @@ class Inventory:
         )
 
 
+def ours(resource: dict, cluster: str, region: str) -> bool:
+    """An IAM resource (account-wide) is adopted or deleted only if its tags say it is this
+    cluster's, in this region."""
+    found = tags.as_dict(resource.get("Tags"))
+    return found.get(tags.CLUSTER) == cluster and found.get(tags.REGION) == region
+
+
 def role_of(resource: dict) -> str | None:
     return tags.as_dict(resource.get("Tags")).get(tags.ROLE)
 
@@ -170,19 +178,22 @@ def discover(clients, cluster: str) -> Inventory:
     )
     inv.volumes = ec2.describe_volumes(Filters=flt)["Volumes"]
     inv.key_pairs = ec2.describe_key_pairs(Filters=flt)["KeyPairs"]
-    name = layout.role_name(cluster)
-    try:
-        role = clients.iam.get_role(RoleName=name)["Role"]
-        if tags.as_dict(role.get("Tags")).get(tags.CLUSTER) == cluster:
-            inv.role = role
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-    try:
-        inv.instance_profile = clients.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "NoSuchEntity":
-            raise
+    name = layout.role_name(cluster, clients.region)
+    for kind, call, key, attr in (
+        ("IAM role", clients.iam.get_role, "RoleName", "role"),
+        ("instance profile", clients.iam.get_instance_profile, "InstanceProfileName", "instance_profile"),
+    ):
+        try:
+            found = call(**{key: name})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+            continue
+        resource = found.get("Role") or found.get("InstanceProfile")
+        if ours(resource, cluster, clients.region):
+            setattr(inv, attr, resource)
+        else:
+            inv.foreign_iam.append(f"{kind} {name}")
     found = clients.ssm.describe_parameters(
         ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [layout.token_parameter(cluster)]}]
     )["Parameters"]

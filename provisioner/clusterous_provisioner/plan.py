@@ -149,7 +149,7 @@ def make_plan(
         Item(
             "iam-role",
             "IAM role + instance profile",
-            layout.role_name(name),
+            layout.role_name(name, region),
             _exists(inv.role and inv.instance_profile),
             f"controller: registry bucket {bucket} only" if bucket else "controller: registry bucket only",
         ),
