@@ -116,7 +116,17 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
         for s in policy["Statement"]
         for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
     }
-    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/clusterous/registry/*"}
+    listing = [s for s in policy["Statement"] if "s3:ListBucket" in s["Action"]]
+    assert listing == [
+        {
+            "Sid": "RegistryPrefixListing",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": f"arn:aws:s3:::{bucket}",
+            "Condition": {"StringLike": {"s3:prefix": ["clusterous/registry", "clusterous/registry/*"]}},
+        }
+    ]
     assert all(a.startswith("s3:") and "*" not in a for s in policy["Statement"] for a in s["Action"])
     assert iam.list_attached_role_policies(RoleName="alpha-us-east-1-controller")["AttachedPolicies"] == []
 
@@ -435,3 +445,17 @@ def test_iam_names_not_tagged_as_ours_are_never_adopted_or_deleted(aws, cli):
     assert iam.list_role_policies(RoleName="omega-us-east-1-controller")["PolicyNames"] == []
     assert cli(["down", "omega", "--yes"]).exit_code == 0
     assert iam.get_role(RoleName="omega-us-east-1-controller")["Role"]
+
+
+def test_the_controllers_s3_rights_stop_at_the_prefix_the_registry_writes():
+    """The policy's prefix is the registry's root directory as its S3 driver writes keys (no
+    leading '/'): a change to either must change both."""
+    from pathlib import Path
+
+    from clusterous_provisioner import apply
+
+    manifest = (Path(__file__).parents[1] / "manifests" / "registry.yaml").read_text()
+    root = manifest.split("REGISTRY_STORAGE_S3_ROOTDIRECTORY", 1)[1].split("value:", 1)[1].splitlines()[0]
+    assert root.strip().strip("\"'").lstrip("/") == apply.REGISTRY_PREFIX
+    objects = [s for s in apply.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
+    assert objects["Resource"] == f"arn:aws:s3:::b/{apply.REGISTRY_PREFIX}/*"

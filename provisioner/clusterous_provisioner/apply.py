@@ -279,15 +279,31 @@ def ensure_key_pair(
     return name, key_file
 
 
+# Where the registry keeps its blobs in the bucket: manifests/registry.yaml's
+# REGISTRY_STORAGE_S3_ROOTDIRECTORY (/clusterous/registry) as distribution's S3 driver writes keys,
+# without the leading '/' (s3Path trims it). tests/test_up_down.py checks the two agree.
+REGISTRY_PREFIX = "clusterous/registry"
+
+
 def controller_policy(bucket: str) -> dict:
-    """The controller may use the registry bucket and nothing else."""
+    """The controller may use the registry's prefix of the bucket and nothing else: the bucket is
+    the user's, shared by every cluster and colleague, and may hold other data."""
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
+                "Sid": "RegistryPrefixListing",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [REGISTRY_PREFIX, f"{REGISTRY_PREFIX}/*"]}},
+            },
+            {
+                # No s3:prefix condition exists for these: the bucket's region and the keys of
+                # unfinished uploads (names, not data), which the driver lists to resume one.
                 "Sid": "RegistryBucket",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
+                "Action": ["s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
                 "Resource": f"arn:aws:s3:::{bucket}",
             },
             {
@@ -300,7 +316,7 @@ def controller_policy(bucket: str) -> dict:
                     "s3:ListMultipartUploadParts",
                     "s3:AbortMultipartUpload",
                 ],
-                "Resource": f"arn:aws:s3:::{bucket}/*",
+                "Resource": f"arn:aws:s3:::{bucket}/{REGISTRY_PREFIX}/*",
             },
         ],
     }
