@@ -459,3 +459,36 @@ def test_the_controllers_s3_rights_stop_at_the_prefix_the_registry_writes():
     assert root.strip().strip("\"'").lstrip("/") == apply.REGISTRY_PREFIX
     objects = [s for s in apply.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
     assert objects["Resource"] == f"arn:aws:s3:::b/{apply.REGISTRY_PREFIX}/*"
+
+
+def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again(aws, cli, isolated_config):
+    from tests.harness.faults import SimulatedCrash
+
+    make_profile(cli)
+    aws.realism.crash_after("CreateKeyPair")  # AWS made the key pair; the key never reached the disk
+    with pytest.raises(SimulatedCrash):
+        cli([*UP, "--name", "kp", "--workers", "0"])
+    assert aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-kp"])["KeyPairs"]
+    key_file = isolated_config / "clusters" / "default" / "kp" / "clusterous-kp.pem"
+    assert not key_file.exists()
+    aws.reset_calls()
+    again = cli([*UP, "--name", "kp", "--workers", "0"])
+    assert again.exit_code == 0, again.output
+    assert [op for _, op in aws.calls() if op.endswith("KeyPair")] == ["DeleteKeyPair", "CreateKeyPair"]
+    assert "PRIVATE KEY" in key_file.read_text()
+    fingerprint = aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-kp"])["KeyPairs"][0]
+    assert {i["KeyName"] for i in tagged(aws, "kp")["instances"]} == {fingerprint["KeyName"]}
+
+
+def test_a_lost_private_key_of_running_instances_stops_up_with_how_to_recover(aws, cli, isolated_config):
+    make_profile(cli)
+    assert cli([*UP, "--name", "lost", "--workers", "0"]).exit_code == 0
+    key_file = isolated_config / "clusters" / "default" / "lost" / "clusterous-lost.pem"
+    key_file.unlink()
+    before = count_tagged(aws, "lost")
+    result = cli([*UP, "--name", "lost", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "instance(s) use it" in result.stderr and str(key_file) in result.stderr
+    assert "clusterous-k8s down lost" in result.stderr
+    assert count_tagged(aws, "lost") == before  # no instance nobody can reach
+    assert aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-lost"])["KeyPairs"]

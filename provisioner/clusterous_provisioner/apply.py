@@ -270,9 +270,20 @@ def ensure_key_pair(
         return target.key_name, None
     name = layout.key_pair_name(spec.name)
     key_file = target.state_dir / f"{name}.pem"
-    if inv.key_pairs:
-        if not key_file.exists():
-            report(f"note: key pair {name} exists but its private key is not on this machine ({key_file})")
+    if inv.key_pairs and not key_file.exists():
+        # A run that died between CreateKeyPair and writing the key, or another machine's run.
+        users = [i["InstanceId"] for i in inv.instances if i.get("KeyName") == name]
+        if users:
+            raise Failure(
+                f"cluster {spec.name}: the private key of key pair {name} is not on this machine "
+                f"({key_file}) and {len(users)} instance(s) use it ({', '.join(users[:3])}"
+                f"{', ...' if len(users) > 3 else ''}); new instances would be unreachable",
+                f"copy {key_file.name} from the machine that created the cluster to {key_file}, or "
+                f"`clusterous-k8s down {spec.name}` and `up` again",
+            )
+        report(f"key pair {name} has no private key here and no instance uses it: making it again")
+        clients.ec2.delete_key_pair(KeyName=name)
+    elif inv.key_pairs:
         return name, key_file
     keypairs.create_key_pair(clients.ec2, name, tags.tag_dict(spec.name, "key-pair", name), key_file)
     report(f"created key pair {name}; private key {key_file} (0600)")
