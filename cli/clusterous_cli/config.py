@@ -52,8 +52,9 @@ def config_dir() -> Path:
 
 def cache_dir() -> Path:
     """What may be thrown away and fetched again (prices, the region list): $XDG_CACHE_HOME."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clusterous-k8s"
+    from clusterous_provisioner.aws import cache_dir
+
+    return cache_dir()
 
 
 def settings_path() -> Path:

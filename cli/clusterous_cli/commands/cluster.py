@@ -131,7 +131,7 @@ def _prices(clients, spec, report) -> dict[str, float]:
     if all(pricing.bundled(t, spec.region) for t in spec.instance_types):
         return {}
     return pricing.fetch_prices(
-        pricing.pricing_client(), spec.region, spec.instance_types, config.cache_dir(), report
+        pricing.pricing_client(clients.session), spec.region, spec.instance_types, config.cache_dir(), report
     )
 
 
@@ -552,15 +552,17 @@ def _cluster_region(ctx, name, region):
 
 def status_data(inv) -> dict:
     """The status report as data (shared by the table and --json)."""
+    from clusterous_cli import config
     from clusterous_provisioner import pricing, tags
     from clusterous_provisioner.inventory import role_of
 
     instances = []
     cost = 0.0
+    fetched = pricing.cached_prices(config.cache_dir(), inv.region)  # what `up` got from the Pricing API
     for i in sorted(inv.instances, key=lambda i: (role_of(i) != "controller", str(i.get("LaunchTime")))):
         t = tags.as_dict(i.get("Tags"))
         hours = _uptime_hours(i.get("LaunchTime")) if i["State"]["Name"] == "running" else 0.0
-        price = pricing.instance_hourly(i["InstanceType"], inv.region).hourly_usd or 0.0
+        price = pricing.instance_hourly(i["InstanceType"], inv.region, fetched).hourly_usd or 0.0
         cost += hours * price
         instances.append(
             {
