@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.harness.faults import SimulatedCrash
-from tests.provisioning import ONE_OF_EVERYTHING, UP, count_tagged, make_profile
+from tests.provisioning import ONE_OF_EVERYTHING, UP, count_tagged, make_profile, tag, tagged
 
 # A sample across the whole of `up` (identity, network, storage, instances), kept small for speed;
 # widen it locally with more (operation, k) pairs: every one must converge.
@@ -165,11 +165,11 @@ def test_a_second_run_of_the_same_user_waits_then_names_the_holder(aws, cli, mon
 
     make_profile(cli)
     monkeypatch.setattr(lease, "WAIT_SECONDS", 1.0)
-    _plant_lease(aws, "busy", host=socket.gethostname(), pid=os.getpid(), command="scale")
+    _plant_lease(aws, "busy", host=socket.gethostname(), pid=os.getppid(), command="scale")  # alive
     result = cli([*UP, "--name", "busy", "--workers", "1"])
     assert result.exit_code == 1, result.output
     assert "cluster busy is busy" in result.stderr and "`scale` of" in result.stderr
-    assert f"pid {os.getpid()}" in result.stderr
+    assert f"pid {os.getppid()}" in result.stderr
     assert sum(count_tagged(aws, "busy").values()) == 0
     assert _lease(aws, "busy")["command"] == "scale"  # not ours to remove
 
@@ -236,3 +236,131 @@ def test_up_and_status_report_a_resource_that_exists_twice(aws, cli):
     assert "warning: more than one VPC: vpc-" in status.stdout, status.output
     again = _run_up(cli)
     assert "warning: more than one VPC: vpc-" in again.stderr
+
+
+# --- every call of down and scale: an error, and a crash after AWS applied it -------------------------
+#
+# One cluster per test, and a march through the command's calls in the order a clean run makes them:
+# step i fails (or crashes just after) the next call of operation i, the command stops, and the
+# next step's run picks up from there. So every call is met with the cluster in the state it has at
+# that point of a real run, and the command must finish afterwards with nothing left behind. Reads
+# repeated later in a run (waiters, the final sweep, the lease's release read) meet their fault at
+# their first occurrence; the lease's release (DeleteParameter, last) is covered last, since a
+# failed release only warns: the lease expires on its own.
+
+READS = ("Describe", "Get", "List")
+
+# A clean `down --delete-shared-volume` of `up --workers 1`, call by call (first occurrences).
+DOWN_CALLS = [
+    "GetCallerIdentity", "PutParameter",  # the lease
+    "DescribeVpcs", "DescribeSubnets", "DescribeInternetGateways", "DescribeRouteTables",
+    "DescribeAddresses", "DescribeNatGateways", "DescribeSecurityGroups", "DescribeInstances",
+    "DescribeVolumes", "DescribeKeyPairs", "GetRole", "GetInstanceProfile", "DescribeParameters",
+    "TerminateInstances", "DeleteVolume", "DeleteNatGateway", "ReleaseAddress",
+    "DetachInternetGateway", "DeleteInternetGateway", "DisassociateRouteTable", "DeleteRouteTable",
+    "DisassociateRouteTable", "DeleteRouteTable", "DeleteSubnet", "DeleteSubnet",
+    "RevokeSecurityGroupIngress", "RevokeSecurityGroupIngress", "DeleteSecurityGroup",
+    "DeleteSecurityGroup", "DeleteVpc", "RemoveRoleFromInstanceProfile", "DeleteInstanceProfile",
+    "ListRolePolicies", "DeleteRolePolicy", "ListAttachedRolePolicies", "DeleteRole", "DeleteKeyPair",
+    "DeleteParameter",  # the k3s token
+    "GetResources", "GetParameter",  # the sweep's Tagging API call; the lease's release
+]  # fmt: skip
+GROW_CALLS = [
+    "GetCallerIdentity", "PutParameter",
+    "DescribeVpcs", "DescribeSubnets", "DescribeInternetGateways", "DescribeRouteTables",
+    "DescribeAddresses", "DescribeNatGateways", "DescribeSecurityGroups", "DescribeInstances",
+    "DescribeVolumes", "DescribeKeyPairs", "GetRole", "GetInstanceProfile", "DescribeParameters",
+    "GetParameter",  # the agent token
+    "RunInstances",
+]  # fmt: skip
+SHRINK_CALLS = [*GROW_CALLS[:15], "TerminateInstances"]
+RELEASE = "DeleteParameter"  # the lease's release: the last call of every command
+
+
+def _march(aws, run, steps: list[str], crash: bool, tolerated: dict[str, str] | None = None) -> list[str]:
+    """Fail (or crash after) the next call of each operation in turn; returns the operations hit.
+    `tolerated`: operations whose failure the command reports (the text given) and gets past."""
+    from tests.harness.faults import SimulatedCrash
+
+    hit = []
+    for operation in steps:
+        if crash and operation.startswith(READS):
+            continue
+        before = len(aws.calls(operation))
+        if crash:
+            aws.realism.crash_after(operation)
+        else:
+            aws.fail(operation, at=1, code="InternalError", message="injected")
+        try:
+            result = run()
+        except SimulatedCrash:
+            result = None
+        aws.clear_faults()
+        aws.realism.reset()
+        assert len(aws.calls(operation)) > before, f"{operation} was not called: {result}"
+        if result is not None and operation in (tolerated or {}):
+            assert result.exit_code == 0 and tolerated[operation] in result.output, (operation, result.output)
+        elif result is not None:
+            assert result.exit_code == 1, (operation, result.output)
+            assert "InternalError" in result.stderr and "injected" in result.stderr, (
+                operation,
+                result.output,
+            )
+        hit.append(operation)
+    return hit
+
+
+def _release_fails_but_the_command_finishes(aws, run, at: int):
+    """The lease's DeleteParameter fails: the command's work is done, it warns and exits 0."""
+    aws.fail(RELEASE, at=at)
+    result = run()
+    aws.clear_faults()
+    return result
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["error", "crash-after"])
+def test_down_survives_an_error_or_a_crash_at_every_call(aws, cli, crash):
+    make_profile(cli)
+    assert _run_up(cli).exit_code == 0
+
+    def down():
+        return cli(["down", "res", "--yes", "--delete-shared-volume"])
+
+    tolerated = {
+        "GetResources": "Resource Groups Tagging API unavailable",  # the describe calls covered it
+        "GetParameter": "could not release the lease",  # the release's read: the lease expires
+    }
+    hit = _march(aws, down, DOWN_CALLS, crash, tolerated)
+    assert set(hit) == {op for op in DOWN_CALLS if not (crash and op.startswith(READS))}
+    if not crash:
+        last = _release_fails_but_the_command_finishes(aws, down, at=1)  # the token went earlier
+        assert last.exit_code == 0, last.output
+        assert "could not release the lease of cluster res" in last.stderr
+    final = down()
+    assert final.exit_code == 0, final.output
+    assert sum(count_tagged(aws, "res").values()) == 0
+    assert aws.client("iam").list_roles(PathPrefix="/clusterous/")["Roles"] == []
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["error", "crash-after"])
+def test_scale_survives_an_error_or_a_crash_at_every_call(aws, cli, crash):
+    make_profile(cli)
+    assert _run_up(cli).exit_code == 0
+
+    def workers():
+        return len([i for i in tagged(aws, "res")["instances"] if tag(i, "clusterous:group") == "worker"])
+
+    def grow():
+        return cli(["scale", "worker", "2", "--name", "res", "--yes"])
+
+    def shrink():
+        return cli(["scale", "worker", "1", "--name", "res", "--yes", "--force"])
+
+    _march(aws, grow, GROW_CALLS, crash)
+    assert grow().exit_code == 0 and workers() == 2  # exactly one new node, whatever failed
+    _march(aws, shrink, SHRINK_CALLS, crash)
+    assert shrink().exit_code == 0 and workers() == 1
+    if not crash:
+        last = _release_fails_but_the_command_finishes(aws, grow, at=1)
+        assert last.exit_code == 0 and "could not release the lease" in last.stderr, last.output
+        assert workers() == 2

@@ -59,10 +59,13 @@ class Holder:
         return f"`{self.command}` of {self.owner} on {self.host} (pid {self.pid}), until {until}"
 
     def stale(self, now: float) -> bool:
-        """Expired, or held by a process of this host that no longer exists."""
+        """Expired, or held by a process of this host that no longer exists (or by this very
+        process: a process runs one command at a time, so it is an earlier command's that died)."""
         if now >= self.expires:
             return True
-        if self.host == socket.gethostname() and self.pid != os.getpid():
+        if self.host == socket.gethostname() and self.pid == os.getpid():
+            return True
+        if self.host == socket.gethostname():
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
