@@ -144,3 +144,11 @@ def test_the_region_list_is_read_from_botocore_once_and_cached(aws, cli, isolate
     cache.write_text("not json")  # a damaged cache is read again from botocore
     assert cli(["clusters", "--region", "eu-west-1"]).exit_code == 0
     assert json.loads(cache.read_text()) == regions
+
+
+def test_scale_with_a_misspelt_instance_type_is_bad_input(aws, cli):
+    make_profile(cli)
+    result = cli(["scale", "gpu", "1", "--instance-type", "g4dn.xlarg", "--name", "none", "--yes"])
+    assert result.exit_code == 2, result.output
+    assert "--instance-type" in result.stderr and "g4dn.xlarge" in result.stderr
+    assert aws.calls("RunInstances") == []

@@ -751,6 +751,10 @@ def _resize(
     profile_name, profile, name, region = _cluster_region(ctx, name, region)
     if profile is None:
         raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
+    if instance_type is not None:
+        from clusterous_provisioner.pricing import check_instance_type
+
+        check_instance_type(instance_type, "--instance-type")
     clients = Clients(region)
     report = _reporter()
     with (
