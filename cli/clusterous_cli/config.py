@@ -57,6 +57,13 @@ def config_dir() -> Path:
     return Path(base) / "clusterous-k8s"
 
 
+def cache_dir() -> Path:
+    """What may be thrown away and fetched again (prices, the region list): $XDG_CACHE_HOME."""
+    from clusterous_provisioner.aws import cache_dir
+
+    return cache_dir()
+
+
 def settings_path() -> Path:
     return config_dir() / "config.yml"
 
