@@ -476,12 +476,14 @@ def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):
 
 
 def test_the_same_name_in_two_regions_is_two_clusters_down_to_iam(aws, cli, monkeypatch):
-    """IAM names are account-wide: a second region's `up` and `down` never touch the first's role."""
+    """IAM names are account-wide: a second region's `up` and `down` never touch the first's role.
+    (Each region's cluster uses the profile whose bucket is in its region.)"""
     make_profile(cli)
-    assert cli([*UP, "--name", "twin", "--workers", "0"]).exit_code == 0
+    assert cli(["--profile", "default", *UP, "--name", "twin", "--workers", "0"]).exit_code == 0
+    make_profile(cli, region="eu-west-1", name="eu")
     iam = aws.client("iam")
     first = iam.get_role_policy(RoleName="twin-us-east-1-controller", PolicyName="registry-bucket")
-    second = cli([*UP, "--name", "twin", "--workers", "0", "--region", "eu-west-1"])
+    second = cli(["--profile", "eu", *UP, "--name", "twin", "--workers", "0", "--region", "eu-west-1"])
     assert second.exit_code == 0, second.output
     roles = sorted(r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"])
     assert roles == ["twin-eu-west-1-controller", "twin-us-east-1-controller"]
@@ -491,7 +493,9 @@ def test_the_same_name_in_two_regions_is_two_clusters_down_to_iam(aws, cli, monk
         ]
         == first["PolicyDocument"]
     )
-    down = cli(["down", "twin", "--region", "eu-west-1", "--yes", "--delete-shared-volume"])
+    down = cli(
+        ["--profile", "eu", "down", "twin", "--region", "eu-west-1", "--yes", "--delete-shared-volume"]
+    )
     assert down.exit_code == 0, down.output
     assert [r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"]] == [
         "twin-us-east-1-controller"

@@ -343,6 +343,15 @@ def up(
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
+    from clusterous_provisioner import bucket as buckets
+
+    bucket_region = None
+    if not dry_run:  # bad input, so before the lease: nothing is written
+        with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
+            bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
+        buckets.check_registry_region(
+            str(config.profile_path(profile_name)), bucket, bucket_region, spec.region
+        )
     with _lease(clients, spec.name, "up", report, hold=not dry_run):
         prices = None
         if dry_run and not have_credentials():
@@ -365,14 +374,6 @@ def up(
                 confirm_ssh_cidr(spec.ssh_cidr, True, report)
             print_plan(the_plan, as_json)
             return
-
-        from clusterous_provisioner import bucket as buckets
-
-        with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
-            bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
-        buckets.check_registry_region(
-            str(config.profile_path(profile_name)), bucket, bucket_region, spec.region
-        )
 
         cidr = spec.ssh_cidr
         if cidr is None:
