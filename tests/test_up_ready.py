@@ -106,7 +106,12 @@ class FakeK3s:
         names = {n["metadata"]["name"] for n in self.api.list("v1/nodes")}
         for instance in instances:
             if node_name(instance) not in names:
-                self.register(instance)
+                try:
+                    self.register(instance)
+                except kmock.KubernetesError as exc:
+                    if exc.status != 404:
+                        raise  # 404: the Node was deleted while registering (rm-nodes, the
+                        # autoscaler); like a kubelet, the next round registers it again
 
     def apply_addons(self, ec2, controller_id: str) -> None:
         """What k3s's auto-deploy does with the add-ons file the controller's user-data writes."""
@@ -147,11 +152,7 @@ class FakeK3s:
             {"type": "InternalIP", "address": instance["PrivateIpAddress"]},
             {"type": "Hostname", "address": name},
         ]
-        try:
-            self.api.write_status("v1/nodes", name, status)
-        except kmock.KubernetesError as exc:
-            if exc.status != 404:
-                raise  # 404: rm-nodes deleted the Node meanwhile; the next round registers it again
+        self.api.write_status("v1/nodes", name, status)
 
 
 @pytest.fixture
