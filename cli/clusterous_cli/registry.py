@@ -4,6 +4,7 @@ The registry listens on the controller's private address (hostNetwork, plain HTT
 leaves the VPC), which the cluster-info ConfigMap records as `registryEndpoint`. Each HTTP
 request rides a fresh direct-tcpip channel of the controller connection, so nothing listens on
 the laptop. Only read calls are made here; builds push from inside the cluster.
+Build caches (`<name>:buildcache`, see buildjob) are registry tags too; `images` hides them.
 """
 
 from __future__ import annotations
@@ -142,24 +143,39 @@ class Registry:
     def tags(self, name: str) -> list[str]:
         return sorted(self._pages(f"/v2/{name}/tags/list", "tags"))
 
-    def image(self, name: str, tag: str) -> ImageInfo:
-        """Size and date of one tag; a multi-platform index is described by its first image."""
+    def _manifest_and_config(self, name: str, tag: str) -> tuple[str | None, dict, dict]:
+        """(digest of the tag, the image manifest, its config); a multi-platform index (BuildKit
+        pushes one with its provenance attestation) is described by its first image."""
         manifest, headers = self._json(f"/v2/{name}/manifests/{tag}", {"Accept": MANIFEST_TYPES})
         digest = headers.get("docker-content-digest")
         if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
             entries = manifest.get("manifests") or []
             if not entries:
-                return ImageInfo(name, tag, None, None, digest)
+                return digest, {}, {}
             manifest, _ = self._json(
                 f"/v2/{name}/manifests/{entries[0]['digest']}", {"Accept": MANIFEST_TYPES}
             )
-        config = manifest.get("config") or {}
-        size = config.get("size", 0) + sum(layer.get("size", 0) for layer in manifest.get("layers") or [])
-        created = None
-        if config.get("digest"):
-            blob, _ = self._json(f"/v2/{name}/blobs/{config['digest']}")
-            created = blob.get("created")
-        return ImageInfo(name, tag, size, created, digest)
+        reference = (manifest.get("config") or {}).get("digest")
+        config = self._json(f"/v2/{name}/blobs/{reference}")[0] if reference else {}
+        return digest, manifest, config
+
+    def image(self, name: str, tag: str) -> ImageInfo:
+        """Size and date of one tag."""
+        digest, manifest, config = self._manifest_and_config(name, tag)
+        if not manifest:
+            return ImageInfo(name, tag, None, None, digest)
+        size = (manifest.get("config") or {}).get("size", 0) + sum(
+            layer.get("size", 0) for layer in manifest.get("layers") or []
+        )
+        return ImageInfo(name, tag, size, config.get("created"), digest)
+
+    def label(self, name: str, tag: str, key: str) -> tuple[str | None, str | None]:
+        """(digest of name:tag, the value of its image label `key`); (None, None) without the tag."""
+        if not self.has_tag(name, tag):
+            return None, None
+        digest, _, config = self._manifest_and_config(name, tag)
+        labels = (config.get("config") or {}).get("Labels") or {}
+        return digest, labels.get(key)
 
 
 def _next_page(link: str | None) -> str | None:

@@ -86,6 +86,7 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
     from clusterous_cli.endpoint import load_endpoint
 
     load_endpoint(ref)  # a missing controller record is bad input, before any connection
+    contexts = [builds.check_context(image.context, str(app.source)) for image in app.images]
     with ssh.connect_cluster(ref) as conn:
         for copy in app.copies:
             report = transfer.put(conn, copy.local, copy.remote)
@@ -94,9 +95,12 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
                 f"{len(report.transferred)} file(s) sent, {report.unchanged} unchanged"
             )
         api = kubeapi.api_client(ref)
-        for image in app.images:
-            builds.ensure_built(conn, api, image.context, image.name, image.tag, output.say)
-    verb = apps.apply(api, app.clusterapp)
+        built = [
+            builds.ensure_built(conn, api, context, image.name, image.tag, output.say)
+            for image, context in zip(app.images, contexts, strict=True)
+        ]
+    clusterapp = builds.pin_built_images(app.clusterapp, built)  # nodes run exactly what was built
+    verb = apps.apply(api, clusterapp)
     output.say(f"ClusterApp {app.name} {verb}")
     if not wait:
         output.say("not waiting: follow it with `clusterous-k8s status`; tunnels open with `run` again")
