@@ -138,12 +138,14 @@ class RegistryServer:
         return self.workdir / "registry.log"
 
     def has_image(self, image: str) -> bool:
-        """Whether `registry:5000/NAME[:TAG]` would pull: the manifest answers a HEAD (what a
-        node's containerd asks through its mirror)."""
+        """Whether `registry:5000/NAME[:TAG|@DIGEST]` would pull: the manifest answers a HEAD
+        (what a node's containerd asks through its mirror)."""
         reference = image.split("/", 1)[1]
-        name, _, tag = reference.partition(":")
+        name, at, digest = reference.partition("@")
+        if not at:
+            name, _, digest = reference.partition(":")
         request = urllib.request.Request(
-            f"{self.url}/v2/{name}/manifests/{tag or 'latest'}",
+            f"{self.url}/v2/{name}/manifests/{digest or 'latest'}",
             method="HEAD",
             headers={"Accept": ", ".join((DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX))},
         )

@@ -91,7 +91,7 @@ def ensure_built(
     reg = registry.Registry(conn, *endpoint)
     digest, label = reg.label(name, tag, buildjob.CONTEXT_DIGEST_LABEL)
     if digest and label == ctx.digest and not force:
-        say(f"image {name}:{tag} in the cluster registry was built from this context: not rebuilt")
+        say(f"image {name}:{tag} ({digest}) in the cluster registry was built from this context: not rebuilt")
         return Built(name, tag, digest, False)
     if digest:
         say(f"image {name}:{tag} in the cluster registry was built from another context: rebuilding")
