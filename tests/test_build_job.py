@@ -24,7 +24,7 @@ from clusterous_cli import buildcontext, buildjob, builds, tunnels
 from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 from clusterous_provisioner.errors import BadInput
 from tests.harness.tools import validate_k8s
-from tests.ssh_support import make_controller, write_k3s_yaml
+from tests.ssh_support import controller, make_controller, write_k3s_yaml  # noqa: F401
 
 
 def test_job_claim_and_buildkitd_config_are_valid_kubernetes_objects() -> None:
@@ -269,7 +269,7 @@ def test_an_unreachable_registry_fails_the_build_before_anything_is_created(
     sshd, k8s_api, cli, tmp_path
 ) -> None:
     k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml")
-    controller = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
+    made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml))
     closed = tunnels.free_port()  # nothing listens here: the registry is down
     k8s_api.create("v1/namespaces", {"metadata": {"name": "clusterous-system"}})
     k8s_api.create(
@@ -283,8 +283,51 @@ def test_an_unreachable_registry_fails_the_build_before_anything_is_created(
     try:
         result = cli(["build-image", str(context), "sim:1"])
     finally:
-        tunnels.stop_supervisor(controller.ref)
+        tunnels.stop_supervisor(made.ref)
     assert result.exit_code == 1, result.output
     assert f"127.0.0.1:{closed}" in result.stderr and "/v2/sim/manifests/1" in result.stderr
     assert k8s_api.list("batch/v1/jobs", namespace="clusterous-system") == []
-    assert list(controller.shared.iterdir()) == []  # the context was not uploaded either
+    assert list(made.shared.iterdir()) == []  # the context was not uploaded either
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_a_context_upload_is_exact_with_either_transfer_method(controller, tmp_path, method) -> None:  # noqa: F811
+    """transfer.put(only=..., delete=True) over the harness sshd: the destination ends up holding
+    exactly the context's files — ignored ones never sent, deleted ones removed (also in folders
+    that become empty), a name with rsync wildcard characters sent literally."""
+    from clusterous_cli import ssh, transfer
+
+    root = make_context(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": "FROM scratch\n",
+            ".dockerignore": "secret.env\n.git\n",
+            "app/main.py": "print(1)\n",
+            "app/[weird]*?.txt": "literal\n",
+            "old/gone.txt": "bye\n",
+            "secret.env": "TOKEN=1\n",
+            ".git/config": "[core]\n",
+        },
+    )
+    remote = buildjob.context_dir("sim", "1")
+    target = controller.shared / remote
+
+    def upload():
+        ctx = buildcontext.load(root)
+        with ssh.connect_cluster(controller.ref) as conn:
+            return ctx, transfer.put(conn, root, remote, method=method, only=list(ctx.files), delete=True)
+
+    def on_volume():
+        return sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+
+    ctx, first = upload()
+    assert on_volume() == list(ctx.files) and "secret.env" not in ctx.files
+    assert (target / "app/[weird]*?.txt").read_text() == "literal\n"
+    (target / "stray.txt").write_text("left by someone\n")  # not in the context: must go
+    (root / "old" / "gone.txt").unlink()
+    (root / "old").rmdir()
+    ctx, second = upload()
+    assert on_volume() == list(ctx.files)
+    assert not (target / "old").exists()
+    assert "stray.txt" in second.deleted and any(d.startswith("old") for d in second.deleted)
+    assert second.transferred == []  # nothing changed that exists on both sides

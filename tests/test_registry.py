@@ -547,3 +547,54 @@ def test_nodes_run_only_images_the_registry_holds(cluster, k8s_api, registry) ->
     assert k8s_api.wait_for(lambda: state("unbuilt"), what="the unbuilt image's pod") == "ErrImagePull"
     push_image(registry.url, "sim", "3")
     k8s_api.wait_for(lambda: state("unbuilt") == "Running", what="the pod to start once the image is pushed")
+
+
+def test_run_deploys_the_built_image_by_its_digest(
+    cluster, registry, k8s_api, cli, tmp_path, monkeypatch
+) -> None:
+    """`run` with an `image:` section builds, then the ClusterApp and the Deployment the operator
+    makes of it name the image by the digest the registry holds, and the node pulls exactly that."""
+    import kopf.testing as kopf_testing
+    import yaml
+
+    from tests.test_run_quit import CRD, OPERATOR_ARGS
+
+    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))  # the operator's own access
+    k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
+    k8s_api.add_node("master-1", labels={"clusterous.io/group": "master"}, cpu="2")
+    app = tmp_path / "app"
+    app.mkdir()
+    build_context(app, "image")
+    env = {
+        "name": "pinned",
+        "environment": {
+            "image": [{"dockerfile": "image", "image_name": "sim:2"}],
+            "components": {"main": {"machine": "master", "image": "registry:5000/sim:2", "cmd": "sleep 1d"}},
+        },
+    }
+    (app / "env.yml").write_text(yaml.safe_dump(env))
+    push_image(registry.url, "sim", "2")  # an older sim:2 (another context): a node must never run it
+    pushed: list = []
+    with (
+        buildkit_runs(k8s_api, "#1 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed)),
+        kopf_testing.KopfRunner(OPERATOR_ARGS, timeout=60) as runner,
+    ):
+        result = cli(["run", str(app / "env.yml"), "--no-wait"])
+        assert result.exit_code == 0, result.output
+        (built,) = pushed
+        assert k8s_api.get("capp", "pinned")["spec"]["components"][0]["image"] == f"sim@{built.digest}"
+
+        def container_image():
+            deployment = k8s_api.get("apps/v1/deployments", "pinned-main", "default")
+            return deployment and deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+        image = k8s_api.wait_for(container_image, timeout=30, what="the operator's Deployment")
+        assert image == f"{CLUSTER_REGISTRY}/sim@{built.digest}"
+
+        def running() -> bool:
+            pods = k8s_api.list("v1/pods", namespace="default")
+            return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+
+        k8s_api.wait_for(running, timeout=30, what="the pod to pull the pinned image and run")
+    assert runner.exception is None, runner.output
+    assert f'"HEAD /v2/sim/manifests/{built.digest} HTTP/1.1" 200' in registry.log_text()
