@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from clusterous_cli import buildcontext, buildjob, builds, tunnels
+from clusterous_cli import buildcontext, buildjob, builds, registry, tunnels
 from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 from clusterous_provisioner.errors import BadInput
 from tests.harness.tools import validate_k8s
@@ -74,7 +74,12 @@ def test_buildkitd_reads_a_config_that_makes_every_name_of_the_cluster_registry_
     config_map = buildjob.buildkitd_config_map("10.0.1.10:5000")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     parsed = tomllib.loads(config_map["data"][path.name])
-    assert set(parsed["registry"]) == {CLUSTER_REGISTRY, LEGACY_REGISTRY, "10.0.1.10:5000"}
+    assert set(parsed["registry"]) == {
+        CLUSTER_REGISTRY,
+        LEGACY_REGISTRY,
+        buildjob.PUSH_REGISTRY,
+        "10.0.1.10:5000",
+    }
     assert all(entry == {"http": True} for entry in parsed["registry"].values())
 
 
@@ -84,16 +89,30 @@ def test_buildctl_labels_the_context_digest_pushes_by_the_pull_name_and_uses_a_r
     assert args[0] == "build" and "--frontend=dockerfile.v0" in args
     assert f"--opt=label:{buildjob.CONTEXT_DIGEST_LABEL}={digest}" in args
     (output,) = [a for a in args if a.startswith("--output=")]
+    # pushed through the push endpoint: same storage, so pods pull it by the same repository name
     assert output.split("=", 1)[1].split(",")[:3] == [
         "type=image",
-        f"name={CLUSTER_REGISTRY}/lab/sim:1.2",
+        f"name={buildjob.PUSH_REGISTRY}/lab/sim:1.2",
         "push=true",
     ]
-    cache = f"type=registry,ref={CLUSTER_REGISTRY}/lab/sim:{buildjob.CACHE_TAG}"
     (export,) = [a for a in args if a.startswith("--export-cache=")]
     (imported,) = [a for a in args if a.startswith("--import-cache=")]
-    assert export.startswith(f"--export-cache={cache},") and "mode=max" in export.split(",")
-    assert imported.startswith(f"--import-cache={cache}")
+    assert export.startswith(f"--export-cache=type=registry,ref={buildjob.PUSH_REGISTRY}/lab/sim:buildcache,")
+    assert "mode=max" in export.split(",")
+    assert imported.startswith(f"--import-cache=type=registry,ref={CLUSTER_REGISTRY}/lab/sim:buildcache")
+
+
+def test_only_the_build_job_mounts_the_push_credential_as_buildctls_docker_config() -> None:
+    """buildctl reads registry credentials from $DOCKER_CONFIG/config.json (BuildKit's
+    examples/kubernetes: "create ~/.docker/config.json secret and set $DOCKER_CONFIG")."""
+    pod = buildjob.build_job("sim", "1")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["DOCKER_CONFIG"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == registry.PUSH_AUTH_SECRET and mount["readOnly"]
+    assert volume["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+    assert pod["automountServiceAccountToken"] is False
 
 
 def test_build_resources_cap_memory_and_disk_so_neither_the_build_nor_apps_are_evicted() -> None:

@@ -23,6 +23,7 @@ What stands in for what (docs/testing.md, "Registry"):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -30,6 +31,7 @@ import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +40,7 @@ import pytest
 
 from clusterous_cli import buildcontext, buildjob, tunnels
 from clusterous_cli.builds import TAIL_LINES
+from clusterous_cli.registry import PUSH_USER, push_secrets
 from clusterous_operator.images import CLUSTER_REGISTRY
 from tests.addons_support import apply_storage_classes
 from tests.registry_support import (
@@ -58,7 +61,7 @@ def blob_key(root: str, digest: str) -> str:
 
 def test_the_rendered_registry_config_serves_the_v2_api_and_stores_in_s3_under_its_root(registry) -> None:
     assert registry.rendered_env["REGISTRY_STORAGE"] == "s3"
-    image = push_image(registry.url, "lab/sim", "1.0")
+    image = push_image(registry.push_url, "lab/sim", "1.0")
 
     keys = registry.stored_keys()
     root = registry.root_directory.strip("/") + "/"
@@ -82,7 +85,7 @@ def test_the_rendered_registry_config_serves_the_v2_api_and_stores_in_s3_under_i
 def test_images_outlive_the_registry_that_pushed_them(aws, tmp_path) -> None:
     """The bucket, not the registry pod, holds the images: a new cluster's registry sees them."""
     with running_registry(aws, tmp_path / "first") as first:
-        image = push_image(first.url, "basic-python", "latest")
+        image = push_image(first.push_url, "basic-python", "latest")
     with running_registry(aws, tmp_path / "second", create_bucket=False) as second:
         assert second.bucket == first.bucket
         with urllib.request.urlopen(f"{second.url}/v2/basic-python/tags/list", timeout=10) as response:
@@ -107,6 +110,9 @@ def cluster(sshd, k8s_api, registry):
     k8s_api.add_node("worker-1", labels={"clusterous.io/group": "worker"}, cpu="2")
     # nodes pull the cluster's images from this registry (containerd's mirror of registry:5000)
     k8s_api.world.registry = (f"{CLUSTER_REGISTRY}/", registry.has_image)
+    # what `up` made over the API for this push endpoint (registry.ensure_push_credentials)
+    for secret in push_secrets(registry.push.password, buildjob.PUSH_REGISTRY):
+        k8s_api.create("v1/secrets", secret, namespace=buildjob.NAMESPACE)
     try:
         yield made
     finally:
@@ -125,11 +131,11 @@ def as_listed(image: PushedImage) -> dict:
 
 def test_images_lists_names_tags_sizes_and_dates_through_the_ssh_connection(cluster, registry, cli) -> None:
     pushed = [
-        push_image(registry.url, "basic-python", "latest", created="2025-03-07T09:05:01Z"),
+        push_image(registry.push_url, "basic-python", "latest", created="2025-03-07T09:05:01Z"),
         push_image(
-            registry.url, "basic-python", "1.0", files={"a": b"x" * 5000}, created="2025-01-02T03:04:05Z"
+            registry.push_url, "basic-python", "1.0", files={"a": b"x" * 5000}, created="2025-01-02T03:04:05Z"
         ),
-        push_image(registry.url, "lab/dask", "2024.1", oci=True, created="2024-12-24T18:00:00Z"),
+        push_image(registry.push_url, "lab/dask", "2024.1", oci=True, created="2024-12-24T18:00:00Z"),
     ]
     result = cli(["images", "--json"])
     assert result.exit_code == 0, result.output
@@ -158,9 +164,9 @@ def test_images_lists_names_tags_sizes_and_dates_through_the_ssh_connection(clus
 
 
 def test_images_describes_a_multi_platform_index_by_its_first_image(cluster, registry, cli) -> None:
-    amd = push_image(registry.url, "multi", "amd64", created="2025-02-01T00:00:00Z")
-    arm = push_image(registry.url, "multi", "arm64", architecture="arm64", files={"b": b"y" * 300})
-    digest = push_index(registry.url, "multi", "1.0", [amd, arm])
+    amd = push_image(registry.push_url, "multi", "amd64", created="2025-02-01T00:00:00Z")
+    arm = push_image(registry.push_url, "multi", "arm64", architecture="arm64", files={"b": b"y" * 300})
+    digest = push_index(registry.push_url, "multi", "1.0", [amd, arm])
     result = cli(["images", "multi", "--json"])
     assert result.exit_code == 0, result.output
     by_tag = {i["tag"]: i for i in json.loads(result.stdout)}
@@ -183,7 +189,7 @@ def test_images_follows_the_registrys_catalog_pages(aws, sshd, k8s_api, tmp_path
     with running_registry(aws, tmp_path / "registry", REGISTRY_CATALOG_MAXENTRIES="2") as small:
         names = [f"img{i}" for i in range(5)]
         for name in names:
-            push_image(small.url, name, "v1")
+            push_image(small.push_url, name, "v1")
         made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml(sshd)))
         k8s_api.create("v1/namespaces", {"metadata": {"name": buildjob.NAMESPACE}})
         k8s_api.create("v1/configmaps", small.cluster_info, namespace=buildjob.NAMESPACE)
@@ -250,7 +256,7 @@ def recording_relay(target_port: int):
 def test_registry_requests_travel_through_the_controller(sshd, k8s_api, registry, cli) -> None:
     """registryEndpoint is the controller's address: each request must leave from the controller
     (the harness sshd opening a direct-tcpip channel), never from the laptop."""
-    push_image(registry.url, "sim", "1")
+    push_image(registry.push_url, "sim", "1")
     made = make_controller(sshd, api_port=urlsplit(k8s_api.url).port, k3s_kubeconfig=str(k3s_yaml(sshd)))
     k8s_api.create("v1/namespaces", {"metadata": {"name": buildjob.NAMESPACE}})
     with recording_relay(registry.port) as (relay_port, origins):
@@ -288,7 +294,7 @@ def test_build_image_skips_an_image_built_from_the_same_context(
 ) -> None:
     context = build_context(tmp_path)
     labels = {buildjob.CONTEXT_DIGEST_LABEL: context_digest(context)}
-    pushed = push_image(registry.url, "sim", "1", oci=oci, labels=labels)
+    pushed = push_image(registry.push_url, "sim", "1", oci=oci, labels=labels)
     result = cli(["build-image", str(context), "sim:1"])
     assert result.exit_code == 0, result.output
     assert "sim:1" in result.stderr and "not rebuilt" in result.stderr and pushed.digest in result.stderr
@@ -300,13 +306,13 @@ def test_build_image_skips_an_image_built_from_the_same_context(
 
 @contextlib.contextmanager
 def buildkit_runs(k8s_api, log: str, succeed: bool, on_start=None, seconds: float = 0.0):
-    """What the BuildKit image does when it runs (nothing runs BuildKit here): `on_start(container)`
+    """What the BuildKit image does when it runs (nothing runs BuildKit here): `on_start(pod, container)`
     (e.g. push what BuildKit would push), print the build log, take `seconds`, exit 0 or 1. The
     emulator's Job controller, scheduler and kubelet make the pod and the Job's outcome of it."""
 
     async def build(emulator, pod, container) -> int:
         if on_start:
-            await asyncio.to_thread(on_start, container)
+            await asyncio.to_thread(on_start, pod, container)
         await emulator.write_pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], log, None)
         await asyncio.sleep(seconds)
         return 0 if succeed else 1
@@ -319,23 +325,40 @@ def buildkit_runs(k8s_api, log: str, succeed: bool, on_start=None, seconds: floa
         k8s_api.world.programs.remove(program)
 
 
-def pushes_as_buildkit(registry, pushed: list) -> callable:
+def mounted_credential(k8s_api, pod: dict, container: dict, registry_name: str) -> str:
+    """user:password for `registry_name` as buildctl finds it: $DOCKER_CONFIG/config.json, here
+    the file a Secret volume of the pod puts there (read from the emulator, as the kubelet would)."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["DOCKER_CONFIG"])
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == "config.json"]
+    secret = k8s_api.get("v1/secrets", volume["secret"]["secretName"], pod["metadata"]["namespace"])
+    config = json.loads(base64.b64decode(secret["data"][item["key"]]))
+    return base64.b64decode(config["auths"][registry_name]["auth"]).decode()
+
+
+def pushes_as_buildkit(registry, pushed: list, k8s_api=None) -> callable:
     """What `buildctl build --output=type=image,name=...,push=true --opt=label:...
     --export-cache=type=registry,ref=...` leaves in the registry: the image, labelled as the
-    arguments say, and the cache under its own tag."""
+    arguments say, and the cache under its own tag, pushed to the push endpoint with the
+    credential the pod mounts (given `k8s_api`; else the push endpoint's own)."""
 
-    def push(container) -> None:
+    def push(pod, container) -> None:
         args = container["args"]
         (output,) = [a for a in args if a.startswith("--output=")]
         reference = dict(kv.split("=", 1) for kv in output.removeprefix("--output=").split(","))["name"]
-        name, _, tag = reference.removeprefix(f"{CLUSTER_REGISTRY}/").rpartition(":")
+        name, _, tag = reference.removeprefix(f"{buildjob.PUSH_REGISTRY}/").rpartition(":")
         labels = dict(
             a.removeprefix("--opt=label:").split("=", 1) for a in args if a.startswith("--opt=label:")
         )
         (export,) = [a for a in args if a.startswith("--export-cache=")]
         cache = dict(kv.split("=", 1) for kv in export.removeprefix("--export-cache=").split(","))["ref"]
-        push_image(registry.url, name, cache.rpartition(":")[2], files={"cache": b"layers"})
-        pushed.append(push_image(registry.url, name, tag, labels=labels, files={"app": os.urandom(64)}))
+        url = registry.push_url
+        if k8s_api is not None:
+            credential = mounted_credential(k8s_api, pod, container, buildjob.PUSH_REGISTRY)
+            url = f"http://{credential}@{registry.push.host}:{registry.push.port}"
+        push_image(url, name, cache.rpartition(":")[2], files={"cache": b"layers"})
+        pushed.append(push_image(url, name, tag, labels=labels, files={"app": os.urandom(64)}))
 
     return push
 
@@ -345,9 +368,11 @@ def test_an_image_of_the_same_tag_from_another_context_is_rebuilt(
 ) -> None:
     """The bucket is shared: a colleague's sim:1 (no label, or another context's) is not ours."""
     context = build_context(tmp_path)
-    push_image(registry.url, "sim", "1", labels={buildjob.CONTEXT_DIGEST_LABEL: "sha256:" + "0" * 64})
+    push_image(registry.push_url, "sim", "1", labels={buildjob.CONTEXT_DIGEST_LABEL: "sha256:" + "0" * 64})
     pushed: list = []
-    with buildkit_runs(k8s_api, "#1 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed)):
+    with buildkit_runs(
+        k8s_api, "#1 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed, k8s_api)
+    ):
         result = cli(["build-image", str(context), "sim:1"])
     assert result.exit_code == 0, result.output
     assert "another context: rebuilding" in result.stderr
@@ -357,7 +382,7 @@ def test_an_image_of_the_same_tag_from_another_context_is_rebuilt(
 def test_a_missing_tag_is_built_and_a_failed_build_ends_with_its_log_tail(
     cluster, registry, k8s_api, cli, tmp_path
 ) -> None:
-    push_image(registry.url, "sim", "1")  # another tag of the same image does not count
+    push_image(registry.push_url, "sim", "1")  # another tag of the same image does not count
     context = build_context(tmp_path)
     log = (
         "\n".join(f"#{i} step {i}" for i in range(40))
@@ -401,7 +426,7 @@ def test_a_build_is_skipped_until_its_context_changes_and_the_upload_is_exact(
         k8s_api,
         "#1 DONE\n#2 pushing layers done\n",
         succeed=True,
-        on_start=pushes_as_buildkit(registry, pushed),
+        on_start=pushes_as_buildkit(registry, pushed, k8s_api),
     ):
         built = cli(["build-image", str(context), "sim:2"])
         assert built.exit_code == 0, built.output
@@ -449,7 +474,7 @@ def test_a_rerun_follows_its_own_job_not_the_previous_builds_lingering_pod(
     (context / "app.py").write_text("print('fixed')\n")
     pushed: list = []
     with buildkit_runs(
-        k8s_api, "NEW BUILD LOG\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed)
+        k8s_api, "NEW BUILD LOG\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed, k8s_api)
     ):
         second = cli(["build-image", str(context), "sim:3"])
     assert second.exit_code == 0, second.output
@@ -475,7 +500,9 @@ def test_a_build_over_its_memory_limit_is_named_out_of_memory_and_a_higher_limit
     assert result.exit_code == 1, result.output
     assert "out of memory (OOMKilled at its limit of 4Gi)" in result.stderr and "--memory" in result.stderr
     pushed: list = []
-    with buildkit_runs(k8s_api, "#5 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed)):
+    with buildkit_runs(
+        k8s_api, "#5 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed, k8s_api)
+    ):
         bigger = cli(["build-image", str(context), "sim:1", "--memory", "8Gi"])
     assert bigger.exit_code == 0, bigger.output
     (job,) = k8s_api.list("batch/v1/jobs", namespace=buildjob.NAMESPACE)
@@ -540,12 +567,12 @@ def test_nodes_run_only_images_the_registry_holds(cluster, k8s_api, registry) ->
             return (entry["state"].get("waiting") or {}).get("reason") or status.get("phase")
         return None
 
-    push_image(registry.url, "sim", "2")
+    push_image(registry.push_url, "sim", "2")
     k8s_api.create("v1/pods", pod("built", f"{CLUSTER_REGISTRY}/sim:2"), "default")
     k8s_api.create("v1/pods", pod("unbuilt", f"{CLUSTER_REGISTRY}/sim:3"), "default")
     assert k8s_api.wait_for(lambda: state("built"), what="the built image's pod") == "Running"
     assert k8s_api.wait_for(lambda: state("unbuilt"), what="the unbuilt image's pod") == "ErrImagePull"
-    push_image(registry.url, "sim", "3")
+    push_image(registry.push_url, "sim", "3")
     k8s_api.wait_for(lambda: state("unbuilt") == "Running", what="the pod to start once the image is pushed")
 
 
@@ -573,10 +600,12 @@ def test_run_deploys_the_built_image_by_its_digest(
         },
     }
     (app / "env.yml").write_text(yaml.safe_dump(env))
-    push_image(registry.url, "sim", "2")  # an older sim:2 (another context): a node must never run it
+    push_image(registry.push_url, "sim", "2")  # an older sim:2 (another context): a node must never run it
     pushed: list = []
     with (
-        buildkit_runs(k8s_api, "#1 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed)),
+        buildkit_runs(
+            k8s_api, "#1 DONE\n", succeed=True, on_start=pushes_as_buildkit(registry, pushed, k8s_api)
+        ),
         kopf_testing.KopfRunner(OPERATOR_ARGS, timeout=60) as runner,
     ):
         result = cli(["run", str(app / "env.yml"), "--no-wait"])
@@ -598,3 +627,71 @@ def test_run_deploys_the_built_image_by_its_digest(
         k8s_api.wait_for(running, timeout=30, what="the pod to pull the pinned image and run")
     assert runner.exception is None, runner.output
     assert f'"HEAD /v2/sim/manifests/{built.digest} HTTP/1.1" 200' in registry.log_text()
+
+
+# -- who may write (issue 12 item 14) ---------------------------------------------------------
+
+
+def _status(method: str, url: str, headers: dict | None = None, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_pods_can_only_pull_only_the_build_credential_pushes_and_nothing_deletes(registry) -> None:
+    """registry:5000 as rendered serves pulls and refuses every write; the push endpoint needs
+    the build credential; deleting is off on both (the bucket is shared)."""
+    image = push_image(registry.push_url, "sim", "1")  # with the credential: accepted
+    assert registry.has_image(f"{CLUSTER_REGISTRY}/sim@{image.digest}")  # pulled from the read-only one
+    assert _status("POST", f"{registry.url}/v2/sim/blobs/uploads/", data=b"") == 405
+    manifest = f"/v2/sim/manifests/{image.digest}"
+    assert _status("DELETE", registry.url + manifest) == 405
+    assert _status("POST", f"{registry.push.url}/v2/sim/blobs/uploads/", data=b"") == 401  # anonymous
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"clusterous-build:guess").decode()}
+    assert _status("POST", f"{registry.push.url}/v2/sim/blobs/uploads/", wrong, b"") == 401
+    credential = f"{PUSH_USER}:{registry.push.password}".encode()
+    right = {"Authorization": "Basic " + base64.b64encode(credential).decode()}
+    assert _status("DELETE", registry.push.url + manifest, right) == 405
+    assert registry.has_image(f"{CLUSTER_REGISTRY}/sim@{image.digest}")  # still there
+
+
+def test_the_push_credential_is_made_over_the_api_once_and_never_printed(
+    cluster, registry, k8s_api, cli, tmp_path
+) -> None:
+    """`up` (readiness) and every build call ensure_push_credentials: made once, kept after; the
+    htpasswd line checks the password the build Jobs' docker config holds; no rendered manifest
+    (what goes into user-data) carries either; a build's output never shows it."""
+    import bcrypt
+    from kubernetes import config as kube_config
+
+    from clusterous_cli import registry as product_registry
+    from clusterous_provisioner.bootstrap import render_manifests
+    from tests.registry_support import cluster_inputs
+
+    for name in (product_registry.HTPASSWD_SECRET, product_registry.PUSH_AUTH_SECRET):
+        k8s_api.delete("v1/secrets", name, buildjob.NAMESPACE)  # a cluster from before the change
+    api = kube_config.new_client_from_config(str(k8s_api.kubeconfig))
+    assert product_registry.ensure_push_credentials(api, buildjob.PUSH_REGISTRY) == "created"
+    made = {
+        n: k8s_api.get("v1/secrets", n, buildjob.NAMESPACE)["data"]
+        for n in (product_registry.HTPASSWD_SECRET, product_registry.PUSH_AUTH_SECRET)
+    }
+    assert product_registry.ensure_push_credentials(api, buildjob.PUSH_REGISTRY) == "unchanged"
+    for name, data in made.items():
+        assert k8s_api.get("v1/secrets", name, buildjob.NAMESPACE)["data"] == data
+    config = json.loads(base64.b64decode(made[product_registry.PUSH_AUTH_SECRET][".dockerconfigjson"]))
+    user, password = base64.b64decode(config["auths"][buildjob.PUSH_REGISTRY]["auth"]).decode().split(":", 1)
+    line = base64.b64decode(made[product_registry.HTPASSWD_SECRET]["htpasswd"]).decode().strip()
+    assert line.startswith(f"{user}:$2") and bcrypt.checkpw(password.encode(), line.split(":", 1)[1].encode())
+    rendered = "\n".join(render_manifests(cluster_inputs("eu-west-1")).values())
+    assert password not in rendered and line.split(":", 1)[1] not in rendered
+    assert "kind: Secret" not in rendered
+    with buildkit_runs(k8s_api, "#1 DONE\n", succeed=False):
+        result = cli(["build-image", str(build_context(tmp_path)), "sim:9"])
+    assert (
+        password not in result.output
+        and base64.b64encode(f"{user}:{password}".encode()).decode() not in result.output
+    )

@@ -22,6 +22,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from clusterous_cli.registry import PUSH_AUTH_SECRET
 from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 
 NAMESPACE = "clusterous-system"
@@ -41,6 +42,9 @@ CONTEXT_DIGEST_LABEL = "io.clusterous.context-digest"  # on the image config: wh
 CACHE_TAG = "buildcache"  # <name>:buildcache holds the registry cache; `images` hides it
 BUILDKITD_CONFIG = "buildkitd-config"  # the ConfigMap holding buildkitd.toml
 BUILDKITD_CONFIG_DIR = "/etc/clusterous-buildkit"
+# Builds push here (htpasswd; registry:5000 serves pulls only): see manifests/registry.yaml.
+PUSH_REGISTRY = "registry-push.clusterous-system.svc:5001"
+DOCKER_CONFIG_DIR = "/home/user/.docker"
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,10 @@ def build_context_claim() -> dict:
 def buildkitd_toml(registry_endpoint: str | None = None) -> str:
     """buildkitd.toml: every name of the cluster registry is plain HTTP (docs/buildkitd.toml.md:
     `[registry."host:port"] http = true`) — its Service name, Clusterous' `registry:5000` (which
-    the pod's DNS search path resolves to the same Service in clusterous-system) and the
-    controller's endpoint that nodes use."""
-    names = [CLUSTER_REGISTRY, LEGACY_REGISTRY] + ([registry_endpoint] if registry_endpoint else [])
+    the pod's DNS search path resolves to the same Service in clusterous-system), the push
+    endpoint, and the controller's endpoint that nodes use."""
+    names = [CLUSTER_REGISTRY, LEGACY_REGISTRY, PUSH_REGISTRY]
+    names += [registry_endpoint] if registry_endpoint else []
     return "".join(f'[registry."{name}"]\n  http = true\n\n' for name in dict.fromkeys(names))
 
 
@@ -104,9 +109,11 @@ def buildkitd_config_map(registry_endpoint: str | None = None) -> dict:
 
 def buildctl_args(name: str, tag: str, context_digest: str, registry: str = CLUSTER_REGISTRY) -> list[str]:
     """`buildctl build` for one image: Dockerfile frontend on the mounted context, the context
-    digest as a label, push to the registry, registry cache imported and exported (mode=max
-    keeps the layers of every stage, so a multi-stage rebuild is cached too)."""
-    cache = f"type=registry,ref={registry}/{name}:{CACHE_TAG}"
+    digest as a label, push through the push endpoint (same storage: pods pull it from
+    `registry` by the same repository name), registry cache exported there and imported from the
+    read-only endpoint (mode=max keeps the layers of every stage, so a multi-stage rebuild is
+    cached too)."""
+    cache = f"ref={{}}/{name}:{CACHE_TAG}"
     return [
         "build",
         "--progress=plain",
@@ -114,9 +121,9 @@ def buildctl_args(name: str, tag: str, context_digest: str, registry: str = CLUS
         "--local=context=/workspace",
         "--local=dockerfile=/workspace",
         f"--opt=label:{CONTEXT_DIGEST_LABEL}={context_digest}",
-        f"--output=type=image,name={registry}/{name}:{tag},push=true,registry.insecure=true",
-        f"--export-cache={cache},mode=max,registry.insecure=true",
-        f"--import-cache={cache},registry.insecure=true",
+        f"--output=type=image,name={PUSH_REGISTRY}/{name}:{tag},push=true,registry.insecure=true",
+        f"--export-cache=type=registry,{cache.format(PUSH_REGISTRY)},mode=max,registry.insecure=true",
+        f"--import-cache=type=registry,{cache.format(registry)},registry.insecure=true",
     ]
 
 
@@ -138,7 +145,8 @@ def build_job(
             {
                 "name": "BUILDKITD_FLAGS",
                 "value": f"--oci-worker-no-process-sandbox --config={BUILDKITD_CONFIG_DIR}/buildkitd.toml",
-            }
+            },
+            {"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR},  # buildctl's registry credentials
         ],
         "securityContext": {
             "runAsUser": 1000,
@@ -165,6 +173,7 @@ def build_job(
             },
             {"name": "buildkitd", "mountPath": "/home/user/.local/share/buildkit"},
             {"name": "config", "mountPath": BUILDKITD_CONFIG_DIR, "readOnly": True},
+            {"name": "push-auth", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True},
         ],
     }
     return {
@@ -189,6 +198,13 @@ def build_job(
                         },
                         {"name": "buildkitd", "emptyDir": {"sizeLimit": resources.disk}},
                         {"name": "config", "configMap": {"name": BUILDKITD_CONFIG}},
+                        {
+                            "name": "push-auth",
+                            "secret": {
+                                "secretName": PUSH_AUTH_SECRET,
+                                "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                            },
+                        },
                     ],
                 },
             },

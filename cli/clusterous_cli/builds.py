@@ -130,6 +130,7 @@ def run_build(
     """Upload the context, (re)create the Job, follow its pod, stream its log, name any failure."""
     from kubernetes import client
 
+    from clusterous_cli import registry
     from clusterous_cli.kubeapi import api_failure
 
     upload_context(conn, ctx, name, tag, say)
@@ -141,6 +142,7 @@ def run_build(
             buildjob.NAMESPACE, buildjob.build_context_claim()
         ))  # fmt: skip
         _apply_config_map(core, buildjob.buildkitd_config_map(registry_endpoint))
+        registry.ensure_push_credentials(api, buildjob.PUSH_REGISTRY)  # `up` made it; older clusters
         _delete_previous(batch, job_name)
         uid = batch.create_namespaced_job(buildjob.NAMESPACE, job).metadata.uid
     except Failure:
