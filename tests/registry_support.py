@@ -1,5 +1,6 @@
-"""A real image registry for the tests: Debian's `docker-registry` (CNCF distribution 2.8) on
-127.0.0.1, configured exactly as the cluster's registry add-on, storing into the moto server's S3.
+"""A real image registry for the tests: Debian's `docker-registry` (CNCF distribution 2.8; the
+cluster runs 3.x, which no package registry here ships) on 127.0.0.1, configured exactly as the
+cluster's registry add-on, storing into the moto server's S3.
 
     registry                 fixture (import `registry_fixture`): a RegistryServer, started per test (the `aws` fixture resets moto)
     push_image(url, ...)     a tiny but valid image (config blob, one gzip'd tar layer, a schema2 or
@@ -7,16 +8,20 @@
     push_index(url, ...)     a multi-platform index over images already pushed
 
 How the configuration is made (docs/testing.md, "Registry"):
-- the base file is the `registry:2` image's own /etc/docker/registry/config.yml (BASE_CONFIG);
+- the base file is the cluster image's own /etc/distribution/config.yml (BASE_CONFIG), less its
+  `storage.tag` section, which 2.8 cannot parse (the manifest's REGISTRY_STORAGE=s3 drops it on
+  the cluster anyway);
 - every `REGISTRY_*` variable of the registry container in `manifests/registry.yaml`, rendered by
   `bootstrap.render_manifests` with this test's cluster values, is passed unchanged (s3 driver,
-  region, bucket, root directory, encryption, redirect off, delete on) — except
-  `REGISTRY_HTTP_ADDR`, which names the controller's port 5000: here a free port on 127.0.0.1;
+  the bucket's region, bucket, root directory, encryption, redirect off, delete off, storage
+  health check, log level) — except the two addresses: `REGISTRY_HTTP_ADDR` (the controller's
+  port 5000) and `REGISTRY_HTTP_DEBUG_ADDR` (its loopback port 5001) become free ports here;
 - what the cluster gets from its surroundings is supplied here: the S3 endpoint is moto
-  (`REGISTRY_STORAGE_S3_REGIONENDPOINT`, plain HTTP so `..._SECURE=false`; distribution 2.8 then
-  uses path-style requests by itself), and the credentials come from the AWS SDK's default chain
-  (environment variables here, the instance profile on the controller). Nothing else of the
-  test process's AWS_* environment reaches the registry (AWS_CA_BUNDLE makes aws-sdk-go panic).
+  (`REGISTRY_STORAGE_S3_REGIONENDPOINT`, plain HTTP so `..._SECURE=false`, path-style requests
+  `..._FORCEPATHSTYLE=true`, which 3.x needs with an endpoint and 2.8 does by itself), and the
+  credentials come from the AWS SDK's default chain (environment variables here, the instance
+  profile on the controller). Nothing else of the test process's AWS_* environment reaches the
+  registry (AWS_CA_BUNDLE makes aws-sdk-go panic).
 
 A missing binary skips the tests on a developer's machine and fails them in CI (.ci/run
 installs the `docker-registry` package).
@@ -51,23 +56,31 @@ from clusterous_provisioner.bootstrap import BootstrapInputs, render_manifests
 from tests.harness.tools import missing
 
 BINARY = "docker-registry"
-# The registry:2 image's /etc/docker/registry/config.yml (distribution 2.8.3), which the pod
-# runs with; the manifest's REGISTRY_* variables override it (REGISTRY_STORAGE=s3 replaces the
-# whole storage section, filesystem and cache included).
+# The registry:3 image's /etc/distribution/config.yml (distribution-library-image's
+# config-example.yml), which the pod runs with, less `storage.tag: {concurrencylimit: 5}` (2.8
+# refuses it as a second storage driver). The manifest's REGISTRY_* variables override it
+# (REGISTRY_STORAGE=s3 replaces the whole storage section: filesystem, cache and delete).
 BASE_CONFIG = """\
 version: 0.1
 log:
+  level: debug
   fields:
     service: registry
+    environment: development
 storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: /var/lib/registry
+    delete:
+      enabled: true
+    cache:
+        blobdescriptor: inmemory
+    filesystem:
+        rootdirectory: /var/lib/registry
 http:
-  addr: :5000
-  headers:
-    X-Content-Type-Options: [nosniff]
+    addr: :5000
+    debug:
+        addr: :5001
+        prometheus:
+            enabled: true
+            path: /metrics
 health:
   storagedriver:
     enabled: true
@@ -98,6 +111,7 @@ def cluster_inputs(region: str, controller_ip: str = "127.0.0.1") -> BootstrapIn
         shared_volume_id=None,
         bucket=f"clusterous-123456789012-{region}",
         node_groups=["master", "worker"],
+        bucket_region=region,
     )
 
 
@@ -122,6 +136,7 @@ class RegistryServer:
     port: int
     region: str
     bucket: str
+    debug_port: int  # REGISTRY_HTTP_DEBUG_ADDR's port (/debug/health), on the rendered host
     root_directory: str  # REGISTRY_STORAGE_S3_ROOTDIRECTORY as rendered, e.g. /clusterous/registry
     rendered_env: dict[str, str]  # what the manifest sets
     env: dict[str, str]  # what the process got (rendered + endpoint + credentials)
@@ -254,13 +269,18 @@ def make_registry(
         htpasswd = workdir / "htpasswd"
         htpasswd.write_bytes(base64.b64decode(htpasswd_secret["data"]["htpasswd"]))
         extra_env = {"REGISTRY_AUTH_HTPASSWD_PATH": str(htpasswd), **extra_env}  # rendered: /auth/htpasswd
-    port = free_port()
+    port = debug_port = free_port()
+    while debug_port == port:
+        debug_port = free_port()
+    debug_host = rendered["REGISTRY_HTTP_DEBUG_ADDR"].rpartition(":")[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
     env |= rendered
     env |= {
         "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",  # rendered: <controller_ip>:5000
+        "REGISTRY_HTTP_DEBUG_ADDR": f"{debug_host}:{debug_port}",  # rendered: 127.0.0.1:5001
         "REGISTRY_STORAGE_S3_REGIONENDPOINT": aws.url,
         "REGISTRY_STORAGE_S3_SECURE": "false",
+        "REGISTRY_STORAGE_S3_FORCEPATHSTYLE": "true",
         "AWS_EC2_METADATA_DISABLED": "true",
         **CREDENTIALS,
         **extra_env,
@@ -276,6 +296,7 @@ def make_registry(
         port=port,
         region=region,
         bucket=bucket,
+        debug_port=debug_port,
         root_directory=rendered["REGISTRY_STORAGE_S3_ROOTDIRECTORY"],
         rendered_env=rendered,
         env=env,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -27,8 +29,12 @@ from clusterous_provisioner import addons, operator_bundle
 from clusterous_provisioner.bootstrap import (
     ADDONS_FILE,
     AGENT_TOKEN_FILE,
+    K3S_INSTALL_SHA256,
+    K3S_INSTALL_URL,
     REGISTRIES_FILE,
     SERVER_TOKEN_FILE,
+    UNIT,
+    UNIT_FILE,
     USER_DATA_LIMIT,
     BootstrapInputs,
     boot_manifests,
@@ -40,15 +46,21 @@ from clusterous_provisioner.bootstrap import (
 )
 from clusterous_provisioner.errors import BadInput
 from tests.harness.k8s_controllers import tolerates
-from tests.harness.tools import cloud_init_schema, shellcheck, validate_k8s
+from tests.harness.tools import cloud_init_schema, shellcheck, system_tool, validate_k8s
 
 AGENT_TOKEN = "agent-s3cr3t-0123456789abcdef0123456789abcdef"  # what SSM holds for the cluster
 VOLUME = "vol-0abc123def4567890"
 SCRIPTS = Path(__file__).resolve().parents[1] / "provisioner" / "clusterous_provisioner" / "scripts"
 CORE_UTILS = ("bash", "sh", "grep", "awk", "mkdir", "readlink", "dirname", "basename", "touch", "cat",
-              "rm", "mv", "env", "sort", "sed", "chmod", "stat", "od", "tr")  # fmt: skip
+              "rm", "mv", "env", "sort", "sed", "chmod", "stat", "od", "tr", "sha256sum", "uname")  # fmt: skip
 STAND_INS = ("apt-get", "dnf", "curl", "blkid", "mkfs.ext4", "mkfs.xfs", "mount", "mountpoint",
-             "exportfs", "systemctl", "sleep", "chown")  # fmt: skip
+             "exportfs", "systemctl", "sleep", "chown", "nproc", "sysctl")  # fmt: skip
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
+AIRGAP = f"k3s-airgap-images-{ARCH}.tar.zst"
+SUMS = f"sha256sum-{ARCH}.txt"
+# what the stand-in instance reports: 2 CPUs (nproc) and a t3.large's MemTotal (8 GiB nominal)
+MEMTOTAL_KIB = 8039272
+EXPORTS_FILE = "/etc/exports.d/clusterous.exports"  # the controller's export lines, its own file
 
 
 def make_inputs(**changes) -> BootstrapInputs:
@@ -71,17 +83,32 @@ def make_inputs(**changes) -> BootstrapInputs:
 # --------------------------------------------------------------------------------------------
 
 RECORD = 'printf "%s" "$(basename "$0")" >>"$STANDIN_LOG"; printf " %s" "$@" >>"$STANDIN_LOG"; echo >>"$STANDIN_LOG"\n'
+# A stand-in fails while $STANDIN_STATE/fail-<name> holds a count above 0 (one less each call).
+FAIL = r"""
+fails="$STANDIN_STATE/fail-$(basename "$0")"
+if [ -s "$fails" ] && [ "$(cat "$fails")" -gt 0 ]; then
+    echo $(($(cat "$fails") - 1)) >"$fails"; echo "$(basename "$0"): injected failure" >&2; exit 100
+fi
+"""
 
-BEHAVIOUR = {
-    # the k3s installer: logs its arguments and the whole environment, installs a k3s stand-in
-    "curl": r"""
-out=""; while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
-cat >"$out" <<'EOF'
-#!/bin/sh
+# The k3s installer a test's upstream serves: logs its arguments and the whole environment,
+# installs a k3s stand-in that reports the version it was asked for.
+INSTALLER = r"""#!/bin/sh
 { printf 'k3s-installer'; printf ' %s' "$@"; echo; env | sed 's/^/  env: /'; } >>"$STANDIN_LOG"
 printf '#!/bin/sh\necho "k3s version %s (0000)"\n' "$INSTALL_K3S_VERSION" >"$STANDIN_BIN/k3s"
 chmod +x "$STANDIN_BIN/k3s"
-EOF
+"""
+
+BEHAVIOUR = {
+    # GitHub, as far as the scripts see it: `curl ... -o FILE URL` writes $STANDIN_WEB/<last
+    # part of URL>, or fails like curl -f on a 404; $STANDIN_STATE/fail-url-<name> fails it N times.
+    "curl": r"""
+out=""; url=""
+while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift ;; http*) url="$1" ;; esac; shift; done
+name="$(basename "$url")"; fails="$STANDIN_STATE/fail-url-$name"
+if [ -s "$fails" ] && [ "$(cat "$fails")" -gt 0 ]; then echo $(($(cat "$fails") - 1)) >"$fails"; exit 22; fi
+[ -e "$STANDIN_WEB/$name" ] || exit 22
+cat "$STANDIN_WEB/$name" >"$out"
 """,
     # blkid -p -o export: the signature a test or mkfs left in the state file (KEY=VALUE lines)
     "blkid": r"""
@@ -95,7 +122,18 @@ cat "$state"
     "mkfs.xfs": 'for dev; do :; done\nprintf "TYPE=xfs\\nUSAGE=filesystem\\n" >"$STANDIN_STATE/fs-$(basename "$dev")"\n',
     "mount": 'for dir; do :; done\ntouch "$STANDIN_STATE/mounted-$(basename "$dir")"\n',
     "mountpoint": 'for dir; do :; done\n[ -e "$STANDIN_STATE/mounted-$(basename "$dir")" ]\n',
+    "nproc": "echo 2\n",
 }
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unit_of(config: dict) -> dict[str, str]:
+    """The bootstrap unit's settings (KEY -> value) from the user-data's write_files."""
+    (entry,) = [e for e in config["write_files"] if e["path"] == UNIT_FILE]
+    return dict(line.split("=", 1) for line in entry["content"].splitlines() if "=" in line)
 
 
 class Instance:
@@ -105,20 +143,35 @@ class Instance:
         self.root = tmp / "root"
         self.bin = tmp / "bin"
         self.state = tmp / "state"
+        self.web = tmp / "web"  # what the GitHub URLs serve
         self.log = tmp / "standins.log"
-        for folder in (self.root, self.bin, self.state):
+        for folder in (self.root, self.bin, self.state, self.web):
             folder.mkdir(parents=True)
         self.log.touch()
         for tool in CORE_UTILS:
             (self.bin / tool).symlink_to(shutil.which(tool))
         for name in STAND_INS:
             script = self.bin / name
-            script.write_text("#!/bin/sh\n" + RECORD + BEHAVIOUR.get(name, ""))
+            script.write_text("#!/bin/sh\n" + RECORD + FAIL + BEHAVIOUR.get(name, ""))
             script.chmod(0o755)
+        (self.root / "proc").mkdir()
+        (self.root / "proc" / "meminfo").write_text(f"MemTotal:       {MEMTOTAL_KIB} kB\nMemFree: 1 kB\n")
+        self.publish_release(b"zstd-compressed image archive\n")
+        (self.web / "install.sh").write_text(INSTALLER)
         self.outputs: list[str] = []
 
-    def unpack(self, user_data: str) -> dict:
-        """What cloud-init's write_files does, under the root."""
+    def publish_release(self, airgap: bytes, listed: bytes | None = None) -> None:
+        """The k3s release's airgap archive and its sha256sum file (listing `listed`'s hash)."""
+        (self.web / AIRGAP).write_bytes(airgap)
+        (self.web / SUMS).write_text(f"{sha256(b'k3s')}  k3s\n{sha256(listed or airgap)}  {AIRGAP}\n")
+
+    def fail(self, name: str, times: int) -> None:
+        """The stand-in `name` (or URL file `url-<name>`) fails its next `times` calls."""
+        (self.state / f"fail-{name}").write_text(f"{times}\n")
+
+    def unpack(self, user_data: str, pin_installer: bool = True) -> dict:
+        """What cloud-init's write_files does, under the root. With pin_installer, the settings
+        pin the sha256 of the installer this test's upstream serves (the stand-in's)."""
         assert user_data.startswith("#cloud-config\n")
         config = yaml.safe_load(user_data)
         for entry in config["write_files"]:
@@ -129,6 +182,10 @@ class Instance:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
             path.chmod(int(entry["permissions"], 8))
+        if pin_installer:
+            settings = self.root / "etc/clusterous/bootstrap.env"
+            ours = sha256((self.web / "install.sh").read_bytes())
+            settings.write_text(settings.read_text().replace(K3S_INSTALL_SHA256, ours))
         return config
 
     def attach_volume(self, link: str) -> Path:
@@ -142,15 +199,16 @@ class Instance:
         return device
 
     def run(self, config: dict, **env) -> subprocess.CompletedProcess:
-        """The user-data's runcmd, as root would run it on the instance."""
-        (command,) = config["runcmd"]
-        script = self.root / command[0].lstrip("/")
+        """One run of the bootstrap unit's ExecStart, as root would run it on the instance."""
+        assert config["runcmd"][-1] == ["systemctl", "start", "--no-block", UNIT]
+        script = self.root / unit_of(config)["ExecStart"].lstrip("/")
         environ = {
             "PATH": str(self.bin),
             "CLUSTEROUS_ROOT": str(self.root),
             "STANDIN_LOG": str(self.log),
             "STANDIN_BIN": str(self.bin),
             "STANDIN_STATE": str(self.state),
+            "STANDIN_WEB": str(self.web),
             **env,
         }
         result = subprocess.run(
@@ -158,6 +216,15 @@ class Instance:
         )
         self.outputs += [result.stdout, result.stderr]
         return result
+
+    def run_unit(self, config: dict, between=lambda attempt: None, limit: int = 5, **env):
+        """What systemd does with the unit: run it, and while a run fails and the unit says
+        Restart=on-failure, call between(attempt) (the world changing meanwhile) and run again."""
+        runs = [self.run(config, **env)]
+        while runs[-1].returncode != 0 and unit_of(config)["Restart"] == "on-failure" and len(runs) < limit:
+            between(len(runs))
+            runs.append(self.run(config, **env))
+        return runs
 
     def calls(self, name: str) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.split(" ", 1)[0] == name]
@@ -256,8 +323,9 @@ def test_controller_formats_a_blank_volume_mounts_and_exports_it(instance):
     assert spec.startswith("UUID=") and mount_dir == addons.SHARED_DIR and fstype == "ext4"
     assert "nofail" in options.split(",")
     assert instance.calls("mount") == [f"mount {instance.root}{addons.SHARED_DIR}"]
-    exports = instance.text("/etc/exports")
+    exports = instance.text(EXPORTS_FILE)
     assert f"{addons.SHARED_DIR} 10.42.0.0/16(rw," in exports
+    assert instance.text("/etc/exports") == ""  # the image's own file is left alone
     assert instance.calls("exportfs") == ["exportfs -ra"]
     assert "systemctl enable --now nfs-server" in instance.calls("systemctl")
     assert instance.calls("apt-get")[-1].split()[-1] == "nfs-kernel-server"
@@ -308,7 +376,7 @@ def test_rerunning_the_controller_changes_nothing(instance):
     instance.attach_volume(nvme_link())
     config, first = boot_controller(instance)
     assert first.returncode == 0, first.stderr
-    before = {path: instance.text(path) for path in ("/etc/fstab", "/etc/exports")}
+    before = {path: instance.text(path) for path in ("/etc/fstab", EXPORTS_FILE)}
     calls_before = instance.log.read_text().splitlines()
     second = instance.run(config)  # a reboot or `cloud-init clean` runs it again
     assert second.returncode == 0, second.stderr
@@ -372,8 +440,254 @@ def test_amazon_linux_uses_dnf_and_skips_the_selinux_rpm(instance):
     _, result = boot_controller(instance, make_inputs(os="al2023"))
     assert result.returncode == 0, result.stderr
     assert instance.calls("apt-get") == []
-    assert instance.calls("dnf") == ["dnf install -y -q nfs-utils"]
+    assert instance.calls("dnf") == ["dnf install -y -q --setopt=retries=5 nfs-utils"]
     assert instance.installer_env()["INSTALL_K3S_SKIP_SELINUX_RPM"] == "true"
+
+
+# --------------------------------------------------------------------------------------------
+# The bootstrap unit: systemd runs the script and retries it until one run succeeds.
+# --------------------------------------------------------------------------------------------
+
+
+def systemd_verify(root: Path, unit: str) -> subprocess.CompletedProcess:
+    """systemd's own check of a unit in an unpacked instance root (the host's unit directory
+    copied in, for the targets the unit names)."""
+    exe = system_tool("systemd-analyze")
+    units = root / "usr/lib/systemd/system"
+    units.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree("/lib/systemd/system", units, symlinks=True, dirs_exist_ok=True)
+    return subprocess.run([exe, "verify", f"--root={root}", unit], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("role", ["controller", "worker"])
+def test_the_bootstrap_is_a_retrying_systemd_unit_that_runcmd_only_starts(instance, role):
+    inputs = make_inputs()
+    user_data = render_controller(inputs) if role == "controller" else render_node(inputs, role)
+    config = instance.unpack(user_data)
+    unit = unit_of(config)
+    assert (unit["Type"], unit["Restart"], unit["StartLimitIntervalSec"]) == ("oneshot", "on-failure", "0")
+    assert int(unit["RestartSec"]) > 0 and unit["WantedBy"] == "multi-user.target"
+    assert unit["StandardOutput"] == unit["StandardError"] == "journal+console"
+    assert unit["ExecStart"].endswith("controller.sh" if role == "controller" else "node.sh")
+    assert (instance.root / unit["ExecStart"].lstrip("/")).stat().st_mode & 0o100
+    assert config["runcmd"] == [
+        ["systemctl", "daemon-reload"], ["systemctl", "enable", UNIT], ["systemctl", "start", "--no-block", UNIT],
+    ]  # fmt: skip
+    verified = systemd_verify(instance.root, UNIT)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_volume_attached_late_fails_a_run_and_the_retry_finishes(instance):
+    """The controller boots before its volume is attached: the run fails naming it, systemd runs
+    the unit again, by then the volume is there and everything happens exactly once."""
+    config = instance.unpack(render_controller(make_inputs()))
+    done = instance.root / "var/lib/clusterous/bootstrap.done"  # what `up` waits for
+
+    def between(attempt) -> None:
+        assert not done.exists()
+        instance.attach_volume(nvme_link())
+
+    runs = instance.run_unit(config, between=between, CLUSTEROUS_DEVICE_WAIT="0")
+    assert [run.returncode != 0 for run in runs] == [True, False], runs[-1].stderr
+    assert done.exists()
+    assert f"shared volume {VOLUME} not attached" in runs[0].stderr
+    assert len(instance.calls("mkfs.ext4")) == 1 and len(instance.calls("k3s-installer")) == 1
+    assert len(instance.text("/etc/fstab").splitlines()) == 1
+    assert len(instance.calls("apt-get")) == 2  # update and install, in the first run only
+
+
+def test_a_command_failing_once_fails_the_run_and_the_retry_finishes(instance):
+    instance.attach_volume(nvme_link())
+    instance.fail("exportfs", 1)
+    runs = instance.run_unit(instance.unpack(render_controller(make_inputs())))
+    assert [run.returncode != 0 for run in runs] == [True, False]
+    assert "exportfs: injected failure" in runs[0].stderr
+    assert len(instance.calls("exportfs")) == 2 and len(instance.calls("k3s-installer")) == 1
+    assert len(instance.calls("mkfs.ext4")) == 1  # the second run kept the first run's file system
+
+
+def test_apt_waits_for_the_dpkg_lock_and_retries_mirror_errors(instance):
+    instance.attach_volume(nvme_link())
+    instance.fail("apt-get", 2)  # the mirror answers badly twice, then well
+    _, result = boot_controller(instance)
+    assert result.returncode == 0, result.stderr
+    apt = instance.calls("apt-get")
+    assert len(apt) == 4  # update failed twice, then update and install
+    for call in apt:
+        assert "-o DPkg::Lock::Timeout=600" in call  # waits for unattended-upgrades' dpkg lock
+    assert [c.split()[-3:] for c in apt[:3]] == [["-o", "APT::Update::Error-Mode=any", "update"]] * 3
+    assert apt[3].endswith("install -y nfs-kernel-server")
+    assert instance.calls("sleep") == ["sleep 15", "sleep 15"]
+    assert result.stderr.count("apt_get failed") == 2
+
+
+def test_apt_gives_up_after_bounded_attempts_and_the_unit_tries_again(instance):
+    instance.attach_volume(nvme_link())
+    instance.fail("apt-get", 7)  # five attempts fail the first run; the second run's third works
+    runs = instance.run_unit(instance.unpack(render_controller(make_inputs())))
+    assert [run.returncode != 0 for run in runs] == [True, False]
+    assert "apt_get failed 5 times" in runs[0].stderr
+    assert len([c for c in instance.calls("apt-get") if " update " in c + " "]) == 5 + 3
+    assert len(instance.calls("k3s-installer")) == 1
+
+
+def test_dnf_retries_bounded_too(instance):
+    instance.attach_volume(nvme_link())
+    instance.fail("dnf", 2)
+    _, result = boot_controller(instance, make_inputs(os="al2023"))
+    assert result.returncode == 0, result.stderr
+    assert instance.calls("dnf") == ["dnf install -y -q --setopt=retries=5 nfs-utils"] * 3
+    instance.fail("dnf", 5)
+    (instance.root / "var/lib/clusterous/packages.done").unlink()
+    _, again = boot_controller(instance, make_inputs(os="al2023"))
+    assert again.returncode != 0 and "dnf failed 5 times" in again.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# What the scripts download: the pinned installer and k3s' own images.
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_installer_is_a_pinned_commit_and_runs_only_with_the_pinned_sha256(instance):
+    assert re.fullmatch(
+        r"https://raw\.githubusercontent\.com/k3s-io/k3s/[0-9a-f]{40}/install\.sh", K3S_INSTALL_URL
+    )
+    assert re.fullmatch(r"[0-9a-f]{64}", K3S_INSTALL_SHA256)
+    settings = written_files(render_node(make_inputs(), "worker"))["/etc/clusterous/bootstrap.env"]
+    assert f"K3S_INSTALL_URL={K3S_INSTALL_URL}\n" in settings
+    assert f"K3S_INSTALL_SHA256={K3S_INSTALL_SHA256}\n" in settings
+    # this test's upstream serves another install.sh than the pinned one: it is never run
+    config = instance.unpack(render_node(make_inputs(), "worker"), pin_installer=False)
+    result = instance.run(config)
+    assert result.returncode != 0
+    assert f"does not have the pinned sha256 {K3S_INSTALL_SHA256}: not run" in result.stderr
+    assert instance.calls("k3s-installer") == [] and not (instance.bin / "k3s").exists()
+    assert not (instance.root / "var/lib/clusterous/k3s-install.sh").exists()
+    (url,) = [c for c in instance.calls("curl") if c.endswith("install.sh")]
+    assert url.endswith(K3S_INSTALL_URL)
+
+
+def images_dir(machine: Instance) -> Path:
+    return machine.root / "var/lib/rancher/k3s/agent/images"
+
+
+@pytest.mark.parametrize("role", ["controller", "worker"])
+def test_k3s_images_are_preloaded_from_the_release_and_verified(instance, role):
+    instance.attach_volume(nvme_link())
+    inputs = make_inputs()
+    config = instance.unpack(render_controller(inputs) if role == "controller" else render_node(inputs, role))
+    result = instance.run(config)
+    assert result.returncode == 0, result.stderr
+    assert (images_dir(instance) / AIRGAP).read_bytes() == (instance.web / AIRGAP).read_bytes()
+    assert sorted(p.name for p in images_dir(instance).iterdir()) == [AIRGAP]  # no .part left
+    release = "https://github.com/k3s-io/k3s/releases/download/v1.33.5%2Bk3s1"
+    urls = [c.split()[-1] for c in instance.calls("curl")]
+    assert urls[:2] == [f"{release}/{SUMS}", f"{release}/{AIRGAP}"]  # before k3s is installed
+    assert urls[2] == K3S_INSTALL_URL
+
+
+def test_an_image_archive_that_does_not_match_the_release_checksum_is_refused(instance):
+    built = b"what the release built\n"
+    instance.publish_release(b"tampered\n", listed=built)
+    config = instance.unpack(render_node(make_inputs(), "worker"))
+    result = instance.run(config)
+    assert result.returncode != 0
+    assert f"{AIRGAP} does not match the release's sha256 {sha256(built)}: refused" in result.stderr
+    assert list(images_dir(instance).iterdir()) == [] and instance.calls("k3s-installer") == []
+
+
+def test_without_the_image_archive_k3s_is_installed_and_pulls_its_images(instance):
+    (instance.web / AIRGAP).unlink()  # e.g. GitHub down for the archive: 5 attempts, then go on
+    result = instance.run(instance.unpack(render_node(make_inputs(), "worker")))
+    assert result.returncode == 0, result.stderr
+    assert "k3s images unavailable: k3s will pull its images instead" in result.stdout
+    assert list(images_dir(instance).iterdir()) == [] and len(instance.calls("k3s-installer")) == 1
+
+
+def test_a_download_that_fails_twice_is_retried(instance):
+    instance.fail(f"url-{AIRGAP}", 2)
+    result = instance.run(instance.unpack(render_node(make_inputs(), "worker")))
+    assert result.returncode == 0, result.stderr
+    assert (images_dir(instance) / AIRGAP).exists()
+    assert len([c for c in instance.calls("curl") if c.endswith(AIRGAP)]) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Kubelet reservations.
+# --------------------------------------------------------------------------------------------
+
+
+def reservations(cpus: int, memory_mib: int) -> list[str]:
+    """common.sh's kubelet_reservations, run alone."""
+    script = f'. "{SCRIPTS / "common.sh"}"; kubelet_reservations {cpus} {memory_mib}'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    "cpus, memory_mib, cpu, memory",
+    [
+        (1, 1024, "60m", "256Mi"),  # 6% of a core; 25% of the first 4 GiB
+        (2, 7850, "70m", "1775Mi"),  # t3.large: + 1% of the 2nd core; + 20% of what is above 4 GiB
+        (4, 16384, "80m", "2663Mi"),  # + 0.5% of cores 3-4; 1024 + 819.2 + 819.2 (10% of 8-16 GiB)
+        (8, 32768, "90m", "3646Mi"),  # + 0.25% per core above 4; + 6% of 16-32 GiB
+        (96, 393216, "310m", "14787Mi"),  # 6% up to 128 GiB, 2% above
+    ],
+)  # fmt: skip
+def test_kubelet_reservations_follow_the_documented_tiers(cpus, memory_mib, cpu, memory):
+    assert reservations(cpus, memory_mib) == [
+        f"--kubelet-arg=kube-reserved=cpu={cpu},memory={memory}",
+        "--kubelet-arg=system-reserved=cpu=50m,memory=100Mi",
+        "--kubelet-arg=eviction-hard=memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,"
+        "nodefs.inodesFree<5%",
+    ]
+
+
+@pytest.mark.parametrize("role", ["controller", "worker"])
+def test_every_k3s_gets_the_reservations_of_its_own_size(instance, role):
+    instance.attach_volume(nvme_link())
+    inputs = make_inputs()
+    instance.run(
+        instance.unpack(render_controller(inputs) if role == "controller" else render_node(inputs, role))
+    )
+    args = instance.installer_args()
+    assert reservations(2, MEMTOTAL_KIB // 1024) == [a for a in args if a.startswith("--kubelet-arg=")]
+    assert "--kubelet-arg=kube-reserved=cpu=70m,memory=1775Mi" in args  # nproc 2, MemTotal of a t3.large
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes: rootless builds, node ids.
+# --------------------------------------------------------------------------------------------
+
+USERNS_DROP_IN = "/etc/sysctl.d/60-clusterous-rootless-builds.conf"
+
+
+def test_ubuntu_nodes_let_rootless_buildkit_make_user_namespaces(instance):
+    result = instance.run(instance.unpack(render_node(make_inputs(), "worker")))
+    assert result.returncode == 0, result.stderr
+    settings = [line for line in instance.text(USERNS_DROP_IN).splitlines() if not line.startswith("#")]
+    assert settings == ["kernel.apparmor_restrict_unprivileged_userns = 0"]
+    # applied now, not only at the next boot
+    assert instance.calls("sysctl") == [f"sysctl -p {instance.root}{USERNS_DROP_IN}"]
+    assert "--with-node-id" in instance.installer_args()  # a node reusing an address joins anew
+
+
+@pytest.mark.parametrize("max_userns, expected", [("63357", ""), ("0", "user.max_user_namespaces = 28633")])
+def test_amazon_linux_nodes_only_enable_user_namespaces_when_off(instance, max_userns, expected):
+    (instance.root / "proc/sys/user").mkdir(parents=True)
+    (instance.root / "proc/sys/user/max_user_namespaces").write_text(max_userns + "\n")
+    result = instance.run(instance.unpack(render_node(make_inputs(os="al2023"), "worker")))
+    assert result.returncode == 0, result.stderr
+    settings = [line for line in instance.text(USERNS_DROP_IN).splitlines() if not line.startswith("#")]
+    assert settings == ([expected] if expected else [])
+    assert len(instance.calls("sysctl")) == (1 if expected else 0)
+
+
+def test_the_controller_neither_runs_builds_nor_changes_user_namespaces(instance):
+    instance.attach_volume(nvme_link())
+    assert boot_controller(instance)[1].returncode == 0
+    assert instance.text(USERNS_DROP_IN) == "" and instance.calls("sysctl") == []
+    assert "--with-node-id" not in instance.installer_args()
 
 
 def server_token(machine: Instance) -> str:
@@ -509,8 +823,40 @@ def test_every_image_is_pinned_by_version():
     for doc, spec in pod_specs(all_docs()):
         for container in spec.get("initContainers", []) + spec["containers"]:
             image = container["image"]
-            name, _, tag = image.rpartition(":")
+            reference, _, digest = image.partition("@")
+            name, _, tag = reference.rpartition(":")
             assert name and tag and tag != "latest" and "/" not in tag, f"{doc['metadata']['name']}: {image}"
+            assert not digest or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), image
+
+
+def registry_container(inputs) -> dict:
+    (spec,) = [s for d, s in pod_specs(all_docs(inputs)) if d["metadata"]["name"] == "registry"]
+    (container,) = spec["containers"]
+    return container
+
+
+def test_the_registry_is_distribution_3_by_digest_with_the_health_check_in_the_buckets_region():
+    """distribution 3 (IMDSv2-capable SDK), pinned by its image index digest; S3 in the bucket's
+    region (not the cluster's); the storage health check on, and the readiness probe first asks
+    after the check has had `threshold` polls, so a registry that cannot use S3 never turns Ready."""
+    container = registry_container(make_inputs(region="eu-west-1", bucket="bkt-x", bucket_region="eu-west-3"))
+    assert re.fullmatch(r"registry:3\.\d+\.\d+@sha256:[0-9a-f]{64}", container["image"]), container["image"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["REGISTRY_STORAGE"] == "s3" and env["REGISTRY_STORAGE_S3_BUCKET"] == "bkt-x"
+    assert env["REGISTRY_STORAGE_S3_REGION"] == "eu-west-3"
+    assert env["REGISTRY_STORAGE_DELETE_ENABLED"] == "false"
+    assert not any("ACCESSKEY" in key or "SECRETKEY" in key for key in env)  # instance profile only
+    assert env["REGISTRY_HTTP_DEBUG_ADDR"].startswith("127.0.0.1:")  # pprof never leaves the controller
+    assert env["REGISTRY_HEALTH_STORAGEDRIVER_ENABLED"] == "true"
+    interval = float(env["REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL"].removesuffix("s"))
+    polls = interval * int(env["REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD"])
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/" and readiness["initialDelaySeconds"] > polls
+    assert "tcpSocket" in container["livenessProbe"]  # a restart would not mend S3
+
+    # Without a recorded bucket region (a bucket `up` is about to create), the cluster's.
+    container = registry_container(make_inputs(region="eu-west-1"))
+    assert {e["name"]: e["value"] for e in container["env"]}["REGISTRY_STORAGE_S3_REGION"] == "eu-west-1"
 
 
 def test_cluster_services_run_on_the_controller_and_tolerate_its_taint():
@@ -563,7 +909,7 @@ def test_shared_class_maps_every_claim_to_the_exported_root(instance):
     shared volume's root, exported read-write, with a fixed subDir and retained on delete."""
     instance.attach_volume(nvme_link())
     boot_controller(instance)
-    exports = {line.split()[0]: line.split()[1] for line in instance.text("/etc/exports").splitlines()}
+    exports = {line.split()[0]: line.split()[1] for line in instance.text(EXPORTS_FILE).splitlines()}
     classes = {d["metadata"]["name"]: d for d in all_docs() if d["kind"] == "StorageClass"}
     shared = classes["clusterous-shared"]["parameters"]
     assert shared["server"] == "10.42.1.10"
@@ -571,9 +917,20 @@ def test_shared_class_maps_every_claim_to_the_exported_root(instance):
     assert "$" not in shared["subDir"] and shared["onDelete"] == "retain"
     assert "(rw," in exports[addons.SHARED_DIR] and shared["share"] in exports  # both mountable
     private = classes["clusterous-private"]["parameters"]
-    assert "${pvc.metadata.name}" in private["subDir"]
+    # keyed by the PV's name (pvc-<claim uid>), never reused: two claims never share a directory,
+    # and deleting a claim never deletes a newer claim's of the same name
+    assert private["subDir"] == "${pv.metadata.name}" and private["onDelete"] == "delete"
     assert private["share"].startswith(addons.SHARED_DIR + "/")
     assert (instance.root / private["share"].lstrip("/")).is_dir()
+    for storage_class in classes.values():  # set-uid files and device nodes mean nothing
+        assert {"nosuid", "nodev"} <= set(storage_class["mountOptions"])
+    (csi,) = [
+        d for d in all_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "csi-nfs-controller"
+    ]
+    (provisioner,) = [
+        c for c in csi["spec"]["template"]["spec"]["containers"] if c["name"] == "csi-provisioner"
+    ]
+    assert "--extra-create-metadata=true" in provisioner["args"]  # what fills ${pv.metadata.name}
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from tests.test_bootstrap import VOLUME, make_inputs, nvme_link
 
 SHARED = addons.SHARED_DIR  # /export/shared: the volume's mount point and NFS export
 CIDR = "10.42.0.0/16"
+EXPORTS_FILE = "/etc/exports.d/clusterous.exports"
 EXPORTS = (
-    f"{SHARED} {CIDR}(rw,sync,no_subtree_check,no_root_squash)\n"
-    f"/export {CIDR}(ro,sync,no_subtree_check,crossmnt)\n"
+    f"{SHARED} {CIDR}(rw,sync,no_subtree_check,all_squash,anonuid={LOGIN_UID},anongid={LOGIN_UID})\n"
+    f"/export {CIDR}(ro,sync,no_subtree_check,root_squash,crossmnt)\n"
 )
 OTHER_UID = 1001  # any uid that is neither root nor the login user
 
@@ -78,13 +79,13 @@ def test_a_blank_volume_gets_ext4_mounted_at_the_shared_dir(sandbox):
     assert fstab.startswith(FSTAB)
     (added,) = fstab[len(FSTAB) :].splitlines()
     assert added.split() == [f"UUID={signature['UUID']}", SHARED, "ext4", "defaults,nofail", "0", "2"]
-    assert sandbox.read("/etc/exports") == EXPORTS
+    assert sandbox.read(EXPORTS_FILE) == EXPORTS
     assert sandbox.calls("exportfs") == ["exportfs -ra"]
     assert sandbox.calls("systemctl") == ["systemctl enable --now nfs-server"]
     assert sandbox.calls("k3s-installer")[0].split()[1] == "server"
 
 
-def test_the_volume_root_belongs_to_the_login_user_and_nobody_else_writes_it(sandbox):
+def test_the_volume_root_belongs_to_the_login_user_and_others_only_read_it(sandbox):
     sandbox.attach_volume(nvme_link())
     _, result = boot_controller(sandbox)
     assert result.returncode == 0, result.stderr
@@ -92,15 +93,34 @@ def test_the_volume_root_belongs_to_the_login_user_and_nobody_else_writes_it(san
     assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
     assert sandbox.check(f"stat -c %U {SHARED}").strip() == "ubuntu"
     assert sandbox.stat("/export") == (0, 0, 0o755)
-    assert sandbox.stat(f"{SHARED}/.private") == (0, 0, 0o755)  # csi-driver-nfs (root) makes claims there
+    assert sandbox.stat(f"{SHARED}/.private") == (LOGIN_UID, LOGIN_UID, 0o755)
     assert sandbox.stat(f"{SHARED}/lost+found") == (0, 0, 0o700)
     assert can_create(sandbox, f"{SHARED}/by-login-user", LOGIN_UID)
     assert sandbox.stat(f"{SHARED}/by-login-user")[:2] == (LOGIN_UID, LOGIN_UID)
     assert not can_create(sandbox, f"{SHARED}/by-another-user", OTHER_UID)  # not world-writable
-    assert not can_create(sandbox, f"{SHARED}/.private/by-login-user", LOGIN_UID)
-    # a container's non-root user in the login user's group, and root (no_root_squash), write too
     assert can_create(sandbox, f"{SHARED}/by-group-member", OTHER_UID, gids=(LOGIN_UID,))
-    assert sandbox.exec(["touch", f"{SHARED}/by-root"]).returncode == 0
+
+
+def test_every_nfs_client_acts_as_the_login_user_on_the_volume(sandbox):
+    """exports(5) all_squash,anonuid=1000,anongid=1000: nfsd runs every request, a container's
+    root's or any other uid's, as uid 1000, gid 1000 and no supplementary groups (no nfsd here:
+    such a request is a process with exactly those ids). It writes the root and makes, fills and
+    deletes a private claim's directory in .private, as csi-driver-nfs does; it cannot chown."""
+    sandbox.attach_volume(nvme_link())
+    _, result = boot_controller(sandbox)
+    assert result.returncode == 0, result.stderr
+    (line,) = [entry for entry in sandbox.read(EXPORTS_FILE).splitlines() if entry.startswith(SHARED + " ")]
+    options = line.split("(", 1)[1].rstrip(")").split(",")
+    assert {"rw", "all_squash", f"anonuid={LOGIN_UID}", f"anongid={LOGIN_UID}"} <= set(options)
+    assert "no_root_squash" not in options
+    squashed = {"uid": LOGIN_UID}  # setpriv: uid and gid 1000, groups cleared
+    assert can_create(sandbox, f"{SHARED}/by-a-container", **squashed)
+    claim = f"{SHARED}/.private/pvc-0c6f6a51-1b7e-4b51-9d61-2f8d0b6f2a10"
+    sandbox.check(f"mkdir {claim} && echo x >{claim}/data", **squashed)
+    assert sandbox.exec(["chown", "0:0", f"{claim}/data"], **squashed).returncode != 0
+    sandbox.check(f"rm -r {claim}", **squashed)
+    assert not sandbox.exists(claim)
+    assert sandbox.exec(["ls", f"{SHARED}/lost+found"], **squashed).returncode != 0  # root's 0700
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,13 +135,13 @@ def test_rerunning_changes_nothing_never_reformats_and_keeps_the_data(sandbox):
     sandbox.check(f"mkdir {SHARED}/results && echo 42 >{SHARED}/results/answer.txt", uid=LOGIN_UID)
     before = {
         "uuid": probe(sandbox)["UUID"], "fstab": sandbox.read("/etc/fstab"),
-        "exports": sandbox.read("/etc/exports"), "root": sandbox.stat(SHARED), "mounts": mount_of(sandbox),
+        "exports": sandbox.read(EXPORTS_FILE), "root": sandbox.stat(SHARED), "mounts": mount_of(sandbox),
     }  # fmt: skip
     second = sandbox.run(config)  # a reboot or `cloud-init clean` runs it again
     assert second.returncode == 0, second.stderr
     after = {
         "uuid": probe(sandbox)["UUID"], "fstab": sandbox.read("/etc/fstab"),
-        "exports": sandbox.read("/etc/exports"), "root": sandbox.stat(SHARED), "mounts": mount_of(sandbox),
+        "exports": sandbox.read(EXPORTS_FILE), "root": sandbox.stat(SHARED), "mounts": mount_of(sandbox),
     }  # fmt: skip
     assert after == before
     assert len(after["mounts"]) == 1  # not mounted twice
@@ -144,6 +164,20 @@ def test_after_a_reboot_the_fstab_line_mounts_the_same_volume_again(sandbox):
     assert sandbox.read(f"{SHARED}/data.txt") == "kept\n"
     assert sandbox.read("/etc/fstab").count(SHARED) == 1
     assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+
+
+def test_a_volume_attached_late_fails_one_run_and_the_next_formats_and_mounts_it(sandbox):
+    """What systemd's Restart=on-failure meets when the volume comes after the first run."""
+    config = sandbox.unpack(render_controller(make_inputs()))
+    first = sandbox.run(config, CLUSTEROUS_DEVICE_WAIT="0")
+    assert first.returncode != 0 and f"shared volume {VOLUME} not attached" in first.stderr
+    assert mount_of(sandbox) == [] and sandbox.calls("k3s-installer") == []
+    sandbox.attach_volume(nvme_link())
+    second = sandbox.run(config, CLUSTEROUS_DEVICE_WAIT="0")
+    assert second.returncode == 0, second.stderr
+    assert probe(sandbox)["TYPE"] == "ext4" and len(mount_of(sandbox)) == 1
+    assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+    assert len(sandbox.calls("k3s-installer")) == 1 and len(sandbox.calls("apt-get")) == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +233,7 @@ def test_a_partitioned_or_foreign_disk_is_refused_untouched(sandbox, make, named
     assert sandbox.head_and_tail(device) == before  # not a byte written
     assert "mke2fs" not in result.stdout + result.stderr
     assert mount_of(sandbox) == []
-    assert sandbox.read("/etc/fstab") == FSTAB and not sandbox.exists("/etc/exports")
+    assert sandbox.read("/etc/fstab") == FSTAB and not sandbox.exists(EXPORTS_FILE)
     assert sandbox.calls("k3s-installer") == []
 
 
@@ -214,13 +248,13 @@ def test_without_a_volume_the_root_disk_directory_is_exported_and_the_login_user
     assert "no shared volume id" in result.stdout
     assert mount_of(sandbox) == []  # a plain directory on the root disk
     assert sandbox.read("/etc/fstab") == FSTAB
-    assert sandbox.read("/etc/exports") == EXPORTS
+    assert sandbox.read(EXPORTS_FILE) == EXPORTS
     assert sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
     assert can_create(sandbox, f"{SHARED}/by-login-user", LOGIN_UID)
     assert not can_create(sandbox, f"{SHARED}/by-another-user", OTHER_UID)
     rerun = sandbox.run(sandbox.unpack(render_controller(make_inputs(shared_volume_id=None))))
     assert rerun.returncode == 0, rerun.stderr
-    assert sandbox.read("/etc/exports") == EXPORTS and sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
+    assert sandbox.read(EXPORTS_FILE) == EXPORTS and sandbox.stat(SHARED) == (LOGIN_UID, LOGIN_UID, 0o775)
 
 
 def test_the_controller_makes_a_0600_server_token_and_keeps_it(sandbox):

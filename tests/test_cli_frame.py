@@ -51,6 +51,18 @@ def test_every_command_answers_help(cli):
         assert "Usage:" in result.stdout
 
 
+def test_help_shows_bracketed_defaults_and_flags_without_placeholders(cli):
+    """Rich markup used to swallow `[the profile's current cluster]` and print `--yes <bool>`."""
+    for path, command in _leaf_commands():
+        text = " ".join(cli([*path, "--help"]).stdout.split())
+        for param in command.params:
+            help_text = " ".join((getattr(param, "help", None) or "").split())
+            if "[" in help_text:
+                assert help_text in text, (path, param.name)
+            if getattr(param, "is_flag", False):
+                assert f"{param.opts[-1]} <" not in text, (path, param.name)
+
+
 def test_completion_script_is_offered(cli_subprocess):
     # What `--install-completion` writes, asked for without guessing the shell from the process tree.
     result = cli_subprocess([], env={"_CLUSTEROUS_K8S_COMPLETE": "source_bash"})

@@ -66,7 +66,7 @@ def test_the_operator_image_installs_the_same_lock():
 def test_the_operator_deployment_installs_the_lock():
     """The pod's start script pip-installs CLUSTEROUS_OPERATOR_REQUIREMENTS: the lock's lines."""
     inputs = SimpleNamespace(
-        cluster_name="pins", region="us-east-1", bucket="b", k3s_version="v1.33.1+k3s1",
+        cluster_name="pins", region="us-east-1", bucket="b", bucket_region=None, k3s_version="v1.33.1+k3s1",
         controller_ip="10.0.0.5", logging_level=0,
     )  # fmt: skip
     filled = addons.fill(addons.template("operator.yaml"), addons.values_for(inputs), "operator.yaml")

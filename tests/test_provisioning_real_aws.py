@@ -1,7 +1,7 @@
 """Smoke test on real AWS: the example cluster file with one worker, waited for stage by stage, its
 example application (basic-python: image built on the cluster, files copied, ClusterApp followed
-to Running, tunnel opened) answering through the tunnel, then `quit` and `down` with nothing
-billable left.
+to Running, tunnel opened) answering through the tunnel, a `put`/`get` round trip on the shared
+volume, then `quit` and `down` with nothing billable left.
 
 Skipped unless CLUSTEROUS_REAL_AWS=1 with credentials (CLUSTEROUS_REAL_AWS_REGION, default
 us-east-1). Cost: the plan's price per hour (`clusterous-k8s up examples/mycluster.yml --workers 1
@@ -44,7 +44,7 @@ def fetch_until(url: str, needle: str, timeout: float = 300.0) -> str:
 
 
 @pytest.mark.timeout(3600)
-def test_example_cluster_runs_the_example_application_on_real_aws(cli):
+def test_example_cluster_runs_the_example_application_on_real_aws(cli, tmp_path):
     region = os.environ.get("CLUSTEROUS_REAL_AWS_REGION", "us-east-1")
     name = f"smoke-{uuid.uuid4().hex[:8]}"
     setup = cli(["setup", "--region", region, "--yes"])
@@ -57,6 +57,15 @@ def test_example_cluster_runs_the_example_application_on_real_aws(cli):
         url = re.search(r"http://localhost:\d+", up.stdout)
         assert url, up.output
         assert re.search(r"[1-9]\d* engines", fetch_until(url.group(0), r"[1-9]\d* engines"))
+
+        # The shared volume round trip as the login user (its root belongs to uid 1000).
+        sent = tmp_path / "input.csv"
+        sent.write_text("x,y\n1,2\n")
+        put = cli(["put", str(sent), "smoke/", "--cluster", name])
+        assert put.exit_code == 0, put.output
+        got = cli(["get", "smoke/input.csv", str(tmp_path / "back.csv"), "--cluster", name])
+        assert got.exit_code == 0, got.output
+        assert (tmp_path / "back.csv").read_text() == sent.read_text()
 
         status = cli(["status", "--name", name, "--json"])
         assert status.exit_code == 0, status.output

@@ -1,11 +1,12 @@
-"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8) configured from
-the rendered registry add-on, storing into the moto server's S3, read by `images` and by
-`build-image`'s skip-if-present check the way the product reaches it.
+"""The cluster registry for real: CNCF distribution (Debian's docker-registry 2.8, standing in for
+the cluster's 3.1.1) configured from the rendered registry add-on, storing into the moto server's
+S3: its readiness and delete settings, and `images` and `build-image`'s skip-if-present check
+reading it the way the product reaches it.
 
 What stands in for what (docs/testing.md, "Registry"):
-- the registry runs the rendered manifest's REGISTRY_* settings; only its listening address
-  (a free port instead of <controller_ip>:5000), the S3 endpoint (moto) and the credentials
-  (environment instead of the instance profile) come from the test;
+- the registry runs the rendered manifest's REGISTRY_* settings; only its addresses (free ports
+  instead of <controller_ip>:5000 and the loopback debug port 5001), the S3 endpoint (moto) and
+  the credentials (environment instead of the instance profile) come from the test;
 - the controller is the harness sshd and the Kubernetes API the emulator, as in test_run_quit.py;
   the CLI reads the rendered cluster-info ConfigMap (registryEndpoint = 127.0.0.1:<registry
   port>, where the controller would have <controller_ip>:5000) and sends every registry request
@@ -45,9 +46,12 @@ from clusterous_operator.images import CLUSTER_REGISTRY
 from tests.addons_support import apply_storage_classes
 from tests.registry_support import (
     PushedImage,
+    cluster_inputs,
+    make_registry,
     push_image,
     push_index,
     registry_fixture,  # noqa: F401 - the `registry` fixture
+    rendered_addon,
     running_registry,
 )
 from tests.ssh_support import make_controller, splice, write_k3s_yaml
@@ -90,6 +94,72 @@ def test_images_outlive_the_registry_that_pushed_them(aws, tmp_path) -> None:
         assert second.bucket == first.bucket
         with urllib.request.urlopen(f"{second.url}/v2/basic-python/tags/list", timeout=10) as response:
             assert json.loads(response.read())["tags"] == [image.tag]
+
+
+def status_of(url: str, method: str = "GET", headers: dict | None = None, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def registry_container(server) -> dict:
+    """The registry container of the rendered Deployment this server was configured from."""
+    deployment = rendered_addon(cluster_inputs(server.region), "registry.yaml", "Deployment", "registry")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_readiness_fails_while_the_registry_cannot_use_s3(aws, tmp_path) -> None:
+    """A registry without AWS credentials (what distribution 2.8's SDK got from a controller that
+    requires IMDSv2: NoCredentialProviders) starts and answers GET /v2/ at first; the kubelet's
+    first readiness probe, `initialDelaySeconds` after the start, must already see the storage
+    health check fail. A registry with credentials is ready then, and both stay alive."""
+    no_credentials = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+    }
+    able = make_registry(aws, tmp_path / "able")
+    blind = make_registry(aws, tmp_path / "blind", create_bucket=False, **no_credentials)
+    container = registry_container(blind)
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[readiness["httpGet"]["port"]] == 5000  # the registry's own port (REGISTRY_HTTP_ADDR)
+    try:
+        able.start()
+        started = time.monotonic()  # the kubelet counts from the container's start
+        blind.start()  # returns once GET /v2/ answers 200: the health check has not failed yet
+        time.sleep(max(0.0, started + readiness.get("initialDelaySeconds", 0) - time.monotonic()))
+        path = readiness["httpGet"]["path"]
+        assert status_of(blind.url + path) == 503, blind.log_text()[-3000:]
+        assert status_of(f"{blind.url}/v2/") == 503  # pulls fail at once, saying why
+        health = f"http://127.0.0.1:{blind.debug_port}/debug/health"  # the controller's loopback
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(health, timeout=10)
+        assert failed.value.code == 503
+        assert "NoCredentialProviders" in json.loads(failed.value.read())["storagedriver_s3"]
+        assert status_of(able.url + path) == 200
+        for server in (able, blind):  # liveness does not depend on S3: nothing restarts in vain
+            with socket.create_connection((server.host, server.port), timeout=5):
+                pass
+        assert set(liveness) & {"tcpSocket", "httpGet", "exec"} == {"tcpSocket"}
+    finally:
+        able.stop()
+        blind.stop()
+
+
+def test_nothing_can_delete_an_image(registry) -> None:
+    """Delete is off: neither a manifest nor a tag can be deleted, and the image still pulls."""
+    image = push_image(registry.push_url, "lab/sim", "1.0")
+    for reference in (image.digest, image.tag):
+        assert status_of(f"{registry.url}/v2/lab/sim/manifests/{reference}", "DELETE") == 405
+    accept = {"Accept": image.media_type}
+    assert status_of(f"{registry.url}/v2/lab/sim/manifests/1.0", headers=accept) == 200
+    assert status_of(f"{registry.url}/v2/lab/sim/blobs/{image.layer_digest}", "DELETE") == 405
 
 
 # -- the CLI, through the SSH connection to the controller -----------------------------------
@@ -632,29 +702,20 @@ def test_run_deploys_the_built_image_by_its_digest(
 # -- who may write (issue 12 item 14) ---------------------------------------------------------
 
 
-def _status(method: str, url: str, headers: dict | None = None, data: bytes | None = None) -> int:
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_pods_can_only_pull_only_the_build_credential_pushes_and_nothing_deletes(registry) -> None:
     """registry:5000 as rendered serves pulls and refuses every write; the push endpoint needs
     the build credential; deleting is off on both (the bucket is shared)."""
     image = push_image(registry.push_url, "sim", "1")  # with the credential: accepted
     assert registry.has_image(f"{CLUSTER_REGISTRY}/sim@{image.digest}")  # pulled from the read-only one
-    assert _status("POST", f"{registry.url}/v2/sim/blobs/uploads/", data=b"") == 405
+    assert status_of(f"{registry.url}/v2/sim/blobs/uploads/", "POST", data=b"") == 405
     manifest = f"/v2/sim/manifests/{image.digest}"
-    assert _status("DELETE", registry.url + manifest) == 405
-    assert _status("POST", f"{registry.push.url}/v2/sim/blobs/uploads/", data=b"") == 401  # anonymous
+    assert status_of(registry.url + manifest, "DELETE") == 405
+    assert status_of(f"{registry.push.url}/v2/sim/blobs/uploads/", "POST", data=b"") == 401  # anonymous
     wrong = {"Authorization": "Basic " + base64.b64encode(b"clusterous-build:guess").decode()}
-    assert _status("POST", f"{registry.push.url}/v2/sim/blobs/uploads/", wrong, b"") == 401
+    assert status_of(f"{registry.push.url}/v2/sim/blobs/uploads/", "POST", wrong, b"") == 401
     credential = f"{PUSH_USER}:{registry.push.password}".encode()
     right = {"Authorization": "Basic " + base64.b64encode(credential).decode()}
-    assert _status("DELETE", registry.push.url + manifest, right) == 405
+    assert status_of(registry.push.url + manifest, "DELETE", right) == 405
     assert registry.has_image(f"{CLUSTER_REGISTRY}/sim@{image.digest}")  # still there
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 
+import pytest
 import yaml
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -22,6 +23,7 @@ def test_unattended_setup_creates_a_private_encrypted_bucket(aws, cli, isolated_
     assert read_profile(isolated_config, "work") == {
         "region": "eu-west-1",
         "bucket": bucket,
+        "bucket_region": "eu-west-1",
         "ssh_cidr": "203.0.113.7/32",
     }
     assert yaml.safe_load((isolated_config / "config.yml").read_text()) == {"current_profile": "work"}
@@ -76,8 +78,30 @@ def test_interactive_wizard_takes_answers_and_defaults(aws, cli, isolated_config
     result = cli(["setup"], input=answers)
     assert result.exit_code == 0, result.output
     assert "AWS region" in result.stdout and "S3 bucket" in result.stdout
-    assert read_profile(isolated_config, "lab") == {"region": "us-west-2", "bucket": "my-lab-images"}
+    assert read_profile(isolated_config, "lab") == {
+        "region": "us-west-2",
+        "bucket": "my-lab-images",
+        "bucket_region": "us-west-2",
+    }
     assert aws.client("s3", "us-west-2").head_bucket(Bucket="my-lab-images")
+
+
+@pytest.mark.parametrize("bucket_region", ["us-east-2", "us-east-1"])
+def test_an_existing_bucket_is_recorded_with_its_own_region(aws, cli, isolated_config, bucket_region):
+    """GetBucketLocation names the region (none for us-east-1); the profile keeps it, and setup
+    says that clusters of this profile go there."""
+    s3 = aws.client("s3", bucket_region)
+    kwargs = (
+        {}
+        if bucket_region == "us-east-1"
+        else {"CreateBucketConfiguration": {"LocationConstraint": bucket_region}}
+    )
+    s3.create_bucket(Bucket="team-images", **kwargs)
+    result = cli(["setup", "--region", "eu-west-1", "--bucket", "team-images", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert aws.calls("CreateBucket") == [("s3", "CreateBucket")]  # the test's own
+    assert read_profile(isolated_config, "default")["bucket_region"] == bucket_region
+    assert f"'team-images' is in {bucket_region}" in result.stderr
 
 
 def test_unknown_region_is_bad_input_and_writes_nothing(aws, cli, isolated_config):

@@ -102,6 +102,69 @@ def test_rm_of_a_symlink_removes_the_link_not_its_target(controller, cli, tmp_pa
     assert not (controller.shared / "link").is_symlink()
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_local_names_with_a_colon_are_local(controller, cli, tmp_path, monkeypatch, method) -> None:  # noqa: F811
+    """rsync reads `run:1.csv` as host `run`; a relative name with a colon must stay a local file."""
+    monkeypatch.chdir(tmp_path)
+    Path("run:1.csv").write_text("a,b\n")
+    sent = cli(["put", "run:1.csv", "results/", "--method", method])
+    assert sent.exit_code == 0, sent.output
+    assert (controller.shared / "results" / "run:1.csv").read_text() == "a,b\n"
+    (tmp_path / "back").mkdir()
+    monkeypatch.chdir(tmp_path / "back")
+    got = cli(["get", "results/run:1.csv", "copy:1.csv", "--method", method])
+    assert got.exit_code == 0, got.output
+    assert Path("copy:1.csv").read_text() == "a,b\n"
+
+
+def test_sftp_put_never_writes_through_a_planted_symlink(controller, cli, tmp_path) -> None:  # noqa: F811
+    """A pod plants the old fixed temporary name, and a link at the destination itself."""
+    secret = tmp_path / "authorized_keys"
+    secret.write_text("ssh-ed25519 AAAA the user's key\n")
+    (controller.shared / ".notes.txt.clusterous-part").symlink_to(secret)
+    (controller.shared / "link.txt").symlink_to(secret)
+    local = tmp_path / "notes.txt"
+    local.write_text("attacker-controlled? no: the user's notes\n")
+
+    sent = cli(["put", str(local), "notes.txt", "--method", "sftp"])
+    assert sent.exit_code == 0, sent.output
+    assert (controller.shared / "notes.txt").read_text() == local.read_text()
+    assert not (controller.shared / "notes.txt").is_symlink()
+
+    refused = cli(["put", str(local), "link.txt", "--method", "sftp"])
+    assert refused.exit_code == 2, refused.output
+    assert "symlink" in refused.output
+    assert secret.read_text() == "ssh-ed25519 AAAA the user's key\n"
+
+
+def test_rm_refuses_a_directory_swapped_for_a_symlink_while_it_asks(
+    controller,  # noqa: F811
+    cli,
+    tmp_path,
+    monkeypatch,
+) -> None:
+    """A pod replaces results/ with a link to the login user's files during the prompt."""
+    import shutil
+
+    import typer
+
+    outside = tmp_path / "home-of-the-login-user"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "keep.txt").write_text("keep")
+    (controller.shared / "results" / "data").mkdir(parents=True)
+
+    def swap_then_say_yes(*args, **kwargs) -> bool:
+        shutil.rmtree(controller.shared / "results")
+        (controller.shared / "results").symlink_to(outside)
+        return True
+
+    monkeypatch.setattr(typer, "confirm", swap_then_say_yes)
+    result = cli(["rm", "results/data"])
+    assert result.exit_code == 2, result.output
+    assert "no symlink leads out of" in result.output
+    assert (outside / "data" / "keep.txt").read_text() == "keep"
+
+
 @pytest.mark.parametrize(
     "argv",
     [

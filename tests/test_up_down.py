@@ -6,6 +6,7 @@ import json
 import stat
 
 import pytest
+import yaml
 
 from clusterous_provisioner.apply import AMI_PARAMETERS
 from tests.provisioning import SSH_CIDR, UP, count_tagged, make_profile, tag, tagged
@@ -71,6 +72,9 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     assert len(shared) == 1 and shared[0]["Encrypted"] and shared[0]["VolumeType"] == "gp3"
     assert shared[0]["Size"] == 20
     assert shared[0]["Attachments"][0]["InstanceId"] == controller["InstanceId"]
+    # Attached as soon as the controller runs, before any node is launched (issue 12 item 5).
+    order = [op for _, op in aws.calls() if op in ("RunInstances", "AttachVolume")]
+    assert order == ["RunInstances", "AttachVolume", "RunInstances", "RunInstances"]
 
     # User-data came from the bootstrap renderer; nodes join the controller's fixed address.
     ud = ec2.describe_instance_attribute(InstanceId=by_role["worker"][0]["InstanceId"], Attribute="userData")
@@ -302,6 +306,73 @@ def test_bad_input_found_by_aws_creates_nothing(aws, cli, argv, expected):
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and "Traceback" not in result.output
     assert sum(count_tagged(aws, "kappa").values()) == 0
+
+
+def test_a_cluster_outside_its_buckets_region_is_refused_before_anything_is_created(
+    aws, cli, isolated_config
+):
+    """The registry uses S3 in the bucket's region: a cluster elsewhere is bad input (exit 2),
+    told with the bucket, both regions and what to do. setup recorded the region: no lookup."""
+    make_profile(cli, region="eu-west-1")
+    aws.reset_calls()
+    result = cli([*UP, "--name", "nu", "--region", "us-east-1"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    bucket = "clusterous-k8s-123456789012-eu-west-1"
+    assert f"'{bucket}' is in eu-west-1" in message and "cluster's region us-east-1" in message
+    assert "setup --profile-name us-east-1 --region us-east-1" in message
+    assert str(isolated_config / "profiles" / "default.yml") in message
+    assert "Traceback" not in result.output
+    assert aws.calls("GetBucketLocation") == []
+    assert [c for c in aws.calls() if c[1].startswith(("Create", "Run", "Allocate", "Put"))] == []
+    assert sum(count_tagged(aws, "nu", "us-east-1").values()) == 0
+
+
+def test_a_profile_recorded_before_bucket_regions_looks_it_up_once(aws, cli, isolated_config):
+    make_profile(cli, region="eu-west-1")
+    path = isolated_config / "profiles" / "default.yml"
+    old = yaml.safe_load(path.read_text())
+    del old["bucket_region"]
+    path.write_text(yaml.safe_dump(old))
+    aws.reset_calls()
+    refused = cli([*UP, "--name", "xi", "--region", "us-east-1"])
+    assert refused.exit_code == 2 and "is in eu-west-1" in refused.stderr
+    assert aws.calls("GetBucketLocation") == [("s3", "GetBucketLocation")]
+    assert yaml.safe_load(path.read_text()) == old | {"bucket_region": "eu-west-1"}
+    aws.reset_calls()
+    again = cli([*UP, "--name", "xi", "--region", "us-east-1"])
+    assert again.exit_code == 2 and "is in eu-west-1" in again.stderr
+    assert aws.calls("GetBucketLocation") == []
+    assert sum(count_tagged(aws, "xi", "us-east-1").values()) == 0
+
+
+def test_a_region_the_registry_cannot_use_is_refused(aws, cli):
+    """distribution 3.1.1's S3 driver refuses regions its SDK's endpoint table lacks."""
+    make_profile(cli, region="mx-central-1")
+    result = cli([*UP, "--name", "omi", "--region", "mx-central-1"])
+    assert result.exit_code == 2, result.output
+    assert "--region" in result.stderr and "mx-central-1" in result.stderr
+    assert sum(count_tagged(aws, "omi", "mx-central-1").values()) == 0
+
+
+def test_the_render_dir_shows_the_registry_using_the_buckets_region(aws, cli, isolated_config, tmp_path):
+    aws.client("s3", "us-east-2").create_bucket(
+        Bucket="team-images", CreateBucketConfiguration={"LocationConstraint": "us-east-2"}
+    )
+    assert cli(["setup", "--region", "eu-west-1", "--bucket", "team-images", "--yes"]).exit_code == 0
+    out = tmp_path / "render"
+    result = cli(["up", "--dry-run", "--name", "pi", "--render-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    (registry,) = [
+        d
+        for d in yaml.safe_load_all((out / "manifests" / "registry.yaml").read_text())
+        if d and d["kind"] == "Deployment"
+    ]
+    env = {e["name"]: e["value"] for e in registry["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (
+        env["REGISTRY_STORAGE_S3_REGION"] == "us-east-2"
+        and env["REGISTRY_STORAGE_S3_BUCKET"] == "team-images"
+    )
 
 
 def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):

@@ -173,6 +173,7 @@ def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
         ("var/lib/cloud/instance/boot-finished", "12.5 - Wed, 01 Jan 2025 00:00:12 +0000 - v. 24.4\n"),
         ("var/lib/cloud/data/result.json", json.dumps({"v1": {"datasource": "DataSourceEc2", "errors": []}})),
         ("var/log/cloud-init-output.log", "Cloud-init v. 24.4 running 'modules:final'\ncontroller ready\n"),
+        ("var/lib/clusterous/bootstrap.done", "2025-01-01T00:00:40Z\n"),  # controller.sh succeeded
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
@@ -221,6 +222,7 @@ def test_up_waits_for_every_stage_and_records_the_controller(cluster_side, aws, 
         "host key",
         "SSH to the controller",
         "cloud-init",
+        "bootstrap (NFS server, k3s)",
         "/readyz ok",
         "operator code",
         "4/4 nodes Ready",
@@ -325,6 +327,18 @@ def test_a_failed_cloud_init_shows_the_end_of_its_log(cluster_side, sshd, cli) -
     assert result.exit_code == 1
     assert "cloud-init failed on the controller" in result.stderr and "controller.sh" in result.stderr
     assert "Could not resolve host: get.k3s.io" in result.stderr
+
+
+def test_up_waits_for_the_bootstrap_unit_not_only_cloud_init(cluster_side, sshd, cli) -> None:
+    """cloud-init only starts clusterous-bootstrap.service; a run still retrying is not ready."""
+    marker = sshd.workdir / "root" / "var/lib/clusterous/bootstrap.done"
+    marker.unlink()
+    result = cli([*UP, "--workers", "0", "--timeout", "3"])
+    assert result.exit_code == 1
+    assert "waiting for the controller's bootstrap (NFS server, k3s)" in result.stderr
+    assert "clusterous-bootstrap.service retries until it succeeds" in result.stderr
+    marker.write_text("2025-01-01T00:10:00Z\n")
+    assert cli([*UP, "--workers", "0", "--timeout", "30"]).exit_code == 0
 
 
 def test_logging_level_is_applied_kept_and_removed_by_rerunning_up(cluster_side, k8s_api, cli) -> None:

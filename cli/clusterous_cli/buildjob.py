@@ -43,7 +43,7 @@ CACHE_TAG = "buildcache"  # <name>:buildcache holds the registry cache; `images`
 BUILDKITD_CONFIG = "buildkitd-config"  # the ConfigMap holding buildkitd.toml
 BUILDKITD_CONFIG_DIR = "/etc/clusterous-buildkit"
 # Builds push here (htpasswd; registry:5000 serves pulls only): see manifests/registry.yaml.
-PUSH_REGISTRY = "registry-push.clusterous-system.svc:5001"
+PUSH_REGISTRY = "registry-push.clusterous-system.svc:5002"
 DOCKER_CONFIG_DIR = "/home/user/.docker"
 
 

@@ -16,6 +16,7 @@ One path for `build-image` and `run`:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from clusterous_provisioner.errors import Failure
 
 TAIL_LINES = 25
 START_TIMEOUT = 600.0  # pulling BuildKit and mounting the volume, on a fresh node
+JOB_CHECK_SECONDS = 10.0  # while waiting for the pod, how often the Job itself is looked at
 PULL_REASONS = {"ErrImagePull", "ImagePullBackOff"}
 STUCK_REASONS = PULL_REASONS | {"CreateContainerConfigError", "CreateContainerError", "InvalidImageName"}
 DOCKER_HUB_LIMIT = (
@@ -219,8 +221,27 @@ def _wait_for_pod(core, batch, job_name: str, uid: str, settings: Settings):
     """The name of this Job's pod (owned by its uid, not terminating) once its container started
     or ended. A pod the scheduler cannot place, or whose image cannot be pulled, fails at once."""
     selector = f"{buildjob.BUILD_LABEL}={job_name}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        pod = _watch_for_pod(core, selector, uid, settings, min(left, JOB_CHECK_SECONDS))
+        if pod:
+            return pod
+        ended = _job_failure(batch, job_name)  # e.g. its deadline passed before a pod ran
+        if ended:
+            raise Failure(
+                f"the build job {buildjob.NAMESPACE}/{job_name} failed before its pod ran: {ended}",
+                f"see `kubectl -n {buildjob.NAMESPACE} describe job {job_name}`",
+            )
+    raise Failure(
+        f"the build pod of {job_name} did not start within {int(START_TIMEOUT)} s",
+        f"see `kubectl -n {buildjob.NAMESPACE} describe job {job_name}`",
+    )
+
+
+def _watch_for_pod(core, selector: str, uid: str, settings: Settings, timeout: float) -> str | None:
+    """One stretch of `_wait_for_pod`: the pod's name, or None when `timeout` passed first."""
     for pods in watch_objects(
-        core.list_namespaced_pod, buildjob.NAMESPACE, label_selector=selector, timeout=START_TIMEOUT
+        core.list_namespaced_pod, buildjob.NAMESPACE, label_selector=selector, timeout=timeout
     ):
         for pod in pods.values():
             if not _owned_by(pod, uid) or pod.metadata.deletion_timestamp:
@@ -250,10 +271,23 @@ def _wait_for_pod(core, batch, job_name: str, uid: str, settings: Settings):
                         f"the build pod cannot start: {waiting.reason}: {message}".rstrip(": "),
                         "check that the nodes reach the internet (NAT gateway) to pull the BuildKit image",
                     )
-    raise Failure(
-        f"the build pod of {job_name} did not start within {int(START_TIMEOUT)} s",
-        f"see `kubectl -n {buildjob.NAMESPACE} describe job {job_name}`",
-    )
+    return None
+
+
+def _job_failure(batch, job_name: str) -> str:
+    """'<reason>: <message>' of the Job's Failed condition, or '' while it has none."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        status = batch.read_namespaced_job(job_name, buildjob.NAMESPACE).status
+    except ApiException:
+        return ""
+    for cond in (status.conditions or []) if status else []:
+        if cond.type == "Failed" and cond.status == "True":
+            if cond.reason == "DeadlineExceeded":
+                return f"it ran past the build deadline of {buildjob.DEADLINE_SECONDS} s (DeadlineExceeded)"
+            return f"{cond.reason}: {cond.message or ''}".rstrip(": ")
+    return ""
 
 
 def _rate_limited(text: str) -> bool:

@@ -2,7 +2,7 @@
 
 Layout (all files 0600, directories 0700):
     config.yml               current_profile
-    profiles/<name>.yml      region, key pair, bucket, current_cluster
+    profiles/<name>.yml      region, key pair, bucket and its region, current_cluster
     keys/<name>.pem          private keys we created
     clusters/<profile>/<cluster>/   per-cluster state (keys, known hosts, tunnels)
 
@@ -32,6 +32,9 @@ class Profile(BaseModel):
 
     region: str = Field(min_length=1)
     bucket: str = Field(min_length=3, description="S3 bucket for the image registry")
+    bucket_region: str | None = Field(
+        default=None, description="the bucket's region (GetBucketLocation); None: recorded before it was"
+    )
     key_name: str | None = Field(default=None, description="EC2 key pair; None: one per cluster")
     key_file: str | None = Field(default=None, description="private key of key_name")
     ssh_cidr: str | None = None

@@ -34,6 +34,7 @@ app = typer.Typer(
     name="clusterous-k8s",
     help=HELP,
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

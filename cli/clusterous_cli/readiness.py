@@ -5,6 +5,7 @@
 | host key | the controller's SSH host key, read from its EC2 console output, is pinned |
 | ssh | the controller answers SSH with that key (never skipped, never auto-added) |
 | cloud-init | cloud-init finished on the controller without errors |
+| bootstrap | the controller's bootstrap unit (NFS, k3s) finished a run (it retries until one does) |
 | api | the k3s API answers `/readyz` through the SSH tunnel |
 | setup | the operator's code ConfigMap, the logging HelmChart (applied or deleted) and `cluster-info` |
 | nodes | every instance is a Ready Node; every node carries its `clusterous.io/group` label |
@@ -45,6 +46,7 @@ DEFAULT_TIMEOUTS = {
     "host key": 600.0,
     "ssh": 300.0,
     "cloud-init": 900.0,
+    "bootstrap": 900.0,
     "api": 300.0,
     "setup": 300.0,
     "nodes": 600.0,
@@ -55,6 +57,9 @@ REQUEST_TIMEOUT = 15  # seconds for one Kubernetes API request
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
+# cloud-init only starts the bootstrap unit; a successful run leaves this marker.
+BOOTSTRAP_UNIT = "clusterous-bootstrap.service"
+BOOTSTRAP_DONE = "/var/lib/clusterous/bootstrap.done"
 LOG_TAIL_LINES = 25
 # Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, say) stays.
 KEPT_ENDPOINT_FIELDS = ("port", "jump_host", "shared_root", "api_port", "k3s_kubeconfig", "known_hosts")
@@ -271,6 +276,17 @@ def log_tail_command(root: str, lines: int = LOG_TAIL_LINES) -> list[str]:
         'if [ "$(id -u)" -eq 0 ]; then exec tail -n "$2" -- "$1"; else exec sudo -n tail -n "$2" -- "$1"; fi'
     )
     return ["sh", "-c", script, "cloud-init-log", root + CLOUD_INIT_LOG, str(lines)]
+
+
+def bootstrap_script(root: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """argv that prints `done`, or `running` and the unit's last journal lines."""
+    script = (
+        'if [ -e "$1$2" ]; then echo done; exit 0; fi\n'
+        "echo running\n"
+        'if [ "$(id -u)" -eq 0 ]; then j=journalctl; else j="sudo -n journalctl"; fi\n'
+        '$j -u "$3" -n "$4" --no-pager -o cat 2>/dev/null || true\n'
+    )
+    return ["sh", "-c", script, "bootstrap-status", root, BOOTSTRAP_DONE, BOOTSTRAP_UNIT, str(lines)]
 
 
 def parse_cloud_init(output: str) -> tuple[bool, list[str]]:
@@ -668,6 +684,22 @@ class Waiter:
         text = (out or err).decode(errors="replace").rstrip() or "(empty)"
         return "\n".join("    " + line for line in text.splitlines())
 
+    def bootstrap(self) -> Check:
+        try:
+            code, out, err = self._connect().run(bootstrap_script(self.plan.cloud_init_root), timeout=60)
+        except HostKeyChanged:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a dropped connection is opened again next time
+            self.conn = None
+            return Check(False, f"SSH: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        first, _, journal = out.decode(errors="replace").partition("\n")
+        if first.strip() == "done":
+            return Check(True, "finished")
+        lines = tuple(line for line in journal.splitlines() if line.strip())
+        return Check(
+            False, f"the bootstrap is still running ({BOOTSTRAP_UNIT} retries until it succeeds)", lines
+        )
+
     def explain_cloud_init(self, check: Check) -> list[str]:
         if check.summary.startswith("cloud-init is still running"):
             return [f"last lines of {CLOUD_INIT_LOG}:\n{self.log_tail()}"]
@@ -804,6 +836,7 @@ class Waiter:
             Stage("host key", "the controller's SSH host key (EC2 console output)", self.host_key),
             Stage("ssh", "SSH to the controller", self.ssh),
             Stage("cloud-init", "cloud-init on the controller", self.cloud_init, self.explain_cloud_init),
+            Stage("bootstrap", "the controller's bootstrap (NFS server, k3s)", self.bootstrap),
             Stage("api", "the Kubernetes API through the SSH tunnel", self.api_ready),
             Stage("setup", "operator code, logging and cluster-info", self.setup),
             Stage("nodes", "every node Ready with its group label", self.nodes, self.explain_nodes),

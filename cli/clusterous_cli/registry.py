@@ -5,7 +5,7 @@ leaves the VPC), which the cluster-info ConfigMap records as `registryEndpoint`.
 request rides a fresh direct-tcpip channel of the controller connection, so nothing listens on
 the laptop. Only read calls are made here; builds push from inside the cluster, to the push
 endpoint (`registry-push`, htpasswd) with the one credential `ensure_push_credentials` makes:
-the registry pods read (`registry:5000`, read-only) and write (`registry-push:5001`) the same
+the registry pods read (`registry:5000`, read-only) and write (`registry-push:5002`) the same
 bucket, and nothing deletes.
 Build caches (`<name>:buildcache`, see buildjob) are registry tags too; `images` hides them.
 """

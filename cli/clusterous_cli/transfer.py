@@ -30,6 +30,7 @@ import contextlib
 import os
 import posixpath
 import re
+import secrets
 import shlex
 import shutil
 import stat
@@ -218,28 +219,36 @@ def _same(size_a: int, mtime_a: float, size_b: int, mtime_b: float) -> bool:
 
 
 def sftp_put_file(sftp, local: Path, remote: str, report: Report, progress, name: str = "") -> None:
+    """Upload one file as a fresh temporary file renamed over REMOTE.
+
+    Pods can plant anything on the volume, so nothing here follows a link: the temporary name is
+    random and opened exclusively (O_CREAT|O_EXCL fails on an existing name, a symlink included),
+    its mode and times are set on the open handle, and REMOTE must be absent or a regular file
+    (rename replaces the entry itself)."""
     info = local.stat()
     try:
         theirs = sftp.lstat(remote)
-        if stat.S_ISREG(theirs.st_mode) and _same(
-            info.st_size, info.st_mtime, theirs.st_size, theirs.st_mtime
-        ):
-            report.unchanged += 1
-            return
         if stat.S_ISDIR(theirs.st_mode):
             raise BadInput("REMOTE", None, f"a file path, not the directory {remote}")
+        if not stat.S_ISREG(theirs.st_mode):
+            raise BadInput(
+                "REMOTE", None, f"a regular file or a new name at {remote} (it is a symlink or special file)"
+            )
+        if _same(info.st_size, info.st_mtime, theirs.st_size, theirs.st_mtime):
+            report.unchanged += 1
+            return
     except FileNotFoundError:
         pass
     head, tail = posixpath.split(remote)
-    part = posixpath.join(head, f".{tail}{PART_SUFFIX}")
+    part = posixpath.join(head, f".{tail}.{secrets.token_hex(8)}{PART_SUFFIX}")
     try:
-        with local.open("rb") as source, sftp.open(part, "wb") as target:
+        with local.open("rb") as source, sftp.open(part, "wbx") as target:
             target.set_pipelined(True)
             while data := source.read(CHUNK):
                 target.write(data)
                 progress(len(data))
-        sftp.utime(part, (info.st_atime, info.st_mtime))
-        sftp.chmod(part, stat.S_IMODE(info.st_mode))
+            target.chmod(stat.S_IMODE(info.st_mode))
+            target.utime((info.st_atime, info.st_mtime))
         sftp.posix_rename(part, remote)
     except BaseException:
         try:
@@ -353,6 +362,12 @@ def _rsync_remote(endpoint: ControllerEndpoint, path: str) -> str:
     return f"{host}:{path}"
 
 
+def _rsync_local(path: Path) -> str:
+    """A local path rsync cannot take for a remote one: `data:2024` would name host `data`."""
+    text = str(path)
+    return text if text.startswith(("/", "./", "../")) else f"./{text}"
+
+
 def put(
     conn,
     local: Path,
@@ -426,7 +441,7 @@ def put(
             else:
                 sftp_put_file(sftp, local, target, report, progress.advance, target)
     if chosen == "rsync":
-        source = str(local) + ("/" if local.is_dir() else "")
+        source = _rsync_local(local) + ("/" if local.is_dir() else "")
         destination = _rsync_remote(endpoint, target + ("/" if local.is_dir() else ""))
         with _rsync_selection(only, delete) as extra:
             run_rsync(rsync_argv(endpoint, source, destination, extra), report, progress.absolute)
@@ -528,7 +543,7 @@ def get(conn, remote: str, local: Path | None, method: str = "auto", progress=No
     if chosen == "rsync":
         source = _rsync_remote(endpoint, target + ("/" if kind == "dir" else ""))
         run_rsync(
-            rsync_argv(endpoint, source, str(destination) + ("/" if kind == "dir" else "")),
+            rsync_argv(endpoint, source, _rsync_local(destination) + ("/" if kind == "dir" else "")),
             report,
             progress.absolute,
         )

@@ -15,7 +15,20 @@ from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 NAMESPACE = "clusterous-system"
 SHARED_DIR = "/export/shared"  # the shared volume's mount point and NFS export on the controller
 REGISTRY_PORT = 5000
-REGISTRY_IMAGE = "registry:2.8.3"
+# CNCF distribution 3: its S3 driver's aws-sdk-go 1.55 speaks IMDSv2 (2.8.3's 1.15 does not, and
+# gets NoCredentialProviders from a controller with HttpTokens required). 3.1.1 also fixes
+# CVE-2026-41888 (tags deletable with delete disabled). Pinned by the official image's index digest.
+REGISTRY_IMAGE = "registry:3.1.1@sha256:849b7d29920d060df8091770ede2279c07924ecd29e2a4c029ee0b5ea2ea542b"
+# The regions REGISTRY_IMAGE's S3 driver accepts: it refuses any region its aws-sdk-go 1.55.5
+# endpoint table lacks ("invalid region provided") and would never start. Update with the image.
+REGISTRY_S3_REGIONS = frozenset(
+    """af-south-1 ap-east-1 ap-northeast-1 ap-northeast-2 ap-northeast-3 ap-south-1 ap-south-2
+    ap-southeast-1 ap-southeast-2 ap-southeast-3 ap-southeast-4 ca-central-1 ca-west-1 cn-north-1
+    cn-northwest-1 eu-central-1 eu-central-2 eu-isoe-west-1 eu-north-1 eu-south-1 eu-south-2
+    eu-west-1 eu-west-2 eu-west-3 il-central-1 me-central-1 me-south-1 sa-east-1 us-east-1
+    us-east-2 us-gov-east-1 us-gov-west-1 us-iso-east-1 us-iso-west-1 us-isob-east-1 us-west-1
+    us-west-2""".split()
+)
 CSI_NFS_VERSION = "v4.11.0"
 CSI_NFS_IMAGE = f"registry.k8s.io/sig-storage/nfsplugin:{CSI_NFS_VERSION}"
 
@@ -61,6 +74,7 @@ def values_for(inputs) -> dict[str, str]:
         "cluster_name": inputs.cluster_name,
         "region": inputs.region,
         "bucket": inputs.bucket,
+        "bucket_region": inputs.bucket_region or inputs.region,
         "k3s_version": inputs.k3s_version,
         "controller_ip": inputs.controller_ip,
         "logging_level": str(inputs.logging_level),

@@ -37,6 +37,7 @@ class Target:
     ssh_cidr: str
     state_dir: Path
     key_name: str | None = None  # the profile's key pair; None: one per cluster
+    bucket_region: str | None = None  # the bucket's region as setup recorded it; None: the cluster's
 
 
 @dataclass(frozen=True)
@@ -544,7 +545,9 @@ def ensure_shared_volume(clients, spec: ClusterSpec, inv: Inventory, pre: Prefli
     return volume
 
 
-def bootstrap_inputs(spec: ClusterSpec, bucket: str, agent_token: str, volume_id: str | None):
+def bootstrap_inputs(
+    spec: ClusterSpec, bucket: str, agent_token: str, volume_id: str | None, bucket_region: str | None = None
+):
     from clusterous_provisioner.bootstrap import BootstrapInputs
 
     return BootstrapInputs(
@@ -559,6 +562,7 @@ def bootstrap_inputs(spec: ClusterSpec, bucket: str, agent_token: str, volume_id
         node_groups=[g.name for g in spec.groups],
         logging_level=spec.logging_level,
         os=spec.os,
+        bucket_region=bucket_region,
     )
 
 
@@ -711,7 +715,7 @@ def apply(
 
     from clusterous_provisioner import bootstrap
 
-    inputs = bootstrap_inputs(spec, target.bucket, token, volume["VolumeId"])
+    inputs = bootstrap_inputs(spec, target.bucket, token, volume["VolumeId"], target.bucket_region)
     waiting: list[str] = []
     controller = inv.controller
     if controller is None:
@@ -727,9 +731,13 @@ def apply(
             bootstrap.render_controller(inputs),
             out,
         )
-    if controller["State"]["Name"] != "running":
-        waiting.append(controller["InstanceId"])
     out.controller_id = controller["InstanceId"]
+    if controller["State"]["Name"] != "running":
+        (controller,) = wait_running(clients, [out.controller_id], report)
+    # The volume goes on as soon as the controller runs, before any node is launched: the
+    # controller's bootstrap waits for it (and retries), and nothing else delays it.
+    report("attaching the shared volume to the controller")
+    attach_shared_volume(clients, volume, out.controller_id)
     for group in spec.groups:
         have = inv.group_instances(group.name)
         out.instance_ids[group.name] = [i["InstanceId"] for i in have]
@@ -751,10 +759,6 @@ def apply(
             out.created.append(f"{missing} node(s) in group {group.name}")
             out.instance_ids[group.name] += [i["InstanceId"] for i in new]
             waiting += [i["InstanceId"] for i in new]
-    running = wait_running(clients, waiting, report)
-    for instance in running:
-        if instance["InstanceId"] == out.controller_id:
-            controller = instance
-    attach_shared_volume(clients, volume, out.controller_id)
+    wait_running(clients, waiting, report)
     out.public_ip = controller.get("PublicIpAddress")
     return out

@@ -2,8 +2,10 @@
 
 The provisioner passes `render_controller` / `render_node` output to EC2 as user-data. The real
 work is done by the shell scripts in `scripts/` (shellchecked and run in tests with stand-ins);
-the user-data only writes them, their settings and the k3s *agent* token (a 0600 file, never on
-a command line, never echoed) and runs them once. The k3s *server* token (cluster-admin
+the user-data only writes them, their settings, the k3s *agent* token (a 0600 file, never on
+a command line, never echoed) and the systemd unit `clusterous-bootstrap.service` that runs the
+role's script and restarts it after a failure until one run succeeds (a late volume, a mirror
+or GitHub hiccup); `runcmd` only enables and starts the unit. The k3s *server* token (cluster-admin
 equivalent) is never in any user-data: the controller generates it at its first boot and keeps
 it there; nodes join with the agent token only. Add-on manifests are written into k3s's
 auto-deploy directory, so k3s applies them as soon as its API is up.
@@ -28,6 +30,12 @@ from clusterous_provisioner import addons
 from clusterous_provisioner.errors import BadInput, Failure
 
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
+# The k3s installer: install.sh of one k3s commit (the v1.36.3+k3s1 release's), run only when
+# its sha256 is this one. It installs any INSTALL_K3S_VERSION, checking the binary against that
+# release's sha256sum-<arch>.txt. To move the pin: curl -sfL <url> | sha256sum.
+K3S_INSTALL_COMMIT = "5aed4d7beddeb3e67120da477c876ac9efd70318"
+K3S_INSTALL_URL = f"https://raw.githubusercontent.com/k3s-io/k3s/{K3S_INSTALL_COMMIT}/install.sh"
+K3S_INSTALL_SHA256 = "46177d4c99440b4c0311b67233823a8e8a2fc09693f6c89af1a7161e152fbfad"
 SUPPORTED_OS = ("ubuntu-24.04", "al2023")
 USER_DATA_LIMIT = 16384  # bytes, EC2's limit on raw user-data
 # The login user `put`, `run` and build uploads write the shared volume as: cloud-init's default
@@ -42,6 +50,13 @@ SERVER_TOKEN_FILE = "/etc/clusterous/k3s-server-token"  # made on the controller
 REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
 K3S_MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
 ADDONS_FILE = f"{K3S_MANIFEST_DIR}/clusterous-addons.yaml"
+UNIT = "clusterous-bootstrap.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+RESTART_SEC = 15  # between a failed run and the next
+UNIT_DESCRIPTION = {
+    "controller": "controller (shared volume, NFS server, k3s server)",
+    "node": "node of group {group} (NFS client, k3s agent)",
+}
 
 _K3S_RELEASE = re.compile(r"^v1\.(\d+)\.(\d+)\+k3s(\d+)$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -64,6 +79,7 @@ class BootstrapInputs:
     node_groups: list[str]
     logging_level: int = 0
     os: str = "ubuntu-24.04"
+    bucket_region: str | None = None  # the registry's S3 region; None: the cluster's (up checks they match)
 
 
 def check_k3s_version(version: str, source: str = "cluster file", field_name: str = "k3s_version") -> str:
@@ -88,12 +104,23 @@ def _script(name: str) -> str:
     return (resources.files("clusterous_provisioner") / "scripts" / name).read_text()
 
 
+def _shipped(name: str) -> str:
+    """A script as the instance gets it: without comment or blank lines (the shebang kept), to
+    fit EC2's 16 KiB. Safe because the scripts hold no heredocs or multi-line strings; the
+    documented source is in the package."""
+    lines = _script(name).splitlines()
+    kept = [line for line in lines[1:] if line.strip() and not line.lstrip().startswith("#")]
+    return "\n".join(lines[:1] + kept) + "\n"
+
+
 def _settings(inputs: BootstrapInputs, role: str, group: str | None = None) -> str:
     """bootstrap.env: plain settings the scripts source. It deliberately holds no token."""
     values = {
         "CLUSTEROUS_CLUSTER": inputs.cluster_name,
         "CLUSTEROUS_ROLE": role,
         "K3S_VERSION": inputs.k3s_version,
+        "K3S_INSTALL_URL": K3S_INSTALL_URL,
+        "K3S_INSTALL_SHA256": K3S_INSTALL_SHA256,
         "OS_FAMILY": inputs.os.split("-")[0],
         "CONTROLLER_IP": inputs.controller_ip,
         "VPC_CIDR": inputs.vpc_cidr,
@@ -117,20 +144,54 @@ def _file(path: str, content: str, permissions: str = "0644", compress: bool = F
     return entry
 
 
-def _cloud_config(files: list[dict], script: str) -> str:
+def _unit(what: str, script: str) -> str:
+    """The bootstrap as a oneshot service: systemd restarts it after a failure, without a start
+    limit, until one run succeeds; its output goes to the journal and the serial console (EC2's
+    console output, which `up` already reads, shows a failing run). Enabled, so a reboot runs it
+    again (idempotent: it finds everything done and changes nothing)."""
+    return f"""[Unit]
+Description=clusterous bootstrap: {what}
+Wants=network-online.target
+After=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+Type=oneshot
+ExecStart={SCRIPT_DIR}/{script}
+Restart=on-failure
+RestartSec={RESTART_SEC}
+RemainAfterExit=yes
+TimeoutStartSec=45min
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _cloud_config(files: list[dict]) -> str:
     config = {
         "write_files": files,
-        # runcmd runs once per instance; the script is idempotent should it run again.
-        "runcmd": [[f"{SCRIPT_DIR}/{script}"]],
+        # runcmd runs once per instance: it hands the bootstrap to systemd and returns at once
+        # (--no-block), so cloud-init finishes while the unit works and retries.
+        "runcmd": [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", UNIT],
+            ["systemctl", "start", "--no-block", UNIT],
+        ],
     }
     return "#cloud-config\n" + yaml.dump(config, Dumper=_LiteralDumper, sort_keys=False, width=1000)
 
 
 def _common_files(inputs: BootstrapInputs, role: str, group: str | None = None) -> list[dict]:
+    script = "controller.sh" if role == "controller" else "node.sh"
     return [
         _file(AGENT_TOKEN_FILE, inputs.agent_token + "\n", "0600"),
         _file(CONFIG_FILE, _settings(inputs, role, group), "0600"),
-        _file(f"{SCRIPT_DIR}/common.sh", _script("common.sh"), "0644", compress=True),
+        _file(f"{SCRIPT_DIR}/common.sh", _shipped("common.sh"), "0644", compress=True),
+        _file(f"{SCRIPT_DIR}/{script}", _shipped(script), "0755", compress=True),
+        _file(UNIT_FILE, _unit(UNIT_DESCRIPTION[role].format(group=group), script), "0644"),
         _file(REGISTRIES_FILE, addons.registries_yaml(inputs.controller_ip), "0644"),
     ]
 
@@ -139,9 +200,8 @@ def render_controller(inputs: BootstrapInputs) -> str:
     """User-data of the controller: NFS server on the shared volume, k3s server, add-ons."""
     _check_inputs(inputs)
     files = _common_files(inputs, "controller")
-    files.append(_file(f"{SCRIPT_DIR}/controller.sh", _script("controller.sh"), "0755", compress=True))
     files.append(_file(ADDONS_FILE, boot_manifests(inputs), "0600", compress=True))
-    user_data = _cloud_config(files, "controller.sh")
+    user_data = _cloud_config(files)
     if len(user_data.encode()) > USER_DATA_LIMIT:
         raise Failure(
             f"controller user-data is {len(user_data.encode())} bytes, over EC2's {USER_DATA_LIMIT}",
@@ -155,9 +215,11 @@ def boot_manifests(inputs: BootstrapInputs) -> str:
 
     k3s retries a file until every object in it applies, so objects of a CRD defined earlier in
     the file (the kopf peering) land once the CRD is served.
+    Comments are dropped (the objects re-dumped) to fit EC2's 16 KiB; `--render-dir` keeps them.
     """
     texts = [text for name, text in render_manifests(inputs).items() if name not in addons.APPLIED_LATER]
-    return "".join(text if text.startswith("---") else "---\n" + text for text in texts)
+    docs = [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+    return yaml.safe_dump_all(docs, sort_keys=False, width=1000, explicit_start=True)
 
 
 def render_node(inputs: BootstrapInputs, group: str) -> str:
@@ -165,9 +227,7 @@ def render_node(inputs: BootstrapInputs, group: str) -> str:
     _check_inputs(inputs)
     if group not in inputs.node_groups:
         raise BadInput("cluster file", "node_groups", f"one of {', '.join(inputs.node_groups)}", group)
-    files = _common_files(inputs, "node", group)
-    files.append(_file(f"{SCRIPT_DIR}/node.sh", _script("node.sh"), "0755", compress=True))
-    return _cloud_config(files, "node.sh")
+    return _cloud_config(_common_files(inputs, "node", group))
 
 
 def render_manifests(inputs: BootstrapInputs) -> dict[str, str]:

@@ -1,12 +1,15 @@
 """The registry bucket: one per account and region, shared by every cluster and colleague.
 
-Created once (private, encrypted, tagged) and never deleted by `down`.
+Created once (private, encrypted, tagged) and never deleted by `down`. Its region is recorded in
+the profile by `setup`: the registry talks to S3 in the bucket's region, and `up` makes clusters
+only in that region (docs/provisioning.md, "The registry bucket's region").
 """
 
 from __future__ import annotations
 
 import re
 
+from clusterous_provisioner.addons import REGISTRY_IMAGE, REGISTRY_S3_REGIONS
 from clusterous_provisioner.errors import BadInput
 
 BUCKET_NAME = re.compile(r"^(?!xn--)(?!.*-s3alias$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -72,3 +75,45 @@ def ensure_bucket(s3, name: str, region: str) -> bool:
         },
     )
     return created
+
+
+def bucket_region(s3, name: str) -> str | None:
+    """The bucket's region (GetBucketLocation), or None when there is no such bucket.
+
+    S3 answers no location for us-east-1 and the legacy `EU` for eu-west-1.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        location = s3.get_bucket_location(Bucket=name).get("LocationConstraint")
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket", "NotFound"):
+            return None
+        raise
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+
+
+def check_registry_region(source: str, bucket: str, region_of_bucket: str, cluster_region: str) -> None:
+    """Refuse a cluster whose registry would use S3 in another region, or in one it cannot start in.
+
+    Cross-region, every push and pull of every node crosses regions (slower, and billed as
+    inter-region transfer where same-region S3 to EC2 is free), and an S3 gateway endpoint serves
+    only its own region's buckets.
+    """
+    if region_of_bucket != cluster_region:
+        raise BadInput(
+            source,
+            "bucket",
+            f"a bucket in the cluster's region {cluster_region}, but '{bucket}' is in {region_of_bucket} "
+            "(cross-region S3 makes every image push and pull slower and billed as inter-region "
+            f"transfer): create the cluster in {region_of_bucket}, or make a profile for "
+            f"{cluster_region} (`clusterous-k8s setup --profile-name {cluster_region} --region "
+            f"{cluster_region}` creates a bucket there) and use it with `--profile {cluster_region}`",
+        )
+    if region_of_bucket not in REGISTRY_S3_REGIONS:
+        raise BadInput(
+            "--region",
+            None,
+            f"a region the cluster registry ({REGISTRY_IMAGE.split('@')[0]}) can use S3 in; its AWS SDK "
+            f"does not know {region_of_bucket}",
+        )

@@ -17,10 +17,12 @@ How it is built (DESIGN §6, "Node bootstrap"):
   device under its NVMe names), empty ``/var``, ``/run``, ``/tmp`` and ``/usr/local``; the scripts
   run ``chroot``-ed into it with their real paths (/etc/fstab, /etc/exports, /export/shared,
   /dev/disk/by-id/...), so the product scripts need no test-only knobs;
-- stand-ins only for what cannot run here, in ``/usr/local/sbin`` (first on the PATH): the k3s
-  installer (``curl`` writes a recording installer that installs a ``k3s`` printing its version),
-  ``systemctl``, ``exportfs`` (no nfsd in a test machine), ``apt-get`` and ``dnf``. Each records
-  its argv in ``/var/log/standins.log``. The scripts ask nothing of the EC2 metadata service.
+- stand-ins only for what cannot run here, in ``/usr/local/sbin`` (first on the PATH): ``curl``
+  (GitHub: it serves files from a folder; the k3s installer there records its arguments and
+  installs a ``k3s`` printing its version; the settings pin that installer's sha256),
+  ``systemctl``, ``exportfs`` (no nfsd in a test machine), ``apt-get``, ``dnf`` and ``sysctl``
+  (``/proc`` is the host's). Each records its argv in ``/var/log/standins.log``. The scripts ask
+  nothing of the EC2 metadata service. ``run`` runs the bootstrap unit's ExecStart once.
 
 Requirements: root, ``unshare``/``nsenter`` (util-linux), and for volumes loop devices
 (``losetup``, package ``mount``), ``mkfs.ext4`` (e2fsprogs) and ``sfdisk`` (fdisk). When one is
@@ -33,8 +35,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -64,22 +68,28 @@ LABEL=UEFI\t/boot/efi\tvfat\tumask=0077\t0 1
 """
 
 RECORD = f'log={STANDIN_LOG}; printf "%s" "$(basename "$0")" >>$log; printf " %s" "$@" >>$log; echo >>$log\n'
-STAND_INS = {
-    # get.k3s.io: `curl ... -o FILE URL` writes an installer that records its arguments and the
-    # INSTALL_K3S_* settings, and installs a k3s that reports the version asked for.
-    "curl": r"""
-out=""; while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
-cat >"$out" <<'EOF'
-#!/bin/sh
+WEB = "/var/lib/standin-web"  # what the GitHub URLs serve, by the URL's last part
+# The k3s installer served at the pinned URL: records its arguments and the INSTALL_K3S_*
+# settings, and installs a k3s that reports the version asked for.
+INSTALLER = r"""#!/bin/sh
 { printf 'k3s-installer'; printf ' %s' "$@"; echo; env | grep '^INSTALL_K3S_' | sed 's/^/  env: /'; } >>/var/log/standins.log
 printf '#!/bin/sh\necho "k3s version %s (0000)"\n' "$INSTALL_K3S_VERSION" >/usr/local/bin/k3s
 chmod 0755 /usr/local/bin/k3s
-EOF
+"""
+AIRGAP_ARCHIVE = "k3s system images\n"  # the release's k3s-airgap-images-<arch>.tar.zst, here
+STAND_INS = {
+    # GitHub: `curl ... -o FILE URL` copies WEB/<last part of URL>, or fails like curl -f on a 404.
+    "curl": f"""
+out=""; url=""
+while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift ;; http*) url="$1" ;; esac; shift; done
+[ -e "{WEB}/$(basename "$url")" ] || exit 22
+cat "{WEB}/$(basename "$url")" >"$out"
 """,
     "systemctl": "",
     "exportfs": "",
     "apt-get": "",
     "dnf": "",
+    "sysctl": "",  # never the host's kernel settings: /proc is the host's
 }
 
 # Runs inside the namespace (not yet chroot-ed) with the sandbox root as $1.
@@ -184,6 +194,11 @@ class Sandbox:
             }
             for name, body in STAND_INS.items():
                 files[f"/usr/local/sbin/{name}"] = ("#!/bin/sh\n" + RECORD + body, "0755")
+            files[f"{WEB}/install.sh"] = (INSTALLER, "0644")
+            arch = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
+            digest = hashlib.sha256(AIRGAP_ARCHIVE.encode()).hexdigest()
+            files[f"{WEB}/k3s-airgap-images-{arch}.tar.zst"] = (AIRGAP_ARCHIVE, "0644")
+            files[f"{WEB}/sha256sum-{arch}.txt"] = (f"{digest}  k3s-airgap-images-{arch}.tar.zst\n", "0644")
             self.write_files(files)
         except BaseException:
             self.close()
@@ -259,21 +274,32 @@ class Sandbox:
         return int(uid), int(gid), int(mode, 8)
 
     def unpack(self, user_data: str) -> dict:
-        """What cloud-init's write_files does with the user-data, inside the sandbox."""
+        """What cloud-init's write_files does with the user-data, inside the sandbox; the
+        settings pin the sha256 of the installer this sandbox's GitHub serves."""
         config = yaml.safe_load(user_data)
         files = {}
         for entry in config["write_files"]:
             content = entry["content"]
             if entry.get("encoding") == "gz+b64":
                 content = gzip.decompress(base64.b64decode(content)).decode()
+            if entry["path"] == "/etc/clusterous/bootstrap.env":
+                ours = hashlib.sha256(INSTALLER.encode()).hexdigest()
+                content = re.sub(r"(?m)^K3S_INSTALL_SHA256=.*$", f"K3S_INSTALL_SHA256={ours}", content)
             files[entry["path"]] = (content, entry["permissions"])
         self.write_files(files)
         return config
 
     def run(self, config: dict, **env: str) -> subprocess.CompletedProcess:
-        """The user-data's runcmd, as root runs it on the instance."""
-        (command,) = config["runcmd"]
-        return self.exec(command, env=env)
+        """One run of the bootstrap unit's ExecStart (what runcmd starts), as systemd runs it."""
+        (unit,) = [
+            e["content"] for e in config["write_files"] if e["path"].endswith("/clusterous-bootstrap.service")
+        ]
+        (command,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+        return self.exec([command], env=env)
+
+    def publish(self, name: str, data: bytes) -> None:
+        """Serve data at every GitHub URL ending in /name."""
+        self.write_files({f"{WEB}/{name}": (data.decode(), "0644")})
 
     def calls(self, name: str) -> list[str]:
         return [line for line in self.read(STANDIN_LOG).splitlines() if line.split(" ", 1)[0] == name]

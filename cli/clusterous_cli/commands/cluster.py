@@ -91,11 +91,28 @@ def _reporter():
     return output.say
 
 
-def _render(spec, bucket: str, directory: Path, token: str = PLACEHOLDER_TOKEN) -> list[Path]:
+def _render(
+    spec, bucket: str, bucket_region: str | None, directory: Path, token: str = PLACEHOLDER_TOKEN
+) -> list[Path]:
     from clusterous_provisioner import apply, bootstrap
 
     volume = spec.shared_volume_id or "vol-00000000000000000"
-    return bootstrap.write_render_dir(apply.bootstrap_inputs(spec, bucket, token, volume), directory)
+    inputs = apply.bootstrap_inputs(spec, bucket, token, volume, bucket_region)
+    return bootstrap.write_render_dir(inputs, directory)
+
+
+def _bucket_region(profile_name: str, profile, s3) -> str | None:
+    """The bucket's region as `setup` recorded it; for a profile recorded before that, looked up
+    once (GetBucketLocation) and recorded. None: no such bucket yet (`up` creates it in the
+    cluster's region)."""
+    from clusterous_cli import config
+    from clusterous_provisioner import bucket as buckets
+
+    if profile.bucket_region is None:
+        profile.bucket_region = buckets.bucket_region(s3, profile.bucket)
+        if profile.bucket_region is not None:
+            config.save_profile(profile_name, profile)
+    return profile.bucket_region
 
 
 def print_plan(plan, as_json: bool) -> None:
@@ -201,7 +218,7 @@ def up(
         env_app = envfile.load_application(env_path, collect_params(None, cluster_file))
 
     if render_dir is not None:
-        written = _render(spec, bucket, render_dir)
+        written = _render(spec, bucket, profile.bucket_region if profile else None, render_dir)
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
@@ -214,6 +231,12 @@ def up(
     if dry_run:
         print_plan(the_plan, as_json)
         return
+
+    from clusterous_provisioner import bucket as buckets
+
+    with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
+        bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
+    buckets.check_registry_region(str(config.profile_path(profile_name)), bucket, bucket_region, spec.region)
 
     cidr = spec.ssh_cidr
     if cidr is None:
@@ -238,7 +261,11 @@ def up(
         raise typer.Abort()
 
     target = apply.Target(
-        bucket=bucket, ssh_cidr=cidr, state_dir=config.cluster_dir(profile_name, spec.name), key_name=key_name
+        bucket=bucket,
+        ssh_cidr=cidr,
+        state_dir=config.cluster_dir(profile_name, spec.name),
+        key_name=key_name,
+        bucket_region=bucket_region,
     )
     from rich.console import Console
 
@@ -248,8 +275,6 @@ def up(
         def progress(message: str) -> None:
             status.update(message)
             output.say(message)
-
-        from clusterous_provisioner import bucket as buckets
 
         buckets.ensure_bucket(clients.s3, bucket, spec.region)
         outcome = apply.apply(clients, spec, target, inv, progress, pre)

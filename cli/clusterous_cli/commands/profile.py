@@ -7,6 +7,7 @@ import typer
 app = typer.Typer(
     help="List, select, show and remove configuration profiles.\n\nExample: clusterous-k8s profile use work",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
 )
 
 

@@ -88,10 +88,19 @@ def setup(
         s3 = aws.client("s3", region, sess)
         if buckets.ensure_bucket(s3, bucket_name, region):
             output.say(f"created bucket '{bucket_name}' (private, encrypted)")
+            bucket_region = region
+        else:
+            bucket_region = buckets.bucket_region(s3, bucket_name) or region
+        if bucket_region != region:
+            output.say(
+                f"bucket '{bucket_name}' is in {bucket_region}: `up` makes clusters of this profile "
+                f"only there (the registry uses S3 in the bucket's region)"
+            )
 
     profile = config.Profile(
         region=region,
         bucket=bucket_name,
+        bucket_region=bucket_region,
         key_name=None if key == PER_CLUSTER else key,
         key_file=str(key_path) if key_path else None,
         ssh_cidr=ssh_cidr or (existing.ssh_cidr if existing else None),

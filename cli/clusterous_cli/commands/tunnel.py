@@ -12,6 +12,7 @@ app = typer.Typer(
         "Example: clusterous-k8s tunnel add 8888:master:8888"
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
 )
 
 

@@ -209,9 +209,42 @@ def rm(
             f"Remove {path} from the shared volume of {conn.endpoint.host}?", default=False
         ):
             raise typer.Abort()
-        code, _, err = conn.run(["rm", "-rf", "--", target])
+        # Any pod can write the volume, so it may swap a directory of PATH for a symlink while we
+        # ask: the check and the removal happen again in one remote step that follows no link.
+        code, _, err = conn.run(
+            [
+                "sh",
+                "-c",
+                _REMOVE_SCRIPT,
+                "clusterous-rm",
+                conn.endpoint.shared_root,
+                rel.name,
+                *rel.parent.parts,
+            ]
+        )
+        if code == _REMOVE_REFUSED:
+            raise BadInput("PATH", None, "a path on the shared volume that no symlink leads out of", path)
         if code != 0:
             raise Failure(
                 f"could not remove {path}: {err.decode(errors='replace').strip()}", "check its permissions"
             )
     output.say(f"removed {path}")
+
+
+_REMOVE_REFUSED = 3
+# sh -c SCRIPT clusterous-rm ROOT NAME DIR...: enter ROOT/DIR/... one directory at a time, refusing
+# any symlink, then check that where we stand is physically ROOT/DIR/... (a swap between the test
+# and the cd shows up here); from inside that directory, whatever happens to its ancestors, rm
+# removes NAME itself (a symlink NAME is removed, never followed).
+_REMOVE_SCRIPT = """
+cd -P -- "$1" || exit 1
+root=$(pwd -P) name=$2 expected=
+shift 2
+for dir in "$@"; do
+    if [ -L "$dir" ] || [ ! -d "$dir" ]; then echo "$dir is not a directory" >&2; exit 3; fi
+    cd -P -- "$dir" || exit 1
+    expected="$expected/$dir"
+done
+if [ "$(pwd -P)" != "$root$expected" ]; then echo "a directory was replaced" >&2; exit 3; fi
+exec rm -rf -- "$name"
+"""

@@ -7,6 +7,7 @@ import typer
 app = typer.Typer(
     help="Shared volumes kept from earlier clusters.\n\nExample: clusterous-k8s volumes ls",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
 )
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Controller bootstrap: shared EBS volume (format only if blank) exported over NFS to the VPC,
 # then the pinned k3s server, tainted so application pods stay off it.
-# Idempotent: a re-run (reboot, `cloud-init clean`) finds everything in place and changes nothing.
+# Idempotent: a re-run (a retry after a failure, a reboot) finds everything done in place and
+# changes nothing.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh disable=SC1091  # checked on its own; written beside this script
@@ -12,7 +13,6 @@ load_config
 SHARED_DIR="${SHARED_DIR:-/export/shared}"
 MNT="$ROOT$SHARED_DIR"
 FSTAB="$ROOT/etc/fstab"
-EXPORTS="$ROOT/etc/exports"
 DEVICE_WAIT="${CLUSTEROUS_DEVICE_WAIT:-600}"
 
 # The attached volume's device: the by-id link on Nitro (NVMe), /dev/xvdf or /dev/sdf on Xen.
@@ -71,16 +71,19 @@ refuse_volume() {
 }
 
 # The shared root belongs to the login user (uid 1000 on Ubuntu 24.04 and Amazon Linux 2023),
-# who runs put, run and build-context uploads over SSH. mkfs leaves it root:root 0755, so a
-# root still owned by root is handed over: owner and group SHARED_OWNER, mode 0775 (the login
-# user and its group write; everybody else reads). A root with any other owner is left as is.
-own_shared_root() {
-    if [ "$(stat -c %u "$MNT")" = 0 ]; then
-        chown "$SHARED_OWNER" "$MNT"
-        chmod 0775 "$MNT"
-        log "$SHARED_DIR handed to the login user ($SHARED_OWNER, mode 0775)"
+# who runs put, run and build-context uploads over SSH, and every NFS client acts as that user
+# (all_squash, below). mkfs leaves it root:root 0755, so a directory still owned by root is
+# handed over: owner and group SHARED_OWNER, mode 0775 (the login user and its group write;
+# everybody else reads). A root with any other owner is left as is.
+own_by_login_user() {
+    if [ "$(stat -c %u "$1")" = 0 ]; then
+        chown "$SHARED_OWNER" "$1"
+        chmod "$2" "$1"
+        log "${1#"$ROOT"} handed to the login user ($SHARED_OWNER, mode $2)"
     fi
 }
+
+own_shared_root() { own_by_login_user "$MNT" 0775; }
 
 setup_shared_volume() {
     mkdir -p "$MNT"
@@ -110,17 +113,21 @@ setup_shared_volume() {
 }
 
 # The shared root read-write; its parent read-only (crossmnt), which the NFS provisioner mounts
-# to reach the root as a fixed sub-directory (see manifests/storage-classes.yaml).
+# to reach the root as a fixed sub-directory (see manifests/storage-classes.yaml). Every client
+# request runs as the login user (all_squash,anonuid,anongid: root and any other uid alike), so
+# a container's root is no one special on the volume and files stay the login user's.
+# .private holds the private claims' directories, which csi-driver-nfs creates and deletes over
+# NFS, so as the login user too. Our export lines live in their own file, rewritten each run.
 export_shared_volume() {
-    local line
-    mkdir -p "$MNT/.private"
-    for line in \
-        "$SHARED_DIR $VPC_CIDR(rw,sync,no_subtree_check,no_root_squash)" \
-        "$(dirname "$SHARED_DIR") $VPC_CIDR(ro,sync,no_subtree_check,crossmnt)"; do
-        if ! grep -qsF "$line" "$EXPORTS"; then
-            printf '%s\n' "$line" >>"$EXPORTS"
-        fi
-    done
+    local exports="$ROOT/etc/exports.d/clusterous.exports" squash
+    squash="all_squash,anonuid=${SHARED_OWNER%:*},anongid=${SHARED_OWNER#*:}"
+    mkdir -p "$MNT/.private" "$(dirname "$exports")"
+    own_by_login_user "$MNT/.private" 0755
+    printf '%s\n' \
+        "$SHARED_DIR $VPC_CIDR(rw,sync,no_subtree_check,$squash)" \
+        "$(dirname "$SHARED_DIR") $VPC_CIDR(ro,sync,no_subtree_check,root_squash,crossmnt)" \
+        >"$exports.new"
+    mv "$exports.new" "$exports"
     systemctl enable --now nfs-server
     exportfs -ra
 }
@@ -146,6 +153,9 @@ install_packages nfs-kernel-server -- nfs-utils
 setup_shared_volume
 export_shared_volume
 ensure_server_token
+preload_k3s_images
+reservations="$(kubelet_args)"
+mapfile -t kubelet <<<"$reservations"
 install_k3s server \
     --token-file "$SERVER_TOKEN_FILE" \
     --agent-token-file "$AGENT_TOKEN_FILE" \
@@ -154,5 +164,6 @@ install_k3s server \
     --tls-san 127.0.0.1 --tls-san localhost --tls-san "$CONTROLLER_IP" \
     --node-taint CriticalAddonsOnly=true:NoExecute \
     --write-kubeconfig-mode 0600 \
-    --disable traefik
-log "controller ready for k3s to start"
+    --disable traefik \
+    "${kubelet[@]}"
+bootstrap_done "controller ready for k3s to start"
