@@ -2,7 +2,9 @@
 cluster runs 3.x, which no package registry here ships) on 127.0.0.1, configured exactly as the
 cluster's registry add-on, storing into the moto server's S3.
 
-    registry                 fixture (import `registry_fixture`): a RegistryServer, started per test (the `aws` fixture resets moto)
+    registry                 fixture (import `registry_fixture`): a RegistryServer, started per test (the `aws` fixture resets moto):
+                             the read-only `registry` pods pull from, and `.push` (`registry-push`, htpasswd) where
+                             builds push; `.push_url` carries the credential (http://user:password@host:port)
     push_image(url, ...)     a tiny but valid image (config blob, one gzip'd tar layer, a schema2 or
                              OCI manifest) pushed through the registry's v2 API, as any client pushes
     push_index(url, ...)     a multi-platform index over images already pushed
