@@ -230,24 +230,25 @@ def test_components_that_run_a_built_image_are_pinned_to_its_digest() -> None:
         builds.Built("basic-python", "latest", digest, True),
         builds.Built("lab/sim", "2", digest, False),
     ]
+    images = [
+        "registry:5000/basic-python",
+        "registry:5000/basic-python:latest",
+        f"{CLUSTER_REGISTRY}/lab/sim:2",
+        "registry:5000/lab/sim:3",  # another tag: not built here
+        "basic-python",  # a short name is Docker Hub's
+        "docker.io/library/basic-python",
+    ]
     app = {
         "metadata": {"name": "demo"},
-        "spec": {
-            "components": [
-                {"name": "a", "image": "basic-python"},
-                {"name": "b", "image": "registry:5000/basic-python:latest"},
-                {"name": "c", "image": f"{CLUSTER_REGISTRY}/lab/sim:2"},
-                {"name": "d", "image": "lab/sim:3"},
-                {"name": "e", "image": "docker.io/library/basic-python"},
-            ]
-        },
+        "spec": {"components": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]},
     }
-    images = [c["image"] for c in builds.pin_built_images(app, built)["spec"]["components"]]
-    assert images == [
-        f"basic-python@{digest}",
-        f"basic-python@{digest}",
-        f"lab/sim@{digest}",
-        "lab/sim:3",
+    pinned = [c["image"] for c in builds.pin_built_images(app, built)["spec"]["components"]]
+    assert pinned == [
+        f"registry:5000/basic-python@{digest}",
+        f"registry:5000/basic-python@{digest}",
+        f"registry:5000/lab/sim@{digest}",
+        "registry:5000/lab/sim:3",
+        "basic-python",
         "docker.io/library/basic-python",
     ]
 

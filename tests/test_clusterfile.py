@@ -182,3 +182,97 @@ def test_upstream_underscored_group_names_are_a_layout(tmp_path):
     with pytest.raises(BadInput) as err:
         load_spec(bad, profile_region="us-east-1")
     assert "node_groups" in str(err.value) and "'_'" in str(err.value)
+
+
+# --- elastic groups (issue 17 item 1) ---------------------------------------------------------
+
+
+def test_bounds_from_the_file_and_from_the_flag(tmp_path):
+    path = write(
+        tmp_path,
+        "cluster_name: lab\nnode_groups:\n"
+        "  worker: {type: c5.large, count: 2, min: 1, max: 8}\n"
+        "  big: {type: m5.xlarge, count: 0, max: 3}\n"
+        "  master: {type: t3.large, count: 1}\n",
+    )
+    spec = load_spec(path, profile_region="us-east-1")
+    bounds = {g.name: (g.count, g.min, g.max, g.elastic) for g in spec.groups}
+    assert bounds == {
+        "worker": (2, 1, 8, True),
+        "big": (0, 0, 3, True),  # bounds given: min defaults to 0
+        "master": (1, None, None, False),
+    }
+    flagged = load_spec(path, {"workers": "0..20"}, profile_region="us-east-1").group("worker")
+    assert (flagged.count, flagged.min, flagged.max) == (0, 0, 20)  # starts at MIN
+    default_layout = load_spec(None, {"workers": "2..5"}, profile_region="us-east-1", default_name="a")
+    worker = default_layout.group("worker")
+    assert (worker.count, worker.min, worker.max) == (2, 2, 5)
+    assert not default_layout.group("master").elastic
+    plain = load_spec(None, {"workers": "4"}, profile_region="us-east-1", default_name="a").group("worker")
+    assert (plain.count, plain.elastic) == (4, False)
+    params = write(tmp_path, "cluster_name: a\nparameters: {worker_count: 3, worker_max: 6}\n")
+    worker = load_spec(params, profile_region="us-east-1").group("worker")
+    assert (worker.count, worker.min, worker.max) == (3, 0, 6)
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "field", "expected"),
+    [
+        (
+            "node_groups: {w: {type: t3.large, count: 2, min: 5, max: 3}}",
+            {},
+            "node_groups.w.min",
+            "at most max (3)",
+        ),
+        ("node_groups: {w: {type: t3.large, count: 9, min: 1, max: 3}}", {}, "node_groups.w.count", "(1..3)"),
+        ("node_groups: {w: {type: t3.large, count: 2, min: 1}}", {}, "node_groups.w.max", "maximum"),
+        (
+            "node_groups: {w: {type: t3.large, count: 2, max: two}}",
+            {},
+            "node_groups.w.max",
+            "non-negative integer",
+        ),
+        (
+            "node_groups: {w: {type: t3.large, count: 2, max: 2.5}}",
+            {},
+            "node_groups.w.max",
+            "non-negative integer",
+        ),
+        (
+            "node_groups: {w: {type: t3.large, count: 2, min: -1, max: 3}}",
+            {},
+            "node_groups.w.min",
+            "at most 1000",
+        ),
+        (
+            "parameters: {worker_count: 1, worker_min: 2, worker_max: 4}",
+            {},
+            "parameters.worker_count",
+            "(2..4)",
+        ),
+        ("parameters: {worker_min: 7, worker_max: 4}", {}, "parameters.worker_min", "at most max (4)"),
+        ("controller_max: 3", {}, "controller_max", "no bounds on the controller"),
+        (
+            "node_groups: {controller: {type: t3.large, count: 1, min: 1, max: 2}}",
+            {},
+            "node_groups.controller.min",
+            "no bounds on the controller",
+        ),
+        ("cluster_name: a", {"workers": "5..2"}, None, "MIN at most MAX"),
+        ("cluster_name: a", {"workers": "1..x"}, None, "MIN..MAX"),
+        ("cluster_name: a", {"workers": "0..5000"}, None, "at most 1000"),
+    ],
+)
+def test_bad_bounds_name_the_field(tmp_path, cli, text, flags, field, expected):
+    path = write(
+        tmp_path, "cluster_name: a\nregion: us-east-1\n" + text.replace("cluster_name: a", "") + "\n"
+    )
+    with pytest.raises(BadInput) as err:
+        load_spec(path, flags, profile_region="us-east-1")
+    assert err.value.field == field and expected in str(err.value)
+    if flags:
+        assert err.value.source == "--workers"
+    argv = ["up", str(path), "--dry-run", *(["--workers", flags["workers"]] if flags else [])]
+    result = cli(argv)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (field or "--workers") in result.stderr

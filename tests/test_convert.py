@@ -127,6 +127,37 @@ def test_dask_example_converts_with_the_cluster_files_parameters_and_renders(cli
     assert "CLUSTEROUS_SCHEDULER_HOST" in (DASK.parent / "launch_scripts" / "launch_worker.sh").read_text()
 
 
+def test_a_tunnel_to_a_host_network_component_needs_no_declared_port(tmp_path) -> None:
+    """As in Clusterous' spark demo: the notebook binds the node's port itself."""
+    body = one({"docker_network": "host"}, environment={"expose_tunnel": [{"service": "31888:main:31888"}]})
+    app = convert(write_env(tmp_path, body))
+    assert app["spec"]["tunnels"] == [{"localPort": 31888, "component": "main", "port": 31888}]
+    render(app)
+
+
+def test_dask_notebook_requires_a_generated_token_that_the_tunnel_url_carries(cli, tmp_path) -> None:
+    """Jupyter binds 0.0.0.0 in its pod (no host check): an empty token would let any web page
+    open on the laptop run code through the tunnel."""
+    from clusterous_cli import apps
+    from clusterous_cli.commands.apps import collect_params
+
+    app = envfile.load_application(DASK, collect_params(None, EXAMPLES / "mycluster.yml", tmp_path))
+    token = (tmp_path / apps.TOKEN_FILE).read_text().strip()
+    assert len(token) >= 32 and (tmp_path / apps.TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    notebook = component(app.clusterapp, "notebook")
+    assert notebook["command"][-1] == token
+    [message] = [t["message"] for t in app.clusterapp["spec"]["tunnels"] if t["component"] == "notebook"]
+    assert apps.fill_message(message, 8888).endswith(
+        f"http://localhost:8888/lab/tree/dask-demo.ipynb?token={token}"
+    )
+    script = (DASK.parent / "launch_scripts" / "launch_notebook.sh").read_text()
+    assert "token=''" not in script and 'JUPYTER_TOKEN="$token"' in script
+    again = envfile.load_application(DASK, collect_params(None, EXAMPLES / "mycluster.yml", tmp_path))
+    assert component(again.clusterapp, "notebook")["command"][-1] == token  # no restart on `run` again
+    other = envfile.load_application(DASK, collect_params(None, EXAMPLES / "mycluster.yml"))
+    assert component(other.clusterapp, "notebook")["command"][-1] != token  # convert: a fresh one
+
+
 def test_dask_example_files_exist_and_scripts_pass_shellcheck() -> None:
     app = envfile.load_application(
         DASK, {"master_instance_type": "t3.large", "worker_instance_type": "c5.xlarge", "worker_count": 2}
@@ -216,10 +247,16 @@ def test_docker_network_host_becomes_host_network(tmp_path) -> None:
 @pytest.mark.parametrize(
     "image, expected, pulled",
     [
-        ("registry:5000/basic-python", "basic-python", f"{CLUSTER_REGISTRY}/basic-python"),
-        ("registry:5000/bdkd:spark_v11", "bdkd:spark_v11", f"{CLUSTER_REGISTRY}/bdkd:spark_v11"),
-        ("python:3.12", "docker.io/library/python:3.12", "docker.io/library/python:3.12"),
-        ("jupyter/base-notebook", "docker.io/jupyter/base-notebook", "docker.io/jupyter/base-notebook"),
+        ("registry:5000/basic-python", "registry:5000/basic-python", f"{CLUSTER_REGISTRY}/basic-python"),
+        (
+            "registry:5000/bdkd:spark_v11",
+            "registry:5000/bdkd:spark_v11",
+            f"{CLUSTER_REGISTRY}/bdkd:spark_v11",
+        ),
+        ("python:3.12", "python:3.12", "docker.io/library/python:3.12"),
+        ("ubuntu", "ubuntu", "docker.io/library/ubuntu"),
+        ("redis:7", "redis:7", "docker.io/library/redis:7"),
+        ("jupyter/minimal-notebook", "jupyter/minimal-notebook", "docker.io/jupyter/minimal-notebook"),
         ("ghcr.io/dask/dask:2024.12.1", "ghcr.io/dask/dask:2024.12.1", "ghcr.io/dask/dask:2024.12.1"),
         ("localhost:5000/x", "localhost:5000/x", "localhost:5000/x"),
     ],
@@ -281,7 +318,7 @@ def test_params_are_typed_like_yaml_and_fill_anywhere(tmp_path, cli) -> None:
     result = cli(["convert", str(path), "--param", "engines=4", "--param", "version=1.2"])
     assert result.exit_code == 0, result.output
     main = component(yaml.safe_load(result.stdout))
-    assert main["replicas"] == 4 and main["image"] == "tool:1.2"
+    assert main["replicas"] == 4 and main["image"] == "registry:5000/tool:1.2"
 
 
 def test_a_clusterapp_yaml_is_accepted_as_it_is(tmp_path) -> None:
@@ -341,6 +378,20 @@ BAD = [
         (),
         "expose_tunnel[0].service",
         "local_port:component:port",
+    ),
+    (
+        "tunnel to a port the component does not expose",
+        one({"ports": "8080"}, environment={"expose_tunnel": {"service": "8888:main:8888"}}),
+        (),
+        "environment.expose_tunnel[0].service",
+        "a port main exposes (8080)",
+    ),
+    (
+        "tunnel to a component without ports",
+        one(environment={"expose_tunnel": [{"service": "8888:main:8888"}]}),
+        (),
+        "environment.expose_tunnel[0].service",
+        "a port main exposes (none: add the port to its ports)",
     ),
     ("variable missing", one({"count": "$engines"}), (), f"{C}.count", "$engines"),
     (
@@ -438,6 +489,12 @@ def test_up_names_the_missing_variable_of_the_environment_files_cluster_section(
     assert (
         "env.yml" in result.stderr and "cluster.worker.count" in result.stderr and "$nodes" in result.stderr
     )
+    given = cli(
+        ["up", str(cluster_file), "--dry-run", "--json", "--region", "eu-west-1", "--param", "nodes=3"]
+    )
+    assert given.exit_code == 0, given.output  # up takes --param like run and convert
+    groups = {r["key"]: r for r in json.loads(given.stdout)["resources"] if r["key"].startswith("group:")}
+    assert groups["group:worker"]["count"] == 3
 
 
 def test_upstream_underscored_groups_convert_and_render_to_names_kubernetes_accepts(tmp_path) -> None:

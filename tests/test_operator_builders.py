@@ -222,36 +222,41 @@ def test_every_component_is_told_where_the_others_are() -> None:
 @pytest.mark.parametrize(
     ("image", "expected"),
     [
-        ("basic-python", f"{CLUSTER_REGISTRY}/basic-python"),
-        ("basic-python:2", f"{CLUSTER_REGISTRY}/basic-python:2"),
-        ("me/tool:1.2", f"{CLUSTER_REGISTRY}/me/tool:1.2"),
-        ("registry:5000/basic-python", f"{CLUSTER_REGISTRY}/basic-python"),  # Clusterous' name
+        ("registry:5000/basic-python", f"{CLUSTER_REGISTRY}/basic-python"),  # Clusterous' registry
+        ("registry:5000/me/tool:1.2", f"{CLUSTER_REGISTRY}/me/tool:1.2"),
+        ("ubuntu", "docker.io/library/ubuntu"),  # short names are Docker Hub's, as Docker says
+        ("redis:7", "docker.io/library/redis:7"),
+        ("jupyter/minimal-notebook", "docker.io/jupyter/minimal-notebook"),
         ("docker.io/library/python:3.12", "docker.io/library/python:3.12"),
         ("ghcr.io/x/y:1", "ghcr.io/x/y:1"),
         ("localhost/x", "localhost/x"),
         ("myhost:5000/x/y@sha256:" + "a" * 64, "myhost:5000/x/y@sha256:" + "a" * 64),
     ],
 )
-def test_short_image_names_go_to_the_cluster_registry_full_references_stay(image, expected) -> None:
+def test_only_registry_5000_is_the_cluster_registry_short_names_are_docker_hub(image, expected) -> None:
     assert resolve_image(image) == expected
     objects = build_children(app(comp("c", "worker", image=image)), [node("w1", "worker")])
     assert container(by_kind(objects, "Deployment")["sim-c"])["image"] == expected
 
 
 def test_the_registry_is_a_parameter() -> None:
-    objects = build_children(app(comp("c", "w")), [node("n", "w")], registry="10.0.0.5:30500")
+    objects = build_children(
+        app(comp("c", "w", image="registry:5000/sim")), [node("n", "w")], registry="10.0.0.5:30500"
+    )
     assert container(by_kind(objects, "Deployment")["sim-c"])["image"] == "10.0.0.5:30500/sim"
 
 
-def test_waiting_components_are_held_at_zero_replicas() -> None:
+def test_waiting_components_get_their_deployment_once_they_can_start() -> None:
     spec = app(
         comp("master", "master"), comp("engine", "worker", replicas="auto", cpu="1", dependsOn=["master"])
     )
     nodes = [node("m1", "master"), node("w1", "worker")]
     held = by_kind(build_children(spec, nodes, waiting={"engine"}), "Deployment")
     free = by_kind(build_children(spec, nodes), "Deployment")
-    assert held["sim-engine"]["spec"]["replicas"] == 0
+    assert "sim-engine" not in held and "sim-master" in held
     assert free["sim-engine"]["spec"]["replicas"] == 2
+    services = by_kind(build_children(spec, nodes, waiting={"engine"}), "Service")
+    assert "sim-engine" in services  # its DNS name exists from the start
 
 
 # -- changes -----------------------------------------------------------------------------------

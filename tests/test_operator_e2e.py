@@ -30,7 +30,7 @@ WAIT = 30  # seconds; generous, the test machine is shared
 OPERATOR_ARGS = ["run", "--standalone", "--all-namespaces", "-m", "clusterous_operator.handlers"]
 
 
-def clusterapp(name: str = "demo", image: str = "basic-python") -> dict:
+def clusterapp(name: str = "demo", image: str = "registry:5000/basic-python") -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ClusterApp",
@@ -113,11 +113,11 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         master = cluster.wait_for(
             lambda: deployment(cluster, "demo-master"), timeout=WAIT, what="the master Deployment"
         )
-        engine = cluster.wait_for(
-            lambda: deployment(cluster, "demo-engine"), timeout=WAIT, what="the engine Deployment"
+        cluster.wait_for(
+            lambda: cluster.get("v1/services", "demo-engine"), timeout=WAIT, what="the engine Service"
         )
         assert master["spec"]["replicas"] == 1
-        assert engine["spec"]["replicas"] == 0  # waits for the master
+        assert deployment(cluster, "demo-engine") is None  # waits for the master
         assert (
             master["spec"]["template"]["spec"]["containers"][0]["image"] == f"{CLUSTER_REGISTRY}/basic-python"
         )
@@ -132,11 +132,11 @@ def test_create_gates_dependents_then_runs_and_delete_releases_finalizer(cluster
         )
         assert "waiting for master" in waiting["message"]
         assert status(cluster)["phase"] in ("Deploying", "Pending")
-        assert engine["spec"]["replicas"] == 0 and not rolled_out(cluster, "demo-master")
+        assert deployment(cluster, "demo-engine") is None and not rolled_out(cluster, "demo-master")
 
         cluster.world.missing_images.clear()  # the image is pushed: the master's pod starts
         cluster.wait_for(
-            lambda: deployment(cluster, "demo-engine")["spec"]["replicas"] == 2,
+            lambda: (deployment(cluster, "demo-engine") or {}).get("spec", {}).get("replicas") == 2,
             timeout=WAIT,
             what="the engines to start once the master is ready",
         )
@@ -441,3 +441,132 @@ def test_upstream_underscored_group_names_run(cluster, custom) -> None:
         }
         assert nodes == {"master": "io-master-1", "engine": "cpu-worker-1"}
     assert_ran_clean(runner)
+
+
+def test_render_with_the_clusters_nodes_and_pods_shows_what_the_operator_made(
+    cluster, custom, kubectl, tmp_path, capsys
+) -> None:
+    """`render --nodes --pods` fed with kubectl's listings of this cluster prints the replicas
+    and requests the operator chose beside the node agent; without --pods it would not."""
+    from clusterous_cli.main import run as cli_run
+
+    start_node_agent(cluster, {"cpu": "300m", "memory": "256Mi"})
+    app = clusterapp()
+    app["spec"]["components"][0]["cpu"] = "auto"
+    with run_operator() as runner:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, app)
+        cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+        )
+        (tmp_path / "nodes.yaml").write_text(kubectl("get", "nodes", "-o", "yaml").stdout)
+        (tmp_path / "pods.yaml").write_text(kubectl("get", "pods", "-A", "-o", "yaml").stdout)
+    assert_ran_clean(runner)
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(app))
+
+    def rendered(*extra: str) -> dict:
+        capsys.readouterr()
+        assert (
+            cli_run(["render", str(tmp_path / "app.yaml"), "--nodes", str(tmp_path / "nodes.yaml"), *extra])
+            == 0
+        )
+        return {
+            o["metadata"]["name"]: (
+                o["spec"]["replicas"],
+                o["spec"]["template"]["spec"]["containers"][0]["resources"],
+            )
+            for o in yaml.safe_load_all(capsys.readouterr().out)
+            if o and o["kind"] == "Deployment"
+        }
+
+    live = {
+        name: (
+            deployment(cluster, name)["spec"]["replicas"],
+            deployment(cluster, name)["spec"]["template"]["spec"]["containers"][0]["resources"],
+        )
+        for name in ("demo-master", "demo-engine")
+    }
+    assert live["demo-master"][1]["requests"]["cpu"] == "1700m"  # 2 CPUs less the agent's 300m
+    assert rendered("--pods", str(tmp_path / "pods.yaml")) == live
+    assert rendered() != live  # the bare nodes' arithmetic differs
+
+
+def test_running_is_reported_at_once_with_no_resync_and_costs_8_writes(cluster, custom, tmp_path) -> None:
+    """The operator as its own process with a one-hour resync: only watch events can move the
+    app. Running must follow the last Deployment becoming available within a second, and the
+    app cost at most its 5 creates, kopf's finalizer and 2 status patches (no Normal Events)."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "CLUSTEROUS_RESYNC_SECONDS": "3600"}
+    log = (tmp_path / "operator.log").open("w")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "kopf", *OPERATOR_ARGS], env=env, stdout=log, stderr=log
+    )
+    try:
+        before = len(requests_written(cluster))
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
+
+        def available() -> bool:
+            return all(
+                deployment(cluster, n) and rolled_out(cluster, n) and replicas(cluster, n)
+                for n in ("demo-master", "demo-engine")
+            )
+
+        available_at = None
+        deadline = time.monotonic() + WAIT
+        while True:
+            polled_at = time.monotonic()
+            if status(cluster).get("phase") == "Running":
+                break
+            assert time.monotonic() < deadline, (tmp_path / "operator.log").read_text()[-3000:]
+            if available_at is None and available():
+                available_at = time.monotonic()
+            time.sleep(0.02)
+        running_at = time.monotonic()
+        assert available()
+        # On a busy machine both can happen between two polls: then the delay is at most the
+        # time since the last poll that saw the app not Running.
+        since = available_at if available_at is not None else polled_at
+        assert running_at - since < 1.0, running_at - since
+        time.sleep(1.0)  # anything the operator still had to write
+        created, *writes = requests_written(cluster)[before:]  # the test's create, then the operator's
+        assert created == "POST /apis/clusterous.io/v1alpha1/namespaces/default/clusterapps"
+        assert len(writes) <= 8, "\n".join(writes)  # 5 creates, the finalizer, Deploying, Running
+        assert sum(w.endswith("/status") for w in writes) == 2 and not [w for w in writes if "/events" in w]
+    finally:
+        operator.terminate()
+        operator.wait(30)
+        log.close()
+
+
+def test_the_operator_serves_only_its_application_namespace(cluster, custom, tmp_path) -> None:
+    """As deployed (CLUSTEROUS_APP_NAMESPACE=default, writes granted only there): a ClusterApp
+    elsewhere is left alone — no finalizer, no children, no status, no 403 in the log."""
+    import subprocess
+    import sys
+    import time
+
+    cluster.create("v1/namespaces", {"metadata": {"name": "elsewhere"}})
+    other = clusterapp("stray")
+    other["metadata"]["namespace"] = "elsewhere"
+    custom.create_namespaced_custom_object(GROUP, VERSION, "elsewhere", PLURAL, other)
+    env = {**os.environ, "CLUSTEROUS_APP_NAMESPACE": "default"}
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kopf", *OPERATOR_ARGS], env=env, stdout=log, stderr=log
+        )
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, clusterapp())
+            cluster.wait_for(
+                lambda: status(cluster).get("phase") == "Running", timeout=WAIT, what="phase Running"
+            )
+            time.sleep(1.5)  # three resyncs
+        finally:
+            operator.terminate()
+            operator.wait(30)
+    stray = cluster.get("capp", "stray", "elsewhere")
+    assert not stray.get("status") and not stray["metadata"].get("finalizers")
+    assert cluster.list("apps/v1/deployments", "elsewhere") == []
+    assert "Forbidden" not in log_path.read_text() and "403" not in log_path.read_text()

@@ -106,6 +106,7 @@ BAD = [
     ("spec.sharedVolume.mountPath", "data", "spec.sharedVolume.mountPath", True),
     ("spec.tunnels.0.port", 70000, "spec.tunnels[0].port", True),
     ("spec.tunnels.0.component", "nobody", "spec.tunnels[0].component", False),
+    ("spec.tunnels.0.port", 9999, "spec.tunnels[0].port", False),  # master exposes 8888 only
     ("metadata.name", "x" * 60, "metadata.name", False),
 ]
 

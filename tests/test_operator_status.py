@@ -23,7 +23,7 @@ def capp(*components: dict, generation: int = 1, status: dict | None = None) -> 
     return body
 
 
-MASTER = {"name": "master", "group": "master", "image": "sim", "cpu": "1", "ports": [8888]}
+MASTER = {"name": "master", "group": "master", "image": "registry:5000/sim", "cpu": "1", "ports": [8888]}
 CRUNCH = {"name": "crunch", "group": "worker", "image": "sim", "replicas": 8, "cpu": "0.5"}
 ENGINE = {
     "name": "engine",
@@ -125,11 +125,45 @@ def test_auto_replicas_without_room_tell_the_user_to_scale() -> None:
     )
 
 
-def test_a_replica_larger_than_any_node_asks_for_larger_nodes() -> None:
+def test_a_cpu_larger_than_any_node_fails_naming_the_field_and_builds_nothing() -> None:
     body = capp({**ENGINE, "dependsOn": [], "cpu": "4"})
-    status = decide(body, NODES, now=NOW).status
-    assert condition(status, "Scheduled")["reason"] == "TooLarge"
-    assert "no worker node has 4 CPU (largest: 2) — use a larger worker instance type" in status["message"]
+    decision = decide(body, NODES, now=NOW)
+    assert decision.status["phase"] == "Failed" and decision.children == []
+    assert decision.status["message"].startswith(
+        "spec.components[0].cpu: expected at most 2, the most CPU free on a worker node"
+    )
+
+
+def system_pod(node_name: str, cpu: str, memory: str | None = None) -> dict:
+    """A pod of no application (a DaemonSet's, CoreDNS)."""
+    requests = {"cpu": cpu, **({"memory": memory} if memory else {})}
+    return {
+        "metadata": {"namespace": "kube-system", "labels": {"app": "node-agent"}},
+        "spec": {"nodeName": node_name, "containers": [{"resources": {"requests": requests}}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_a_cpu_that_fits_only_beside_no_system_pod_fails_but_other_apps_do_not_count() -> None:
+    """The check counts the cluster's own pods (they stay), not other apps' (they quit)."""
+    nodes = [node("m1", "master"), node("w1", "worker", "2")]
+    body = capp({**ENGINE, "dependsOn": [], "cpu": "1900m", "replicas": 1})
+    failed = decide(body, nodes, [system_pod("w1", "250m")], now=NOW).status
+    assert failed["message"].startswith("spec.components[0].cpu: expected at most 1750m"), failed["message"]
+    other = pod("x", node_name="w1")
+    other["metadata"]["labels"][APP_LABEL] = "other-app"
+    pending = decide(body, nodes, [other], now=NOW).status
+    assert pending["phase"] == "Pending" and "scale worker 2" in pending["message"]
+
+
+def test_the_scale_hint_counts_what_a_new_node_holds_beside_the_system_pods() -> None:
+    """2-CPU workers with a 500m agent on each hold one 1-CPU replica a node, not two: 3
+    replicas more than the 1 placed need 3 more nodes (the hint said 2 with bare nodes)."""
+    nodes = [node("m1", "master"), node("w1", "worker", "2")]
+    body = capp({**ENGINE, "dependsOn": [], "replicas": 4})
+    status = decide(body, nodes, [system_pod("w1", "500m")], now=NOW).status
+    assert "3 of 4 engine replicas Pending" in status["message"], status["message"]
+    assert "`clusterous-k8s scale worker 4`" in status["message"]
 
 
 def test_a_group_with_no_usable_node_says_so() -> None:
@@ -148,8 +182,7 @@ def test_dependents_wait_and_the_status_says_for_what() -> None:
     assert engine["state"] == "Waiting" and engine["message"] == "engine waiting for master (0/1 ready)"
     assert condition(decision.status, "Ready")["reason"] in ("ReplicasNotReady", "WaitingForDependency")
     assert decision.status["phase"] == "Deploying"
-    held = next(c for c in decision.children if c["metadata"]["name"] == "sim-engine")
-    assert held["spec"]["replicas"] == 0
+    assert [c["kind"] for c in decision.children if c["metadata"]["name"] == "sim-engine"] == ["Service"]
 
 
 def test_dependents_start_once_dependencies_are_ready_and_are_not_stopped_again() -> None:
@@ -177,6 +210,16 @@ def test_failing_containers_name_the_reason_and_the_next_step(reason, hint) -> N
     assert status["phase"] == "Pending"
     assert reason in status["message"] and hint in status["message"]
     assert condition(status, "Ready")["reason"] == "ContainersFailing"
+
+
+def test_a_public_image_that_cannot_be_pulled_names_where_it_comes_from() -> None:
+    body = capp({**MASTER, "image": "ubuntu:nosuchtag"})
+    deployments = running_deployments(body, ready={"master": 0})
+    status = decide(body, NODES, [pod("master", waiting="ErrImagePull")], deployments, now=NOW).status
+    assert (
+        "can docker.io/library/ubuntu:nosuchtag be pulled? A short name is Docker Hub's" in status["message"]
+    )
+    assert "build-image" not in status["message"]
 
 
 def test_degraded_when_replicas_are_lost_after_running() -> None:

@@ -1,16 +1,21 @@
 """kopf and kubernetes as the cluster runs them: one lock, used by the operator pod, its image and CI.
 
-`operator/clusterous_operator/requirements.txt` is the operator's lock. The pod installs it
-(`operator_bundle.REQUIREMENTS`, rendered into the operator Deployment), the Dockerfile installs
-it, and `.ci/run` installs the project with it as pip's constraints file (`-c`), so the tests
-exercise exactly the kopf and kubernetes the cluster runs. These tests fail when any of the four
+`operator/clusterous_operator/requirements.txt` is the operator's lock: every distribution of
+the closure of kopf, kubernetes and pyyaml, each with the sha256 of its wheels. The pod installs
+it with `pip install --require-hashes` once per lock hash into a cache on the controller
+(operator-start.sh, run here with a recording stand-in for python), the Dockerfile installs it
+the same way, and `.ci/run` installs the project with it (hashes stripped) as pip's constraints
+file, so the tests exercise exactly what the cluster runs. These tests fail when any of them
 drift apart — including an environment where other versions were installed by hand.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,16 +34,30 @@ LOCK = REPO / "operator" / "clusterous_operator" / operator_bundle.LOCK_FILE
 
 def lock() -> dict[str, str]:
     pins = {}
-    for line in operator_bundle.read_lock():
-        name, _, version = line.partition("==")
-        assert version and re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), f"not name==version: {line!r}"
+    for name, (version, _) in operator_bundle.read_lock().items():
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), f"not name==version: {name}=={version}"
         pins[canonicalize_name(name)] = version
     return pins
 
 
-def test_the_lock_pins_kopf_kubernetes_and_pyyaml_exactly():
-    assert set(lock()) == {"kopf", "kubernetes", "pyyaml"}
-    assert operator_bundle.REQUIREMENTS == tuple(f"{name}=={version}" for name, version in lock().items())
+def test_the_lock_pins_the_closure_of_kopf_kubernetes_and_pyyaml_with_hashes():
+    entries = operator_bundle.read_lock()
+    assert set(operator_bundle.DIRECT) <= set(lock())
+    assert operator_bundle.REQUIREMENTS == tuple(f"{name}=={lock()[name]}" for name in operator_bundle.DIRECT)
+    for name, (_, hashes) in entries.items():
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+    # closed: what each locked distribution requires (on the image's CPython 3.12 on Linux) is locked too
+    env = {"python_version": "3.12", "python_full_version": "3.12.11", "sys_platform": "linux"}
+    env |= {"platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython", "extra": ""}
+    env |= {"platform_python_implementation": "CPython", "platform_machine": "x86_64"}
+    for name, version in lock().items():
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is not None and not requirement.marker.evaluate(env):
+                continue
+            dependency = canonicalize_name(requirement.name)
+            assert dependency in lock(), f"{name} {version} needs {requirement}, which the lock lacks"
+            assert requirement.specifier.contains(lock()[dependency], prereleases=True), (name, requirement)
 
 
 def test_the_installed_versions_are_the_locked_ones():
@@ -46,34 +65,133 @@ def test_the_installed_versions_are_the_locked_ones():
     installed = {name: importlib.metadata.version(name) for name in lock()}
     assert installed == lock(), (
         f"installed {installed}, the operator's lock says {lock()}: "
-        f"pip install -c {LOCK.relative_to(REPO)} -e '.[test]'"
+        f"pip install -c <(sed '/--hash=/d; s/ *\\\\$//' {LOCK.relative_to(REPO)}) -e '.[test]'"
     )
 
 
 def test_ci_installs_with_the_lock_as_constraints():
     script = (REPO / ".ci" / "run").read_text()
     installs = [line for line in script.replace("\\\n", " ").splitlines() if "pip install" in line]
-    assert any(f"-c {LOCK.relative_to(REPO)}" in line and ".[test]" in line for line in installs), installs
+    assert any("-c <(sed -e '/--hash=/d'" in line and f"{LOCK.relative_to(REPO)})" in line and ".[test]" in line
+               for line in installs), installs  # fmt: skip
 
 
-def test_the_operator_image_installs_the_same_lock():
+def test_the_operator_image_is_the_deployments_pinned_by_digest_and_installs_the_lock_with_hashes():
     dockerfile = (REPO / "operator" / "Dockerfile").read_text()
+    assert f"FROM {operator_bundle.OPERATOR_IMAGE}\n" in dockerfile
+    assert re.fullmatch(
+        r"python:3\.12\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", operator_bundle.OPERATOR_IMAGE
+    )
     assert f"COPY clusterous_operator/{operator_bundle.LOCK_FILE} " in dockerfile
-    assert re.search(r"pip install -r \S*requirements\.txt", dockerfile)
+    assert re.search(
+        r"pip install --require-hashes --no-deps --only-binary=:all: -r \S*requirements\.txt", dockerfile
+    )
     assert "==" not in dockerfile  # no second set of pins
 
 
-def test_the_operator_deployment_installs_the_lock():
-    """The pod's start script pip-installs CLUSTEROUS_OPERATOR_REQUIREMENTS: the lock's lines."""
+def rendered_operator() -> list[dict]:
     inputs = SimpleNamespace(
         cluster_name="pins", region="us-east-1", bucket="b", bucket_region=None, k3s_version="v1.33.1+k3s1",
         controller_ip="10.0.0.5", logging_level=0,
     )  # fmt: skip
     filled = addons.fill(addons.template("operator.yaml"), addons.values_for(inputs), "operator.yaml")
-    (deployment,) = [d for d in yaml.safe_load_all(filled) if d and d["kind"] == "Deployment"]
+    return [d for d in yaml.safe_load_all(filled) if d]
+
+
+def test_the_operator_deployment_runs_the_pinned_image_and_gets_the_lock_with_its_code():
+    (deployment,) = [d for d in rendered_operator() if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["CLUSTEROUS_OPERATOR_REQUIREMENTS"].split() == list(operator_bundle.REQUIREMENTS)
+    assert container["image"] == operator_bundle.OPERATOR_IMAGE
+    configmap = operator_bundle.code_configmap()
+    assert configmap["data"][operator_bundle.LOCK_FILE] == LOCK.read_text()  # what start.sh installs
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["code"]["configMap"]["name"] == operator_bundle.CONFIGMAP
+    assert mounts["code"] == "/opt/clusterous/code" and "hostPath" in volumes["site"]  # the cache survives
+
+
+def start_operator(tmp_path: Path, lock_text: str) -> list[str]:
+    """Run operator-start.sh as the pod would, with a stand-in `python` that records its
+    arguments (and creates pip's --target); returns the recorded lines so far."""
+    bin_dir, log, code = tmp_path / "bin", tmp_path / "python.log", tmp_path / "code"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        for tool in ("sh", "rm", "mv", "touch", "mkdir", "sha256sum", "cut"):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+        (bin_dir / "python").write_text(
+            '#!/bin/sh\necho "python $*" >>"$LOG"\n'
+            'prev=""; for a; do [ "$prev" = --target ] && mkdir -p "$a"; prev="$a"; done\n'
+        )
+        (bin_dir / "python").chmod(0o755)
+        code.mkdir()
+    (code / "start.sh").write_text(operator_bundle.start_script())
+    (code / operator_bundle.LOCK_FILE).write_text(lock_text)
+    env = {
+        "PATH": str(bin_dir), "LOG": str(log), "CLUSTEROUS_CODE_DIR": str(code),
+        "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site"), "CLUSTEROUS_OPERATOR_MODULE": operator_bundle.OPERATOR_MODULE,
+    }  # fmt: skip
+    result = subprocess.run(
+        [str(bin_dir / "sh"), str(code / "start.sh")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines()
+
+
+def test_the_pod_installs_the_lock_with_hashes_once_per_lock_hash(tmp_path):
+    lock_text = operator_bundle.lock_text()
+    start_operator(tmp_path, lock_text)
+    lines = start_operator(tmp_path, lock_text)  # a restart: the cache on the host is used
+    installs = [line for line in lines if " pip install " in line]
+    assert len(installs) == 1
+    assert (
+        "--require-hashes" in installs[0]
+        and "--no-deps" in installs[0]
+        and "--only-binary=:all:" in installs[0]
+    )
+    assert installs[0].endswith(f"-r {tmp_path}/code/{operator_bundle.LOCK_FILE}")
+    assert (tmp_path / "site" / f"site-{operator_bundle.lock_hash()}" / ".complete").exists()
+    assert operator_bundle.lock_hash() == hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
+    runs = [line for line in lines if " kopf run " in line]
+    assert len(runs) == 2 and runs[0].endswith(f"-m {operator_bundle.OPERATOR_MODULE}")
+    lines = start_operator(tmp_path, lock_text + "# a new version\n")  # a new lock: installed anew
+    assert len([line for line in lines if " pip install " in line]) == 2
+
+
+def test_rbac_writes_only_in_the_application_namespace():
+    docs = rendered_operator()
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    writes = {"create", "update", "patch", "delete"}
+    cluster_writes = {
+        (group, resource)
+        for rule in cluster_role["rules"]
+        if writes & set(rule["verbs"])
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert cluster_writes == {("kopf.dev", "clusterkopfpeerings")}  # kopf's peering only
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    from clusterous_cli.apps import NAMESPACE  # where `run` applies every ClusterApp
+
+    assert (
+        role["metadata"]["namespace"]
+        == binding["metadata"]["namespace"]
+        == env["CLUSTEROUS_APP_NAMESPACE"]
+        == NAMESPACE
+    )
+    granted = {
+        (g, r): set(rule["verbs"])
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    assert {"create", "delete"} <= granted[("apps", "deployments")] & granted[("", "services")]
+    assert {"patch"} <= granted[("clusterous.io", "clusterapps/status")] & granted[
+        ("clusterous.io", "clusterapps")
+    ]
+    assert not any("*" in verbs or "*" in key for key, verbs in granted.items())
 
 
 def test_the_project_ranges_admit_the_locked_versions():

@@ -681,7 +681,10 @@ def test_run_deploys_the_built_image_by_its_digest(
         result = cli(["run", str(app / "env.yml"), "--no-wait"])
         assert result.exit_code == 0, result.output
         (built,) = pushed
-        assert k8s_api.get("capp", "pinned")["spec"]["components"][0]["image"] == f"sim@{built.digest}"
+        assert (
+            k8s_api.get("capp", "pinned")["spec"]["components"][0]["image"]
+            == f"registry:5000/sim@{built.digest}"
+        )
 
         def container_image():
             deployment = k8s_api.get("apps/v1/deployments", "pinned-main", "default")

@@ -133,3 +133,36 @@ def test_no_credentials_says_how_to_get_them(no_aws, cli, isolated_config):
     result = cli(["setup", "--region", "eu-west-1", "--yes"])
     assert result.exit_code == 1
     assert "no AWS credentials" in result.stderr and "aws configure" in result.stderr
+
+
+def test_a_bucket_the_user_brings_keeps_its_owners_settings(aws, cli, isolated_config):
+    """setup and up configure (public-access block, encryption) only a bucket they created."""
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="lab-data")
+    s3.put_bucket_encryption(
+        Bucket="lab-data",
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "k"}}
+            ]
+        },
+    )
+    own_block = {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": False,
+        "RestrictPublicBuckets": False,
+    }
+    s3.put_public_access_block(Bucket="lab-data", PublicAccessBlockConfiguration=own_block)
+    aws.reset_calls()
+    result = cli(["setup", "--region", "us-east-1", "--bucket", "lab-data", "--yes"])
+    assert result.exit_code == 0, result.output
+    up = cli(
+        ["up", "--ssh-cidr", "198.51.100.7/32", "--name", "bring", "--workers", "0", "--no-wait", "--yes"]
+    )
+    assert up.exit_code == 0, up.output
+    assert s3.get_public_access_block(Bucket="lab-data")["PublicAccessBlockConfiguration"] == own_block
+    rule = s3.get_bucket_encryption(Bucket="lab-data")["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    writes = ("PutPublicAccessBlock", "PutBucketEncryption", "PutBucketTagging", "PutBucketPolicy")
+    assert [op for _, op in aws.calls() if op in writes] == []

@@ -93,12 +93,24 @@ def test_jump_host_reaches_the_controller(sshd: SshServer) -> None:
 
     argv = [*ssh.openssh_argv(endpoint), endpoint.host, "echo", "ok"]
     assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout == "ok\n"
+    from clusterous_cli import controlmaster  # the tunnel supervisor's master goes through it too
+
+    master = controlmaster.Master.start(endpoint, controlmaster.openssh_binary() or "ssh")
+    try:
+        assert master.alive(5)
+    finally:
+        master.close()
 
 
 def test_unreachable_controller_is_a_failure(controller) -> None:  # noqa: F811
+    from clusterous_cli import controlmaster
+
     controller.sshd.stop()
     with pytest.raises(Failure, match="cannot reach the controller"):
         ssh.connect(controller.endpoint)
+    with pytest.raises(Failure, match="cannot reach the controller") as failed:
+        controlmaster.Master.start(controller.endpoint, controlmaster.openssh_binary() or "ssh")
+    assert not isinstance(failed.value, hostkeys.Refusal)  # the network: worth retrying
 
 
 def test_wrong_key_is_refused(controller, tmp_path) -> None:  # noqa: F811
@@ -129,3 +141,55 @@ def test_missing_controller_record_is_bad_input(cli) -> None:
     result = cli(["tunnel", "add", "18080:10.0.0.1:80"])
     assert result.exit_code == 2
     assert "controller.yml" in result.output and "is the cluster up" in result.output
+
+
+INSTANCE = "i-0123456789abcdef0"
+
+
+def _reach_all_ways(ref) -> None:
+    """paramiko, the OpenSSH command (rsync's) and the tunnel supervisor's ControlMaster."""
+    import subprocess
+
+    from clusterous_cli import controlmaster
+
+    endpoint = load_endpoint(ref)
+    with ssh.connect_cluster(ref) as conn:
+        assert conn.run(["echo", "ok"])[1] == b"ok\n"
+    argv = [*ssh.openssh_argv(endpoint), endpoint.host, "echo", "ok"]
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout == "ok\n"
+    master = controlmaster.Master.start(endpoint, controlmaster.openssh_binary() or "ssh")
+    try:
+        assert master.alive(5)
+    finally:
+        master.close()
+
+
+def test_host_key_pinned_under_the_instance_id_survives_a_new_address(sshd: SshServer, cli) -> None:
+    """Issue 14 item 9: a stop/start gives the controller a new public address, not a new key."""
+    made = make_controller(sshd, instance_id=INSTANCE)
+    pinned = made.endpoint.known_hosts.read_text()
+    assert pinned.startswith(f"{INSTANCE} ssh-ed25519 ") and sshd.host not in pinned
+    _reach_all_ways(made.ref)
+
+    moved = type(made.endpoint)(**{**made.endpoint.__dict__, "host": "localhost"})  # a new address
+    write_endpoint(made.ref, moved)
+    _reach_all_ways(made.ref)  # no relearn
+    listed = cli(["host-key", "--json"])
+    assert listed.exit_code == 0 and f'"host": "{INSTANCE}"' in listed.stdout
+
+
+def test_a_pin_keyed_by_address_moves_to_the_instance_id_once(sshd: SshServer) -> None:
+    """Clusters pinned before keys were keyed by instance id keep working, then survive a move."""
+    made = make_controller(sshd)  # pinned under [127.0.0.1]:port, no instance id known
+    address_pin = made.endpoint.known_hosts.read_text()
+    assert address_pin.startswith(f"[{sshd.host}]:{sshd.port} ")
+    write_endpoint(made.ref, type(made.endpoint)(**{**made.endpoint.__dict__, "instance_id": INSTANCE}))
+    _reach_all_ways(made.ref)
+    assert made.endpoint.known_hosts.read_text() == address_pin.replace(
+        f"[{sshd.host}]:{sshd.port}", INSTANCE
+    )
+    write_endpoint(
+        made.ref,
+        type(made.endpoint)(**{**made.endpoint.__dict__, "instance_id": INSTANCE, "host": "localhost"}),
+    )
+    _reach_all_ways(made.ref)

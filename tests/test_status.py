@@ -113,3 +113,42 @@ def test_help_of_every_command_has_an_example(cli):
     ]:
         result = cli([command, "--help"])
         assert result.exit_code == 0 and "Example:" in result.stdout, command
+
+
+def test_status_without_a_pinned_host_key_never_imports_kubernetes(aws, cli, cli_subprocess):
+    """`status` right after `up --no-wait`: the missing pin is reported before the (slow) import."""
+    make_profile(cli)
+    assert cli([*UP, "--name", "quick", "--workers", "0"]).exit_code == 0
+    probe = (
+        "import sys; from clusterous_cli.main import run; code = run(['status', '--name', 'quick', '--json']); "
+        "print('kubernetes imported' if 'kubernetes' in sys.modules else 'kubernetes not imported', file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "kubernetes not imported" in proc.stderr
+    assert "host key" in json.loads(proc.stdout)["applications_error"]
+
+
+def test_the_region_list_is_read_from_botocore_once_and_cached(aws, cli, isolated_config, tmp_path):
+    import botocore
+
+    cache = tmp_path / "xdg-cache" / "clusterous-k8s" / f"regions-botocore-{botocore.__version__}.json"
+    make_profile(cli)
+    assert cli(["clusters"]).exit_code == 0
+    regions = json.loads(cache.read_text())
+    assert "us-east-1" in regions and "eu-west-1" in regions
+    cache.write_text("not json")  # a damaged cache is read again from botocore
+    assert cli(["clusters", "--region", "eu-west-1"]).exit_code == 0
+    assert json.loads(cache.read_text()) == regions
+
+
+def test_scale_with_a_misspelt_instance_type_is_bad_input(aws, cli):
+    make_profile(cli)
+    result = cli(["scale", "gpu", "1", "--instance-type", "g4dn.xlarg", "--name", "none", "--yes"])
+    assert result.exit_code == 2, result.output
+    assert "--instance-type" in result.stderr and "g4dn.xlarge" in result.stderr
+    assert aws.calls("RunInstances") == []

@@ -57,7 +57,7 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
     controller = by_role["controller"][0]
     assert controller["SubnetId"] == subnets["subnet-public"]
     assert controller["PrivateIpAddress"].endswith(".10") and controller.get("PublicIpAddress")
-    assert controller["IamInstanceProfile"]["Arn"].endswith("clusterous-alpha-controller")
+    assert controller["IamInstanceProfile"]["Arn"].endswith("alpha-us-east-1-controller")
     for node in by_role["master"] + by_role["worker"]:
         assert node["SubnetId"] == subnets["subnet-private"]
         assert not node.get("PublicIpAddress")
@@ -109,7 +109,7 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
 
     # IAM: the controller may use the registry bucket and nothing else.
     iam = aws.client("iam")
-    policy = iam.get_role_policy(RoleName="clusterous-alpha-controller", PolicyName="registry-bucket")[
+    policy = iam.get_role_policy(RoleName="alpha-us-east-1-controller", PolicyName="registry-bucket")[
         "PolicyDocument"
     ]
     policy = policy if isinstance(policy, dict) else json.loads(policy)
@@ -120,9 +120,19 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
         for s in policy["Statement"]
         for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
     }
-    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/clusterous/registry/*"}
+    listing = [s for s in policy["Statement"] if "s3:ListBucket" in s["Action"]]
+    assert listing == [
+        {
+            "Sid": "RegistryPrefixListing",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": f"arn:aws:s3:::{bucket}",
+            "Condition": {"StringLike": {"s3:prefix": ["clusterous/registry", "clusterous/registry/*"]}},
+        }
+    ]
     assert all(a.startswith("s3:") and "*" not in a for s in policy["Statement"] for a in s["Action"])
-    assert iam.list_attached_role_policies(RoleName="clusterous-alpha-controller")["AttachedPolicies"] == []
+    assert iam.list_attached_role_policies(RoleName="alpha-us-east-1-controller")["AttachedPolicies"] == []
 
     # The bucket: private and encrypted.
     s3 = aws.client("s3")
@@ -295,6 +305,9 @@ def test_profile_key_pair_is_used_and_kept(aws, cli):
         (["--ami", "ami-00000000000000000"], "--ami"),
         (["--os", "ubuntu-24.04"], "/aws/service/canonical"),
         (["--worker-type", "x9.huge"], "x9.huge"),
+        (["--worker-type", "m7g.large"], "--worker-type: expected an instance type that runs x86_64"),
+        (["--controller-type", "t4g.medium"], "the AMI ami-"),
+        (["--ssh-cidr", "not-a-network"], "--ssh-cidr"),
     ],
 )
 def test_bad_input_found_by_aws_creates_nothing(aws, cli, argv, expected):
@@ -446,3 +459,107 @@ def test_spot_is_for_node_groups_never_the_controller(aws, cli):
         lifecycle.setdefault(role, set()).add(instance.get("InstanceLifecycle", "on-demand"))
     assert lifecycle == {"controller": {"on-demand"}, "master": {"spot"}, "worker": {"spot"}}
     assert cli(["down", "spotty", "--yes", "--delete-shared-volume"]).exit_code == 0
+
+
+def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):
+    make_profile(cli)
+    base = ["up", "--name", "wide", "--workers", "0", "--no-wait"]
+    refused = cli([*base, "--ssh-cidr", "0.0.0.0/0"], input="n\n")
+    assert refused.exit_code == 1
+    assert "opens SSH (port 22) on the controller to every address on the internet" in refused.output
+    assert sum(count_tagged(aws, "wide").values()) == 0
+    accepted = cli([*base, "--ssh-cidr", "0.0.0.0/0", "--yes"])
+    assert accepted.exit_code == 0, accepted.output
+    assert "warning: --ssh-cidr 0.0.0.0/0 opens SSH" in accepted.stderr
+    narrow = cli([*base, "--name", "narrow", "--ssh-cidr", "10.1.0.0/16"], input="y\n")
+    assert narrow.exit_code == 0 and "opens SSH" not in narrow.output
+
+
+def test_the_same_name_in_two_regions_is_two_clusters_down_to_iam(aws, cli, monkeypatch):
+    """IAM names are account-wide: a second region's `up` and `down` never touch the first's role."""
+    make_profile(cli)
+    assert cli([*UP, "--name", "twin", "--workers", "0"]).exit_code == 0
+    iam = aws.client("iam")
+    first = iam.get_role_policy(RoleName="twin-us-east-1-controller", PolicyName="registry-bucket")
+    second = cli([*UP, "--name", "twin", "--workers", "0", "--region", "eu-west-1"])
+    assert second.exit_code == 0, second.output
+    roles = sorted(r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"])
+    assert roles == ["twin-eu-west-1-controller", "twin-us-east-1-controller"]
+    assert (
+        iam.get_role_policy(RoleName="twin-us-east-1-controller", PolicyName="registry-bucket")[
+            "PolicyDocument"
+        ]
+        == first["PolicyDocument"]
+    )
+    down = cli(["down", "twin", "--region", "eu-west-1", "--yes", "--delete-shared-volume"])
+    assert down.exit_code == 0, down.output
+    assert [r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"]] == [
+        "twin-us-east-1-controller"
+    ]
+    assert iam.get_instance_profile(InstanceProfileName="twin-us-east-1-controller")["InstanceProfile"][
+        "Roles"
+    ]
+
+
+def test_iam_names_not_tagged_as_ours_are_never_adopted_or_deleted(aws, cli):
+    make_profile(cli)
+    iam = aws.client("iam")
+    iam.create_role(  # someone else's role that happens to have our name
+        RoleName="omega-us-east-1-controller",
+        Path="/clusterous/",
+        AssumeRolePolicyDocument='{"Version": "2012-10-17", "Statement": []}',
+    )
+    result = cli([*UP, "--name", "omega", "--workers", "0"])
+    assert result.exit_code == 2, result.output
+    assert "--name" in result.stderr and "IAM role omega-us-east-1-controller" in result.stderr
+    assert sum(count_tagged(aws, "omega").values()) == 0
+    assert iam.list_role_policies(RoleName="omega-us-east-1-controller")["PolicyNames"] == []
+    assert cli(["down", "omega", "--yes"]).exit_code == 0
+    assert iam.get_role(RoleName="omega-us-east-1-controller")["Role"]
+
+
+def test_the_controllers_s3_rights_stop_at_the_prefix_the_registry_writes():
+    """The policy's prefix is the registry's root directory as its S3 driver writes keys (no
+    leading '/'): a change to either must change both."""
+    from pathlib import Path
+
+    from clusterous_provisioner import apply
+
+    manifest = (Path(__file__).parents[1] / "manifests" / "registry.yaml").read_text()
+    root = manifest.split("REGISTRY_STORAGE_S3_ROOTDIRECTORY", 1)[1].split("value:", 1)[1].splitlines()[0]
+    assert root.strip().strip("\"'").lstrip("/") == apply.REGISTRY_PREFIX
+    objects = [s for s in apply.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
+    assert objects["Resource"] == f"arn:aws:s3:::b/{apply.REGISTRY_PREFIX}/*"
+
+
+def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again(aws, cli, isolated_config):
+    from tests.harness.faults import SimulatedCrash
+
+    make_profile(cli)
+    aws.realism.crash_after("CreateKeyPair")  # AWS made the key pair; the key never reached the disk
+    with pytest.raises(SimulatedCrash):
+        cli([*UP, "--name", "kp", "--workers", "0"])
+    assert aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-kp"])["KeyPairs"]
+    key_file = isolated_config / "clusters" / "default" / "kp" / "clusterous-kp.pem"
+    assert not key_file.exists()
+    aws.reset_calls()
+    again = cli([*UP, "--name", "kp", "--workers", "0"])
+    assert again.exit_code == 0, again.output
+    assert [op for _, op in aws.calls() if op.endswith("KeyPair")] == ["DeleteKeyPair", "CreateKeyPair"]
+    assert "PRIVATE KEY" in key_file.read_text()
+    fingerprint = aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-kp"])["KeyPairs"][0]
+    assert {i["KeyName"] for i in tagged(aws, "kp")["instances"]} == {fingerprint["KeyName"]}
+
+
+def test_a_lost_private_key_of_running_instances_stops_up_with_how_to_recover(aws, cli, isolated_config):
+    make_profile(cli)
+    assert cli([*UP, "--name", "lost", "--workers", "0"]).exit_code == 0
+    key_file = isolated_config / "clusters" / "default" / "lost" / "clusterous-lost.pem"
+    key_file.unlink()
+    before = count_tagged(aws, "lost")
+    result = cli([*UP, "--name", "lost", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "instance(s) use it" in result.stderr and str(key_file) in result.stderr
+    assert "clusterous-k8s down lost" in result.stderr
+    assert count_tagged(aws, "lost") == before  # no instance nobody can reach
+    assert aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-lost"])["KeyPairs"]

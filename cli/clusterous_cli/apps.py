@@ -9,6 +9,7 @@ when the ClusterApp is already gone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from clusterous_cli.endpoint import ClusterRef
 from clusterous_provisioner.errors import Failure
@@ -16,10 +17,32 @@ from clusterous_provisioner.errors import Failure
 GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
+TOKEN_FILE = "app-token"
+TOKEN_PARAM = "token"
 CONFLICT_ATTEMPTS = 5  # a read-modify-replace overtaken by another writer (409) is redone
 
 
 # --- the ClusterApp --------------------------------------------------------------------------
+
+
+def app_token(directory: Path | None) -> str:
+    """`$token` of environment files: a secret for the web UIs apps serve through their tunnels
+    (the Dask example's Jupyter; its tunnel message shows it in the URL). A UI bound to 0.0.0.0
+    in a pod has no host check, so without a token any web page open on the laptop could reach
+    it through the tunnel. Kept in the cluster's config directory (0600), so each `run` gives
+    the pods the same one (no restart); without a cluster (`convert`) a fresh one."""
+    import secrets
+
+    from clusterous_cli import config
+
+    if directory is None:
+        return secrets.token_urlsafe(24)
+    path = directory / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    config.write_private(path, token + "\n")
+    return token
 
 
 def _custom(api):
@@ -68,6 +91,91 @@ def apply(api, clusterapp: dict, namespace: str = NAMESPACE) -> str:
         except Exception as exc:  # noqa: BLE001
             raise api_failure(f"updating ClusterApp {name}", exc) from None
     return "updated"
+
+
+def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESPACE) -> list[str]:
+    """The operator's own checks against the cluster's nodes and the pods already on them
+    (`check_against_cluster`: groups exist, an explicit cpu or memory fits a node), before
+    anything is copied, built or applied: BadInput naming `source` and the field. Returns
+    warnings: node groups whose nodes no application uses (they sit idle and cost money)."""
+    from clusterous_cli.envfile import source_field
+    from clusterous_cli.kubeapi import api_failure
+    from clusterous_operator.placement import GROUP_LABEL, node_groups
+    from clusterous_operator.reconcile import check_against_cluster
+    from clusterous_operator.spec import SpecError, parse_app
+    from clusterous_provisioner.errors import BadInput
+
+    try:
+        nodes, pods = _list(api, "list_node"), _list(api, "list_pod_for_all_namespaces")
+        others = [
+            a for a in list_apps(api, namespace) if a["metadata"]["name"] != clusterapp["metadata"]["name"]
+        ]
+    except Failure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise api_failure("reading the cluster's nodes and pods", exc) from None
+    body = {**clusterapp, "metadata": {**clusterapp["metadata"], "namespace": namespace}}
+    try:
+        check_against_cluster(parse_app(body), nodes, pods)
+    except SpecError as error:
+        raise BadInput(source, source_field(clusterapp, error.field), error.expected, error.got) from None
+    used = {c.get("group") for a in [body, *others] for c in (a.get("spec") or {}).get("components") or []}
+    warnings = []
+    for group in sorted(node_groups(nodes) - used):
+        count = sum(
+            1 for n in nodes if ((n.get("metadata") or {}).get("labels") or {}).get(GROUP_LABEL) == group
+        )
+        warnings.append(
+            f"warning: no component uses node group {group}: its {count} node(s) sit idle and cost "
+            f"money (`clusterous-k8s scale {group} 0` removes them)"
+        )
+    return warnings
+
+
+PSA = "pod-security.kubernetes.io/"
+
+
+def pod_security_labels(clusterapps: list[dict]) -> dict[str, str]:
+    """The Pod Security labels of the application namespace: `baseline` enforced (what every
+    application pod meets: no host namespaces, ports, paths or privileges) unless an app there
+    asks for hostNetwork (`docker_network: host`), which baseline forbids: then `privileged`
+    is enforced while `baseline` still warns and audits, so such pods are visible."""
+    host = any(
+        c.get("hostNetwork") for app in clusterapps for c in (app.get("spec") or {}).get("components") or []
+    )
+    level = "privileged" if host else "baseline"
+    return {f"{PSA}enforce": level, f"{PSA}warn": "baseline", f"{PSA}audit": "baseline"}
+
+
+def ensure_pod_security(api, clusterapp: dict, namespace: str = NAMESPACE) -> str | None:
+    """Label the namespace for this app and the others there (one patch, only on a change);
+    returns the enforced level when it changed."""
+    from kubernetes import client
+
+    from clusterous_cli.kubeapi import api_failure
+
+    name = clusterapp["metadata"]["name"]
+    others = [a for a in list_apps(api, namespace) if a["metadata"]["name"] != name]
+    wanted = pod_security_labels([clusterapp, *others])
+    core = client.CoreV1Api(api)
+    try:
+        current = core.read_namespace(namespace).metadata.labels or {}
+        if all(current.get(k) == v for k, v in wanted.items()):
+            return None
+        core.patch_namespace(namespace, {"metadata": {"labels": wanted}})
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise api_failure(f"labelling namespace {namespace} for Pod Security", exc) from None
+    return wanted[f"{PSA}enforce"]
+
+
+def _list(api, method: str) -> list[dict]:
+    """Every object a CoreV1Api list call returns, as plain JSON (what the operator sees)."""
+    import json
+
+    from kubernetes import client
+
+    response = getattr(client.CoreV1Api(api), method)(_preload_content=False)
+    return json.loads(response.data).get("items") or []
 
 
 def get(api, name: str, namespace: str = NAMESPACE) -> dict | None:
@@ -261,27 +369,32 @@ def open_tunnels(ref: ClusterRef, api, clusterapp: dict, namespace: str = NAMESP
 
     name = clusterapp["metadata"]["name"]
     wanted = (clusterapp.get("spec") or {}).get("tunnels") or []
+    hosts = [component_address(api, name, tunnel["component"], namespace) for tunnel in wanted]
     record = read_record(ref)
-    desired = tunnels.read_desired(ref)
     previous = set((record.get(name) or {}).get("tunnels") or [])
-    desired.tunnels = [t for t in desired.tunnels if t.local not in previous]
-    taken = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
     opened: list[tuple[int, str]] = []
-    for tunnel in wanted:
-        local = tunnel["localPort"]
-        if local in taken or (local not in previous and not tunnels.bindable(local)):
-            local = tunnels.next_free_port(local + 1, taken)
-        host = component_address(api, name, tunnel["component"], namespace)
-        desired.tunnels.append(
-            tunnels.Tunnel(
-                local=local, host=host, port=tunnel["port"], component=f"{name}-{tunnel['component']}"
+
+    def replace_app_tunnels(desired: tunnels.Desired) -> None:
+        """Under tunnels.yml's lock: other commands' tunnels added meanwhile are kept."""
+        opened.clear()
+        desired.tunnels = [t for t in desired.tunnels if t.local not in previous]
+        taken = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
+        for tunnel, host in zip(wanted, hosts, strict=True):
+            local = tunnel["localPort"]
+            if local in taken or (local not in previous and not tunnels.bindable(local)):
+                local = tunnels.next_free_port(local + 1, taken)
+            desired.tunnels.append(
+                tunnels.Tunnel(
+                    local=local, host=host, port=tunnel["port"], component=f"{name}-{tunnel['component']}"
+                )
             )
-        )
-        taken.add(local)
-        opened.append((local, fill_message(tunnel.get("message"), local)))
+            taken.add(local)
+            opened.append((local, fill_message(tunnel.get("message"), local)))
+
+    tunnels.update_desired(ref, replace_app_tunnels)
     record[name] = {"namespace": namespace, "tunnels": [port for port, _ in opened]}
     write_record(ref, record)
-    tunnels.apply(ref, desired, [port for port, _ in opened])
+    tunnels.apply(ref, None, [port for port, _ in opened])
     return opened
 
 
@@ -291,14 +404,16 @@ def close_tunnels(ref: ClusterRef, name: str) -> list[int]:
 
     record = read_record(ref)
     ports = list((record.pop(name, None) or {}).get("tunnels") or [])
-    desired = tunnels.read_desired(ref)
-    before = len(desired.tunnels)
-    desired.tunnels = [t for t in desired.tunnels if t.local not in ports]
-    if len(desired.tunnels) != before:
-        if tunnels.supervisor_pid(ref):
-            tunnels.apply(ref, desired, [])
-        else:
-            tunnels.write_desired(ref, desired)
+    dropped: list[bool] = []
+
+    def drop_app_tunnels(desired: tunnels.Desired) -> None:
+        before = len(desired.tunnels)
+        desired.tunnels = [t for t in desired.tunnels if t.local not in ports]
+        dropped.append(len(desired.tunnels) != before)
+
+    tunnels.update_desired(ref, drop_app_tunnels)
+    if dropped[0] and tunnels.supervisor_pid(ref):
+        tunnels.apply(ref, None, [])
     write_record(ref, record)
     return ports
 

@@ -50,10 +50,6 @@ class Built:
     digest: str
     built: bool
 
-    @property
-    def pinned(self) -> str:
-        return f"{self.name}@{self.digest}"
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -365,17 +361,18 @@ def _failure_reason(core, pod: str, outcome: str, tail: deque, ctx, settings: Se
 
 
 def pin_built_images(clusterapp: dict, built: list[Built]) -> dict:
-    """The ClusterApp with every component that runs a just-built NAME:TAG set to NAME@DIGEST, so
-    each node pulls exactly that image (a tag may move; a digest never does)."""
-    wanted = {resolve_image(f"{b.name}:{b.tag}"): b.pinned for b in built}
+    """The ClusterApp with every component that runs a just-built image of the cluster registry
+    (`registry:5000/NAME[:TAG]`, or its full name) set to `registry:5000/NAME@DIGEST`, so each
+    node pulls exactly that image (a tag may move; a digest never does). Other names (a short
+    name is Docker Hub's) are left alone."""
+    wanted = {resolve_image(f"{LEGACY_REGISTRY}/{b.name}:{b.tag}"): b for b in built}
     components = []
     for component in (clusterapp.get("spec") or {}).get("components") or []:
         image = component.get("image", "")
-        if image.startswith(LEGACY_REGISTRY + "/"):
-            image = image[len(LEGACY_REGISTRY) + 1 :]
         last = image.rsplit("/", 1)[-1]
-        full = resolve_image(image if ":" in last or "@" in last else f"{image}:latest")
-        components.append({**component, "image": wanted[full]} if full in wanted else component)
+        found = wanted.get(resolve_image(image if ":" in last or "@" in last else f"{image}:latest"))
+        pinned = f"{LEGACY_REGISTRY}/{found.name}@{found.digest}" if found else image
+        components.append({**component, "image": pinned})
     if not components:
         return clusterapp
     return {**clusterapp, "spec": {**clusterapp["spec"], "components": components}}

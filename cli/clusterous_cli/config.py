@@ -11,8 +11,12 @@ AWS credentials are never stored here: boto3's own chain supplies them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -53,6 +57,13 @@ def config_dir() -> Path:
     return Path(base) / "clusterous-k8s"
 
 
+def cache_dir() -> Path:
+    """What may be thrown away and fetched again (prices, the region list): $XDG_CACHE_HOME."""
+    from clusterous_provisioner.aws import cache_dir
+
+    return cache_dir()
+
+
 def settings_path() -> Path:
     return config_dir() / "config.yml"
 
@@ -73,14 +84,37 @@ def read_yaml(path: Path) -> dict:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 so a crash never leaves half a file."""
+    """Write atomically with mode 0600 so a crash never leaves half a file.
+
+    The temporary file has a unique name (concurrent writers never share one), and a symlink
+    stays a symlink: its target is what gets replaced (a ~/.kube/config kept in a dotfiles repo)."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:  # mkstemp creates it 0600
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An advisory lock (flock) for a read-modify-write of `path`, held on a side file: the file
+    itself is replaced by every write, and `<file>.lock` is client-go's own lock protocol."""
+    path = Path(os.path.realpath(path))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_name(f".{path.name}.clusterous-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _model(cls, data: dict, path: Path):
@@ -137,24 +171,27 @@ def save_profile(name: str, profile: Profile) -> Path:
 def remove_profile(name: str) -> None:
     load_profile(name)  # refuses unknown names with the usual message
     profile_path(name).unlink()
-    settings = load_settings()
-    if settings.current_profile == name:
-        settings.current_profile = None
-        save_settings(settings)
+    with locked(settings_path()):
+        settings = load_settings()
+        if settings.current_profile == name:
+            settings.current_profile = None
+            save_settings(settings)
 
 
 def use_profile(name: str) -> None:
     load_profile(name)
-    settings = load_settings()
-    settings.current_profile = name
-    save_settings(settings)
+    with locked(settings_path()):
+        settings = load_settings()
+        settings.current_profile = name
+        save_settings(settings)
 
 
 def set_current_cluster(profile_name: str, cluster: str | None) -> None:
     """The record that `workon` changes: which cluster commands act on by default."""
-    profile = load_profile(profile_name)
-    profile.current_cluster = cluster
-    save_profile(profile_name, profile)
+    with locked(profile_path(check_profile_name(profile_name))):
+        profile = load_profile(profile_name)
+        profile.current_cluster = cluster
+        save_profile(profile_name, profile)
 
 
 def cluster_dir(profile_name: str, cluster: str) -> Path:

@@ -5,6 +5,11 @@ unschedulable, every pod on it is evicted through the Eviction API (so PodDisrup
 are honoured; an API server that does not serve evictions gets a plain delete instead), except
 DaemonSet pods (they would come straight back) and static mirror pods; once the evicted pods are
 gone the Node object is deleted. `scale`/`rm-nodes` then terminate the instances.
+
+Waiting for the pods to go is a watch on the node's pods (`kubeapi.watch_objects`): the drain
+moves on the moment the API server reports the last one gone, and asks nothing while nothing
+changes. Only an eviction a PodDisruptionBudget refused (429) is retried on a timer, every 5 s,
+as `kubectl drain` does.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from clusterous_cli.kubeapi import watch_objects
 from clusterous_cli.readiness import REQUEST_TIMEOUT, _json, match_node
 from clusterous_provisioner.errors import Failure
 
@@ -20,6 +26,7 @@ FORCE_HINT = "pass --force to terminate without draining (the pods on those node
 Report = Callable[[str], None]
 # Answers are not turned into model classes: what a server sends back is not our business here.
 RAW = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+BLOCKED_RETRY = 5.0  # kubectl drain's wait before asking again for an eviction a budget refused
 
 
 def pods_to_evict(pods: list[dict]) -> tuple[list[dict], list[str]]:
@@ -56,10 +63,6 @@ def nodes_of(instances: list[dict], nodes: list[dict]) -> tuple[list[str], list[
     return names, missing
 
 
-def _pods_on(core, node: str) -> list[dict]:
-    return _json(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node}").get("items") or []
-
-
 def _evict(core, pod: dict) -> str:
     """'evicted', 'deleted' (no Eviction API), 'gone', or 'blocked' (a disruption budget says not now)."""
     from kubernetes.client import ApiException
@@ -86,7 +89,7 @@ def _evict(core, pod: dict) -> str:
     return "deleted"
 
 
-def drain_node(api, node: str, timeout: float, report: Report, sleep=time.sleep) -> dict:
+def drain_node(api, node: str, timeout: float, report: Report) -> dict:
     """Cordon, evict (retrying while a budget blocks), wait for the pods to go, delete the Node."""
     from kubernetes import client
     from kubernetes.client import ApiException
@@ -102,28 +105,31 @@ def drain_node(api, node: str, timeout: float, report: Report, sleep=time.sleep)
     deadline = time.monotonic() + timeout
     done: dict[str, list[str]] = {"evicted": [], "deleted": []}
     skipped: list[str] = []
+    waiting: list[str] = []
+    refused = False
     while True:
-        pending, skipped = pods_to_evict(_pods_on(core, node))
-        blocked = []
-        for pod in pending:
-            key = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
-            if pod["metadata"].get("deletionTimestamp"):
-                blocked.append(f"{key} (terminating)")
-                continue
-            result = _evict(core, pod)
-            if result in done and key not in done[result]:
-                done[result].append(key)
-                report(f"drain {node}: {result} {key}")
-            elif result == "blocked":
-                blocked.append(f"{key} (a PodDisruptionBudget allows no eviction now)")
-        if not pending:
+        # One watch until every pod is gone; a refused eviction ends it early so it is retried.
+        left = deadline - time.monotonic()
+        window = min(BLOCKED_RETRY, left) if refused else left
+        drained = False
+        for pods in watch_objects(
+            core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node}",
+            timeout=max(window, 0.1),
+            _request_timeout=max(left, 1) + REQUEST_TIMEOUT,
+        ):
+            pending, skipped = pods_to_evict([api.sanitize_for_serialization(p) for p in pods.values()])
+            if not pending:
+                drained = True
+                break
+            waiting, refused = _evict_all(core, node, pending, done, report)
+        if drained:
             break
         if time.monotonic() > deadline:
             raise Failure(
-                f"drain {node}: pods still on the node after {timeout:.0f} s: {', '.join(blocked) or 'see kubectl'}",
+                f"drain {node}: pods still on the node after {timeout:.0f} s: {', '.join(waiting) or 'see kubectl'}",
                 FORCE_HINT,
             )
-        sleep(min(2.0, max(0.1, timeout / 100)))
     try:
         core.delete_node(node, **RAW)
     except ApiException as exc:
@@ -131,6 +137,26 @@ def drain_node(api, node: str, timeout: float, report: Report, sleep=time.sleep)
             raise
     report(f"drain {node}: Node deleted")
     return {"node": node, **done, "skipped": skipped}
+
+
+def _evict_all(
+    core, node: str, pending: list[dict], done: dict[str, list[str]], report: Report
+) -> tuple[list[str], bool]:
+    """Ask for each pod not yet going: (the pods still there and why, whether a budget refused one)."""
+    waiting, refused = [], False
+    for pod in pending:
+        key = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
+        if pod["metadata"].get("deletionTimestamp"):
+            waiting.append(f"{key} (terminating)")
+            continue
+        result = _evict(core, pod)
+        if result in done and key not in done[result]:
+            done[result].append(key)
+            report(f"drain {node}: {result} {key}")
+        elif result == "blocked":
+            waiting.append(f"{key} (a PodDisruptionBudget allows no eviction now)")
+            refused = True
+    return waiting, refused
 
 
 def drain_instances(api, instances: list[dict], timeout: float, report: Report) -> list[dict]:

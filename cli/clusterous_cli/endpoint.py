@@ -47,9 +47,15 @@ class ControllerEndpoint:
     region: str | None = None
 
     @property
-    def host_key_name(self) -> str:
-        """The known_hosts name: OpenSSH and paramiko both spell a non-22 port `[host]:port`."""
+    def address_name(self) -> str:
+        """The address as known_hosts spells it: OpenSSH and paramiko both write a non-22 port `[host]:port`."""
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def host_key_name(self) -> str:
+        """The name the host key is pinned under: the instance id when known (OpenSSH's
+        `HostKeyAlias`), so a stop/start that changes the public address needs no relearn."""
+        return self.instance_id or self.address_name
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
         raise BadInput(str(path), "host", "the controller's address")
     key = text("key_file") or (profile.key_file if profile and profile.key_file else None)
     key_path = ref.directory / Path(key or "id_ed25519").expanduser()
-    return ControllerEndpoint(
+    endpoint = ControllerEndpoint(
         host=host,
         port=number("port", 22),
         user=text("user", "ubuntu"),
@@ -133,6 +139,10 @@ def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
         instance_id=text("instance_id"),
         region=text("region") or (profile.region if profile else None),
     )
+    from clusterous_cli import hostkeys
+
+    hostkeys.migrate(endpoint.known_hosts, endpoint.host_key_name, endpoint.address_name)
+    return endpoint
 
 
 def write_endpoint(ref: ClusterRef, endpoint: ControllerEndpoint) -> Path:

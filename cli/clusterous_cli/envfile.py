@@ -221,7 +221,27 @@ def _check_against_operator(source: str, clusterapp: dict) -> None:
     try:
         parse_app(clusterapp)
     except SpecError as exc:
-        raise BadInput(source, exc.field, exc.expected, exc.got) from None
+        raise BadInput(source, source_field(clusterapp, exc.field), exc.expected, exc.got) from None
+
+
+_ENV_KEYS = {"group": "machine", "replicas": "count", "dependsOn": "depends", "hostNetwork": "docker_network"}
+
+
+def source_field(clusterapp: Mapping, field: str | None) -> str | None:
+    """A ClusterApp field as the user wrote it: `spec.components[1].cpu` of an app converted
+    from an environment file is `environment.components.web.cpu` there."""
+    annotations = (clusterapp.get("metadata") or {}).get("annotations") or {}
+    if SOURCE_ANNOTATION not in annotations:
+        return field
+    tunnel = re.fullmatch(r"spec\.tunnels\[(\d+)\]\..*", field or "")
+    if tunnel:
+        return f"environment.expose_tunnel[{tunnel[1]}].service"
+    match = re.fullmatch(r"spec\.components\[(\d+)\]\.(\w+)(.*)", field or "")
+    components = (clusterapp.get("spec") or {}).get("components") or []
+    if not match or int(match[1]) >= len(components):
+        return field
+    name = components[int(match[1])].get("name")
+    return f"environment.components.{name}.{_ENV_KEYS.get(match[2], match[2])}{match[3]}"
 
 
 def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tuple[dict, dict[int, int]]:
@@ -244,7 +264,7 @@ def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tupl
     image = fill.value(raw.get("image"), f"{where}.image")
     if not isinstance(image, str) or not image.strip():
         raise BadInput(source, f"{where}.image", "an image name, e.g. registry:5000/basic-python", image)
-    out: dict = {"name": cname, "group": machine, "image": cluster_image(image.strip())}
+    out: dict = {"name": cname, "group": machine, "image": image.strip()}  # as Docker names it
 
     if raw.get("cmd") is not None:
         out["command"] = _command(fill, raw["cmd"], f"{where}.cmd")
@@ -277,16 +297,6 @@ def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tupl
             f"{where}.attach_volume: the shared volume is mounted at /home/data in every container"
         )
     return out, host_ports
-
-
-def cluster_image(image: str) -> str:
-    """Clusterous' registry:5000/x → x (the cluster registry); Docker Hub short names in full."""
-    if image.startswith(_LEGACY_PREFIX):
-        return image[len(_LEGACY_PREFIX) :]
-    first, slash, _ = image.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return image  # names its registry host
-    return f"docker.io/{image}" if slash else f"docker.io/library/{image}"
 
 
 def _command(fill: _Filler, raw: object, where: str) -> list[str]:
@@ -415,7 +425,8 @@ def _tunnels(
                 raise BadInput(
                     fill.source, f"{where}.message", "a text ({url} and {port} are filled in)", message
                 )
-            tunnel["message"] = message.rstrip("\n")
+            # $variables given are filled ($token: the URL carries it); any other $ stays as written
+            tunnel["message"] = str(fill.value(message, f"{where}.message", shell=True)).rstrip("\n")
         out.append(tunnel)
     return out
 

@@ -1,12 +1,18 @@
-"""The tunnel supervisor: one background process per cluster forwarding local ports over ONE SSH transport.
+"""The tunnel supervisor: one background process per cluster forwarding local ports over ONE SSH connection.
 
 Modelled on kr8s's port-forward: listeners stay up while the connection comes and goes; every
-accepted client gets a fresh channel on whatever transport is current; a dead transport is
+accepted client gets a fresh channel on whatever connection is current; a dead connection is
 replaced with exponential backoff (0.5 s doubling to 30 s), so a restarted controller or a laptop
-waking from sleep needs no user action. A liveness probe (an OpenSSH keepalive request that must
-be answered) notices silently dead TCP connections that paramiko's one-way keepalive cannot.
+waking from sleep needs no user action. A refusal no retry can cure (a changed host key, a
+refused login) stops the retries until the pin, the key or tunnels.yml changes.
 
-Run by `tunnels.start_supervisor` as `python -m clusterous_cli.forwarder ... CLUSTER_DIR`.
+The connection is an OpenSSH ControlMaster (`controlmaster.Master`, each client socket handed to
+it: OpenSSH's speed) where an `ssh` binary exists, else a paramiko transport whose channels
+this process pumps itself; a liveness probe (a keepalive request that must be answered) notices
+silently dead TCP connections that paramiko's one-way keepalive cannot.
+
+Run by `tunnels.start_supervisor` as `python -m clusterous_cli.forwarder ... CLUSTER_DIR`; it
+inherits the locked pid file's descriptor (`--lock-fd`) and holds the lock while it lives.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import paramiko
 
-from clusterous_cli import hostkeys, ssh, tunnels
+from clusterous_cli import controlmaster, hostkeys, ssh, tunnels
 from clusterous_cli.endpoint import ClusterRef, load_endpoint
 from clusterous_provisioner.errors import ClusterousError
 
@@ -51,6 +57,16 @@ def pump(source_recv, dest_sendall, on_end) -> None:
             on_end()
 
 
+def _mtimes(paths: list[Path]) -> list[int | None]:
+    stamps: list[int | None] = []
+    for path in paths:
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return stamps
+
+
 def close_listener(listener: socket.socket) -> None:
     """shutdown() first: on Linux a bare close() leaves a thread blocked in accept() accepting."""
     with contextlib.suppress(OSError):
@@ -64,7 +80,8 @@ class Supervisor:
 
     def __init__(self, ref: ClusterRef):
         self.ref = ref
-        self.connection: ssh.Connection | None = None
+        self.openssh = controlmaster.openssh_binary()
+        self.connection: ssh.Connection | controlmaster.Master | None = None
         self.changed = threading.Condition()
         self.listeners: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
         self.port_states: dict[int, str] = {}
@@ -72,6 +89,7 @@ class Supervisor:
         self.last_error: str | None = None
         # A refusal retrying cannot fix (changed host key, refused login): what and what to do.
         self.refused: dict[str, str | None] | None = None
+        self._refused_inputs: tuple[list[Path], list[int | None]] | None = None  # see _inputs
         self.reconnects = 0
         self.desired_mtime: int | None = None
         self._written: str | None = None
@@ -79,7 +97,7 @@ class Supervisor:
 
     # --- connection ---------------------------------------------------------------------
 
-    def current(self, timeout: float) -> ssh.Connection | None:
+    def current(self, timeout: float) -> ssh.Connection | controlmaster.Master | None:
         """The live connection, waiting up to `timeout` for the main loop to (re)connect."""
         deadline = time.monotonic() + timeout
         with self.changed:
@@ -93,14 +111,28 @@ class Supervisor:
                 self.changed.wait(min(left, POLL))
         return None
 
+    def _inputs(self) -> tuple[list[Path], list[int | None]]:
+        """What a refusal depends on: the controller record, the pin and the key, and their mtimes."""
+        paths = [self.ref.controller_file]
+        with contextlib.suppress(ClusterousError):
+            endpoint = load_endpoint(self.ref)
+            paths += [endpoint.known_hosts, endpoint.key_file]
+        return paths, _mtimes(paths)
+
     def _connect(self) -> bool:
+        inputs = self._inputs()
         try:
             endpoint = load_endpoint(self.ref)
-            conn = ssh.connect_cluster(self.ref)
+            if self.openssh:
+                relearn = hostkeys.relearn_command(self.ref.cluster)
+                conn = controlmaster.Master.start(endpoint, self.openssh, relearn)
+            else:
+                conn = ssh.connect_cluster(self.ref)
         except ClusterousError as exc:
             self.last_error = exc.render().replace("\n  next:", ";")
             refused = isinstance(exc, hostkeys.Refusal)
             self.refused = {"error": exc.what, "next": exc.next_step} if refused else None
+            self._refused_inputs = inputs if refused else None
             log.warning("connect %s: %s", "refused" if refused else "failed", self.last_error)
             return False
         with self.changed:
@@ -108,10 +140,11 @@ class Supervisor:
             self.last_error = None
             self.refused = None
             self.changed.notify_all()
-        log.info("connected to %s:%s", endpoint.host, endpoint.port)
+        via = "OpenSSH ControlMaster" if self.openssh else "paramiko"
+        log.info("connected to %s:%s (%s)", endpoint.host, endpoint.port, via)
         return True
 
-    def _drop(self, reason: str, expected: ssh.Connection | None = None) -> None:
+    def _drop(self, reason: str, expected: ssh.Connection | controlmaster.Master | None = None) -> None:
         """Forget the connection (only `expected`, when given: a newer one may have replaced it)."""
         with self.changed:
             conn = self.connection
@@ -124,8 +157,10 @@ class Supervisor:
             self.reconnects += 1
             conn.close()
 
-    def _alive(self, conn: ssh.Connection) -> bool:
+    def _alive(self, conn: ssh.Connection | controlmaster.Master) -> bool:
         """Ask the server for an answer; no answer within PROBE_TIMEOUT means the link is dead."""
+        if isinstance(conn, controlmaster.Master):
+            return conn.alive(PROBE_TIMEOUT)  # OpenSSH probes the link itself (ServerAlive)
         answered = threading.Event()
 
         def probe() -> None:
@@ -205,7 +240,7 @@ class Supervisor:
             threading.Thread(target=self._serve, args=(client, origin, entry[1]), daemon=True).start()
 
     def _serve(self, client: socket.socket, origin, target: tuple[str, int]) -> None:
-        """One client, one fresh channel; a stale transport is dropped and the open retried once."""
+        """One client, one fresh channel; a stale connection is dropped and the open retried once."""
         ssh.tune_socket(client)
         channel = None
         for _attempt in range(2):
@@ -213,12 +248,18 @@ class Supervisor:
             if conn is None:
                 break
             try:
+                if isinstance(conn, controlmaster.Master):
+                    control = conn.forward(client, target[0], target[1], ssh.CONNECT_TIMEOUT)
+                    client.close()  # the master holds its own copy now and does all the copying
+                    controlmaster.wait_closed(control)
+                    return
                 channel = conn.open_tcp(target[0], target[1], origin=origin)
                 break
-            except paramiko.ChannelException as exc:  # the controller answered: the target refused
+            except (paramiko.ChannelException, controlmaster.ForwardRefused) as exc:
+                # the controller answered: the target refused
                 log.warning("controller could not open %s:%s: %s", target[0], target[1], exc)
                 break
-            except Exception as exc:  # noqa: BLE001 - a dead transport raises several kinds
+            except Exception as exc:  # noqa: BLE001 - a dead connection raises several kinds
                 self._drop(f"opening a channel failed: {exc}", conn)
         if channel is None:
             client.close()
@@ -248,6 +289,7 @@ class Supervisor:
         status = {
             "pid": os.getpid(),
             "connected": bool(conn and conn.is_active()),
+            "transport": "openssh" if self.openssh else "paramiko",
             "ports": {str(p): s for p, s in sorted(self.port_states.items())},
             "last_error": self.last_error,
             "refused": self.refused,
@@ -278,14 +320,16 @@ class Supervisor:
                 self._drop("the transport closed")
                 conn = None
                 next_try = now  # first retry right away, then back off
-            if changed and conn is None and self.refused:
-                # A command waits on this change: answer it with a fresh attempt (the key may
-                # have been re-learned), not with the refusal of a minute ago.
-                next_try = now
+            if conn is None and self.refused:
+                # No retry cures a refusal: try again only when what it depends on changed, or
+                # when a command waits on a tunnels.yml change (answer it with a fresh attempt,
+                # not with the refusal of a minute ago).
+                paths, stamps = self._refused_inputs or ([], [])
+                next_try = now if changed or _mtimes(paths) != stamps else float("inf")
             if conn is None and now >= next_try:
                 if self._connect():
                     backoff, next_probe = BACKOFF_START, now + PROBE_EVERY
-                else:
+                elif not self.refused:
                     next_try = time.monotonic() + backoff
                     backoff = min(backoff * 2, BACKOFF_MAX)
             elif conn is not None and now >= next_probe:
@@ -310,8 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clusterous_cli.forwarder")
     parser.add_argument("--profile", required=True)
     parser.add_argument("--cluster", required=True)
+    parser.add_argument("--lock-fd", type=int, help="the locked pid file, held while this process lives")
     parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
+    if args.lock_fd is not None:
+        os.set_inheritable(args.lock_fd, False)  # the lock is ours alone: an ssh child must not keep it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     supervisor = Supervisor(ClusterRef(args.profile, args.cluster, args.directory))

@@ -119,19 +119,41 @@ def read_pinned(path: Path, name: str) -> list[HostKey]:
     return keys
 
 
-def pin(path: Path, name: str, keys: list[HostKey]) -> None:
-    """Replace the keys pinned for `name` (others stay), atomically and 0600."""
+def _replace(path: Path, names: list[str], name: str, keys: list[HostKey]) -> None:
+    """Drop the entries of `names`, add `keys` under `name`, others stay; atomically and 0600."""
     from clusterous_cli.config import write_private
 
     kept = []
     if path.exists():
         for line in path.read_text().splitlines():
             parts = line.split()
-            if parts and name in parts[0].split(","):
+            if parts and set(names) & set(parts[0].split(",")):
                 continue
             kept.append(line)
     kept += [f"{name} {k.key_type} {k.blob}" for k in keys]
     write_private(path, "\n".join(kept) + "\n")
+
+
+def pin(path: Path, name: str, keys: list[HostKey]) -> None:
+    """Replace the keys pinned for `name` (others stay), atomically, 0600, under the file's lock."""
+    from clusterous_cli.config import locked
+
+    with locked(path):
+        _replace(path, [name], name, keys)
+
+
+def migrate(path: Path, alias: str, address: str) -> None:
+    """Move a pin made under the controller's address (`[host]:port`, before pins were keyed by
+    instance id) to its instance id, once: the key checked is the same, only its name changes,
+    so a later stop/start with a new public address still finds it."""
+    if alias == address or not path.exists() or read_pinned(path, alias) or not read_pinned(path, address):
+        return
+    from clusterous_cli.config import locked
+
+    with locked(path):
+        old = read_pinned(path, address)
+        if old and not read_pinned(path, alias):
+            _replace(path, [address], alias, old)
 
 
 def pin_from_console_output(path: Path, name: str, console_output: str) -> list[HostKey]:

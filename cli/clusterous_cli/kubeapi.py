@@ -87,10 +87,12 @@ def credentials(ref: ClusterRef, refresh: bool = False) -> tuple[dict, int]:
 
 
 def api_client(ref: ClusterRef, refresh: bool = False):
-    """A kubernetes ApiClient talking through the tunnel (refresh: fetch the credentials anew)."""
+    """A kubernetes ApiClient talking through the tunnel (refresh: fetch the credentials anew).
+    `kubernetes` is imported only once the credentials are there: it takes longer to import than
+    a missing host key pin takes to report (`credentials` checks it first)."""
+    data, _ = credentials(ref, refresh)
     from kubernetes import client, config
 
-    data, _ = credentials(ref, refresh)
     configuration = client.Configuration()
     config.load_kube_config_from_dict(data, client_configuration=configuration)
     return client.ApiClient(configuration)

@@ -61,19 +61,24 @@ def _namespace(ctx: dict) -> dict:
 
 
 def write(credentials: dict, cluster: str, switch: bool = True, path: Path | None = None) -> Path:
-    """Read, merge, write back atomically with mode 0600 (it holds the cluster's admin credentials)."""
+    """Read, merge, write back atomically with mode 0600 (it holds the cluster's admin credentials),
+    under an advisory lock so two commands merging at once keep both entries; a symlinked file
+    stays a symlink (its target is rewritten)."""
     import yaml
 
-    from clusterous_cli.config import write_private
+    from clusterous_cli.config import locked, write_private
 
     path = path or target_path()
-    existing: dict = {}
-    if path.exists():
-        try:
-            existing = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise BadInput(str(path), None, "a valid kubeconfig (YAML)", str(exc).splitlines()[0]) from None
-        if not isinstance(existing, dict):
-            raise BadInput(str(path), None, "a kubeconfig mapping", type(existing).__name__)
-    write_private(path, yaml.safe_dump(merge(existing, credentials, cluster, switch), sort_keys=False))
+    with locked(path):
+        existing: dict = {}
+        if path.exists():
+            try:
+                existing = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise BadInput(
+                    str(path), None, "a valid kubeconfig (YAML)", str(exc).splitlines()[0]
+                ) from None
+            if not isinstance(existing, dict):
+                raise BadInput(str(path), None, "a kubeconfig mapping", type(existing).__name__)
+        write_private(path, yaml.safe_dump(merge(existing, credentials, cluster, switch), sort_keys=False))
     return path

@@ -86,7 +86,7 @@ def load_key(key_file: Path) -> paramiko.PKey:
         raise BadInput(str(key_file), None, "an OpenSSH or PEM private key", str(exc)) from None
 
 
-def _unreachable(where: str, reason: object) -> Failure:
+def unreachable(where: str, reason: object) -> Failure:
     return Failure(
         f"cannot reach the controller at {where}: {reason}",
         "check the cluster is up (`clusterous-k8s status`) and that your address may connect "
@@ -98,7 +98,7 @@ def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise _unreachable(f"{host}:{port}", exc.strerror or exc) from None
+        raise unreachable(f"{host}:{port}", exc.strerror or exc) from None
     tune_socket(sock)
     return sock
 
@@ -141,8 +141,15 @@ def _jump_channel(endpoint: ControllerEndpoint, timeout: float):
         ) from None
     except OSError as exc:
         client.close()
-        raise _unreachable(f"jump host {jump.host}:{jump.port}", exc.strerror or exc) from None
+        raise unreachable(f"jump host {jump.host}:{jump.port}", exc.strerror or exc) from None
     return channel, client
+
+
+def key_refused(endpoint: ControllerEndpoint) -> hostkeys.Refusal:
+    return hostkeys.Refusal(
+        f"the controller refused the key {endpoint.key_file} for user '{endpoint.user}'",
+        "check key_file in the profile (`clusterous-k8s profile show`) or the cluster's controller.yml",
+    )
 
 
 class Connection:
@@ -248,7 +255,7 @@ def connect(
         try:
             transport.start_client(timeout=timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise _unreachable(f"{endpoint.host}:{endpoint.port}", f"SSH handshake failed ({exc})") from None
+            raise unreachable(f"{endpoint.host}:{endpoint.port}", f"SSH handshake failed ({exc})") from None
         server_key = transport.get_remote_server_key()
         hostkeys.check(
             hostkeys.HostKey(server_key.get_name(), server_key.get_base64()), pinned, name, relearn
@@ -256,12 +263,9 @@ def connect(
         try:
             transport.auth_publickey(endpoint.user, key)
         except paramiko.AuthenticationException:
-            raise hostkeys.Refusal(
-                f"the controller refused the key {endpoint.key_file} for user '{endpoint.user}'",
-                "check key_file in the profile (`clusterous-k8s profile show`) or the cluster's controller.yml",
-            ) from None
+            raise key_refused(endpoint) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise _unreachable(f"{endpoint.host}:{endpoint.port}", f"authentication failed ({exc})") from None
+            raise unreachable(f"{endpoint.host}:{endpoint.port}", f"authentication failed ({exc})") from None
         transport.set_keepalive(KEEPALIVE_SECONDS)
     except BaseException:
         transport.close()
@@ -279,6 +283,9 @@ def _prefer(available: tuple[str, ...], preferred: tuple[str, ...]) -> tuple[str
 def openssh_options(endpoint: ControllerEndpoint) -> list[str]:
     """OpenSSH client options that trust only the pinned key and use only the cluster key."""
     options = _openssh_common(endpoint, str(endpoint.known_hosts))
+    # The pin's name, whatever the address: the instance id once `up` knows it (a stop/start that
+    # changes the public address needs no relearn), else `[host]:port` as paramiko spells it.
+    options += ["-o", f"HostKeyAlias={endpoint.host_key_name}"]
     options += ["-p", str(endpoint.port), "-l", endpoint.user]
     if endpoint.jump_host:
         jump = JumpHost.parse(endpoint.jump_host)

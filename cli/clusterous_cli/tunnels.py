@@ -9,13 +9,16 @@ Two files in the cluster's config directory connect the CLI and the supervisor p
                           - {local: 8888, host: 10.43.0.17, port: 8888, component: master}
     supervisor.json   what is (written by the supervisor): pid, connected, listening ports,
                       per-port errors, last error, reconnect count.
-    supervisor.pid    the pid, written by the CLI the moment it starts the process.
+    supervisor.pid    the pid, written by the CLI the moment it starts the process, and flock()ed
+                      by that process for as long as it lives: a pid in an unlocked file is stale
+                      and is never signalled (it may belong to an unrelated process by now).
     tunnels.log       the supervisor's log (no secrets in it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -26,7 +29,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from clusterous_cli.endpoint import ClusterRef
 from clusterous_provisioner.errors import BadInput, Failure
@@ -127,6 +129,18 @@ def read_desired(ref: ClusterRef) -> Desired:
     )
 
 
+def update_desired(ref: ClusterRef, change) -> Desired:
+    """Read tunnels.yml, let `change(desired)` edit it (or raise: nothing is written), write it
+    back; under the file's lock, so concurrent commands never lose each other's tunnels."""
+    from clusterous_cli import config
+
+    with config.locked(ref.directory / DESIRED_FILE):
+        desired = read_desired(ref)
+        change(desired)
+        write_desired(ref, desired)
+    return desired
+
+
 def write_desired(ref: ClusterRef, desired: Desired) -> None:
     import yaml
 
@@ -150,71 +164,83 @@ def read_status(ref: ClusterRef) -> dict:
 # --- the supervisor process ---------------------------------------------------------------
 
 
+def _locked_by_other(fd: int) -> bool:
+    """True when another process holds the pid file's lock, i.e. the supervisor is alive."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def supervisor_pid(ref: ClusterRef) -> int | None:
-    """The pid of this cluster's running supervisor, or None (stale records are ignored)."""
+    """The pid of this cluster's running supervisor, or None. Only a pid whose file the
+    supervisor holds locked counts: a stale file (crash, reboot, reused pid) is ignored."""
     try:
-        pid = int((ref.directory / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        cmdline = None
-    if cmdline is not None:
-        alive = b"clusterous_cli.forwarder" in cmdline and str(ref.directory).encode() in cmdline
-        return pid if alive and not _is_zombie(pid) else None
-    try:  # no /proc (macOS): trust the pid if something lives there
-        os.kill(pid, 0)
+        fd = os.open(ref.directory / PID_FILE, os.O_RDONLY)
     except OSError:
         return None
-    return pid
-
-
-def _is_zombie(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+        if not _locked_by_other(fd):
+            return None
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() else None
 
 
 def start_supervisor(ref: ClusterRef) -> int:
-    """Start the supervisor unless it runs; it outlives this command (own session, no terminal)."""
+    """Start the supervisor unless it runs; it outlives this command (own session, no terminal).
+
+    The pid file is locked here and its descriptor handed to the child, which keeps the lock for
+    its whole life; a concurrent start finds the lock taken and waits for that supervisor's pid."""
     pid = supervisor_pid(ref)
     if pid:
         return pid
-    (ref.directory / STATUS_FILE).unlink(missing_ok=True)
-    log = open(ref.directory / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+    fd = os.open(ref.directory / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clusterous_cli.forwarder",
-                "--profile",
-                ref.profile_name,
-                "--cluster",
-                ref.cluster,
-                str(ref.directory),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        log.close()
-    from clusterous_cli import config
+        found: list[int] = []
 
-    config.write_private(ref.directory / PID_FILE, f"{process.pid}\n")
+        def ours_or_running() -> bool:
+            """The lock is ours (no supervisor lives), or another command's supervisor answers."""
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:  # a supervisor, one being started, or a brief probe
+                found[:] = [supervisor_pid(ref) or 0]
+                return bool(found[0])
+
+        if not _wait_until(ours_or_running, 5.0):
+            raise Failure("another command holds the tunnel supervisor's pid file", "try again in a moment")
+        if found and found[0]:
+            return found[0]
+        (ref.directory / STATUS_FILE).unlink(missing_ok=True)
+        with open(ref.directory / LOG_FILE, "ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "clusterous_cli.forwarder",
+                    "--profile", ref.profile_name, "--cluster", ref.cluster,
+                    "--lock-fd", str(fd), str(ref.directory),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                pass_fds=(fd,),
+            )  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{process.pid}\n".encode(), 0)
+    finally:
+        os.close(fd)  # the child's copy keeps the lock
     return process.pid
 
 
 def stop_supervisor(ref: ClusterRef, timeout: float = 5.0) -> int | None:
-    """SIGTERM and wait; SIGKILL if it will not go. Returns the pid that was stopped."""
+    """SIGTERM and wait; SIGKILL its process group (it and its ssh) if it will not go.
+    Returns the pid that was stopped."""
     pid = supervisor_pid(ref)
     if pid is None:
-        (ref.directory / PID_FILE).unlink(missing_ok=True)
         return None
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -223,11 +249,10 @@ def stop_supervisor(ref: ClusterRef, timeout: float = 5.0) -> int | None:
         _reap(pid)
         return supervisor_pid(ref) != pid
 
-    if not _wait_until(gone, timeout):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _reap(pid)
-    (ref.directory / PID_FILE).unlink(missing_ok=True)
+    if not _wait_until(gone, timeout) and supervisor_pid(ref) == pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # its own session: the group is the supervisor's
+        _wait_until(gone, timeout)
     (ref.directory / STATUS_FILE).unlink(missing_ok=True)
     return pid
 
@@ -318,9 +343,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def apply(ref: ClusterRef, desired: Desired, wait_ports: list[int], timeout: float = 20.0) -> dict:
-    """Record the wanted tunnels, make sure the supervisor runs, and wait until it listens on them."""
-    write_desired(ref, desired)
+def apply(ref: ClusterRef, desired: Desired | None, wait_ports: list[int], timeout: float = 20.0) -> dict:
+    """Record `desired` (None: the caller did, with `update_desired`), make sure the supervisor
+    runs, and wait until it has read tunnels.yml and listens on `wait_ports`."""
+    if desired is not None:
+
+        def replace(current: Desired) -> None:
+            current.api_local, current.tunnels = desired.api_local, desired.tunnels
+
+        update_desired(ref, replace)
     start_supervisor(ref)
 
     def settled(status: dict) -> bool:
@@ -345,10 +376,12 @@ def _mtime(ref: ClusterRef) -> float | None:
 
 def ensure_api_tunnel(ref: ClusterRef, timeout: float = 20.0) -> int:
     """The local port of the Kubernetes API tunnel, started (and connected) if it was not."""
-    desired = read_desired(ref)
-    if not desired.api_local:
-        desired.api_local = free_port()
-    apply(ref, desired, [desired.api_local], timeout)
+
+    def choose(desired: Desired) -> None:
+        desired.api_local = desired.api_local or free_port()
+
+    desired = update_desired(ref, choose)
+    apply(ref, None, [desired.api_local], timeout)
     wait_for(
         ref,
         lambda s: s.get("connected"),

@@ -35,15 +35,16 @@ def build_children(
 ) -> list[dict]:
     """The shared-volume claim, then a Deployment and a Service per component.
 
-    `waiting` names components held at 0 replicas until their dependencies are ready.
+    `waiting` names components whose dependencies are not ready yet: their Deployment is
+    created once they can start, at its full replicas (one write, not a create at 0 and an
+    update), and their Service at once (its DNS name may be looked up early).
     """
     placements = place(app.spec, list(nodes), reserved)
     held = set(waiting)
     objects: list[dict] = [build_shared_claim(app)]
     for component in app.spec.components:
-        placement = placements[component.name]
-        replicas = 0 if component.name in held else placement.replicas
-        objects.append(build_deployment(app, component, placement, replicas=replicas, registry=registry))
+        if component.name not in held:
+            objects.append(build_deployment(app, component, placements[component.name], registry=registry))
         objects.append(build_service(app, component))
     return [with_spec_hash(o) for o in objects]
 
@@ -82,7 +83,6 @@ def build_deployment(
     component: Component,
     placement: ComponentPlacement,
     *,
-    replicas: int,
     registry: str = CLUSTER_REGISTRY,
 ) -> dict:
     """One component's Deployment; Recreate, because packed nodes have no CPU for a surge pod."""
@@ -110,7 +110,7 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": _metadata(app, child_name(app, component), labels),
         "spec": {
-            "replicas": replicas,
+            "replicas": placement.replicas,
             "revisionHistoryLimit": 2,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(labels)},

@@ -1,18 +1,24 @@
 """The kopf handlers: thin. They read kopf's in-memory indices, call `reconcile.decide` and write
 only the difference. Run locally with `kopf run -A -m clusterous_operator.handlers`.
 
-Every ClusterApp is reconciled when it changes and again every CLUSTEROUS_RESYNC_SECONDS
-(default 10): the resync is the debounced watch on Nodes, Pods and Deployments, which kopf
-keeps in indices, so nodes joining or leaving change `auto` replicas within one interval,
-however many node events arrive. A resync with nothing changed makes no API call.
+A ClusterApp is reconciled when it changes, when one of its Deployments changes (a replica
+became ready: dependents start and the status says so at once, not at the next resync), and
+again every CLUSTEROUS_RESYNC_SECONDS (default 10): the resync is the debounced watch on Nodes
+and Pods, which kopf keeps in indices, so nodes joining or leaving change `auto` replicas
+within one interval, however many node events arrive. A reconciliation with nothing changed
+makes no API call. Only Warning Events are posted (a phase that needs attention, a failed
+delete): an app costs its 5 creates, kopf's finalizer and a status patch per phase.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass, field
 
 import kopf
 
@@ -24,6 +30,33 @@ CAPP = ("clusterous.io", "v1alpha1", "clusterapps")
 RESYNC_SECONDS = float(os.environ.get("CLUSTEROUS_RESYNC_SECONDS", "10"))
 FINALIZER = "clusterous.io/finalizer"
 RECENT_WRITE_SECONDS = 30.0  # trust our own writes over the indices for this long
+# The namespace whose ClusterApps it serves (its RBAC writes only there); unset: every namespace.
+APP_NAMESPACE = os.environ.get("CLUSTEROUS_APP_NAMESPACE") or None
+
+
+def _served(namespace: str | None, **_) -> bool:
+    return APP_NAMESPACE is None or namespace == APP_NAMESPACE
+
+
+@dataclass
+class AppState:
+    """What the operator remembers of one ClusterApp between reconciliations, whichever
+    handler (the app's event, a Deployment's event, the resync) runs them: one at a time."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status_written: tuple = (None, None)  # (generation, status) of our last status patch
+    written: dict = field(default_factory=dict)  # (kind, name) -> (spec hash, monotonic time)
+
+
+_STATES: dict[str, AppState] = {}  # by the ClusterApp's uid: a new app of the same name starts afresh
+_STATES_LOCK = threading.Lock()
+
+
+def app_state(meta) -> AppState:
+    with _STATES_LOCK:
+        return _STATES.setdefault(
+            meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}", AppState()
+        )
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -94,6 +127,12 @@ async def pod_index(body: kopf.Body, **_) -> dict:
     }
 
 
+@kopf.index(*CAPP, when=_served)
+async def app_index(body: kopf.Body, namespace: str, name: str, **_) -> dict:
+    """Each ClusterApp as last seen, for the Deployment handler to reconcile it."""
+    return {(namespace, name): _trim(body, ("apiVersion",), ("kind",), ("metadata",), ("spec",), ("status",))}
+
+
 @kopf.index("deployments", labels={APP_LABEL: kopf.PRESENT})
 async def deployment_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
     return {
@@ -119,34 +158,61 @@ async def claim_index(
     }
 
 
-def _news(body: kopf.Body, type: str | None, memo: kopf.Memo, **_) -> bool:
+def _news(body: kopf.Body, type: str | None, namespace: str | None = None, **_) -> bool:
     """Whether an event of a ClusterApp can change what the app should be (checked in kopf's
     loop, before a thread is taken): not a deletion (on_delete's), not before the finalizer
     (see `reconcile`), not the echo of our own status write with the spec unchanged."""
     meta = body.get("metadata", {})
     if type == "DELETED" or meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
         return False
-    generation, status = memo.get("status_written", (None, None))
+    if not _served(namespace):
+        return False
+    generation, status = app_state(meta).status_written
     return generation != meta.get("generation") or status_changed(body.get("status"), status)
 
 
 @kopf.on.event(*CAPP, when=_news)
-def on_change(body: kopf.Body, patch: kopf.Patch, logger, **indices) -> None:
+def on_change(body: kopf.Body, logger, **indices) -> None:
     """Every add or edit of a ClusterApp (and kopf's first listing after a restart) that `_news`
-    lets through; what changes around the app waits for the resync."""
-    reconcile(body, patch, logger, **indices)
+    lets through."""
+    reconcile(body, logger, **indices)
 
 
-@kopf.timer(*CAPP, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def resync(body: kopf.Body, patch: kopf.Patch, logger, **indices) -> None:
-    """Follow what changed around the app: nodes, pods, readiness of dependencies."""
-    reconcile(body, patch, logger, **indices)
+_ROLLOUT_KEYS = ("observedGeneration", "replicas", "readyReplicas", "availableReplicas", "updatedReplicas")
+_rollouts: dict[str, tuple] = {}  # each child Deployment's last seen rollout state, by uid
 
 
-@kopf.on.delete(*CAPP)
-def on_delete(body: kopf.Body, namespace: str, name: str, logger, **_) -> None:
+@kopf.on.event("deployments", labels={APP_LABEL: kopf.PRESENT})
+async def on_deployment(
+    body: kopf.Body, type: str | None, namespace: str, uid: str, labels: kopf.Labels, logger, **indices
+) -> None:
+    """A child Deployment's readiness or rollout changed (or it went): reconcile its ClusterApp
+    now, so dependents start and the status turns Running within a moment of the last replica
+    becoming ready, not at the next resync. Checked here in kopf's loop, once per event: our
+    own creates and spec writes (no status change) take no thread."""
+    status = body.get("status") or {}
+    now = None if type == "DELETED" else tuple(status.get(k) for k in _ROLLOUT_KEYS)
+    before = _rollouts.pop(uid, None)
+    if now is not None:
+        _rollouts[uid] = now
+    if now == before or (before is None and not status):
+        return
+    for app in indices["app_index"].get((namespace, labels[APP_LABEL]), []):
+        await asyncio.to_thread(reconcile, app, logger, phase_only=True, **indices)
+
+
+@kopf.timer(*CAPP, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_served)
+def resync(body: kopf.Body, logger, **indices) -> None:
+    """Follow what changed around the app: nodes, pods."""
+    reconcile(body, logger, **indices)
+
+
+@kopf.on.delete(*CAPP, when=_served)
+def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, logger, **_) -> None:
     """Delete the children explicitly (there may be no garbage collector); never hold the
     finalizer: what could not be deleted is reported as a warning Event."""
+    with _STATES_LOCK:
+        _STATES.pop(uid, None)
     deleted, failed = kube.delete_children(namespace, name)
     if deleted:
         logger.info("deleted %s", ", ".join(deleted))
@@ -155,10 +221,10 @@ def on_delete(body: kopf.Body, namespace: str, name: str, logger, **_) -> None:
 
 
 def reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
+    body,
     logger,
-    memo: kopf.Memo,
+    phase_only: bool = False,
+    *,
     node_index: kopf.Index,
     pod_index: kopf.Index,
     deployment_index: kopf.Index,
@@ -166,7 +232,28 @@ def reconcile(
     claim_index: kopf.Index,
     **_,
 ) -> None:
-    """Decide, then write the child changes and the status only where they differ."""
+    """Decide, then write the child changes and the status only where they differ; one
+    reconciliation of an app at a time. With `phase_only` (a Deployment's event) the status is
+    written only when the phase changes: progress within a phase waits for the resync, so an
+    app reaches Running with 2 status patches however many replicas become ready on the way."""
+    state = app_state(body.get("metadata", {}))
+    with state.lock:
+        _reconcile(
+            body,
+            logger,
+            state,
+            phase_only,
+            node_index,
+            pod_index,
+            deployment_index,
+            service_index,
+            claim_index,
+        )
+
+
+def _reconcile(
+    body, logger, state, phase_only, node_index, pod_index, deployment_index, service_index, claim_index
+) -> None:
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
         return
@@ -178,42 +265,46 @@ def reconcile(
         # to add it a second time, in vain.
         return
     key = (meta.get("namespace"), meta.get("name"))
+    # The status this app last had: ours when the body is older than our last patch (a
+    # Deployment's event may come before the echo of that patch).
+    old = body.get("status") or {}
+    generation, written = state.status_written
+    if written is not None and generation == meta.get("generation"):
+        old = written
     deployments = list(deployment_index.get(key, []))
-    decision = decide(body, node_index.get(None, []), pod_index.get(None, []), deployments, now=_now())
+    decision = decide(
+        {**body, "status": old}, node_index.get(None, []), pod_index.get(None, []), deployments, now=_now()
+    )
     if decision.error is None:
         existing = {
             **{(d["kind"], d["metadata"]["name"]): _hash(d) for d in deployments},
             **{(kind, name): digest for kind, name, digest in service_index.get(key, [])},
             **{(kind, name): digest for kind, name, digest in claim_index.get(key, [])},
         }
-        changes = plan_changes(decision.children, {**existing, **_recent_writes(memo)})
+        changes = plan_changes(decision.children, {**existing, **_recent_writes(state)})
         kopf.adopt([c.obj for c in changes if c.verb != "delete"], owner=body)
         done = kube.apply_changes(changes, key[0])
-        _remember_writes(memo, changes)
+        _remember_writes(state, changes)
         if done:
             logger.info("%s", "; ".join(done))
-            kopf.info(body, reason="Reconciled", message="; ".join(done))
-    old = body.get("status") or {}
+    if phase_only and old.get("phase") == decision.status["phase"]:
+        return
     if status_changed(old, decision.status):
-        patch.status.update(decision.status)
-        memo["status_written"] = (meta.get("generation"), decision.status)
-        if old.get("phase") != decision.status["phase"]:
-            post = kopf.warn if decision.status["phase"] in ("Failed", "Degraded", "Pending") else kopf.info
-            post(body, reason=decision.status["phase"], message=decision.status["message"])
+        kube.patch_status(key[0], key[1], decision.status)
+        state.status_written = (meta.get("generation"), decision.status)
+        phase = decision.status["phase"]
+        if old.get("phase") != phase and phase in ("Failed", "Degraded", "Pending"):
+            kopf.warn(dict(body), reason=phase, message=decision.status["message"])
 
 
-def _recent_writes(memo: kopf.Memo) -> dict:
+def _recent_writes(state: AppState) -> dict:
     """What we wrote a moment ago: the indices learn it only when the watch event arrives."""
     now = time.monotonic()
-    return {
-        key: digest
-        for key, (digest, at) in memo.get("written", {}).items()
-        if now - at < RECENT_WRITE_SECONDS
-    }
+    return {key: digest for key, (digest, at) in state.written.items() if now - at < RECENT_WRITE_SECONDS}
 
 
-def _remember_writes(memo: kopf.Memo, changes) -> None:
-    written = memo.setdefault("written", {})
+def _remember_writes(state: AppState, changes) -> None:
+    written = state.written
     for change in changes:
         key = (change.obj["kind"], change.obj["metadata"]["name"])
         if change.verb == "delete":

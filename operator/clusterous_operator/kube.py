@@ -80,6 +80,24 @@ def apply_changes(changes: Iterable[Change], namespace: str) -> list[str]:
     return done
 
 
+def patch_status(namespace: str, name: str, status: Mapping) -> None:
+    """Merge-patch a ClusterApp's status subresource (no resourceVersion: never a 409)."""
+    import kubernetes
+
+    with _api_client() as client:
+        api = kubernetes.client.CustomObjectsApi(client)
+        _call(
+            api,
+            "patch_namespaced_custom_object_status",
+            "clusterous.io",
+            "v1alpha1",
+            namespace,
+            "clusterapps",
+            name,
+            {"status": dict(status)},
+        )
+
+
 def delete_children(namespace: str, app_name: str) -> tuple[list[str], list[str]]:
     """Delete every object labelled with the app (there may be no garbage collector).
 

@@ -23,6 +23,7 @@ from clusterous_operator.spec import (
     Spec,
     SpecError,
     cpu_millicores,
+    format_cpu,
     format_memory,
     memory_bytes,
 )
@@ -34,10 +35,13 @@ DEFAULT_MEMORY = 64 * MI  # a component with neither cpu nor memory: enough to b
 
 @dataclass(frozen=True)
 class Reserved:
-    """What pods outside the application request on one node."""
+    """What pods outside the application request on one node; `system_*` is the part of it
+    requested by pods of no application (DaemonSets, CoreDNS...), which stay when apps quit."""
 
     cpu_m: int = 0
     memory: int = 0  # bytes
+    system_cpu_m: int = 0
+    system_memory: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,10 @@ class ComponentPlacement:
     cpu_m: int | None  # None: no CPU request
     unplaced: int = 0  # fixed replicas no node has room for
     group_nodes: int = 0  # usable nodes in the component's group
-    largest_node_m: int = 0  # allocatable CPU of the group's largest usable node
     per_node: Mapping[str, int] = field(default_factory=dict)
     memory: int | None = None  # bytes per replica; None only when the group has no usable node
     one_per_node: bool = False  # hostNetwork with ports: host ports collide, one replica a node
+    per_new_node: int = 0  # replicas one more node of the group would hold (for the scale hint)
 
 
 def node_groups(nodes: Iterable[Mapping]) -> set[str]:
@@ -108,23 +112,30 @@ def one_per_node(component: Component) -> bool:
     return component.host_network and bool(component.ports)
 
 
-def check_memory(
-    spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, Reserved] | None = None
-) -> None:
-    """An explicit `memory:` must fit the free memory of some usable node of its group (a
-    request that fits no node would leave every replica Pending). Groups without usable nodes
-    are not checked: nothing fits there yet."""
-    free = _free(usable_nodes(nodes), reserved or {})
+def check_fits(spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, Reserved] | None = None) -> None:
+    """An explicit `cpu:` or `memory:` must fit some usable node of its group beside the
+    cluster's own pods (a request that fits no node would leave every replica Pending; other
+    applications' pods are not counted: they go when their app quits). Groups without usable
+    nodes are not checked: nothing fits there yet."""
+    free = _free(usable_nodes(nodes), reserved or {}, system=True)
     for i, component in enumerate(spec.components):
-        room = [mem for (group, _, mem) in free.values() if group == component.group]
-        if component.memory is None or not room or component.memory <= max(room):
+        room = [(cpu, mem) for (group, cpu, mem) in free.values() if group == component.group]
+        if not room:
             continue
-        raise SpecError(
-            f"spec.components[{i}].memory",
-            f"at most {format_memory(max(room) // MI * MI)}, the most memory free on a "
-            f"{component.group} node (or a larger {component.group} instance type)",
-            format_memory(component.memory),
-        )
+        most_cpu, most_memory = max(cpu for cpu, _ in room), max(mem for _, mem in room)
+        larger = f"a {component.group} node (or a larger {component.group} instance type)"
+        if component.cpu_m not in (None, AUTO) and component.cpu_m > most_cpu:
+            raise SpecError(
+                f"spec.components[{i}].cpu",
+                f"at most {format_cpu(most_cpu)}, the most CPU free on {larger}",
+                format_cpu(component.cpu_m),
+            )
+        if component.memory is not None and component.memory > most_memory:
+            raise SpecError(
+                f"spec.components[{i}].memory",
+                f"at most {format_memory(most_memory // MI * MI)}, the most memory free on {larger}",
+                format_memory(component.memory),
+            )
 
 
 def auto_cpu_share(
@@ -144,30 +155,56 @@ def memory_request(
     component: Component, cpu_m: int | None, group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved]
 ) -> int | None:
     """Bytes per replica: `memory:` when given; else the CPU's share of the memory free beside
-    it, at the tightest node's ratio of free memory to free CPU, rounded down to Mi; a component
-    without CPU gets DEFAULT_MEMORY. None when the group has no usable node."""
+    it, at the tightest ratio of free memory to free CPU among the nodes its CPU fits, rounded
+    down to Mi; a component without CPU gets DEFAULT_MEMORY. None when the group has no usable
+    node. Where the CPU fits no node now, the ratio is that of the nodes beside the cluster's
+    own pods only: what a replica gets once other apps quit or a node is added."""
     if component.memory is not None:
         return component.memory
     if not cpu_m:
         return DEFAULT_MEMORY
-    free = _free(group_nodes, reserved)
-    shares = [cpu_m * mem // cpu for (_, cpu, mem) in free.values() if cpu > 0 and cpu_m * mem // cpu >= MI]
-    if not shares:  # no room anywhere: nothing fits; state the bare nodes' ratio
-        shares = [cpu_m * n.memory // n.cpu_m for n in group_nodes if n.cpu_m > 0]
+    for system in (False, True):
+        free = _free(group_nodes, reserved, system=system).values()
+        shares = [cpu_m * mem // cpu for (_, cpu, mem) in free if cpu >= cpu_m and cpu_m * mem // cpu >= MI]
+        if shares:
+            return min(shares) // MI * MI
+    shares = [cpu_m * n.memory // n.cpu_m for n in group_nodes if n.cpu_m > 0]  # nothing fits anywhere
     return min(shares) // MI * MI if shares else None
 
 
 def _free(
-    group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved]
+    group_nodes: list[NodeCapacity], reserved: Mapping[str, Reserved], system: bool = False
 ) -> dict[str, tuple[str, int, int]]:
-    """Per node: its group, then CPU (millicores) and memory (bytes) not requested by others.
+    """Per node: its group, then CPU (millicores) and memory (bytes) not requested by others
+    (with `system`, by the cluster's own pods only).
 
-    The one place allocatable minus requested is computed, for shares, counts and checks."""
+    The one place allocatable minus requested is computed, for shares, counts, checks and the
+    scale hint."""
     free = {}
     for n in group_nodes:
         taken = reserved.get(n.name, Reserved())
-        free[n.name] = (n.group, max(0, n.cpu_m - taken.cpu_m), max(0, n.memory - taken.memory))
+        cpu, memory = (taken.system_cpu_m, taken.system_memory) if system else (taken.cpu_m, taken.memory)
+        free[n.name] = (n.group, max(0, n.cpu_m - cpu), max(0, n.memory - memory))
     return free
+
+
+def _per_new_node(
+    component: Component,
+    need: tuple[int, int],
+    group_nodes: list[NodeCapacity],
+    reserved: Mapping[str, Reserved],
+) -> int:
+    """Replicas of `component` one more node of the group would hold: the group's largest node
+    less what the cluster's own pods take on every node (the least any node of it carries)."""
+    if not group_nodes:
+        return 0
+    largest = max(group_nodes, key=lambda n: (n.cpu_m, n.memory))
+    taken = [reserved.get(n.name, Reserved()) for n in group_nodes]
+    cpu = largest.cpu_m - min(t.system_cpu_m for t in taken)
+    memory = largest.memory - min(t.system_memory for t in taken)
+    fits = [room // want for room, want in ((cpu, need[0]), (memory, need[1])) if want > 0]
+    count = max(0, min(fits)) if fits else 0
+    return min(count, 1) if one_per_node(component) else count
 
 
 def _place_group(
@@ -193,17 +230,16 @@ def _place_group(
     autos = [c for c in members if c.replicas == AUTO and cpu[c.name]]
     for node in free:
         _fill_node(node, autos, need, free, counts)
-    largest = max((n.cpu_m for n in group_nodes), default=0)
     return {
         c.name: ComponentPlacement(
             replicas=sum(counts[c.name].values()) if c.replicas == AUTO else c.replicas,
             cpu_m=cpu[c.name],
             unplaced=unplaced[c.name],
             group_nodes=len(group_nodes),
-            largest_node_m=largest,
             per_node=dict(counts[c.name]),
             memory=memory[c.name],
             one_per_node=one_per_node(c),
+            per_new_node=_per_new_node(c, need[c.name], group_nodes, reserved),
         )
         for c in members
     }

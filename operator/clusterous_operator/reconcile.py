@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from clusterous_operator.builders import APP_LABEL, COMPONENT_LABEL, SPEC_HASH_ANNOTATION, build_children
 from clusterous_operator.images import CLUSTER_REGISTRY
-from clusterous_operator.placement import Reserved, check_memory, node_groups, place
+from clusterous_operator.placement import Reserved, check_fits, node_groups, place
 from clusterous_operator.spec import App, SpecError, check_groups, cpu_millicores, memory_bytes, parse_app
 from clusterous_operator.status import (
     FAILING_REASONS,
@@ -51,9 +51,7 @@ def decide(
     generation = (body.get("metadata") or {}).get("generation")
     try:
         app = parse_app(body)
-        check_groups(app.spec, node_groups(nodes))
-        reserved = reserved_resources(pods, app)
-        check_memory(app.spec, nodes, reserved)
+        reserved = check_against_cluster(app, nodes, pods)
     except SpecError as error:
         status = build_status(None, generation=generation, now=now, error=error, previous=previous)
         return Decision(children=[], status=status, error=error)
@@ -82,6 +80,16 @@ def decide(
     return Decision(children=children, status=status, app=app, waiting=waiting)
 
 
+def check_against_cluster(app: App, nodes: list[Mapping], pods: Iterable[Mapping]) -> dict[str, Reserved]:
+    """What the cluster must offer the spec (its groups exist, explicit cpu and memory fit a
+    node); raises SpecError. Returns what other pods reserve on each node, for `place`.
+    The operator, `run` (before applying) and `render --pods` call this one function."""
+    check_groups(app.spec, node_groups(nodes))
+    reserved = reserved_resources(pods, app)
+    check_fits(app.spec, nodes, reserved)
+    return reserved
+
+
 def status_changed(old: Mapping | None, new: Mapping) -> bool:
     """Whether writing `new` would change anything a reader sees (kopf's own keys aside)."""
     old = {k: v for k, v in (old or {}).items() if k in new}
@@ -105,17 +113,21 @@ def observed_deployments(app: App, deployments: Iterable[Mapping]) -> dict[str, 
 
 def reserved_resources(pods: Iterable[Mapping], app: App) -> dict[str, Reserved]:
     """CPU (millicores) and memory (bytes) per node requested by running or scheduled pods of
-    everything else."""
+    everything else, and the part of it of pods that belong to no application."""
     reserved: dict[str, Reserved] = {}
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if not node or phase in ("Succeeded", "Failed") or _belongs(pod, app):
             continue
+        cpu, memory = pod_request(pod, "cpu", cpu_millicores), pod_request(pod, "memory", memory_bytes)
+        system = APP_LABEL not in ((pod.get("metadata") or {}).get("labels") or {})
         before = reserved.get(node, Reserved())
         reserved[node] = Reserved(
-            before.cpu_m + pod_request(pod, "cpu", cpu_millicores),
-            before.memory + pod_request(pod, "memory", memory_bytes),
+            before.cpu_m + cpu,
+            before.memory + memory,
+            before.system_cpu_m + (cpu if system else 0),
+            before.system_memory + (memory if system else 0),
         )
     return reserved
 

@@ -338,10 +338,18 @@ def _parse_tunnel(raw: object, path: str, components: tuple[Component, ...]) -> 
     message = raw.get("message")
     if message is not None and not isinstance(message, str):
         raise SpecError(f"{path}.message", "a string", message)
+    port = _parse_port(raw["port"], f"{path}.port")
+    target = next(c for c in components if c.name == raw["component"])
+    exposed = target.ports
+    # nothing would listen there for the tunnel to reach; a hostNetwork component's process
+    # binds the node's ports itself, declared or not (Clusterous' spark demo tunnels so)
+    if port not in exposed and not target.host_network:
+        ports = ", ".join(map(str, exposed)) or "none: add the port to its ports"
+        raise SpecError(f"{path}.port", f"a port {raw['component']} exposes ({ports})", port)
     return Tunnel(
         local_port=_parse_port(raw["localPort"], f"{path}.localPort"),
         component=raw["component"],
-        port=_parse_port(raw["port"], f"{path}.port"),
+        port=port,
         message=message,
     )
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from clusterous_operator.images import resolve_image
+from clusterous_operator.images import in_cluster_registry, resolve_image
 from clusterous_operator.placement import ComponentPlacement
 from clusterous_operator.spec import (
     AUTO,
@@ -175,7 +175,7 @@ def build_status(
     desired = sum(c.desired for c in components)
     ready = sum(c.ready for c in components)
     phase = app_phase(components, previous, generation)
-    blocked = [c for c in components if c.blocked_reason in ("InsufficientCPU", "NoNodes", "TooLarge")]
+    blocked = [c for c in components if c.blocked_reason in ("InsufficientCPU", "NoNodes")]
     scheduled = (
         _condition("Scheduled", False, blocked[0].blocked_reason, "; ".join(c.message for c in blocked))
         if blocked
@@ -209,16 +209,13 @@ def cores(millicores: int) -> str:
 
 
 def scale_hint(component: Component, placement: ComponentPlacement, missing: int) -> str:
-    """The command that makes room for `missing` more replicas of `component`."""
-    cpu = placement.cpu_m or 0
-    per_node = placement.largest_node_m // cpu if cpu else 0
-    if placement.one_per_node:
-        per_node = min(per_node, 1) if cpu else 1
+    """The command that makes room for `missing` more replicas of `component`: as many more
+    nodes as it takes at the replicas a new node holds (placement's arithmetic)."""
     if placement.group_nodes == 0:
         return f"`clusterous-k8s scale {component.group} 1`"
-    if per_node == 0:
+    if placement.per_new_node == 0:
         return f"a larger {component.group} instance type, or a smaller cpu"
-    extra = max(1, math.ceil(missing / per_node))
+    extra = max(1, math.ceil(missing / placement.per_new_node))
     return f"`clusterous-k8s scale {component.group} {placement.group_nodes + extra}`"
 
 
@@ -230,12 +227,6 @@ def _placement_problem(
     if placement.group_nodes == 0 and (placement.replicas > 0 or component.replicas == AUTO):
         hint = scale_hint(component, placement, 1)
         return "NoNodes", f"{component.name}: no Ready, schedulable {group} node — {hint}"
-    if cpu and cpu > placement.largest_node_m:
-        return (
-            "TooLarge",
-            f"{component.name}: no {group} node has {cores(cpu)} CPU (largest: "
-            f"{cores(placement.largest_node_m)}) — use a larger {group} instance type or a smaller cpu",
-        )
     spread = " (hostNetwork with ports: at most one replica per node)" if placement.one_per_node else ""
     if component.replicas == AUTO and placement.replicas == 0:
         hint = scale_hint(component, placement, 1)
@@ -262,9 +253,15 @@ def _placement_problem(
 def _failing_message(component: Component, reasons: list[str]) -> str:
     reason = max(set(reasons), key=reasons.count)
     head = f"{len(reasons)} {component.name} replicas failing: {reason}"
-    if "Image" in reason:
+    if "Image" in reason and in_cluster_registry(component.image):
         image = resolve_image(component.image)
-        return f"{head} — is {image} in the registry? `clusterous-k8s images`, `clusterous-k8s build-image DIR {component.image}`"
+        name = component.image.partition("/")[2]
+        return f"{head} — is {image} in the registry? `clusterous-k8s images`, `clusterous-k8s build-image DIR {name}`"
+    if "Image" in reason:
+        return (
+            f"{head} — can {resolve_image(component.image)} be pulled? A short name is Docker Hub's; "
+            "an image built on the cluster is registry:5000/NAME"
+        )
     return f"{head} — see `clusterous-k8s logs {component.name}`"
 
 

@@ -66,8 +66,8 @@ def _code(exc) -> str:
 # --- preflight ----------------------------------------------------------------------------------
 
 
-def resolve_ami(clients, spec: ClusterSpec) -> tuple[str, str]:
-    """The AMI id and its root device name: --ami, or the OS's public SSM parameter."""
+def resolve_ami(clients, spec: ClusterSpec) -> tuple[str, str, str]:
+    """The AMI id, its root device name and architecture: --ami, or the OS's public SSM parameter."""
     from botocore.exceptions import ClientError
 
     ami = spec.ami
@@ -93,7 +93,25 @@ def resolve_ami(clients, spec: ClusterSpec) -> tuple[str, str]:
         images = []
     if not images:
         raise BadInput("--ami", None, f"an AMI that exists in {spec.region}", ami)
-    return ami, images[0].get("RootDeviceName") or "/dev/xvda"
+    return ami, images[0].get("RootDeviceName") or "/dev/xvda", images[0].get("Architecture", "x86_64")
+
+
+def wrong_architecture(clients, spec: ClusterSpec, architecture: str) -> list[str]:
+    """The instance types that cannot run `architecture` (DescribeInstanceTypes'
+    ProcessorInfo.SupportedArchitectures): an arm64 type cannot boot an x86_64 image."""
+    from botocore.exceptions import ClientError
+
+    try:
+        found = clients.ec2.describe_instance_types(InstanceTypes=spec.instance_types)["InstanceTypes"]
+    except ClientError as exc:
+        if _code(exc) != "InvalidInstanceType":
+            raise
+        return []  # a type the region lacks: choose_zone names it
+    return sorted(
+        t["InstanceType"]
+        for t in found
+        if architecture not in t.get("ProcessorInfo", {}).get("SupportedArchitectures", [architecture])
+    )
 
 
 def external_volume(clients, spec: ClusterSpec) -> dict | None:
@@ -163,8 +181,27 @@ def choose_zone(clients, spec: ClusterSpec, inv: Inventory, volume: dict | None)
     return good[0]
 
 
-def preflight(clients, spec: ClusterSpec, inv: Inventory) -> Preflight:
-    ami, root = resolve_ami(clients, spec)
+def preflight(clients, spec: ClusterSpec, inv: Inventory, where=None) -> Preflight:
+    """`where(instance_type)` names the flag or file field a refused type came from."""
+    if inv.foreign_iam:  # account-wide names: never adopt or change what another made
+        raise BadInput(
+            "--name",
+            None,
+            f"a cluster name whose IAM names are free in this account: {' and '.join(inv.foreign_iam)} "
+            f"exist(s) without this cluster's tags for {spec.region}",
+            spec.name,
+        )
+    ami, root, architecture = resolve_ami(clients, spec)
+    wrong = wrong_architecture(clients, spec, architecture)
+    if wrong:
+        source, field_name = where(wrong[0]) if where else ("instance type", None)
+        raise BadInput(
+            source,
+            field_name,
+            f"an instance type that runs {architecture}, the architecture of the AMI {ami} "
+            f"({', '.join(wrong)} cannot); pick another type or an image built for it",
+            ", ".join(wrong),
+        )
     volume = external_volume(clients, spec)
     if volume and inv.subnets and volume["AvailabilityZone"] != inv.subnets[0]["AvailabilityZone"]:
         raise BadInput(
@@ -234,24 +271,51 @@ def ensure_key_pair(
         return target.key_name, None
     name = layout.key_pair_name(spec.name)
     key_file = target.state_dir / f"{name}.pem"
-    if inv.key_pairs:
-        if not key_file.exists():
-            report(f"note: key pair {name} exists but its private key is not on this machine ({key_file})")
+    if inv.key_pairs and not key_file.exists():
+        # A run that died between CreateKeyPair and writing the key, or another machine's run.
+        users = [i["InstanceId"] for i in inv.instances if i.get("KeyName") == name]
+        if users:
+            raise Failure(
+                f"cluster {spec.name}: the private key of key pair {name} is not on this machine "
+                f"({key_file}) and {len(users)} instance(s) use it ({', '.join(users[:3])}"
+                f"{', ...' if len(users) > 3 else ''}); new instances would be unreachable",
+                f"copy {key_file.name} from the machine that created the cluster to {key_file}, or "
+                f"`clusterous-k8s down {spec.name}` and `up` again",
+            )
+        report(f"key pair {name} has no private key here and no instance uses it: making it again")
+        clients.ec2.delete_key_pair(KeyName=name)
+    elif inv.key_pairs:
         return name, key_file
     keypairs.create_key_pair(clients.ec2, name, tags.tag_dict(spec.name, "key-pair", name), key_file)
     report(f"created key pair {name}; private key {key_file} (0600)")
     return name, key_file
 
 
+# Where the registry keeps its blobs in the bucket: manifests/registry.yaml's
+# REGISTRY_STORAGE_S3_ROOTDIRECTORY (/clusterous/registry) as distribution's S3 driver writes keys,
+# without the leading '/' (s3Path trims it). tests/test_up_down.py checks the two agree.
+REGISTRY_PREFIX = "clusterous/registry"
+
+
 def controller_policy(bucket: str) -> dict:
-    """The controller may use the registry bucket and nothing else."""
+    """The controller may use the registry's prefix of the bucket and nothing else: the bucket is
+    the user's, shared by every cluster and colleague, and may hold other data."""
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
+                "Sid": "RegistryPrefixListing",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [REGISTRY_PREFIX, f"{REGISTRY_PREFIX}/*"]}},
+            },
+            {
+                # No s3:prefix condition exists for these: the bucket's region and the keys of
+                # unfinished uploads (names, not data), which the driver lists to resume one.
                 "Sid": "RegistryBucket",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
+                "Action": ["s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
                 "Resource": f"arn:aws:s3:::{bucket}",
             },
             {
@@ -264,7 +328,7 @@ def controller_policy(bucket: str) -> dict:
                     "s3:ListMultipartUploadParts",
                     "s3:AbortMultipartUpload",
                 ],
-                "Resource": f"arn:aws:s3:::{bucket}/*",
+                "Resource": f"arn:aws:s3:::{bucket}/{REGISTRY_PREFIX}/*",
             },
         ],
     }
@@ -280,8 +344,8 @@ ASSUME_EC2 = {
 
 def ensure_iam(clients, spec: ClusterSpec, target: Target, inv: Inventory, out: Outcome) -> str:
     """The controller's role and instance profile; nodes get none (the minimum)."""
-    name = layout.role_name(spec.name)
-    tag = tags.tag_list(tags.tag_dict(spec.name, "iam", name))
+    name = layout.role_name(spec.name, spec.region)
+    tag = tags.tag_list(tags.tag_dict(spec.name, "iam", name, **{tags.REGION: spec.region}))
     iam = clients.iam
     if inv.role is None:
         iam.create_role(

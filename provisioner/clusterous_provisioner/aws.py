@@ -7,17 +7,37 @@ so the same code reaches real AWS or a local moto server.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
 
 from clusterous_provisioner.errors import BadInput, Failure
 
 USER_AGENT = "clusterous-k8s"
 
 
-def session(region: str | None = None):
+def cache_dir() -> Path:
+    """What may be thrown away and fetched again (prices, the region list): $XDG_CACHE_HOME."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clusterous-k8s"
+
+
+@lru_cache(maxsize=4)
+def _session(environment: tuple):
     import boto3
 
-    return boto3.session.Session(region_name=region)
+    return boto3.session.Session()
+
+
+def session(region: str | None = None):
+    """The command's one boto3 session (one botocore session), so service models, endpoint data and
+    credentials are loaded once whatever the number of clients. Keyed by the AWS_* environment (a
+    process that changes it, like the tests, gets a fresh one). The region is given per client
+    (`client`), never set on the shared session; `region` is accepted for callers' clarity."""
+    environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "BOTOCORE_"))))
+    return _session(environment)
 
 
 def client(service: str, region: str | None = None, sess=None):
@@ -34,14 +54,28 @@ def client(service: str, region: str | None = None, sess=None):
 
 
 def known_regions() -> list[str]:
-    """EC2 regions from botocore's bundled endpoint data: works offline."""
-    import botocore.session
+    """EC2 regions from botocore's bundled endpoint data: works offline. Reading that data takes
+    longer than a describe call, so the list is cached per botocore version."""
+    import botocore
 
-    sess = botocore.session.get_session()
+    path = cache_dir() / f"regions-botocore-{botocore.__version__}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    sess = session()._session  # the botocore session
     regions = set()
     for partition in ("aws", "aws-cn", "aws-us-gov"):
         regions.update(sess.get_available_regions("ec2", partition_name=partition))
-    return sorted(regions)
+    found = sorted(regions)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(found))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: just slower
+    return found
 
 
 def check_region(region: str, source: str = "--region") -> str:

@@ -1,8 +1,9 @@
 """The registry bucket: one per account and region, shared by every cluster and colleague.
 
-Created once (private, encrypted, tagged) and never deleted by `down`. Its region is recorded in
-the profile by `setup`: the registry talks to S3 in the bucket's region, and `up` makes clusters
-only in that region (docs/provisioning.md, "The registry bucket's region").
+Created once (private, encrypted, tagged) and never deleted by `down`. A bucket the user brought
+(`setup --bucket`) keeps its owner's settings: only a bucket carrying our tags is configured. Its
+region is recorded in the profile by `setup`: the registry talks to S3 in the bucket's region, and
+`up` makes clusters only in that region (docs/provisioning.md, "The registry bucket's region").
 """
 
 from __future__ import annotations
@@ -42,8 +43,24 @@ def bucket_state(s3, name: str) -> str:
         raise
 
 
+def made_by_us(s3, name: str) -> bool:
+    """The bucket carries the tags `ensure_bucket` puts on a bucket it creates (first thing after
+    creating it, so a run stopped half-way is finished by the next)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        found = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchTagSet", "NoSuchTagSetError"):
+            return False
+        raise
+    have = {t["Key"]: t["Value"] for t in found}
+    return all(have.get(k) == v for k, v in TAGS.items())
+
+
 def ensure_bucket(s3, name: str, region: str) -> bool:
-    """Create the bucket if missing and make sure it is private and encrypted; True if created."""
+    """Create the bucket if missing, private and encrypted; True if created. A bucket we did not
+    create is used as it is: its owner's settings are never rewritten."""
     state = bucket_state(s3, name)
     if state == "foreign":
         raise BadInput("--bucket", None, "a bucket name no other AWS account owns", name)
@@ -57,6 +74,8 @@ def ensure_bucket(s3, name: str, region: str) -> bool:
         s3.put_bucket_tagging(
             Bucket=name, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in TAGS.items()]}
         )
+    elif not made_by_us(s3, name):
+        return False
     s3.put_public_access_block(
         Bucket=name,
         PublicAccessBlockConfiguration={

@@ -20,13 +20,19 @@ class Clients:
     _made: dict = field(default_factory=dict)
     patience: Patience = field(default_factory=Patience)
 
-    def _client(self, service: str):
+    @property
+    def session(self):
         from clusterous_provisioner import aws
 
         if self._session is None:
             self._session = aws.session(self.region)
+        return self._session
+
+    def _client(self, service: str):
+        from clusterous_provisioner import aws
+
         if service not in self._made:
-            made = aws.client(service, self.region, self._session)
+            made = aws.client(service, self.region, self.session)
             self.patience.register(made)
             self._made[service] = made
         return self._made[service]
@@ -58,9 +64,9 @@ class Clients:
 
 def have_credentials() -> bool:
     """True if boto3's chain finds credentials; dry runs without them plan offline."""
-    import boto3
+    from clusterous_provisioner import aws
 
     try:
-        return boto3.session.Session().get_credentials() is not None
+        return aws.session().get_credentials() is not None
     except Exception:  # noqa: BLE001 - a broken AWS config means: no usable credentials
         return False

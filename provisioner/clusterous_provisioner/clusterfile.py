@@ -6,6 +6,10 @@ or `shared_volume_id`, `central_logging_level`, `environment_file` and `paramete
 `ssh_cidr`, `k3s_version`, `os`, `ami` and `node_groups` (a custom layout). Flags win over the
 file, the file over the profile, the profile over the defaults. Every mistake is a BadInput naming
 the file (or flag), the field and what is expected.
+
+Elastic groups (docs/elastic.md): a group may give `min` and `max` (`node_groups.G.min/max`,
+`parameters.worker_min/worker_max`, or `--workers MIN..MAX`); `count` stays the starting size and
+`min` defaults to 0 once bounds are given. The autoscaler keeps the group within them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,16 @@ DEFAULT_WORKER_TYPE = "t3.large"
 DEFAULT_WORKERS = 2
 DEFAULT_VOLUME_GIB = 20
 MAX_VOLUME_GIB = 16384
+MAX_GROUP_SIZE = 1000
 OS_CHOICES = ("ubuntu-24.04", "al2023")
+WORKERS_RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+
+
+def _non_negative_integer(value: Any) -> Any:
+    """pydantic would turn 2.0 or "2" into 2; a size in the cluster file must be written as one."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError("must be a non-negative integer")
+    return value
 
 
 def check_cluster_name(name: str, source: str = "--name", field: str | None = None) -> str:
@@ -59,15 +72,17 @@ class GroupFile(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     instance_type: str = Field(alias="type")
-    count: int = Field(ge=0, le=1000)
+    count: int = Field(ge=0, le=MAX_GROUP_SIZE)
     spot: bool | None = None
+    min: int | None = Field(default=None, ge=0, le=MAX_GROUP_SIZE)
+    max: int | None = Field(default=None, ge=0, le=MAX_GROUP_SIZE)
 
-    @field_validator("count", mode="before")
+    @field_validator("count", "min", "max", mode="before")
     @classmethod
     def _integer(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if value is None:
             raise ValueError("must be a non-negative integer")
-        return value
+        return _non_negative_integer(value)
 
     @field_validator("instance_type")
     @classmethod
@@ -84,14 +99,16 @@ class Parameters(BaseModel):
 
     master_instance_type: str = DEFAULT_MASTER_TYPE
     worker_instance_type: str = DEFAULT_WORKER_TYPE
-    worker_count: int = Field(default=DEFAULT_WORKERS, ge=0, le=1000)
+    worker_count: int = Field(default=DEFAULT_WORKERS, ge=0, le=MAX_GROUP_SIZE)
+    worker_min: int | None = Field(default=None, ge=0, le=MAX_GROUP_SIZE)
+    worker_max: int | None = Field(default=None, ge=0, le=MAX_GROUP_SIZE)
 
-    @field_validator("worker_count", mode="before")
+    @field_validator("worker_count", "worker_min", "worker_max", mode="before")
     @classmethod
     def _integer(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if value is None:
             raise ValueError("must be a non-negative integer")
-        return value
+        return _non_negative_integer(value)
 
     @field_validator("master_instance_type", "worker_instance_type")
     @classmethod
@@ -205,6 +222,12 @@ class NodeGroup(BaseModel):
     instance_type: str
     count: int
     spot: bool = False
+    min: int | None = None  # both set, or neither: the group is elastic (docs/elastic.md)
+    max: int | None = None
+
+    @property
+    def elastic(self) -> bool:
+        return self.max is not None
 
 
 class ClusterSpec(BaseModel):
@@ -264,15 +287,15 @@ def _validation_error(source: str, exc: ValidationError, data: dict, flagged: di
     field = ".".join(loc) or None
     message = err["msg"]
     if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+        message = message[len("Value error, ") :].removeprefix("must be ")  # "expected a ..."
     if err["type"] == "extra_forbidden":
         message = f"a known setting (unknown key {loc[-1]!r})"
     elif field in ("shared_volume_size",) and err["type"].startswith(("greater", "less")):
         message = f"an integer number of GiB from 1 to {MAX_VOLUME_GIB}"
     elif field == "central_logging_level" and err["type"].startswith(("greater", "less")):
         message = "0 (off), 1 (application logs) or 2 (application and system logs)"
-    elif field and field.endswith("count") and err["type"].startswith(("greater", "less")):
-        message = "a non-negative integer (at most 1000)"
+    elif field and field.endswith(("count", "min", "max")) and err["type"].startswith(("greater", "less")):
+        message = f"a non-negative integer (at most {MAX_GROUP_SIZE})"
     elif err["type"] == "literal_error":
         message = f"one of {', '.join(OS_CHOICES)}"
     got = _lookup(data, loc)
@@ -308,9 +331,16 @@ def load_spec(
 
     source = str(path) if path else "cluster settings"
     data = read_cluster_file(path) if path else {}
+    _no_controller_bounds(source, data)
     merged = _deep_copy(data)
     flagged: dict[str, str] = {}
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    flag_bounds = parse_workers(overrides.get("workers"))
+    if flag_bounds is not None:  # --workers MIN..MAX: start at MIN
+        overrides["workers"] = flag_bounds[0]
+    elif isinstance(overrides.get("workers"), str):
+        overrides["workers"] = int(overrides["workers"])
+    for key, value in overrides.items():
         if value is None or key not in FLAG_FIELDS:
             continue
         flag, field = FLAG_FIELDS[key]
@@ -358,26 +388,42 @@ def load_spec(
         groups = []
         for gname, g in model.node_groups.items():
             itype, count = g.instance_type, g.count
+            where = f"node_groups.{gname}."
+            low, high = g.min, g.max
             if gname == "worker" and "parameters.worker_count" in flagged:
                 count = model.parameters.worker_count
+            if gname == "worker" and flag_bounds is not None:
+                low, high, where = flag_bounds[0], flag_bounds[1], "--workers"
             if gname == "worker" and "parameters.worker_instance_type" in flagged:
                 itype = model.parameters.worker_instance_type
             if gname == "master" and "parameters.master_instance_type" in flagged:
                 itype = model.parameters.master_instance_type
+            low, high = check_bounds(source, where, count, low, high)
             groups.append(
                 NodeGroup(
                     name=gname,
                     instance_type=itype,
                     count=count,
                     spot=model.spot if g.spot is None else g.spot,
+                    min=low,
+                    max=high,
                 )
             )
     else:
         p = model.parameters
+        low, high, where = p.worker_min, p.worker_max, "parameters.worker_"
+        if flag_bounds is not None:
+            low, high, where = flag_bounds[0], flag_bounds[1], "--workers"
+        low, high = check_bounds(source, where, p.worker_count, low, high)
         groups = [
             NodeGroup(name="master", instance_type=p.master_instance_type, count=1, spot=model.spot),
             NodeGroup(
-                name="worker", instance_type=p.worker_instance_type, count=p.worker_count, spot=model.spot
+                name="worker",
+                instance_type=p.worker_instance_type,
+                count=p.worker_count,
+                spot=model.spot,
+                min=low,
+                max=high,
             ),
         ]
 
@@ -408,6 +454,68 @@ def load_spec(
         ami=model.ami,
         source=source,
     )
+
+
+def parse_workers(value: Any) -> tuple[int, int] | None:
+    """`--workers N` (None: no bounds) or `--workers MIN..MAX` (the bounds); anything else is bad input."""
+    if value is None or isinstance(value, int):
+        return None
+    text = str(value)
+    if text.strip().isdigit():
+        return None
+    match = WORKERS_RANGE.match(text)
+    if not match:
+        raise BadInput(
+            "--workers", None, "a number of workers (e.g. 4) or bounds MIN..MAX (e.g. 0..10)", value
+        )
+    low, high = int(match.group(1)), int(match.group(2))
+    if high > MAX_GROUP_SIZE:
+        raise BadInput("--workers", None, f"a MAX of at most {MAX_GROUP_SIZE}", value)
+    if low > high:
+        raise BadInput("--workers", None, f"MIN..MAX with MIN at most MAX ({high})", value)
+    return low, high
+
+
+def check_bounds(
+    source: str, where: str, count: int, low: int | None, high: int | None
+) -> tuple[int | None, int | None]:
+    """(min, max) of a group, or (None, None) for a fixed one. `where` is the flag (`--workers`)
+    or the fields' common prefix (`node_groups.worker.`, `parameters.worker_`)."""
+    if low is None and high is None:
+        return None, None
+
+    def bad(field: str, expected: str, got: object) -> BadInput:
+        if where.startswith("--"):
+            return BadInput(where, None, expected, got)
+        return BadInput(source, where + field, expected, got)
+
+    if high is None:
+        raise bad("max", f"a maximum ({where}max) as well, since {where}min is given", None)
+    low = 0 if low is None else low  # bounds given: the group may shrink to zero
+    if low > high:
+        raise bad("min", f"at most max ({high})", low)
+    if not low <= count <= high:
+        raise bad("count", f"a starting size between min and max ({low}..{high})", count)
+    return low, high
+
+
+def _no_controller_bounds(source: str, data: dict) -> None:
+    """The controller is one k3s server holding the shared volume: it has no size to bound."""
+    for key in ("controller_count", "controller_min", "controller_max"):
+        if key in data:
+            raise BadInput(
+                source, key, "no bounds on the controller (always one instance; bounds go on node groups)"
+            )
+    groups = data.get("node_groups")
+    controller = groups.get("controller") if isinstance(groups, dict) else None
+    if isinstance(controller, dict):
+        for key in ("min", "max"):
+            if key in controller:
+                raise BadInput(
+                    source,
+                    f"node_groups.controller.{key}",
+                    "no bounds on the controller (always one instance; bounds go on node groups)",
+                )
 
 
 def _deep_copy(data: dict) -> dict:

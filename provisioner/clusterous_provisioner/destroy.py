@@ -95,7 +95,7 @@ def summary(inv: Inventory, delete_volume: bool) -> list[str]:
     if parts:
         lines.append("network: " + ", ".join(parts))
     if inv.role or inv.instance_profile:
-        lines.append(f"IAM: role and instance profile {layout.role_name(inv.cluster)}")
+        lines.append(f"IAM: role and instance profile {layout.role_name(inv.cluster, inv.region)}")
     if inv.key_pairs:
         lines.append(f"key pair {inv.key_pairs[0]['KeyName']} and its local private key")
     if inv.token_parameter:
@@ -247,7 +247,7 @@ def destroy(
         _quietly(ec2.delete_vpc, VpcId=vpc["VpcId"])
         r.deleted.append(f"VPC {vpc['VpcId']}")
 
-    name = layout.role_name(cluster)
+    name = layout.role_name(cluster, inv.region)  # discover adopted it only if tagged as ours
     if inv.instance_profile is not None:
         for role in inv.instance_profile.get("Roles", []):
             _quietly(

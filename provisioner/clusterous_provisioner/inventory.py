@@ -32,6 +32,7 @@ class Inventory:
     key_pairs: list[dict] = field(default_factory=list)
     role: dict | None = None
     instance_profile: dict | None = None
+    foreign_iam: list[str] = field(default_factory=list)  # our IAM names, not tagged as ours
     token_parameter: bool = False
     online: bool = True
 
@@ -85,6 +86,32 @@ class Inventory:
     def shared_volume(self) -> dict | None:
         return next((v for v in self.volumes if role_of(v) == "shared-volume"), None)
 
+    def duplicates(self) -> list[str]:
+        """Resources that should exist once and exist more than once (say, after two runs raced):
+        one line each, kind and ids."""
+        live_nats = [n for n in self.nat_gateways if n["State"] in ("pending", "available")]
+        singles = [
+            ("VPC", self.vpcs, "VpcId"),
+            ("internet gateway", self.internet_gateways, "InternetGatewayId"),
+            ("NAT gateway", live_nats, "NatGatewayId"),
+            ("Elastic IP", self.addresses, "AllocationId"),
+            ("controller", [i for i in self.instances if role_of(i) == "controller"], "InstanceId"),
+            ("shared volume", [v for v in self.volumes if role_of(v) == "shared-volume"], "VolumeId"),
+            ("key pair", self.key_pairs, "KeyName"),
+        ]
+        keyed = [("subnet", self.subnets, "SubnetId"), ("route table", self.route_tables, "RouteTableId"),
+                 ("security group", self.security_groups, "GroupId")]  # fmt: skip
+        for kind, items, id_key in keyed:
+            by_key: dict[str, list[dict]] = {}
+            for item in items:
+                by_key.setdefault(tags.as_dict(item.get("Tags")).get(tags.KEY, "?"), []).append(item)
+            singles += [(f"{kind} {key}", group, id_key) for key, group in sorted(by_key.items())]
+        return [
+            f"{kind}: {', '.join(str(i.get(id_key)) for i in items)}"
+            for kind, items, id_key in singles
+            if len(items) > 1
+        ]
+
     @property
     def empty(self) -> bool:
         return not any(
@@ -104,6 +131,13 @@ class Inventory:
                 self.token_parameter,
             ]
         )
+
+
+def ours(resource: dict, cluster: str, region: str) -> bool:
+    """An IAM resource (account-wide) is adopted or deleted only if its tags say it is this
+    cluster's, in this region."""
+    found = tags.as_dict(resource.get("Tags"))
+    return found.get(tags.CLUSTER) == cluster and found.get(tags.REGION) == region
 
 
 def role_of(resource: dict) -> str | None:
@@ -144,19 +178,22 @@ def discover(clients, cluster: str) -> Inventory:
     )
     inv.volumes = ec2.describe_volumes(Filters=flt)["Volumes"]
     inv.key_pairs = ec2.describe_key_pairs(Filters=flt)["KeyPairs"]
-    name = layout.role_name(cluster)
-    try:
-        role = clients.iam.get_role(RoleName=name)["Role"]
-        if tags.as_dict(role.get("Tags")).get(tags.CLUSTER) == cluster:
-            inv.role = role
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-    try:
-        inv.instance_profile = clients.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "NoSuchEntity":
-            raise
+    name = layout.role_name(cluster, clients.region)
+    for kind, call, key, attr in (
+        ("IAM role", clients.iam.get_role, "RoleName", "role"),
+        ("instance profile", clients.iam.get_instance_profile, "InstanceProfileName", "instance_profile"),
+    ):
+        try:
+            found = call(**{key: name})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+            continue
+        resource = found.get("Role") or found.get("InstanceProfile")
+        if ours(resource, cluster, clients.region):
+            setattr(inv, attr, resource)
+        else:
+            inv.foreign_iam.append(f"{kind} {name}")
     found = clients.ssm.describe_parameters(
         ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [layout.token_parameter(cluster)]}]
     )["Parameters"]

@@ -19,9 +19,11 @@ ROOT_VOLUME_GIB = 30
 SHARED_VOLUME_DEVICE = "/dev/sdf"
 
 
-def role_name(cluster: str) -> str:
-    """IAM role and instance profile of the controller (64-character limit: cluster names ≤ 40)."""
-    return f"clusterous-{cluster}-controller"
+def role_name(cluster: str, region: str) -> str:
+    """IAM role and instance profile of the controller. IAM names are account-wide, so the region
+    is part of it: the same cluster name in two regions is two clusters (64-character limit:
+    cluster names ≤ 40, regions ≤ 14; the /clusterous/ path says whose it is)."""
+    return f"{cluster}-{region}-controller"[:64]
 
 
 IAM_PATH = "/clusterous/"

@@ -1,10 +1,12 @@
 """How the operator reaches a cluster that has no public registry to pull it from.
 
-The operator pod runs a pinned stock Python image. Its code is this installation's own
-`clusterous_operator` package, zipped (Python imports straight from a zip) into the
-`clusterous-operator-code` ConfigMap with the pod's start script; the start script pip-installs
-the pinned dependencies once per code version on the controller and runs kopf. So the cluster
-runs exactly the operator the CLI was tested with, and nothing has to be built or published.
+The operator pod runs a stock Python image pinned by digest. Its code is this installation's
+own `clusterous_operator` package, zipped (Python imports straight from a zip) into the
+`clusterous-operator-code` ConfigMap with the pod's start script and the lock; the start script
+installs the lock with `pip install --require-hashes` once per lock hash into a cache on the
+controller (a restart, or new operator code with the same lock, needs no PyPI) and runs kopf.
+So the cluster runs exactly the operator the CLI was tested with, and nothing has to be built
+or published.
 """
 
 from __future__ import annotations
@@ -18,20 +20,42 @@ from importlib import resources
 
 import yaml
 
-OPERATOR_IMAGE = "python:3.12.11-slim-bookworm"
+# The official image's multi-platform index digest (linux/amd64 and linux/arm64), pinned so the
+# Python the lock's wheels were chosen for never changes under it; operator/Dockerfile uses it too.
+OPERATOR_IMAGE = (
+    "python:3.12.11-slim-bookworm@sha256:519591d6871b7bc437060736b9f7456b8731f1499a57e22e6c285135ae657bf7"
+)
 OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
-LOCK_FILE = "requirements.txt"  # in the clusterous_operator package: the operator's pins
+LOCK_FILE = "requirements.txt"  # in the clusterous_operator package: the operator's lock
+DIRECT = ("kopf", "kubernetes", "pyyaml")  # what the operator imports; the lock adds their closure
 
 
-def read_lock() -> tuple[str, ...]:
-    """The `name==version` lines of the operator's lock (also CI's pip constraints file)."""
-    text = (resources.files("clusterous_operator") / LOCK_FILE).read_text()
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return tuple(line for line in lines if line)
+def lock_text() -> str:
+    return (resources.files("clusterous_operator") / LOCK_FILE).read_text()
 
 
-# What the operator package imports besides the standard library, pinned as tested.
-REQUIREMENTS = read_lock()
+def read_lock() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The lock as {name: (version, sha256 hashes)}; its `name==version \\ --hash=...` entries."""
+    entries: dict[str, tuple[str, tuple[str, ...]]] = {}
+    logical = " ".join(line.split("#", 1)[0] for line in lock_text().replace("\\\n", " ").splitlines())
+    name = None
+    for token in logical.split():
+        if token.startswith("--hash=sha256:"):
+            version, hashes = entries[name]
+            entries[name] = (version, (*hashes, token.removeprefix("--hash=sha256:")))
+        else:
+            name, _, version = token.partition("==")
+            entries[name] = (version, ())
+    return entries
+
+
+def lock_hash() -> str:
+    """What the pod's install cache is keyed by (operator-start.sh computes the same)."""
+    return hashlib.sha256(lock_text().encode()).hexdigest()[:16]
+
+
+# The operator's direct dependencies, pinned as tested (`name==version`).
+REQUIREMENTS = tuple(f"{name}=={read_lock()[name][0]}" for name in DIRECT)
 # Import names of those distributions (a test checks the package imports nothing else).
 PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml"}
 CONFIGMAP = "clusterous-operator-code"
@@ -74,7 +98,7 @@ def code_hash() -> str:
     """Changes whenever the code, the start script or the pins change: the pod rolls then."""
     digest = hashlib.sha256(operator_zip())
     digest.update(start_script().encode())
-    digest.update(" ".join(REQUIREMENTS).encode())
+    digest.update(lock_text().encode())
     return digest.hexdigest()[:16]
 
 
@@ -88,7 +112,7 @@ def code_configmap() -> dict:
             "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
             "annotations": {"clusterous.io/code-hash": code_hash()},
         },
-        "data": {START_SCRIPT: start_script()},
+        "data": {START_SCRIPT: start_script(), LOCK_FILE: lock_text()},
         "binaryData": {ZIP_NAME: base64.b64encode(operator_zip()).decode()},
     }
 

@@ -48,6 +48,22 @@ class Plan:
         return [f"{i.name}: {i.price_note}" for i in self.items if i.hourly_usd is None]
 
     @property
+    def unpriced_instances(self) -> int:
+        """Instances the total leaves out (their type has no known price): it is then a lower bound."""
+        return sum(
+            i.count for i in self.items if i.hourly_usd is None and i.kind in ("instance", "node group")
+        )
+
+    @property
+    def cost_line(self) -> str:
+        if self.unpriced:
+            n = self.unpriced_instances
+            what = f"{n} instance{'s' if n != 1 else ''}" if n else "some resources"
+            return f"at least {self.hourly_cost_usd:.4f} USD/hour; {what} not priced"
+        monthly = self.hourly_cost_usd * pricing.HOURS_PER_MONTH
+        return f"{self.hourly_cost_usd:.4f} USD per hour (about {monthly:.0f} USD per 30 days of uptime)"
+
+    @property
     def changes(self) -> list[Item]:
         return [i for i in self.items if i.action in (CREATE, LAUNCH)]
 
@@ -59,6 +75,8 @@ class Plan:
             "hourly_cost_usd": self.hourly_cost_usd,
             "monthly_cost_usd": round(self.hourly_cost_usd * pricing.HOURS_PER_MONTH, 2),
             "unpriced": self.unpriced,
+            "unpriced_instances": self.unpriced_instances,
+            "hourly_cost_is_lower_bound": bool(self.unpriced),
             "changes": len(self.changes),
             "resources": [asdict(i) for i in self.items],
             "notes": list(self.notes),
@@ -70,9 +88,14 @@ def _exists(found: object) -> str:
 
 
 def make_plan(
-    spec: ClusterSpec, inv: Inventory, profile_key_name: str | None = None, bucket: str | None = None
+    spec: ClusterSpec,
+    inv: Inventory,
+    profile_key_name: str | None = None,
+    bucket: str | None = None,
+    prices: dict[str, float] | None = None,
 ) -> Plan:
-    """Desired resources of `spec` against `inv`; prices from the bundled table."""
+    """Desired resources of `spec` against `inv`; prices from the bundled table, then `prices`
+    (what the Pricing API gave for types the table lacks)."""
     region, name = spec.region, spec.name
     n = lambda what: layout.resource_name(name, what)  # noqa: E731
     nat_price = pricing.nat_gateway_hourly(region)
@@ -126,7 +149,7 @@ def make_plan(
         Item(
             "iam-role",
             "IAM role + instance profile",
-            layout.role_name(name),
+            layout.role_name(name, region),
             _exists(inv.role and inv.instance_profile),
             f"controller: registry bucket {bucket} only" if bucket else "controller: registry bucket only",
         ),
@@ -182,7 +205,7 @@ def make_plan(
             )
         )
     root = pricing.gp3_hourly(layout.ROOT_VOLUME_GIB, region).hourly_usd
-    ctrl = pricing.instance_hourly(spec.controller_type, region)
+    ctrl = pricing.instance_hourly(spec.controller_type, region, prices)
     ctrl_cost = (
         None if ctrl.hourly_usd is None or root is None else ctrl.hourly_usd + root + ip_price.hourly_usd
     )
@@ -199,7 +222,7 @@ def make_plan(
     )
     for group in spec.groups:
         have = len(inv.group_instances(group.name))
-        price = pricing.instance_hourly(group.instance_type, region)
+        price = pricing.instance_hourly(group.instance_type, region, prices)
         each = None if price.hourly_usd is None or root is None else price.hourly_usd + root
         action = EXISTS if have == group.count else LAUNCH if have < group.count else EXTRA
         detail = (
@@ -207,6 +230,8 @@ def make_plan(
         )
         if have:
             detail += f" ({have} running)"
+        if group.elastic:
+            detail += f", autoscaled {group.min}..{group.max}"
         items.append(
             Item(
                 f"group:{group.name}",
@@ -228,5 +253,31 @@ def make_plan(
         notes.append(f"running groups not in this layout are left alone: {', '.join(extra_groups)}")
     if any(i.action == EXTRA for i in items):
         notes.append("`up` never removes nodes: use `clusterous-k8s scale GROUP COUNT` to shrink a group")
-    notes.append("costs: on-demand, bundled table; data transfer and NAT per-GB charges not included")
+    notes += _elastic_notes(spec, region, root, sum(i.hourly_usd or 0.0 for i in items), prices)
+    source = "bundled table and AWS Pricing API" if prices else "bundled table"
+    notes.append(f"costs: on-demand, {source}; data transfer and NAT per-GB charges not included")
     return Plan(cluster=name, region=region, items=tuple(items), checked_aws=inv.online, notes=tuple(notes))
+
+
+def _elastic_notes(
+    spec: ClusterSpec, region: str, root: float | None, hourly: float, prices: dict[str, float] | None
+) -> list[str]:
+    """Groups with bounds (docs/elastic.md): the autoscaler, and the cost per hour at min and at max."""
+    elastic = [g for g in spec.groups if g.elastic]
+    if not elastic:
+        return []
+    at_min = at_max = hourly
+    for g in elastic:
+        price = pricing.instance_hourly(g.instance_type, region, prices).hourly_usd
+        if price is None or root is None:
+            return [f"autoscaler bounds: {_bounds(elastic)}; cost at min/max not priced ({g.instance_type})"]
+        at_min += (price + root) * (g.min - g.count)
+        at_max += (price + root) * (g.max - g.count)
+    return [
+        f"autoscaler bounds: {_bounds(elastic)} (docs/elastic.md)",
+        f"cost with every elastic group at min: {at_min:.4f} USD per hour; at max: {at_max:.4f} USD per hour",
+    ]
+
+
+def _bounds(groups) -> str:
+    return ", ".join(f"{g.name} {g.min}..{g.max} (starts at {g.count})" for g in groups)

@@ -15,6 +15,7 @@ LAST_CLUSTER = "clusterous:last-cluster"  # on a shared volume kept after its cl
 K3S_VERSION = "clusterous:k3s-version"  # on the controller: what nodes added later must run
 OS = "clusterous:os"
 CREATED = "clusterous:created"  # ISO time the cluster's VPC was made (age in `clusters`)
+REGION = "clusterous:region"  # on IAM resources (account-wide): the region of the cluster they serve
 LAUNCHED = "clusterous:launched"  # microsecond UTC time of a node's RunInstances: newest-first order
 
 

@@ -31,6 +31,7 @@ class Result:
 def isolated_config(monkeypatch, tmp_path) -> Path:
     home = tmp_path / "xdg-config"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("CLUSTEROUS_K8S_PROFILE", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
     return home / "clusterous-k8s"

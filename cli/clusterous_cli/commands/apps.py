@@ -33,9 +33,10 @@ CLUSTER_FILE_OPTION = typer.Option(
 )
 
 
-def collect_params(param: list[str] | None, cluster_file: Path | None) -> dict:
-    """$variable values: the cluster file's `parameters`, then --param (which wins)."""
-    from clusterous_cli import envfile
+def collect_params(param: list[str] | None, cluster_file: Path | None, token_dir: Path | None = None) -> dict:
+    """$variable values: the cluster file's `parameters`, then --param (which wins); `$token`
+    is the cluster's app token unless given (see `apps.app_token`)."""
+    from clusterous_cli import apps, envfile
 
     params: dict = {}
     if cluster_file is not None:
@@ -47,6 +48,7 @@ def collect_params(param: list[str] | None, cluster_file: Path | None) -> dict:
             raise BadInput(str(cluster_file), "parameters", "a mapping of $variable names to values", section)
         params.update(section)
     params.update(envfile.parse_params(param))
+    params.setdefault(apps.TOKEN_PARAM, apps.app_token(token_dir))
     return params
 
 
@@ -74,10 +76,11 @@ def run(
 ) -> None:
     from clusterous_cli import envfile, output
 
-    app = envfile.load_application(file, collect_params(param, cluster_file))  # every check before any I/O
+    ref = cluster_ref(ctx, cluster)
+    app = envfile.load_application(file, collect_params(param, cluster_file, ref.directory))  # before any I/O
     for note in app.notes:
         output.say(f"note: {note}")
-    run_application(cluster_ref(ctx, cluster), app, timeout=timeout, wait=not no_wait)
+    run_application(ref, app, timeout=timeout, wait=not no_wait)
 
 
 def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> list[tuple[int, str]]:
@@ -87,6 +90,9 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
 
     load_endpoint(ref)  # a missing controller record is bad input, before any connection
     contexts = [builds.check_context(image.context, str(app.source)) for image in app.images]
+    api = kubeapi.api_client(ref)
+    for warning in apps.check_on_cluster(api, str(app.source), app.clusterapp):  # before any change
+        output.say(warning)
     with ssh.connect_cluster(ref) as conn:
         for copy in app.copies:
             report = transfer.put(conn, copy.local, copy.remote)
@@ -94,11 +100,13 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
                 f"copied {copy.local.name}/ to the shared volume ({copy.remote}/): "
                 f"{len(report.transferred)} file(s) sent, {report.unchanged} unchanged"
             )
-        api = kubeapi.api_client(ref)
         built = [
             builds.ensure_built(conn, api, context, image.name, image.tag, output.say)
             for image, context in zip(app.images, contexts, strict=True)
         ]
+    level = apps.ensure_pod_security(api, app.clusterapp)
+    if level:
+        output.say(f"namespace default: Pod Security {level} enforced (docs/clusterapp.md)")
     clusterapp = builds.pin_built_images(app.clusterapp, built)  # nodes run exactly what was built
     verb = apps.apply(api, clusterapp)
     output.say(f"ClusterApp {app.name} {verb}")

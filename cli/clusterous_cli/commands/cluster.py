@@ -6,6 +6,7 @@ scaling), and print. Heavy imports stay inside the functions so `--help` stays f
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC
 from pathlib import Path
 
@@ -115,6 +116,44 @@ def _bucket_region(profile_name: str, profile, s3) -> str | None:
     return profile.bucket_region
 
 
+@contextlib.contextmanager
+def _lease(clients, name: str, command: str, report, hold: bool = True, source: str = "--name"):
+    """The cluster's lease (provisioner/lease.py) around a command that changes the cluster."""
+    if not hold:
+        yield None
+        return
+    from clusterous_provisioner import aws, lease
+
+    with aws.aws_errors(f"{command} {name}: taking the cluster's lease", "check your AWS credentials"):
+        taken = lease.acquire(clients, name, command, report, source=source)
+    taken.start_renewing(report)
+    try:
+        yield taken
+    finally:
+        try:
+            taken.release()
+        except Exception as exc:  # noqa: BLE001 - the work is done; the lease expires on its own
+            report(f"warning: could not release the lease of cluster {name} ({exc}); it expires on its own")
+
+
+def report_duplicates(inv, report) -> None:
+    """A resource that should exist once but exists more than once (an earlier concurrent run)."""
+    for line in inv.duplicates():
+        report(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
+
+
+def _prices(clients, spec, report) -> dict[str, float]:
+    """Pricing API prices for the types the bundled table lacks (cached 30 days per region)."""
+    from clusterous_cli import config
+    from clusterous_provisioner import pricing
+
+    if all(pricing.bundled(t, spec.region) for t in spec.instance_types):
+        return {}
+    return pricing.fetch_prices(
+        pricing.pricing_client(clients.session), spec.region, spec.instance_types, config.cache_dir(), report
+    )
+
+
 def print_plan(plan, as_json: bool) -> None:
     from clusterous_cli import output
 
@@ -136,19 +175,93 @@ def print_plan(plan, as_json: bool) -> None:
         ["action", "resource", "name", "detail", "USD/hour"],
         rows,
     )
-    monthly = plan.hourly_cost_usd * 730
-    print(f"cost: {plan.hourly_cost_usd:.4f} USD per hour (about {monthly:.0f} USD per 30 days of uptime)")
+    print(f"cost: {plan.cost_line}")
     for line in plan.unpriced:
         print(f"  not priced: {line}")
     for note in plan.notes:
         print(f"  note: {note}")
 
 
+def instance_type_sources(
+    spec, cluster_file: Path | None, overrides: dict
+) -> list[tuple[str, str, str | None]]:
+    """(instance type, where it was written, field) for the controller and every group."""
+    from clusterous_provisioner.clusterfile import FLAG_FIELDS, read_cluster_file
+
+    data = read_cluster_file(cluster_file) if cluster_file else {}
+
+    def where(key: str, field: str) -> tuple[str, str | None]:
+        return (FLAG_FIELDS[key][0], None) if overrides.get(key) else (spec.source, field)
+
+    found = [(spec.controller_type, *where("controller_type", "controller_instance_type"))]
+    for group in spec.groups:
+        if isinstance(data.get("node_groups"), dict) and group.name in data["node_groups"]:
+            found.append((group.instance_type, spec.source, f"node_groups.{group.name}.type"))
+        elif group.name in ("master", "worker"):
+            found.append(
+                (group.instance_type, *where(f"{group.name}_type", f"parameters.{group.name}_instance_type"))
+            )
+        else:
+            found.append((group.instance_type, spec.source, f"instance type of node group {group.name}"))
+    return found
+
+
+def check_instance_types(sources) -> None:
+    """Every instance type must be one botocore knows (offline): a typo is exit 2 naming where it
+    was written and the closest known types."""
+    from clusterous_provisioner.pricing import check_instance_type
+
+    for instance_type, source, field in sources:
+        check_instance_type(instance_type, source, field)
+
+
+def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
+    """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
+    from clusterous_provisioner.errors import BadInput
+
+    if not wrong:
+        return
+    _, source, field = next(s for s in sources if s[0] in wrong)
+    raise BadInput(
+        source,
+        field,
+        f"an instance type that runs {architecture}, the architecture of {image} "
+        f"({', '.join(sorted(wrong))} cannot); pick another type or an image built for it",
+        ", ".join(sorted(wrong)),
+    )
+
+
+WIDE_SSH_PREFIX = 16  # a range wider than a /16 (65,536 addresses) is "the internet", not "my lab"
+
+
+def confirm_ssh_cidr(cidr: str, yes: bool, report) -> None:
+    """SSH open to a very wide range is sometimes meant (a roaming laptop) but never by accident:
+    say what it opens and ask, unless --yes."""
+    import ipaddress
+
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen >= WIDE_SSH_PREFIX:
+        return
+    everyone = "every address on the internet" if net.prefixlen == 0 else f"{net.num_addresses:,} addresses"
+    warning = (
+        f"--ssh-cidr {cidr} opens SSH (port 22) on the controller to {everyone}; only its key pair "
+        "then stands between the internet and the cluster"
+    )
+    if yes:
+        report(f"warning: {warning}")
+    elif not typer.confirm(f"{warning}. Continue?", default=False):
+        raise typer.Abort()
+
+
 def up(
     ctx: typer.Context,
     cluster_file: Path = typer.Argument(None, help="Clusterous cluster file (YAML); optional."),
     name: str = typer.Option(None, "--name", help="Cluster name [cluster file, else mycluster]."),
-    workers: int = typer.Option(None, "--workers", help="Number of worker nodes."),
+    workers: str = typer.Option(
+        None,
+        "--workers",
+        help="Number of worker nodes, or bounds MIN..MAX for the autoscaler (starts at MIN).",
+    ),
     master_type: str = typer.Option(None, "--master-type", help="Instance type of the master node."),
     worker_type: str = typer.Option(None, "--worker-type", help="Instance type of the workers."),
     controller_type: str = typer.Option(None, "--controller-type", help="Instance type of the controller."),
@@ -172,8 +285,12 @@ def up(
         None, "--timeout", help="Seconds each readiness stage may take [host key 600, cloud-init 900, ...]."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    param: list[str] = typer.Option(
+        None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
+    ),
 ) -> None:
     from clusterous_cli import config, envfile, output
+    from clusterous_cli.commands.apps import collect_params
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
     from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
@@ -204,80 +321,102 @@ def up(
         profile_region=profile.region if profile else _dry_run_region(),
         profile_ssh_cidr=profile.ssh_cidr if profile else None,
         default_name=DEFAULT_NAME,
-        environment_groups=envfile.node_groups_for_up,
+        # --param wins over the cluster file's parameters, as in `run` and `convert`
+        environment_groups=lambda path, values: envfile.node_groups_for_up(
+            path, {**values, **envfile.parse_params(param)}
+        ),
     )
+    sources = instance_type_sources(spec, cluster_file, overrides)
+    check_instance_types(sources)
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
     key_name = profile.key_name if profile else None
     report = _reporter()
     # The environment file the cluster file names is checked now, before anything is created.
     env_app = None
     if spec.environment_file and cluster_file is not None:
-        from clusterous_cli.commands.apps import collect_params
-
         env_path = cluster_file.parent / spec.environment_file
-        env_app = envfile.load_application(env_path, collect_params(None, cluster_file))
+        token_dir = None if dry_run else config.cluster_dir(profile_name, spec.name)  # `run`'s $token
+        env_app = envfile.load_application(env_path, collect_params(param, cluster_file, token_dir))
 
     if render_dir is not None:
         written = _render(spec, bucket, profile.bucket_region if profile else None, render_dir)
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
-    if dry_run and not have_credentials():
-        inv = Inventory.offline(spec.name, spec.region)
-    else:
-        with aws.aws_errors(f"up {spec.name}: reading what exists", "check your AWS credentials and region"):
-            inv = discover(clients, spec.name)
-    the_plan = plan.make_plan(spec, inv, key_name, bucket)
-    if dry_run:
-        print_plan(the_plan, as_json)
-        return
+    with _lease(clients, spec.name, "up", report, hold=not dry_run):
+        prices = None
+        if dry_run and not have_credentials():
+            inv = Inventory.offline(spec.name, spec.region)
+            if not spec.ami:  # an AMI's architecture is only known to AWS; the OS images are x86_64
+                from clusterous_provisioner.pricing import likely_architecture
 
-    from clusterous_provisioner import bucket as buckets
+                wrong = [t for t in spec.instance_types if likely_architecture(t) != "x86_64"]
+                refuse_architecture(sources, wrong, "x86_64", f"the --os {spec.os} image")
+        else:
+            with aws.aws_errors(
+                f"up {spec.name}: reading what exists", "check your AWS credentials and region"
+            ):
+                inv = discover(clients, spec.name)
+            report_duplicates(inv, report)
+            prices = _prices(clients, spec, report)
+        the_plan = plan.make_plan(spec, inv, key_name, bucket, prices)
+        if dry_run:
+            if spec.ssh_cidr:
+                confirm_ssh_cidr(spec.ssh_cidr, True, report)
+            print_plan(the_plan, as_json)
+            return
 
-    with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
-        bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
-    buckets.check_registry_region(str(config.profile_path(profile_name)), bucket, bucket_region, spec.region)
+        from clusterous_provisioner import bucket as buckets
 
-    cidr = spec.ssh_cidr
-    if cidr is None:
-        found = clientip.discover_client_cidr()
-        if found is None:
-            raise BadInput(
-                "--ssh-cidr",
-                None,
-                "the address range allowed to SSH to the controller (your public address could not be "
-                "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
-            )
-        cidr = check_cidr(found)
-        report(f"SSH will be allowed from {cidr} (your public address)")
+        with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
+            bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
+        buckets.check_registry_region(
+            str(config.profile_path(profile_name)), bucket, bucket_region, spec.region
+        )
 
-    with aws.aws_errors(f"up {spec.name}: checking the region", "check --os/--ami and the instance types"):
-        pre = apply.preflight(clients, spec, inv)
-    if not as_json:
-        print_plan(the_plan, False)
-    if not the_plan.changes and not yes:
-        report("nothing to create: the cluster matches the plan; checking it converged")
-    elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
-        raise typer.Abort()
+        cidr = spec.ssh_cidr
+        if cidr is None:
+            found = clientip.discover_client_cidr()
+            if found is None:
+                raise BadInput(
+                    "--ssh-cidr",
+                    None,
+                    "the address range allowed to SSH to the controller (your public address could not be "
+                    "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
+                )
+            cidr = check_cidr(found)
+            report(f"SSH will be allowed from {cidr} (your public address)")
+        confirm_ssh_cidr(cidr, yes, report)
 
-    target = apply.Target(
-        bucket=bucket,
-        ssh_cidr=cidr,
-        state_dir=config.cluster_dir(profile_name, spec.name),
-        key_name=key_name,
-        bucket_region=bucket_region,
-    )
-    from rich.console import Console
+        with aws.aws_errors(
+            f"up {spec.name}: checking the region", "check --os/--ami and the instance types"
+        ):
+            pre = apply.preflight(clients, spec, inv, lambda t: next(s[1:] for s in sources if s[0] == t))
+        if not as_json:
+            print_plan(the_plan, False)
+        if not the_plan.changes and not yes:
+            report("nothing to create: the cluster matches the plan; checking it converged")
+        elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
+            raise typer.Abort()
 
-    console = Console(stderr=True)
-    with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
+        target = apply.Target(
+            bucket=bucket,
+            ssh_cidr=cidr,
+            state_dir=config.cluster_dir(profile_name, spec.name),
+            key_name=key_name,
+            bucket_region=bucket_region,
+        )
+        from rich.console import Console
 
-        def progress(message: str) -> None:
-            status.update(message)
-            output.say(message)
+        console = Console(stderr=True)
+        with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
 
-        buckets.ensure_bucket(clients.s3, bucket, spec.region)
-        outcome = apply.apply(clients, spec, target, inv, progress, pre)
+            def progress(message: str) -> None:
+                status.update(message)
+                output.say(message)
+
+            buckets.ensure_bucket(clients.s3, bucket, spec.region)
+            outcome = apply.apply(clients, spec, target, inv, progress, pre)
     config.set_current_cluster(profile_name, spec.name)
 
     from clusterous_cli import readiness
@@ -305,6 +444,8 @@ def up(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
             )  # fmt: skip
+    if ready is not None:
+        _record_bounds(ref, spec, bucket, report)
     if as_json:
         output.print_json(
             {
@@ -332,6 +473,23 @@ def up(
 
             report(f"running {env_path} ({env_app.name}), as the cluster file asks")
             run_application(ref, env_app, timeout=timeout or 900)
+
+
+def _record_bounds(ref, spec, bucket: str, report) -> None:
+    """Elastic groups: their bounds go to the autoscaler's ConfigMap (docs/elastic.md); a cluster
+    whose groups lost their bounds has them emptied there."""
+    from clusterous_cli import kubeapi
+    from clusterous_provisioner import autoscaler
+
+    try:
+        done = autoscaler.write_record(kubeapi.api_client(ref), spec, bucket)
+    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
+        raise kubeapi.api_failure(f"up {spec.name}: recording the node groups' bounds", exc) from None
+    if done:
+        bounds = (
+            ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups if g.elastic) or "no elastic group"
+        )
+        report(f"autoscaler bounds {done}: {bounds} ({autoscaler.NAMESPACE}/{autoscaler.CONFIGMAP})")
 
 
 def down(
@@ -372,7 +530,10 @@ def down(
     )
     clients = Clients(region)
     report = _reporter()
-    with aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"):
+    with (
+        _lease(clients, name, "down", report, source="NAME"),
+        aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"),
+    ):
         inv = discover(clients, name)
         volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
         if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
@@ -446,15 +607,17 @@ def _cluster_region(ctx, name, region):
 
 def status_data(inv) -> dict:
     """The status report as data (shared by the table and --json)."""
+    from clusterous_cli import config
     from clusterous_provisioner import pricing, tags
     from clusterous_provisioner.inventory import role_of
 
     instances = []
     cost = 0.0
+    fetched = pricing.cached_prices(config.cache_dir(), inv.region)  # what `up` got from the Pricing API
     for i in sorted(inv.instances, key=lambda i: (role_of(i) != "controller", str(i.get("LaunchTime")))):
         t = tags.as_dict(i.get("Tags"))
         hours = _uptime_hours(i.get("LaunchTime")) if i["State"]["Name"] == "running" else 0.0
-        price = pricing.instance_hourly(i["InstanceType"], inv.region).hourly_usd or 0.0
+        price = pricing.instance_hourly(i["InstanceType"], inv.region, fetched).hourly_usd or 0.0
         cost += hours * price
         instances.append(
             {
@@ -509,8 +672,11 @@ def status(
     with aws.aws_errors(f"status {name}", "check your AWS credentials and region"):
         inv = discover(Clients(region), name)
     data = status_data(inv)
+    data["duplicates"] = inv.duplicates()
     if data["exists"]:
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
+        if data.get("applications") is not None and not data.get("applications_error"):
+            data.update(_elastic_status(ctx, name))
     if as_json:
         output.print_json(data)
         return
@@ -527,6 +693,8 @@ def status(
         ],
     )
     print(f"controller: {data['controller_public_ip'] or 'not running'}")
+    for line in data["duplicates"]:
+        print(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
     vol = data["shared_volume"]
     print(
         f"shared volume: {vol['volume_id']} ({vol['size_gib']} GiB, {vol['state']})"
@@ -534,7 +702,26 @@ def status(
         else "shared volume: none"
     )
     print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
+    from clusterous_provisioner.autoscaler import status_line
+
+    for group, entry in (data.get("autoscaler") or {}).items():
+        print(status_line(group, data["groups"].get(group, 0), entry))
     apps.print_status(data)
+
+
+def _elastic_status(ctx, name: str) -> dict:
+    """Elastic groups' bounds and the autoscaler's last reason (docs/elastic.md); never fails `status`."""
+    from clusterous_cli import kubeapi
+    from clusterous_cli.endpoint import resolve_cluster
+    from clusterous_provisioner import autoscaler
+
+    try:
+        found = autoscaler.read_status(
+            kubeapi.api_client(resolve_cluster(ctx.obj.profile if ctx.obj else None, name))
+        )
+    except Exception as exc:  # noqa: BLE001 - ApiException, a malformed record: status still answers
+        return {"autoscaler_error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return {} if found is None else {"autoscaler": found}
 
 
 def clusters(
@@ -638,9 +825,16 @@ def _resize(
     profile_name, profile, name, region = _cluster_region(ctx, name, region)
     if profile is None:
         raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
+    if instance_type is not None:
+        from clusterous_provisioner.pricing import check_instance_type
+
+        check_instance_type(instance_type, "--instance-type")
     clients = Clients(region)
     report = _reporter()
-    with aws.aws_errors(f"scale {name}", "re-run the command to continue"):
+    with (
+        _lease(clients, name, "scale", report),
+        aws.aws_errors(f"scale {name}", "re-run the command to continue"),
+    ):
         inv = discover(clients, name)
         if inv.vpc is None:
             raise Failure(f"no cluster {name} in {region}", "see `clusterous-k8s clusters`")

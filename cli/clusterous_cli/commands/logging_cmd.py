@@ -140,17 +140,24 @@ def logging(
     namespace = (helmchart.get("spec") or {}).get("targetNamespace") or "default"
     host, remote_port, user, password = _grafana(core, namespace)
 
-    desired = tunnels.read_desired(ref)
-    existing = next((t for t in desired.tunnels if t.host == host and t.port == remote_port), None)
-    if existing:
-        local = existing.local
-    else:
+    chosen: list[int] = []
+
+    def add_dashboard(desired: tunnels.Desired) -> None:
+        """Under tunnels.yml's lock: another command's tunnel added meanwhile is kept."""
+        existing = next((t for t in desired.tunnels if t.host == host and t.port == remote_port), None)
+        if existing:
+            chosen.append(existing.local)
+            return
         ours = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
         local = port if port not in ours and tunnels.bindable(port) else tunnels.next_free_port(port, ours)
         desired.tunnels.append(
             tunnels.Tunnel(local=local, host=host, port=remote_port, component=TUNNEL_NAME)
         )
-    tunnels.apply(ref, desired, [local])
+        chosen.append(local)
+
+    tunnels.update_desired(ref, add_dashboard)
+    local = chosen[0]
+    tunnels.apply(ref, None, [local])
     url = f"http://localhost:{local}"
     if as_json:
         output.print_json({"url": url, "user": user, "password": password, "level": level})

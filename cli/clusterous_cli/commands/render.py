@@ -1,4 +1,4 @@
-"""`render APP [--nodes NODELIST]`: the objects the operator would create, offline.
+"""`render APP [--nodes NODELIST] [--pods PODLIST]`: the objects the operator would create, offline.
 
 It calls the operator's own builders, so what it prints is what the operator creates (the
 operator adds owner references, which need the live ClusterApp, and holds a component at 0
@@ -14,9 +14,11 @@ import typer
 HELP = """Print the objects the operator would create for a ClusterApp, as multi-document YAML.
 
 Works offline. NODELIST is what `kubectl get nodes -o yaml` prints; without --nodes the cluster
-is taken to be 1 master node and 2 worker nodes with 2 CPUs each (said on stderr).
+is taken to be 1 master node and 2 worker nodes with 2 CPUs each (said on stderr). PODLIST is
+what `kubectl get pods -A -o yaml` prints: their CPU and memory requests are taken from what
+the nodes offer, as the operator does.
 
-Example: clusterous-k8s render examples/basic-python/clusterapp.yaml --nodes nodes.yaml
+Example: clusterous-k8s render examples/basic-python/clusterapp.yaml --nodes nodes.yaml --pods pods.yaml
 """
 
 DEFAULT_NODES = (
@@ -31,24 +33,27 @@ def render(
     nodes_file: Path = typer.Option(
         None, "--nodes", metavar="NODELIST", help="Nodes as `kubectl get nodes -o yaml` prints them."
     ),
+    pods_file: Path = typer.Option(
+        None, "--pods", metavar="PODLIST", help="Pods as `kubectl get pods -A -o yaml` prints them."
+    ),
 ) -> None:
     import yaml
 
     from clusterous_cli import output
     from clusterous_operator.builders import build_children
-    from clusterous_operator.placement import check_memory, node_groups
-    from clusterous_operator.spec import SpecError, check_groups, parse_app
+    from clusterous_operator.reconcile import check_against_cluster
+    from clusterous_operator.spec import SpecError, parse_app
     from clusterous_provisioner.errors import BadInput
 
     body = _clusterapp(_load_yaml(app_file), app_file)
-    nodes = default_nodes() if nodes_file is None else _nodes(_load_yaml(nodes_file), nodes_file)
+    nodes = default_nodes() if nodes_file is None else _items(_load_yaml(nodes_file), nodes_file, "Node")
+    pods = [] if pods_file is None else _items(_load_yaml(pods_file), pods_file, "Pod")
     try:
         app = parse_app(body)
-        check_groups(app.spec, node_groups(nodes))
-        check_memory(app.spec, nodes)
+        reserved = check_against_cluster(app, nodes, pods)
     except SpecError as error:
         raise BadInput(str(app_file), error.field, error.expected, error.got) from None
-    objects = build_children(app, nodes)
+    objects = build_children(app, nodes, reserved=reserved)
     if nodes_file is None:
         described = ", ".join(
             f"{name} ({group}, {cpu} CPU, {memory})" for name, group, cpu, memory in DEFAULT_NODES
@@ -99,21 +104,22 @@ def _clusterapp(documents: list, path: Path) -> dict:
     return apps[0]
 
 
-def _nodes(documents: list, path: Path) -> list[dict]:
-    """Nodes from a List / NodeList (kubectl's output) or from Node documents."""
+def _items(documents: list, path: Path, kind: str) -> list[dict]:
+    """Objects of `kind` from a List / NodeList / PodList (kubectl's output) or from documents."""
     from clusterous_provisioner.errors import BadInput
 
-    nodes: list = []
+    items: list = []
     for document in documents:
-        if isinstance(document, dict) and document.get("kind") in ("List", "NodeList"):
-            nodes.extend(document.get("items") or [])
+        if isinstance(document, dict) and document.get("kind") in ("List", f"{kind}List"):
+            items.extend(document.get("items") or [])
         else:
-            nodes.append(document)
-    for i, node in enumerate(nodes):
+            items.append(document)
+    command = f"kubectl get {kind.lower()}s{' -A' if kind == 'Pod' else ''} -o yaml"
+    for i, item in enumerate(items):
         if (
-            not isinstance(node, dict)
-            or node.get("kind", "Node") != "Node"
-            or "name" not in (node.get("metadata") or {})
+            not isinstance(item, dict)
+            or item.get("kind", kind) != kind
+            or "name" not in (item.get("metadata") or {})
         ):
-            raise BadInput(str(path), f"items[{i}]", "a Node with metadata.name (kubectl get nodes -o yaml)")
-    return nodes
+            raise BadInput(str(path), f"items[{i}]", f"a {kind} with metadata.name ({command})")
+    return items

@@ -47,6 +47,7 @@ def list_tunnels(
                 "cluster": ref.cluster,
                 "supervisor_pid": pid,
                 "connected": bool(status.get("connected")),
+                "transport": status.get("transport"),
                 "last_error": status.get("last_error"),
                 "tunnels": rows,
             }
@@ -88,39 +89,45 @@ def add(
     from clusterous_cli.endpoint import load_endpoint
 
     load_endpoint(ref)  # a missing or broken controller record is reported before anything changes
-    desired = tunnels.read_desired(ref)
-    ours = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
-    local = parsed.local
-    if local in ours:
-        if not next_free:
-            raise BadInput(
-                "tunnel spec", "LOCAL", f"a port no tunnel uses yet (`tunnel rm {local}` frees it)", local
-            )
-        local = tunnels.next_free_port(local, ours)
-    elif not tunnels.bindable(local):
-        if not next_free:
-            raise BadInput(
-                "tunnel spec",
-                "LOCAL",
-                "a free local port: another program listens on it (pick another, or pass --next-free)",
-                local,
-            )
-        local = tunnels.next_free_port(local, ours)
     host = parsed.target
-    if not parsed.raw:
+    if not parsed.raw:  # before taking tunnels.yml's lock: the lookup may start the API tunnel
         from clusterous_cli import kubeapi
 
         host = kubeapi.resolve_component(ref, parsed.target, namespace)
-    desired.tunnels.append(
-        tunnels.Tunnel(
-            local=local, host=host, port=parsed.port, component=None if parsed.raw else parsed.target
-        )
-    )
+    chosen: list[int] = []
+
+    def record(desired: tunnels.Desired) -> None:
+        ours = {t.local for t in desired.tunnels} | ({desired.api_local} if desired.api_local else set())
+        local = parsed.local
+        if local in ours:
+            if not next_free:
+                raise BadInput(
+                    "tunnel spec", "LOCAL", f"a port no tunnel uses yet (`tunnel rm {local}` frees it)", local
+                )
+            local = tunnels.next_free_port(local, ours)
+        elif not tunnels.bindable(local):
+            if not next_free:
+                raise BadInput(
+                    "tunnel spec",
+                    "LOCAL",
+                    "a free local port: another program listens on it (pick another, or pass --next-free)",
+                    local,
+                )
+            local = tunnels.next_free_port(local, ours)
+        component = None if parsed.raw else parsed.target
+        desired.tunnels.append(tunnels.Tunnel(local=local, host=host, port=parsed.port, component=component))
+        chosen.append(local)
+
+    tunnels.update_desired(ref, record)
+    local = chosen[0]
     try:
-        tunnels.apply(ref, desired, [local])
+        tunnels.apply(ref, None, [local])
     except Exception:
-        desired.tunnels = [t for t in desired.tunnels if t.local != local]
-        tunnels.write_desired(ref, desired)
+
+        def forget(desired: tunnels.Desired) -> None:
+            desired.tunnels = [t for t in desired.tunnels if t.local != local]
+
+        tunnels.update_desired(ref, forget)
         raise
     output.say(f"localhost:{local} -> {parsed.target}:{parsed.port} (through {ref.cluster}'s controller)")
     typer.echo(f"http://localhost:{local}")
@@ -136,18 +143,19 @@ def remove(
     from clusterous_provisioner.errors import BadInput
 
     ref = cluster_ref(ctx, cluster)
-    desired = tunnels.read_desired(ref)
-    if local == desired.api_local:
-        desired.api_local = None
-    elif any(t.local == local for t in desired.tunnels):
-        desired.tunnels = [t for t in desired.tunnels if t.local != local]
-    else:
-        known = ", ".join(str(p) for p in [desired.api_local, *[t.local for t in desired.tunnels]] if p)
-        raise BadInput("LOCAL", None, f"the local port of a tunnel (known: {known or 'none'})", local)
+
+    def drop(desired: tunnels.Desired) -> None:
+        if local == desired.api_local:
+            desired.api_local = None
+        elif any(t.local == local for t in desired.tunnels):
+            desired.tunnels = [t for t in desired.tunnels if t.local != local]
+        else:
+            known = ", ".join(str(p) for p in [desired.api_local, *[t.local for t in desired.tunnels]] if p)
+            raise BadInput("LOCAL", None, f"the local port of a tunnel (known: {known or 'none'})", local)
+
+    tunnels.update_desired(ref, drop)
     if tunnels.supervisor_pid(ref):
-        tunnels.apply(ref, desired, [])
-    else:
-        tunnels.write_desired(ref, desired)
+        tunnels.apply(ref, None, [])
     output.say(f"removed the tunnel on localhost:{local}")
 
 
@@ -176,9 +184,9 @@ def start(ctx: typer.Context, cluster: str = CLUSTER_OPTION) -> None:
 
     ref = cluster_ref(ctx, cluster)
     load_endpoint(ref)
-    desired = tunnels.read_desired(ref)
+    desired = tunnels.update_desired(ref, lambda desired: None)  # a fresh mtime: the supervisor answers it
     ports = [t.local for t in desired.tunnels] + ([desired.api_local] if desired.api_local else [])
-    tunnels.apply(ref, desired, ports)
+    tunnels.apply(ref, None, ports)
     tunnels.wait_for(
         ref, lambda s: s.get("connected"), 20, "the SSH tunnel to the controller is not connected"
     )

@@ -1,17 +1,22 @@
 #!/bin/sh
-# Entry point of the operator pod (a stock Python image): install the pinned dependencies once
-# per version into a directory on the controller, then run kopf on the zipped clusterous_operator
-# package shipped beside this script in the clusterous-operator-code ConfigMap.
+# Entry point of the operator pod (a stock Python image pinned by digest): install the lock
+# (requirements.txt, every distribution pinned with its sha256) once per lock hash into a cache
+# on the controller (a hostPath), so a restart or new operator code with the same lock needs no
+# PyPI; then run kopf on the zipped clusterous_operator package shipped beside this script in the
+# clusterous-operator-code ConfigMap.
 set -eu
 CODE_DIR="${CLUSTEROUS_CODE_DIR:-/opt/clusterous/code}"
 SITE_ROOT="${CLUSTEROUS_SITE_ROOT:-/var/lib/clusterous-operator}"
-SITE="$SITE_ROOT/site-$CLUSTEROUS_OPERATOR_CODE_HASH"
+LOCK="$CODE_DIR/requirements.txt"
+LOCK_HASH="$(sha256sum "$LOCK" | cut -c1-16)"
+SITE="$SITE_ROOT/site-$LOCK_HASH"
 
 if [ ! -e "$SITE/.complete" ]; then
     rm -rf "$SITE.partial"
-    # shellcheck disable=SC2086  # the requirements are a space-separated list on purpose
-    python -m pip install --no-cache-dir --disable-pip-version-check --target "$SITE.partial" \
-        $CLUSTEROUS_OPERATOR_REQUIREMENTS
+    # --require-hashes: a wheel whose sha256 is not in the lock is refused; --no-deps: the lock
+    # is the whole closure; --only-binary: no build step runs code from an sdist.
+    python -m pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps \
+        --only-binary=:all: --target "$SITE.partial" -r "$LOCK"
     touch "$SITE.partial/.complete"
     rm -rf "$SITE"
     mv "$SITE.partial" "$SITE"

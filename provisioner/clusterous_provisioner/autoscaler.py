@@ -1,0 +1,428 @@
+"""The autoscaler process: list Nodes and Pods, ask autoscale.decide, act through scaling.py.
+
+It reads its groups from the ConfigMap `clusterous-system/autoscaler` that `up` writes (the
+`record_configmap` builder below: cluster, region, bucket, each elastic group's instance type
+and bounds, idle minutes, cooldown) and writes back, under the key `status`, each group's
+current/min/max, the last decision with its reason, and the rounds' memory (autoscale.Memory),
+so a restarted autoscaler forgets neither cooldowns nor idle times and `status` can show them.
+
+A grow is one `scaling.grow` (one RunInstances for the whole batch, the group's own launch
+settings); a shrink drains each chosen Node (cordon, evict, delete: the CLI's drain.py, passed in
+as `drain`) and then terminates exactly those instances with `scaling.shrink`. AWS calls per round
+do not depend on the number of nodes (bench/autoscale_calls.py).
+
+Run: `python -m clusterous_provisioner.autoscaler [--once] [--interval 30] [--kubeconfig PATH]`
+(in the cluster it uses its ServiceAccount; manifests/autoscaler.yaml, not yet applied by `up`:
+docs/elastic.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+
+from clusterous_provisioner import autoscale, scaling
+from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
+
+NAMESPACE = "clusterous-system"
+CONFIGMAP = "autoscaler"
+STATUS_KEY = "status"
+RAW = {"_preload_content": False, "_request_timeout": 30}
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Record:
+    """What `up` recorded for the autoscaler, and what the last round left."""
+
+    cluster: str
+    region: str
+    bucket: str
+    groups: tuple[GroupBounds, ...]
+    settings: Settings = Settings()
+    memory: Memory = Memory()
+    status: dict = field(default_factory=dict)
+
+
+MANIFEST = "autoscaler.yaml"  # manifests/: written, not yet in addons.TEMPLATES (docs/elastic.md)
+
+
+def manifest_text() -> str:
+    """The autoscaler's add-on manifest with its one value (the operator's pinned Python image)."""
+    from clusterous_provisioner import addons, operator_bundle
+
+    return addons.fill(
+        addons.template(MANIFEST), {"operator_image": operator_bundle.OPERATOR_IMAGE}, MANIFEST
+    )
+
+
+# --- the record `up` writes --------------------------------------------------------------------
+
+
+def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict:
+    """The ConfigMap body for a ClusterSpec (its elastic groups only); no `status` key, so
+    writing it again on a re-run of `up` keeps what the autoscaler recorded."""
+    groups = {
+        g.name: {"instance_type": g.instance_type, "min": g.min, "max": g.max}
+        for g in spec.groups
+        if g.elastic
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CONFIGMAP,
+            "namespace": NAMESPACE,
+            "labels": {
+                "app.kubernetes.io/name": "clusterous-autoscaler",
+                "app.kubernetes.io/part-of": "clusterous-k8s",
+            },
+        },
+        "data": {
+            "cluster": spec.name,
+            "region": spec.region,
+            "bucket": bucket,
+            "groups": json.dumps(groups, sort_keys=True),
+            "idle_minutes": f"{settings.idle_minutes:g}",
+            "cooldown_seconds": f"{settings.cooldown_seconds:g}",
+        },
+    }
+
+
+def write_record(api_client, spec, bucket: str) -> str | None:
+    """Create the ConfigMap, or merge-patch its settings (never `status`): "created"/"updated".
+    A cluster without elastic groups gets none; one that had some gets its groups emptied
+    (None when there was nothing to do)."""
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    core = client.CoreV1Api(api_client)
+    body = record_configmap(spec, bucket)
+    if any(g.elastic for g in spec.groups):
+        try:
+            core.create_namespaced_config_map(NAMESPACE, body, **RAW)
+            return "created"
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    try:
+        core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": body["data"]}, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
+    return "updated"
+
+
+def parse_record(data: dict) -> Record:
+    """The ConfigMap's data as a Record (ValueError on a malformed one)."""
+    groups = tuple(
+        GroupBounds(name, g["instance_type"], int(g["min"]), int(g["max"]))
+        for name, g in sorted(json.loads(data.get("groups") or "{}").items())
+    )
+    status = json.loads(data.get(STATUS_KEY) or "{}")
+    kept = status.get("memory") or {}
+    return Record(
+        cluster=data["cluster"],
+        region=data["region"],
+        bucket=data["bucket"],
+        groups=groups,
+        settings=Settings(
+            idle_minutes=float(data.get("idle_minutes") or autoscale.DEFAULT_IDLE_MINUTES),
+            cooldown_seconds=float(data.get("cooldown_seconds") or autoscale.DEFAULT_COOLDOWN_SECONDS),
+        ),
+        memory=Memory(last_change=kept.get("last_change") or {}, busy_at=kept.get("busy_at") or {}),
+        status=status,
+    )
+
+
+def status_of(
+    decisions: list[autoscale.Decision], record: Record, memory: Memory, now: float, acted: dict
+) -> dict:
+    """The ConfigMap's `status`: per group current/min/max and the last decision that changed
+    something; `reason` is this round's (a "none" round keeps `last` as it was)."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    groups = dict(record.status.get("groups") or {})
+    bounds = {g.name: g for g in record.groups}
+    for d in decisions:
+        entry = dict(groups.get(d.group) or {})
+        entry.update(
+            current=d.current,
+            min=bounds[d.group].min,
+            max=bounds[d.group].max,
+            reason=d.reason,
+            checked=stamp,
+        )
+        if d.action != "none":
+            entry["last"] = {
+                "action": d.action,
+                "count": d.count,
+                "nodes": list(d.nodes),
+                "reason": d.reason,
+                "at": stamp,
+                **acted.get(d.group, {}),
+            }
+        groups[d.group] = entry
+    return {"groups": groups, "memory": asdict(memory)}
+
+
+def read_status(api_client) -> dict | None:
+    """For `status`: per elastic group its bounds and the autoscaler's last word; None when the
+    cluster has no elastic group (no ConfigMap)."""
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    try:
+        data = _json(client.CoreV1Api(api_client).read_namespaced_config_map, CONFIGMAP, NAMESPACE).get(
+            "data"
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    record = parse_record(data or {})
+    seen = record.status.get("groups") or {}
+    return {
+        g.name: {
+            "min": g.min,
+            "max": g.max,
+            "reason": (seen.get(g.name) or {}).get("reason") or "the autoscaler has not run yet",
+            "last": (seen.get(g.name) or {}).get("last"),
+        }
+        for g in record.groups
+    }
+
+
+def status_line(group: str, current: int, entry: dict) -> str:
+    """One line of `status` for an elastic group."""
+    line = (
+        f"autoscaler: {group} {current} node(s) (min {entry['min']}, max {entry['max']}): {entry['reason']}"
+    )
+    last = entry.get("last")
+    if last:
+        line += f"; last change {last['at']}: {last['action']} {last['count']} ({last['reason']})"
+        if last.get("error"):
+            line += f"; {last['error']}"
+    return line
+
+
+# --- one round ---------------------------------------------------------------------------------
+
+
+def _json(call, *args, **kwargs) -> dict:
+    response = call(*args, **RAW, **kwargs)
+    return json.loads(response.data)
+
+
+def _internal_ip(node: dict) -> str | None:
+    for address in (node.get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return address.get("address")
+    return None
+
+
+def instance_type_capacity(clients, types: set[str], cache: dict) -> dict[str, tuple[int, int]]:
+    """(millicores, bytes) of each instance type, from one DescribeInstanceTypes for the new ones.
+    Used only for groups with no Ready node (at zero), where there is no allocatable to read."""
+    wanted = sorted(t for t in types if t not in cache)
+    if wanted:
+        for info in clients.ec2.describe_instance_types(InstanceTypes=wanted)["InstanceTypes"]:
+            cache[info["InstanceType"]] = (
+                info["VCpuInfo"]["DefaultVCpus"] * 1000,
+                info["MemoryInfo"]["SizeInMiB"] * autoscale.MI,
+            )
+    return {t: cache[t] for t in types if t in cache}
+
+
+def run_once(
+    api_client, clients, record: Record, now: float, drain: Callable[[str], object], report: Report,
+    type_cache: dict | None = None,
+) -> list[autoscale.Decision]:  # fmt: skip
+    """List, decide, act, record. Returns the decisions."""
+    from kubernetes import client
+
+    from clusterous_provisioner.inventory import discover
+
+    core = client.CoreV1Api(api_client)
+    nodes = _json(core.list_node).get("items") or []
+    pods = _json(core.list_pod_for_all_namespaces).get("items") or []
+    inv = discover(clients, record.cluster)
+    nodes = forget_ghosts(core, nodes, record, inv, report)
+    addresses = {_internal_ip(n) for n in nodes}
+    launching = {  # instances on their way to a Node; shutting-down ones lost theirs for good
+        g.name: sum(
+            1
+            for i in inv.group_instances(g.name)
+            if i["State"]["Name"] in ("pending", "running") and i.get("PrivateIpAddress") not in addresses
+        )
+        for g in record.groups
+    }
+    at_zero = {g.instance_type for g in record.groups if autoscale.node_capacity(g.name, nodes, pods) is None}
+    by_type = (
+        instance_type_capacity(clients, at_zero, {} if type_cache is None else type_cache) if at_zero else {}
+    )
+    decisions, memory = autoscale.decide(
+        record.groups, nodes, pods, launching, record.memory, now, record.settings,
+        {g.name: by_type[g.instance_type] for g in record.groups if g.instance_type in by_type},
+    )  # fmt: skip
+    acted: dict[str, dict] = {}
+    for decision in decisions:
+        if decision.action == "none":
+            continue
+        report(f"{decision.group}: {decision.action} {decision.count}: {decision.reason}")
+        acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
+    body = {
+        "data": {STATUS_KEY: json.dumps(status_of(decisions, record, memory, now, acted), sort_keys=True)}
+    }
+    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, body, **RAW)
+    return decisions
+
+
+def act(
+    clients, core, inv, record: Record, decision: autoscale.Decision, nodes: list[dict], drain, report
+) -> dict:
+    """Carry out one decision; returns the instance ids it launched or terminated (and, when a
+    drain could not finish, the error: the nodes drained before it still go)."""
+    group = next(g for g in record.groups if g.name == decision.group)
+    have = inv.group_instances(group.name)
+    if decision.action == "grow":
+        ids = scaling.grow(
+            clients,
+            inv,
+            group.name,
+            len(have) + decision.count,
+            record.bucket,
+            group.instance_type,
+            False,
+            report,
+        )
+        return {"launched": ids}
+    drained, outcome = [], {}
+    for name in decision.nodes:
+        try:
+            drain(name)
+        except Exception as exc:  # noqa: BLE001 - Failure (pods would not leave), ApiException
+            # The node stays: schedulable again, and the group rests for the cooldown.
+            _uncordon(core, name)
+            outcome["error"] = f"drain {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            report(f"{outcome['error']}; uncordoned, kept")
+            break
+        drained.append(name)
+    ips = {_internal_ip(n) for n in nodes if n["metadata"]["name"] in drained}
+    victims = [i for i in have if i.get("PrivateIpAddress") in ips]
+    # scaling.shrink terminates the newest of what it is shown; shown only the drained nodes'
+    # instances, it terminates exactly those (one TerminateInstances).
+    ids = (
+        scaling.shrink(clients, replace(inv, instances=victims), group.name, 0, False, report)
+        if victims
+        else []
+    )
+    for name in drained:  # a kubelet may have re-registered its Node before the termination
+        _delete_node(core, name)
+    return {"terminated": ids, **outcome}
+
+
+def _uncordon(core, name: str) -> None:
+    from kubernetes.client import ApiException
+
+    try:
+        core.patch_node(name, {"spec": {"unschedulable": False}}, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _delete_node(core, name: str) -> bool:
+    from kubernetes.client import ApiException
+
+    try:
+        core.delete_node(name, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
+def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) -> list[dict]:
+    """Delete Nodes of elastic groups whose instance is gone (a kubelet re-registered during a
+    shrink, or an instance terminated behind our back): k3s on EC2 has no cloud controller to do
+    it, and a ghost would count towards `max`. Returns the Nodes that remain."""
+    live = {i.get("PrivateIpAddress") for i in inv.instances}
+    elastic = {g.name for g in record.groups}
+    kept = []
+    for node in nodes:
+        address = _internal_ip(node)
+        if autoscale.node_group(node) in elastic and address and address not in live:
+            if _delete_node(core, node["metadata"]["name"]):
+                report(f"{node['metadata']['name']}: its instance is gone; Node deleted")
+            continue
+        kept.append(node)
+    return kept
+
+
+# --- the process -------------------------------------------------------------------------------
+
+
+def read_record(api_client) -> Record:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    return parse_record(_json(core.read_namespaced_config_map, CONFIGMAP, NAMESPACE).get("data") or {})
+
+
+def make_drain(api_client, timeout: float, report: Report) -> Callable[[str], object]:
+    """The CLI's drain (cordon, evict through the Eviction API, delete the Node), for one node.
+    The one import of clusterous_cli here: drain.py has no CLI dependency but lives there."""
+    from clusterous_cli import drain
+
+    return lambda node: drain.drain_node(api_client, node, timeout, report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from kubernetes import config
+
+    from clusterous_provisioner.clients import Clients
+
+    parser = argparse.ArgumentParser(prog="clusterous-autoscaler", description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="one round, then exit")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between rounds")
+    parser.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's ServiceAccount)")
+    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    if args.kubeconfig:
+        api_client = config.new_client_from_config(config_file=args.kubeconfig)
+    else:
+        config.load_incluster_config()
+        from kubernetes import client
+
+        api_client = client.ApiClient()
+
+    def report(message: str) -> None:
+        print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {message}", flush=True)
+
+    type_cache: dict = {}
+    clients = None
+    while True:
+        try:
+            record = read_record(api_client)
+            if clients is None or clients.region != record.region:
+                clients = Clients(record.region)
+            run_once(api_client, clients, record, time.time(), make_drain(api_client, args.drain_timeout, report),
+                     report, type_cache)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one failed round must not end the autoscaler
+            report(f"round failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            if args.once:
+                return 1
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
