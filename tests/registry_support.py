@@ -2,7 +2,9 @@
 cluster runs 3.x, which no package registry here ships) on 127.0.0.1, configured exactly as the
 cluster's registry add-on, storing into the moto server's S3.
 
-    registry                 fixture (import `registry_fixture`): a RegistryServer, started per test (the `aws` fixture resets moto)
+    registry                 fixture (import `registry_fixture`): a RegistryServer, started per test (the `aws` fixture resets moto):
+                             the read-only `registry` pods pull from, and `.push` (`registry-push`, htpasswd) where
+                             builds push; `.push_url` carries the credential (http://user:password@host:port)
     push_image(url, ...)     a tiny but valid image (config blob, one gzip'd tar layer, a schema2 or
                              OCI manifest) pushed through the registry's v2 API, as any client pushes
     push_index(url, ...)     a multi-platform index over images already pushed
@@ -29,17 +31,20 @@ installs the `docker-registry` package).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +53,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterous_cli import buildjob, registry
 from clusterous_provisioner.bootstrap import BootstrapInputs, render_manifests
 from tests.harness.tools import missing
 
@@ -118,9 +124,10 @@ def rendered_addon(inputs: BootstrapInputs, file: str, kind: str, name: str) -> 
     return found
 
 
-def registry_env(inputs: BootstrapInputs) -> dict[str, str]:
-    """The REGISTRY_* variables of the rendered registry Deployment's container."""
-    deployment = rendered_addon(inputs, "registry.yaml", "Deployment", "registry")
+def registry_env(inputs: BootstrapInputs, deployment_name: str = "registry") -> dict[str, str]:
+    """The REGISTRY_* variables of a rendered registry Deployment's container (`registry`, the
+    read-only one pods pull from, or `registry-push`, where builds push)."""
+    deployment = rendered_addon(inputs, "registry.yaml", "Deployment", deployment_name)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("REGISTRY_")}
 
@@ -139,10 +146,18 @@ class RegistryServer:
     s3: object  # a boto3 S3 client on moto
     workdir: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    push: RegistryServer | None = None  # the push endpoint on the same bucket (registry-push)
+    password: str = ""  # the push credential (registry.push_secrets made its Secrets)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def push_url(self) -> str:
+        """Where a build pushes: the push endpoint, with the build Jobs' credential in the URL."""
+        assert self.push is not None, "this registry has no push endpoint"
+        return f"http://{registry.PUSH_USER}:{self.push.password}@{self.push.host}:{self.push.port}"
 
     @property
     def endpoint(self) -> str:
@@ -153,12 +168,14 @@ class RegistryServer:
         return self.workdir / "registry.log"
 
     def has_image(self, image: str) -> bool:
-        """Whether `registry:5000/NAME[:TAG]` would pull: the manifest answers a HEAD (what a
-        node's containerd asks through its mirror)."""
+        """Whether `registry:5000/NAME[:TAG|@DIGEST]` would pull: the manifest answers a HEAD
+        (what a node's containerd asks through its mirror)."""
         reference = image.split("/", 1)[1]
-        name, _, tag = reference.partition(":")
+        name, at, digest = reference.partition("@")
+        if not at:
+            name, _, digest = reference.partition(":")
         request = urllib.request.Request(
-            f"{self.url}/v2/{name}/manifests/{tag or 'latest'}",
+            f"{self.url}/v2/{name}/manifests/{digest or 'latest'}",
             method="HEAD",
             headers={"Accept": ", ".join((DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX))},
         )
@@ -197,10 +214,15 @@ class RegistryServer:
                 pytest.fail(
                     f"docker-registry exited with {self.process.returncode}:\n{self.log_text()[-4000:]}"
                 )
-            with contextlib.suppress(OSError):
+            try:
                 with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
                     if response.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # up, asking for credentials (REGISTRY_AUTH=htpasswd)
+                    return
+            except OSError:
+                pass
             time.sleep(0.05)
         self.stop()
         pytest.fail(
@@ -227,14 +249,28 @@ def free_port() -> int:
 
 
 def make_registry(
-    aws, workdir: Path, region: str = "eu-west-1", create_bucket: bool = True, **extra_env: str
+    aws,
+    workdir: Path,
+    region: str = "eu-west-1",
+    create_bucket: bool = True,
+    deployment_name: str = "registry",
+    **extra_env: str,
 ) -> RegistryServer:
-    """A registry configured from the rendered add-on, its bucket created in moto (not started)."""
+    """A registry configured from the rendered add-on, its bucket created in moto (not started).
+    For `registry-push`, the htpasswd file is what the kubelet mounts from the Secret that
+    `registry.push_secrets` makes, with a fresh password."""
     if not shutil.which(BINARY):
         missing(f"{BINARY} (apt-get install docker-registry)")
     workdir.mkdir(parents=True, exist_ok=True)
     inputs = cluster_inputs(region)
-    rendered = registry_env(inputs)
+    rendered = registry_env(inputs, deployment_name)
+    password = ""
+    if rendered.get("REGISTRY_AUTH") == "htpasswd":
+        password = secrets.token_urlsafe(16)
+        htpasswd_secret = registry.push_secrets(password, buildjob.PUSH_REGISTRY)[0]
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_bytes(base64.b64decode(htpasswd_secret["data"]["htpasswd"]))
+        extra_env = {"REGISTRY_AUTH_HTPASSWD_PATH": str(htpasswd), **extra_env}  # rendered: /auth/htpasswd
     port = debug_port = free_port()
     while debug_port == port:
         debug_port = free_port()
@@ -269,6 +305,7 @@ def make_registry(
         cluster_info=info,
         s3=s3,
         workdir=workdir,
+        password=password,
     )
 
 
@@ -276,11 +313,18 @@ def make_registry(
 def running_registry(
     aws, workdir: Path, create_bucket: bool = True, **extra_env: str
 ) -> Iterator[RegistryServer]:
+    """The read-only registry pods pull from, with its push endpoint (`.push`, `.push_url`) on the
+    same bucket, both as the add-on renders them."""
     server = make_registry(aws, workdir, create_bucket=create_bucket, **extra_env)
+    server.push = make_registry(
+        aws, workdir / "push", create_bucket=False, deployment_name="registry-push", **extra_env
+    )
     server.start()
+    server.push.start()
     try:
         yield server
     finally:
+        server.push.stop()
         server.stop()
 
 
@@ -313,7 +357,14 @@ def _digest(data: bytes) -> str:
 
 
 def _request(method: str, url: str, data: bytes | None = None, headers: dict | None = None):
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    """One HTTP request; credentials in the URL (http://user:password@host/...) go as Basic auth."""
+    parts = urllib.parse.urlsplit(url)
+    headers = dict(headers or {})
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        url = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.headers, response.read()
@@ -329,6 +380,14 @@ def push_blob(url: str, name: str, data: bytes) -> str:
     location = headers["Location"]
     if location.startswith("/"):
         location = url + location
+    elif "@" in url:  # an absolute Location has no credentials: keep those of `url`
+        location = (
+            url.split("//", 1)[0]
+            + "//"
+            + url.split("//", 1)[1].split("@", 1)[0]
+            + "@"
+            + location.split("//", 1)[1]
+        )
     separator = "&" if "?" in location else "?"
     status, headers, _ = _request(
         "PUT",

@@ -729,6 +729,7 @@ class Waiter:
     def setup(self) -> Check:
         from kubernetes import client
 
+        from clusterous_cli import buildjob, registry
         from clusterous_provisioner import operator_bundle
 
         core = client.CoreV1Api(self.api)
@@ -741,6 +742,7 @@ class Waiter:
                     False, f"k3s has not applied the add-ons yet (no ConfigMap {NAMESPACE}/{CLUSTER_INFO})"
                 )
             code = operator_bundle.apply_code(self.api, NAMESPACE)
+            registry.ensure_push_credentials(self.api, buildjob.PUSH_REGISTRY)  # issue 12 item 14
             recorded = str((info.get("data") or {}).get("loggingLevel") or "0")
             level = self.plan.logging_level
             if level is None:

@@ -3,7 +3,11 @@
 The registry listens on the controller's private address (hostNetwork, plain HTTP: it never
 leaves the VPC), which the cluster-info ConfigMap records as `registryEndpoint`. Each HTTP
 request rides a fresh direct-tcpip channel of the controller connection, so nothing listens on
-the laptop. Only read calls are made here; builds push from inside the cluster.
+the laptop. Only read calls are made here; builds push from inside the cluster, to the push
+endpoint (`registry-push`, htpasswd) with the one credential `ensure_push_credentials` makes:
+the registry pods read (`registry:5000`, read-only) and write (`registry-push:5002`) the same
+bucket, and nothing deletes.
+Build caches (`<name>:buildcache`, see buildjob) are registry tags too; `images` hides them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from dataclasses import dataclass
 from clusterous_provisioner.errors import Failure
 
 CLUSTER_INFO = ("clusterous-system", "cluster-info")
+PUSH_USER = "clusterous-build"
+HTPASSWD_SECRET = "registry-push-htpasswd"  # mounted by the registry-push pod
+PUSH_AUTH_SECRET = "registry-push-auth"  # docker config, mounted by build Jobs only
 MANIFEST_TYPES = ", ".join(
     (
         "application/vnd.oci.image.index.v1+json",
@@ -142,24 +149,97 @@ class Registry:
     def tags(self, name: str) -> list[str]:
         return sorted(self._pages(f"/v2/{name}/tags/list", "tags"))
 
-    def image(self, name: str, tag: str) -> ImageInfo:
-        """Size and date of one tag; a multi-platform index is described by its first image."""
+    def _manifest_and_config(self, name: str, tag: str) -> tuple[str | None, dict, dict]:
+        """(digest of the tag, the image manifest, its config); a multi-platform index (BuildKit
+        pushes one with its provenance attestation) is described by its first image."""
         manifest, headers = self._json(f"/v2/{name}/manifests/{tag}", {"Accept": MANIFEST_TYPES})
         digest = headers.get("docker-content-digest")
         if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
             entries = manifest.get("manifests") or []
             if not entries:
-                return ImageInfo(name, tag, None, None, digest)
+                return digest, {}, {}
             manifest, _ = self._json(
                 f"/v2/{name}/manifests/{entries[0]['digest']}", {"Accept": MANIFEST_TYPES}
             )
-        config = manifest.get("config") or {}
-        size = config.get("size", 0) + sum(layer.get("size", 0) for layer in manifest.get("layers") or [])
-        created = None
-        if config.get("digest"):
-            blob, _ = self._json(f"/v2/{name}/blobs/{config['digest']}")
-            created = blob.get("created")
-        return ImageInfo(name, tag, size, created, digest)
+        reference = (manifest.get("config") or {}).get("digest")
+        config = self._json(f"/v2/{name}/blobs/{reference}")[0] if reference else {}
+        return digest, manifest, config
+
+    def image(self, name: str, tag: str) -> ImageInfo:
+        """Size and date of one tag."""
+        digest, manifest, config = self._manifest_and_config(name, tag)
+        if not manifest:
+            return ImageInfo(name, tag, None, None, digest)
+        size = (manifest.get("config") or {}).get("size", 0) + sum(
+            layer.get("size", 0) for layer in manifest.get("layers") or []
+        )
+        return ImageInfo(name, tag, size, config.get("created"), digest)
+
+    def label(self, name: str, tag: str, key: str) -> tuple[str | None, str | None]:
+        """(digest of name:tag, the value of its image label `key`); (None, None) without the tag."""
+        if not self.has_tag(name, tag):
+            return None, None
+        digest, _, config = self._manifest_and_config(name, tag)
+        labels = (config.get("config") or {}).get("Labels") or {}
+        return digest, labels.get(key)
+
+
+def push_secrets(password: str, push_registry: str) -> list[dict]:
+    """The two Secrets of the push credential: the bcrypt htpasswd line the push registry checks
+    (distribution's htpasswd auth takes bcrypt only), and the docker config build Jobs use."""
+    import base64
+
+    import bcrypt
+
+    def secret(name: str, kind: str, key: str, text: str) -> dict:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": CLUSTER_INFO[0],
+                "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
+            },
+            "type": kind,
+            "data": {key: base64.b64encode(text.encode()).decode()},
+        }
+
+    line = f"{PUSH_USER}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()}\n"
+    auth = base64.b64encode(f"{PUSH_USER}:{password}".encode()).decode()
+    config = json.dumps({"auths": {push_registry: {"auth": auth}}})
+    return [
+        secret(HTPASSWD_SECRET, "Opaque", "htpasswd", line),
+        secret(PUSH_AUTH_SECRET, "kubernetes.io/dockerconfigjson", ".dockerconfigjson", config),
+    ]
+
+
+def ensure_push_credentials(api, push_registry: str) -> str:
+    """Make the push credential once per cluster, over the API (so never in user-data, and never
+    printed): 'unchanged' when both Secrets exist, else a new random password in both ('created')."""
+    import secrets
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(api)
+    namespace = CLUSTER_INFO[0]
+    present = []
+    for name in (HTPASSWD_SECRET, PUSH_AUTH_SECRET):
+        try:
+            core.read_namespaced_secret(name, namespace)
+            present.append(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    if len(present) == 2:
+        return "unchanged"
+    for body in push_secrets(secrets.token_urlsafe(32), push_registry):
+        name = body["metadata"]["name"]
+        if name in present:
+            core.replace_namespaced_secret(name, namespace, body)
+        else:
+            core.create_namespaced_secret(namespace, body)
+    return "created"
 
 
 def _next_page(link: str | None) -> str | None:

@@ -13,6 +13,12 @@ controller, where the deepest existing part of the path is resolved (symlinks in
 stay inside the root's own resolved path. Symlinks inside a tree that point outside it are
 skipped in both directions (`--safe-links`).
 
+`put(..., only=FILES, delete=True)` makes the destination exactly FILES (relative paths inside
+the local folder, e.g. a build context after `.dockerignore`): other local files are not sent, and
+remote files outside FILES are removed (rsync `--delete --delete-excluded` with an include list;
+SFTP removes them itself). Build contexts rely on it: a file the user deleted or ignored must not
+stay on the volume and reach an image through `COPY . .`.
+
 Destination rule (the same for put and get): a directory lands exactly at the destination path, so
 repeating a transfer updates it in place; a file lands at the destination, or inside it when the
 destination is an existing directory or ends in `/`.
@@ -20,6 +26,7 @@ destination is an existing directory or ends in `/`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -28,6 +35,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -51,6 +59,7 @@ class Report:
     unchanged: int = 0
     skipped_links: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    deleted: list[str] = field(default_factory=list)
 
 
 # --- paths ---------------------------------------------------------------------------------
@@ -138,7 +147,9 @@ def rsync_available(conn) -> bool:
     return code == 0
 
 
-def rsync_argv(endpoint: ControllerEndpoint, source: str, destination: str) -> list[str]:
+def rsync_argv(
+    endpoint: ControllerEndpoint, source: str, destination: str, extra: tuple[str, ...] = ()
+) -> list[str]:
     """rsync with our pinned ssh; no owner/group (the login user owns the volume's files)."""
     from clusterous_cli import ssh
 
@@ -149,11 +160,24 @@ def rsync_argv(endpoint: ControllerEndpoint, source: str, destination: str) -> l
         "--secluded-args",
         "--out-format=%i %n",
         "--info=progress2",
+        *extra,
         "-e",
         shlex.join(ssh.openssh_argv(endpoint)),
         source,
         destination,
     ]
+
+
+def rsync_only_rules(files: list[str]) -> str:
+    """An rsync filter file that lets exactly `files` (and their folders) through, anchored at the
+    transfer's root; a backslash escapes wildcard characters only in patterns that have one."""
+
+    def literal(path: str) -> str:
+        return re.sub(r"([*?\[\\])", r"\\\1", path) if re.search(r"[*?\[]", path) else path
+
+    folders = sorted({"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)})
+    rules = [f"+ /{literal(d)}/" for d in folders] + [f"+ /{literal(f)}" for f in files]
+    return "\n".join([*rules, "- *", ""])
 
 
 def run_rsync(argv: list[str], report: Report, progress) -> None:
@@ -175,7 +199,9 @@ def run_rsync(argv: list[str], report: Report, progress) -> None:
 
 
 def _rsync_line(line: str, report: Report, progress) -> None:
-    if match := ITEM.match(line):
+    if line.startswith("*deleting "):
+        report.deleted.append(line[len("*deleting ") :].strip())
+    elif match := ITEM.match(line):
         item, name = match.groups()
         if item[1] == "f" and item[0] in "<>":
             report.transferred.append(name)
@@ -342,11 +368,24 @@ def _rsync_local(path: Path) -> str:
     return text if text.startswith(("/", "./", "../")) else f"./{text}"
 
 
-def put(conn, local: Path, remote: str | None, method: str = "auto", progress=None) -> Report:
-    """Send a file or tree to the shared volume; unchanged files are not sent again."""
+def put(
+    conn,
+    local: Path,
+    remote: str | None,
+    method: str = "auto",
+    progress=None,
+    only: list[str] | None = None,
+    delete: bool = False,
+) -> Report:
+    """Send a file or tree to the shared volume; unchanged files are not sent again.
+
+    For a tree: `only` limits what is sent to those relative paths; `delete` removes what the
+    destination holds beyond what is sent (files the user deleted, or left out with `only`)."""
     progress = progress or NullProgress()
     if not local.exists():
         raise BadInput("LOCAL", None, "an existing file or directory", str(local))
+    if (only is not None or delete) and not local.is_dir():
+        raise BadInput("LOCAL", None, "a directory (only/delete apply to trees)", str(local))
     endpoint = conn.endpoint
     rel = relative_remote(remote if remote else Path(os.path.abspath(local)).name)
     into_dir = bool(remote and remote.endswith("/"))
@@ -375,6 +414,8 @@ def put(conn, local: Path, remote: str | None, method: str = "auto", progress=No
             if local.is_dir()
             else [("", [])]
         )
+        if only is not None:
+            files = _grouped(only)
         sizes = (
             {os.path.join(d, n): (local / d / n).stat().st_size for d, names in files for n in names}
             if local.is_dir()
@@ -395,12 +436,15 @@ def put(conn, local: Path, remote: str | None, method: str = "auto", progress=No
                             progress.advance,
                             os.path.join(rel_dir, name),
                         )
+                if delete:
+                    _sftp_delete_extra(sftp, target, set(sizes), report)
             else:
                 sftp_put_file(sftp, local, target, report, progress.advance, target)
     if chosen == "rsync":
         source = _rsync_local(local) + ("/" if local.is_dir() else "")
         destination = _rsync_remote(endpoint, target + ("/" if local.is_dir() else ""))
-        run_rsync(rsync_argv(endpoint, source, destination), report, progress.absolute)
+        with _rsync_selection(only, delete) as extra:
+            run_rsync(rsync_argv(endpoint, source, destination, extra), report, progress.absolute)
         if not local.is_dir():
             report.transferred = [target] if report.transferred else []
         report.bytes = (
@@ -411,6 +455,50 @@ def put(conn, local: Path, remote: str | None, method: str = "auto", progress=No
         report.unchanged = len(sizes) - len(report.transferred)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _grouped(paths: list[str]) -> list[tuple[str, list[str]]]:
+    """Relative file paths as (directory, sorted names), the shape `_local_tree` yields."""
+    by_dir: dict[str, list[str]] = {}
+    for path in paths:
+        head, _, name = path.rpartition("/")
+        by_dir.setdefault(head, []).append(name)
+    return [(d, sorted(names)) for d, names in sorted(by_dir.items())]
+
+
+@contextlib.contextmanager
+def _rsync_selection(only: list[str] | None, delete: bool):
+    """rsync's extra arguments for `only` (a filter file, removed afterwards) and `delete`."""
+    extra = ["--delete", "--delete-excluded"] if delete else []
+    if only is None:
+        yield tuple(extra)
+        return
+    with tempfile.NamedTemporaryFile("w", prefix="clusterous-only-", suffix=".rules") as rules:
+        rules.write(rsync_only_rules(only))
+        rules.flush()
+        yield (*extra, f"--filter=merge {rules.name}")
+
+
+def _sftp_delete_extra(sftp, root: str, keep: set[str], report: Report, rel: str = "") -> bool:
+    """Remove what lies below root beyond `keep` (relative paths); True if the folder is empty
+    after it. Symlinks are removed, never followed."""
+    empty = True
+    for entry in sftp.listdir_attr(posixpath.join(root, rel) if rel else root):
+        path = posixpath.join(rel, entry.filename) if rel else entry.filename
+        full = posixpath.join(root, path)
+        if stat.S_ISDIR(entry.st_mode):
+            if _sftp_delete_extra(sftp, root, keep, report, path) and not any(
+                k.startswith(path + "/") for k in keep
+            ):
+                sftp.rmdir(full)
+                report.deleted.append(path + "/")
+                continue
+        elif path not in keep:
+            sftp.remove(full)
+            report.deleted.append(path)
+            continue
+        empty = False
+    return empty
 
 
 def get(conn, remote: str, local: Path | None, method: str = "auto", progress=None) -> Report:

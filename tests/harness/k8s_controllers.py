@@ -10,7 +10,8 @@ controller follows the upstream one closely enough for what the product relies o
   ReplicaSets down once the new one is available; Recreate waits for the old pods to go.
 - DaemonSet → one pod per eligible node (node selector, taints), placed through the scheduler
   with a `metadata.name` node affinity as the upstream controller does.
-- Job → a pod per attempt until one succeeds or `backoffLimit` failures; `Complete`/`Failed`.
+- Job → a pod per attempt until one succeeds or `backoffLimit` failures; `Complete`/`Failed`;
+  past `activeDeadlineSeconds` its pods are deleted and it fails with `DeadlineExceeded`.
 - PersistentVolumeClaim → a PersistentVolume through the StorageClass it names (or the default
   class); a missing class leaves the claim Pending with a `ProvisioningFailed` event.
 - kube-scheduler: node selector and required node affinity, taints/tolerations (NotReady and
@@ -21,7 +22,10 @@ controller follows the upstream one closely enough for what the product relies o
 - The kubelet on every Ready node: a bound pod's images are pulled (`ErrImagePull` for an image
   the world lacks), then its containers run — forever unless the test gave the image a
   `program` (an async function returning the exit code); `restartPolicy` decides what an exit
-  means (Completed pods, `CrashLoopBackOff`).
+  means (Completed pods, `CrashLoopBackOff`). What a program uses (`World.uses`) meets the pod's
+  limits when it ends: memory over `limits.memory` is `OOMKilled` (exit 137); disk over an
+  emptyDir's `sizeLimit` evicts the pod (phase Failed, reason `Evicted`, the kubelet's message).
+  An image in `World.rate_limited` is refused as Docker Hub refuses past its pull limit (429).
 - Garbage collection (background cascade): an object whose owners are all gone is deleted;
   pods bound to a Node that no longer exists are deleted (PodGC).
 - k3s's helm-controller: a HelmChart gets its finalizer; deleting it takes `helm_delete_seconds`
@@ -89,8 +93,16 @@ class World:
     helm_delete_seconds: float = 0.5
     # A registry of the test's: images named by `prefix` pull only if `exists(image)` says so.
     registry: tuple[str, Callable[[str], bool]] | None = None
+    # What a program's container uses, by image regex: {"memory": "3Gi", "disk": "30Gi"}.
+    uses: list[tuple[re.Pattern[str], dict[str, str]]] = field(default_factory=list)
+    rate_limited: set[str] = field(default_factory=set)  # images Docker Hub refuses with 429
+
+    def use(self, image: str) -> dict[str, str]:
+        return next((use for pattern, use in self.uses if pattern.search(image)), {})
 
     def pullable(self, image: str) -> bool:
+        if image in self.rate_limited:
+            return False
         if self.registry is not None and image.startswith(self.registry[0]):
             return self.registry[1](image)
         return image not in self.missing_images
@@ -653,6 +665,8 @@ class Controllers:
             active = [p for p in pods if not pod_finished(p) and not p["metadata"].get("deletionTimestamp")]
             status.setdefault("startTime", now())
             limit = job["spec"].get("backoffLimit", 6)
+            deadline = job["spec"].get("activeDeadlineSeconds")
+            started = time.mktime(time.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
             if succeeded >= job["spec"].get("completions", 1):
                 status["completionTime"] = now()
                 status["conditions"] = [
@@ -667,6 +681,19 @@ class Controllers:
                         "status": "True",
                         "reason": "BackoffLimitExceeded",
                         "message": "Job has reached the specified backoff limit",
+                    },
+                ]
+            elif deadline is not None and time.time() - started > deadline:
+                for pod in active:  # the Job controller deletes what still runs
+                    await self.delete(PODS, pod)
+                active = []
+                status["conditions"] = [
+                    {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded"},
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
                     },
                 ]
             elif not active:
@@ -979,7 +1006,13 @@ class Controllers:
             }
             await self.write_status(PODS, pod, status)
             for container in missing:
-                await self.event(pod, "Pod", "Failed", _pull_failure(container["image"]), "kubelet")
+                await self.event(
+                    pod,
+                    "Pod",
+                    "Failed",
+                    _pull_failure(container["image"], container["image"] in self.world.rate_limited),
+                    "kubelet",
+                )
             return
         self._pod_ips += 1
         pod_ip = (
@@ -1016,7 +1049,8 @@ class Controllers:
     def container_status(self, container: dict, missing_image: bool = False, **state: Any) -> dict:
         image = container.get("image", "")
         if missing_image:
-            state = {"waiting": {"reason": "ErrImagePull", "message": _pull_failure(image)}}
+            message = _pull_failure(image, image in self.world.rate_limited)
+            state = {"waiting": {"reason": "ErrImagePull", "message": message}}
         elif not state:
             state = {"running": {"startedAt": now()}}
         running = "running" in state
@@ -1046,7 +1080,20 @@ class Controllers:
         if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"]:
             return
         status = copy.deepcopy(current.get("status") or {})
+        use = self.world.use(container.get("image", ""))
+        if evicted := _evicted_by(current, use):
+            status.update(phase="Failed", reason="Evicted", message=evicted)
+            for entry in status.get("containerStatuses") or []:
+                entry.update(ready=False, started=False)
+                entry["state"] = {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": now()}}
+            await self.write_status(PODS, current, status)
+            await self.event(current, "Pod", "Evicted", evicted, "kubelet")
+            return
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        oom = bool(limit and use.get("memory") and quantity(use["memory"]) > quantity(limit))
         ended = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now()}
+        if oom:
+            ended = {"exitCode": 137, "reason": "OOMKilled", "finishedAt": now()}
         policy = current["spec"].get("restartPolicy", "Always")
         for entry in status.get("containerStatuses") or []:
             if entry["name"] == container["name"]:
@@ -1073,8 +1120,29 @@ class Controllers:
         await self.write_status(PODS, current, status)
 
 
-def _pull_failure(image: str) -> str:
+def _evicted_by(pod: dict, use: dict[str, str]) -> str:
+    """The kubelet's eviction message when disk use exceeds an emptyDir's sizeLimit, else ''."""
+    if not use.get("disk"):
+        return ""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        limit = (volume.get("emptyDir") or {}).get("sizeLimit")
+        if limit and quantity(use["disk"]) > quantity(limit):
+            return f'Usage of EmptyDir volume "{volume["name"]}" exceeds the limit "{limit}". '
+    return ""
+
+
+def _pull_failure(image: str, rate_limited: bool = False) -> str:
     reference = image if "/" in image.split(":")[0] else f"docker.io/library/{image}"
+    if rate_limited:  # containerd's words for Docker Hub's 429
+        repository = image.split("@")[0].split(":")[0]
+        repository = repository if "/" in repository else f"library/{repository}"
+        return (
+            f'Failed to pull image "{image}": failed to pull and unpack image "{reference}": failed to '
+            f"copy: httpReadSeeker: failed open: unexpected status code https://registry-1.docker.io/v2/"
+            f"{repository}/manifests/{image.rpartition('@')[2] or 'latest'}: 429 Too Many "
+            "Requests - Server message: toomanyrequests: You have reached your unauthenticated pull rate "
+            "limit. https://www.docker.com/increase-rate-limit"
+        )
     return (
         f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack image '
         f'"{reference}": failed to resolve reference "{reference}": {reference}: not found'

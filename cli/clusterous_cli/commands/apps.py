@@ -89,6 +89,7 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
     from clusterous_cli.endpoint import load_endpoint
 
     load_endpoint(ref)  # a missing controller record is bad input, before any connection
+    contexts = [builds.check_context(image.context, str(app.source)) for image in app.images]
     api = kubeapi.api_client(ref)
     for warning in apps.check_on_cluster(api, str(app.source), app.clusterapp):  # before any change
         output.say(warning)
@@ -99,12 +100,15 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
                 f"copied {copy.local.name}/ to the shared volume ({copy.remote}/): "
                 f"{len(report.transferred)} file(s) sent, {report.unchanged} unchanged"
             )
-        for image in app.images:
-            builds.ensure_built(conn, api, image.context, image.name, image.tag, output.say)
+        built = [
+            builds.ensure_built(conn, api, context, image.name, image.tag, output.say)
+            for image, context in zip(app.images, contexts, strict=True)
+        ]
     level = apps.ensure_pod_security(api, app.clusterapp)
     if level:
         output.say(f"namespace default: Pod Security {level} enforced (docs/clusterapp.md)")
-    verb = apps.apply(api, app.clusterapp)
+    clusterapp = builds.pin_built_images(app.clusterapp, built)  # nodes run exactly what was built
+    verb = apps.apply(api, clusterapp)
     output.say(f"ClusterApp {app.name} {verb}")
     if not wait:
         output.say("not waiting: follow it with `clusterous-k8s status`; tunnels open with `run` again")

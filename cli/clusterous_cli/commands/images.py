@@ -7,37 +7,63 @@ from pathlib import Path
 import typer
 
 from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_provisioner.errors import BadInput
 
 BUILD_HELP = """Build DIR's Dockerfile on the cluster (BuildKit, rootless) into its registry.
 
-Skipped when the registry already has NAME:TAG (tag `latest` when absent) unless --force.
-The build log is streamed; a failed build ends with the log's last lines.
+Skipped when the registry's NAME:TAG (tag `latest` when absent) was built from exactly this
+context (its files after .dockerignore), unless --force; a changed context is rebuilt, reusing
+the registry build cache. The build log is streamed; a failure is named (out of memory, evicted,
+unschedulable, Docker Hub's pull limit, ...) with the log's last lines.
 
 Example: clusterous-k8s build-image examples/basic-python/image basic-python:1.0
 """
 IMAGES_HELP = """List the images in the cluster registry: names, tags, sizes and dates.
 
+Build caches (the `buildcache` tag of each built name) are not listed.
+
 Example: clusterous-k8s images basic-python --json
 """
+
+
+def _quantity(option: str, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[1-9][0-9]*(Mi|Gi|Ti)", value):
+        raise BadInput(option, None, "a size such as 512Mi, 4Gi or 1Ti", value)
+    return value
 
 
 def build_image(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Folder holding the Dockerfile (the build context)."),
     name: str = typer.Argument(..., help="NAME[:TAG] in the cluster registry."),
-    force: bool = typer.Option(False, "--force", help="Build even when the tag exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Build even when the registry holds this context's image."
+    ),
+    memory: str = typer.Option("4Gi", "--memory", help="Memory limit of the build (OOMKilled above it)."),
+    disk: str = typer.Option(
+        "20Gi", "--disk", help="Node disk the build requests and may use for its layers."
+    ),
+    max_context: int = typer.Option(
+        512, "--max-context", help="Largest context to upload, in MiB (after .dockerignore)."
+    ),
     cluster: str = CLUSTER_OPTION,
 ) -> None:
-    from clusterous_cli import builds, envfile, kubeapi, output, ssh
+    from clusterous_cli import buildjob, builds, envfile, kubeapi, output, ssh
     from clusterous_cli.endpoint import load_endpoint
 
-    builds.check_context(directory)
     image, tag = envfile.split_image_name("NAME", None, name)
+    if max_context < 1:
+        raise BadInput("--max-context", None, "a size in MiB of at least 1", max_context)
+    resources = buildjob.Resources(memory=_quantity("--memory", memory), disk=_quantity("--disk", disk))
+    settings = builds.Settings(resources=resources, max_context_bytes=max_context * 1024 * 1024)
+    context = builds.check_context(directory, "DIR", settings.max_context_bytes)
     ref = cluster_ref(ctx, cluster)
     load_endpoint(ref)
     with ssh.connect_cluster(ref) as conn:
         api = kubeapi.api_client(ref)
-        builds.ensure_built(conn, api, directory, image, tag, output.say, force=force)
+        builds.ensure_built(conn, api, context, image, tag, output.say, force=force, settings=settings)
 
 
 def _size(size: int | None) -> str:
@@ -58,7 +84,7 @@ def images(
 ) -> None:
     from dataclasses import asdict
 
-    from clusterous_cli import kubeapi, output, registry, ssh
+    from clusterous_cli import buildjob, kubeapi, output, registry, ssh
     from clusterous_cli.endpoint import load_endpoint
 
     ref = cluster_ref(ctx, cluster)
@@ -67,7 +93,7 @@ def images(
         api = kubeapi.api_client(ref)
         reg = registry.Registry(conn, *registry.endpoint_from_cluster_info(api))
         names = [name] if name else reg.repositories()
-        found = [reg.image(n, tag) for n in names for tag in reg.tags(n)]
+        found = [reg.image(n, tag) for n in names for tag in reg.tags(n) if tag != buildjob.CACHE_TAG]
     if as_json:
         output.print_json([asdict(i) for i in found])
         return
