@@ -60,7 +60,8 @@ def test_the_addons_to_wait_for_come_from_the_rendered_manifests() -> None:
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert set(addons.crds) == crds and "clusterapps.clusterous.io" in crds
     assert set(addons.deployments) == {
-        ("clusterous-system", n) for n in ("registry", "clusterous-operator", "csi-nfs-controller")
+        ("clusterous-system", n)
+        for n in ("registry", "registry-push", "clusterous-operator", "csi-nfs-controller")
     }
     assert addons.daemonsets == (("clusterous-system", "csi-nfs-node"),)
 

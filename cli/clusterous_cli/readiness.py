@@ -656,15 +656,22 @@ class Waiter:
             return Check(False, exc.what.splitlines()[0])
         return Check(True, f"{conn.endpoint.user}@{conn.endpoint.host} answers")
 
-    def cloud_init(self) -> Check:
+    def _look(self, argv: list[str]) -> str | Check:
+        """What `argv` prints on the controller, or a not-done Check when SSH failed this time."""
         try:
-            code, out, err = self._connect().run(cloud_init_script(self.plan.cloud_init_root), timeout=60)
+            code, out, err = self._connect().run(argv, timeout=60)
         except HostKeyChanged:
             raise
         except Exception as exc:  # noqa: BLE001 - a dropped connection is opened again next time
             self.conn = None
             return Check(False, f"SSH: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        finished, errors = parse_cloud_init(out.decode(errors="replace"))
+        return out.decode(errors="replace")
+
+    def cloud_init(self) -> Check:
+        output = self._look(cloud_init_script(self.plan.cloud_init_root))
+        if isinstance(output, Check):
+            return output
+        finished, errors = parse_cloud_init(output)
         if not finished:
             return Check(False, "cloud-init is still running on the controller")
         if errors:
@@ -685,14 +692,10 @@ class Waiter:
         return "\n".join("    " + line for line in text.splitlines())
 
     def bootstrap(self) -> Check:
-        try:
-            code, out, err = self._connect().run(bootstrap_script(self.plan.cloud_init_root), timeout=60)
-        except HostKeyChanged:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a dropped connection is opened again next time
-            self.conn = None
-            return Check(False, f"SSH: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        first, _, journal = out.decode(errors="replace").partition("\n")
+        output = self._look(bootstrap_script(self.plan.cloud_init_root))
+        if isinstance(output, Check):
+            return output
+        first, _, journal = output.partition("\n")
         if first.strip() == "done":
             return Check(True, "finished")
         lines = tuple(line for line in journal.splitlines() if line.strip())
