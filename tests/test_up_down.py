@@ -376,16 +376,20 @@ def test_the_render_dir_shows_the_registry_using_the_buckets_region(aws, cli, is
     out = tmp_path / "render"
     result = cli(["up", "--dry-run", "--name", "pi", "--render-dir", str(out)])
     assert result.exit_code == 0, result.output
-    (registry,) = [
+    registries = [
         d
         for d in yaml.safe_load_all((out / "manifests" / "registry.yaml").read_text())
         if d and d["kind"] == "Deployment"
     ]
-    env = {e["name"]: e["value"] for e in registry["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert (
-        env["REGISTRY_STORAGE_S3_REGION"] == "us-east-2"
-        and env["REGISTRY_STORAGE_S3_BUCKET"] == "team-images"
-    )
+    assert sorted(r["metadata"]["name"] for r in registries) == ["registry", "registry-push"]
+    for registry in registries:  # the read-only one for pulls, the authenticated one for builds
+        env = {
+            e["name"]: e.get("value") for e in registry["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert (
+            env["REGISTRY_STORAGE_S3_REGION"] == "us-east-2"
+            and env["REGISTRY_STORAGE_S3_BUCKET"] == "team-images"
+        ), registry["metadata"]["name"]
 
 
 def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
