@@ -149,9 +149,14 @@ def test_two_ups_started_together_make_one_cluster(aws, cli):
 
 
 def test_up_and_down_started_together_leave_all_or_nothing(aws, cli):
+    """`down` starts while `up` is midway (its VPC exists, its NAT gateway is still pending)."""
     make_profile(cli)
+    aws.realism.pending(nat_seconds=8)
     up = _start([*UP, "--name", "pair", "--workers", "1"])
-    time.sleep(0.5)
+    deadline = time.monotonic() + 120
+    while not count_tagged(aws, "pair")["vpcs"]:
+        assert up.poll() is None and time.monotonic() < deadline, _finish(up)
+        time.sleep(0.1)
     down = _start(["down", "pair", "--yes", "--delete-shared-volume"])
     results = [_finish(up), _finish(down)]
     counts = count_tagged(aws, "pair")
