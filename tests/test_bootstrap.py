@@ -782,6 +782,11 @@ def test_every_node_mirrors_the_registry_names_to_the_controller(instance, tmp_p
     mirrors = yaml.safe_load(files["controller"])["mirrors"]
     for name in (CLUSTER_REGISTRY, LEGACY_REGISTRY):
         assert mirrors[name]["endpoint"] == ["http://10.42.1.10:5000"]
+    # Docker Hub through the controller's pull-through cache, which registry-mirror serves there.
+    assert mirrors["docker.io"]["endpoint"] == ["http://10.42.1.10:5004"]
+    (mirror,) = [d for d, _ in pod_specs(all_docs(inputs)) if d["metadata"]["name"] == "registry-mirror"]
+    env = {e["name"]: e.get("value") for e in mirror["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REGISTRY_HTTP_ADDR"] == "10.42.1.10:5004"
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,11 +74,14 @@ def test_buildkitd_reads_a_config_that_makes_every_name_of_the_cluster_registry_
     config_map = buildjob.buildkitd_config_map("10.0.1.10:5000")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     parsed = tomllib.loads(config_map["data"][path.name])
+    # Docker Hub base images come through the controller's pull-through cache (registry-mirror).
+    assert parsed["registry"].pop("docker.io") == {"mirrors": ["10.0.1.10:5004"]}
     assert set(parsed["registry"]) == {
         CLUSTER_REGISTRY,
         LEGACY_REGISTRY,
         buildjob.PUSH_REGISTRY,
         "10.0.1.10:5000",
+        "10.0.1.10:5004",
     }
     assert all(entry == {"http": True} for entry in parsed["registry"].values())
 

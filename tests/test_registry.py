@@ -759,3 +759,47 @@ def test_the_push_credential_is_made_over_the_api_once_and_never_printed(
         password not in result.output
         and base64.b64encode(f"{user}:{password}".encode()).decode() not in result.output
     )
+
+
+def test_the_docker_hub_mirror_pulls_through_once_then_serves_from_s3(registry, aws, tmp_path) -> None:  # noqa: F811
+    """registry-mirror as rendered, with the test registry standing in for Docker Hub: the first
+    pull goes upstream and lands in the bucket under the mirror's root (inside the controller
+    role's prefix); later pulls are served from there, even with the upstream gone. Pushes are
+    refused."""
+    from tests.registry_support import _request
+
+    image = push_image(registry.push_url, "library/python", "3.12")
+    mirror = make_registry(
+        aws,
+        tmp_path / "mirror",
+        create_bucket=False,
+        deployment_name="registry-mirror",
+        REGISTRY_PROXY_REMOTEURL=registry.url,  # rendered: https://registry-1.docker.io
+    )
+    assert mirror.rendered_env["REGISTRY_PROXY_REMOTEURL"] == "https://registry-1.docker.io"
+    assert mirror.root_directory.startswith(registry.root_directory + "/")
+    mirror.start()
+    try:
+        accept = {"Accept": image.media_type}
+        _, headers, _ = _request("GET", f"{mirror.url}/v2/library/python/manifests/3.12", headers=accept)
+        assert headers["Docker-Content-Digest"] == image.digest
+        _, _, layer = _request("GET", f"{mirror.url}/v2/library/python/blobs/{image.layer_digest}")
+        assert layer == image.layer
+        cached = blob_key(mirror.root_directory, image.layer_digest)
+        deadline = time.monotonic() + 30  # the proxy stores what it streamed once it has it all
+        while cached not in mirror.stored_keys():
+            assert time.monotonic() < deadline, mirror.log_text()[-2000:]
+            time.sleep(0.2)
+
+        registry.push.stop()
+        registry.stop()  # Docker Hub unreachable now
+        _, headers, _ = _request(
+            "GET", f"{mirror.url}/v2/library/python/manifests/{image.digest}", headers=accept
+        )
+        assert headers["Docker-Content-Digest"] == image.digest
+        _, _, again = _request("GET", f"{mirror.url}/v2/library/python/blobs/{image.layer_digest}")
+        assert again == image.layer
+        with pytest.raises(AssertionError, match=": 405 "):
+            push_image(mirror.url, "library/evil", "1")
+    finally:
+        mirror.stop()

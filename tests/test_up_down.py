@@ -381,8 +381,12 @@ def test_the_render_dir_shows_the_registry_using_the_buckets_region(aws, cli, is
         for d in yaml.safe_load_all((out / "manifests" / "registry.yaml").read_text())
         if d and d["kind"] == "Deployment"
     ]
-    assert sorted(r["metadata"]["name"] for r in registries) == ["registry", "registry-push"]
-    for registry in registries:  # the read-only one for pulls, the authenticated one for builds
+    assert sorted(r["metadata"]["name"] for r in registries) == [
+        "registry",
+        "registry-mirror",
+        "registry-push",
+    ]
+    for registry in registries:  # pulls, builds' pushes, Docker Hub's pull-through cache
         env = {
             e["name"]: e.get("value") for e in registry["spec"]["template"]["spec"]["containers"][0]["env"]
         }

@@ -92,10 +92,18 @@ def buildkitd_toml(registry_endpoint: str | None = None) -> str:
     """buildkitd.toml: every name of the cluster registry is plain HTTP (docs/buildkitd.toml.md:
     `[registry."host:port"] http = true`) — its Service name, Clusterous' `registry:5000` (which
     the pod's DNS search path resolves to the same Service in clusterous-system), the push
-    endpoint, and the controller's endpoint that nodes use."""
+    endpoint, the controller's endpoint that nodes use and its Docker Hub mirror."""
     names = [CLUSTER_REGISTRY, LEGACY_REGISTRY, PUSH_REGISTRY]
-    names += [registry_endpoint] if registry_endpoint else []
-    return "".join(f'[registry."{name}"]\n  http = true\n\n' for name in dict.fromkeys(names))
+    mirror = ""
+    if registry_endpoint:
+        from clusterous_provisioner.addons import registry_mirror_endpoint
+
+        # Docker Hub base images through the controller's pull-through cache; BuildKit tries a
+        # registry's mirrors in order, then the registry itself.
+        mirror_endpoint = registry_mirror_endpoint(registry_endpoint.rpartition(":")[0])
+        names += [registry_endpoint, mirror_endpoint]
+        mirror = f'[registry."docker.io"]\n  mirrors = ["{mirror_endpoint}"]\n\n'
+    return mirror + "".join(f'[registry."{name}"]\n  http = true\n\n' for name in dict.fromkeys(names))
 
 
 def buildkitd_config_map(registry_endpoint: str | None = None) -> dict:

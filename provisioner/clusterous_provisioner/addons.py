@@ -15,6 +15,7 @@ from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 NAMESPACE = "clusterous-system"
 SHARED_DIR = "/export/shared"  # the shared volume's mount point and NFS export on the controller
 REGISTRY_PORT = 5000
+REGISTRY_MIRROR_PORT = 5004  # Docker Hub's pull-through cache (5001-5003, 5005: the others' ports)
 # CNCF distribution 3: its S3 driver's aws-sdk-go 1.55 speaks IMDSv2 (2.8.3's 1.15 does not, and
 # gets NoCredentialProviders from a controller with HttpTokens required). 3.1.1 also fixes
 # CVE-2026-41888 (tags deletable with delete disabled). Pinned by the official image's index digest.
@@ -55,13 +56,21 @@ def registry_endpoint(controller_ip: str) -> str:
     return f"{controller_ip}:{REGISTRY_PORT}"
 
 
+def registry_mirror_endpoint(controller_ip: str) -> str:
+    """The controller's pull-through cache of Docker Hub (manifests/registry.yaml)."""
+    return f"{controller_ip}:{REGISTRY_MIRROR_PORT}"
+
+
 def registries_yaml(controller_ip: str) -> str:
     """k3s registries.yaml: the registry's names (cluster DNS and Clusterous' `registry:5000`)
-    mirrored to the controller's plain-HTTP endpoint, reachable from the hosts' containerd."""
-    endpoint = f"http://{registry_endpoint(controller_ip)}"
+    mirrored to the controller's plain-HTTP endpoint, reachable from the hosts' containerd; and
+    docker.io to the controller's pull-through cache (containerd falls back to Docker Hub itself
+    when the mirror fails: k3s always tries a registry's default endpoint last)."""
+    mirrors = {name: registry_endpoint(controller_ip) for name in (CLUSTER_REGISTRY, LEGACY_REGISTRY)}
+    mirrors["docker.io"] = registry_mirror_endpoint(controller_ip)
     lines = ["mirrors:"]
-    for name in (CLUSTER_REGISTRY, LEGACY_REGISTRY):
-        lines += [f'  "{name}":', "    endpoint:", f'      - "{endpoint}"']
+    for name, endpoint in mirrors.items():
+        lines += [f'  "{name}":', "    endpoint:", f'      - "http://{endpoint}"']
     return "\n".join(lines) + "\n"
 
 
@@ -83,6 +92,7 @@ def values_for(inputs) -> dict[str, str]:
         "shared_name": name,
         "registry": CLUSTER_REGISTRY,
         "registry_endpoint": registry_endpoint(inputs.controller_ip),
+        "registry_mirror_endpoint": registry_mirror_endpoint(inputs.controller_ip),
         "registry_image": REGISTRY_IMAGE,
         "csi_nfs_version": CSI_NFS_VERSION,
         "csi_nfs_image": CSI_NFS_IMAGE,
