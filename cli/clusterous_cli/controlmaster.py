@@ -24,11 +24,11 @@ import socket
 import struct
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from clusterous_cli import hostkeys, ssh
 from clusterous_cli.endpoint import ControllerEndpoint
+from clusterous_cli.polling import wait_until
 from clusterous_provisioner.errors import BadInput
 
 SSH_ENV = "CLUSTEROUS_K8S_SSH"  # `paramiko` forces the paramiko transport; else the ssh binary
@@ -154,20 +154,27 @@ class Master:
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, close_fds=True
             )
         master = cls(process, workdir)
-        deadline = time.monotonic() + timeout + 5  # ConnectTimeout covers TCP only, not the handshake
-        while True:
+
+        def settled() -> bool:
+            """The master exited, or its control socket answers."""
             if process.poll() is not None:
-                text = errors.read_text(errors="replace")
-                master.close()
-                raise _classify(text, endpoint, pinned, relearn)
+                return True
             if master.socket_path.exists():
                 with contextlib.suppress(OSError):
                     _hello(master.socket_path, timeout).close()
-                    return master
-            if time.monotonic() > deadline:
-                master.close()
-                raise ssh.unreachable(f"{endpoint.host}:{endpoint.port}", "SSH handshake timed out")
-            time.sleep(0.02)
+                    return True
+            return False
+
+        # ConnectTimeout covers TCP only, not the handshake: 5 s more for it.
+        answered = wait_until(settled, timeout + 5)
+        if process.poll() is not None:
+            text = errors.read_text(errors="replace")
+            master.close()
+            raise _classify(text, endpoint, pinned, relearn)
+        if not answered:
+            master.close()
+            raise ssh.unreachable(f"{endpoint.host}:{endpoint.port}", "SSH handshake timed out")
+        return master
 
     def is_active(self) -> bool:
         return self.process.poll() is None and self.socket_path.exists()

@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from clusterous_cli.endpoint import ClusterRef
+from clusterous_cli.polling import wait_until
 from clusterous_provisioner.errors import BadInput, Failure
 
 DESIRED_FILE = "tunnels.yml"
@@ -211,7 +212,7 @@ def start_supervisor(ref: ClusterRef) -> int:
                 found[:] = [supervisor_pid(ref) or 0]
                 return bool(found[0])
 
-        if not _wait_until(ours_or_running, 5.0):
+        if not wait_until(ours_or_running, 5.0):
             raise Failure("another command holds the tunnel supervisor's pid file", "try again in a moment")
         if found and found[0]:
             return found[0]
@@ -249,27 +250,12 @@ def stop_supervisor(ref: ClusterRef, timeout: float = 5.0) -> int | None:
         _reap(pid)
         return supervisor_pid(ref) != pid
 
-    if not _wait_until(gone, timeout) and supervisor_pid(ref) == pid:
+    if not wait_until(gone, timeout) and supervisor_pid(ref) == pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # its own session: the group is the supervisor's
-        _wait_until(gone, timeout)
+        wait_until(gone, timeout)
     (ref.directory / STATUS_FILE).unlink(missing_ok=True)
     return pid
-
-
-def _wait_until(check, timeout: float, first: float = 0.01, most: float = 0.25) -> bool:
-    """True once check() holds, False after `timeout` s. The supervisor is another process that
-    signals only through its pid and status files, so this polls them, backing off from 10 ms
-    (it is usually quick) to 250 ms (not busy-waiting while it reconnects)."""
-    deadline, interval = time.monotonic() + timeout, first
-    while True:
-        if check():
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(interval, left))
-        interval = min(interval * 2, most)
 
 
 def _reap(pid: int) -> None:
@@ -301,7 +287,7 @@ def wait_for(ref: ClusterRef, condition, timeout: float, what: str, refusals: bo
             or (supervisor_pid(ref) is None and time.monotonic() - started > 2)
         )
 
-    met = _wait_until(settled, timeout)
+    met = wait_until(settled, timeout)
     refused = refusal(ref, status) if refusals else None
     if refused:
         raise Failure(f"the tunnel cannot connect: {refused['error']}", refused.get("next"))
