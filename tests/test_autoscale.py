@@ -319,3 +319,37 @@ def test_a_drain_that_cannot_finish_leaves_the_node_schedulable_and_terminates_n
     assert [h["spec"].get("unschedulable") for h in history if h].count(True) >= 1  # it was cordoned
     assert not k8s_api.get("v1/nodes", "w1")["spec"].get("unschedulable")
     assert any("uncordoned, kept" in line for line in said)
+
+
+def test_sigterm_ends_the_wait_between_rounds_and_the_process_exits_cleanly(tmp_path) -> None:
+    """The pod stopping: SIGTERM ends the wait at once (not after --interval), with exit 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clusterous_provisioner.autoscaler", "--interval", "3600",
+         "--kubeconfig", str(kubeconfig)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while not any("round failed" in line for line in lines):  # the first round ran (no API here)
+            line = process.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, "".join(lines) + out
+        assert "stopped" in out and time.monotonic() - started < 30
+    finally:
+        process.kill()

@@ -19,6 +19,8 @@ docs/elastic.md).
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -406,9 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     def report(message: str) -> None:
         print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {message}", flush=True)
 
+    # SIGTERM (the pod stopping) ends the wait between rounds at once but never a round midway:
+    # a node being drained or terminated is finished, not abandoned.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     type_cache: dict = {}
     clients = None
-    while True:
+    while not stop.is_set():
         try:
             record = read_record(api_client)
             if clients is None or clients.region != record.region:
@@ -421,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         if args.once:
             return 0
-        time.sleep(args.interval)
+        stop.wait(args.interval)
+    report("stopped")
+    return 0
 
 
 if __name__ == "__main__":
