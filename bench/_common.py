@@ -1,4 +1,5 @@
-"""What both benchmarks share: a harness sshd, and a cluster record whose controller it is."""
+"""What the benchmarks share: a harness sshd and a cluster record whose controller it is; moto
+behind the AWS realism layer, as an account with no credentials of the user's."""
 
 from __future__ import annotations
 
@@ -44,3 +45,40 @@ def controller_stand_in() -> Iterator[tuple[object, object, Path]]:
                 endpoint.known_hosts, endpoint.host_key_name, sshd.console_output()
             )
             yield sshd, ref, scratch_path
+
+
+@contextlib.contextmanager
+def moto_account() -> Iterator[tuple[str, Path]]:
+    """moto on loopback behind the realism proxy, the AWS_* environment pointing at it and at no
+    config file of the user's; yields (moto's URL, for /moto-api/reset; a temporary folder)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    from tests.harness.aws_realism import RealismProxy, install_public_images
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    install_public_images()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    proxy = RealismProxy(url).start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=proxy.url,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        BOTOCORE_EXPERIMENTAL__PLUGINS="clusterous_faults=tests.harness.faults",
+    )
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(name, None)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(
+                Path(tmp) / "none"
+            )
+            yield url, Path(tmp)
+    finally:
+        proxy.stop()
+        server.stop()

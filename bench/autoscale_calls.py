@@ -19,10 +19,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from _common import moto_account
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "cli"), str(REPO / "provisioner"), str(REPO / "operator")]
@@ -107,39 +108,10 @@ def measure(url: str, workdir: Path, nodes: int) -> tuple[collections.Counter, c
 
 
 def main() -> int:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    from tests.harness.aws_realism import RealismProxy, install_public_images
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    install_public_images()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    proxy = RealismProxy(url).start()
-    os.environ.update(
-        AWS_ENDPOINT_URL=proxy.url,
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        BOTOCORE_EXPERIMENTAL__PLUGINS="clusterous_faults=tests.harness.faults",
-    )
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(name, None)
     results = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(
-                Path(tmp) / "none"
-            )
-            for nodes in SIZES:
-                results[nodes] = measure(url, Path(tmp), nodes)
-    finally:
-        proxy.stop()
-        server.stop()
+    with moto_account() as (url, tmp):
+        for nodes in SIZES:
+            results[nodes] = measure(url, tmp, nodes)
     print("AWS calls per autoscaler decision (one round: discover, decide, act)")
     for nodes, (grew, shrank) in results.items():
         print(

@@ -18,10 +18,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from _common import moto_account
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,41 +70,12 @@ def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter
 
 
 def main() -> int:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    from tests.harness.aws_realism import RealismProxy, install_public_images
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    install_public_images()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    proxy = RealismProxy(url).start()
-    os.environ.update(
-        AWS_ENDPOINT_URL=proxy.url,
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        BOTOCORE_EXPERIMENTAL__PLUGINS="clusterous_faults=tests.harness.faults",
-    )
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(name, None)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(
-                Path(tmp) / "none"
-            )
-            one, t1 = count_up(url, Path(tmp), 1)
-            count_up(url, Path(tmp), 5)
-            down5, d5 = count_down(Path(tmp), 5)
-            fifty, t50 = count_up(url, Path(tmp), 50)
-            down50, d50 = count_down(Path(tmp), 50)
-    finally:
-        proxy.stop()
-        server.stop()
+    with moto_account() as (url, tmp):
+        one, t1 = count_up(url, tmp, 1)
+        count_up(url, tmp, 5)
+        down5, d5 = count_down(tmp, 5)
+        fifty, t50 = count_up(url, tmp, 50)
+        down50, d50 = count_down(tmp, 50)
     n1, n50 = sum(one.values()), sum(fifty.values())
     print(f"up with  1 worker : {n1} AWS calls ({t1:.2f} s against moto)")
     print(f"up with 50 workers: {n50} AWS calls ({t50:.2f} s against moto)")
