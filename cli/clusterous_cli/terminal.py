@@ -61,20 +61,35 @@ def interactive_exec(api, pod: str, namespace: str, command: list[str]) -> int:
         stdin = sys.stdin.fileno()
         reading = True
         while session.is_open():
-            session.update(timeout=0.1)
-            if session.peek_stdout():
-                _write_all(sys.stdout.fileno(), session.read_stdout())
-            if session.peek_stderr():
-                _write_all(sys.stderr.fileno(), session.read_stderr())
+            try:
+                session.update(timeout=0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server closed first and its close frame could not be answered
+            _pass_output(session)
             if reading and select.select([stdin], [], [], 0)[0]:
                 data = os.read(stdin, 65536)
-                if data:
-                    session.write_stdin(data)
-                else:  # end of input: tell the command, keep reading its output
+                try:
+                    if data:
+                        session.write_stdin(data)
+                    else:  # end of input: tell the command, keep reading its output
+                        reading = False
+                        session.close_channel(STDIN_CHANNEL)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The command ended (and the server closed) before taking all its input, as
+                    # `exit 3` in the middle of piped lines does: the rest is not for anyone;
+                    # its output and exit status are still read below.
                     reading = False
-                    session.close_channel(STDIN_CHANNEL)
-        session.close()
+        _pass_output(session)  # what arrived with the last frames
+        with contextlib.suppress(OSError):
+            session.close()
     return exit_status(session)
+
+
+def _pass_output(session) -> None:
+    if session.peek_stdout():
+        _write_all(sys.stdout.fileno(), session.read_stdout())
+    if session.peek_stderr():
+        _write_all(sys.stderr.fileno(), session.read_stderr())
 
 
 def refused_upgrade(exc):
