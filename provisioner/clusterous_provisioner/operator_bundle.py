@@ -27,7 +27,8 @@ OPERATOR_IMAGE = (
 )
 OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
 LOCK_FILE = "requirements.txt"  # in the clusterous_operator package: the operator's lock
-DIRECT = ("kopf", "kubernetes", "pyyaml")  # what the operator imports; the lock adds their closure
+# what the operator imports (pydantic: schema.py, which kubernetes requires too); the lock adds their closure
+DIRECT = ("kopf", "kubernetes", "pyyaml", "pydantic")
 
 
 def lock_text() -> str:
@@ -57,7 +58,7 @@ def lock_hash() -> str:
 # The operator's direct dependencies, pinned as tested (`name==version`).
 REQUIREMENTS = tuple(f"{name}=={read_lock()[name][0]}" for name in DIRECT)
 # Import names of those distributions (a test checks the package imports nothing else).
-PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml"}
+PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml", "pydantic": "pydantic"}
 CONFIGMAP = "clusterous-operator-code"
 ZIP_NAME = "clusterous_operator.zip"
 START_SCRIPT = "start.sh"
