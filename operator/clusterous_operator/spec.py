@@ -11,13 +11,21 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-AUTO = "auto"
-DEFAULT_MOUNT_PATH = "/home/data"
+from clusterous_operator.schema import (
+    AUTO,
+    DEFAULT_MOUNT_PATH,
+    DNS_LABEL,
+    GROUP_PATTERN,
+    MAX_COMPONENT_NAME,
+    MAX_GROUP,
+    MI,
+)
+
 MAX_NAME = 63  # Service and label values are DNS labels: <app>-<component> must fit
 
-_COMPONENT_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_GROUP = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
+_COMPONENT_NAME = re.compile(DNS_LABEL)
+_GROUP = re.compile(GROUP_PATTERN)
+_APP_NAME = _COMPONENT_NAME  # begins Service names: DNS-1035
 _CPU = re.compile(r"^(?:(?P<cores>[0-9]+(?:\.[0-9]{1,3})?|\.[0-9]{1,3})|(?P<milli>[0-9]+)m)$")
 _MEMORY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _MEMORY_UNITS = {
@@ -35,7 +43,6 @@ _MEMORY_UNITS = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-MI = 2**20
 _NOTHING = object()
 
 
@@ -236,12 +243,14 @@ def _parse_component(raw: object, path: str) -> Component:
         if required not in raw:
             raise SpecError(f"{path}.{required}", "a value (name, group and image are required)")
     name = raw["name"]
-    if not isinstance(name, str) or len(name) > 40 or not _COMPONENT_NAME.match(name):
+    if not isinstance(name, str) or len(name) > MAX_COMPONENT_NAME or not _COMPONENT_NAME.match(name):
         raise SpecError(
-            f"{path}.name", "a DNS label of at most 40 characters (lower case letters, digits, '-')", name
+            f"{path}.name",
+            f"a DNS label of at most {MAX_COMPONENT_NAME} characters (lower case letters, digits, '-')",
+            name,
         )
     group = raw["group"]
-    if not isinstance(group, str) or len(group) > 63 or not _GROUP.match(group):
+    if not isinstance(group, str) or len(group) > MAX_GROUP or not _GROUP.match(group):
         raise SpecError(f"{path}.group", "a node group name (a label value)", group)
     image = raw["image"]
     if not isinstance(image, str) or not image or any(ch.isspace() for ch in image):
