@@ -205,10 +205,12 @@ def list_apps(api, namespace: str = NAMESPACE) -> list[dict]:
 
 def summary(app: dict) -> dict:
     """Phase and components ready/desired, as `status` and `run` show them."""
+    from clusterous_operator.schema import Phase
+
     status = app.get("status") or {}
     return {
         "name": app["metadata"]["name"],
-        "phase": status.get("phase") or "Pending",
+        "phase": status.get("phase") or Phase.PENDING.value,
         "ready": status.get("ready") or "0/?",
         "message": status.get("message") or "waiting for the operator",
         "components": [
@@ -234,6 +236,7 @@ def wait_until_running(
     blocker (not enough CPU, no nodes in a group, containers crashing) and what to do.
     """
     from clusterous_cli.kubeapi import api_failure, watch_objects
+    from clusterous_operator.schema import Phase
 
     shown: dict[str, str] = {}
     observed, info = None, None
@@ -264,9 +267,9 @@ def wait_until_running(
             if current and info["phase"] != observed:
                 observed = info["phase"]
                 say(f"{name}: {info['phase']} ({info['ready']} ready)")
-            if current and info["phase"] == "Running":
+            if current and info["phase"] == Phase.RUNNING:
                 return info
-            if current and info["phase"] == "Failed":
+            if current and info["phase"] == Phase.FAILED:
                 raise Failure(f"{name} cannot run: {info['message']}", "fix the file and run it again")
     except Failure:
         raise

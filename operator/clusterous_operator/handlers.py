@@ -25,6 +25,7 @@ import kopf
 from clusterous_operator import kube
 from clusterous_operator.builders import APP_LABEL, SPEC_HASH_ANNOTATION, plan_changes
 from clusterous_operator.reconcile import decide, status_changed
+from clusterous_operator.schema import Phase
 
 CAPP = ("clusterous.io", "v1alpha1", "clusterapps")
 RESYNC_SECONDS = float(os.environ.get("CLUSTEROUS_RESYNC_SECONDS", "10"))
@@ -293,7 +294,7 @@ def _reconcile(
         kube.patch_status(key[0], key[1], decision.status)
         state.status_written = (meta.get("generation"), decision.status)
         phase = decision.status["phase"]
-        if old.get("phase") != phase and phase in ("Failed", "Degraded", "Pending"):
+        if old.get("phase") != phase and phase in (Phase.FAILED, Phase.DEGRADED, Phase.PENDING):
             kopf.warn(dict(body), reason=phase, message=decision.status["message"])
 
 
