@@ -258,11 +258,10 @@ def docs_text(current: str) -> str:
     """docs/clusterapp.md with its generated blocks replaced; the prose around them is kept."""
     for name, body in docs_blocks().items():
         begin, end = f"<!-- generated: {name} ({COMMAND}) -->", f"<!-- end: {name} -->"
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-        if not pattern.search(current):
+        found = re.search(re.escape(begin) + r".*?" + re.escape(end), current, re.S)
+        if not found:
             raise ValueError(f"{DOCS_FILE}: no `{begin}` … `{end}` block")
-        block = f"{begin}\n{body}\n{end}"
-        current = pattern.sub(lambda _, block=block: block, current)
+        current = f"{current[: found.start()]}{begin}\n{body}\n{end}{current[found.end() :]}"
     return current
 
 
