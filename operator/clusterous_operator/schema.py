@@ -2,9 +2,10 @@
 
 `python -m clusterous_operator.crdgen` turns these models into the CRD's openAPIV3Schema
 (crd.yaml and its copy in manifests/) and the field tables of docs/clusterapp.md; a test fails
-when the committed files differ. A field's description is the text of both (Markdown, shown raw
-by `kubectl explain`); its bounds are the schema's; `x-kubernetes-*` keys and the CEL rules ride
-along in `json_schema_extra`; `x-docs-default` says, for the docs only, what an absent field means.
+when the committed files differ. A field's `description` is short and goes to both (`kubectl
+explain` shows it); `_docs(detail=...)` adds what only the docs say (the controller's user-data,
+which carries the CRD, must fit EC2's 16 KiB) and, as `default=`, what an absent field means; its
+bounds are the schema's; `x-kubernetes-*` keys and the CEL rules ride along in `json_schema_extra`.
 
 The phases, component states, condition types and reasons are `StrEnum`s with their meanings:
 the operator writes them (status.py) and the CLI reads them (apps.py) from here. The operator
