@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -180,14 +182,15 @@ def test_rm_refuses_a_directory_swapped_for_a_symlink_while_it_asks(
         ["rm", "out/inner", "--yes"],
     ],
 )
-def test_paths_cannot_escape_the_volume(controller, cli, tmp_path, argv) -> None:  # noqa: F811
+@pytest.mark.parametrize("method", METHODS)
+def test_paths_cannot_escape_the_volume(controller, cli, tmp_path, argv, method) -> None:  # noqa: F811
     outside = tmp_path / "outside"
     (outside / "inner").mkdir(parents=True)
     (controller.shared / "out").symlink_to(outside)
     local = tmp_path / "payload.txt"
     local.write_text("must not leave the volume")
     result = cli(
-        [a.replace("{local}", str(local)) for a in argv] + ["--method", "sftp"] * (argv[0] in ("put", "get"))
+        [a.replace("{local}", str(local)) for a in argv] + ["--method", method] * (argv[0] in ("put", "get"))
     )
     assert result.exit_code == 2, result.output
     assert "shared volume" in result.output
@@ -227,3 +230,101 @@ def test_unreachable_controller_fails_with_one_message(controller, cli, tmp_path
     result = cli(["ls"])
     assert result.exit_code == 1
     assert "cannot reach the controller" in result.output and "Traceback" not in result.output
+
+
+# --- how a transfer reaches the controller (issue 15 item 2) ----------------------------------
+
+
+def _sessions(sshd, since: int) -> tuple[int, list[str]]:
+    """(connections, kinds of sessions) sshd logged after byte `since` of its log."""
+    text = sshd.log_text()[since:]
+    kinds = re.findall(r"Starting session: (command|subsystem 'sftp')", text)
+    return text.count("Accepted publickey"), kinds
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+def test_a_transfer_is_one_connection_and_one_exec(controller, cli, tmp_path, direction) -> None:  # noqa: F811
+    """No question before rsync starts: no SFTP session, no `command -v rsync`, no second login."""
+    small = tmp_path / "small.txt"
+    small.write_text("tiny\n")
+    (controller.shared / "small.txt").write_text("tiny, remote\n")
+    since = len(controller.sshd.log_text())
+    argv = (
+        ["put", str(small), "inbox/"] if direction == "put" else ["get", "small.txt", str(tmp_path / "back")]
+    )
+    report = _json(cli([*argv, "--json"]))
+    assert report["method"] == "rsync"
+    assert _sessions(controller.sshd, since) == (1, ["command"])
+
+
+def test_without_rsync_on_the_controller_it_falls_back_to_sftp(controller, cli, tmp_path) -> None:  # noqa: F811
+    controller.sshd.hide_rsync()
+    probe = subprocess.run(controller.sshd.ssh_command("command -v rsync"), capture_output=True)
+    assert probe.returncode != 0, "the login PATH of the test sshd still finds rsync"
+    source = _make_tree(tmp_path / "src")
+
+    since = len(controller.sshd.log_text())
+    sent = _json(cli(["put", str(source), "project", "--json"]))
+    assert sent["method"] == "sftp" and len(sent["transferred"]) == 4
+    assert tree_digest(controller.shared / "project") == tree_digest(source)
+    # rsync was tried (one exec, which found no rsync), then SFTP: nothing was asked beforehand.
+    assert _sessions(controller.sshd, since) == (2, ["command", "subsystem 'sftp'"])
+
+    fetched = _json(cli(["get", "project", str(tmp_path / "back"), "--json"]))
+    assert fetched["method"] == "sftp"
+    assert tree_digest(tmp_path / "back") == tree_digest(source)
+
+    forced = cli(["put", str(source), "project", "--method", "rsync"])
+    assert forced.exit_code == 1 and "no rsync" in forced.output
+
+
+def test_rsync_put_refuses_a_symlink_planted_at_the_destination(controller, cli, tmp_path) -> None:  # noqa: F811
+    """The controller-side script checks the destination in the same exec as rsync runs."""
+    secret = tmp_path / "authorized_keys"
+    secret.write_text("ssh-ed25519 AAAA the user's key\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (controller.shared / "link.txt").symlink_to(secret)
+    (controller.shared / "linkdir").symlink_to(elsewhere)
+    (controller.shared / "inside").mkdir()
+    (controller.shared / "alias").symlink_to(controller.shared / "inside")  # inside, still refused
+    local = tmp_path / "notes.txt"
+    local.write_text("the user's notes\n")
+
+    for remote in ("link.txt", "linkdir", "linkdir/", "alias/notes.txt"):
+        refused = cli(["put", str(local), remote, "--method", "rsync"])
+        assert refused.exit_code == 2, (remote, refused.output)
+        assert "symlink" in refused.output and "shared volume" in refused.output
+    assert secret.read_text() == "ssh-ed25519 AAAA the user's key\n"
+    assert list(elsewhere.iterdir()) == [] and list((controller.shared / "inside").iterdir()) == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_file_lands_in_an_existing_directory_or_renamed(controller, cli, tmp_path, method) -> None:  # noqa: F811
+    data = tmp_path / "one.csv"
+    data.write_text("a,b\n")
+    (controller.shared / "inputs").mkdir()
+    into = _json(cli(["put", str(data), "inputs", "--method", method, "--json"]))
+    assert into["transferred"] == ["inputs/one.csv"]
+    renamed = _json(cli(["put", str(data), "inputs/two.csv", "--method", method, "--json"]))
+    assert renamed["transferred"] == ["inputs/two.csv"]
+    assert sorted(p.name for p in (controller.shared / "inputs").iterdir()) == ["one.csv", "two.csv"]
+    again = _json(cli(["put", str(data), "inputs/two.csv", "--method", method, "--json"]))
+    assert again["transferred"] == [] and again["unchanged"] == 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_names_with_wildcards_and_spaces_are_taken_literally(controller, cli, tmp_path, method) -> None:  # noqa: F811
+    (controller.shared / "runs").mkdir()
+    (controller.shared / "runs" / "data[1] *.csv").write_text("wanted\n")
+    (controller.shared / "runs" / "data1 x.csv").write_text("not asked for\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    got = _json(cli(["get", "runs/data[1] *.csv", str(out), "--method", method, "--json"]))
+    assert len(got["transferred"]) == 1
+    assert [p.name for p in out.iterdir()] == ["data[1] *.csv"]
+    sent = _json(
+        cli(["put", str(out / "data[1] *.csv"), "runs/$(id) `x`;.csv", "--method", method, "--json"])
+    )
+    assert sent["transferred"] == ["runs/$(id) `x`;.csv"]
+    assert (controller.shared / "runs" / "$(id) `x`;.csv").read_text() == "wanted\n"
