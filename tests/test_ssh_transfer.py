@@ -328,3 +328,30 @@ def test_names_with_wildcards_and_spaces_are_taken_literally(controller, cli, tm
     )
     assert sent["transferred"] == ["runs/$(id) `x`;.csv"]
     assert (controller.shared / "runs" / "$(id) `x`;.csv").read_text() == "wanted\n"
+
+
+def test_with_the_tunnel_supervisor_running_rsync_reuses_its_ssh_master(controller, cli, tmp_path) -> None:  # noqa: F811
+    """The supervisor's OpenSSH master is already logged in: rsync's ssh opens a session through
+    it, so sshd sees a new session but no new connection (no key exchange, no login)."""
+    from clusterous_cli import tunnels
+    from tests.harness.sshd import free_port
+
+    assert cli(["tunnel", "add", f"{free_port()}:127.0.0.1:{free_port()}"]).exit_code == 0
+    tunnels.wait_for(
+        controller.ref, lambda s: s.get("connected") and s.get("control_socket"), 20, "no master"
+    )
+    small = tmp_path / "small.txt"
+    small.write_text("tiny\n")
+    since = len(controller.sshd.log_text())
+    assert _json(cli(["put", str(small), "inbox/", "--json"]))["method"] == "rsync"
+    assert _json(cli(["get", "inbox/small.txt", str(tmp_path / "back.txt"), "--json"]))["method"] == "rsync"
+    assert (tmp_path / "back.txt").read_text() == "tiny\n"
+    assert _sessions(controller.sshd, since) == (0, ["command", "command"])
+
+    # A master that died without the status file noticing: ssh connects by itself.
+    status = tunnels.read_status(controller.ref)
+    tunnels.stop_supervisor(controller.ref)
+    (controller.ref.directory / tunnels.STATUS_FILE).write_text(json.dumps(status))
+    since = len(controller.sshd.log_text())
+    assert _json(cli(["put", str(small), "again.txt", "--json"]))["transferred"] == ["again.txt"]
+    assert _sessions(controller.sshd, since) == (1, ["command"])

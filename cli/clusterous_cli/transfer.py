@@ -65,10 +65,12 @@ class NullProgress:
 
 class OnDemand:
     """The controller connection for `put`/`get`, opened on first use: the rsync path never
-    needs it (rsync makes its own), so a transfer costs one SSH connection, not two."""
+    needs it (rsync makes its own), so a transfer costs one SSH connection, not two.
+    `control_socket`: the tunnel supervisor's OpenSSH master, for rsync's ssh to reuse."""
 
-    def __init__(self, endpoint, connect):
+    def __init__(self, endpoint, connect, control_socket: str | None = None):
         self.endpoint, self._connect, self._conn = endpoint, connect, None
+        self.control_socket = control_socket
 
     def sftp(self):
         if self._conn is None:
@@ -144,6 +146,11 @@ def _first_method(method: str) -> str:
     return "sftp"
 
 
+def _rsync_ssh(conn):
+    """(endpoint, the supervisor's master socket or None): what rsync's ssh command is built from."""
+    return conn.endpoint, getattr(conn, "control_socket", None)
+
+
 def _no_rsync_there(method: str) -> None:
     if method == "rsync":
         raise Failure("the controller has no rsync", "install rsync there, or pass --method sftp")
@@ -182,7 +189,9 @@ def put(
     progress.total(sum(sizes.values()))
     if report.method == "rsync":
         try:
-            transfer_rsync.put(conn.endpoint, local, rel, into_dir, only, delete, report, progress.absolute)
+            transfer_rsync.put(
+                _rsync_ssh(conn), local, rel, into_dir, only, delete, report, progress.absolute
+            )
             report.unchanged = len(sizes) - len(report.transferred)
         except transfer_rsync.NoRemoteRsync:
             _no_rsync_there(method)
@@ -205,7 +214,7 @@ def get(conn, remote: str, local: Path | None, method: str = "auto", progress=No
     report = Report(_first_method(method))
     if report.method == "rsync":
         try:
-            transfer_rsync.get(conn.endpoint, rel, local, report, progress.absolute)
+            transfer_rsync.get(_rsync_ssh(conn), rel, local, report, progress.absolute)
         except transfer_rsync.NoRemoteRsync:
             _no_rsync_there(method)
             report.method = "sftp"

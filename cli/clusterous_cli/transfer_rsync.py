@@ -112,12 +112,17 @@ def rsync_argv(
     destination: str,
     remote: str,
     extra: tuple[str, ...] = (),
+    control_socket: str | None = None,
 ) -> list[str]:
     """rsync with our pinned ssh; no owner/group (the login user owns the volume's files).
 
+    With `control_socket` (the tunnel supervisor's live OpenSSH master, same pinned options) ssh
+    opens its session through the master: no new TCP connection, key exchange or login. Should
+    the master be gone, ssh connects by itself (`ControlMaster=no` never starts or removes one).
     `%l` (the file's length) comes before `%n` so that names with spaces stay whole."""
     from clusterous_cli import ssh
 
+    mux = ["-o", f"ControlPath={control_socket}", "-o", "ControlMaster=no"] if control_socket else []
     return [
         "rsync",
         "-rlpt",
@@ -126,7 +131,7 @@ def rsync_argv(
         "--info=progress2",
         *extra,
         "-e",
-        shlex.join(ssh.openssh_argv(endpoint)),
+        shlex.join(["ssh", *mux, *ssh.openssh_options(endpoint)]),
         "--rsync-path",
         remote,
         source,
@@ -245,11 +250,11 @@ def _line(line: str, report: Report, progress) -> None:
         progress(int(match.group(1).replace(",", "")), int(match.group(2)))
 
 
-def put(
-    endpoint: ControllerEndpoint, local, rel: PurePosixPath, into_dir: bool, only, delete, report, progress
-):
+def put(via, local, rel: PurePosixPath, into_dir: bool, only, delete, report, progress) -> None:
     """A tree lands exactly at rel (the script creates and enters it); a file lands at rel, or
-    inside it when rel is a directory (`into_dir`, or found so by the script)."""
+    inside it when rel is a directory (`into_dir`, or found so by the script). `via`: (endpoint,
+    the master's socket or None)."""
+    endpoint, control_socket = via
     parts = () if str(rel) == "." else rel.parts
     if local.is_dir():
         remote = remote_command("put-dir", endpoint.shared_root, parts)
@@ -259,22 +264,21 @@ def put(
         remote = remote_command("put-file", endpoint.shared_root, dirs, name, local.name)
         source, copy_links = local_spec(str(local)), ("--copy-links",)  # the file, as SFTP sends it
     with selection(only, delete) as extra:
-        stderr = run(
-            rsync_argv(endpoint, source, remote_spec(endpoint), remote, (*copy_links, *extra)),
-            report,
-            progress,
-            rel,
-            endpoint,
+        argv = rsync_argv(
+            endpoint, source, remote_spec(endpoint), remote, (*copy_links, *extra), control_socket
         )
+        stderr = run(argv, report, progress, rel, endpoint)
     if not local.is_dir() and report.transferred:
         landed = rel / local.name if into_dir or not parts or INTO in stderr else rel
         report.transferred = [str(landed)]
 
 
-def get(endpoint: ControllerEndpoint, rel: PurePosixPath, local, report, progress) -> None:
+def get(via, rel: PurePosixPath, local, report, progress) -> None:
     """A directory's contents land exactly at the destination, a file at it or inside it when it
     is a directory: rsync's own rules, once the script has put `./` or `./NAME` in as the source."""
+    endpoint, control_socket = via
     parts = () if str(rel) == "." else rel.parts
     remote = remote_command("get", endpoint.shared_root, parts[:-1], parts[-1] if parts else "")
     destination = local_spec(str(local if local is not None else (parts[-1] if parts else "shared")))
-    run(rsync_argv(endpoint, remote_spec(endpoint), destination, remote), report, progress, rel, endpoint)
+    argv = rsync_argv(endpoint, remote_spec(endpoint), destination, remote, control_socket=control_socket)
+    run(argv, report, progress, rel, endpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -25,6 +26,15 @@ GET_HELP = (
     "Example: clusterous-k8s get results ./results"
 )
 RM_HELP = "Remove a file or directory from the shared volume (asks first).\n\nExample: clusterous-k8s rm old-results --yes"
+
+
+def _progress(label: str):
+    """A progress bar on a terminal; elsewhere nothing (and rich.progress is not even imported)."""
+    import sys
+
+    from clusterous_cli import transfer
+
+    return RichProgress(label) if sys.stderr.isatty() else contextlib.nullcontext(transfer.NullProgress())
 
 
 class RichProgress:
@@ -100,11 +110,13 @@ def _report(verb: str, report, as_json: bool) -> None:
 
 def _on_demand(ctx: typer.Context, cluster: str):
     """The controller connection for put/get, opened only if SFTP is needed (rsync makes its own)."""
-    from clusterous_cli import ssh, transfer
+    from clusterous_cli import ssh, transfer, tunnels
     from clusterous_cli.endpoint import load_endpoint
 
     ref = cluster_ref(ctx, cluster)
-    return transfer.OnDemand(load_endpoint(ref), lambda: ssh.connect_cluster(ref))
+    status = tunnels.read_status(ref)  # a running tunnel supervisor's OpenSSH master, if any
+    master = status.get("control_socket") if status.get("connected") else None
+    return transfer.OnDemand(load_endpoint(ref), lambda: ssh.connect_cluster(ref), master)
 
 
 def ls(
@@ -168,7 +180,7 @@ def put(
     if not local.exists():
         raise BadInput("LOCAL", None, "an existing file or directory", str(local))
     transfer.relative_remote(remote if remote else local.resolve().name)
-    with _on_demand(ctx, cluster) as conn, RichProgress("put") as progress:
+    with _on_demand(ctx, cluster) as conn, _progress("put") as progress:
         report = transfer.put(conn, local, remote, method, progress)
     _report("sent", report, as_json)
 
@@ -184,7 +196,7 @@ def get(
     from clusterous_cli import transfer
 
     transfer.relative_remote(remote)
-    with _on_demand(ctx, cluster) as conn, RichProgress("get") as progress:
+    with _on_demand(ctx, cluster) as conn, _progress("get") as progress:
         report = transfer.get(conn, remote, local, method, progress)
     _report("fetched", report, as_json)
 
