@@ -355,3 +355,37 @@ def test_with_the_tunnel_supervisor_running_rsync_reuses_its_ssh_master(controll
     since = len(controller.sshd.log_text())
     assert _json(cli(["put", str(small), "again.txt", "--json"]))["transferred"] == ["again.txt"]
     assert _sessions(controller.sshd, since) == (1, ["command"])
+
+
+def test_transfer_bench_runs_as_a_smoke_test() -> None:
+    """CI runs the bench small, for its honesty (one cipher, printed; alternating order; ratio
+    lines for every case), never for its timing."""
+    import sys
+
+    from tests.harness.sshd import require_tools
+
+    require_tools()
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "BENCH_TREE_MB": "2",
+        "BENCH_ROUNDS": "2",
+        "BENCH_SMALL_BYTES": "100",
+        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "cli", "provisioner", "operator")),
+    }
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "transfer_throughput.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "ciphers: ours=aes128-gcm@openssh.com openssh=aes128-gcm@openssh.com" in lines
+    firsts = [line.split("first=")[1].split()[0] for line in lines if line.startswith("round")]
+    assert firsts == ["ours"] * 4 + ["rsync"] * 4 + ["ours"] * 2 + ["rsync"] * 2
+    cases = [
+        line.split()[1] + " " + line.split()[2].rstrip(":") for line in lines if line.startswith("ratio=")
+    ]
+    assert cases == ["tree put", "tree get", "small put", "small get", "small put+master", "small get+master"]
+    assert all(float(line.split()[0].split("=")[1]) > 0 for line in lines if line.startswith("ratio="))

@@ -6,16 +6,10 @@ bad input exits 2, failures exit 1, neither prints a traceback unless --verbose.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
-# typer coerces every parameter through pydantic, whose first TypeAdapter scans the entry points of
-# every installed distribution for pydantic plugins: 0.2-0.5 s of each command's start-up (issue 15
-# item 2: a small `put` must stay within 1.3x of rsync). The CLI uses no such plugin.
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-
-import typer  # noqa: E402
+import typer
 
 from clusterous_cli import __version__
 from clusterous_cli.commands import apps as apps_cmd
