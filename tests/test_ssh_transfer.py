@@ -278,8 +278,9 @@ def test_without_rsync_on_the_controller_it_falls_back_to_sftp(controller, cli, 
     assert forced.exit_code == 1 and "no rsync" in forced.output
 
 
-def test_rsync_put_refuses_a_symlink_planted_at_the_destination(controller, cli, tmp_path) -> None:  # noqa: F811
-    """The controller-side script checks the destination in the same exec as rsync runs."""
+@pytest.mark.parametrize("method", METHODS)
+def test_put_refuses_a_symlink_at_or_on_the_way_to_the_destination(controller, cli, tmp_path, method) -> None:  # noqa: F811
+    """With rsync the controller-side script checks the destination in the same exec as rsync runs."""
     secret = tmp_path / "authorized_keys"
     secret.write_text("ssh-ed25519 AAAA the user's key\n")
     elsewhere = tmp_path / "elsewhere"
@@ -292,7 +293,7 @@ def test_rsync_put_refuses_a_symlink_planted_at_the_destination(controller, cli,
     local.write_text("the user's notes\n")
 
     for remote in ("link.txt", "linkdir", "linkdir/", "alias/notes.txt"):
-        refused = cli(["put", str(local), remote, "--method", "rsync"])
+        refused = cli(["put", str(local), remote, "--method", method])
         assert refused.exit_code == 2, (remote, refused.output)
         assert "symlink" in refused.output and "shared volume" in refused.output
     assert secret.read_text() == "ssh-ed25519 AAAA the user's key\n"
