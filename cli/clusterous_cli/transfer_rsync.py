@@ -36,6 +36,7 @@ from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_cli.transfer import Report
 from clusterous_provisioner.errors import BadInput, Failure
 
+# PLACEHOLDER, NO_RSYNC, INTO and the `refused` lines are spelled out in SCRIPT too.
 PLACEHOLDER = ".clusterous-k8s-path/"
 NO_RSYNC = "clusterous-k8s: no rsync on the controller"
 REFUSED = re.compile(r"clusterous-k8s: refused (\w+) ?(.*)")
