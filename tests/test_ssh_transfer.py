@@ -390,3 +390,16 @@ def test_transfer_bench_runs_as_a_smoke_test() -> None:
     ]
     assert cases == ["tree put", "tree get", "small put", "small get", "small put+master", "small get+master"]
     assert all(float(line.split()[0].split("=")[1]) > 0 for line in lines if line.startswith("ratio="))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_get_of_a_directory_onto_a_local_file_is_bad_input(controller, cli, tmp_path, method) -> None:  # noqa: F811
+    """Only the controller knows that REMOTE is a directory; the refusal still names LOCAL."""
+    (controller.shared / "d").mkdir()
+    (controller.shared / "d" / "a.txt").write_text("a")
+    (controller.shared / "d" / "b.txt").write_text("b")
+    (tmp_path / "afile").write_text("mine")
+    result = cli(["get", "d", str(tmp_path / "afile"), "--method", method])
+    assert result.exit_code == 2, result.output
+    assert "LOCAL" in result.output and "a file is in the way" in result.output
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -44,6 +44,7 @@ INTO = "clusterous-k8s: into directory"
 ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{7,10}) +(\d+) (.+)$")
 DELETING = re.compile(r"^\*deleting +(?:\d+ )?(.+)$")
 PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%")
+IN_THE_WAY = re.compile(r"destination must be a directory|cannot overwrite non-directory with a directory")
 
 # sh -c SCRIPT clusterous-rsync MODE ROOT NAME LOCALNAME N DIR1..DIRN RSYNC-SERVER-ARGS...
 # MODE: put-dir (DIRs end with the target itself), put-file (NAME is the target, LOCALNAME the
@@ -199,8 +200,11 @@ def run(argv: list[str], report: Report, progress, rel: PurePosixPath, endpoint:
     if match := REFUSED.search(stderr):
         raise _refusal(match.group(1), match.group(2), rel)
     if code != 0:
+        if IN_THE_WAY.search(stderr):  # get: a local file where a directory must land
+            raise BadInput("LOCAL", None, "a directory path (a file is in the way)")
+        errors = [line for line in stderr.splitlines() if "ERROR" in line] or stderr.strip().splitlines()
         raise _ssh_failure(stderr, endpoint) or Failure(
-            f"rsync failed: {stderr.strip().splitlines()[-1] if stderr.strip() else f'exit code {code}'}",
+            f"rsync failed: {errors[-1].strip() if errors else f'exit code {code}'}",
             "re-run the command; only what is missing will be sent",
         )
     return stderr
