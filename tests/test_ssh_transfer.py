@@ -403,3 +403,35 @@ def test_get_of_a_directory_onto_a_local_file_is_bad_input(controller, cli, tmp_
     assert result.exit_code == 2, result.output
     assert "LOCAL" in result.output and "a file is in the way" in result.output
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_rsync_reports_ssh_refusals_as_the_paramiko_path_does(controller, cli, tmp_path) -> None:  # noqa: F811
+    """put/get no longer connect with paramiko first, so ssh's own refusals must read the same."""
+    from clusterous_cli.endpoint import write_endpoint
+    from tests.harness.sshd import generate_ed25519_key
+
+    local = tmp_path / "a.txt"
+    local.write_text("a")
+
+    def with_endpoint(**changes) -> None:
+        write_endpoint(
+            controller.ref, type(controller.endpoint)(**{**controller.endpoint.__dict__, **changes})
+        )
+
+    with_endpoint(key_file=tmp_path / "gone.pem")
+    missing = cli(["put", str(local), "--method", "rsync"])
+    assert missing.exit_code == 2 and "gone.pem" in missing.output and "not found" in missing.output
+
+    with_endpoint(key_file=generate_ed25519_key(tmp_path / "other", "someone-else"))
+    wrong = cli(["put", str(local), "--method", "rsync"])
+    assert wrong.exit_code == 1 and "refused the key" in wrong.output
+
+    with_endpoint()
+    controller.sshd.rotate_host_key()
+    changed = cli(["get", "a.txt", str(tmp_path / "b.txt"), "--method", "rsync"])
+    assert changed.exit_code == 1 and "host-key --relearn" in changed.output
+
+    controller.sshd.stop()
+    down = cli(["put", str(local), "--method", "rsync"])
+    assert down.exit_code == 1 and "cannot reach the controller" in down.output
+    assert "Traceback" not in missing.output + wrong.output + changed.output + down.output

@@ -184,6 +184,8 @@ class NoRemoteRsync(Exception):
 def run(argv: list[str], report: Report, progress, rel: PurePosixPath, endpoint: ControllerEndpoint) -> str:
     """Run rsync, turning its itemized lines into the report and its progress2 lines into the bar;
     returns rsync's stderr (the script's notes are in it)."""
+    if not endpoint.key_file.is_file():  # ssh would only say "Permission denied"
+        raise BadInput(str(endpoint.key_file), None, "the cluster's private SSH key (file not found)")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     buffer = b""
     assert process.stdout is not None
