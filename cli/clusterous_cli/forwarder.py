@@ -290,6 +290,8 @@ class Supervisor:
             "pid": os.getpid(),
             "connected": bool(conn and conn.is_active()),
             "transport": "openssh" if self.openssh else "paramiko",
+            # put/get run rsync's ssh through this master (no second handshake) while it lives.
+            "control_socket": str(conn.socket_path) if isinstance(conn, controlmaster.Master) else None,
             "ports": {str(p): s for p, s in sorted(self.port_states.items())},
             "last_error": self.last_error,
             "refused": self.refused,
