@@ -8,8 +8,9 @@ import json
 import pytest
 import yaml
 
-from clusterous_cli import drain, readiness
-from clusterous_cli.readiness import Check, Member, Stage
+from clusterous_cli import drain, readiness, stages
+from clusterous_cli.readiness import Member
+from clusterous_cli.stages import Check, Stage
 from clusterous_provisioner import apply, bootstrap
 from clusterous_provisioner.clusterfile import load_spec
 from clusterous_provisioner.errors import BadInput, Failure
@@ -154,11 +155,11 @@ class FakeClock:
 def test_a_stage_polls_until_done() -> None:
     clock, answers = FakeClock(), iter([Check(False, "a"), Check(False, "b"), Check(True, "c")])
     lines: list[str] = []
-    check = readiness.run_stage(
+    check = stages.run_stage(
         Stage("api", "the API", lambda: next(answers)), 10, lines.append, clock, clock.sleep
     )
     assert check.summary == "c" and lines == ["the API: a", "the API: b", "the API: c"]
-    assert clock.now == pytest.approx(2 * readiness.poll_interval(10))
+    assert clock.now == pytest.approx(2 * stages.poll_interval(10))
 
 
 def test_a_stage_that_never_finishes_names_what_is_stuck() -> None:
@@ -170,12 +171,12 @@ def test_a_stage_that_never_finishes_names_what_is_stuck() -> None:
 
     stage = Stage("nodes", "every node Ready", poll, lambda check: ["node w1: last events: Warning X: y"])
     with pytest.raises(Failure) as caught:
-        readiness.run_stage(stage, 5, lambda _: None, clock, clock.sleep)
+        stages.run_stage(stage, 5, lambda _: None, clock, clock.sleep)
     text = str(caught.value)
     assert text.startswith("timed out after 5 s waiting for every node Ready: 1/2 nodes Ready")
     assert "  - node w1: not Ready\n  - node w1: last events: Warning X: y" in text
     assert "re-run `clusterous-k8s up`" in text and caught.value.exit_code == 1
-    assert polls[-1] <= 5 and len(polls) == int(5 / readiness.poll_interval(5))
+    assert polls[-1] <= 5 and len(polls) == int(5 / stages.poll_interval(5))
 
 
 def test_a_failure_inside_a_poll_is_not_waited_out() -> None:
@@ -185,15 +186,15 @@ def test_a_failure_inside_a_poll_is_not_waited_out() -> None:
         raise Failure("host key CHANGED")
 
     with pytest.raises(Failure, match="CHANGED"):
-        readiness.run_stage(Stage("ssh", "SSH", poll), 100, lambda _: None, clock, clock.sleep)
+        stages.run_stage(Stage("ssh", "SSH", poll), 100, lambda _: None, clock, clock.sleep)
     assert clock.now == 0
 
 
 def test_timeouts() -> None:
-    assert readiness.timeouts_for(None) == readiness.DEFAULT_TIMEOUTS
-    assert set(readiness.timeouts_for(7).values()) == {7.0}
+    assert stages.timeouts_for(None) == stages.DEFAULT_TIMEOUTS
+    assert set(stages.timeouts_for(7).values()) == {7.0}
     with pytest.raises(BadInput):
-        readiness.timeouts_for(0)
+        stages.timeouts_for(0)
 
 
 def controller(os_name="al2023"):

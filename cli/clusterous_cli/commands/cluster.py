@@ -420,7 +420,7 @@ def up(
             outcome = apply.apply(clients, spec, target, inv, progress, pre)
     config.set_current_cluster(profile_name, spec.name)
 
-    from clusterous_cli import readiness
+    from clusterous_cli import readiness, stages
     from clusterous_cli.endpoint import ClusterRef
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
@@ -440,7 +440,7 @@ def up(
         explicit = logging_level is not None or (
             cluster_file is not None and "central_logging_level" in read_cluster_file(cluster_file)
         )
-        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", readiness.RERUN):
+        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", stages.RERUN):
             ready = readiness.wait_for_cluster(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
