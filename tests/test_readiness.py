@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from clusterous_cli import drain, readiness, stages
-from clusterous_cli.readiness import Member
 from clusterous_cli.stages import Check, Stage
-from clusterous_provisioner import apply, bootstrap
+from clusterous_provisioner import apply, bootstrap, kubeobjects
 from clusterous_provisioner.clusterfile import load_spec
 from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_provisioner.kubeobjects import Member
 
 
 def node(name, ip=None, ready="True", group=None, reason="KubeletReady", message=""):
@@ -30,8 +30,8 @@ WORKER = Member("i-w", "worker", "10.20.16.5", "ip-10-20-16-5.ec2.internal")
 
 def test_nodes_are_matched_by_address_or_hostname_and_all_must_be_ready() -> None:
     nodes = [node("ip-10-20-0-10"), node("w1", ip="10.20.16.5", group="worker")]
-    assert readiness.match_node(CONTROLLER, nodes)["metadata"]["name"] == "ip-10-20-0-10"
-    assert readiness.match_node(WORKER, nodes)["metadata"]["name"] == "w1"
+    assert kubeobjects.match_node(CONTROLLER, nodes)["metadata"]["name"] == "ip-10-20-0-10"
+    assert kubeobjects.match_node(WORKER, nodes)["metadata"]["name"] == "w1"
     check = readiness.check_nodes([CONTROLLER, WORKER], nodes)
     assert check.done and check.summary == "2/2 nodes Ready (controller 1/1, worker 1/1)"
 
@@ -76,32 +76,32 @@ def deployment(replicas=1, generation=2, **status):
 
 
 def test_deployment_daemonset_and_crd_readiness() -> None:
-    assert readiness.deployment_available(None) == (False, "not created yet")
-    assert readiness.deployment_available(deployment())[0] is False
+    assert kubeobjects.deployment_available(None) == (False, "not created yet")
+    assert kubeobjects.deployment_available(deployment())[0] is False
     unavailable = deployment(
         replicas=2,
         availableReplicas=1,
         conditions=[{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"}],
     )
-    assert readiness.deployment_available(unavailable) == (
+    assert kubeobjects.deployment_available(unavailable) == (
         False,
         "1/2 replicas available (MinimumReplicasUnavailable)",
     )
     stale = deployment(availableReplicas=1, updatedReplicas=1, observedGeneration=1)
-    assert readiness.deployment_available(stale)[0] is False
+    assert kubeobjects.deployment_available(stale)[0] is False
     good = deployment(availableReplicas=1, updatedReplicas=1, observedGeneration=2)
-    assert readiness.deployment_available(good) == (True, "1/1 available")
+    assert kubeobjects.deployment_available(good) == (True, "1/1 available")
 
     ds = {"metadata": {"name": "n", "generation": 1}, "status": {}}
-    assert readiness.daemonset_ready(ds) == (False, "not scheduled yet")
+    assert kubeobjects.daemonset_ready(ds) == (False, "not scheduled yet")
     ds["status"] = {"observedGeneration": 1, "desiredNumberScheduled": 3, "numberReady": 2}
-    assert readiness.daemonset_ready(ds) == (False, "2/3 pods ready")
+    assert kubeobjects.daemonset_ready(ds) == (False, "2/3 pods ready")
     ds["status"] |= {"numberReady": 3, "numberAvailable": 3, "updatedNumberScheduled": 3}
-    assert readiness.daemonset_ready(ds)[0] is True
+    assert kubeobjects.daemonset_ready(ds)[0] is True
 
     crd = {"metadata": {"name": "x"}, "status": {"conditions": [{"type": "Established", "status": "True"}]}}
-    assert readiness.crd_established(crd) == (True, "established")
-    assert readiness.crd_established(None)[0] is False
+    assert kubeobjects.crd_established(crd) == (True, "established")
+    assert kubeobjects.crd_established(None)[0] is False
 
 
 def test_a_stuck_pod_says_why_with_its_newest_events() -> None:
@@ -122,7 +122,7 @@ def test_a_stuck_pod_says_why_with_its_newest_events() -> None:
         {"type": "Normal", "reason": f"R{i}", "message": f"m{i}", "lastTimestamp": f"2025-01-01T00:00:0{i}Z"}
         for i in (3, 1, 4, 2)
     ]
-    assert readiness.pod_problem(pod, events) == (
+    assert kubeobjects.pod_problem(pod, events) == (
         "pod registry-abc: Pending; on ip-10-20-0-10; container registry waiting: ImagePullBackOff: not found; "
         "last events: Normal R2: m2 | Normal R3: m3 | Normal R4: m4"
     )

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 
 from clusterous_cli.kubeapi import watch_objects
-from clusterous_cli.readiness import REQUEST_TIMEOUT, _json, match_node
+from clusterous_cli.readiness import REQUEST_TIMEOUT, _json
 from clusterous_provisioner.errors import Failure
+from clusterous_provisioner.kubeobjects import match_node, members_of
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"
@@ -51,8 +52,6 @@ def pods_to_evict(pods: list[dict]) -> tuple[list[dict], list[str]]:
 
 def nodes_of(instances: list[dict], nodes: list[dict]) -> tuple[list[str], list[str]]:
     """(names of the Nodes of these EC2 instances, ids of instances that have no Node)."""
-    from clusterous_cli.readiness import members_of
-
     names, missing = [], []
     for member in members_of(instances):
         node = match_node(member, nodes)

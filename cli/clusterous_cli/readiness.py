@@ -30,6 +30,19 @@ from dataclasses import dataclass, field
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
 from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_provisioner.kubeobjects import (
+    Member,
+    conditions,
+    crd_established,
+    daemonset_ready,
+    deployment_available,
+    last_events,
+    match_node,
+    members_of,
+    node_ready,
+    pod_problem,
+    selector_text,
+)
 
 GROUP_LABEL = "clusterous.io/group"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
@@ -53,41 +66,6 @@ OVERRIDES_ENV = "CLUSTEROUS_CONTROLLER_OVERRIDES"
 
 
 # --- the controller record ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Member:
-    """An instance of the cluster as the node checks see it."""
-
-    instance_id: str
-    group: str | None  # None: the controller
-    private_ip: str | None
-    private_dns: str | None
-
-    @property
-    def where(self) -> str:
-        return "controller" if self.group is None else f"group {self.group}"
-
-
-def members_of(instances: list[dict]) -> list[Member]:
-    """EC2 DescribeInstances entries (running ones) → members, the controller first."""
-    from clusterous_provisioner import tags
-
-    found = []
-    for instance in instances:
-        if instance.get("State", {}).get("Name") not in (None, "pending", "running"):
-            continue
-        t = tags.as_dict(instance.get("Tags"))
-        group = None if t.get(tags.ROLE) == "controller" else t.get(tags.GROUP)
-        found.append(
-            Member(
-                instance["InstanceId"],
-                group,
-                instance.get("PrivateIpAddress"),
-                instance.get("PrivateDnsName"),
-            )
-        )
-    return sorted(found, key=lambda m: (m.group is not None, m.group or "", m.instance_id))
 
 
 def ssh_user(os_name: str | None) -> str:
@@ -182,44 +160,6 @@ def parse_cloud_init(output: str) -> tuple[bool, list[str]]:
     return True, [str(e) for e in errors]
 
 
-# --- pure checks: Kubernetes objects ------------------------------------------------------------
-
-
-def _conditions(obj: dict | None) -> dict[str, dict]:
-    return {c.get("type"): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
-
-
-def _reason(condition: dict | None) -> str:
-    if not condition:
-        return "no condition reported"
-    parts = [condition.get("reason"), condition.get("message")]
-    return ": ".join(p for p in parts if p) or f"status {condition.get('status')}"
-
-
-def node_ready(node: dict) -> tuple[bool, str]:
-    ready = _conditions(node).get("Ready")
-    if ready and ready.get("status") == "True":
-        return True, "Ready"
-    return False, f"not Ready ({_reason(ready)})"
-
-
-def node_addresses(node: dict) -> set[str]:
-    return {a.get("address") for a in (node.get("status") or {}).get("addresses") or [] if a.get("address")}
-
-
-def match_node(member: Member, nodes: list[dict]) -> dict | None:
-    """The Node of an instance: its private address among the Node's, else its hostname."""
-    hostname = (member.private_dns or "").split(".")[0]
-    for node in nodes:
-        if member.private_ip and member.private_ip in node_addresses(node):
-            return node
-    for node in nodes:
-        name = node["metadata"]["name"]
-        if hostname and name in (hostname, member.private_dns):
-            return node
-    return None
-
-
 def check_nodes(members: list[Member], nodes: list[dict]) -> Check:
     """Every instance registered, Ready, and labelled with its group (the controller: control plane)."""
     stuck: list[str] = []
@@ -275,108 +215,6 @@ def addons_from_manifests(documents: Iterable[dict]) -> Addons:
         elif kind == "DaemonSet":
             daemonsets.append((meta.get("namespace") or "default", meta["name"]))
     return Addons(tuple(crds), tuple(deployments), tuple(daemonsets))
-
-
-def crd_established(crd: dict | None) -> tuple[bool, str]:
-    if crd is None:
-        return False, "not created yet"
-    established = _conditions(crd).get("Established")
-    if established and established.get("status") == "True":
-        return True, "established"
-    return False, f"not established ({_reason(established)})"
-
-
-def _observed(obj: dict) -> bool:
-    status = obj.get("status") or {}
-    return status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 1)
-
-
-def deployment_available(deployment: dict | None) -> tuple[bool, str]:
-    if deployment is None:
-        return False, "not created yet"
-    want = (deployment.get("spec") or {}).get("replicas", 1)
-    status = deployment.get("status") or {}
-    available = status.get("availableReplicas") or 0
-    updated = status.get("updatedReplicas") or 0
-    if available < want:
-        condition = _conditions(deployment).get("Available")
-        extra = f" ({_reason(condition)})" if condition and condition.get("status") != "True" else ""
-        return False, f"{available}/{want} replicas available{extra}"
-    if updated < want or not _observed(deployment):
-        return False, f"rolling out its latest version ({updated}/{want} updated)"
-    return True, f"{available}/{want} available"
-
-
-def daemonset_ready(daemonset: dict | None) -> tuple[bool, str]:
-    if daemonset is None:
-        return False, "not created yet"
-    status = daemonset.get("status") or {}
-    if not status or not _observed(daemonset):
-        return False, "not scheduled yet"
-    want = status.get("desiredNumberScheduled", 0)
-    ready = status.get("numberReady", 0)
-    updated = status.get("updatedNumberScheduled", want)
-    available = status.get("numberAvailable", ready)
-    if min(ready, updated, available) < want:
-        return False, f"{ready}/{want} pods ready"
-    return True, f"{ready}/{want} ready"
-
-
-def selector_text(match_labels: dict | None) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted((match_labels or {}).items()))
-
-
-def _when(event: dict) -> str:
-    return str(
-        event.get("lastTimestamp")
-        or event.get("eventTime")
-        or (event.get("series") or {}).get("lastObservedTime")
-        or event.get("firstTimestamp")
-        or (event.get("metadata") or {}).get("creationTimestamp")
-        or ""
-    )
-
-
-def last_events(events: list[dict], count: int = 3) -> list[str]:
-    """The newest events, oldest of them first: `Warning FailedScheduling: 0/3 nodes ...`."""
-    latest = sorted(events, key=_when)[-count:]
-    return [
-        f"{e.get('type') or 'Normal'} {e.get('reason') or '?'}: {e.get('message') or ''}".strip()
-        for e in latest
-    ]
-
-
-def pod_problem(pod: dict, events: list[dict]) -> str:
-    """Why a pod is not ready, as one line: phase, unmet conditions, waiting containers, last events."""
-    name = pod["metadata"]["name"]
-    status = pod.get("status") or {}
-    parts = [status.get("phase") or "Pending"]
-    if node := (pod.get("spec") or {}).get("nodeName"):
-        parts.append(f"on {node}")
-    for ctype in ("PodScheduled", "Ready"):
-        condition = _conditions(pod).get(ctype)
-        if (
-            condition
-            and condition.get("status") != "True"
-            and (condition.get("reason") or condition.get("message"))
-        ):
-            parts.append(f"{ctype}: {_reason(condition)}")
-    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        state = container.get("state") or {}
-        waiting, terminated = state.get("waiting"), state.get("terminated")
-        if waiting:
-            parts.append(f"container {container.get('name')} waiting: {_reason(waiting)}")
-        elif terminated and terminated.get("exitCode"):
-            parts.append(
-                f"container {container.get('name')} exited {terminated.get('exitCode')}: {_reason(terminated)}"
-            )
-        elif container.get("restartCount"):
-            parts.append(f"container {container.get('name')} restarted {container['restartCount']}×")
-    text = f"pod {name}: " + "; ".join(parts)
-    recent = last_events(events)
-    if recent:
-        text += "; last events: " + " | ".join(recent)
-    return text
 
 
 def check_addons(addons: Addons, crds: dict, deployments: dict, daemonsets: dict) -> Check:
@@ -453,7 +291,7 @@ def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -
     )
     lines = []
     for pod in pods:
-        ready = _conditions(pod).get("Ready")
+        ready = conditions(pod).get("Ready")
         if ready and ready.get("status") == "True":
             continue
         lines.append(pod_problem(pod, events_for(api, pod["metadata"]["name"], namespace)))
