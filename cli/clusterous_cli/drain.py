@@ -6,7 +6,7 @@ are honoured; an API server that does not serve evictions gets a plain delete in
 DaemonSet pods (they would come straight back) and static mirror pods; once the evicted pods are
 gone the Node object is deleted. `scale`/`rm-nodes` then terminate the instances.
 
-Waiting for the pods to go is a watch on the node's pods (`kubeapi.watch_objects`): the drain
+Waiting for the pods to go is a watch on the node's pods (`kubecalls.watch_objects`): the drain
 moves on the moment the API server reports the last one gone, and asks nothing while nothing
 changes. Only an eviction a PodDisruptionBudget refused (429) is retried on a timer, every 5 s,
 as `kubectl drain` does.
@@ -17,9 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from clusterous_cli.kubeapi import watch_objects
-from clusterous_cli.readiness import REQUEST_TIMEOUT, _json
 from clusterous_provisioner.errors import Failure
+from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, json_body, watch_objects
 from clusterous_provisioner.kubeobjects import match_node, members_of
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -162,7 +161,7 @@ def drain_instances(api, instances: list[dict], timeout: float, report: Report) 
     """Drain the Nodes of these instances, one after the other; instances without a Node are fine."""
     from kubernetes import client
 
-    nodes = _json(client.CoreV1Api(api).list_node).get("items") or []
+    nodes = json_body(client.CoreV1Api(api).list_node).get("items") or []
     names, missing = nodes_of(instances, nodes)
     for instance_id in missing:
         report(f"drain: instance {instance_id} has no Kubernetes node (nothing to drain)")

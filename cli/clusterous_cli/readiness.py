@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
 from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, get_or_none, json_body
 from clusterous_provisioner.kubeobjects import (
     Member,
     conditions,
@@ -49,7 +50,6 @@ CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 NAMESPACE = "clusterous-system"
 CLUSTER_INFO = "cluster-info"
 SSH_USERS = {"ubuntu-24.04": "ubuntu", "al2023": "ec2-user"}
-REQUEST_TIMEOUT = 15  # seconds for one Kubernetes API request
 # Where cloud-init leaves its results on the controller (below `cloud_init_root`, normally /).
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
@@ -239,23 +239,6 @@ def check_addons(addons: Addons, crds: dict, deployments: dict, daemonsets: dict
 # --- I/O: one helper per system -----------------------------------------------------------------
 
 
-def _json(call, *args, **kwargs):
-    """A kubernetes-client call's JSON body as plain dicts (no model classes: any field passes)."""
-    response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-    return json.loads(response.data or b"{}")
-
-
-def _get_or_none(call, *args):
-    from kubernetes.client import ApiException
-
-    try:
-        return _json(call, *args)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def _failure_text(exc: Exception) -> str:
     status = getattr(exc, "status", None)
     if status:
@@ -276,8 +259,8 @@ def events_for(api, name: str, namespace: str | None = None) -> list[dict]:
     core = client.CoreV1Api(api)
     selector = f"involvedObject.name={name}"
     if namespace:
-        return _json(core.list_namespaced_event, namespace, field_selector=selector).get("items") or []
-    return _json(core.list_event_for_all_namespaces, field_selector=selector).get("items") or []
+        return json_body(core.list_namespaced_event, namespace, field_selector=selector).get("items") or []
+    return json_body(core.list_event_for_all_namespaces, field_selector=selector).get("items") or []
 
 
 def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -> list[str]:
@@ -286,7 +269,9 @@ def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -
 
     core = client.CoreV1Api(api)
     pods = (
-        _json(core.list_namespaced_pod, namespace, label_selector=selector_text(match_labels)).get("items")
+        json_body(core.list_namespaced_pod, namespace, label_selector=selector_text(match_labels)).get(
+            "items"
+        )
         or []
     )
     lines = []
@@ -454,9 +439,9 @@ class Waiter:
 
         core = client.CoreV1Api(self.api)
         try:
-            if _get_or_none(core.read_namespace, NAMESPACE) is None:
+            if get_or_none(core.read_namespace, NAMESPACE) is None:
                 return Check(False, f"k3s has not applied the add-ons yet (no namespace {NAMESPACE})")
-            info = _get_or_none(core.read_namespaced_config_map, CLUSTER_INFO, NAMESPACE)
+            info = get_or_none(core.read_namespaced_config_map, CLUSTER_INFO, NAMESPACE)
             if info is None:
                 return Check(
                     False, f"k3s has not applied the add-ons yet (no ConfigMap {NAMESPACE}/{CLUSTER_INFO})"
@@ -494,7 +479,7 @@ class Waiter:
         from kubernetes import client
 
         try:
-            nodes = _json(client.CoreV1Api(self.api).list_node).get("items") or []
+            nodes = json_body(client.CoreV1Api(self.api).list_node).get("items") or []
         except Exception as exc:  # noqa: BLE001
             return Check(False, _failure_text(exc))
         self._nodes = nodes
@@ -519,9 +504,9 @@ class Waiter:
         apps = client.AppsV1Api(self.api)
         addons = self.plan.addons
         try:
-            crds = {n: _get_or_none(ext.read_custom_resource_definition, n) for n in addons.crds}
-            deps = {k: _get_or_none(apps.read_namespaced_deployment, k[1], k[0]) for k in addons.deployments}
-            dss = {k: _get_or_none(apps.read_namespaced_daemon_set, k[1], k[0]) for k in addons.daemonsets}
+            crds = {n: get_or_none(ext.read_custom_resource_definition, n) for n in addons.crds}
+            deps = {k: get_or_none(apps.read_namespaced_deployment, k[1], k[0]) for k in addons.deployments}
+            dss = {k: get_or_none(apps.read_namespaced_daemon_set, k[1], k[0]) for k in addons.daemonsets}
         except Exception as exc:  # noqa: BLE001
             return Check(False, _failure_text(exc))
         self._workloads = {**deps, **dss}
@@ -587,7 +572,7 @@ def apply_logging(api, level: int) -> str | None:
     custom = client.CustomObjectsApi(api)
     args = (group, version, change.namespace, "helmcharts")
     try:
-        current = _json(custom.get_namespaced_custom_object, *args, change.name)
+        current = json_body(custom.get_namespaced_custom_object, *args, change.name)
     except ApiException as exc:
         if exc.status != 404:
             raise

@@ -28,11 +28,13 @@ from datetime import UTC, datetime
 
 from clusterous_provisioner import autoscale, scaling
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
+from clusterous_provisioner.kubecalls import json_body
 
 NAMESPACE = "clusterous-system"
 CONFIGMAP = "autoscaler"
 STATUS_KEY = "status"
-RAW = {"_preload_content": False, "_request_timeout": 30}
+TIMEOUT = 30  # seconds for one Kubernetes API request
+RAW = {"_preload_content": False, "_request_timeout": TIMEOUT}
 Report = Callable[[str], None]
 
 
@@ -178,9 +180,13 @@ def read_status(api_client) -> dict | None:
     from kubernetes.client import ApiException
 
     try:
-        data = _json(client.CoreV1Api(api_client).read_namespaced_config_map, CONFIGMAP, NAMESPACE).get(
-            "data"
+        config_map = json_body(
+            client.CoreV1Api(api_client).read_namespaced_config_map,
+            CONFIGMAP,
+            NAMESPACE,
+            request_timeout=TIMEOUT,
         )
+        data = config_map.get("data")
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -214,11 +220,6 @@ def status_line(group: str, current: int, entry: dict) -> str:
 # --- one round ---------------------------------------------------------------------------------
 
 
-def _json(call, *args, **kwargs) -> dict:
-    response = call(*args, **RAW, **kwargs)
-    return json.loads(response.data)
-
-
 def _internal_ip(node: dict) -> str | None:
     for address in (node.get("status") or {}).get("addresses") or []:
         if address.get("type") == "InternalIP":
@@ -249,8 +250,8 @@ def run_once(
     from clusterous_provisioner.inventory import discover
 
     core = client.CoreV1Api(api_client)
-    nodes = _json(core.list_node).get("items") or []
-    pods = _json(core.list_pod_for_all_namespaces).get("items") or []
+    nodes = json_body(core.list_node, request_timeout=TIMEOUT).get("items") or []
+    pods = json_body(core.list_pod_for_all_namespaces, request_timeout=TIMEOUT).get("items") or []
     inv = discover(clients, record.cluster)
     nodes = forget_ghosts(core, nodes, record, inv, report)
     addresses = {_internal_ip(n) for n in nodes}
@@ -373,7 +374,10 @@ def read_record(api_client) -> Record:
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    return parse_record(_json(core.read_namespaced_config_map, CONFIGMAP, NAMESPACE).get("data") or {})
+    return parse_record(
+        json_body(core.read_namespaced_config_map, CONFIGMAP, NAMESPACE, request_timeout=TIMEOUT).get("data")
+        or {}
+    )
 
 
 def make_drain(api_client, timeout: float, report: Report) -> Callable[[str], object]:
