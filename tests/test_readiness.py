@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from clusterous_cli import drain, readiness, stages
+from clusterous_cli import readiness, stages
 from clusterous_cli.stages import Check, Stage
-from clusterous_provisioner import apply, bootstrap, kubeobjects
+from clusterous_provisioner import apply, bootstrap, drain, kubeobjects
 from clusterous_provisioner.clusterfile import load_spec
 from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.kubeobjects import Member

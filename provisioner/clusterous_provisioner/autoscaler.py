@@ -7,7 +7,7 @@ current/min/max, the last decision with its reason, and the rounds' memory (auto
 so a restarted autoscaler forgets neither cooldowns nor idle times and `status` can show them.
 
 A grow is one `scaling.grow` (one RunInstances for the whole batch, the group's own launch
-settings); a shrink drains each chosen Node (cordon, evict, delete: the CLI's drain.py, passed in
+settings); a shrink drains each chosen Node (cordon, evict, delete: drain.py, passed in
 as `drain`) and then terminates exactly those instances with `scaling.shrink`. AWS calls per round
 do not depend on the number of nodes (bench/autoscale_calls.py).
 
@@ -381,9 +381,8 @@ def read_record(api_client) -> Record:
 
 
 def make_drain(api_client, timeout: float, report: Report) -> Callable[[str], object]:
-    """The CLI's drain (cordon, evict through the Eviction API, delete the Node), for one node.
-    The one import of clusterous_cli here: drain.py has no CLI dependency but lives there."""
-    from clusterous_cli import drain
+    """The drain `scale` uses too (cordon, evict through the Eviction API, delete the Node), for one node."""
+    from clusterous_provisioner import drain
 
     return lambda node: drain.drain_node(api_client, node, timeout, report)
 

@@ -886,8 +886,9 @@ def _resize(
 
 def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> list[dict]:
     """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
-    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner import drain
     from clusterous_provisioner.errors import ClusterousError, Failure
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
@@ -910,8 +911,9 @@ def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, re
 
 def _forget(profile_name: str, name: str, nodes: list[str], report) -> None:
     """After termination, remove Nodes a kubelet re-registered during the drain (best effort)."""
-    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner import drain
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
     try:

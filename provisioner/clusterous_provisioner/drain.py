@@ -10,6 +10,9 @@ Waiting for the pods to go is a watch on the node's pods (`kubecalls.watch_objec
 moves on the moment the API server reports the last one gone, and asks nothing while nothing
 changes. Only an eviction a PodDisruptionBudget refused (429) is retried on a timer, every 5 s,
 as `kubectl drain` does.
+
+It lives in the provisioner, not the CLI, because the in-cluster autoscaler drains the same way
+and ships without the CLI.
 """
 
 from __future__ import annotations
