@@ -22,9 +22,8 @@ from collections.abc import Callable
 
 from clusterous_provisioner.errors import Failure
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, json_body, watch_objects
-from clusterous_provisioner.kubeobjects import match_node, members_of
+from clusterous_provisioner.kubeobjects import belongs_to_node, match_node, members_of
 
-MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"
 Report = Callable[[str], None]
 # Answers are not turned into model classes: what a server sends back is not our business here.
@@ -37,11 +36,8 @@ def pods_to_evict(pods: list[dict]) -> tuple[list[dict], list[str]]:
     evict, skipped = [], []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        owners = meta.get("ownerReferences") or []
-        if any(o.get("kind") == "DaemonSet" for o in owners):
-            skipped.append(f"{meta.get('namespace')}/{meta['name']} (DaemonSet)")
-        elif MIRROR_ANNOTATION in (meta.get("annotations") or {}):
-            skipped.append(f"{meta.get('namespace')}/{meta['name']} (static pod)")
+        if why := belongs_to_node(pod):
+            skipped.append(f"{meta.get('namespace')}/{meta['name']} ({why})")
         elif meta.get("deletionTimestamp") and (pod.get("status") or {}).get("phase") in (
             "Succeeded",
             "Failed",
@@ -131,11 +127,7 @@ def drain_node(api, node: str, timeout: float, report: Report) -> dict:
                 f"drain {node}: pods still on the node after {timeout:.0f} s: {', '.join(waiting) or 'see kubectl'}",
                 FORCE_HINT,
             )
-    try:
-        core.delete_node(node, **RAW)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    delete_node(core, node)
     report(f"drain {node}: Node deleted")
     return {"node": node, **done, "skipped": skipped}
 
@@ -178,16 +170,34 @@ def forget_nodes(api, names: list[str], report: Report) -> list[str]:
     cloud controller to remove it later, so a NotReady ghost would stay. Returns the names removed.
     """
     from kubernetes import client
-    from kubernetes.client import ApiException
 
     core, gone = client.CoreV1Api(api), []
     for name in names:
-        try:
-            core.delete_node(name, **RAW)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            continue
-        gone.append(name)
-        report(f"{name}: re-registered before its instance stopped; Node deleted again")
+        if delete_node(core, name):
+            gone.append(name)
+            report(f"{name}: re-registered before its instance stopped; Node deleted again")
     return gone
+
+
+def delete_node(core, name: str) -> bool:
+    """Delete a Node object; False when it was gone already."""
+    from kubernetes.client import ApiException
+
+    try:
+        core.delete_node(name, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
+def uncordon(core, name: str) -> None:
+    """Make a node schedulable again (a drain that could not finish keeps its node)."""
+    from kubernetes.client import ApiException
+
+    try:
+        core.patch_node(name, {"spec": {"unschedulable": False}}, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

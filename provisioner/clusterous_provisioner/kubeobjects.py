@@ -8,9 +8,12 @@ once; no I/O here, the tests reach every rule without a cluster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from clusterous_provisioner import tags
+
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,25 @@ def members_of(instances: list[dict]) -> list[Member]:
     return sorted(found, key=lambda m: (m.group is not None, m.group or "", m.instance_id))
 
 
-def conditions(obj: dict | None) -> dict[str, dict]:
+def belongs_to_node(pod: Mapping) -> str | None:
+    """Why a pod belongs to its node ("DaemonSet", "static pod"), else None: a drain leaves such a
+    pod (it would come straight back) and the autoscaler does not count it as work."""
+    meta = pod.get("metadata") or {}
+    if any(o.get("kind") == "DaemonSet" for o in meta.get("ownerReferences") or []):
+        return "DaemonSet"
+    if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+        return "static pod"
+    return None
+
+
+def internal_ip(node: Mapping) -> str | None:
+    for address in (node.get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return address.get("address")
+    return None
+
+
+def conditions(obj: Mapping | None) -> dict[str, dict]:
     return {c.get("type"): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
 
 
@@ -57,7 +78,7 @@ def reason(condition: dict | None) -> str:
     return ": ".join(p for p in parts if p) or f"status {condition.get('status')}"
 
 
-def node_ready(node: dict) -> tuple[bool, str]:
+def node_ready(node: Mapping) -> tuple[bool, str]:
     ready = conditions(node).get("Ready")
     if ready and ready.get("status") == "True":
         return True, "Ready"
