@@ -27,6 +27,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from clusterous_cli import addon_setup
+from clusterous_cli.addon_setup import CLUSTER_INFO, NAMESPACE
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
 from clusterous_provisioner.errors import BadInput, Failure
@@ -47,8 +49,6 @@ from clusterous_provisioner.kubeobjects import (
 
 GROUP_LABEL = "clusterous.io/group"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
-NAMESPACE = "clusterous-system"
-CLUSTER_INFO = "cluster-info"
 SSH_USERS = {"ubuntu-24.04": "ubuntu", "al2023": "ec2-user"}
 # Where cloud-init leaves its results on the controller (below `cloud_init_root`, normally /).
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
@@ -432,10 +432,9 @@ class Waiter:
     # -- setup: operator code, logging, cluster-info -------------------------------------------
 
     def setup(self) -> Check:
+        """Once k3s applied the add-ons, write what `up` sets up in them (addon_setup.py); polled
+        again while the logging chart is not served yet or still being uninstalled."""
         from kubernetes import client
-
-        from clusterous_cli import buildjob, registry
-        from clusterous_provisioner import operator_bundle
 
         core = client.CoreV1Api(self.api)
         try:
@@ -446,32 +445,22 @@ class Waiter:
                 return Check(
                     False, f"k3s has not applied the add-ons yet (no ConfigMap {NAMESPACE}/{CLUSTER_INFO})"
                 )
-            code = operator_bundle.apply_code(self.api, NAMESPACE)
-            registry.ensure_push_credentials(self.api, buildjob.PUSH_REGISTRY)  # issue 12 item 14
-            recorded = str((info.get("data") or {}).get("loggingLevel") or "0")
-            level = self.plan.logging_level
-            if level is None:
-                level = int(recorded) if recorded in ("0", "1", "2") else 0
-            logging = apply_logging(self.api, level)
-            if logging is None:
-                return Check(False, "the HelmChart resource is not served yet (k3s's helm-controller)")
-            if logging == UNINSTALLING:
-                self.logging_removed = True
-                return Check(False, "the logging release is being uninstalled (k3s's helm-controller)")
-            if logging == "off" and self.logging_removed:
-                logging = "removed"
-            if recorded != str(level):
-                core.patch_namespaced_config_map(
-                    CLUSTER_INFO,
-                    NAMESPACE,
-                    {"data": {"loggingLevel": str(level)}},
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
+            done = addon_setup.set_up(self.api, info, self.plan.logging_level)
         except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel: tried again
             return Check(False, _failure_text(exc))
-        self.outcome["operator_code"] = code
-        self.outcome["logging_level"] = level
-        return Check(True, f"operator code {code}; logging level {level} ({logging})")
+        logging = done.logging
+        if logging is None:
+            return Check(False, "the HelmChart resource is not served yet (k3s's helm-controller)")
+        if logging == addon_setup.UNINSTALLING:
+            self.logging_removed = True
+            return Check(False, "the logging release is being uninstalled (k3s's helm-controller)")
+        if logging == "off" and self.logging_removed:
+            logging = "removed"
+        self.outcome["operator_code"] = done.operator_code
+        self.outcome["logging_level"] = done.logging_level
+        return Check(
+            True, f"operator code {done.operator_code}; logging level {done.logging_level} ({logging})"
+        )
 
     # -- nodes and add-ons ---------------------------------------------------------------------
 
@@ -552,63 +541,6 @@ class Waiter:
                 self.explain_addons,
             ),
         ]
-
-
-UNINSTALLING = "uninstalling"
-
-
-def apply_logging(api, level: int) -> str | None:
-    """Make the logging HelmChart match `level`: installed/updated/unchanged, or off; None while
-    the HelmChart resource is not served yet, UNINSTALLING while a deleted chart is still held by
-    k3s's helm-controller finalizer (it runs `helm uninstall` first): a chart written meanwhile
-    would be deleted with it, so a new level waits until the old chart is gone."""
-    from kubernetes import client
-    from kubernetes.client import ApiException
-
-    from clusterous_provisioner import logging_addon
-
-    change = logging_addon.logging_manifests(level)
-    group, version = change.api_version.split("/")
-    custom = client.CustomObjectsApi(api)
-    args = (group, version, change.namespace, "helmcharts")
-    try:
-        current = json_body(custom.get_namespaced_custom_object, *args, change.name)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        current = None
-    if current is not None and current["metadata"].get("deletionTimestamp"):
-        return UNINSTALLING
-    if change.action == "delete":
-        if current is None:
-            return "off"
-        try:
-            custom.delete_namespaced_custom_object(*args, change.name, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        return UNINSTALLING
-    body = change.manifest
-    if current is None:
-        try:
-            custom.create_namespaced_custom_object(*args, body, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:  # no such resource: k3s's helm-controller has not registered it yet
-                return None
-            raise
-        return "installed"
-    same = current.get("spec") == body["spec"] and all(
-        (current["metadata"].get("annotations") or {}).get(k) == v
-        for k, v in body["metadata"]["annotations"].items()
-    )
-    if same:
-        return "unchanged"
-    body = {
-        **body,
-        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
-    }
-    custom.replace_namespaced_custom_object(*args, change.name, body, _request_timeout=REQUEST_TIMEOUT)
-    return "updated"
 
 
 def wait_until_ready(plan: Plan, ec2, progress: Progress) -> dict:
