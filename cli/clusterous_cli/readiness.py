@@ -31,6 +31,7 @@ from clusterous_cli import addon_setup
 from clusterous_cli.addon_setup import CLUSTER_INFO, NAMESPACE
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
+from clusterous_provisioner import inventory
 from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, get_or_none, json_body
 from clusterous_provisioner.kubeobjects import (
@@ -317,8 +318,6 @@ class Waiter:
     def host_key(self) -> Check:
         """Learn the key from the console output unless one is pinned for this address already: a
         pinned key is never replaced here (a changed key is refused at the SSH stage instead)."""
-        from botocore.exceptions import ClientError
-
         from clusterous_cli import hostkeys
         from clusterous_cli.endpoint import load_endpoint
 
@@ -327,13 +326,7 @@ class Waiter:
         if pinned:
             return Check(True, f"pinned earlier: {', '.join(k.fingerprint for k in pinned)}")
         instance = self.plan.controller["InstanceId"]
-        try:
-            reply = self.ec2.get_console_output(InstanceId=instance, Latest=True)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "UnsupportedOperation":
-                raise
-            reply = self.ec2.get_console_output(InstanceId=instance)  # not a Nitro instance
-        text = reply.get("Output") or ""
+        text = inventory.console_output(self.ec2, instance)
         if hostkeys.KEYS_END not in text:
             what = "no console output yet" if not text else "cloud-init has not printed the host keys yet"
             return Check(False, what, (f"controller {instance}: {what} (EC2 GetConsoleOutput)",))
@@ -554,15 +547,6 @@ def wait_until_ready(plan: Plan, ec2, progress: Progress) -> dict:
 
 
 # --- what `up` calls ----------------------------------------------------------------------------
-
-
-def describe(ec2, instance_ids: list[str]) -> list[dict]:
-    """The instances as EC2 describes them now (one paginated call, whatever their number)."""
-    found: list[dict] = []
-    for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids):
-        for reservation in page["Reservations"]:
-            found.extend(reservation["Instances"])
-    return found
 
 
 def record_controller(ref, controller: dict, region: str, key_file: str | None) -> dict | None:

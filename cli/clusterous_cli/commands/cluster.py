@@ -422,11 +422,12 @@ def up(
 
     from clusterous_cli import readiness, stages
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner import inventory
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
     node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
     with aws.aws_errors(f"up {spec.name}: reading the instances"):
-        instances = readiness.describe(clients.ec2, [outcome.controller_id, *node_ids])
+        instances = inventory.describe_instances(clients.ec2, [outcome.controller_id, *node_ids])
     controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
     key_file = outcome.key_file or (profile.key_file if profile else None)
     readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
