@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from clusterous_cli import readiness, stages
+from clusterous_cli import endpoint, readiness, stages
 from clusterous_cli.stages import Check, Stage
 from clusterous_provisioner import apply, bootstrap, drain, kubeobjects
 from clusterous_provisioner.clusterfile import load_spec
@@ -209,7 +209,7 @@ def controller(os_name="al2023"):
 
 
 def test_the_controller_record_uses_the_public_address_and_the_os_login() -> None:
-    fields = readiness.endpoint_fields(controller("al2023"), "eu-west-1", "/k/c.pem")
+    fields = endpoint.endpoint_fields(controller("al2023"), "eu-west-1", "/k/c.pem")
     assert fields == {
         "host": "203.0.113.10",
         "user": "ec2-user",
@@ -217,8 +217,8 @@ def test_the_controller_record_uses_the_public_address_and_the_os_login() -> Non
         "region": "eu-west-1",
         "key_file": "/k/c.pem",
     }
-    assert readiness.endpoint_fields(controller("ubuntu-24.04"), "eu-west-1", None)["user"] == "ubuntu"
-    kept = readiness.endpoint_fields(
+    assert endpoint.endpoint_fields(controller("ubuntu-24.04"), "eu-west-1", None)["user"] == "ubuntu"
+    kept = endpoint.endpoint_fields(
         controller(),
         "eu-west-1",
         None,
@@ -231,9 +231,9 @@ def test_the_controller_record_uses_the_public_address_and_the_os_login() -> Non
 def test_overrides_name_an_unknown_field(tmp_path, monkeypatch) -> None:
     path = tmp_path / "o.yml"
     path.write_text(json.dumps({"hots": "127.0.0.1"}))
-    monkeypatch.setenv(readiness.OVERRIDES_ENV, str(path))
+    monkeypatch.setenv(endpoint.OVERRIDES_ENV, str(path))
     with pytest.raises(BadInput, match="hots"):
-        readiness.read_overrides()
+        endpoint.read_overrides()
 
 
 def test_drain_leaves_daemonset_and_static_pods() -> None:

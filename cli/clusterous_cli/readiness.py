@@ -23,16 +23,16 @@ one per stage, and in the functions `up` calls at the bottom.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clusterous_cli import addon_setup
 from clusterous_cli.addon_setup import CLUSTER_INFO, NAMESPACE
+from clusterous_cli.endpoint import read_overrides
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
 from clusterous_provisioner import inventory
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_provisioner.errors import Failure
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, get_or_none, json_body
 from clusterous_provisioner.kubeobjects import (
     Member,
@@ -49,8 +49,6 @@ from clusterous_provisioner.kubeobjects import (
 )
 
 GROUP_LABEL = "clusterous.io/group"
-CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
-SSH_USERS = {"ubuntu-24.04": "ubuntu", "al2023": "ec2-user"}
 # Where cloud-init leaves its results on the controller (below `cloud_init_root`, normally /).
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
@@ -59,61 +57,6 @@ CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 BOOTSTRAP_UNIT = "clusterous-bootstrap.service"
 BOOTSTRAP_DONE = "/var/lib/clusterous/bootstrap.done"
 LOG_TAIL_LINES = 25
-# Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, say) stays.
-KEPT_ENDPOINT_FIELDS = ("port", "jump_host", "shared_root", "api_port", "k3s_kubeconfig", "known_hosts")
-# A YAML file of controller.yml fields that replace what `up` learned (the controller reached
-# through a port forward, or the stand-in controller of the tests), plus `cloud_init_root`.
-OVERRIDES_ENV = "CLUSTEROUS_CONTROLLER_OVERRIDES"
-
-
-# --- the controller record ----------------------------------------------------------------------
-
-
-def ssh_user(os_name: str | None) -> str:
-    return SSH_USERS.get(os_name or "", "ubuntu")
-
-
-def endpoint_fields(
-    controller: dict,
-    region: str,
-    key_file: str | None,
-    existing: dict | None = None,
-    overrides: dict | None = None,
-) -> dict:
-    """controller.yml as `up` writes it: the controller's public address, the login user of its
-    OS, the cluster's key and instance; hand-set fields of an existing file kept; overrides last."""
-    from clusterous_provisioner import tags
-
-    fields: dict = {k: v for k, v in (existing or {}).items() if k in KEPT_ENDPOINT_FIELDS}
-    os_name = tags.as_dict(controller.get("Tags")).get(tags.OS)
-    fields |= {
-        "host": controller.get("PublicIpAddress"),
-        "user": ssh_user(os_name),
-        "instance_id": controller["InstanceId"],
-        "region": region,
-    }
-    if key_file:
-        fields["key_file"] = key_file
-    fields |= {k: v for k, v in (overrides or {}).items() if k != "cloud_init_root"}
-    return fields
-
-
-def read_overrides() -> dict:
-    """$CLUSTEROUS_CONTROLLER_OVERRIDES: controller.yml fields (and cloud_init_root) to use instead."""
-    from clusterous_cli import config
-
-    path = os.environ.get(OVERRIDES_ENV)
-    if not path:
-        return {}
-    from pathlib import Path
-
-    data = config.read_yaml(Path(path))
-    allowed = {"host", "port", "user", "key_file", "known_hosts", "jump_host", "shared_root"}
-    allowed |= {"api_port", "k3s_kubeconfig", "cloud_init_root"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadInput(path, unknown[0], f"one of {', '.join(sorted(allowed))}")
-    return data
 
 
 # --- pure checks: cloud-init --------------------------------------------------------------------
@@ -547,24 +490,6 @@ def wait_until_ready(plan: Plan, ec2, progress: Progress) -> dict:
 
 
 # --- what `up` calls ----------------------------------------------------------------------------
-
-
-def record_controller(ref, controller: dict, region: str, key_file: str | None) -> dict | None:
-    """Write controller.yml (0600) for the SSH code: what `up` learned, hand-set fields kept."""
-    import yaml
-
-    from clusterous_cli import config
-    from clusterous_cli.endpoint import ControllerEndpoint, load_endpoint
-
-    existing = config.read_yaml(ref.controller_file) if ref.controller_file.exists() else {}
-    fields = endpoint_fields(controller, region, key_file, existing, read_overrides())
-    if not fields.get("host"):
-        return None  # nothing to reach yet; the wait says so, a later `up` writes the record
-    known = set(ControllerEndpoint.__dataclass_fields__)
-    record = {k: str(v) if k == "key_file" else v for k, v in fields.items() if k in known and v is not None}
-    config.write_private(ref.controller_file, yaml.safe_dump(record, sort_keys=False))
-    load_endpoint(ref)  # the SSH code's reader must accept it (bad overrides are named here)
-    return record
 
 
 def wait_for_cluster(

@@ -421,7 +421,7 @@ def up(
     config.set_current_cluster(profile_name, spec.name)
 
     from clusterous_cli import readiness, stages
-    from clusterous_cli.endpoint import ClusterRef
+    from clusterous_cli.endpoint import ClusterRef, record_controller
     from clusterous_provisioner import inventory
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
@@ -430,7 +430,7 @@ def up(
         instances = inventory.describe_instances(clients.ec2, [outcome.controller_id, *node_ids])
     controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
     key_file = outcome.key_file or (profile.key_file if profile else None)
-    readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
+    record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
         print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
         print(f"  created {len(outcome.created)} resource(s); {len(node_ids)} node(s)")
