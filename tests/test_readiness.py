@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from clusterous_cli import endpoint, readiness, stages
+from clusterous_cli import controller_boot, endpoint, readiness, stages
 from clusterous_cli.stages import Check, Stage
 from clusterous_provisioner import apply, bootstrap, drain, kubeobjects
 from clusterous_provisioner.clusterfile import load_spec
@@ -138,7 +138,7 @@ def test_a_stuck_pod_says_why_with_its_newest_events() -> None:
     ],
 )
 def test_cloud_init_result(output, expected) -> None:
-    assert readiness.parse_cloud_init(output) == expected
+    assert controller_boot.parse_cloud_init(output) == expected
 
 
 class FakeClock:
