@@ -15,9 +15,11 @@ A stage that does not finish in time fails (exit 1) naming what is stuck — the
 conditions, the pod, its containers and its last events — and says to re-run `up`, which
 creates nothing that exists and picks the wait up again.
 
-The checks are pure functions of Kubernetes objects as the API returns them (JSON dicts) and
-are tested alone; the I/O (EC2, SSH, the API through the tunnel) stays in `Waiter`'s methods,
-one per stage, and in the functions `up` calls at the bottom.
+The checks are pure functions of Kubernetes objects as the API returns them (JSON dicts:
+clusterous_provisioner.kubeobjects, and `check_nodes`/`check_addons` here) and are tested alone;
+the I/O (EC2 through the provisioner's inventory, SSH, the API through the tunnel) stays in
+`Waiter`'s methods, one per stage, and in `wait_for_cluster`, which `up` calls. The engine that
+runs the stages is stages.py; the setup stage's writes are addon_setup.py's.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ from clusterous_provisioner.kubeobjects import (
 )
 
 GROUP_LABEL = "clusterous.io/group"
+
+
+# --- what the node and add-on stages judge (pure) -----------------------------------------------
 
 
 def check_nodes(members: list[Member], nodes: list[dict]) -> Check:

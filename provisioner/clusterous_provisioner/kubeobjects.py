@@ -61,6 +61,7 @@ def belongs_to_node(pod: Mapping) -> str | None:
 
 
 def internal_ip(node: Mapping) -> str | None:
+    """The Node's InternalIP: the instance's private address, how the autoscaler pairs the two."""
     for address in (node.get("status") or {}).get("addresses") or []:
         if address.get("type") == "InternalIP":
             return address.get("address")
@@ -68,10 +69,12 @@ def internal_ip(node: Mapping) -> str | None:
 
 
 def conditions(obj: Mapping | None) -> dict[str, dict]:
+    """status.conditions by type (a missing status or list is no condition, not an error)."""
     return {c.get("type"): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
 
 
 def reason(condition: dict | None) -> str:
+    """A condition's (or container state's) reason and message as one phrase a person can act on."""
     if not condition:
         return "no condition reported"
     parts = [condition.get("reason"), condition.get("message")]
@@ -79,6 +82,7 @@ def reason(condition: dict | None) -> str:
 
 
 def node_ready(node: Mapping) -> tuple[bool, str]:
+    """The kubelet's Ready condition, with its reason when not (e.g. the CNI is not up yet)."""
     ready = conditions(node).get("Ready")
     if ready and ready.get("status") == "True":
         return True, "Ready"
@@ -86,6 +90,7 @@ def node_ready(node: Mapping) -> tuple[bool, str]:
 
 
 def node_addresses(node: dict) -> set[str]:
+    """Every address the kubelet reported (internal IP, hostname, ...), to find an instance's Node."""
     return {a.get("address") for a in (node.get("status") or {}).get("addresses") or [] if a.get("address")}
 
 
@@ -103,6 +108,7 @@ def match_node(member: Member, nodes: list[dict]) -> dict | None:
 
 
 def crd_established(crd: dict | None) -> tuple[bool, str]:
+    """Established: the API server serves the CRD's resource (objects of it can be created)."""
     if crd is None:
         return False, "not created yet"
     established = conditions(crd).get("Established")
@@ -112,11 +118,13 @@ def crd_established(crd: dict | None) -> tuple[bool, str]:
 
 
 def observed(obj: dict) -> bool:
+    """Whether the controller has seen the latest spec: before that the status describes an older one."""
     status = obj.get("status") or {}
     return status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 1)
 
 
 def deployment_available(deployment: dict | None) -> tuple[bool, str]:
+    """Every wanted replica available and on the latest version (much as `kubectl rollout status` waits)."""
     if deployment is None:
         return False, "not created yet"
     want = (deployment.get("spec") or {}).get("replicas", 1)
@@ -133,6 +141,7 @@ def deployment_available(deployment: dict | None) -> tuple[bool, str]:
 
 
 def daemonset_ready(daemonset: dict | None) -> tuple[bool, str]:
+    """A ready, updated, available pod on every node the DaemonSet should run on."""
     if daemonset is None:
         return False, "not created yet"
     status = daemonset.get("status") or {}
