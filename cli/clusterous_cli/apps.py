@@ -235,8 +235,9 @@ def wait_until_running(
     does not reach Running within `timeout` ends with the status message, which names the
     blocker (not enough CPU, no nodes in a group, containers crashing) and what to do.
     """
-    from clusterous_cli.kubeapi import api_failure, watch_objects
+    from clusterous_cli.kubeapi import api_failure
     from clusterous_operator.schema import Phase
+    from clusterous_provisioner.kubecalls import watch_objects
 
     shown: dict[str, str] = {}
     observed, info = None, None
@@ -296,7 +297,7 @@ def delete(api, name: str, namespace: str = NAMESPACE, timeout: float = 60.0) ->
         raise api_failure(f"removing ClusterApp {name}", exc) from None
     except Exception as exc:  # noqa: BLE001
         raise api_failure(f"removing ClusterApp {name}", exc) from None
-    from clusterous_cli.kubeapi import watch_objects
+    from clusterous_provisioner.kubecalls import watch_objects
 
     try:
         for apps_now in watch_objects(

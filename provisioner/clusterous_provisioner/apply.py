@@ -18,7 +18,7 @@ from pathlib import Path
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
 from clusterous_provisioner.errors import BadInput, Failure
-from clusterous_provisioner.inventory import Inventory
+from clusterous_provisioner.inventory import Inventory, describe_instances
 
 AMI_PARAMETERS = {
     "ubuntu-24.04": "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
@@ -749,11 +749,7 @@ def wait_running(clients, instance_ids: list[str], report: Report) -> list[dict]
         return []
     report(f"waiting for {len(instance_ids)} instance(s) to run")
     clients.ec2.get_waiter("instance_running").wait(InstanceIds=instance_ids, WaiterConfig=WAIT)
-    found = []
-    for page in clients.ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids):
-        for reservation in page["Reservations"]:
-            found.extend(reservation["Instances"])
-    return found
+    return describe_instances(clients.ec2, instance_ids)
 
 
 # --- the whole converge -------------------------------------------------------------------------

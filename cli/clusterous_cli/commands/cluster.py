@@ -420,16 +420,17 @@ def up(
             outcome = apply.apply(clients, spec, target, inv, progress, pre)
     config.set_current_cluster(profile_name, spec.name)
 
-    from clusterous_cli import readiness
-    from clusterous_cli.endpoint import ClusterRef
+    from clusterous_cli import readiness, stages
+    from clusterous_cli.endpoint import ClusterRef, record_controller
+    from clusterous_provisioner import inventory
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
     node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
     with aws.aws_errors(f"up {spec.name}: reading the instances"):
-        instances = readiness.describe(clients.ec2, [outcome.controller_id, *node_ids])
+        instances = inventory.describe_instances(clients.ec2, [outcome.controller_id, *node_ids])
     controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
     key_file = outcome.key_file or (profile.key_file if profile else None)
-    readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
+    record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
         print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
         print(f"  created {len(outcome.created)} resource(s); {len(node_ids)} node(s)")
@@ -440,7 +441,7 @@ def up(
         explicit = logging_level is not None or (
             cluster_file is not None and "central_logging_level" in read_cluster_file(cluster_file)
         )
-        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", readiness.RERUN):
+        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", stages.RERUN):
             ready = readiness.wait_for_cluster(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
@@ -886,8 +887,9 @@ def _resize(
 
 def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> list[dict]:
     """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
-    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner import drain
     from clusterous_provisioner.errors import ClusterousError, Failure
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
@@ -910,8 +912,9 @@ def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, re
 
 def _forget(profile_name: str, name: str, nodes: list[str], report) -> None:
     """After termination, remove Nodes a kubelet re-registered during the drain (best effort)."""
-    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner import drain
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
     try:
