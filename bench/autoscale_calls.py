@@ -26,7 +26,7 @@ from pathlib import Path
 from _common import moto_account
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "cli"), str(REPO / "provisioner"), str(REPO / "operator")]
+sys.path[:0] = [str(REPO / p) for p in ("", "core", "cli", "provisioner", "operator")]
 os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 SIZES = (1, 10, 50)

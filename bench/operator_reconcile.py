@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "provisioner"), str(ROOT / "cli")]
+sys.path[:0] = [str(ROOT / p) for p in ("", "core", "operator", "provisioner", "cli")]
 
 import attrs  # noqa: E402
 import kmock  # noqa: E402

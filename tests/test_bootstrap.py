@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterous_core.errors import BadInput
 from clusterous_provisioner import addons, operator_bundle
 from clusterous_provisioner.bootstrap import (
     ADDONS_FILE,
@@ -44,7 +45,6 @@ from clusterous_provisioner.bootstrap import (
     render_node,
     write_render_dir,
 )
-from clusterous_provisioner.errors import BadInput
 from tests.harness.k8s_controllers import tolerates
 from tests.harness.tools import cloud_init_schema, shellcheck, system_tool, validate_k8s
 
@@ -953,6 +953,7 @@ def test_operator_code_zip_imports_the_installed_package(tmp_path):
     assert operator_bundle.operator_zip() == archive.read_bytes()  # deterministic
     names = zipfile.ZipFile(archive).namelist()
     assert "clusterous_operator/__init__.py" in names and "clusterous_operator/crd.yaml" in names
+    assert "clusterous_core/__init__.py" in names  # the core the operator imports rides along
     assert not any("__pycache__" in name for name in names)
     probe = (
         "import clusterous_operator.images as m, importlib.resources as r; "
@@ -980,7 +981,7 @@ def test_operator_requirements_cover_every_import_of_the_operator():
                         imported |= {alias.name.split(".")[0] for alias in node.names}
                     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                         imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"clusterous_operator"}
+    third_party = imported - set(sys.stdlib_module_names) - set(operator_bundle.PACKAGES)
     assert third_party <= provided, f"not in operator_bundle.REQUIREMENTS: {third_party - provided}"
     assert "kopf" in third_party
 

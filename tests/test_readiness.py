@@ -10,9 +10,9 @@ import yaml
 
 from clusterous_cli import drain, readiness
 from clusterous_cli.readiness import Check, Member, Stage
+from clusterous_core.errors import BadInput, Failure
 from clusterous_provisioner import apply, bootstrap
 from clusterous_provisioner.clusterfile import load_spec
-from clusterous_provisioner.errors import BadInput, Failure
 
 
 def node(name, ip=None, ready="True", group=None, reason="KubeletReady", message=""):

@@ -28,7 +28,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 DOCKERFILE = "Dockerfile"
 ALWAYS_SENT = (DOCKERFILE, ".dockerignore")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from clusterous_cli import buildcontext, buildjob
 from clusterous_cli.kubeapi import watch_objects
+from clusterous_core.errors import Failure
 from clusterous_operator.images import LEGACY_REGISTRY, resolve_image
-from clusterous_provisioner.errors import Failure
 
 TAIL_LINES = 25
 START_TIMEOUT = 600.0  # pulling BuildKit and mounting the volume, on a fresh node

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 from clusterous_provisioner.yamlfile import read_mapping
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

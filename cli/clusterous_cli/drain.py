@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from clusterous_cli.kubeapi import watch_objects
 from clusterous_cli.readiness import REQUEST_TIMEOUT, _json, match_node
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 API_VERSION = "clusterous.io/v1alpha1"
 NODE_GROUPS_ANNOTATION = "clusterous.io/node-groups"

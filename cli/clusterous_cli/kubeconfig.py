@@ -11,7 +11,7 @@ import copy
 import os
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 
 def target_path() -> Path:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from clusterous_cli.hostkeys import HostKeyChanged
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 GROUP_LABEL = "clusterous.io/group"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"

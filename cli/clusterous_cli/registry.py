@@ -16,7 +16,7 @@ import http.client
 import json
 from dataclasses import dataclass
 
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
 
 CLUSTER_INFO = ("clusterous-system", "cluster-info")
 PUSH_USER = "clusterous-build"

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from clusterous_cli.endpoint import ControllerEndpoint
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 PART_SUFFIX = ".clusterous-part"
 ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{7,10}) (.+)$")

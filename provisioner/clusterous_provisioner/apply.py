@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clusterous_core.errors import BadInput, Failure
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
-from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.inventory import Inventory
 
 AMI_PARAMETERS = {

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from clusterous_core.errors import BadInput, Failure
 from clusterous_provisioner import addons
-from clusterous_provisioner.errors import BadInput, Failure
 
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
 # The k3s installer: install.sh of one k3s commit (the v1.36.3+k3s1 release's), run only when

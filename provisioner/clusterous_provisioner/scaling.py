@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from clusterous_core.errors import BadInput, Failure
 from clusterous_provisioner import apply, layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
-from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.inventory import Inventory
 
 Report = Callable[[str], None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 
 def read_mapping(path: Path | str, what: str, empty_ok: bool = True) -> dict:

@@ -40,8 +40,8 @@ def collect_params(param: list[str] | None, cluster_file: Path | None, token_dir
 
     params: dict = {}
     if cluster_file is not None:
+        from clusterous_core.errors import BadInput
         from clusterous_provisioner.clusterfile import read_cluster_file
-        from clusterous_provisioner.errors import BadInput
 
         section = read_cluster_file(cluster_file).get("parameters") or {}
         if not isinstance(section, dict):
@@ -128,7 +128,7 @@ def quit_app(
 ) -> None:
     from clusterous_cli import apps, kubeapi, output
     from clusterous_cli.endpoint import load_endpoint
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     ref = cluster_ref(ctx, cluster)
     load_endpoint(ref)

@@ -217,7 +217,7 @@ def check_instance_types(sources) -> None:
 
 def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
     """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     if not wrong:
         return
@@ -291,10 +291,10 @@ def up(
 ) -> None:
     from clusterous_cli import config, envfile, output
     from clusterous_cli.commands.apps import collect_params
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
     from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
-    from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import Inventory, discover
 
     if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
@@ -511,10 +511,10 @@ def down(
     import shutil
 
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput, Failure
     from clusterous_provisioner import aws, destroy
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
     if keep_shared_volume and delete_shared_volume:
@@ -591,9 +591,9 @@ def _uptime_hours(launch_time) -> float:
 
 
 def _cluster_region(ctx, name, region):
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput
 
     profile_name, profile = _profile(ctx, required=False)
     name = name or (profile.current_cluster if profile else None)
@@ -664,9 +664,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from clusterous_cli import apps, output
+    from clusterous_core.errors import Failure
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import Failure
     from clusterous_provisioner.inventory import discover
 
     _, _, name, region = _cluster_region(ctx, name, region)
@@ -794,10 +794,10 @@ def workon(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
 ) -> None:
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import cluster_names
 
     check_cluster_name(name, "NAME")
@@ -818,9 +818,9 @@ def _resize(
     drain_timeout: float = 300.0,
 ) -> None:  # fmt: skip
     from clusterous_cli import output
+    from clusterous_core.errors import BadInput, Failure
     from clusterous_provisioner import aws, scaling
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
     profile_name, profile, name, region = _cluster_region(ctx, name, region)
@@ -888,7 +888,7 @@ def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, re
     """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
     from clusterous_cli import config, drain, kubeapi
     from clusterous_cli.endpoint import ClusterRef
-    from clusterous_provisioner.errors import ClusterousError, Failure
+    from clusterous_core.errors import ClusterousError, Failure
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
     try:

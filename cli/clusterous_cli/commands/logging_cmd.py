@@ -12,7 +12,7 @@ from __future__ import annotations
 import typer
 
 from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
-from clusterous_provisioner.errors import ClusterousError
+from clusterous_core.errors import ClusterousError
 
 HELP = (
     "Open the central logging UI (Grafana) through an SSH tunnel and print its URL and admin login.\n\n"
@@ -84,8 +84,8 @@ def _grafana(core, namespace: str) -> tuple[str, int, str, str]:
     from kubernetes import client
 
     from clusterous_cli import kubeapi
+    from clusterous_core.errors import Failure
     from clusterous_provisioner import logging_addon as la
-    from clusterous_provisioner.errors import Failure
 
     pending = Failure(
         "central logging is still being installed (Grafana is not there yet)",
@@ -120,7 +120,7 @@ def logging(
 
     from clusterous_cli import kubeapi, output, tunnels
     from clusterous_cli.endpoint import load_endpoint
-    from clusterous_provisioner.errors import Failure
+    from clusterous_core.errors import Failure
 
     tunnels.check_local_port(port, "--port")
     ref = cluster_ref(ctx, cluster)

@@ -40,10 +40,10 @@ def render(
     import yaml
 
     from clusterous_cli import output
+    from clusterous_core.errors import BadInput
     from clusterous_operator.builders import build_children
     from clusterous_operator.reconcile import check_against_cluster
     from clusterous_operator.spec import SpecError, parse_app
-    from clusterous_provisioner.errors import BadInput
 
     body = _clusterapp(_load_yaml(app_file), app_file)
     nodes = default_nodes() if nodes_file is None else _items(_load_yaml(nodes_file), nodes_file, "Node")
@@ -81,7 +81,7 @@ def default_nodes() -> list[dict]:
 def _load_yaml(path: Path) -> list:
     import yaml
 
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     try:
         text = path.read_text()
@@ -96,7 +96,7 @@ def _load_yaml(path: Path) -> list:
 
 
 def _clusterapp(documents: list, path: Path) -> dict:
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     apps = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ClusterApp"]
     if len(apps) != 1:
@@ -106,7 +106,7 @@ def _clusterapp(documents: list, path: Path) -> dict:
 
 def _items(documents: list, path: Path, kind: str) -> list[dict]:
     """Objects of `kind` from a List / NodeList / PodList (kubectl's output) or from documents."""
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     items: list = []
     for document in documents:
