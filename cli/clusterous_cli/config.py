@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clusterous_core.errors import BadInput
-from clusterous_provisioner.yamlfile import read_mapping
+from clusterous_core.yamlfile import read_mapping
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PROFILE = "default"

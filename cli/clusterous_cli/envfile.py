@@ -136,7 +136,7 @@ def parse_params(pairs: list[str] | None, source: str = "--param") -> dict[str, 
 
 
 def read_yaml(path: Path) -> dict:
-    from clusterous_provisioner.yamlfile import read_mapping
+    from clusterous_core.yamlfile import read_mapping
 
     return read_mapping(path, "environment file or ClusterApp YAML", empty_ok=False)
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clusterous_core.errors import BadInput
+from clusterous_core.yamlfile import read_mapping
 from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
-from clusterous_provisioner.yamlfile import read_mapping
 
 # A DNS label (Kubernetes object names, hostnames) that also fits AWS names built from it
 # (IAM role "clusterous-<name>-controller" must stay within 64 characters; tag values allow it).
