@@ -13,8 +13,8 @@ from pathlib import Path
 
 from clusterous_cli.endpoint import ClusterRef
 from clusterous_core.errors import Failure
+from clusterous_core.names import GROUP, GROUP_LABEL, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
 TOKEN_FILE = "app-token"
@@ -101,7 +101,7 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
     from clusterous_cli.envfile import source_field
     from clusterous_cli.kubeapi import api_failure
     from clusterous_core.errors import BadInput
-    from clusterous_operator.placement import GROUP_LABEL, node_groups
+    from clusterous_operator.placement import node_groups
     from clusterous_operator.reconcile import check_against_cluster
     from clusterous_operator.spec import SpecError, parse_app
 

@@ -32,8 +32,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from clusterous_core.errors import BadInput
+from clusterous_core.names import API_VERSION, DNS_1035, GROUP_NAME, GROUP_NAME_EXPECTED, INSTANCE_TYPE
 
-API_VERSION = "clusterous.io/v1alpha1"
 NODE_GROUPS_ANNOTATION = "clusterous.io/node-groups"
 SOURCE_ANNOTATION = "clusterous.io/environment-file"
 COMPONENT_KEYS = (
@@ -54,8 +54,6 @@ _VARIABLE = re.compile(
 )
 _WHOLE = re.compile(r"^\s*\$\{?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}?\s*(?:-\s*(?P<minus>\d+))?\s*$")
 _SHELL_EXPANSION = re.compile(r"[$`*?~\[]")
-_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
-_COMPONENT = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_NAME = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$"
 )
@@ -161,7 +159,7 @@ def convert(path: Path, data: Mapping, params: Mapping[str, object]) -> Applicat
             source, unknown[0], "one of name, environment, cluster (Clusterous environment file keys)"
         )
     name = fill.value(data.get("name"), "name")
-    if not isinstance(name, str) or not _APP_NAME.match(name):
+    if not isinstance(name, str) or not DNS_1035.match(name):
         raise BadInput(
             source,
             "name",
@@ -247,7 +245,7 @@ def source_field(clusterapp: Mapping, field: str | None) -> str | None:
 def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tuple[dict, dict[int, int]]:
     where = f"environment.components.{cname}"
     source = fill.source
-    if not _COMPONENT.match(cname) or len(cname) > 40:
+    if not DNS_1035.match(cname) or len(cname) > 40:
         raise BadInput(
             source, where, "a component name: lower case letters, digits and '-', at most 40", cname
         )
@@ -494,8 +492,6 @@ def split_image_name(source: str, where: str, value: object) -> tuple[str, str]:
 def _node_groups(fill: _Filler, section: object) -> dict[str, dict]:
     if not isinstance(section, Mapping) or not section:
         raise BadInput(fill.source, "cluster", "a mapping of node groups to {type, count}", section)
-    from clusterous_provisioner.clusterfile import GROUP_NAME, GROUP_NAME_EXPECTED
-
     groups = {}
     for gname, raw in section.items():
         where = f"cluster.{gname}"
@@ -506,7 +502,7 @@ def _node_groups(fill: _Filler, section: object) -> dict[str, dict]:
                 fill.source, where, "a mapping with exactly type (an instance type) and count", raw
             )
         itype = fill.value(raw["type"], f"{where}.type")
-        if not isinstance(itype, str) or not re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", itype):
+        if not isinstance(itype, str) or not INSTANCE_TYPE.match(itype):
             raise BadInput(fill.source, f"{where}.type", "an EC2 instance type such as t3.large", itype)
         count = fill.value(raw["count"], f"{where}.count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import CLUSTER_INFO, GROUP_LABEL, NAMESPACE
 
-GROUP_LABEL = "clusterous.io/group"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
-NAMESPACE = "clusterous-system"
-CLUSTER_INFO = "cluster-info"
 RERUN = (
     "re-run `clusterous-k8s up` to keep waiting (it creates nothing that exists); "
     "`clusterous-k8s status` lists the instances"

@@ -11,13 +11,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from clusterous_core.names import API_VERSION, DNS_1035
+
 AUTO = "auto"
 DEFAULT_MOUNT_PATH = "/home/data"
 MAX_NAME = 63  # Service and label values are DNS labels: <app>-<component> must fit
 
-_COMPONENT_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _GROUP = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
 _CPU = re.compile(r"^(?:(?P<cores>[0-9]+(?:\.[0-9]{1,3})?|\.[0-9]{1,3})|(?P<milli>[0-9]+)m)$")
 _MEMORY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _MEMORY_UNITS = {
@@ -101,13 +101,13 @@ def parse_app(body: Mapping, default_namespace: str = "default") -> App:
     _expect_mapping(body, "ClusterApp", "a ClusterApp object")
     if body.get("kind", "ClusterApp") != "ClusterApp":
         raise SpecError("kind", "ClusterApp", body.get("kind"))
-    api_version = body.get("apiVersion", "clusterous.io/v1alpha1")
-    if api_version != "clusterous.io/v1alpha1":
-        raise SpecError("apiVersion", "clusterous.io/v1alpha1", api_version)
+    api_version = body.get("apiVersion", API_VERSION)
+    if api_version != API_VERSION:
+        raise SpecError("apiVersion", API_VERSION, api_version)
     meta = body.get("metadata") or {}
     _expect_mapping(meta, "metadata", "a mapping with a name")
     name = meta.get("name")
-    if not isinstance(name, str) or not _APP_NAME.match(name):
+    if not isinstance(name, str) or not DNS_1035.match(name):
         raise SpecError(
             "metadata.name",
             "a DNS-1035 label (a lower case letter first, then letters, digits and '-')",
@@ -236,7 +236,7 @@ def _parse_component(raw: object, path: str) -> Component:
         if required not in raw:
             raise SpecError(f"{path}.{required}", "a value (name, group and image are required)")
     name = raw["name"]
-    if not isinstance(name, str) or len(name) > 40 or not _COMPONENT_NAME.match(name):
+    if not isinstance(name, str) or len(name) > 40 or not DNS_1035.match(name):
         raise SpecError(
             f"{path}.name", "a DNS label of at most 40 characters (lower case letters, digits, '-')", name
         )

@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.spec import MI, cpu_millicores, memory_bytes
 
-GROUP_LABEL = "clusterous.io/group"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 DEFAULT_IDLE_MINUTES = 15
 DEFAULT_COOLDOWN_SECONDS = 300

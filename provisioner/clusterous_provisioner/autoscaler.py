@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
+from clusterous_core.names import NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 
-NAMESPACE = "clusterous-system"
 CONFIGMAP = "autoscaler"
 STATUS_KEY = "status"
 RAW = {"_preload_content": False, "_request_timeout": 30}
@@ -146,7 +146,7 @@ def status_of(
 ) -> dict:
     """The ConfigMap's `status`: per group current/min/max and the last decision that changed
     something; `reason` is this round's (a "none" round keeps `last` as it was)."""
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
     groups = dict(record.status.get("groups") or {})
     bounds = {g.name: g for g in record.groups}
     for d in decisions:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         api_client = client.ApiClient()
 
     def report(message: str) -> None:
-        print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {message}", flush=True)
+        print(f"{datetime.now(UTC):{TIME_FORMAT}} {message}", flush=True)
 
     # SIGTERM (the pod stopping) ends the wait between rounds at once but never a round midway:
     # a node being drained or terminated is finished, not abandoned.

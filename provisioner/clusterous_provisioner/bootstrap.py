@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import DEFAULT_OS, SUPPORTED_OS
 from clusterous_provisioner import addons
 
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
@@ -36,7 +37,6 @@ DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
 K3S_INSTALL_COMMIT = "5aed4d7beddeb3e67120da477c876ac9efd70318"
 K3S_INSTALL_URL = f"https://raw.githubusercontent.com/k3s-io/k3s/{K3S_INSTALL_COMMIT}/install.sh"
 K3S_INSTALL_SHA256 = "46177d4c99440b4c0311b67233823a8e8a2fc09693f6c89af1a7161e152fbfad"
-SUPPORTED_OS = ("ubuntu-24.04", "al2023")
 USER_DATA_LIMIT = 16384  # bytes, EC2's limit on raw user-data
 # The login user `put`, `run` and build uploads write the shared volume as: cloud-init's default
 # user, `ubuntu` on Ubuntu 24.04 and `ec2-user` on Amazon Linux 2023, both uid/gid 1000.
@@ -78,7 +78,7 @@ class BootstrapInputs:
     bucket: str
     node_groups: list[str]
     logging_level: int = 0
-    os: str = "ubuntu-24.04"
+    os: str = DEFAULT_OS
     bucket_region: str | None = None  # the registry's S3 region; None: the cluster's (up checks they match)
 
 

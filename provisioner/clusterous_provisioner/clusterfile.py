@@ -17,28 +17,24 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clusterous_core.errors import BadInput
+from clusterous_core.names import (
+    CLUSTER_NAME,
+    CLUSTER_NAME_EXPECTED,
+    DEFAULT_OS,
+    GROUP_NAME,
+    GROUP_NAME_RULE,
+    INSTANCE_TYPE,
+    SUPPORTED_OS,
+)
 from clusterous_core.yamlfile import read_mapping
 from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
 
-# A DNS label (Kubernetes object names, hostnames) that also fits AWS names built from it
-# (IAM role "clusterous-<name>-controller" must stay within 64 characters; tag values allow it).
-CLUSTER_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
-CLUSTER_NAME_EXPECTED = (
-    "a cluster name of 1-40 lowercase letters, digits and '-', starting with a letter and not "
-    "ending with '-' (it becomes a DNS label and part of AWS names)"
-)
-INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 K3S_VERSION = re.compile(r"^v1\.\d+\.\d+\+k3s\d+$")
-# Node groups are label values (clusterous.io/group=<group>) and tag values, never object or
-# host names (AWS only tags instances with them), so Clusterous' `io_master` / `cpu_worker` are valid.
-GROUP_NAME = re.compile(r"^[a-z]([a-z0-9_-]{0,20}[a-z0-9])?$")
-GROUP_NAME_RULE = "1-22 lower case letters, digits, '-' or '_', starting with a letter"
-GROUP_NAME_EXPECTED = f"a node group name: {GROUP_NAME_RULE}"
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
 AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 
@@ -49,7 +45,6 @@ DEFAULT_WORKERS = 2
 DEFAULT_VOLUME_GIB = 20
 MAX_VOLUME_GIB = 16384
 MAX_GROUP_SIZE = 1000
-OS_CHOICES = ("ubuntu-24.04", "al2023")
 WORKERS_RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
 
 
@@ -134,7 +129,7 @@ class ClusterFile(BaseModel):
     spot: bool = False
     ssh_cidr: str | None = None
     k3s_version: str = DEFAULT_K3S_VERSION
-    os: Literal["ubuntu-24.04", "al2023"] = "ubuntu-24.04"
+    os: str = DEFAULT_OS
     ami: str | None = None
     node_groups: dict[str, GroupFile] | None = None
 
@@ -157,6 +152,13 @@ class ClusterFile(BaseModel):
     def _type(cls, value: str) -> str:
         if not INSTANCE_TYPE.match(value):
             raise ValueError("must be an EC2 instance type such as t3.medium")
+        return value
+
+    @field_validator("os")
+    @classmethod
+    def _os(cls, value: str) -> str:
+        if value not in SUPPORTED_OS:
+            raise ValueError(f"one of {', '.join(SUPPORTED_OS)}")
         return value
 
     @field_validator("shared_volume_id")
@@ -296,8 +298,6 @@ def _validation_error(source: str, exc: ValidationError, data: dict, flagged: di
         message = "0 (off), 1 (application logs) or 2 (application and system logs)"
     elif field and field.endswith(("count", "min", "max")) and err["type"].startswith(("greater", "less")):
         message = f"a non-negative integer (at most {MAX_GROUP_SIZE})"
-    elif err["type"] == "literal_error":
-        message = f"one of {', '.join(OS_CHOICES)}"
     got = _lookup(data, loc)
     if field in flagged:  # the value came from a flag: name the flag, not the file
         return BadInput(flagged[field], None, message, got)

@@ -21,6 +21,8 @@ from importlib import resources
 
 import yaml
 
+from clusterous_core.names import NAMESPACE
+
 # The official image's multi-platform index digest (linux/amd64 and linux/arm64), pinned so the
 # Python the lock's wheels were chosen for never changes under it; operator/Dockerfile uses it too.
 OPERATOR_IMAGE = (
@@ -110,7 +112,7 @@ def code_configmap() -> dict:
         "kind": "ConfigMap",
         "metadata": {
             "name": CONFIGMAP,
-            "namespace": "clusterous-system",
+            "namespace": NAMESPACE,
             "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
             "annotations": {"clusterous.io/code-hash": code_hash()},
         },
@@ -124,7 +126,7 @@ def code_configmap_yaml() -> str:
     return header + yaml.safe_dump(code_configmap(), sort_keys=False, width=1000)
 
 
-def apply_code(api_client, namespace: str = "clusterous-system") -> str:
+def apply_code(api_client, namespace: str = NAMESPACE) -> str:
     """Create or replace the code ConfigMap through the API (the readiness stage of `up` calls
     this once the API answers through the tunnel). Returns "created", "updated" or "unchanged"."""
     import kubernetes

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from clusterous_core.names import SUPPORTED_OS
+
 PLACEHOLDER_TOKEN = "0" * 64  # dry runs render user-data without touching the real token
 DEFAULT_NAME = "mycluster"
 
@@ -297,8 +299,8 @@ def up(
     from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
     from clusterous_provisioner.inventory import Inventory, discover
 
-    if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
-        raise BadInput("--os", None, "ubuntu-24.04 or al2023", os_name)
+    if os_name is not None and os_name not in SUPPORTED_OS:
+        raise BadInput("--os", None, " or ".join(SUPPORTED_OS), os_name)
     profile_name, profile = _profile(ctx, required=not dry_run)
     overrides = {
         "name": name,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from clusterous_core.names import GROUP_LABEL
+
 HELP = """Print the objects the operator would create for a ClusterApp, as multi-document YAML.
 
 Works offline. NODELIST is what `kubectl get nodes -o yaml` prints; without --nodes the cluster
@@ -68,7 +70,7 @@ def default_nodes() -> list[dict]:
         {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "labels": {"clusterous.io/group": group}},
+            "metadata": {"name": name, "labels": {GROUP_LABEL: group}},
             "status": {
                 "allocatable": {"cpu": cpu, "memory": memory},
                 "conditions": [{"type": "Ready", "status": "True"}],
