@@ -250,7 +250,7 @@ def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tupl
             source, where, "a component name: lower case letters, digits and '-', at most 40", cname
         )
     if not isinstance(raw, Mapping):
-        raise BadInput(source, where, "a mapping with machine, image, cmd, ... ", raw)
+        raise BadInput(source, where, "a mapping with machine, image, cmd, ...", raw)
     unknown = sorted(set(raw) - set(COMPONENT_KEYS))
     if unknown:
         raise BadInput(source, f"{where}.{unknown[0]}", f"one of {', '.join(COMPONENT_KEYS)}")

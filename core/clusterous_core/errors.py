@@ -1,10 +1,43 @@
 """The error model every command shares: what went wrong, and what the user does next.
 
-`BadInput` (exit 2) names the file, the field and what was expected; `Failure` (exit 1) says
-what failed and how to continue. Both print as one message without a traceback.
+`BadInput` (exit 2) names the file, the field and what was expected, with a short `got`;
+`Failure` (exit 1) says what failed and how to continue. Both print as one message without a
+traceback.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+GOT_LIMIT = 40  # characters of a value shown in a message: enough to recognise it, never a whole file
+
+
+class Shown(str):
+    """A `got` already written in words (e.g. "an empty file"): shown as is, without quotes."""
+
+
+NOTHING = Shown("nothing")  # what an empty YAML value (`key:`) or a missing document is to a user
+
+
+def shown(value: object) -> str:
+    """`value` as a message shows it: a scalar as written in YAML, shortened; a mapping or a list
+    by its YAML name, never echoed whole."""
+    if isinstance(value, Shown):
+        return value
+    if value is None:
+        return NOTHING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "an empty list" if not value else "a list"
+    if isinstance(value, (int, float)):
+        return str(value)
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > GOT_LIMIT:
+        text = text[: GOT_LIMIT - 3] + "..."
+    return repr(text)
 
 
 class ClusterousError(Exception):
@@ -26,7 +59,7 @@ class BadInput(ClusterousError):
         where = f"{source}: {field}" if field else source
         message = f"{where}: expected {expected}"
         if got is not None:
-            message += f" (got {got!r})"
+            message += f" (got {shown(got)})"
         super().__init__(message)
 
 

@@ -31,6 +31,7 @@ from clusterous_core.names import (
     INSTANCE_TYPE,
     SUPPORTED_OS,
 )
+from clusterous_core.validation import problem
 from clusterous_core.yamlfile import read_mapping
 from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
 
@@ -195,13 +196,13 @@ class ClusterFile(BaseModel):
                 raise ValueError("must name at least one group")
             for name in value:
                 if not GROUP_NAME.match(name):
-                    raise ValueError(f"group name {name!r} must be {GROUP_NAME_RULE}")
+                    raise ValueError(f"node group names of {GROUP_NAME_RULE} (not {name!r})")
         return value
 
     @model_validator(mode="after")
     def _one_volume(self) -> ClusterFile:
         if self.shared_volume_size is not None and self.shared_volume_id is not None:
-            raise ValueError("give either shared_volume_size or shared_volume_id, not both")
+            raise ValueError("either shared_volume_size or shared_volume_id, not both")
         return self
 
 
@@ -283,34 +284,18 @@ def read_cluster_file(path: Path) -> dict:
     return read_mapping(path, "cluster file")
 
 
-def _validation_error(source: str, exc: ValidationError, data: dict, flagged: dict[str, str]) -> BadInput:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    field = ".".join(loc) or None
-    message = err["msg"]
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :].removeprefix("must be ")  # "expected a ..."
-    if err["type"] == "extra_forbidden":
-        message = f"a known setting (unknown key {loc[-1]!r})"
-    elif field in ("shared_volume_size",) and err["type"].startswith(("greater", "less")):
+def _validation_error(source: str, errors: list, flagged: dict[str, str]) -> BadInput:
+    found = problem(errors)
+    message, field, bounds = found.expected, found.field, found.kind.startswith(("greater", "less"))
+    if field == "shared_volume_size" and bounds:
         message = f"an integer number of GiB from 1 to {MAX_VOLUME_GIB}"
-    elif field == "central_logging_level" and err["type"].startswith(("greater", "less")):
+    elif field == "central_logging_level" and bounds:
         message = "0 (off), 1 (application logs) or 2 (application and system logs)"
-    elif field and field.endswith(("count", "min", "max")) and err["type"].startswith(("greater", "less")):
+    elif field and field.endswith(("count", "min", "max")) and bounds:
         message = f"a non-negative integer (at most {MAX_GROUP_SIZE})"
-    got = _lookup(data, loc)
     if field in flagged:  # the value came from a flag: name the flag, not the file
-        return BadInput(flagged[field], None, message, got)
-    return BadInput(source, field, message, got)
-
-
-def _lookup(data: Any, loc: list[str]) -> Any:
-    for key in loc:
-        if isinstance(data, dict) and key in data:
-            data = data[key]
-        else:
-            return None
-    return data
+        return BadInput(flagged[field], None, message, found.got)
+    return BadInput(source, field, message, found.got)
 
 
 def load_spec(
@@ -362,7 +347,7 @@ def load_spec(
     try:
         model = ClusterFile.model_validate(merged)
     except ValidationError as exc:
-        raise _validation_error(source, exc, merged, flagged) from None
+        raise _validation_error(source, exc.errors(), flagged) from None
 
     name = model.cluster_name or default_name
     if not name:

@@ -81,20 +81,9 @@ def default_nodes() -> list[dict]:
 
 
 def _load_yaml(path: Path) -> list:
-    import yaml
+    from clusterous_core.yamlfile import parse, read_text
 
-    from clusterous_core.errors import BadInput
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise BadInput(str(path), None, "a readable YAML file", exc.strerror) from None
-    try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise BadInput(str(path), where, "valid YAML", getattr(exc, "problem", None) or str(exc)) from None
+    return [d for d in parse(read_text(path, "YAML file"), path, every_document=True) if d is not None]
 
 
 def _clusterapp(documents: list, path: Path) -> dict:
