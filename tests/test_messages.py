@@ -208,3 +208,15 @@ def test_an_unreadable_file_in_a_build_context_is_bad_input(tmp_path):
         f"{context / 'secret.txt'}: expected a readable file of the build context "
         "(or list it in .dockerignore) (got permission denied)"
     )
+
+
+def test_the_operator_shows_got_the_same_way():
+    """What the operator writes into a ClusterApp's status condition uses the same words."""
+    from clusterous_operator.spec import SpecError, parse_app
+
+    component = {"name": "m", "group": "master", "image": "x", "replicas": [1, 2]}
+    app = {"apiVersion": "clusterous.io/v1alpha1", "kind": "ClusterApp", "metadata": {"name": "app"}}
+    with pytest.raises(SpecError) as caught:
+        parse_app({**app, "spec": {"components": [component]}})
+    assert str(caught.value).startswith("spec.components[0].replicas: expected ")
+    assert str(caught.value).endswith(" (got a list)")

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from clusterous_core.errors import shown
 from clusterous_core.names import API_VERSION, DNS_1035
 
 AUTO = "auto"
@@ -47,7 +48,7 @@ class SpecError(ValueError):
         self.got = None if got is _NOTHING else got
         message = f"{field}: expected {expected}"
         if got is not _NOTHING:
-            message += f" (got {got!r})"
+            message += f" (got {shown(got)})"
         super().__init__(message)
 
 
