@@ -36,7 +36,7 @@ CLUSTER_FILE_OPTION = typer.Option(
 def collect_params(param: list[str] | None, cluster_file: Path | None, token_dir: Path | None = None) -> dict:
     """$variable values: the cluster file's `parameters`, then --param (which wins); `$token`
     is the cluster's app token unless given (see `apps.app_token`)."""
-    from clusterous_cli import apps, envfile
+    from clusterous_cli import apps, envparams
 
     params: dict = {}
     if cluster_file is not None:
@@ -47,7 +47,7 @@ def collect_params(param: list[str] | None, cluster_file: Path | None, token_dir
         if not isinstance(section, dict):
             raise BadInput(str(cluster_file), "parameters", "a mapping of $variable names to values", section)
         params.update(section)
-    params.update(envfile.parse_params(param))
+    params.update(envparams.parse_params(param))
     params.setdefault(apps.TOKEN_PARAM, apps.app_token(token_dir))
     return params
 

@@ -291,7 +291,7 @@ def up(
         None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
     ),
 ) -> None:
-    from clusterous_cli import config, envfile, output
+    from clusterous_cli import config, envfile, envparams, output
     from clusterous_cli.commands.apps import collect_params
     from clusterous_core.errors import BadInput
     from clusterous_provisioner import apply, aws, clientip, plan
@@ -325,7 +325,7 @@ def up(
         default_name=DEFAULT_NAME,
         # --param wins over the cluster file's parameters, as in `run` and `convert`
         environment_groups=lambda path, values: envfile.node_groups_for_up(
-            path, {**values, **envfile.parse_params(param)}
+            path, {**values, **envparams.parse_params(param)}
         ),
     )
     sources = instance_type_sources(spec, cluster_file, overrides)
