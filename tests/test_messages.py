@@ -73,7 +73,7 @@ def test_a_rule_across_fields_names_the_file_without_echoing_it(cli, tmp_path):
 def test_a_long_value_is_shortened(cli, tmp_path):
     path, line = up(cli, tmp_path, f"cluster_name: a\nk3s_version: {'v' * 300}\n")
     assert line == (
-        f"error: {path}: k3s_version: expected a k3s release name such as v1.31.4+k3s1 (got '{'v' * 37}...')"
+        f"error: {path}: k3s_version: expected a k3s release name such as v1.31.4+k3s1 (got '{'v' * 28}...{'v' * 29}')"
     )
 
 
@@ -108,7 +108,7 @@ def test_an_empty_environment_file(cli, tmp_path):
         (
             APP + "  expose_tunnel: {service: '" + "8888:" * 40 + "'}\n",
             "environment.expose_tunnel.service: expected local_port:component:port, e.g. 8888:master:8888 "
-            "(got '" + ("8888:" * 40)[:37] + "...')",
+            "(got '" + ("8888:" * 40)[:28] + "..." + ("8888:" * 40)[-29:] + "')",
         ),
     ],
 )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-GOT_LIMIT = 40  # characters of a value shown in a message: enough to recognise it, never a whole file
+# Characters of a value shown in a message: enough to recognise it (its start and its end, so a
+# long path keeps its file name), never a whole file.
+GOT_LIMIT = 60
 
 
 class Shown(str):
@@ -36,7 +38,8 @@ def shown(value: object) -> str:
         return str(value)
     text = value if isinstance(value, str) else str(value)
     if len(text) > GOT_LIMIT:
-        text = text[: GOT_LIMIT - 3] + "..."
+        head = (GOT_LIMIT - 3) // 2
+        text = text[:head] + "..." + text[head + 3 - GOT_LIMIT :]
     return repr(text)
 
 
