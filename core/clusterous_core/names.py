@@ -38,3 +38,5 @@ GROUP_NAME_EXPECTED = f"a node group name: {GROUP_NAME_RULE}"
 # Application and component names begin Service names: DNS-1035 labels.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # an EC2 instance type: t3.large
+# A Kubernetes label value (1-63 characters): what a node group must be on a node
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")

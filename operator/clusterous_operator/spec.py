@@ -12,13 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from clusterous_core.errors import shown
-from clusterous_core.names import API_VERSION, DNS_1035
+from clusterous_core.names import API_VERSION, DNS_1035, LABEL_VALUE
 
 AUTO = "auto"
 DEFAULT_MOUNT_PATH = "/home/data"
 MAX_NAME = 63  # Service and label values are DNS labels: <app>-<component> must fit
 
-_GROUP = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _CPU = re.compile(r"^(?:(?P<cores>[0-9]+(?:\.[0-9]{1,3})?|\.[0-9]{1,3})|(?P<milli>[0-9]+)m)$")
 _MEMORY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _MEMORY_UNITS = {
@@ -242,7 +241,7 @@ def _parse_component(raw: object, path: str) -> Component:
             f"{path}.name", "a DNS label of at most 40 characters (lower case letters, digits, '-')", name
         )
     group = raw["group"]
-    if not isinstance(group, str) or len(group) > 63 or not _GROUP.match(group):
+    if not isinstance(group, str) or not LABEL_VALUE.match(group):
         raise SpecError(f"{path}.group", "a node group name (a label value)", group)
     image = raw["image"]
     if not isinstance(image, str) or not image or any(ch.isspace() for ch in image):

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from clusterous_core.errors import BadInput, Failure
-from clusterous_core.names import DEFAULT_OS, SUPPORTED_OS
+from clusterous_core.names import DEFAULT_OS, LABEL_VALUE, SUPPORTED_OS
 from clusterous_provisioner import addons
 
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
@@ -59,7 +59,6 @@ UNIT_DESCRIPTION = {
 }
 
 _K3S_RELEASE = re.compile(r"^v1\.(\d+)\.(\d+)\+k3s(\d+)$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def _check_inputs(inputs: BootstrapInputs) -> None:
     if inputs.os not in SUPPORTED_OS:
         raise BadInput("cluster file", "os", f"one of {', '.join(SUPPORTED_OS)}", inputs.os)
     for group in inputs.node_groups:
-        if not _LABEL_VALUE.match(group):
+        if not LABEL_VALUE.match(group):
             raise BadInput(
                 "cluster file", "node_groups", "group names usable as Kubernetes label values", group
             )
