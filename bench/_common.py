@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "cli"), str(ROOT / "provisioner"), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT / p) for p in ("", "core", "cli", "provisioner", "operator")]
 KEX_CIPHER = re.compile(r"kex: client->server cipher: (\S+)")
 
 

@@ -10,9 +10,9 @@ import yaml
 
 from clusterous_cli import controller_boot, endpoint, readiness, stages
 from clusterous_cli.stages import Check, Stage
+from clusterous_core.errors import BadInput, Failure
 from clusterous_provisioner import apply, bootstrap, drain, kubeobjects
 from clusterous_provisioner.clusterfile import load_spec
-from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.kubeobjects import Member
 
 

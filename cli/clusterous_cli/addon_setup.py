@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clusterous_core.names import CLUSTER_INFO, NAMESPACE
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, json_body
-
-NAMESPACE = "clusterous-system"
-CLUSTER_INFO = "cluster-info"
 
 
 @dataclass(frozen=True)

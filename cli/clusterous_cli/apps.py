@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clusterous_cli.endpoint import ClusterRef
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
+from clusterous_core.names import GROUP, GROUP_LABEL, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
 TOKEN_FILE = "app-token"
@@ -100,10 +100,10 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
     warnings: node groups whose nodes no application uses (they sit idle and cost money)."""
     from clusterous_cli.envfile import source_field
     from clusterous_cli.kubeapi import api_failure
-    from clusterous_operator.placement import GROUP_LABEL, node_groups
+    from clusterous_core.errors import BadInput
+    from clusterous_operator.placement import node_groups
     from clusterous_operator.reconcile import check_against_cluster
     from clusterous_operator.spec import SpecError, parse_app
-    from clusterous_provisioner.errors import BadInput
 
     try:
         nodes, pods = _list(api, "list_node"), _list(api, "list_pod_for_all_namespaces")
@@ -431,7 +431,7 @@ def status_section(ref: ClusterRef) -> dict:
     Never fails `status`: an unreachable cluster is reported in `applications_error`.
     """
     from clusterous_cli import kubeapi, tunnels
-    from clusterous_provisioner.errors import ClusterousError
+    from clusterous_core.errors import ClusterousError
 
     if not ref.controller_file.exists():
         return {}

@@ -24,7 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 CONTROLLER_FILE = "controller.yml"
 DEFAULT_SHARED_ROOT = "/export/shared"

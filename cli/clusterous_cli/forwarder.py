@@ -32,7 +32,7 @@ import paramiko
 
 from clusterous_cli import controlmaster, hostkeys, ssh, tunnels
 from clusterous_cli.endpoint import ClusterRef, load_endpoint
-from clusterous_provisioner.errors import ClusterousError
+from clusterous_core.errors import ClusterousError
 
 log = logging.getLogger("clusterous.tunnels")
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from clusterous_cli import tunnels
 from clusterous_cli.endpoint import ClusterRef, load_endpoint
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
 
 CREDENTIALS_FILE = "kubeconfig.yml"
 COMPONENT_LABEL = "clusterous.io/component"

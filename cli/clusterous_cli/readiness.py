@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clusterous_cli import addon_setup
-from clusterous_cli.addon_setup import CLUSTER_INFO, NAMESPACE
 from clusterous_cli.controller_boot import (
     BOOTSTRAP_UNIT,
     CLOUD_INIT_LOG,
@@ -40,8 +39,9 @@ from clusterous_cli.controller_boot import (
 from clusterous_cli.endpoint import read_overrides
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
+from clusterous_core.errors import Failure
+from clusterous_core.names import CLUSTER_INFO, GROUP_LABEL, NAMESPACE
 from clusterous_provisioner import inventory
-from clusterous_provisioner.errors import Failure
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, get_or_none, json_body
 from clusterous_provisioner.kubeobjects import (
     Member,
@@ -56,9 +56,6 @@ from clusterous_provisioner.kubeobjects import (
     pod_problem,
     selector_text,
 )
-
-GROUP_LABEL = "clusterous.io/group"
-
 
 # --- what the node and add-on stages judge (pure) -----------------------------------------------
 

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 PART_SUFFIX = ".clusterous-part"
 CHUNK = 1024 * 1024

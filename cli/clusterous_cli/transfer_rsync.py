@@ -34,7 +34,7 @@ from pathlib import PurePosixPath
 
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_cli.transfer import Report
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 # PLACEHOLDER, NO_RSYNC, INTO and the `refused` lines are spelled out in SCRIPT too.
 PLACEHOLDER = ".clusterous-k8s-path/"

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from clusterous_cli.transfer import CHUNK, PART_SUFFIX, Report, inside
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 
 def resolve_remote(sftp, root: str, rel: PurePosixPath) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from clusterous_core.names import GROUP, PLURAL, VERSION
 from clusterous_operator.schema import ClusterApp, ComponentState, ConditionType, Phase, Reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,23 +109,23 @@ def crd() -> dict:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": "clusterapps.clusterous.io",
+            "name": f"{PLURAL}.{GROUP}",
             "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
         },
         "spec": {
-            "group": "clusterous.io",
+            "group": GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": "ClusterApp",
                 "listKind": "ClusterAppList",
-                "plural": "clusterapps",
+                "plural": PLURAL,
                 "singular": "clusterapp",
                 "shortNames": ["capp"],
                 "categories": ["clusterous"],
             },
             "versions": [
                 {
-                    "name": "v1alpha1",
+                    "name": VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

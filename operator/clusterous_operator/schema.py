@@ -21,9 +21,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from clusterous_core.names import DNS_1035
+
 AUTO = "auto"
 DEFAULT_MOUNT_PATH = "/home/data"
-DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # component names; app names (DNS-1035, a letter first)
+DNS_LABEL = DNS_1035.pattern  # component names; app names (DNS-1035, a letter first)
 MAX_COMPONENT_NAME = 40
 GROUP_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # a label value
 MAX_GROUP = 63

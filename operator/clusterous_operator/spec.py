@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from clusterous_core.errors import shown
+from clusterous_core.names import API_VERSION
 from clusterous_operator.schema import (
     AUTO,
     DEFAULT_MOUNT_PATH,
@@ -54,7 +56,7 @@ class SpecError(ValueError):
         self.got = None if got is _NOTHING else got
         message = f"{field}: expected {expected}"
         if got is not _NOTHING:
-            message += f" (got {got!r})"
+            message += f" (got {shown(got)})"
         super().__init__(message)
 
 
@@ -108,9 +110,9 @@ def parse_app(body: Mapping, default_namespace: str = "default") -> App:
     _expect_mapping(body, "ClusterApp", "a ClusterApp object")
     if body.get("kind", "ClusterApp") != "ClusterApp":
         raise SpecError("kind", "ClusterApp", body.get("kind"))
-    api_version = body.get("apiVersion", "clusterous.io/v1alpha1")
-    if api_version != "clusterous.io/v1alpha1":
-        raise SpecError("apiVersion", "clusterous.io/v1alpha1", api_version)
+    api_version = body.get("apiVersion", API_VERSION)
+    if api_version != API_VERSION:
+        raise SpecError("apiVersion", API_VERSION, api_version)
     meta = body.get("metadata") or {}
     _expect_mapping(meta, "metadata", "a mapping with a name")
     name = meta.get("name")

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import TIME_FORMAT
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
-from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.inventory import Inventory, describe_instances
 
 AMI_PARAMETERS = {
@@ -390,7 +391,7 @@ def ensure_network(
     ids: dict[str, str] = {}
     vpc = inv.vpc
     if vpc is None:
-        created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created_at = datetime.now(UTC).strftime(TIME_FORMAT)
         vpc = ec2.create_vpc(
             CidrBlock=layout.VPC_CIDR,
             TagSpecifications=tags.tag_spec(

@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.spec import MI, cpu_millicores, memory_bytes
 from clusterous_provisioner.kubeobjects import belongs_to_node, node_ready
 
-GROUP_LABEL = "clusterous.io/group"
 DEFAULT_IDLE_MINUTES = 15
 DEFAULT_COOLDOWN_SECONDS = 300
 CAPACITY_REASONS = ("Insufficient cpu", "Insufficient memory")

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
+from clusterous_core.names import NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 from clusterous_provisioner.drain import delete_node, drain_node, uncordon
 from clusterous_provisioner.kubecalls import json_body
 from clusterous_provisioner.kubeobjects import internal_ip
 
-NAMESPACE = "clusterous-system"
 CONFIGMAP = "autoscaler"
 STATUS_KEY = "status"
 TIMEOUT = 30  # seconds for one Kubernetes API request
@@ -150,7 +150,7 @@ def status_of(
 ) -> dict:
     """The ConfigMap's `status`: per group current/min/max and the last decision that changed
     something; `reason` is this round's (a "none" round keeps `last` as it was)."""
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
     groups = dict(record.status.get("groups") or {})
     bounds = {g.name: g for g in record.groups}
     for d in decisions:
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         api_client = client.ApiClient()
 
     def report(message: str) -> None:
-        print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {message}", flush=True)
+        print(f"{datetime.now(UTC):{TIME_FORMAT}} {message}", flush=True)
 
     # SIGTERM (the pod stopping) ends the wait between rounds at once but never a round midway:
     # a node being drained or terminated is finished, not abandoned.

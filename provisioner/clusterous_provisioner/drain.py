@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, json_body, watch_objects
 from clusterous_provisioner.kubeobjects import belongs_to_node, match_node, members_of
 

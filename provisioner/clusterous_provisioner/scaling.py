@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import DEFAULT_OS
 from clusterous_provisioner import apply, layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
-from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.inventory import Inventory
 
 Report = Callable[[str], None]
@@ -61,7 +62,7 @@ def _spec_from(
         environment_file=None,
         ssh_cidr=None,
         k3s_version=tags.as_dict(controller.get("Tags")).get(tags.K3S_VERSION) or _k3s_default(),
-        os=tags.as_dict(controller.get("Tags")).get(tags.OS) or "ubuntu-24.04",
+        os=tags.as_dict(controller.get("Tags")).get(tags.OS) or DEFAULT_OS,
         ami=None,
         source="scale",
     )

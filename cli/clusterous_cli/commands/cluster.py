@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from clusterous_core.names import SUPPORTED_OS
+
 PLACEHOLDER_TOKEN = "0" * 64  # dry runs render user-data without touching the real token
 DEFAULT_NAME = "mycluster"
 
@@ -217,7 +219,7 @@ def check_instance_types(sources) -> None:
 
 def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
     """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     if not wrong:
         return
@@ -289,16 +291,16 @@ def up(
         None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
     ),
 ) -> None:
-    from clusterous_cli import config, envfile, output
+    from clusterous_cli import config, envfile, envparams, output
     from clusterous_cli.commands.apps import collect_params
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
     from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
-    from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import Inventory, discover
 
-    if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
-        raise BadInput("--os", None, "ubuntu-24.04 or al2023", os_name)
+    if os_name is not None and os_name not in SUPPORTED_OS:
+        raise BadInput("--os", None, " or ".join(SUPPORTED_OS), os_name)
     profile_name, profile = _profile(ctx, required=not dry_run)
     overrides = {
         "name": name,
@@ -323,7 +325,7 @@ def up(
         default_name=DEFAULT_NAME,
         # --param wins over the cluster file's parameters, as in `run` and `convert`
         environment_groups=lambda path, values: envfile.node_groups_for_up(
-            path, {**values, **envfile.parse_params(param)}
+            path, {**values, **envparams.parse_params(param)}
         ),
     )
     sources = instance_type_sources(spec, cluster_file, overrides)
@@ -512,10 +514,10 @@ def down(
     import shutil
 
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput, Failure
     from clusterous_provisioner import aws, destroy
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
     if keep_shared_volume and delete_shared_volume:
@@ -592,9 +594,9 @@ def _uptime_hours(launch_time) -> float:
 
 
 def _cluster_region(ctx, name, region):
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput
 
     profile_name, profile = _profile(ctx, required=False)
     name = name or (profile.current_cluster if profile else None)
@@ -665,9 +667,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from clusterous_cli import apps, output
+    from clusterous_core.errors import Failure
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import Failure
     from clusterous_provisioner.inventory import discover
 
     _, _, name, region = _cluster_region(ctx, name, region)
@@ -795,10 +797,10 @@ def workon(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
 ) -> None:
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import cluster_names
 
     check_cluster_name(name, "NAME")
@@ -819,9 +821,9 @@ def _resize(
     drain_timeout: float = 300.0,
 ) -> None:  # fmt: skip
     from clusterous_cli import output
+    from clusterous_core.errors import BadInput, Failure
     from clusterous_provisioner import aws, scaling
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
     profile_name, profile, name, region = _cluster_region(ctx, name, region)
@@ -889,8 +891,8 @@ def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, re
     """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
     from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_core.errors import ClusterousError, Failure
     from clusterous_provisioner import drain
-    from clusterous_provisioner.errors import ClusterousError, Failure
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
     try:

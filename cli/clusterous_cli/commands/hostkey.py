@@ -29,7 +29,7 @@ def host_key(
 ) -> None:
     from clusterous_cli import hostkeys, output
     from clusterous_cli.endpoint import load_endpoint
-    from clusterous_provisioner.errors import BadInput, Failure
+    from clusterous_core.errors import BadInput, Failure
 
     ref = cluster_ref(ctx, cluster)
     endpoint = load_endpoint(ref)

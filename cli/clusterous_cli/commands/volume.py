@@ -129,7 +129,7 @@ def ls(
     import time
 
     from clusterous_cli import output, ssh, transfer, transfer_sftp
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     rel = transfer.relative_remote(path, "PATH")
     with ssh.connect_cluster(cluster_ref(ctx, cluster)) as conn, conn.sftp() as sftp:
@@ -175,7 +175,7 @@ def put(
     as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import transfer
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     if not local.exists():
         raise BadInput("LOCAL", None, "an existing file or directory", str(local))
@@ -210,7 +210,7 @@ def rm(
     import posixpath
 
     from clusterous_cli import output, ssh, transfer, transfer_sftp
-    from clusterous_provisioner.errors import BadInput, Failure
+    from clusterous_core.errors import BadInput, Failure
 
     rel = transfer.relative_remote(path, "PATH")
     if str(rel) == ".":
