@@ -313,6 +313,7 @@ def test_up_tags_every_instance_with_the_hash_of_the_ca_the_controller_serves(
     cluster_side, aws, sshd, cli
 ) -> None:
     """Nodes join with K10<hash>::node:<agent token>; the hash reaches them as their own tag."""
+    aws.realism.imds_tag_keys()  # every tag key we put on instances must be one IMDS can show
     served = (sshd.workdir / "root" / CA_FILE).read_bytes()
     digest = hashlib.sha256(served).hexdigest()
     result = cli([*UP, "--workers", "3", "--timeout", "30"])
@@ -341,6 +342,7 @@ def test_up_tags_every_instance_with_the_hash_of_the_ca_the_controller_serves(
     assert aws.calls("CreateTags") == []
     new = [i for i in _instances(aws) if i["InstanceId"] not in {j["InstanceId"] for j in instances}]
     assert len(new) == 2 and all(_tags(i)[CA_HASH_TAG] == digest for i in new)
+    assert not aws.realism.injected("RunInstances") and not aws.realism.injected("CreateTags")
     names = {node_name(i) for i in new}
     cluster_side.api.wait_for(
         lambda: names <= {n["metadata"]["name"] for n in cluster_side.api.list("v1/nodes")},
