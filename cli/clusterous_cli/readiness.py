@@ -6,6 +6,7 @@
 | ssh | the controller answers SSH with that key (never skipped, never auto-added) |
 | cloud-init | cloud-init finished on the controller without errors |
 | bootstrap | the controller's bootstrap unit (NFS, k3s) finished a run (it retries until one does) |
+| ca hash | every instance is tagged with the hash of k3s' CA, which nodes join with (joinhash.py) |
 | api | the k3s API answers `/readyz` through the SSH tunnel |
 | setup | the operator's code ConfigMap, the logging HelmChart (applied or deleted) and `cluster-info` |
 | nodes | every instance is a Ready Node; every node carries its `clusterous.io/group` label |
@@ -297,6 +298,22 @@ class Waiter:
             False, f"the bootstrap is still running ({BOOTSTRAP_UNIT} retries until it succeeds)", lines
         )
 
+    def ca_hash(self) -> Check:
+        """Read k3s' CA over SSH and tag the cluster's instances with its hash (joinhash.py)."""
+        from clusterous_provisioner import joinhash
+
+        try:
+            code, out, _ = self._connect().run(joinhash.read_ca_argv(self.plan.cloud_init_root), timeout=60)
+        except HostKeyChanged:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a dropped connection is opened again next time
+            self.conn = None
+            return Check(False, f"SSH: {_failure_text(exc)}")
+        if code != 0 or not out.strip():
+            return Check(False, f"k3s has not written its CA ({joinhash.CA_FILE}) yet")
+        digest, tagged = joinhash.publish(self.ec2, self.plan.ref.cluster, out)
+        return Check(True, f"sha256 {digest[:12]}…, {len(tagged)} instance(s) tagged now")
+
     def explain_cloud_init(self, check: Check) -> list[str]:
         if check.summary.startswith("cloud-init is still running"):
             return [f"last lines of {CLOUD_INIT_LOG}:\n{self.log_tail()}"]
@@ -423,6 +440,7 @@ class Waiter:
             Stage("ssh", "SSH to the controller", self.ssh),
             Stage("cloud-init", "cloud-init on the controller", self.cloud_init, self.explain_cloud_init),
             Stage("bootstrap", "the controller's bootstrap (NFS server, k3s)", self.bootstrap),
+            Stage("ca hash", "the k3s CA's hash nodes join with (instance tags)", self.ca_hash),
             Stage("api", "the Kubernetes API through the SSH tunnel", self.api_ready),
             Stage("setup", "operator code, logging and cluster-info", self.setup),
             Stage("nodes", "every node Ready with its group label", self.nodes, self.explain_nodes),
@@ -439,10 +457,11 @@ def wait_until_ready(plan: Plan, ec2, progress: Progress) -> dict:
     """Run every stage; returns what the setup stage did (operator code, logging level)."""
     waiter = Waiter(plan, ec2)
     try:
-        checks = run_stages(waiter.stages(), plan.timeouts, progress)
+        stages = waiter.stages()
+        checks = dict(zip((s.key for s in stages), run_stages(stages, plan.timeouts, progress), strict=True))
     finally:
         waiter.close()
-    return {**waiter.outcome, "nodes": checks[5].summary, "add_ons": checks[6].summary}
+    return {**waiter.outcome, "nodes": checks["nodes"].summary, "add_ons": checks["add-ons"].summary}
 
 
 # --- what `up` calls ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ DEFAULT_TIMEOUTS = {
     "ssh": 300.0,
     "cloud-init": 900.0,
     "bootstrap": 900.0,
+    "ca hash": 300.0,
     "api": 300.0,
     "setup": 300.0,
     "nodes": 600.0,

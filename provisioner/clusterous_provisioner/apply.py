@@ -641,6 +641,9 @@ def _instance_args(pre: Preflight, instance_type: str, user_data: str, key_name:
             "HttpTokens": "required",
             "HttpPutResponseHopLimit": 1,
             "HttpEndpoint": "enabled",
+            # nodes read the server CA's hash from their own tag (joinhash.py); tag keys then
+            # may hold only letters, digits and + - = . , _ : @ (EC2 refuses a launch otherwise)
+            "InstanceMetadataTags": "enabled",
         },
         "BlockDeviceMappings": [
             {
@@ -705,9 +708,10 @@ def launch_controller(clients, spec, pre, key_name, profile_arn, sg, subnet_id, 
 
 
 def launch_group(
-    clients, spec, group: NodeGroup, count: int, pre, key_name, sg, subnet_id, user_data
+    clients, spec, group: NodeGroup, count: int, pre, key_name, sg, subnet_id, user_data, extra_tags=None
 ) -> list[dict]:
-    """`count` more nodes of `group` in one call, private subnet, no public address."""
+    """`count` more nodes of `group` in one call, private subnet, no public address; extra_tags:
+    the controller's CA hash when it has one (joinhash.launch_tags), so they join at once."""
     args = _instance_args(pre, group.instance_type, user_data, key_name)
     args["NetworkInterfaces"] = [
         {
@@ -728,7 +732,7 @@ def launch_group(
         spec.name,
         "node",
         layout.resource_name(spec.name, group.name),
-        **{tags.GROUP: group.name, tags.LAUNCHED: launched},
+        **{tags.GROUP: group.name, tags.LAUNCHED: launched, **(extra_tags or {})},
     )
     args["TagSpecifications"] = tags.tag_spec("instance", tagset) + tags.tag_spec("volume", tagset)
     return run_instances(clients.ec2, count, args)
@@ -774,7 +778,7 @@ def apply(
     report("shared volume")
     volume = ensure_shared_volume(clients, spec, inv, pre, out)
 
-    from clusterous_provisioner import bootstrap
+    from clusterous_provisioner import bootstrap, joinhash
 
     inputs = bootstrap_inputs(spec, target.bucket, token, volume["VolumeId"], target.bucket_region)
     waiting: list[str] = []
@@ -816,6 +820,7 @@ def apply(
                 sgs["sg-nodes"],
                 ids["subnet-private"],
                 bootstrap.render_node(inputs, group.name),
+                joinhash.launch_tags(controller),
             )
             out.created.append(f"{missing} node(s) in group {group.name}")
             out.instance_ids[group.name] += [i["InstanceId"] for i in new]

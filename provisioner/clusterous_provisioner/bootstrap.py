@@ -7,7 +7,8 @@ a command line, never echoed) and the systemd unit `clusterous-bootstrap.service
 role's script and restarts it after a failure until one run succeeds (a late volume, a mirror
 or GitHub hiccup); `runcmd` only enables and starts the unit. The k3s *server* token (cluster-admin
 equivalent) is never in any user-data: the controller generates it at its first boot and keeps
-it there; nodes join with the agent token only. Add-on manifests are written into k3s's
+it there; nodes join with the agent token only, in k3s' secure form with the server CA's hash,
+which they read from their own instance tag at boot (joinhash.py). Add-on manifests are written into k3s's
 auto-deploy directory, so k3s applies them as soon as its API is up.
 
 EC2 limits user-data to 16 KiB, so the manifests travel gzip+base64 encoded (`gz+b64`, decoded
@@ -28,7 +29,7 @@ import yaml
 
 from clusterous_core.errors import BadInput, Failure
 from clusterous_core.names import DEFAULT_OS, LABEL_VALUE, SUPPORTED_OS
-from clusterous_provisioner import addons
+from clusterous_provisioner import addons, tags
 
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
 # The k3s installer: install.sh of one k3s commit (the v1.36.3+k3s1 release's), run only when
@@ -46,6 +47,7 @@ LOGIN_UID = 1000
 SCRIPT_DIR = "/usr/local/lib/clusterous"
 CONFIG_FILE = "/etc/clusterous/bootstrap.env"
 AGENT_TOKEN_FILE = "/etc/clusterous/k3s-agent-token"  # from user-data: joins agents, not servers
+JOIN_TOKEN_FILE = "/etc/clusterous/k3s-join-token"  # a node's K10<CA hash>::node:<agent token>, made at boot
 SERVER_TOKEN_FILE = "/etc/clusterous/k3s-server-token"  # made on the controller, never in user-data
 REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
 K3S_MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
@@ -130,6 +132,7 @@ def _settings(inputs: BootstrapInputs, role: str, group: str | None = None) -> s
     }
     if group is not None:
         values["NODE_GROUP"] = group
+        values["CA_HASH_TAG"] = tags.CA_HASH  # the instance tag node.sh reads the CA hash from
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
 
 

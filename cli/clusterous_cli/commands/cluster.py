@@ -281,7 +281,10 @@ def up(
     as_json: bool = typer.Option(False, "--json", help="Print the plan (and result) as JSON."),
     render_dir: Path = typer.Option(None, "--render-dir", help="Also write user-data and manifests to DIR."),
     no_wait: bool = typer.Option(
-        False, "--no-wait", help="Return once the instances run, without waiting for the cluster in them."
+        False,
+        "--no-wait",
+        help="Return once the instances run, without waiting for the cluster in them "
+        "(nodes join once an `up` that waits has run).",
     ),
     timeout: float = typer.Option(
         None, "--timeout", help="Seconds each readiness stage may take [host key 600, cloud-init 900, ...]."
@@ -468,7 +471,10 @@ def up(
         print(f"cluster {spec.name} is ready: {ready['nodes']}; {ready['add_ons']}")
         print("  kubectl access: clusterous-k8s kubeconfig")
     else:
-        report("not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it")
+        report(
+            "not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it "
+            "(nodes join once that `up` has tagged them with the server CA's hash)"
+        )
     if env_app is not None:
         if ready is None or as_json:  # --json keeps stdout for the JSON document
             report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
