@@ -40,7 +40,7 @@ from tests.ssh_support import HELMCHART_CRD, write_k3s_yaml
 
 CLUSTER = "ready"
 SSH_CIDR = "198.51.100.7/32"
-UP = ["up", "--name", CLUSTER, "--ssh-cidr", SSH_CIDR, "--yes"]  # the default OS: Ubuntu 24.04
+UP = ["up", "--cluster", CLUSTER, "--ssh-cidr", SSH_CIDR, "--yes"]  # the default OS: Ubuntu 24.04
 ADDONS_FILE = "/var/lib/rancher/k3s/server/manifests/clusterous-addons.yaml"
 
 

@@ -9,6 +9,7 @@ the OpenSSH command line rsync uses (`openssh_argv`), so both paths trust exactl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import socket
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 from clusterous_cli import hostkeys
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_provisioner.errors import BadInput, Failure
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import paramiko
@@ -238,6 +241,11 @@ def connect(
     if not pinned:
         hostkeys.check(hostkeys.HostKey("none", ""), pinned, name, relearn)  # raises: nothing pinned
     jump = None
+    log.debug(
+        "SSH to %s@%s:%s%s, host key pinned as %s",
+        endpoint.user, endpoint.host, endpoint.port,
+        f" through {endpoint.jump_host}" if endpoint.jump_host else "", name,
+    )  # fmt: skip
     if endpoint.jump_host:
         sock, jump = _jump_channel(endpoint, timeout)
     else:

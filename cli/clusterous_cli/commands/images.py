@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, cluster_ref
 from clusterous_provisioner.errors import BadInput
 
 BUILD_HELP = """Build DIR's Dockerfile on the cluster (BuildKit, rootless) into its registry.
@@ -36,8 +36,10 @@ def _quantity(option: str, value: str) -> str:
 
 def build_image(
     ctx: typer.Context,
-    directory: Path = typer.Argument(..., help="Folder holding the Dockerfile (the build context)."),
-    name: str = typer.Argument(..., help="NAME[:TAG] in the cluster registry."),
+    directory: Path = typer.Argument(
+        ..., metavar="DIR", help="Folder holding the Dockerfile (the build context)."
+    ),
+    name: str = typer.Argument(..., metavar="NAME", help="NAME[:TAG] in the cluster registry."),
     force: bool = typer.Option(
         False, "--force", help="Build even when the registry holds this context's image."
     ),
@@ -78,8 +80,8 @@ def _size(size: int | None) -> str:
 
 def images(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Only this image."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = typer.Argument(None, metavar="NAME", help="Only this image."),
+    as_json: bool = JSON_OPTION,
     cluster: str = CLUSTER_OPTION,
 ) -> None:
     from dataclasses import asdict
