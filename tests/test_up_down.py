@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
@@ -415,14 +416,62 @@ def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
 
 def test_ssh_cidr_undiscoverable_asks_for_the_flag(aws, cli, monkeypatch):
     make_profile(cli)
-    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "http://127.0.0.1:9/")  # nothing listens there
+    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "https://127.0.0.1:9/")  # nothing listens there
     result = cli(["up", "--cluster", "mu", "--yes", "--no-wait"])
     assert result.exit_code == 2 and "--ssh-cidr" in result.stderr
     assert sum(count_tagged(aws, "mu").values()) == 0
 
 
-def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
+def test_checkip_url_must_be_https(aws, cli, monkeypatch):
+    """The answer becomes the only SSH rule: a plain-HTTP answer could be anyone's."""
+    make_profile(cli)
+    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "http://checkip.example/")
+    result = cli(["up", "--cluster", "mu", "--yes", "--no-wait"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: $CLUSTEROUS_CHECKIP_URL: expected an https:// URL")
+    assert sum(count_tagged(aws, "mu").values()) == 0
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as a check-ip service on loopback presents it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "checkip.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "checkip.pem", directory / "checkip.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch, tmp_path):
     import http.server
+    import ssl
     import threading
 
     class CheckIp(http.server.BaseHTTPRequestHandler):
@@ -434,10 +483,15 @@ def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
         def log_message(self, *args):
             pass
 
+    cert_file, key_file = _self_signed(tmp_path)
     server = http.server.HTTPServer(("127.0.0.1", 0), CheckIp)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", f"http://127.0.0.1:{server.server_port}/")
+        monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", f"https://127.0.0.1:{server.server_port}/")
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # OpenSSL's default trust: only this one
         make_profile(cli)
         result = cli(["up", "--cluster", "nu", "--workers", "0", "--yes", "--no-wait"])
     finally:
