@@ -23,7 +23,6 @@ one per stage, and in the functions `up` calls at the bottom.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,7 +52,8 @@ DEFAULT_TIMEOUTS = {
     "add-ons": 600.0,
 }
 REQUEST_TIMEOUT = 15  # seconds for one Kubernetes API request
-# Where cloud-init leaves its results on the controller (below `cloud_init_root`, normally /).
+# Where cloud-init leaves its results on the controller (below $CLUSTEROUS_ROOT when the
+# controller's environment sets it, as the bootstrap scripts read it: scripts/common.sh).
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
@@ -61,11 +61,17 @@ CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 BOOTSTRAP_UNIT = "clusterous-bootstrap.service"
 BOOTSTRAP_DONE = "/var/lib/clusterous/bootstrap.done"
 LOG_TAIL_LINES = 25
-# Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, say) stays.
-KEPT_ENDPOINT_FIELDS = ("port", "jump_host", "shared_root", "api_port", "k3s_kubeconfig", "known_hosts")
-# A YAML file of controller.yml fields that replace what `up` learned (the controller reached
-# through a port forward, or the stand-in controller of the tests), plus `cloud_init_root`.
-OVERRIDES_ENV = "CLUSTEROUS_CONTROLLER_OVERRIDES"
+# Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, a port
+# forward, the login user of an --ami that is neither Ubuntu's nor Amazon Linux's) stays.
+KEPT_ENDPOINT_FIELDS = (
+    "port",
+    "user",
+    "jump_host",
+    "shared_root",
+    "api_port",
+    "k3s_kubeconfig",
+    "known_hosts",
+)
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -216,77 +222,55 @@ def ssh_user(os_name: str | None) -> str:
 
 
 def endpoint_fields(
-    controller: dict,
-    region: str,
-    key_file: str | None,
-    existing: dict | None = None,
-    overrides: dict | None = None,
+    controller: dict, region: str, key_file: str | None, existing: dict | None = None
 ) -> dict:
     """controller.yml as `up` writes it: the controller's public address, the login user of its
-    OS, the cluster's key and instance; hand-set fields of an existing file kept; overrides last."""
+    OS, the cluster's key and instance; hand-set fields of an existing file kept."""
     from clusterous_provisioner import tags
 
-    fields: dict = {k: v for k, v in (existing or {}).items() if k in KEPT_ENDPOINT_FIELDS}
-    os_name = tags.as_dict(controller.get("Tags")).get(tags.OS)
+    fields: dict = {"user": ssh_user(tags.as_dict(controller.get("Tags")).get(tags.OS))}
+    fields |= {k: v for k, v in (existing or {}).items() if k in KEPT_ENDPOINT_FIELDS}
     fields |= {
         "host": controller.get("PublicIpAddress"),
-        "user": ssh_user(os_name),
         "instance_id": controller["InstanceId"],
         "region": region,
     }
     if key_file:
         fields["key_file"] = key_file
-    fields |= {k: v for k, v in (overrides or {}).items() if k != "cloud_init_root"}
     return fields
-
-
-def read_overrides() -> dict:
-    """$CLUSTEROUS_CONTROLLER_OVERRIDES: controller.yml fields (and cloud_init_root) to use instead."""
-    from clusterous_cli import config
-
-    path = os.environ.get(OVERRIDES_ENV)
-    if not path:
-        return {}
-    from pathlib import Path
-
-    data = config.read_yaml(Path(path))
-    allowed = {"host", "port", "user", "key_file", "known_hosts", "jump_host", "shared_root"}
-    allowed |= {"api_port", "k3s_kubeconfig", "cloud_init_root"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadInput(path, unknown[0], f"one of {', '.join(sorted(allowed))}")
-    return data
 
 
 # --- pure checks: cloud-init --------------------------------------------------------------------
 
 
-def cloud_init_script(root: str) -> list[str]:
+def cloud_init_script() -> list[str]:
     """argv that prints `finished` and cloud-init's result.json, or `running`."""
     script = (
         'as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }\n'
-        'if [ -e "$1$2" ]; then echo finished; as_root cat -- "$1$3" 2>/dev/null || true; '
+        'r="${CLUSTEROUS_ROOT:-}"\n'
+        'if [ -e "$r$1" ]; then echo finished; as_root cat -- "$r$2" 2>/dev/null || true; '
         "else echo running; fi\n"
     )
-    return ["sh", "-c", script, "cloud-init-status", root, BOOT_FINISHED, CLOUD_INIT_RESULT]
+    return ["sh", "-c", script, "cloud-init-status", BOOT_FINISHED, CLOUD_INIT_RESULT]
 
 
-def log_tail_command(root: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+def log_tail_command(lines: int = LOG_TAIL_LINES) -> list[str]:
     script = (
-        'if [ "$(id -u)" -eq 0 ]; then exec tail -n "$2" -- "$1"; else exec sudo -n tail -n "$2" -- "$1"; fi'
+        'f="${CLUSTEROUS_ROOT:-}$1"\n'
+        'if [ "$(id -u)" -eq 0 ]; then exec tail -n "$2" -- "$f"; else exec sudo -n tail -n "$2" -- "$f"; fi'
     )
-    return ["sh", "-c", script, "cloud-init-log", root + CLOUD_INIT_LOG, str(lines)]
+    return ["sh", "-c", script, "cloud-init-log", CLOUD_INIT_LOG, str(lines)]
 
 
-def bootstrap_script(root: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+def bootstrap_script(lines: int = LOG_TAIL_LINES) -> list[str]:
     """argv that prints `done`, or `running` and the unit's last journal lines."""
     script = (
-        'if [ -e "$1$2" ]; then echo done; exit 0; fi\n'
+        'if [ -e "${CLUSTEROUS_ROOT:-}$1" ]; then echo done; exit 0; fi\n'
         "echo running\n"
         'if [ "$(id -u)" -eq 0 ]; then j=journalctl; else j="sudo -n journalctl"; fi\n'
-        '$j -u "$3" -n "$4" --no-pager -o cat 2>/dev/null || true\n'
+        '$j -u "$2" -n "$3" --no-pager -o cat 2>/dev/null || true\n'
     )
-    return ["sh", "-c", script, "bootstrap-status", root, BOOTSTRAP_DONE, BOOTSTRAP_UNIT, str(lines)]
+    return ["sh", "-c", script, "bootstrap-status", BOOTSTRAP_DONE, BOOTSTRAP_UNIT, str(lines)]
 
 
 def parse_cloud_init(output: str) -> tuple[bool, list[str]]:
@@ -597,7 +581,6 @@ class Plan:
     addons: Addons
     logging_level: int | None  # None: keep the level the cluster has (cluster-info)
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
-    cloud_init_root: str = ""
 
 
 class Waiter:
@@ -668,7 +651,7 @@ class Waiter:
         return out.decode(errors="replace")
 
     def cloud_init(self) -> Check:
-        output = self._look(cloud_init_script(self.plan.cloud_init_root))
+        output = self._look(cloud_init_script())
         if isinstance(output, Check):
             return output
         finished, errors = parse_cloud_init(output)
@@ -685,14 +668,14 @@ class Waiter:
 
     def log_tail(self) -> str:
         try:
-            code, out, err = self._connect().run(log_tail_command(self.plan.cloud_init_root), timeout=30)
+            code, out, err = self._connect().run(log_tail_command(), timeout=30)
         except Exception as exc:  # noqa: BLE001
             return f"    (cannot read it: {exc})"
         text = (out or err).decode(errors="replace").rstrip() or "(empty)"
         return "\n".join("    " + line for line in text.splitlines())
 
     def bootstrap(self) -> Check:
-        output = self._look(bootstrap_script(self.plan.cloud_init_root))
+        output = self._look(bootstrap_script())
         if isinstance(output, Check):
             return output
         first, _, journal = output.partition("\n")
@@ -939,13 +922,13 @@ def record_controller(ref, controller: dict, region: str, key_file: str | None) 
     from clusterous_cli.endpoint import ControllerEndpoint, load_endpoint
 
     existing = config.read_yaml(ref.controller_file) if ref.controller_file.exists() else {}
-    fields = endpoint_fields(controller, region, key_file, existing, read_overrides())
+    fields = endpoint_fields(controller, region, key_file, existing)
     if not fields.get("host"):
         return None  # nothing to reach yet; the wait says so, a later `up` writes the record
     known = set(ControllerEndpoint.__dataclass_fields__)
     record = {k: str(v) if k == "key_file" else v for k, v in fields.items() if k in known and v is not None}
     config.write_private(ref.controller_file, yaml.safe_dump(record, sort_keys=False))
-    load_endpoint(ref)  # the SSH code's reader must accept it (bad overrides are named here)
+    load_endpoint(ref)  # the SSH code's reader must accept it (a bad hand-set field is named here)
     return record
 
 
@@ -982,7 +965,6 @@ def wait_for_cluster(
         addons=addons_from_manifests(documents),
         logging_level=logging_level,
         timeouts=timeouts_for(timeout),
-        cloud_init_root=str(read_overrides().get("cloud_init_root") or ""),
     )
     with Progress() as progress:
         return wait_until_ready(plan, ec2, progress)

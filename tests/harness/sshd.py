@@ -230,6 +230,8 @@ def sshd_config(server: SshServer) -> str:
         "MaxSessions": "100",
         "LogLevel": "VERBOSE",
     }
+    if server.environment:  # sshd_config(5) SetEnv: set in every session, over the client's
+        options["SetEnv"] = " ".join(f"{name}={value}" for name, value in server.environment.items())
     return "".join(f"{key} {value}\n" for key, value in options.items())
 
 
@@ -241,6 +243,7 @@ class SshServer:
     host: str = "127.0.0.1"
     port: int = 0
     user: str = field(default_factory=getpass.getuser)
+    environment: dict[str, str] = field(default_factory=dict)  # what the controller's sessions see
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     # Paths, all inside workdir.
@@ -410,6 +413,13 @@ class SshServer:
         """Stop and start again on the same port with the same host key."""
         self.stop()
         self.start()
+
+    def set_environment(self, **environment: str) -> None:
+        """The environment of every later session, as a controller's own configuration sets it."""
+        self.environment = dict(environment)
+        self._write_config()
+        if self.is_running:
+            self.restart()
 
     def rotate_host_key(self) -> str:
         """Replace the host key (same port) and restart; returns the new public key line."""
