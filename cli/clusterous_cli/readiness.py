@@ -31,7 +31,6 @@ from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_provisioner.errors import BadInput, Failure
 
 GROUP_LABEL = "clusterous.io/group"
-CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 NAMESPACE = "clusterous-system"
 CLUSTER_INFO = "cluster-info"
 RERUN = (

@@ -210,25 +210,6 @@ class Connection:
         self.close()
 
 
-def open_connection(
-    host: str,
-    port: int,
-    user: str,
-    key_file: Path,
-    known_hosts: Path,
-    *,
-    jump_host: str | None = None,
-    timeout: float = CONNECT_TIMEOUT,
-    relearn: str = hostkeys.RELEARN,
-) -> Connection:
-    """Connect given the plain facts (see `connect` for an endpoint)."""
-    return connect(
-        ControllerEndpoint(host, port, user, Path(key_file), Path(known_hosts), jump_host=jump_host),
-        timeout=timeout,
-        relearn=relearn,
-    )
-
-
 def connect(
     endpoint: ControllerEndpoint, timeout: float = CONNECT_TIMEOUT, relearn: str = hostkeys.RELEARN
 ) -> Connection:

@@ -39,7 +39,6 @@ LEVEL_ANNOTATION = "clusterous.io/logging-level"
 GRAFANA_SECRET = f"{RELEASE_NAME}-grafana"
 GRAFANA_SERVICE = f"{RELEASE_NAME}-grafana"
 GRAFANA_PORT = 3000
-SYSLOG_SERVICE = "central-logging"
 SYSLOG_PORT = 5514
 
 _FIXED_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z: any constant keeps the archive reproducible
