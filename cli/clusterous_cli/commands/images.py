@@ -51,6 +51,7 @@ def build_image(
         512, "--max-context", help="Largest context to upload, in MiB (after .dockerignore)."
     ),
     cluster: str = CLUSTER_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import buildjob, builds, envfile, kubeapi, output, ssh
     from clusterous_cli.endpoint import load_endpoint
@@ -65,7 +66,13 @@ def build_image(
     load_endpoint(ref)
     with ssh.connect_cluster(ref) as conn:
         api = kubeapi.api_client(ref)
-        builds.ensure_built(conn, api, context, image, tag, output.say, force=force, settings=settings)
+        built = builds.ensure_built(
+            conn, api, context, image, tag, output.say, force=force, settings=settings
+        )
+    if as_json:
+        from dataclasses import asdict
+
+        output.print_json(asdict(built))
 
 
 def _size(size: int | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from clusterous_cli.commands.options import CLUSTER_OPTION, NAMESPACE_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, NAMESPACE_OPTION, cluster_ref
 
 KUBECONFIG_HELP = (
     "Write (or update) the context clusterous-<cluster> in your kubeconfig, going through the SSH tunnel.\n\n"
@@ -28,6 +28,7 @@ def kubeconfig(
     cluster: str = CLUSTER_OPTION,
     switch: bool = typer.Option(True, "--switch/--no-switch", help="Make it kubectl's current context."),
     refresh: bool = typer.Option(False, "--refresh", help="Read the credentials from the controller again."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import kubeapi, output
     from clusterous_cli import kubeconfig as kubeconfigs
@@ -37,6 +38,9 @@ def kubeconfig(
     path = kubeconfigs.write(credentials, ref.cluster, switch)
     name = kubeconfigs.context_name(ref.cluster)
     output.say(f"context {name} in {path} -> https://127.0.0.1:{port} (SSH tunnel to {ref.cluster})")
+    if as_json:
+        output.print_json({"context": name, "kubeconfig": str(path), "api_local_port": port})
+        return
     typer.echo(name)
 
 
