@@ -63,7 +63,7 @@ def measure(url: str, workdir: Path, nodes: int) -> tuple[collections.Counter, c
     os.environ["XDG_CONFIG_HOME"] = str(workdir / f"xdg-{nodes}")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert run(["setup", "--region", "us-east-1", "--yes"]) == 0
-        assert run(["up", "--name", "bench", "--workers", "0..60", "--ssh-cidr", "198.51.100.7/32",
+        assert run(["up", "--cluster", "bench", "--workers", "0..60", "--ssh-cidr", "198.51.100.7/32",
                     "--no-wait", "--yes"]) == 0  # fmt: skip
     (workdir / f"k8s-{nodes}").mkdir()
     k8s = K8sApi(workdir / f"k8s-{nodes}").start()

@@ -111,7 +111,7 @@ def main() -> int:
             timed([*cli, "setup", "--region", "us-east-1", "--yes"], env)
             up = [
                 "up",
-                "--name",
+                "--cluster",
                 "bench",
                 "--workers",
                 "0",
@@ -131,13 +131,13 @@ def main() -> int:
                 "BOTOCORE_EXPERIMENTAL__PLUGINS": faults.PLUGIN_SPEC,
                 faults.ENV_FILE: str(config),
             }
-            timed([*cli, "status", "--name", "bench"], recording)
+            timed([*cli, "status", "--cluster", "bench"], recording)
             operations = [line.split()[1] for line in log.read_text().splitlines() if line.strip()]
             counted = collections.Counter(operations)
             minimal = work / "minimal_status.py"
             minimal.write_text(MINIMAL)
 
-            ours_cmd = [*cli, "status", "--name", "bench"]
+            ours_cmd = [*cli, "status", "--cluster", "bench"]
             base_cmd = [sys.executable, str(minimal), "bench", *operations]
             for cmd in (ours_cmd, base_cmd):  # warm the bytecode caches and the region list once
                 timed(cmd, env)

@@ -62,7 +62,7 @@ def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter
     log.write_text("")
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = run(["up", "--name", "bench", "--workers", str(workers),
+        code = run(["up", "--cluster", "bench", "--workers", str(workers),
                     "--ssh-cidr", "198.51.100.7/32", "--no-wait", "--yes"])  # fmt: skip
     elapsed = time.perf_counter() - start
     assert code == 0, f"up failed with exit code {code}"

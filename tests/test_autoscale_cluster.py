@@ -130,11 +130,11 @@ def test_up_records_bounds_pending_pods_grow_the_group_idle_nodes_go_newest_firs
     entry = status["groups"]["worker"]
     assert (entry["current"], entry["min"], entry["max"]) == (1, 1, 4)
     assert entry["last"]["action"] == "grow" and len(entry["last"]["launched"]) == 2
-    shown = cli(["status", "--name", CLUSTER, "--json"])
+    shown = cli(["status", "--cluster", CLUSTER, "--json"])
     assert shown.exit_code == 0, shown.output
     worker = json.loads(shown.stdout)["autoscaler"]["worker"]
     assert (worker["min"], worker["max"], worker["last"]["action"]) == (1, 4, "grow")
-    table = cli(["status", "--name", CLUSTER])
+    table = cli(["status", "--cluster", CLUSTER])
     assert "autoscaler: worker 3 node(s) (min 1, max 4)" in table.stdout
     assert "last change" in table.stdout and "2 pod(s) unschedulable" in table.stdout
 
@@ -215,5 +215,5 @@ def test_the_process_grows_a_group_from_zero_for_its_first_pods(cluster_side, aw
     assert len(aws.calls("RunInstances")) == 1 and len(aws.calls("DescribeInstanceTypes")) == 1
     assert len(_workers(aws)) == 2
     k8s_api.wait_for(lambda: _available(k8s_api) == 3, 15, "the app on the new nodes")
-    shown = json.loads(cli(["status", "--name", CLUSTER, "--json"]).stdout)["autoscaler"]["worker"]
+    shown = json.loads(cli(["status", "--cluster", CLUSTER, "--json"]).stdout)["autoscaler"]["worker"]
     assert (shown["min"], shown["max"], shown["last"]["count"]) == (0, 3, 2)

@@ -18,7 +18,7 @@ from tests.provisioning import ONE_OF_EVERYTHING, UP, count_tagged, make_profile
 
 
 def _up(cli, name: str = "cons", workers: int = 1):
-    return cli([*UP, "--name", name, "--workers", str(workers)])
+    return cli([*UP, "--cluster", name, "--workers", str(workers)])
 
 
 def _codes(aws) -> set[str]:

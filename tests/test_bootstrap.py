@@ -1184,7 +1184,7 @@ def test_real_cluster_with_one_worker_becomes_ready(tmp_path):
 
     assert run(*cli, "setup", "--region", region, "--yes", timeout=600).returncode == 0
     try:
-        up = run(*cli, "up", "--name", name, "--workers", "1", "--yes", timeout=2400)
+        up = run(*cli, "up", "--cluster", name, "--workers", "1", "--yes", timeout=2400)
         assert up.returncode == 0
         assert run(*cli, "kubeconfig", "--cluster", name).returncode == 0
         kubectl = [str(tool_path("kubectl")), "--kubeconfig", str(kubeconfig)]

@@ -135,7 +135,7 @@ def test_bad_flag_names_the_flag(tmp_path):
     assert "--workers" in str(err.value)
     with pytest.raises(BadInput) as err:
         load_spec(None, {"name": "Bad Name"}, profile_region="us-east-1")
-    assert "--name" in str(err.value)
+    assert "--cluster" in str(err.value)
     with pytest.raises(BadInput) as err:
         load_spec(None, {"region": "nowhere-1"}, default_name="a")
     assert "--region" in str(err.value)

@@ -602,6 +602,6 @@ def test_pending_for_some_seconds(aws):
 def test_up_survives_eventual_consistency(aws, cli):
     make_profile(cli)
     aws.realism.eventual_consistency(calls=1)
-    result = cli([*UP, "--name", "ec", "--workers", "0"])
+    result = cli([*UP, "--cluster", "ec", "--workers", "0"])
     assert aws.realism.injected(), "the layer never answered NotFound: this test shows nothing"
     assert result.exit_code == 0, result.output

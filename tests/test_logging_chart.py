@@ -1149,7 +1149,7 @@ def test_logging_levels_0_to_2_are_accepted(value) -> None:
 
 
 def test_up_refuses_a_bad_logging_level(cli, tmp_path) -> None:
-    result = cli(["up", "--dry-run", "--logging-level", "3", "--name", "logs"])
+    result = cli(["up", "--dry-run", "--logging-level", "3", "--cluster", "logs"])
     assert result.exit_code == 2
     assert "--logging-level" in result.stderr and "got 3" in result.stderr
     cluster_file = tmp_path / "cluster.yml"

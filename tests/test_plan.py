@@ -81,7 +81,7 @@ def test_existing_resources_and_partial_groups():
 
 
 def test_dry_run_offline_table(no_aws, cli):
-    result = cli(["up", "--dry-run", "--region", "eu-central-1", "--workers", "3", "--name", "off"])
+    result = cli(["up", "--dry-run", "--region", "eu-central-1", "--workers", "3", "--cluster", "off"])
     assert result.exit_code == 0, result.output
     assert "NAT gateway" in result.stdout and "USD per hour" in result.stdout
     assert "no AWS credentials" in result.stdout
@@ -89,7 +89,7 @@ def test_dry_run_offline_table(no_aws, cli):
 
 def test_dry_run_json_is_one_object_with_numeric_cost(no_aws, cli):
     result = cli(
-        ["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--name", "off", "--workers", "2"]
+        ["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--cluster", "off", "--workers", "2"]
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -98,7 +98,7 @@ def test_dry_run_json_is_one_object_with_numeric_cost(no_aws, cli):
     assert groups["group:worker"]["count"] == 2 and groups["group:worker"]["action"] == "launch"
     more = json.loads(
         cli(
-            ["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--name", "off", "--workers", "6"]
+            ["up", "--dry-run", "--json", "--region", "ap-southeast-2", "--cluster", "off", "--workers", "6"]
         ).stdout
     )
     assert more["hourly_cost_usd"] > data["hourly_cost_usd"]
@@ -106,7 +106,7 @@ def test_dry_run_json_is_one_object_with_numeric_cost(no_aws, cli):
 
 def test_dry_run_render_dir_writes_user_data_and_manifests(no_aws, cli, tmp_path):
     out = tmp_path / "render"
-    result = cli(["up", "--dry-run", "--region", "us-east-1", "--name", "r", "--render-dir", str(out)])
+    result = cli(["up", "--dry-run", "--region", "us-east-1", "--cluster", "r", "--render-dir", str(out)])
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (out / "user-data").iterdir())
     assert names == ["controller.user-data", "master.user-data", "worker.user-data"]
@@ -117,7 +117,7 @@ def test_dry_run_render_dir_writes_user_data_and_manifests(no_aws, cli, tmp_path
 def test_dry_run_with_credentials_sees_what_exists_and_changes_nothing(aws, cli):
     assert cli(["setup", "--region", "us-east-1", "--yes"]).exit_code == 0
     aws.reset_calls()
-    before = json.loads(cli(["up", "--dry-run", "--json", "--name", "seen"]).stdout)
+    before = json.loads(cli(["up", "--dry-run", "--json", "--cluster", "seen"]).stdout)
     assert before["checked_existing_resources"] and before["changes"] == len(before["resources"])
     mutating = ("Create", "Run", "Allocate", "Put", "Attach", "Modify", "Authorize", "Associate")
     assert aws.calls() and not [op for _, op in aws.calls() if op.startswith(mutating)]
@@ -151,7 +151,7 @@ def test_newest_nodes_go_first_even_within_one_second():
 
 def test_types_the_table_lacks_make_the_total_a_lower_bound(no_aws, cli):
     """Upstream files use t2/c4: the total says it leaves them out instead of looking cheap."""
-    argv = ["up", "--dry-run", "--name", "old", "--region", "us-east-1"]
+    argv = ["up", "--dry-run", "--cluster", "old", "--region", "us-east-1"]
     result = cli([*argv, "--master-type", "c4.large", "--worker-type", "t2.large", "--workers", "19"])
     assert result.exit_code == 0, result.output
     assert "at least " in result.stdout and "USD/hour; 20 instances not priced" in result.stdout
@@ -169,7 +169,7 @@ def test_types_the_table_lacks_make_the_total_a_lower_bound(no_aws, cli):
     ],
 )
 def test_a_misspelt_instance_type_is_bad_input_with_close_matches(no_aws, cli, argv, named, suggested):
-    result = cli(["up", "--dry-run", "--name", "typo", *argv])
+    result = cli(["up", "--dry-run", "--cluster", "typo", *argv])
     assert result.exit_code == 2, result.output
     assert named in result.stderr and suggested in result.stderr and "Traceback" not in result.output
 
@@ -191,7 +191,7 @@ def test_every_type_botocore_knows_is_accepted_offline():
 
 
 def test_an_arm_type_with_the_x86_image_is_refused_at_plan_time_offline(no_aws, cli):
-    result = cli(["up", "--dry-run", "--name", "arm", "--worker-type", "m7g.large"])
+    result = cli(["up", "--dry-run", "--cluster", "arm", "--worker-type", "m7g.large"])
     assert result.exit_code == 2, result.output
     assert "--worker-type" in result.stderr and "m7g.large" in result.stderr and "x86_64" in result.stderr
     assert [pricing.likely_architecture(t) for t in ("m6g.large", "c7gn.xlarge", "t4g.nano", "a1.large")] == [
@@ -204,7 +204,7 @@ def test_an_arm_type_with_the_x86_image_is_refused_at_plan_time_offline(no_aws, 
 
 def test_ssh_cidr_that_is_not_a_network_is_bad_input(no_aws, cli):
     for bad in ("10.0.0.0/33", "example.org", "2001:db8::/32"):
-        result = cli(["up", "--dry-run", "--name", "net", "--ssh-cidr", bad])
+        result = cli(["up", "--dry-run", "--cluster", "net", "--ssh-cidr", bad])
         assert result.exit_code == 2, result.output
         assert "--ssh-cidr" in result.stderr and "IPv4 address range" in result.stderr
 
@@ -274,7 +274,7 @@ def test_with_credentials_the_pricing_api_prices_what_the_table_lacks_and_is_cac
     cache = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     assert cli(["setup", "--region", "us-east-1", "--yes"]).exit_code == 0
-    argv = ["up", "--dry-run", "--json", "--name", "old", "--master-type", "c4.large"]
+    argv = ["up", "--dry-run", "--json", "--cluster", "old", "--master-type", "c4.large"]
     first = json.loads(cli([*argv, "--worker-type", "t2.large", "--workers", "2"]).stdout)
     assert not first["hourly_cost_is_lower_bound"], first["unpriced"]
     groups = {r["key"]: r for r in first["resources"]}
@@ -309,7 +309,7 @@ def test_an_unreachable_pricing_api_leaves_types_unpriced_quickly(aws, cli, monk
     monkeypatch.setenv("AWS_ENDPOINT_URL_PRICING", "http://127.0.0.1:9")  # nothing listens there
     assert cli(["setup", "--region", "us-east-1", "--yes"]).exit_code == 0
     start = time.monotonic()
-    result = cli(["up", "--dry-run", "--name", "old", "--worker-type", "t2.large"])
+    result = cli(["up", "--dry-run", "--cluster", "old", "--worker-type", "t2.large"])
     assert result.exit_code == 0, result.output
     assert time.monotonic() - start < 30
     assert "Pricing API unavailable" in result.stderr and "2 instances not priced" in result.stdout

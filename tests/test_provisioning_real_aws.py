@@ -52,7 +52,7 @@ def test_example_cluster_runs_the_example_application_on_real_aws(cli, tmp_path)
     try:
         # Waits for the cluster (host key, SSH, cloud-init, API, nodes Ready, add-ons), then runs
         # the cluster file's environment_file, basic-python, and prints its tunnel's URL.
-        up = cli(["up", str(EXAMPLES / "mycluster.yml"), "--name", name, "--workers", "1", "--yes"])
+        up = cli(["up", str(EXAMPLES / "mycluster.yml"), "--cluster", name, "--workers", "1", "--yes"])
         assert up.exit_code == 0, up.output
         url = re.search(r"http://localhost:\d+", up.stdout)
         assert url, up.output
@@ -67,7 +67,7 @@ def test_example_cluster_runs_the_example_application_on_real_aws(cli, tmp_path)
         assert got.exit_code == 0, got.output
         assert (tmp_path / "back.csv").read_text() == sent.read_text()
 
-        status = cli(["status", "--name", name, "--json"])
+        status = cli(["status", "--cluster", name, "--json"])
         assert status.exit_code == 0, status.output
         data = json.loads(status.stdout)
         assert data["controller_public_ip"] and len(data["instances"]) == 3

@@ -3,8 +3,6 @@ cloud-init's result, the stage runner (with a fake clock), the controller record
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
@@ -219,21 +217,13 @@ def test_the_controller_record_uses_the_public_address_and_the_os_login() -> Non
     }
     assert endpoint.endpoint_fields(controller("ubuntu-24.04"), "eu-west-1", None)["user"] == "ubuntu"
     kept = endpoint.endpoint_fields(
-        controller(),
+        controller("al2023"),
         "eu-west-1",
         None,
-        existing={"host": "old", "jump_host": "me@bastion"},
-        overrides={"port": 2222},
+        existing={"host": "old", "jump_host": "me@bastion", "port": 2222, "user": "admin", "region": "x"},
     )
-    assert kept["host"] == "203.0.113.10" and kept["jump_host"] == "me@bastion" and kept["port"] == 2222
-
-
-def test_overrides_name_an_unknown_field(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "o.yml"
-    path.write_text(json.dumps({"hots": "127.0.0.1"}))
-    monkeypatch.setenv(endpoint.OVERRIDES_ENV, str(path))
-    with pytest.raises(BadInput, match="hots"):
-        endpoint.read_overrides()
+    assert kept["host"] == "203.0.113.10" and kept["region"] == "eu-west-1"  # learned from AWS
+    assert kept["jump_host"] == "me@bastion" and kept["port"] == 2222 and kept["user"] == "admin"  # hand-set
 
 
 def test_drain_leaves_daemonset_and_static_pods() -> None:

@@ -507,18 +507,30 @@ def test_a_build_is_skipped_until_its_context_changes_and_the_upload_is_exact(
         assert json.loads(listed.stdout) == [as_listed(pushed[0])]
         assert '"GET /v2/sim/tags/list HTTP/1.1" 200' in registry.log_text()
 
-        again = cli(["build-image", str(context), "sim:2"])
+        again = cli(["build-image", str(context), "sim:2", "--json"])
         assert again.exit_code == 0, again.output
         assert "not rebuilt" in again.stderr and len(pushed) == 1
+        assert json.loads(again.stdout) == {
+            "name": "sim",
+            "tag": "2",
+            "digest": pushed[0].digest,
+            "built": False,
+        }
 
         (context / "old.txt").unlink()  # a deleted file, and ignored ones, must not reach the volume
         (context / "secret.env").write_text("TOKEN=x\n")
         (context / ".git").mkdir()
         (context / ".git" / "config").write_text("[core]\n")
         (context / "new.py").write_text("print('new')\n")
-        changed = cli(["build-image", str(context), "sim:2"])
+        changed = cli(["build-image", str(context), "sim:2", "--json"])
     assert changed.exit_code == 0, changed.output
     assert "rebuilding" in changed.stderr and len(pushed) == 2
+    assert json.loads(changed.stdout) == {
+        "name": "sim",
+        "tag": "2",
+        "digest": pushed[1].digest,
+        "built": True,
+    }
     assert f"sim:2 is {pushed[1].digest}" in changed.stderr
     uploaded = cluster.shared / buildjob.context_dir("sim", "2")
     on_volume = sorted(str(p.relative_to(uploaded)) for p in uploaded.rglob("*") if p.is_file())

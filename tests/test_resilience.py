@@ -31,7 +31,7 @@ SAMPLE = [
 
 
 def _run_up(cli):
-    return cli([*UP, "--name", "res", "--workers", "1"])
+    return cli([*UP, "--cluster", "res", "--workers", "1"])
 
 
 @pytest.mark.parametrize(("operation", "at"), SAMPLE, ids=[f"{op}#{k}" for op, k in SAMPLE])
@@ -136,7 +136,7 @@ def _plant_lease(aws, cluster: str, **fields) -> None:
 
 def test_two_ups_started_together_make_one_cluster(aws, cli):
     make_profile(cli)
-    argv = [*UP, "--name", "duo", "--workers", "1"]
+    argv = [*UP, "--cluster", "duo", "--workers", "1"]
     runs = [_start(argv), _start(argv)]
     results = [_finish(p) for p in runs]
     assert count_tagged(aws, "duo") == ONE_OF_EVERYTHING, results
@@ -152,7 +152,7 @@ def test_up_and_down_started_together_leave_all_or_nothing(aws, cli):
     """`down` starts while `up` is midway (its VPC exists, its NAT gateway is still pending)."""
     make_profile(cli)
     aws.realism.pending(nat_seconds=8)
-    up = _start([*UP, "--name", "pair", "--workers", "1"])
+    up = _start([*UP, "--cluster", "pair", "--workers", "1"])
     deadline = time.monotonic() + 120
     while not count_tagged(aws, "pair")["vpcs"]:
         assert up.poll() is None and time.monotonic() < deadline, _finish(up)
@@ -171,7 +171,7 @@ def test_a_second_run_of_the_same_user_waits_then_names_the_holder(aws, cli, mon
     make_profile(cli)
     monkeypatch.setattr(lease, "WAIT_SECONDS", 1.0)
     _plant_lease(aws, "busy", host=socket.gethostname(), pid=os.getppid(), command="scale")  # alive
-    result = cli([*UP, "--name", "busy", "--workers", "1"])
+    result = cli([*UP, "--cluster", "busy", "--workers", "1"])
     assert result.exit_code == 1, result.output
     assert "cluster busy is busy" in result.stderr and "`scale` of" in result.stderr
     assert f"pid {os.getppid()}" in result.stderr
@@ -182,9 +182,9 @@ def test_a_second_run_of_the_same_user_waits_then_names_the_holder(aws, cli, mon
 def test_a_colleagues_lease_makes_the_name_bad_input(aws, cli):
     make_profile(cli)
     _plant_lease(aws, "theirs", owner="arn:aws:iam::123456789012:user/colleague")
-    result = cli([*UP, "--name", "theirs", "--workers", "1"])
+    result = cli([*UP, "--cluster", "theirs", "--workers", "1"])
     assert result.exit_code == 2, result.output
-    assert "--name" in result.stderr and "user/colleague" in result.stderr
+    assert "--cluster" in result.stderr and "user/colleague" in result.stderr
     assert sum(count_tagged(aws, "theirs").values()) == 0
     down = cli(["down", "theirs", "--yes"])
     assert down.exit_code == 2 and "NAME" in down.stderr
@@ -201,7 +201,7 @@ def test_a_stale_lease_is_taken_over(aws, cli, how):
         gone = subprocess.Popen(["true"])
         gone.wait()
         _plant_lease(aws, "stale", host=socket.gethostname(), pid=gone.pid)
-    result = cli([*UP, "--name", "stale", "--workers", "1"])
+    result = cli([*UP, "--cluster", "stale", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "took over the expired lease of cluster stale" in result.stderr
     assert count_tagged(aws, "stale") == ONE_OF_EVERYTHING
@@ -237,7 +237,7 @@ def test_up_and_status_report_a_resource_that_exists_twice(aws, cli):
             }
         ],
     )
-    status = cli(["status", "--name", "res"])
+    status = cli(["status", "--cluster", "res"])
     assert "warning: more than one VPC: vpc-" in status.stdout, status.output
     again = _run_up(cli)
     assert "warning: more than one VPC: vpc-" in again.stderr
@@ -356,10 +356,10 @@ def test_scale_survives_an_error_or_a_crash_at_every_call(aws, cli, crash):
         return len([i for i in tagged(aws, "res")["instances"] if tag(i, "clusterous:group") == "worker"])
 
     def grow():
-        return cli(["scale", "worker", "2", "--name", "res", "--yes"])
+        return cli(["scale", "worker", "2", "--cluster", "res", "--yes"])
 
     def shrink():
-        return cli(["scale", "worker", "1", "--name", "res", "--yes", "--force"])
+        return cli(["scale", "worker", "1", "--cluster", "res", "--yes", "--force"])
 
     _march(aws, grow, GROW_CALLS, crash)
     assert grow().exit_code == 0 and workers() == 2  # exactly one new node, whatever failed

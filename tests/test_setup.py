@@ -158,7 +158,7 @@ def test_a_bucket_the_user_brings_keeps_its_owners_settings(aws, cli, isolated_c
     result = cli(["setup", "--region", "us-east-1", "--bucket", "lab-data", "--yes"])
     assert result.exit_code == 0, result.output
     up = cli(
-        ["up", "--ssh-cidr", "198.51.100.7/32", "--name", "bring", "--workers", "0", "--no-wait", "--yes"]
+        ["up", "--ssh-cidr", "198.51.100.7/32", "--cluster", "bring", "--workers", "0", "--no-wait", "--yes"]
     )
     assert up.exit_code == 0, up.output
     assert s3.get_public_access_block(Bucket="lab-data")["PublicAccessBlockConfiguration"] == own_block

@@ -7,6 +7,7 @@ credentials. `logs` and `connect` are exercised in test_connect_logs.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from urllib.parse import urlsplit
@@ -71,9 +72,11 @@ def test_kubeconfig_merges_a_private_context_through_the_tunnel(
     assert kubectl.returncode == 0, kubectl.stderr
     assert kubectl.stdout.split() == ["node/controller-0"]
 
-    again = cli(["kubeconfig", "--no-switch"])
+    again = cli(["kubeconfig", "--no-switch", "--json"])
     assert again.exit_code == 0
     assert len(yaml.safe_load(kubeconfig.read_text())["contexts"]) == 2
+    record = json.loads(again.stdout)
+    assert record == {"context": "clusterous-lab", "kubeconfig": str(kubeconfig), "api_local_port": api_port}
 
 
 def test_tunnel_add_resolves_a_component_to_its_service(kube_controller, k8s_api, cli):

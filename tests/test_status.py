@@ -21,18 +21,18 @@ def _user_data_files(aws, instance_id) -> dict[str, str]:
 
 def test_status_clusters_and_workon(aws, cli):
     make_profile(cli)
-    assert cli([*UP, "--name", "one", "--workers", "2"]).exit_code == 0
-    assert cli([*UP, "--name", "two", "--workers", "0"]).exit_code == 0
+    assert cli([*UP, "--cluster", "one", "--workers", "2"]).exit_code == 0
+    assert cli([*UP, "--cluster", "two", "--workers", "0"]).exit_code == 0
 
     # `up` made "two" current; status reads it without a name.
     data = json.loads(cli(["status", "--json"]).stdout)
     assert data["cluster"] == "two" and data["groups"] == {"master": 1}
-    table = cli(["status", "--name", "one"])
+    table = cli(["status", "--cluster", "one"])
     assert table.exit_code == 0, table.output
     assert (
         table.stdout.count("worker") >= 2 and "controller:" in table.stdout and "cost so far" in table.stdout
     )
-    one = json.loads(cli(["status", "--name", "one", "--json"]).stdout)
+    one = json.loads(cli(["status", "--cluster", "one", "--json"]).stdout)
     controller = [i for i in one["instances"] if i["group"] == "controller"][0]
     assert one["controller_public_ip"] == controller["public_ip"] and controller["public_ip"]
     assert all(i["public_ip"] is None for i in one["instances"] if i["group"] != "controller")
@@ -52,13 +52,13 @@ def test_status_clusters_and_workon(aws, cli):
 
 def test_status_of_a_missing_cluster_is_exit_1(aws, cli):
     make_profile(cli)
-    result = cli(["status", "--name", "ghost"])
+    result = cli(["status", "--cluster", "ghost"])
     assert result.exit_code == 1 and "ghost" in result.stderr
 
 
 def test_scale_grows_with_one_call_and_shrinks_newest_first(aws, cli):
     make_profile(cli)
-    assert cli([*UP, "--name", "sc", "--workers", "1"]).exit_code == 0
+    assert cli([*UP, "--cluster", "sc", "--workers", "1"]).exit_code == 0
     first = _workers(aws, "sc")[0]["InstanceId"]
 
     aws.reset_calls()
@@ -120,9 +120,9 @@ def test_help_of_every_command_has_an_example(cli):
 def test_status_without_a_pinned_host_key_never_imports_kubernetes(aws, cli, cli_subprocess):
     """`status` right after `up --no-wait`: the missing pin is reported before the (slow) import."""
     make_profile(cli)
-    assert cli([*UP, "--name", "quick", "--workers", "0"]).exit_code == 0
+    assert cli([*UP, "--cluster", "quick", "--workers", "0"]).exit_code == 0
     probe = (
-        "import sys; from clusterous_cli.main import run; code = run(['status', '--name', 'quick', '--json']); "
+        "import sys; from clusterous_cli.main import run; code = run(['status', '--cluster', 'quick', '--json']); "
         "print('kubernetes imported' if 'kubernetes' in sys.modules else 'kubernetes not imported', file=sys.stderr); "
         "sys.exit(code)"
     )
@@ -150,7 +150,7 @@ def test_the_region_list_is_read_from_botocore_once_and_cached(aws, cli, isolate
 
 def test_scale_with_a_misspelt_instance_type_is_bad_input(aws, cli):
     make_profile(cli)
-    result = cli(["scale", "gpu", "1", "--instance-type", "g4dn.xlarg", "--name", "none", "--yes"])
+    result = cli(["scale", "gpu", "1", "--instance-type", "g4dn.xlarg", "--cluster", "none", "--yes"])
     assert result.exit_code == 2, result.output
     assert "--instance-type" in result.stderr and "g4dn.xlarge" in result.stderr
     assert aws.calls("RunInstances") == []

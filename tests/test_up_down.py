@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,7 +19,7 @@ def _ids(items, key):
 
 def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_config):
     make_profile(cli)
-    result = cli([*UP, "--name", "alpha", "--workers", "3"])
+    result = cli([*UP, "--cluster", "alpha", "--workers", "3"])
     assert result.exit_code == 0, result.output
     assert "alpha" in result.stdout and "not implemented yet" not in result.output  # --no-wait
 
@@ -165,24 +166,24 @@ def test_up_creates_the_tagged_model_with_secure_defaults(aws, cli, isolated_con
 
 def test_rerun_up_creates_nothing_new(aws, cli):
     make_profile(cli)
-    assert cli([*UP, "--name", "beta", "--workers", "1"]).exit_code == 0
+    assert cli([*UP, "--cluster", "beta", "--workers", "1"]).exit_code == 0
     before = count_tagged(aws, "beta")
     aws.reset_calls()
-    again = cli([*UP, "--name", "beta", "--workers", "1"])
+    again = cli([*UP, "--cluster", "beta", "--workers", "1"])
     assert again.exit_code == 0, again.output
     assert count_tagged(aws, "beta") == before
     creates = [op for _, op in aws.calls() if op.startswith(("Create", "RunInstances", "Allocate"))]
     assert creates == [] or creates == ["CreateBucket"][: len(creates)]
-    plan = cli(["up", "--name", "beta", "--workers", "1", "--dry-run", "--json"])
+    plan = cli(["up", "--cluster", "beta", "--workers", "1", "--dry-run", "--json"])
     data = json.loads(plan.stdout)
     assert data["changes"] == 0 and all(r["action"] == "exists" for r in data["resources"])
 
 
 def test_up_grows_a_group_on_rerun_with_one_call(aws, cli):
     make_profile(cli)
-    assert cli([*UP, "--name", "gamma", "--workers", "1"]).exit_code == 0
+    assert cli([*UP, "--cluster", "gamma", "--workers", "1"]).exit_code == 0
     aws.reset_calls()
-    result = cli([*UP, "--name", "gamma", "--workers", "4"])
+    result = cli([*UP, "--cluster", "gamma", "--workers", "4"])
     assert result.exit_code == 0, result.output
     assert len(aws.calls("RunInstances")) == 1
     workers = [i for i in tagged(aws, "gamma")["instances"] if tag(i, "clusterous:group") == "worker"]
@@ -197,7 +198,7 @@ def _order(calls, *ops):
 
 def test_down_deletes_in_dependency_order_and_leaves_nothing(aws, cli, isolated_config):
     make_profile(cli)
-    assert cli([*UP, "--name", "delta", "--workers", "2"]).exit_code == 0
+    assert cli([*UP, "--cluster", "delta", "--workers", "2"]).exit_code == 0
     aws.reset_calls()
     result = cli(["down", "delta", "--yes", "--delete-shared-volume"])
     assert result.exit_code == 0, result.output
@@ -226,14 +227,14 @@ def test_down_deletes_in_dependency_order_and_leaves_nothing(aws, cli, isolated_
         ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/clusterous/"]}]
     )["Parameters"]
     assert params == []
-    assert cli(["status", "--name", "delta"]).exit_code == 1
+    assert cli(["status", "--cluster", "delta"]).exit_code == 1
 
 
 def test_down_works_without_local_state(aws, cli, isolated_config):
     import shutil
 
     make_profile(cli)
-    assert cli([*UP, "--name", "eps", "--workers", "1"]).exit_code == 0
+    assert cli([*UP, "--cluster", "eps", "--workers", "1"]).exit_code == 0
     shutil.rmtree(isolated_config)  # a lost laptop: no profile, no keys
     result = cli(["down", "eps", "--region", "us-east-1", "--yes", "--delete-shared-volume"])
     assert result.exit_code == 0, result.output
@@ -242,7 +243,7 @@ def test_down_works_without_local_state(aws, cli, isolated_config):
 
 def test_down_asks_about_the_shared_volume_and_yes_alone_keeps_it(aws, cli):
     make_profile(cli)
-    assert cli([*UP, "--name", "zeta", "--workers", "0", "--shared-volume-size", "50"]).exit_code == 0
+    assert cli([*UP, "--cluster", "zeta", "--workers", "0", "--shared-volume-size", "50"]).exit_code == 0
     volume = [v for v in tagged(aws, "zeta")["volumes"] if tag(v, "clusterous:role") == "shared-volume"][0]
     # asked about the volume (yes), then about everything (no): nothing happens
     refused = cli(["down", "zeta"], input="y\nn\n")
@@ -262,7 +263,7 @@ def test_down_asks_about_the_shared_volume_and_yes_alone_keeps_it(aws, cli):
     assert [v["volume_id"] for v in json.loads(listed.stdout)] == [volume["VolumeId"]]
 
     # Bring it back by id: adopted, and kept again by default at down.
-    again = cli([*UP, "--name", "eta", "--workers", "0", "--shared-volume-id", volume["VolumeId"]])
+    again = cli([*UP, "--cluster", "eta", "--workers", "0", "--shared-volume-id", volume["VolumeId"]])
     assert again.exit_code == 0, again.output
     assert (
         tag(ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0], "clusterous:cluster") == "eta"
@@ -279,7 +280,7 @@ def test_down_asks_about_the_shared_volume_and_yes_alone_keeps_it(aws, cli):
 def test_second_region(aws, cli, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     make_profile(cli, region="eu-west-1")
-    result = cli([*UP, "--name", "theta", "--workers", "1"])
+    result = cli([*UP, "--cluster", "theta", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert count_tagged(aws, "theta", "eu-west-1")["instances"] == 3
     assert count_tagged(aws, "theta", "us-east-1")["instances"] == 0
@@ -291,7 +292,7 @@ def test_second_region(aws, cli, monkeypatch):
 
 def test_profile_key_pair_is_used_and_kept(aws, cli):
     assert cli(["setup", "--region", "us-east-1", "--key-name", "mine", "--yes"]).exit_code == 0
-    assert cli([*UP, "--name", "iota", "--workers", "0"]).exit_code == 0
+    assert cli([*UP, "--cluster", "iota", "--workers", "0"]).exit_code == 0
     instances = tagged(aws, "iota")["instances"]
     assert {i["KeyName"] for i in instances} == {"mine"}
     assert tagged(aws, "iota")["key_pairs"] == []
@@ -314,7 +315,7 @@ def test_bad_input_found_by_aws_creates_nothing(aws, cli, argv, expected):
     make_profile(cli)
     if "--os" in argv:  # a region where Canonical does not publish the image's parameter
         aws.realism.withhold_parameter(AMI_PARAMETERS["ubuntu-24.04"])
-    base = ["up", "--ssh-cidr", SSH_CIDR, "--no-wait", "--yes", "--name", "kappa"]
+    base = ["up", "--ssh-cidr", SSH_CIDR, "--no-wait", "--yes", "--cluster", "kappa"]
     result = cli([*base, *argv])
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and "Traceback" not in result.output
@@ -328,7 +329,7 @@ def test_a_cluster_outside_its_buckets_region_is_refused_before_anything_is_crea
     told with the bucket, both regions and what to do. setup recorded the region: no lookup."""
     make_profile(cli, region="eu-west-1")
     aws.reset_calls()
-    result = cli([*UP, "--name", "nu", "--region", "us-east-1"])
+    result = cli([*UP, "--cluster", "nu", "--region", "us-east-1"])
     assert result.exit_code == 2, result.output
     message = " ".join(result.stderr.split())
     bucket = "clusterous-k8s-123456789012-eu-west-1"
@@ -348,12 +349,12 @@ def test_a_profile_recorded_before_bucket_regions_looks_it_up_once(aws, cli, iso
     del old["bucket_region"]
     path.write_text(yaml.safe_dump(old))
     aws.reset_calls()
-    refused = cli([*UP, "--name", "xi", "--region", "us-east-1"])
+    refused = cli([*UP, "--cluster", "xi", "--region", "us-east-1"])
     assert refused.exit_code == 2 and "is in eu-west-1" in refused.stderr
     assert aws.calls("GetBucketLocation") == [("s3", "GetBucketLocation")]
     assert yaml.safe_load(path.read_text()) == old | {"bucket_region": "eu-west-1"}
     aws.reset_calls()
-    again = cli([*UP, "--name", "xi", "--region", "us-east-1"])
+    again = cli([*UP, "--cluster", "xi", "--region", "us-east-1"])
     assert again.exit_code == 2 and "is in eu-west-1" in again.stderr
     assert aws.calls("GetBucketLocation") == []
     assert sum(count_tagged(aws, "xi", "us-east-1").values()) == 0
@@ -362,7 +363,7 @@ def test_a_profile_recorded_before_bucket_regions_looks_it_up_once(aws, cli, iso
 def test_a_region_the_registry_cannot_use_is_refused(aws, cli):
     """distribution 3.1.1's S3 driver refuses regions its SDK's endpoint table lacks."""
     make_profile(cli, region="mx-central-1")
-    result = cli([*UP, "--name", "omi", "--region", "mx-central-1"])
+    result = cli([*UP, "--cluster", "omi", "--region", "mx-central-1"])
     assert result.exit_code == 2, result.output
     assert "--region" in result.stderr and "mx-central-1" in result.stderr
     assert sum(count_tagged(aws, "omi", "mx-central-1").values()) == 0
@@ -374,7 +375,7 @@ def test_the_render_dir_shows_the_registry_using_the_buckets_region(aws, cli, is
     )
     assert cli(["setup", "--region", "eu-west-1", "--bucket", "team-images", "--yes"]).exit_code == 0
     out = tmp_path / "render"
-    result = cli(["up", "--dry-run", "--name", "pi", "--render-dir", str(out)])
+    result = cli(["up", "--dry-run", "--cluster", "pi", "--render-dir", str(out)])
     assert result.exit_code == 0, result.output
     registries = [
         d
@@ -404,7 +405,7 @@ def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
         code="InsufficientInstanceCapacity",
         message="We currently do not have sufficient t3.large capacity",
     )
-    result = cli([*UP, "--name", "lam", "--workers", "1"])
+    result = cli([*UP, "--cluster", "lam", "--workers", "1"])
     assert result.exit_code == 1
     assert (
         "sufficient t3.large capacity" in result.stderr
@@ -415,14 +416,62 @@ def test_aws_refusal_midway_is_exit_1_with_next_step(aws, cli):
 
 def test_ssh_cidr_undiscoverable_asks_for_the_flag(aws, cli, monkeypatch):
     make_profile(cli)
-    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "http://127.0.0.1:9/")  # nothing listens there
-    result = cli(["up", "--name", "mu", "--yes", "--no-wait"])
+    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "https://127.0.0.1:9/")  # nothing listens there
+    result = cli(["up", "--cluster", "mu", "--yes", "--no-wait"])
     assert result.exit_code == 2 and "--ssh-cidr" in result.stderr
     assert sum(count_tagged(aws, "mu").values()) == 0
 
 
-def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
+def test_checkip_url_must_be_https(aws, cli, monkeypatch):
+    """The answer becomes the only SSH rule: a plain-HTTP answer could be anyone's."""
+    make_profile(cli)
+    monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", "http://checkip.example/")
+    result = cli(["up", "--cluster", "mu", "--yes", "--no-wait"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: $CLUSTEROUS_CHECKIP_URL: expected an https:// URL")
+    assert sum(count_tagged(aws, "mu").values()) == 0
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as a check-ip service on loopback presents it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "checkip.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "checkip.pem", directory / "checkip.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch, tmp_path):
     import http.server
+    import ssl
     import threading
 
     class CheckIp(http.server.BaseHTTPRequestHandler):
@@ -434,12 +483,17 @@ def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
         def log_message(self, *args):
             pass
 
+    cert_file, key_file = _self_signed(tmp_path)
     server = http.server.HTTPServer(("127.0.0.1", 0), CheckIp)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", f"http://127.0.0.1:{server.server_port}/")
+        monkeypatch.setenv("CLUSTEROUS_CHECKIP_URL", f"https://127.0.0.1:{server.server_port}/")
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # OpenSSL's default trust: only this one
         make_profile(cli)
-        result = cli(["up", "--name", "nu", "--workers", "0", "--yes", "--no-wait"])
+        result = cli(["up", "--cluster", "nu", "--workers", "0", "--yes", "--no-wait"])
     finally:
         server.shutdown()
     assert result.exit_code == 0, result.output
@@ -450,7 +504,7 @@ def test_ssh_cidr_defaults_to_the_discovered_address(aws, cli, monkeypatch):
 
 def test_up_shows_the_plan_and_creates_nothing_when_refused(aws, cli):
     make_profile(cli)
-    result = cli(["up", "--ssh-cidr", SSH_CIDR, "--name", "xi", "--workers", "2"], input="n\n")
+    result = cli(["up", "--ssh-cidr", SSH_CIDR, "--cluster", "xi", "--workers", "2"], input="n\n")
     assert result.exit_code == 1
     assert "plan for cluster xi" in result.stdout and "USD per hour" in result.stdout
     assert "NAT gateway" in result.stdout and "2 × t3.large" in result.stdout
@@ -459,7 +513,7 @@ def test_up_shows_the_plan_and_creates_nothing_when_refused(aws, cli):
 
 def test_spot_is_for_node_groups_never_the_controller(aws, cli):
     make_profile(cli)
-    result = cli([*UP, "--name", "spotty", "--workers", "2", "--spot"])
+    result = cli([*UP, "--cluster", "spotty", "--workers", "2", "--spot"])
     assert result.exit_code == 0, result.output
     lifecycle = {}
     for instance in tagged(aws, "spotty")["instances"]:
@@ -471,7 +525,7 @@ def test_spot_is_for_node_groups_never_the_controller(aws, cli):
 
 def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):
     make_profile(cli)
-    base = ["up", "--name", "wide", "--workers", "0", "--no-wait"]
+    base = ["up", "--cluster", "wide", "--workers", "0", "--no-wait"]
     refused = cli([*base, "--ssh-cidr", "0.0.0.0/0"], input="n\n")
     assert refused.exit_code == 1
     assert "opens SSH (port 22) on the controller to every address on the internet" in refused.output
@@ -479,7 +533,7 @@ def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):
     accepted = cli([*base, "--ssh-cidr", "0.0.0.0/0", "--yes"])
     assert accepted.exit_code == 0, accepted.output
     assert "warning: --ssh-cidr 0.0.0.0/0 opens SSH" in accepted.stderr
-    narrow = cli([*base, "--name", "narrow", "--ssh-cidr", "10.1.0.0/16"], input="y\n")
+    narrow = cli([*base, "--cluster", "narrow", "--ssh-cidr", "10.1.0.0/16"], input="y\n")
     assert narrow.exit_code == 0 and "opens SSH" not in narrow.output
 
 
@@ -487,11 +541,11 @@ def test_the_same_name_in_two_regions_is_two_clusters_down_to_iam(aws, cli, monk
     """IAM names are account-wide: a second region's `up` and `down` never touch the first's role.
     (Each region's cluster uses the profile whose bucket is in its region.)"""
     make_profile(cli)
-    assert cli(["--profile", "default", *UP, "--name", "twin", "--workers", "0"]).exit_code == 0
+    assert cli(["--profile", "default", *UP, "--cluster", "twin", "--workers", "0"]).exit_code == 0
     make_profile(cli, region="eu-west-1", name="eu")
     iam = aws.client("iam")
     first = iam.get_role_policy(RoleName="twin-us-east-1-controller", PolicyName="registry-bucket")
-    second = cli(["--profile", "eu", *UP, "--name", "twin", "--workers", "0", "--region", "eu-west-1"])
+    second = cli(["--profile", "eu", *UP, "--cluster", "twin", "--workers", "0", "--region", "eu-west-1"])
     assert second.exit_code == 0, second.output
     roles = sorted(r["RoleName"] for r in iam.list_roles(PathPrefix="/clusterous/")["Roles"])
     assert roles == ["twin-eu-west-1-controller", "twin-us-east-1-controller"]
@@ -521,9 +575,9 @@ def test_iam_names_not_tagged_as_ours_are_never_adopted_or_deleted(aws, cli):
         Path="/clusterous/",
         AssumeRolePolicyDocument='{"Version": "2012-10-17", "Statement": []}',
     )
-    result = cli([*UP, "--name", "omega", "--workers", "0"])
+    result = cli([*UP, "--cluster", "omega", "--workers", "0"])
     assert result.exit_code == 2, result.output
-    assert "--name" in result.stderr and "IAM role omega-us-east-1-controller" in result.stderr
+    assert "--cluster" in result.stderr and "IAM role omega-us-east-1-controller" in result.stderr
     assert sum(count_tagged(aws, "omega").values()) == 0
     assert iam.list_role_policies(RoleName="omega-us-east-1-controller")["PolicyNames"] == []
     assert cli(["down", "omega", "--yes"]).exit_code == 0
@@ -550,12 +604,12 @@ def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again
     make_profile(cli)
     aws.realism.crash_after("CreateKeyPair")  # AWS made the key pair; the key never reached the disk
     with pytest.raises(SimulatedCrash):
-        cli([*UP, "--name", "kp", "--workers", "0"])
+        cli([*UP, "--cluster", "kp", "--workers", "0"])
     assert aws.client("ec2").describe_key_pairs(KeyNames=["clusterous-kp"])["KeyPairs"]
     key_file = isolated_config / "clusters" / "default" / "kp" / "clusterous-kp.pem"
     assert not key_file.exists()
     aws.reset_calls()
-    again = cli([*UP, "--name", "kp", "--workers", "0"])
+    again = cli([*UP, "--cluster", "kp", "--workers", "0"])
     assert again.exit_code == 0, again.output
     assert [op for _, op in aws.calls() if op.endswith("KeyPair")] == ["DeleteKeyPair", "CreateKeyPair"]
     assert "PRIVATE KEY" in key_file.read_text()
@@ -565,11 +619,11 @@ def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again
 
 def test_a_lost_private_key_of_running_instances_stops_up_with_how_to_recover(aws, cli, isolated_config):
     make_profile(cli)
-    assert cli([*UP, "--name", "lost", "--workers", "0"]).exit_code == 0
+    assert cli([*UP, "--cluster", "lost", "--workers", "0"]).exit_code == 0
     key_file = isolated_config / "clusters" / "default" / "lost" / "clusterous-lost.pem"
     key_file.unlink()
     before = count_tagged(aws, "lost")
-    result = cli([*UP, "--name", "lost", "--workers", "1"])
+    result = cli([*UP, "--cluster", "lost", "--workers", "1"])
     assert result.exit_code == 1, result.output
     assert "instance(s) use it" in result.stderr and str(key_file) in result.stderr
     assert "clusterous-k8s down lost" in result.stderr

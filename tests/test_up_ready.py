@@ -4,10 +4,12 @@ What stands in for what (docs/provisioning.md, "Readiness"):
 - AWS is the moto server. moto's GetConsoleOutput holds no SSH host keys, so the console text is
   the one AWS response the tests supply themselves (tests/console_output_plugin.py): the harness
   sshd's cloud-init output, keys and fingerprints of its real host key.
-- The controller is the harness sshd. `up` records the controller from what EC2 says (public
-  address, login user of the OS); $CLUSTEROUS_CONTROLLER_OVERRIDES replaces those with
-  127.0.0.1:<sshd port> and the current user, the API port with the emulator's, and k3s.yaml
-  and cloud-init's files with stand-ins below the sshd's folder.
+- The controller is the harness sshd. `up` records the controller from what EC2 says: its
+  public address is the sshd's (tests/controller_address_plugin.py, like the console text);
+  what a user may set by hand in controller.yml and `up` keeps (port, login user, API port,
+  k3s.yaml) is written there before `up`, as a user reaching the controller through a port
+  forward would; the sshd's sessions see CLUSTEROUS_ROOT, the controller's filesystem root
+  the bootstrap scripts and readiness probes read, pointing at stand-in cloud-init files.
 - k3s is the Kubernetes API emulator behind the SSH tunnel. What k3s, the kubelets and the
   controllers would do, `FakeK3s` does from a background thread: it applies the add-on
   manifests found in the controller's real user-data (as k3s's auto-deploy does), registers a
@@ -38,7 +40,7 @@ import yaml
 
 from clusterous_cli import config, hostkeys, tunnels
 from clusterous_cli.endpoint import ClusterRef
-from tests import console_output_plugin
+from tests import console_output_plugin, controller_address_plugin
 from tests.addons_support import create_documents
 from tests.harness import faults
 from tests.harness.k8s import api_error
@@ -46,7 +48,7 @@ from tests.ssh_support import HELMCHART_CRD, write_k3s_yaml
 
 CLUSTER = "ready"
 SSH_CIDR = "198.51.100.7/32"
-UP = ["up", "--name", CLUSTER, "--ssh-cidr", SSH_CIDR, "--yes"]  # the default OS: Ubuntu 24.04
+UP = ["up", "--cluster", CLUSTER, "--ssh-cidr", SSH_CIDR, "--yes"]  # the default OS: Ubuntu 24.04
 ADDONS_FILE = "/var/lib/rancher/k3s/server/manifests/clusterous-addons.yaml"
 CA_FILE = "var/lib/rancher/k3s/server/tls/server-ca.crt"  # below the controller's root
 CA_HASH_TAG = "clusterous:k3s-ca-hash"
@@ -200,7 +202,7 @@ class FakeK3s:
 
 @pytest.fixture
 def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
-    """Profile with the sshd's key pair, the overrides, the stand-in files, the console text, k3s."""
+    """Profile with the sshd's key pair, its hand-set controller.yml, stand-in files, console text, k3s."""
     ec2 = aws.client("ec2")
     ec2.import_key_pair(KeyName="lab", PublicKeyMaterial=Path(f"{sshd.client_key_path}.pub").read_bytes())
     config.save_profile(
@@ -222,27 +224,21 @@ def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
+    sshd.set_environment(CLUSTEROUS_ROOT=str(root))
     k3s_yaml = write_k3s_yaml(sshd.workdir / "k3s.yaml", "k3s-admin-token")
-    overrides = tmp_path / "controller-overrides.yml"
-    overrides.write_text(
-        yaml.safe_dump(
-            {
-                "host": sshd.host,
-                "port": sshd.port,
-                "user": sshd.user,
-                "api_port": urlsplit(k8s_api.url).port,
-                "k3s_kubeconfig": str(k3s_yaml),
-                "cloud_init_root": str(root),
-            }
-        )
-    )
-    monkeypatch.setenv("CLUSTEROUS_CONTROLLER_OVERRIDES", str(overrides))
+    hand_set = {
+        "port": sshd.port,
+        "user": sshd.user,
+        "api_port": urlsplit(k8s_api.url).port,
+        "k3s_kubeconfig": str(k3s_yaml),
+    }
+    config.write_private(cluster_ref().controller_file, yaml.safe_dump(hand_set))
+    monkeypatch.setenv(controller_address_plugin.ENV_ADDRESS, sshd.host)
     console = tmp_path / "console-output.txt"
     console.write_text(sshd.console_output())
     monkeypatch.setenv(console_output_plugin.ENV_FILE, str(console))
-    monkeypatch.setenv(
-        "BOTOCORE_EXPERIMENTAL__PLUGINS", f"{faults.PLUGIN_SPEC},{console_output_plugin.PLUGIN_SPEC}"
-    )
+    plugins = (faults.PLUGIN_SPEC, console_output_plugin.PLUGIN_SPEC, controller_address_plugin.PLUGIN_SPEC)
+    monkeypatch.setenv("BOTOCORE_EXPERIMENTAL__PLUGINS", ",".join(plugins))
     k8s_api.call(lambda emulator: emulator["get /readyz"] << b"ok")
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", HELMCHART_CRD)
     ref = ClusterRef("default", CLUSTER, config.cluster_dir("default", CLUSTER))

@@ -19,7 +19,7 @@ import kopf.testing as kopf_testing  # noqa: E402 - a broken kopf fails the modu
 
 from clusterous_cli import tunnels  # noqa: E402
 from tests.test_run_quit import OPERATOR_ARGS, env_file, fetch, web_server  # noqa: E402
-from tests.test_up_ready import CLUSTER, SSH_CIDR, cluster_side  # noqa: E402, F401
+from tests.test_up_ready import CLUSTER, SSH_CIDR, cluster_ref, cluster_side  # noqa: E402, F401
 
 
 @pytest.mark.usefixtures("cluster_side")
@@ -32,11 +32,10 @@ def test_up_runs_the_environment_file_of_the_cluster_file(
 ):
     shared = tmp_path / "shared-volume"
     shared.mkdir()
-    overrides = os.environ["CLUSTEROUS_CONTROLLER_OVERRIDES"]
-    record = yaml.safe_load(open(overrides).read())
+    record_file = cluster_ref().controller_file  # hand-set before `up`, kept by it
+    record = yaml.safe_load(record_file.read_text())
     record["shared_root"] = str(shared)
-    with open(overrides, "w") as fh:
-        yaml.safe_dump(record, fh)
+    record_file.write_text(yaml.safe_dump(record))
     monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))  # the operator's own access
     # every Service's cluster IP is 127.0.0.1, where the test's web server listens
     k8s_api.call(lambda emulator: setattr(emulator, "service_address", "127.0.0.1"))

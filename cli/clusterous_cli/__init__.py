@@ -1,3 +1,1 @@
 """clusterous-k8s command-line client: the laptop half of the tool."""
-
-__version__ = "0.1.0"

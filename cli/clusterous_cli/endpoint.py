@@ -20,7 +20,6 @@ decoupled. Format (YAML mapping):
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -161,11 +160,17 @@ def write_endpoint(ref: ClusterRef, endpoint: ControllerEndpoint) -> Path:
 # --- what `up` writes ---------------------------------------------------------------------------
 
 SSH_USERS = {"ubuntu-24.04": "ubuntu", "al2023": "ec2-user"}
-# Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, say) stays.
-KEPT_ENDPOINT_FIELDS = ("port", "jump_host", "shared_root", "api_port", "k3s_kubeconfig", "known_hosts")
-# A YAML file of controller.yml fields that replace what `up` learned (the controller reached
-# through a port forward, or the stand-in controller of the tests), plus `cloud_init_root`.
-OVERRIDES_ENV = "CLUSTEROUS_CONTROLLER_OVERRIDES"
+# Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, a port
+# forward, the login user of an --ami that is neither Ubuntu's nor Amazon Linux's) stays.
+KEPT_ENDPOINT_FIELDS = (
+    "port",
+    "user",
+    "jump_host",
+    "shared_root",
+    "api_port",
+    "k3s_kubeconfig",
+    "known_hosts",
+)
 
 
 def ssh_user(os_name: str | None) -> str:
@@ -173,46 +178,22 @@ def ssh_user(os_name: str | None) -> str:
 
 
 def endpoint_fields(
-    controller: dict,
-    region: str,
-    key_file: str | None,
-    existing: dict | None = None,
-    overrides: dict | None = None,
+    controller: dict, region: str, key_file: str | None, existing: dict | None = None
 ) -> dict:
     """controller.yml as `up` writes it: the controller's public address, the login user of its
-    OS, the cluster's key and instance; hand-set fields of an existing file kept; overrides last."""
+    OS, the cluster's key and instance; hand-set fields of an existing file kept."""
     from clusterous_provisioner import tags
 
-    fields: dict = {k: v for k, v in (existing or {}).items() if k in KEPT_ENDPOINT_FIELDS}
-    os_name = tags.as_dict(controller.get("Tags")).get(tags.OS)
+    fields: dict = {"user": ssh_user(tags.as_dict(controller.get("Tags")).get(tags.OS))}
+    fields |= {k: v for k, v in (existing or {}).items() if k in KEPT_ENDPOINT_FIELDS}
     fields |= {
         "host": controller.get("PublicIpAddress"),
-        "user": ssh_user(os_name),
         "instance_id": controller["InstanceId"],
         "region": region,
     }
     if key_file:
         fields["key_file"] = key_file
-    fields |= {k: v for k, v in (overrides or {}).items() if k != "cloud_init_root"}
     return fields
-
-
-def read_overrides() -> dict:
-    """$CLUSTEROUS_CONTROLLER_OVERRIDES: controller.yml fields (and cloud_init_root) to use instead."""
-    from clusterous_cli import config
-
-    path = os.environ.get(OVERRIDES_ENV)
-    if not path:
-        return {}
-    from pathlib import Path
-
-    data = config.read_yaml(Path(path))
-    allowed = {"host", "port", "user", "key_file", "known_hosts", "jump_host", "shared_root"}
-    allowed |= {"api_port", "k3s_kubeconfig", "cloud_init_root"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadInput(path, unknown[0], f"one of {', '.join(sorted(allowed))}")
-    return data
 
 
 def record_controller(ref, controller: dict, region: str, key_file: str | None) -> dict | None:
@@ -222,11 +203,11 @@ def record_controller(ref, controller: dict, region: str, key_file: str | None) 
     from clusterous_cli import config
 
     existing = config.read_yaml(ref.controller_file) if ref.controller_file.exists() else {}
-    fields = endpoint_fields(controller, region, key_file, existing, read_overrides())
+    fields = endpoint_fields(controller, region, key_file, existing)
     if not fields.get("host"):
         return None  # nothing to reach yet; the wait says so, a later `up` writes the record
     known = set(ControllerEndpoint.__dataclass_fields__)
     record = {k: str(v) if k == "key_file" else v for k, v in fields.items() if k in known and v is not None}
     config.write_private(ref.controller_file, yaml.safe_dump(record, sort_keys=False))
-    load_endpoint(ref)  # the SSH code's reader must accept it (bad overrides are named here)
+    load_endpoint(ref)  # the SSH code's reader must accept it (a bad hand-set field is named here)
     return record

@@ -1,17 +1,20 @@
 """The `clusterous-k8s` command: a typer app whose commands import heavy libraries lazily.
 
 Every command reports problems through the shared error model (clusterous_core.errors):
-bad input exits 2, failures exit 1, neither prints a traceback unless --verbose.
+bad input exits 2, failures exit 1, neither prints a traceback unless --verbose, which also turns
+on debug logging on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import typer
 
-from clusterous_cli import __version__
 from clusterous_cli.commands import apps as apps_cmd
 from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
@@ -48,10 +51,54 @@ class Options:
     verbose: bool
 
 
+DISTRIBUTION = "clusterous-k8s"
+# --verbose: our own loggers at DEBUG; the libraries' at INFO (boto's credential source, paramiko's
+# handshake) or WARNING (urllib3's and the kubernetes client's DEBUG carry request and response bodies).
+VERBOSE_LEVELS = {
+    "clusterous": logging.DEBUG,
+    "clusterous_cli": logging.DEBUG,
+    "clusterous_provisioner": logging.DEBUG,
+    "clusterous_operator": logging.DEBUG,
+    "botocore": logging.INFO,
+    "boto3": logging.INFO,
+    "paramiko": logging.INFO,
+    "urllib3": logging.WARNING,
+    "kubernetes": logging.WARNING,
+}
+
+
+def version() -> str:
+    """The installed distribution's version: pyproject.toml's `version` is the only place it is written."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "unknown (not installed)"
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"clusterous-k8s {__version__}")
+        typer.echo(f"{DISTRIBUTION} {version()}")
         raise typer.Exit()
+
+
+@contextlib.contextmanager
+def debug_logging() -> Iterator[None]:
+    """Log records of VERBOSE_LEVELS on stderr for the length of one command, then as before."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    before = {name: logging.getLogger(name).level for name in VERBOSE_LEVELS}
+    for name, level in VERBOSE_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @app.callback()
@@ -60,12 +107,16 @@ def root(
     profile: str = typer.Option(
         None, "--profile", "-p", envvar="CLUSTEROUS_K8S_PROFILE", help="Configuration profile to use."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug output and tracebacks."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging on stderr, and the traceback of an error."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     ctx.obj = Options(profile=profile, verbose=verbose)
+    if verbose:
+        ctx.with_resource(debug_logging())
 
 
 app.command("setup", help=setup_cmd.HELP)(setup_cmd.setup)

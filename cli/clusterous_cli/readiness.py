@@ -37,7 +37,6 @@ from clusterous_cli.controller_boot import (
     log_tail_command,
     parse_cloud_init,
 )
-from clusterous_cli.endpoint import read_overrides
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
 from clusterous_core.errors import Failure
@@ -200,7 +199,6 @@ class Plan:
     addons: Addons
     logging_level: int | None  # None: keep the level the cluster has (cluster-info)
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
-    cloud_init_root: str = ""
 
 
 class Waiter:
@@ -263,7 +261,7 @@ class Waiter:
         return out.decode(errors="replace")
 
     def cloud_init(self) -> Check:
-        output = self._look(cloud_init_script(self.plan.cloud_init_root))
+        output = self._look(cloud_init_script())
         if isinstance(output, Check):
             return output
         finished, errors = parse_cloud_init(output)
@@ -280,14 +278,14 @@ class Waiter:
 
     def log_tail(self) -> str:
         try:
-            code, out, err = self._connect().run(log_tail_command(self.plan.cloud_init_root), timeout=30)
+            code, out, err = self._connect().run(log_tail_command(), timeout=30)
         except Exception as exc:  # noqa: BLE001
             return f"    (cannot read it: {exc})"
         text = (out or err).decode(errors="replace").rstrip() or "(empty)"
         return "\n".join("    " + line for line in text.splitlines())
 
     def bootstrap(self) -> Check:
-        output = self._look(bootstrap_script(self.plan.cloud_init_root))
+        output = self._look(bootstrap_script())
         if isinstance(output, Check):
             return output
         first, _, journal = output.partition("\n")
@@ -303,7 +301,7 @@ class Waiter:
         from clusterous_provisioner import joinhash
 
         try:
-            code, out, _ = self._connect().run(joinhash.read_ca_argv(self.plan.cloud_init_root), timeout=60)
+            code, out, _ = self._connect().run(joinhash.read_ca_argv(), timeout=60)
         except HostKeyChanged:
             raise
         except Exception as exc:  # noqa: BLE001 - a dropped connection is opened again next time
@@ -500,7 +498,6 @@ def wait_for_cluster(
         addons=addons_from_manifests(documents),
         logging_level=logging_level,
         timeouts=timeouts_for(timeout),
-        cloud_init_root=str(read_overrides().get("cloud_init_root") or ""),
     )
     with Progress() as progress:
         return wait_until_ready(plan, ec2, progress)

@@ -9,6 +9,7 @@ the OpenSSH command line rsync uses (`openssh_argv`), so both paths trust exactl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import socket
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 from clusterous_cli import hostkeys
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_core.errors import BadInput, Failure
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import paramiko
@@ -207,25 +210,6 @@ class Connection:
         self.close()
 
 
-def open_connection(
-    host: str,
-    port: int,
-    user: str,
-    key_file: Path,
-    known_hosts: Path,
-    *,
-    jump_host: str | None = None,
-    timeout: float = CONNECT_TIMEOUT,
-    relearn: str = hostkeys.RELEARN,
-) -> Connection:
-    """Connect given the plain facts (see `connect` for an endpoint)."""
-    return connect(
-        ControllerEndpoint(host, port, user, Path(key_file), Path(known_hosts), jump_host=jump_host),
-        timeout=timeout,
-        relearn=relearn,
-    )
-
-
 def connect(
     endpoint: ControllerEndpoint, timeout: float = CONNECT_TIMEOUT, relearn: str = hostkeys.RELEARN
 ) -> Connection:
@@ -238,6 +222,11 @@ def connect(
     if not pinned:
         hostkeys.check(hostkeys.HostKey("none", ""), pinned, name, relearn)  # raises: nothing pinned
     jump = None
+    log.debug(
+        "SSH to %s@%s:%s%s, host key pinned as %s",
+        endpoint.user, endpoint.host, endpoint.port,
+        f" through {endpoint.jump_host}" if endpoint.jump_host else "", name,
+    )  # fmt: skip
     if endpoint.jump_host:
         sock, jump = _jump_channel(endpoint, timeout)
     else:

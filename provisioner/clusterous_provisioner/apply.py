@@ -186,7 +186,7 @@ def preflight(clients, spec: ClusterSpec, inv: Inventory, where=None) -> Preflig
     """`where(instance_type)` names the flag or file field a refused type came from."""
     if inv.foreign_iam:  # account-wide names: never adopt or change what another made
         raise BadInput(
-            "--name",
+            "--cluster",
             None,
             f"a cluster name whose IAM names are free in this account: {' and '.join(inv.foreign_iam)} "
             f"exist(s) without this cluster's tags for {spec.region}",

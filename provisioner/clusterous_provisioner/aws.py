@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from functools import lru_cache
@@ -16,6 +17,7 @@ from pathlib import Path
 from clusterous_core.errors import BadInput, Failure
 
 USER_AGENT = "clusterous-k8s"
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -50,7 +52,9 @@ def client(service: str, region: str | None = None, sess=None):
         connect_timeout=10,
         read_timeout=60,
     )
-    return (sess or session(region)).client(service, region_name=region, config=config)
+    made = (sess or session(region)).client(service, region_name=region, config=config)
+    log.debug("%s client for %s at %s", service, made.meta.region_name, made.meta.endpoint_url)
+    return made
 
 
 def known_regions() -> list[str]:

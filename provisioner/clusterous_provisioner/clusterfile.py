@@ -52,7 +52,7 @@ def _non_negative_integer(value: Any) -> Any:
     return value
 
 
-def check_cluster_name(name: str, source: str = "--name", field: str | None = None) -> str:
+def check_cluster_name(name: str, source: str = "--cluster", field: str | None = None) -> str:
     if not isinstance(name, str) or not CLUSTER_NAME.match(name):
         raise BadInput(source, field, CLUSTER_NAME_EXPECTED, name)
     return name
@@ -258,7 +258,7 @@ class ClusterSpec(BaseModel):
 
 # Flags as typed on the command line → the file field they override (for messages).
 FLAG_FIELDS = {
-    "name": ("--name", "cluster_name"),
+    "name": ("--cluster", "cluster_name"),
     "workers": ("--workers", "parameters.worker_count"),
     "master_type": ("--master-type", "parameters.master_instance_type"),
     "worker_type": ("--worker-type", "parameters.worker_instance_type"),
@@ -321,7 +321,7 @@ def load_spec(
 
     name = model.cluster_name or default_name
     if not name:
-        raise BadInput(source, "cluster_name", "a cluster name (in the file or with --name)")
+        raise BadInput(source, "cluster_name", "a cluster name (in the file or with --cluster)")
     region = model.region or profile_region
     if not region:
         raise BadInput("--region", None, "an AWS region (flag, cluster file or profile)")

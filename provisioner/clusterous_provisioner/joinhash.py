@@ -95,10 +95,14 @@ def launch_tags(controller: dict | None) -> dict[str, str]:
     return {TAG: digest} if digest else {}
 
 
-def read_ca_argv(root: str = "") -> list[str]:
-    """argv that prints the CA bundle k3s serves (root-only file: sudo for the login user)."""
-    script = 'if [ "$(id -u)" -eq 0 ]; then exec cat -- "$1"; else exec sudo -n cat -- "$1"; fi'
-    return ["sh", "-c", script, "k3s-ca", root + CA_FILE]
+def read_ca_argv() -> list[str]:
+    """argv that prints the CA bundle k3s serves (root-only file: sudo for the login user), below
+    $CLUSTEROUS_ROOT when the controller's environment sets it, as the bootstrap scripts do."""
+    script = (
+        'f="${CLUSTEROUS_ROOT:-}$1"\n'
+        'if [ "$(id -u)" -eq 0 ]; then exec cat -- "$f"; else exec sudo -n cat -- "$f"; fi'
+    )
+    return ["sh", "-c", script, "k3s-ca", CA_FILE]
 
 
 def cluster_instances(ec2, cluster: str) -> list[dict]:

@@ -163,7 +163,7 @@ class Lease:
 
 
 def acquire(
-    clients, cluster: str, command: str, report: Report, wait: float | None = None, source: str = "--name"
+    clients, cluster: str, command: str, report: Report, wait: float | None = None, source: str = "--cluster"
 ) -> Lease:
     """Take the cluster's lease, waiting up to `wait` seconds for a live holder of our identity;
     `source` is where the user gave the cluster's name (for the bad-input message)."""
@@ -225,7 +225,7 @@ def _take_over(ssm, cluster: str, stale: Holder, lease: Lease) -> bool:
 
 @contextmanager
 def held(
-    clients, cluster: str, command: str, report: Report, wait: float | None = None, source: str = "--name"
+    clients, cluster: str, command: str, report: Report, wait: float | None = None, source: str = "--cluster"
 ) -> Iterator[Lease]:
     """The cluster's lease for the duration of a command, released at the end, also on failure."""
     lease = acquire(clients, cluster, command, report, wait, source)

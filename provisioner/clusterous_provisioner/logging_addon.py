@@ -39,10 +39,8 @@ LEVEL_ANNOTATION = "clusterous.io/logging-level"
 GRAFANA_SECRET = f"{RELEASE_NAME}-grafana"
 GRAFANA_SERVICE = f"{RELEASE_NAME}-grafana"
 GRAFANA_PORT = 3000
-SYSLOG_SERVICE = "central-logging"
 SYSLOG_PORT = 5514
 
-CHART_DIR_ENV = "CLUSTEROUS_LOGGING_CHART"
 _FIXED_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z: any constant keeps the archive reproducible
 
 
@@ -58,14 +56,11 @@ def check_logging_level(value: object, source: str, field: str | None = None) ->
 
 
 def chart_dir() -> Path:
-    """The chart's folder: $CLUSTEROUS_LOGGING_CHART, else the copy inside this package (in a
-    checkout `clusterous_provisioner/charts` links to the top-level charts/; a wheel holds files)."""
-    override = os.environ.get(CHART_DIR_ENV)
-    path = Path(override) if override else Path(__file__).parent / "charts" / CHART_NAME
+    """The chart's folder inside this package (in a checkout `clusterous_provisioner/charts` links
+    to the top-level charts/; a wheel holds the files). Tests pass another folder as `root`."""
+    path = Path(__file__).parent / "charts" / CHART_NAME
     if not (path / "Chart.yaml").is_file():
-        raise FileNotFoundError(
-            f"the logging chart is not at {path}; set {CHART_DIR_ENV} to the charts/{CHART_NAME} folder"
-        )
+        raise FileNotFoundError(f"the logging chart is not at {path}; reinstall clusterous-k8s")
     return path
 
 

@@ -198,10 +198,6 @@ def gp3_hourly(size_gib: int, region: str) -> Price:
     return Price(round(size_gib * value / HOURS_PER_MONTH, 6))
 
 
-def known_instance_types() -> list[str]:
-    return sorted(f"{family}.{size}" for family, sizes in FAMILY_SIZES.items() for size in sizes)
-
-
 def bundled(instance_type: str, region: str) -> bool:
     return instance_hourly(instance_type, region).hourly_usd is not None
 

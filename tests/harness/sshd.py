@@ -230,8 +230,12 @@ def sshd_config(server: SshServer) -> str:
         "MaxSessions": "100",
         "LogLevel": "VERBOSE",
     }
-    if server.login_path:  # sshd sets PATH for sessions, then the admin's SetEnv overrides it
-        options["SetEnv"] = f"PATH={server.login_path}"
+    # sshd_config(5) SetEnv: set in every session, over the client's and over sshd's own PATH.
+    environment = dict(server.environment)
+    if server.login_path:
+        environment["PATH"] = server.login_path
+    if environment:
+        options["SetEnv"] = " ".join(f"{name}={value}" for name, value in environment.items())
     return "".join(f"{key} {value}\n" for key, value in options.items())
 
 
@@ -243,6 +247,7 @@ class SshServer:
     host: str = "127.0.0.1"
     port: int = 0
     user: str = field(default_factory=getpass.getuser)
+    environment: dict[str, str] = field(default_factory=dict)  # what the controller's sessions see
     process: subprocess.Popen | None = field(default=None, repr=False)
     login_path: str | None = None  # PATH of login sessions; None: sshd's default
 
@@ -428,6 +433,13 @@ class SshServer:
         """Stop and start again on the same port with the same host key."""
         self.stop()
         self.start()
+
+    def set_environment(self, **environment: str) -> None:
+        """The environment of every later session, as a controller's own configuration sets it."""
+        self.environment = dict(environment)
+        self._write_config()
+        if self.is_running:
+            self.restart()
 
     def rotate_host_key(self) -> str:
         """Replace the host key (same port) and restart; returns the new public key line."""

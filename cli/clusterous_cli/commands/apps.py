@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, PARAM_OPTION, cluster_ref
 
 CONVERT_HELP = """Print a Clusterous environment file as a ClusterApp (YAML), offline.
 
@@ -27,7 +27,6 @@ QUIT_HELP = """Stop an application and close its tunnels; the shared volume and 
 
 Example: clusterous-k8s quit basic-python
 """
-PARAM_OPTION = typer.Option(None, "--param", "-P", help="NAME=VALUE for a $variable (repeatable).")
 CLUSTER_FILE_OPTION = typer.Option(
     None, "--cluster-file", help="A cluster file whose `parameters` fill $variables too."
 )
@@ -53,7 +52,7 @@ def collect_params(param: list[str] | None, cluster_file: Path | None, token_dir
 
 
 def convert(
-    env_file: Path = typer.Argument(..., help="Clusterous environment file (YAML)."),
+    env_file: Path = typer.Argument(..., metavar="ENV_FILE", help="Clusterous environment file (YAML)."),
     param: list[str] = PARAM_OPTION,
     cluster_file: Path = CLUSTER_FILE_OPTION,
 ) -> None:
@@ -67,7 +66,7 @@ def convert(
 
 def run(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., help="Environment file or ClusterApp YAML."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Environment file or ClusterApp YAML."),
     param: list[str] = PARAM_OPTION,
     cluster_file: Path = CLUSTER_FILE_OPTION,
     cluster: str = CLUSTER_OPTION,
@@ -122,7 +121,7 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
 
 def quit_app(
     ctx: typer.Context,
-    app: str = typer.Argument(None, help="Application name [the only one running]."),
+    app: str = typer.Argument(None, metavar="APP", help="Application name [the only one running]."),
     tunnels_only: bool = typer.Option(False, "--tunnels-only", help="Close the tunnels, keep the app."),
     cluster: str = CLUSTER_OPTION,
 ) -> None:

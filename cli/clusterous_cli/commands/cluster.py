@@ -12,6 +12,15 @@ from pathlib import Path
 
 import typer
 
+from clusterous_cli.commands.options import (
+    CLUSTER_ARGUMENT,
+    CLUSTER_OPTION,
+    JSON_OPTION,
+    PARAM_OPTION,
+    REGION_OPTION,
+    YES_OPTION,
+    one_cluster,
+)
 from clusterous_core.names import SUPPORTED_OS
 
 PLACEHOLDER_TOKEN = "0" * 64  # dry runs render user-data without touching the real token
@@ -119,7 +128,7 @@ def _bucket_region(profile_name: str, profile, s3) -> str | None:
 
 
 @contextlib.contextmanager
-def _lease(clients, name: str, command: str, report, hold: bool = True, source: str = "--name"):
+def _lease(clients, name: str, command: str, report, hold: bool = True, source: str = "--cluster"):
     """The cluster's lease (provisioner/lease.py) around a command that changes the cluster."""
     if not hold:
         yield None
@@ -257,8 +266,12 @@ def confirm_ssh_cidr(cidr: str, yes: bool, report) -> None:
 
 def up(
     ctx: typer.Context,
-    cluster_file: Path = typer.Argument(None, help="Clusterous cluster file (YAML); optional."),
-    name: str = typer.Option(None, "--name", help="Cluster name [cluster file, else mycluster]."),
+    cluster_file: Path = typer.Argument(
+        None, metavar="CLUSTER_FILE", help="Clusterous cluster file (YAML); optional."
+    ),
+    name: str = typer.Option(
+        None, "--cluster", "-c", help="Cluster to create or converge [cluster file, else mycluster]."
+    ),
     workers: str = typer.Option(
         None,
         "--workers",
@@ -278,7 +291,7 @@ def up(
     ami: str = typer.Option(None, "--ami", help="An AMI id instead of --os."),
     ssh_cidr: str = typer.Option(None, "--ssh-cidr", help="Who may SSH to the controller [your address]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its cost; create nothing."),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan (and result) as JSON."),
+    as_json: bool = JSON_OPTION,
     render_dir: Path = typer.Option(None, "--render-dir", help="Also write user-data and manifests to DIR."),
     no_wait: bool = typer.Option(
         False,
@@ -289,10 +302,8 @@ def up(
     timeout: float = typer.Option(
         None, "--timeout", help="Seconds each readiness stage may take [host key 600, cloud-init 900, ...]."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    param: list[str] = typer.Option(
-        None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
-    ),
+    yes: bool = YES_OPTION,
+    param: list[str] = PARAM_OPTION,
 ) -> None:
     from clusterous_cli import config, envfile, envparams, output
     from clusterous_cli.commands.apps import collect_params
@@ -504,8 +515,9 @@ def _record_bounds(ref, spec, bucket: str, report) -> None:
 
 def down(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Cluster name [the current cluster]."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    name: str = CLUSTER_ARGUMENT,
+    cluster: str = CLUSTER_OPTION,
+    region: str = REGION_OPTION,
     keep_shared_volume: bool = typer.Option(
         False, "--keep-shared-volume", help="Keep the shared volume without asking."
     ),
@@ -514,8 +526,8 @@ def down(
         "--delete-shared-volume",
         help="Delete the shared volume and its data (also one brought in by id).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the receipt as JSON."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JSON_OPTION,
+    yes: bool = YES_OPTION,
 ) -> None:
     import shutil
 
@@ -530,18 +542,19 @@ def down(
         raise BadInput(
             "--keep-shared-volume", None, "either --keep-shared-volume or --delete-shared-volume, not both"
         )
+    name, source = one_cluster(name, cluster)
     profile_name, profile = _profile(ctx, required=False)
     name = name or (profile.current_cluster if profile else None)
     if not name:
-        raise BadInput("NAME", None, "a cluster name (no current cluster: see `clusterous-k8s clusters`)")
-    check_cluster_name(name, "NAME")
+        raise BadInput(source, None, "a cluster name (no current cluster: see `clusterous-k8s clusters`)")
+    check_cluster_name(name, source)
     region = aws.check_region(
         region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
     )
     clients = Clients(region)
     report = _reporter()
     with (
-        _lease(clients, name, "down", report, source="NAME"),
+        _lease(clients, name, "down", report, source=source),
         aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"),
     ):
         inv = discover(clients, name)
@@ -607,8 +620,10 @@ def _cluster_region(ctx, name, region):
     profile_name, profile = _profile(ctx, required=False)
     name = name or (profile.current_cluster if profile else None)
     if not name:
-        raise BadInput("--name", None, "a cluster name (no current cluster: see `clusterous-k8s clusters`)")
-    check_cluster_name(name, "--name")
+        raise BadInput(
+            "--cluster", None, "a cluster name (no current cluster: see `clusterous-k8s clusters`)"
+        )
+    check_cluster_name(name, "--cluster")
     region = aws.check_region(
         region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
     )
@@ -668,9 +683,9 @@ def status_data(inv) -> dict:
 
 def status(
     ctx: typer.Context,
-    name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = CLUSTER_OPTION,
+    region: str = REGION_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import apps, output
     from clusterous_core.errors import Failure
@@ -736,8 +751,8 @@ def _elastic_status(ctx, name: str) -> dict:
 
 def clusters(
     ctx: typer.Context,
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    region: str = REGION_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from datetime import datetime
 
@@ -799,8 +814,9 @@ def clusters(
 
 def workon(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Cluster name."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
+    name: str = CLUSTER_ARGUMENT,
+    cluster: str = CLUSTER_OPTION,
+    region: str = REGION_OPTION,
 ) -> None:
     from clusterous_cli import config, output
     from clusterous_core.errors import BadInput
@@ -809,14 +825,17 @@ def workon(
     from clusterous_provisioner.clusterfile import check_cluster_name
     from clusterous_provisioner.inventory import cluster_names
 
-    check_cluster_name(name, "NAME")
+    name, source = one_cluster(name, cluster)
+    if not name:
+        raise BadInput(source, None, "the cluster to work on (see `clusterous-k8s clusters`)")
+    check_cluster_name(name, source)
     profile_name, profile = _profile(ctx)
     region = aws.check_region(region or profile.region, "--region")
     with aws.aws_errors(f"workon {name}", "check your AWS credentials and region"):
         known = cluster_names(Clients(region))
     if name not in known:
         raise BadInput(
-            "NAME", None, f"a cluster in {region} (known: {', '.join(sorted(known)) or 'none'})", name
+            source, None, f"a cluster in {region} (known: {', '.join(sorted(known)) or 'none'})", name
         )
     config.set_current_cluster(profile_name, name)
     output.say(f"now working on cluster {name}")
@@ -937,23 +956,19 @@ FORCE_OPTION = typer.Option(False, "--force", help="Terminate without draining t
 DRAIN_TIMEOUT_OPTION = typer.Option(
     300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
 )
-YES_OPTION = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
-NAME_OPTION = typer.Option(None, "--name", help="Cluster name [the current cluster].")
-REGION_OPTION = typer.Option(None, "--region", help="AWS region [profile].")
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 GROUP_OPTION = typer.Option("worker", "--group", help="Node group.")
 
 
 def scale(
     ctx: typer.Context,
-    group: str = typer.Argument(..., help="Node group, e.g. worker."),
-    count: int = typer.Argument(..., min=0, help="Number of nodes the group should have."),
+    group: str = typer.Argument(..., metavar="GROUP", help="Node group, e.g. worker."),
+    count: int = typer.Argument(..., metavar="COUNT", min=0, help="Number of nodes the group should have."),
     instance_type: str = INSTANCE_TYPE_OPTION,
     force: bool = FORCE_OPTION,
     drain_timeout: float = DRAIN_TIMEOUT_OPTION,
     yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run or terminate."),
-    name: str = NAME_OPTION,
+    name: str = CLUSTER_OPTION,
     region: str = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -962,12 +977,12 @@ def scale(
 
 def add_nodes(
     ctx: typer.Context,
-    n: int = typer.Argument(..., min=1, help="How many nodes to add."),
+    n: int = typer.Argument(..., metavar="N", min=1, help="How many nodes to add."),
     group: str = GROUP_OPTION,
     instance_type: str = INSTANCE_TYPE_OPTION,
     yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run."),
-    name: str = NAME_OPTION,
+    name: str = CLUSTER_OPTION,
     region: str = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -976,13 +991,13 @@ def add_nodes(
 
 def rm_nodes(
     ctx: typer.Context,
-    n: int = typer.Argument(..., min=1, help="How many nodes to remove."),
+    n: int = typer.Argument(..., metavar="N", min=1, help="How many nodes to remove."),
     group: str = GROUP_OPTION,
     force: bool = FORCE_OPTION,
     drain_timeout: float = DRAIN_TIMEOUT_OPTION,
     yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to terminate."),
-    name: str = NAME_OPTION,
+    name: str = CLUSTER_OPTION,
     region: str = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, cluster_ref
 
 HELP = """Show the controller's pinned SSH host key; --relearn pins it again from the EC2 console output.
 
@@ -25,7 +25,7 @@ def host_key(
     console_output: Path = typer.Option(
         None, "--console-output", help="Read the console output from this file instead of EC2."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import hostkeys, output
     from clusterous_cli.endpoint import load_endpoint

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, cluster_ref
 from clusterous_core.errors import BadInput
 
 BUILD_HELP = """Build DIR's Dockerfile on the cluster (BuildKit, rootless) into its registry.
@@ -36,8 +36,10 @@ def _quantity(option: str, value: str) -> str:
 
 def build_image(
     ctx: typer.Context,
-    directory: Path = typer.Argument(..., help="Folder holding the Dockerfile (the build context)."),
-    name: str = typer.Argument(..., help="NAME[:TAG] in the cluster registry."),
+    directory: Path = typer.Argument(
+        ..., metavar="DIR", help="Folder holding the Dockerfile (the build context)."
+    ),
+    name: str = typer.Argument(..., metavar="NAME", help="NAME[:TAG] in the cluster registry."),
     force: bool = typer.Option(
         False, "--force", help="Build even when the registry holds this context's image."
     ),
@@ -49,6 +51,7 @@ def build_image(
         512, "--max-context", help="Largest context to upload, in MiB (after .dockerignore)."
     ),
     cluster: str = CLUSTER_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import buildjob, builds, envfile, kubeapi, output, ssh
     from clusterous_cli.endpoint import load_endpoint
@@ -63,7 +66,13 @@ def build_image(
     load_endpoint(ref)
     with ssh.connect_cluster(ref) as conn:
         api = kubeapi.api_client(ref)
-        builds.ensure_built(conn, api, context, image, tag, output.say, force=force, settings=settings)
+        built = builds.ensure_built(
+            conn, api, context, image, tag, output.say, force=force, settings=settings
+        )
+    if as_json:
+        from dataclasses import asdict
+
+        output.print_json(asdict(built))
 
 
 def _size(size: int | None) -> str:
@@ -78,8 +87,8 @@ def _size(size: int | None) -> str:
 
 def images(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Only this image."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = typer.Argument(None, metavar="NAME", help="Only this image."),
+    as_json: bool = JSON_OPTION,
     cluster: str = CLUSTER_OPTION,
 ) -> None:
     from dataclasses import asdict

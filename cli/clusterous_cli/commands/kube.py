@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, NAMESPACE_OPTION, cluster_ref
 
 KUBECONFIG_HELP = (
     "Write (or update) the context clusterous-<cluster> in your kubeconfig, going through the SSH tunnel.\n\n"
@@ -21,7 +21,6 @@ LOGS_HELP = (
     "Print the logs of a component's pod (--all: every pod, each line prefixed with the pod's name).\n\n"
     "Example: clusterous-k8s logs engine --all -f"
 )
-NAMESPACE_OPTION = typer.Option("default", "--namespace", "-n", help="Namespace of the component.")
 
 
 def kubeconfig(
@@ -29,6 +28,7 @@ def kubeconfig(
     cluster: str = CLUSTER_OPTION,
     switch: bool = typer.Option(True, "--switch/--no-switch", help="Make it kubectl's current context."),
     refresh: bool = typer.Option(False, "--refresh", help="Read the credentials from the controller again."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import kubeapi, output
     from clusterous_cli import kubeconfig as kubeconfigs
@@ -38,6 +38,9 @@ def kubeconfig(
     path = kubeconfigs.write(credentials, ref.cluster, switch)
     name = kubeconfigs.context_name(ref.cluster)
     output.say(f"context {name} in {path} -> https://127.0.0.1:{port} (SSH tunnel to {ref.cluster})")
+    if as_json:
+        output.print_json({"context": name, "kubeconfig": str(path), "api_local_port": port})
+        return
     typer.echo(name)
 
 
@@ -57,7 +60,7 @@ def _first_pod(ref, component: str, namespace: str):
 
 def connect(
     ctx: typer.Context,
-    component: str = typer.Argument(..., help="Component name (as in the app file)."),
+    component: str = typer.Argument(..., metavar="COMPONENT", help="Component name (as in the app file)."),
     cluster: str = CLUSTER_OPTION,
     namespace: str = NAMESPACE_OPTION,
     command: str = typer.Option(
@@ -83,7 +86,7 @@ def connect(
 
 def logs(
     ctx: typer.Context,
-    component: str = typer.Argument(..., help="Component name (as in the app file)."),
+    component: str = typer.Argument(..., metavar="COMPONENT", help="Component name (as in the app file)."),
     cluster: str = CLUSTER_OPTION,
     namespace: str = NAMESPACE_OPTION,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, cluster_ref
 from clusterous_core.errors import ClusterousError
 from clusterous_core.names import CLUSTER_INFO, NAMESPACE
 
@@ -114,7 +114,7 @@ def logging(
     port: int = typer.Option(
         DEFAULT_LOCAL_PORT, "--port", help="Local port for the UI; the next free one if it is taken."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print URL and login as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from kubernetes import client
 

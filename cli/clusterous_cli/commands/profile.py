@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from clusterous_cli.commands.options import JSON_OPTION, YES_OPTION
+
 app = typer.Typer(
     help="List, select, show and remove configuration profiles.\n\nExample: clusterous-k8s profile use work",
     no_args_is_help=True,
@@ -18,9 +20,7 @@ def _profile_option(ctx: typer.Context) -> str | None:
 @app.command(
     "ls", help="List profiles; the current one is marked.\n\nExample: clusterous-k8s profile ls --json"
 )
-def list_profiles(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
-) -> None:
+def list_profiles(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     from clusterous_cli import config, output
 
     current = config.selected_profile_name(_profile_option(ctx))
@@ -52,7 +52,7 @@ def list_profiles(
 
 
 @app.command("use", help="Make NAME the default profile.\n\nExample: clusterous-k8s profile use work")
-def use(name: str = typer.Argument(..., help="Profile name.")) -> None:
+def use(name: str = typer.Argument(..., metavar="NAME", help="Profile name.")) -> None:
     from clusterous_cli import config, output
 
     config.use_profile(config.check_profile_name(name, "NAME"))
@@ -64,8 +64,8 @@ def use(name: str = typer.Argument(..., help="Profile name.")) -> None:
 )
 def show(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Profile name; default: the current profile."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = typer.Argument(None, metavar="NAME", help="Profile name; default: the current profile."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import config, output
 
@@ -85,8 +85,8 @@ def show(
     help="Remove a profile (AWS resources are untouched).\n\nExample: clusterous-k8s profile rm old --yes",
 )
 def remove(
-    name: str = typer.Argument(..., help="Profile name."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    name: str = typer.Argument(..., metavar="NAME", help="Profile name."),
+    yes: bool = YES_OPTION,
 ) -> None:
     from clusterous_cli import config, output
 

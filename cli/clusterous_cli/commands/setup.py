@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+from clusterous_cli.commands.options import YES_OPTION
+
 HELP = """Create or update a profile: region, EC2 key pair and registry bucket.
 
 Asks for each value with a sensible default; pass flags and --yes to run it unattended.
@@ -28,7 +30,7 @@ def setup(
     key_file: str = typer.Option(None, "--key-file", help="Private key of an existing --key-name."),
     bucket: str = typer.Option(None, "--bucket", help="S3 bucket for images, created if missing."),
     ssh_cidr: str = typer.Option(None, "--ssh-cidr", help="Address range allowed to SSH [your address]."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Take the defaults instead of asking."),
+    yes: bool = YES_OPTION,
 ) -> None:
     from clusterous_cli import config, output
     from clusterous_core.errors import BadInput

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, NAMESPACE_OPTION, cluster_ref
 
 app = typer.Typer(
     help=(
@@ -22,7 +22,7 @@ app = typer.Typer(
 def list_tunnels(
     ctx: typer.Context,
     cluster: str = CLUSTER_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import output, tunnels
 
@@ -76,10 +76,10 @@ def list_tunnels(
 )
 def add(
     ctx: typer.Context,
-    spec: str = typer.Argument(..., help="LOCAL:COMPONENT:PORT or LOCAL:HOST:PORT."),
+    spec: str = typer.Argument(..., metavar="SPEC", help="LOCAL:COMPONENT:PORT or LOCAL:HOST:PORT."),
     cluster: str = CLUSTER_OPTION,
     next_free: bool = typer.Option(False, "--next-free", help="If LOCAL is taken, use the next free port."),
-    namespace: str = typer.Option("default", "--namespace", "-n", help="Namespace of the component."),
+    namespace: str = NAMESPACE_OPTION,
 ) -> None:
     from clusterous_cli import output, tunnels
     from clusterous_core.errors import BadInput
@@ -136,7 +136,7 @@ def add(
 @app.command("rm", help="Stop forwarding a local port.\n\nExample: clusterous-k8s tunnel rm 8888")
 def remove(
     ctx: typer.Context,
-    local: int = typer.Argument(..., help="The local port of the tunnel."),
+    local: int = typer.Argument(..., metavar="LOCAL", help="The local port of the tunnel."),
     cluster: str = CLUSTER_OPTION,
 ) -> None:
     from clusterous_cli import output, tunnels

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import typer
 
-from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
+from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, YES_OPTION, cluster_ref
 
 METHOD_OPTION = typer.Option(
     "auto", "--method", help="auto: rsync when both ends have it, else SFTP; or force rsync / sftp."
 )
-JSON_OPTION = typer.Option(False, "--json", help="Print a JSON report.")
 
 LS_HELP = "List a directory of the shared volume.\n\nExample: clusterous-k8s ls results"
 PUT_HELP = (
@@ -121,9 +120,9 @@ def _on_demand(ctx: typer.Context, cluster: str):
 
 def ls(
     ctx: typer.Context,
-    path: str = typer.Argument(".", help="Directory relative to the volume's root."),
+    path: str = typer.Argument(".", metavar="PATH", help="Directory relative to the volume's root."),
     cluster: str = CLUSTER_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     import stat
     import time
@@ -168,8 +167,10 @@ def ls(
 
 def put(
     ctx: typer.Context,
-    local: Path = typer.Argument(..., help="Local file or directory."),
-    remote: str = typer.Argument(None, help="Destination relative to the volume's root [the local name]."),
+    local: Path = typer.Argument(..., metavar="LOCAL", help="Local file or directory."),
+    remote: str = typer.Argument(
+        None, metavar="REMOTE", help="Destination relative to the volume's root [the local name]."
+    ),
     cluster: str = CLUSTER_OPTION,
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
@@ -187,8 +188,10 @@ def put(
 
 def get(
     ctx: typer.Context,
-    remote: str = typer.Argument(..., help="File or directory relative to the volume's root."),
-    local: Path = typer.Argument(None, help="Local destination [./NAME]."),
+    remote: str = typer.Argument(
+        ..., metavar="REMOTE", help="File or directory relative to the volume's root."
+    ),
+    local: Path = typer.Argument(None, metavar="LOCAL", help="Local destination [./NAME]."),
     cluster: str = CLUSTER_OPTION,
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
@@ -203,9 +206,9 @@ def get(
 
 def rm(
     ctx: typer.Context,
-    path: str = typer.Argument(..., help="File or directory relative to the volume's root."),
+    path: str = typer.Argument(..., metavar="PATH", help="File or directory relative to the volume's root."),
     cluster: str = CLUSTER_OPTION,
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: bool = YES_OPTION,
 ) -> None:
     import posixpath
 

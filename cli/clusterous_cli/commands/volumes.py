@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from clusterous_cli.commands.options import JSON_OPTION, REGION_OPTION, YES_OPTION
+
 app = typer.Typer(
     help="Shared volumes kept from earlier clusters.\n\nExample: clusterous-k8s volumes ls",
     no_args_is_help=True,
@@ -29,8 +31,8 @@ def _region(ctx: typer.Context, region: str | None) -> str:
 )
 def list_volumes(
     ctx: typer.Context,
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    region: str = REGION_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import output
     from clusterous_provisioner import aws, tags, volumes
@@ -73,9 +75,9 @@ def list_volumes(
 )
 def remove(
     ctx: typer.Context,
-    volume_id: str = typer.Argument(..., help="Volume id from `volumes ls`."),
-    region: str = typer.Option(None, "--region", help="AWS region [profile]."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    volume_id: str = typer.Argument(..., metavar="VOLUME_ID", help="Volume id from `volumes ls`."),
+    region: str = REGION_OPTION,
+    yes: bool = YES_OPTION,
 ) -> None:
     from clusterous_cli import output
     from clusterous_core.errors import BadInput
