@@ -33,7 +33,8 @@ def test_up_runs_the_environment_file_of_the_cluster_file(
     shared = tmp_path / "shared-volume"
     shared.mkdir()
     overrides = os.environ["CLUSTEROUS_CONTROLLER_OVERRIDES"]
-    record = yaml.safe_load(open(overrides).read())
+    with open(overrides) as fh:
+        record = yaml.safe_load(fh)
     record["shared_root"] = str(shared)
     with open(overrides, "w") as fh:
         yaml.safe_dump(record, fh)

@@ -68,7 +68,7 @@ class Report:
 def relative_remote(path: str | None, what: str = "REMOTE") -> PurePosixPath:
     """A user path as a clean relative path inside the volume; '' or '.' is the root itself."""
     text = (path or ".").replace("\\", "/")
-    if text.startswith("/") or text.startswith("~"):
+    if text.startswith(("/", "~")):
         raise BadInput(
             what, None, "a path relative to the shared volume's root (no leading '/' or '~')", path
         )
@@ -251,10 +251,8 @@ def sftp_put_file(sftp, local: Path, remote: str, report: Report, progress, name
             target.utime((info.st_atime, info.st_mtime))
         sftp.posix_rename(part, remote)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             sftp.remove(part)
-        except OSError:
-            pass
         raise
     report.transferred.append(name or remote)
     report.bytes += info.st_size

@@ -244,8 +244,10 @@ def _placement_problem(
             need += " and its ports"
         return (
             "InsufficientCPU",
-            f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
-            f"no {group} node has {need} free{spread} — {hint}",
+            (
+                f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
+                f"no {group} node has {need} free{spread} — {hint}"
+            ),
         )
     return None
 

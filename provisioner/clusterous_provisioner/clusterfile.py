@@ -378,13 +378,13 @@ def load_spec(
         if found:
             model.node_groups = {g: GroupFile.model_validate(v) for g, v in found.items()}
     if model.node_groups is not None:
-        if "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged:
-            if "worker" not in model.node_groups:
-                raise BadInput(
-                    flagged.get("parameters.worker_count") or "--worker-type",
-                    None,
-                    f"a layout with a 'worker' group ({source} defines: {', '.join(model.node_groups)})",
-                )
+        worker_flags = "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged
+        if worker_flags and "worker" not in model.node_groups:
+            raise BadInput(
+                flagged.get("parameters.worker_count") or "--worker-type",
+                None,
+                f"a layout with a 'worker' group ({source} defines: {', '.join(model.node_groups)})",
+            )
         groups = []
         for gname, g in model.node_groups.items():
             itype, count = g.instance_type, g.count

@@ -429,8 +429,10 @@ DEPENDENT_DELETES = {
     "DetachInternetGateway": (
         "VpcId",
         "DependencyViolation",
-        "Network {id} has some mapped public address(es). Please unmap those public address(es) "
-        "before detaching the gateway.",
+        (
+            "Network {id} has some mapped public address(es). Please unmap those public address(es) "
+            "before detaching the gateway."
+        ),
     ),
     # What AWS answers while the address still belongs to a NAT gateway's interface.
     "ReleaseAddress": (
@@ -789,9 +791,9 @@ class Realism:
         rule = self._take(req, ("throttle", "unavailable"))
         if rule is not None:
             return throttling_error(req) if rule.kind == "throttle" else server_error(req, rule.status)
-        if self._withheld and req.service == "ssm" and req.operation == "GetParameter":
-            if _json_body(req).get("Name") in self._withheld:
-                return "ParameterNotFound", "", 400
+        withheld = self._withheld and req.service == "ssm" and req.operation == "GetParameter"
+        if withheld and _json_body(req).get("Name") in self._withheld:
+            return "ParameterNotFound", "", 400
         if req.service != "ec2" or not req.operation:
             return None
         refused = (
