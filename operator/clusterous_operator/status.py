@@ -177,7 +177,7 @@ def build_status(
     phase = app_phase(components, previous, generation)
     blocked = [c for c in components if c.blocked_reason in ("InsufficientCPU", "NoNodes")]
     scheduled = (
-        _condition("Scheduled", False, blocked[0].blocked_reason, "; ".join(c.message for c in blocked))
+        _condition("Scheduled", False, blocked[0].blocked_reason or "", "; ".join(c.message for c in blocked))
         if blocked
         else _condition("Scheduled", True, "Placed", "every replica fits on the group's nodes")
     )
@@ -296,7 +296,9 @@ def _assemble(
     for condition in conditions:
         old = before.get(condition["type"])
         same = old is not None and old.get("status") == condition["status"]
-        condition["lastTransitionTime"] = old.get("lastTransitionTime", now) if same else now
+        condition["lastTransitionTime"] = (
+            old.get("lastTransitionTime", now) if old is not None and same else now
+        )
     status = {
         "phase": phase,
         "ready": f"{totals[0]}/{totals[1]}",
