@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from clusterous_cli.kubeapi import watch_objects
 from clusterous_cli.readiness import REQUEST_TIMEOUT, _json, match_node
@@ -25,7 +26,7 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"
 Report = Callable[[str], None]
 # Answers are not turned into model classes: what a server sends back is not our business here.
-RAW = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
 BLOCKED_RETRY = 5.0  # kubectl drain's wait before asking again for an eviction a budget refused
 
 

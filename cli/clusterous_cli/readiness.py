@@ -27,9 +27,13 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_provisioner.errors import BadInput, Failure
+
+if TYPE_CHECKING:
+    from clusterous_cli.endpoint import ClusterRef
 
 GROUP_LABEL = "clusterous.io/group"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
@@ -590,7 +594,7 @@ def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -
 class Plan:
     """What `up` hands over: the cluster, its instances and what it asked for."""
 
-    ref: object  # clusterous_cli.endpoint.ClusterRef
+    ref: ClusterRef
     region: str
     controller: dict  # DescribeInstances entry
     members: list[Member]
@@ -887,6 +891,7 @@ def apply_logging(api, level: int) -> str | None:
                 raise
         return UNINSTALLING
     body = change.manifest
+    assert body is not None  # an "apply" change carries its manifest
     if current is None:
         try:
             custom.create_namespaced_custom_object(*args, body, _request_timeout=REQUEST_TIMEOUT)

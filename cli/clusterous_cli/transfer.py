@@ -27,6 +27,7 @@ destination is an existing directory or ends in `/`.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import posixpath
 import re
@@ -39,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_provisioner.errors import BadInput, Failure
@@ -92,7 +94,7 @@ def resolve_remote(sftp, root: str, rel: PurePosixPath) -> tuple[str, str]:
             "is the cluster fully up? (`clusterous-k8s status`)",
         ) from None
     target = posixpath.join(real_root, str(rel)) if str(rel) != "." else real_root
-    existing, rest = target, []
+    existing, rest = target, list[str]()
     while True:
         try:
             sftp.lstat(existing)
@@ -184,8 +186,8 @@ def run_rsync(argv: list[str], report: Report, progress) -> None:
     """Run rsync, turning its itemized lines into the report and its progress2 lines into the bar."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     buffer = b""
-    assert process.stdout is not None
-    while chunk := process.stdout.read1(65536):
+    stdout = cast(io.BufferedReader, process.stdout)  # PIPE with the default bufsize: buffered
+    while chunk := stdout.read1(65536):
         buffer += chunk
         *lines, buffer = re.split(rb"[\r\n]", buffer)
         for raw in lines:

@@ -425,6 +425,7 @@ def up(
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
     node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
+    assert outcome.controller_id is not None  # apply() launched or found it
     with aws.aws_errors(f"up {spec.name}: reading the instances"):
         instances = readiness.describe(clients.ec2, [outcome.controller_id, *node_ids])
     controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
@@ -495,7 +496,7 @@ def _record_bounds(ref, spec, bucket: str, report) -> None:
 
 def down(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Cluster name [the current cluster]."),
+    name: str | None = typer.Argument(None, help="Cluster name [the current cluster]."),
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     keep_shared_volume: bool = typer.Option(
         False, "--keep-shared-volume", help="Keep the shared volume without asking."
@@ -538,6 +539,7 @@ def down(
         inv = discover(clients, name)
         volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
         if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
+            assert volume is not None  # volume_fate asks only about a volume
             delete_volume = not yes and typer.confirm(
                 f"Also delete the shared volume {volume['VolumeId']} ({volume['Size']} GiB) and the data on it?",
                 default=False,
@@ -761,8 +763,8 @@ def clusters(
     for row in rows.values():
         row["current"] = row["name"] == current
         if row["created"]:
-            created = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
-            row["age_hours"] = round((now - created).total_seconds() / 3600, 2)
+            started = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
+            row["age_hours"] = round((now - started).total_seconds() / 3600, 2)
         else:
             row["age_hours"] = None
     data = sorted(rows.values(), key=lambda r: r["name"])

@@ -66,7 +66,7 @@ def build_image(
         builds.ensure_built(conn, api, context, image, tag, output.say, force=force, settings=settings)
 
 
-def _size(size: int | None) -> str:
+def _size(size: float | None) -> str:
     if size is None:
         return "?"
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -111,7 +111,7 @@ def logs(
                 name, namespace, follow=follow, tail_lines=tail, _preload_content=False
             )
             pending = b""
-            for chunk in response.stream(65536):
+            for chunk in response.stream(65536):  # type: ignore[attr-defined]  # _preload_content=False: a urllib3 response
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 with lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
@@ -30,7 +32,7 @@ def list_tunnels(
     desired = tunnels.read_desired(ref)
     pid = tunnels.supervisor_pid(ref)
     status = tunnels.read_status(ref) if pid else {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     if desired.api_local:
         rows.append({"local": desired.api_local, "name": tunnels.API_NAME, "target": "controller:api"})
     rows += [{"local": t.local, "name": t.name, "target": f"{t.host}:{t.port}"} for t in desired.tunnels]
