@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "cli"), str(ROOT / "provisioner"), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT / p) for p in ("", "core", "cli", "provisioner", "operator")]
+KEX_CIPHER = re.compile(r"kex: client->server cipher: (\S+)")
 
 
 @contextlib.contextmanager
@@ -82,3 +85,22 @@ def moto_account() -> Iterator[tuple[str, Path]]:
     finally:
         proxy.stop()
         server.stop()
+
+
+def offer_only(sshd, cipher: str) -> None:
+    """Restart the sshd offering one cipher and logging (debug1) which one each connection gets.
+    sshd takes the first value of a keyword, so the log level is replaced, not appended."""
+    text = sshd.config_path.read_text().replace("LogLevel VERBOSE", "LogLevel DEBUG1")
+    sshd.config_path.write_text(f"Ciphers {cipher}\n{text}")
+    sshd.restart()
+
+
+def negotiated_since(sshd, offset: int, timeout: float = 10) -> tuple[str, int]:
+    """The cipher of the first connection sshd logged after `offset` (and the new offset)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = sshd.log_text()
+        match = KEX_CIPHER.search(text, offset)
+        if match or time.monotonic() > deadline:
+            return (match.group(1) if match else "unknown"), len(text)
+        time.sleep(0.05)

@@ -26,10 +26,12 @@ from pathlib import Path
 from _common import moto_account
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "cli"), str(REPO / "provisioner"), str(REPO / "operator")]
+sys.path[:0] = [str(REPO / p) for p in ("", "core", "cli", "provisioner", "operator")]
 os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 SIZES = (1, 10, 50)
+
+from clusterous_core.names import GROUP_LABEL  # noqa: E402
 
 
 def _counted(log: Path) -> collections.Counter:
@@ -40,7 +42,7 @@ def _pod(i: int) -> dict:
     container = {"name": "c", "image": "busybox:1.37", "resources": {"requests": {"cpu": "1500m"}}}
     return {
         "metadata": {"name": f"work-{i}"},
-        "spec": {"nodeSelector": {"clusterous.io/group": "worker"}, "containers": [container]},
+        "spec": {"nodeSelector": {GROUP_LABEL: "worker"}, "containers": [container]},
     }
 
 
@@ -92,7 +94,7 @@ def measure(url: str, workdir: Path, nodes: int) -> tuple[collections.Counter, c
         for reservation in ec2.describe_instances(Filters=flt)["Reservations"]:
             for instance in reservation["Instances"]:
                 name = "ip-" + instance["PrivateIpAddress"].replace(".", "-")
-                status = k8s.add_node(name, {"clusterous.io/group": "worker"})["status"]
+                status = k8s.add_node(name, {GROUP_LABEL: "worker"})["status"]
                 status["addresses"] = [{"type": "InternalIP", "address": instance["PrivateIpAddress"]}]
                 k8s.write_status("v1/nodes", name, status)
         for i in range(nodes):

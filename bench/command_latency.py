@@ -103,7 +103,7 @@ def main() -> int:
                 "XDG_CONFIG_HOME": str(work / "config"),
                 "XDG_CACHE_HOME": str(work / "cache"),
                 "PYTHONPATH": os.pathsep.join(
-                    [str(REPO / "cli"), str(REPO / "provisioner"), str(REPO / "operator"), str(REPO)]
+                    str(REPO / p) for p in ("core", "cli", "provisioner", "operator", "")
                 ),
                 "COLUMNS": "120",
             }

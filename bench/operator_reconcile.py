@@ -50,18 +50,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "provisioner"), str(ROOT / "cli")]
+sys.path[:0] = [str(ROOT / p) for p in ("", "core", "operator", "provisioner", "cli")]
 
 import attrs  # noqa: E402
 import kmock  # noqa: E402
 
+from clusterous_core.names import GROUP, GROUP_LABEL, PLURAL, TIME_FORMAT, VERSION  # noqa: E402
 from clusterous_operator.builders import APP_LABEL, SPEC_HASH_ANNOTATION  # noqa: E402
 from clusterous_operator.reconcile import decide  # noqa: E402
 from tests.addons_support import apply_storage_classes  # noqa: E402
 from tests.harness import k8s_controllers  # noqa: E402
 from tests.harness.k8s import ApiEmulator, K8sApi, find_resource  # noqa: E402
 
-GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"  # the operator runs with --namespace=default ...
 BARE_NAMESPACE = "bench-bare-{}"  # ... so it never sees the ClusterApps of the bare writes
 BENCH_AGENT = "clusterous-bench"  # the bench's own requests, left out of the counts
@@ -207,7 +207,7 @@ def decision_for(name: str, namespace: str, nodes: list[dict]):
     """What the operator makes of a new ClusterApp `name`: its children and its status."""
     body = clusterapp(name, namespace)
     body["metadata"]["generation"] = 1
-    decision = decide(body, nodes, now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    decision = decide(body, nodes, now=time.strftime(TIME_FORMAT, time.gmtime()))
     if decision.error is not None:
         raise BenchError(f"the bench's app is invalid: {decision.error}")
     return decision
@@ -465,9 +465,9 @@ def start_world(api: BenchApi):
     os.environ["KUBECONFIG"] = str(api.kubeconfig)  # for kopf's login
     crd = yaml.safe_load((ROOT / "operator/clusterous_operator/crd.yaml").read_text())
     api.create("apiextensions.k8s.io/v1/customresourcedefinitions", crd)
-    api.add_node("master-1", labels={"clusterous.io/group": "master"}, cpu="2")
+    api.add_node("master-1", labels={GROUP_LABEL: "master"}, cpu="2")
     for i in range(WORKERS):
-        api.add_node(f"worker-{i + 1}", labels={"clusterous.io/group": "worker"}, cpu="4")
+        api.add_node(f"worker-{i + 1}", labels={GROUP_LABEL: "worker"}, cpu="4")
     return new_client(api.kubeconfig)
 
 

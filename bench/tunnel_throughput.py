@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import statistics
 import subprocess
 import threading
 import time
 
-from _common import controller_stand_in
+from _common import controller_stand_in, negotiated_since, offer_only
 
 PAYLOAD_MB = int(os.environ.get("BENCH_PAYLOAD_MB", "512"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CIPHER = os.environ.get("BENCH_CIPHER", "aes128-gcm@openssh.com")
 BLOCK = os.urandom(1024 * 1024)
-KEX_CIPHER = re.compile(r"kex: client->server cipher: (\S+)")
 
 
 def serve(handler) -> int:
@@ -89,25 +87,6 @@ def wait_listening(port: int, timeout: float = 10) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(port)
-
-
-def offer_only(sshd, cipher: str) -> None:
-    """Restart the sshd offering one cipher and logging (debug1) which one each connection gets.
-    sshd takes the first value of a keyword, so the log level is replaced, not appended."""
-    text = sshd.config_path.read_text().replace("LogLevel VERBOSE", "LogLevel DEBUG1")
-    sshd.config_path.write_text(f"Ciphers {cipher}\n{text}")
-    sshd.restart()
-
-
-def negotiated_since(sshd, offset: int, timeout: float = 10) -> tuple[str, int]:
-    """The cipher of the first connection sshd logged after `offset` (and the new offset)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = sshd.log_text()
-        match = KEX_CIPHER.search(text, offset)
-        if match or time.monotonic() > deadline:
-            return (match.group(1) if match else "unknown"), len(text)
-        time.sleep(0.05)
 
 
 def main() -> None:

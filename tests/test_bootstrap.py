@@ -25,10 +25,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterous_core.errors import BadInput
 from clusterous_provisioner import addons, operator_bundle
 from clusterous_provisioner.bootstrap import (
     ADDONS_FILE,
     AGENT_TOKEN_FILE,
+    JOIN_TOKEN_FILE,
     K3S_INSTALL_SHA256,
     K3S_INSTALL_URL,
     REGISTRIES_FILE,
@@ -44,7 +46,6 @@ from clusterous_provisioner.bootstrap import (
     render_node,
     write_render_dir,
 )
-from clusterous_provisioner.errors import BadInput
 from tests.harness.k8s_controllers import tolerates
 from tests.harness.tools import cloud_init_schema, shellcheck, system_tool, validate_k8s
 
@@ -61,6 +62,8 @@ SUMS = f"sha256sum-{ARCH}.txt"
 # what the stand-in instance reports: 2 CPUs (nproc) and a t3.large's MemTotal (8 GiB nominal)
 MEMTOTAL_KIB = 8039272
 EXPORTS_FILE = "/etc/exports.d/clusterous.exports"  # the controller's export lines, its own file
+CA_HASH = "clusterous:k3s-ca-hash"  # the instance tag `up` writes the server CA's hash into
+CA_DIGEST = hashlib.sha256(b"-----BEGIN CERTIFICATE-----\nthe controller's CA\n").hexdigest()
 
 
 def make_inputs(**changes) -> BootstrapInputs:
@@ -102,11 +105,32 @@ chmod +x "$STANDIN_BIN/k3s"
 BEHAVIOUR = {
     # GitHub, as far as the scripts see it: `curl ... -o FILE URL` writes $STANDIN_WEB/<last
     # part of URL>, or fails like curl -f on a 404; $STANDIN_STATE/fail-url-<name> fails it N times.
+    # The EC2 metadata service as IMDSv2 answers (http://169.254.169.254/...): a session token
+    # only for a PUT with a TTL header; every other path only with that token (else 401, which
+    # curl -f exits 22 on), served from $STANDIN_IMDS/<path> (404 when absent).
     "curl": r"""
-out=""; url=""
-while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift ;; http*) url="$1" ;; esac; shift; done
+out=""; url=""; method=GET; ttl=""; session=""
+while [ $# -gt 0 ]; do case "$1" in
+    -o) out="$2"; shift ;;
+    -X) method="$2"; shift ;;
+    -H) case "$2" in
+            X-aws-ec2-metadata-token-ttl-seconds:*) ttl="${2#*: }" ;;
+            X-aws-ec2-metadata-token:*) session="${2#*: }" ;;
+        esac; shift ;;
+    http*) url="$1" ;;
+esac; shift; done
 name="$(basename "$url")"; fails="$STANDIN_STATE/fail-url-$name"
 if [ -s "$fails" ] && [ "$(cat "$fails")" -gt 0 ]; then echo $(($(cat "$fails") - 1)) >"$fails"; exit 22; fi
+case "$url" in http://169.254.169.254/*)
+    path="${url#http://169.254.169.254}"
+    if [ "$path" = /latest/api/token ]; then
+        [ "$method" = PUT ] && [ -n "$ttl" ] || exit 22
+        echo "imds-session-token"; exit 0
+    fi
+    [ "$session" = imds-session-token ] || exit 22
+    [ -f "$STANDIN_IMDS$path" ] || exit 22
+    cat "$STANDIN_IMDS$path"; exit 0 ;;
+esac
 [ -e "$STANDIN_WEB/$name" ] || exit 22
 cat "$STANDIN_WEB/$name" >"$out"
 """,
@@ -144,8 +168,9 @@ class Instance:
         self.bin = tmp / "bin"
         self.state = tmp / "state"
         self.web = tmp / "web"  # what the GitHub URLs serve
+        self.imds = tmp / "imds"  # what the instance metadata service serves
         self.log = tmp / "standins.log"
-        for folder in (self.root, self.bin, self.state, self.web):
+        for folder in (self.root, self.bin, self.state, self.web, self.imds):
             folder.mkdir(parents=True)
         self.log.touch()
         for tool in CORE_UTILS:
@@ -158,7 +183,17 @@ class Instance:
         (self.root / "proc" / "meminfo").write_text(f"MemTotal:       {MEMTOTAL_KIB} kB\nMemFree: 1 kB\n")
         self.publish_release(b"zstd-compressed image archive\n")
         (self.web / "install.sh").write_text(INSTALLER)
+        self.tag(CA_HASH, CA_DIGEST)  # `up` has tagged it already (the tests of waiting untag it)
         self.outputs: list[str] = []
+
+    def tag(self, key: str, value: str | None) -> None:
+        """The instance's tag `key` as IMDS shows it (tags in metadata on), or gone (None)."""
+        path = self.imds / "latest/meta-data/tags/instance" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if value is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(value)  # IMDS answers a tag's value without a newline
 
     def publish_release(self, airgap: bytes, listed: bytes | None = None) -> None:
         """The k3s release's airgap archive and its sha256sum file (listing `listed`'s hash)."""
@@ -209,6 +244,7 @@ class Instance:
             "STANDIN_BIN": str(self.bin),
             "STANDIN_STATE": str(self.state),
             "STANDIN_WEB": str(self.web),
+            "STANDIN_IMDS": str(self.imds),
             **env,
         }
         result = subprocess.run(
@@ -425,14 +461,62 @@ def test_node_joins_the_controller_with_its_group_label(instance, group):
     pairs = list(zip(args, args[1:], strict=False))
     assert args[0] == "agent"
     assert ("--server", "https://10.42.1.10:6443") in pairs
-    assert ("--token-file", AGENT_TOKEN_FILE) in pairs  # the agent token, never the server's
+    assert ("--token-file", JOIN_TOKEN_FILE) in pairs  # the agent token, never the server's
     assert SERVER_TOKEN_FILE not in args and "--agent-token-file" not in args
     assert ("--node-label", f"clusterous.io/group={group}") in pairs
     assert instance.installer_env()["INSTALL_K3S_VERSION"] == "v1.33.5+k3s1"
+    assert instance.text(JOIN_TOKEN_FILE) == f"K10{CA_DIGEST}::node:{AGENT_TOKEN}\n"
     assert instance.calls("apt-get")[-1].split()[-1] == "nfs-common"
     assert instance.calls("mkfs.ext4") == [] and instance.calls("exportfs") == []
     rerun = instance.run(config)
     assert rerun.returncode == 0 and len(instance.calls("k3s-installer")) == 1
+
+
+def test_a_node_waits_for_its_ca_hash_tag_then_joins_with_the_secure_token(instance):
+    """`up` tags the nodes once the controller's k3s runs: until then the agent is installed but
+    not started; IMDS answers 404 for the tag twice, then the hash, and the agent starts."""
+    instance.tag(CA_HASH, None)
+    config = instance.unpack(render_node(make_inputs(), "worker"))
+    looks = []
+
+    def tag_appears(attempt: int) -> None:
+        looks.append(len(instance.calls("sleep")))
+        instance.tag(CA_HASH, CA_DIGEST)
+
+    runs = instance.run_unit(config, between=tag_appears, CLUSTEROUS_JOIN_ATTEMPTS="3")
+    assert [r.returncode for r in runs] == [1, 0], runs[-1].stderr
+    assert looks == [2]  # 3 looks, 2 waits between them, in the failed run
+    assert f"no server CA hash in tag {CA_HASH} after 3 looks" in runs[0].stderr
+    assert "`clusterous-k8s up` sets it" in runs[0].stderr
+    assert f"waiting for tag {CA_HASH}" in runs[0].stdout
+    assert instance.installer_env()["INSTALL_K3S_SKIP_START"] == "true"  # installed, not started
+    token = instance.root / JOIN_TOKEN_FILE.lstrip("/")
+    assert token.read_text() == f"K10{CA_DIGEST}::node:{AGENT_TOKEN}\n"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    starts = [c for c in instance.calls("systemctl") if "k3s-agent.service" in c]
+    assert starts == ["systemctl start k3s-agent.service"]  # once, after the token: never without it
+    imds = [c for c in instance.calls("curl") if "169.254.169.254" in c]
+    assert f"http://169.254.169.254/latest/meta-data/tags/instance/{CA_HASH}" in imds[-1]
+    assert "-X PUT -H X-aws-ec2-metadata-token-ttl-seconds: 60" in imds[-2]  # IMDSv2 session first
+    assert AGENT_TOKEN not in instance.log.read_text() and not any(AGENT_TOKEN in o for o in instance.outputs)
+    rerun = instance.run(config)  # a reboot: the token is kept, the agent (enabled) just started
+    assert rerun.returncode == 0 and token.read_text().startswith(f"K10{CA_DIGEST}::")
+
+
+def test_a_tag_that_is_no_sha256_is_never_written_into_the_token(instance):
+    instance.tag(CA_HASH, "not-a-hash")
+    config = instance.unpack(render_node(make_inputs(), "master"))
+    result = instance.run(config, CLUSTEROUS_JOIN_ATTEMPTS="2")
+    assert result.returncode == 1
+    assert not (instance.root / JOIN_TOKEN_FILE.lstrip("/")).exists()
+    assert not [c for c in instance.calls("systemctl") if "k3s-agent" in c]
+
+
+def test_the_controller_starts_its_server_at_install(instance):
+    instance.attach_volume(nvme_link())
+    _, result = boot_controller(instance)
+    assert result.returncode == 0, result.stderr
+    assert instance.installer_env()["INSTALL_K3S_SKIP_START"] == "false"
 
 
 def test_amazon_linux_uses_dnf_and_skips_the_selinux_rpm(instance):
@@ -762,6 +846,7 @@ def test_no_node_ever_holds_the_server_token(instance, tmp_path, os_name):
         files = written_files(user_data)
         assert SERVER_TOKEN_FILE not in files and not any(secret in text for text in files.values())
         assert [path for path, text in files.items() if AGENT_TOKEN in text] == [AGENT_TOKEN_FILE]
+        assert "K10" not in user_data and CA_DIGEST not in user_data  # the hash comes by tag, later
         node = Instance(tmp_path / group)
         result = node.run(node.unpack(user_data))
         assert result.returncode == 0, result.stderr
@@ -955,17 +1040,20 @@ def test_operator_code_zip_imports_the_installed_package(tmp_path):
     assert operator_bundle.operator_zip() == archive.read_bytes()  # deterministic
     names = zipfile.ZipFile(archive).namelist()
     assert "clusterous_operator/__init__.py" in names and "clusterous_operator/crd.yaml" in names
+    assert "clusterous_core/__init__.py" in names  # the core the operator imports rides along
     assert not any("__pycache__" in name for name in names)
     probe = (
-        "import clusterous_operator.images as m, importlib.resources as r; "
-        "print(m.__file__); print(len((r.files('clusterous_operator') / 'crd.yaml').read_text()))"
+        "import clusterous_operator.spec as m, clusterous_core.names as c, importlib.resources as r; "
+        "print(m.__file__); print(c.__file__); "
+        "print(len((r.files('clusterous_operator') / 'crd.yaml').read_text()))"
     )
     result = subprocess.run(
         [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(archive)!r}); {probe}"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert str(archive) in result.stdout  # imported from the zip, not from the checkout
+    operator_file, core_file = result.stdout.splitlines()[:2]
+    assert operator_file.startswith(str(archive)) and core_file.startswith(str(archive))  # not the checkout
 
 
 def test_operator_requirements_cover_every_import_of_the_operator():
@@ -982,7 +1070,7 @@ def test_operator_requirements_cover_every_import_of_the_operator():
                         imported |= {alias.name.split(".")[0] for alias in node.names}
                     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                         imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"clusterous_operator"}
+    third_party = imported - set(sys.stdlib_module_names) - set(operator_bundle.PACKAGES)
     assert third_party <= provided, f"not in operator_bundle.REQUIREMENTS: {third_party - provided}"
     assert "kopf" in third_party
 

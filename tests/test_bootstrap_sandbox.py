@@ -14,8 +14,8 @@ import pytest
 
 from clusterous_provisioner import addons
 from clusterous_provisioner.bootstrap import LOGIN_UID, render_controller, render_node
-from tests.harness.bootstrap_sandbox import FSTAB, NVME_DEVICE, Sandbox
-from tests.test_bootstrap import VOLUME, make_inputs, nvme_link
+from tests.harness.bootstrap_sandbox import CA_DIGEST, CA_HASH_TAG, FSTAB, NVME_DEVICE, Sandbox
+from tests.test_bootstrap import AGENT_TOKEN, VOLUME, make_inputs, nvme_link
 
 SHARED = addons.SHARED_DIR  # /export/shared: the volume's mount point and NFS export
 CIDR = "10.42.0.0/16"
@@ -282,3 +282,28 @@ def test_a_node_installs_the_agent_and_touches_no_disk(sandbox):
     assert not sandbox.exists("/etc/clusterous/k3s-server-token")  # only the controller has one
     rerun = sandbox.run(config)
     assert rerun.returncode == 0 and len(sandbox.calls("k3s-installer")) == 1
+
+
+def test_a_node_waits_for_the_ca_hash_tag_then_writes_the_k10_token_and_starts_the_agent(sandbox):
+    """Until `up` tags it, a run installs k3s without starting it and fails after its looks (the
+    unit runs it again); once the tag is there the next run writes the secure token and starts."""
+    join_token = "/etc/clusterous/k3s-join-token"
+    sandbox.tag(CA_HASH_TAG, None)
+    config = sandbox.unpack(render_node(make_inputs(), "worker"))
+    env = {"CLUSTEROUS_JOIN_ATTEMPTS": "3", "CLUSTEROUS_RETRY_DELAY": "0"}
+    first = sandbox.run(config, **env)
+    assert first.returncode == 1
+    assert first.stdout.count(f"waiting for tag {CA_HASH_TAG}") == 2  # 3 looks, 2 waits
+    assert sandbox.check("k3s --version").startswith("k3s version v1.33.5+k3s1")  # installed already
+    assert not sandbox.exists(join_token) and not sandbox.exists(join_token + ".part")
+    assert not [c for c in sandbox.calls("systemctl") if "k3s-agent" in c]  # not started without it
+    sandbox.tag(CA_HASH_TAG, CA_DIGEST)
+    second = sandbox.run(config, **env)
+    assert second.returncode == 0, second.stderr
+    assert sandbox.read(join_token) == f"K10{CA_DIGEST}::node:{AGENT_TOKEN}\n"
+    assert sandbox.stat(join_token) == (0, 0, 0o600)
+    assert [c for c in sandbox.calls("systemctl") if "k3s-agent" in c] == [
+        "systemctl start k3s-agent.service"
+    ]
+    assert AGENT_TOKEN not in first.stdout + first.stderr + second.stdout + second.stderr
+    assert not [c for c in sandbox.read("/var/log/standins.log").splitlines() if AGENT_TOKEN in c]

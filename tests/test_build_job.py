@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from clusterous_cli import buildcontext, buildjob, builds, registry, tunnels
+from clusterous_core.errors import BadInput
 from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
-from clusterous_provisioner.errors import BadInput
 from tests.harness.tools import validate_k8s
 from tests.ssh_support import controller, make_controller, write_k3s_yaml  # noqa: F401
 

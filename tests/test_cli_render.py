@@ -89,7 +89,7 @@ def test_a_dependency_cycle_is_bad_input(capsys, tmp_path) -> None:
 
 
 def test_missing_files_invalid_yaml_and_non_node_lists_are_bad_input(capsys, tmp_path) -> None:
-    assert "readable YAML file" in one_line_error(capsys, tmp_path / "absent.yaml")
+    assert "existing YAML file" in one_line_error(capsys, tmp_path / "absent.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("spec: [unclosed\n")
     assert "valid YAML" in one_line_error(capsys, broken)

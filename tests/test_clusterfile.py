@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from clusterous_core.errors import BadInput
 from clusterous_provisioner.clusterfile import DEFAULT_VOLUME_GIB, load_spec
-from clusterous_provisioner.errors import BadInput
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import time
 import kubernetes
 import pytest
 
-from clusterous_cli import drain
+from clusterous_provisioner import drain
 
 HOLD = "test.clusterous.io/hold"  # a finalizer: the pod stays "terminating" until the test lets go
 

@@ -257,6 +257,34 @@ def test_a_new_instance_profile_is_unknown_to_run_instances(aws):
     assert aws.client("ec2", direct=True).describe_instances()["Reservations"]
 
 
+# --- tags in instance metadata --------------------------------------------------------------------
+
+
+def test_tags_in_instance_metadata_are_recorded_and_refuse_keys_imds_cannot_show(aws):
+    aws.realism.imds_tag_keys()
+    ec2 = client(aws, "ec2")
+    on = {"HttpTokens": "required", "InstanceMetadataTags": "enabled"}
+
+    def tagged(key: str) -> list[dict]:
+        return [{"ResourceType": "instance", "Tags": [{"Key": key, "Value": "v"}]}]
+
+    fine = launch(ec2, MetadataOptions=on, TagSpecifications=tagged("clusterous:k3s-ca-hash"))
+    (found,) = [i for r in ec2.describe_instances(InstanceIds=[fine])["Reservations"] for i in r["Instances"]]
+    assert found["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+    for bad in ("team/owner", "has space", "_index", ".."):
+        with pytest.raises(ClientError) as err:
+            launch(ec2, MetadataOptions=on, TagSpecifications=tagged(bad))
+        assert code_of(err) == "InvalidParameterValue" and repr(bad) in str(err.value)
+    with pytest.raises(ClientError) as err:
+        ec2.create_tags(Resources=[fine], Tags=[{"Key": "a/b", "Value": "v"}])
+    assert code_of(err) == "InvalidParameterValue"
+    ec2.create_tags(Resources=[fine], Tags=[{"Key": "a:b", "Value": "v"}])
+    # without tags in metadata any key goes, as on AWS
+    off = launch(ec2, TagSpecifications=tagged("team/owner"))
+    ec2.create_tags(Resources=[off], Tags=[{"Key": "a/b", "Value": "v"}])
+    assert len(aws.realism.injected()) == 5
+
+
 # --- throttling and server errors below botocore's retries --------------------------------------
 
 

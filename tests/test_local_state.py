@@ -24,7 +24,7 @@ WRITERS = 6
 def run_together(script: str, count: int = WRITERS) -> None:
     """`script` in `count` processes started together (each gets its index as argv[1])."""
     env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("", "cli", "provisioner", "operator"))
+        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("", "core", "cli", "provisioner", "operator"))
     }
     code = textwrap.dedent(script)
     processes = [

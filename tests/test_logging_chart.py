@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterous_core.errors import BadInput
 from clusterous_provisioner import logging_addon
-from clusterous_provisioner.errors import BadInput
 from tests.harness.k8s_controllers import tolerates
 from tests.harness.tools import REPO, tool_path, validate_k8s
 from tests.ssh_support import HELMCHART_CRD, make_controller, write_k3s_yaml

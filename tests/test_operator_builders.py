@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.builders import (
     APP_LABEL,
     COMPONENT_LABEL,
@@ -17,7 +18,7 @@ from clusterous_operator.builders import (
     plan_changes,
 )
 from clusterous_operator.images import CLUSTER_REGISTRY, resolve_image
-from clusterous_operator.placement import GROUP_LABEL, Reserved, place, usable_nodes
+from clusterous_operator.placement import Reserved, place, usable_nodes
 from clusterous_operator.spec import parse_app
 
 

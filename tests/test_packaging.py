@@ -25,9 +25,9 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     return zipfile.ZipFile(next(out.glob("clusterous_k8s-*.whl")))
 
 
-def test_wheel_has_the_three_packages_and_no_operator_package(wheel):
+def test_wheel_has_the_four_packages_and_no_operator_package(wheel):
     tops = {name.split("/")[0] for name in wheel.namelist() if not name.startswith("clusterous_k8s-")}
-    assert tops == {"clusterous_cli", "clusterous_provisioner", "clusterous_operator"}
+    assert tops == {"clusterous_core", "clusterous_cli", "clusterous_provisioner", "clusterous_operator"}
 
 
 def test_wheel_carries_every_chart_manifest_and_script_file(wheel):

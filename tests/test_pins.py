@@ -82,7 +82,7 @@ def test_the_operator_image_is_the_deployments_pinned_by_digest_and_installs_the
     assert re.fullmatch(
         r"python:3\.12\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", operator_bundle.OPERATOR_IMAGE
     )
-    assert f"COPY clusterous_operator/{operator_bundle.LOCK_FILE} " in dockerfile
+    assert f"COPY operator/clusterous_operator/{operator_bundle.LOCK_FILE} " in dockerfile
     assert re.search(
         r"pip install --require-hashes --no-deps --only-binary=:all: -r \S*requirements\.txt", dockerfile
     )

@@ -8,11 +8,12 @@ import json
 import pytest
 import yaml
 
-from clusterous_cli import drain, readiness
-from clusterous_cli.readiness import Check, Member, Stage
-from clusterous_provisioner import apply, bootstrap
+from clusterous_cli import controller_boot, endpoint, readiness, stages
+from clusterous_cli.stages import Check, Stage
+from clusterous_core.errors import BadInput, Failure
+from clusterous_provisioner import apply, bootstrap, drain, kubeobjects
 from clusterous_provisioner.clusterfile import load_spec
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_provisioner.kubeobjects import Member
 
 
 def node(name, ip=None, ready="True", group=None, reason="KubeletReady", message=""):
@@ -29,8 +30,8 @@ WORKER = Member("i-w", "worker", "10.20.16.5", "ip-10-20-16-5.ec2.internal")
 
 def test_nodes_are_matched_by_address_or_hostname_and_all_must_be_ready() -> None:
     nodes = [node("ip-10-20-0-10"), node("w1", ip="10.20.16.5", group="worker")]
-    assert readiness.match_node(CONTROLLER, nodes)["metadata"]["name"] == "ip-10-20-0-10"
-    assert readiness.match_node(WORKER, nodes)["metadata"]["name"] == "w1"
+    assert kubeobjects.match_node(CONTROLLER, nodes)["metadata"]["name"] == "ip-10-20-0-10"
+    assert kubeobjects.match_node(WORKER, nodes)["metadata"]["name"] == "w1"
     check = readiness.check_nodes([CONTROLLER, WORKER], nodes)
     assert check.done and check.summary == "2/2 nodes Ready (controller 1/1, worker 1/1)"
 
@@ -75,32 +76,32 @@ def deployment(replicas=1, generation=2, **status):
 
 
 def test_deployment_daemonset_and_crd_readiness() -> None:
-    assert readiness.deployment_available(None) == (False, "not created yet")
-    assert readiness.deployment_available(deployment())[0] is False
+    assert kubeobjects.deployment_available(None) == (False, "not created yet")
+    assert kubeobjects.deployment_available(deployment())[0] is False
     unavailable = deployment(
         replicas=2,
         availableReplicas=1,
         conditions=[{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"}],
     )
-    assert readiness.deployment_available(unavailable) == (
+    assert kubeobjects.deployment_available(unavailable) == (
         False,
         "1/2 replicas available (MinimumReplicasUnavailable)",
     )
     stale = deployment(availableReplicas=1, updatedReplicas=1, observedGeneration=1)
-    assert readiness.deployment_available(stale)[0] is False
+    assert kubeobjects.deployment_available(stale)[0] is False
     good = deployment(availableReplicas=1, updatedReplicas=1, observedGeneration=2)
-    assert readiness.deployment_available(good) == (True, "1/1 available")
+    assert kubeobjects.deployment_available(good) == (True, "1/1 available")
 
     ds = {"metadata": {"name": "n", "generation": 1}, "status": {}}
-    assert readiness.daemonset_ready(ds) == (False, "not scheduled yet")
+    assert kubeobjects.daemonset_ready(ds) == (False, "not scheduled yet")
     ds["status"] = {"observedGeneration": 1, "desiredNumberScheduled": 3, "numberReady": 2}
-    assert readiness.daemonset_ready(ds) == (False, "2/3 pods ready")
+    assert kubeobjects.daemonset_ready(ds) == (False, "2/3 pods ready")
     ds["status"] |= {"numberReady": 3, "numberAvailable": 3, "updatedNumberScheduled": 3}
-    assert readiness.daemonset_ready(ds)[0] is True
+    assert kubeobjects.daemonset_ready(ds)[0] is True
 
     crd = {"metadata": {"name": "x"}, "status": {"conditions": [{"type": "Established", "status": "True"}]}}
-    assert readiness.crd_established(crd) == (True, "established")
-    assert readiness.crd_established(None)[0] is False
+    assert kubeobjects.crd_established(crd) == (True, "established")
+    assert kubeobjects.crd_established(None)[0] is False
 
 
 def test_a_stuck_pod_says_why_with_its_newest_events() -> None:
@@ -121,7 +122,7 @@ def test_a_stuck_pod_says_why_with_its_newest_events() -> None:
         {"type": "Normal", "reason": f"R{i}", "message": f"m{i}", "lastTimestamp": f"2025-01-01T00:00:0{i}Z"}
         for i in (3, 1, 4, 2)
     ]
-    assert readiness.pod_problem(pod, events) == (
+    assert kubeobjects.pod_problem(pod, events) == (
         "pod registry-abc: Pending; on ip-10-20-0-10; container registry waiting: ImagePullBackOff: not found; "
         "last events: Normal R2: m2 | Normal R3: m3 | Normal R4: m4"
     )
@@ -137,7 +138,7 @@ def test_a_stuck_pod_says_why_with_its_newest_events() -> None:
     ],
 )
 def test_cloud_init_result(output, expected) -> None:
-    assert readiness.parse_cloud_init(output) == expected
+    assert controller_boot.parse_cloud_init(output) == expected
 
 
 class FakeClock:
@@ -154,11 +155,11 @@ class FakeClock:
 def test_a_stage_polls_until_done() -> None:
     clock, answers = FakeClock(), iter([Check(False, "a"), Check(False, "b"), Check(True, "c")])
     lines: list[str] = []
-    check = readiness.run_stage(
+    check = stages.run_stage(
         Stage("api", "the API", lambda: next(answers)), 10, lines.append, clock, clock.sleep
     )
     assert check.summary == "c" and lines == ["the API: a", "the API: b", "the API: c"]
-    assert clock.now == pytest.approx(2 * readiness.poll_interval(10))
+    assert clock.now == pytest.approx(2 * stages.poll_interval(10))
 
 
 def test_a_stage_that_never_finishes_names_what_is_stuck() -> None:
@@ -170,12 +171,12 @@ def test_a_stage_that_never_finishes_names_what_is_stuck() -> None:
 
     stage = Stage("nodes", "every node Ready", poll, lambda check: ["node w1: last events: Warning X: y"])
     with pytest.raises(Failure) as caught:
-        readiness.run_stage(stage, 5, lambda _: None, clock, clock.sleep)
+        stages.run_stage(stage, 5, lambda _: None, clock, clock.sleep)
     text = str(caught.value)
     assert text.startswith("timed out after 5 s waiting for every node Ready: 1/2 nodes Ready")
     assert "  - node w1: not Ready\n  - node w1: last events: Warning X: y" in text
     assert "re-run `clusterous-k8s up`" in text and caught.value.exit_code == 1
-    assert polls[-1] <= 5 and len(polls) == int(5 / readiness.poll_interval(5))
+    assert polls[-1] <= 5 and len(polls) == int(5 / stages.poll_interval(5))
 
 
 def test_a_failure_inside_a_poll_is_not_waited_out() -> None:
@@ -185,15 +186,15 @@ def test_a_failure_inside_a_poll_is_not_waited_out() -> None:
         raise Failure("host key CHANGED")
 
     with pytest.raises(Failure, match="CHANGED"):
-        readiness.run_stage(Stage("ssh", "SSH", poll), 100, lambda _: None, clock, clock.sleep)
+        stages.run_stage(Stage("ssh", "SSH", poll), 100, lambda _: None, clock, clock.sleep)
     assert clock.now == 0
 
 
 def test_timeouts() -> None:
-    assert readiness.timeouts_for(None) == readiness.DEFAULT_TIMEOUTS
-    assert set(readiness.timeouts_for(7).values()) == {7.0}
+    assert stages.timeouts_for(None) == stages.DEFAULT_TIMEOUTS
+    assert set(stages.timeouts_for(7).values()) == {7.0}
     with pytest.raises(BadInput):
-        readiness.timeouts_for(0)
+        stages.timeouts_for(0)
 
 
 def controller(os_name="al2023"):
@@ -208,7 +209,7 @@ def controller(os_name="al2023"):
 
 
 def test_the_controller_record_uses_the_public_address_and_the_os_login() -> None:
-    fields = readiness.endpoint_fields(controller("al2023"), "eu-west-1", "/k/c.pem")
+    fields = endpoint.endpoint_fields(controller("al2023"), "eu-west-1", "/k/c.pem")
     assert fields == {
         "host": "203.0.113.10",
         "user": "ec2-user",
@@ -216,8 +217,8 @@ def test_the_controller_record_uses_the_public_address_and_the_os_login() -> Non
         "region": "eu-west-1",
         "key_file": "/k/c.pem",
     }
-    assert readiness.endpoint_fields(controller("ubuntu-24.04"), "eu-west-1", None)["user"] == "ubuntu"
-    kept = readiness.endpoint_fields(
+    assert endpoint.endpoint_fields(controller("ubuntu-24.04"), "eu-west-1", None)["user"] == "ubuntu"
+    kept = endpoint.endpoint_fields(
         controller(),
         "eu-west-1",
         None,
@@ -230,9 +231,9 @@ def test_the_controller_record_uses_the_public_address_and_the_os_login() -> Non
 def test_overrides_name_an_unknown_field(tmp_path, monkeypatch) -> None:
     path = tmp_path / "o.yml"
     path.write_text(json.dumps({"hots": "127.0.0.1"}))
-    monkeypatch.setenv(readiness.OVERRIDES_ENV, str(path))
+    monkeypatch.setenv(endpoint.OVERRIDES_ENV, str(path))
     with pytest.raises(BadInput, match="hots"):
-        readiness.read_overrides()
+        endpoint.read_overrides()
 
 
 def test_drain_leaves_daemonset_and_static_pods() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from clusterous_cli import hostkeys, ssh
 from clusterous_cli.endpoint import load_endpoint, write_endpoint
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 from tests.harness.sshd import SshServer, cloud_init_console_output
 from tests.ssh_support import controller, make_controller  # noqa: F401
 

@@ -264,7 +264,7 @@ def test_tunnel_bench_runs_as_a_smoke_test(cipher) -> None:
         "BENCH_PAYLOAD_MB": "2",
         "BENCH_ROUNDS": "2",
         "BENCH_CIPHER": cipher,
-        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "cli", "provisioner", "operator")),
+        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "core", "cli", "provisioner", "operator")),
     }
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "tunnel_throughput.py")],
@@ -318,7 +318,7 @@ def test_concurrent_starts_make_one_supervisor(controller) -> None:  # noqa: F81
 
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "cli", "provisioner", "operator"))
+        "PYTHONPATH": os.pathsep.join(str(root / p) for p in ("", "core", "cli", "provisioner", "operator"))
     }
     script = (
         "import sys; from pathlib import Path; from clusterous_cli import tunnels; "

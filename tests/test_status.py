@@ -73,7 +73,9 @@ def test_scale_grows_with_one_call_and_shrinks_newest_first(aws, cli):
     files = _user_data_files(aws, new["InstanceId"])
     assert files[AGENT_TOKEN_FILE].strip() == agent["Parameter"]["Value"]
     assert SERVER_TOKEN_FILE not in files and not any("server-token" in path for path in files)
-    assert '--token-file "$AGENT_TOKEN_FILE"' in files["/usr/local/lib/clusterous/node.sh"]
+    # it joins with the agent token in k3s' secure form, built at boot from its CA-hash tag
+    assert '--token-file "$JOIN_TOKEN_FILE"' in files["/usr/local/lib/clusterous/node.sh"]
+    assert new["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
 
     assert cli(["add-nodes", "1", "--yes"]).exit_code == 0
     assert len(_workers(aws, "sc")) == 5

@@ -21,20 +21,15 @@ MAX_FUNCTION_LINES = 60
 # longer over its limit fails test_lists_name_only_offenders.
 BEING_SPLIT_MODULES = {
     "cli/clusterous_cli/commands/cluster.py",  # up/down/scale through the provisioner's front door
-    "cli/clusterous_cli/envfile.py",  # the YAML reader and errors to the common core
     "cli/clusterous_cli/readiness.py",  # split by idea (stage engine, pure checks, setup writes)
-    "cli/clusterous_cli/transfer.py",
     "provisioner/clusterous_provisioner/apply.py",  # the table of AWS resource kinds
-    "provisioner/clusterous_provisioner/clusterfile.py",  # names and errors to the common core
 }
 BEING_SPLIT_FUNCTIONS = {
     "cli/clusterous_cli/commands/cluster.py::up",  # provisioner.up(spec, report)
     "cli/clusterous_cli/commands/cluster.py::down",  # provisioner.down
     "cli/clusterous_cli/commands/cluster.py::_resize",  # provisioner.scale
-    "cli/clusterous_cli/transfer.py::put",
     "provisioner/clusterous_provisioner/apply.py::apply",  # apply order from the table
     "provisioner/clusterous_provisioner/apply.py::ensure_network",
-    "provisioner/clusterous_provisioner/clusterfile.py::load_spec",
     "provisioner/clusterous_provisioner/destroy.py::destroy",  # destroy order from the table
     "provisioner/clusterous_provisioner/plan.py::make_plan",  # plan and cost from the table
 }

@@ -13,13 +13,19 @@ What stands in for what (docs/provisioning.md, "Readiness"):
   manifests found in the controller's real user-data (as k3s's auto-deploy does), registers a
   Node for every running instance (address, group label; tests choose a NotReady group or a
   controller too small). The emulator's own controllers, scheduler and kubelet run the pods.
+  A node's agent joins only as k3s' does with a `K10<hash>::` token: its hash comes from its own
+  instance tag through IMDS (so only with tags in metadata enabled) and must be the SHA-256 of
+  the CA bundle the controller serves (k3s' hashCA of a one-certificate bundle: its bytes), a
+  real self-signed certificate below the sshd's folder where k3s keeps it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import gzip
+import hashlib
 import json
 import re
 import threading
@@ -42,6 +48,32 @@ CLUSTER = "ready"
 SSH_CIDR = "198.51.100.7/32"
 UP = ["up", "--name", CLUSTER, "--ssh-cidr", SSH_CIDR, "--yes"]  # the default OS: Ubuntu 24.04
 ADDONS_FILE = "/var/lib/rancher/k3s/server/manifests/clusterous-addons.yaml"
+CA_FILE = "var/lib/rancher/k3s/server/tls/server-ca.crt"  # below the controller's root
+CA_HASH_TAG = "clusterous:k3s-ca-hash"
+
+
+def self_signed_ca() -> bytes:
+    """A CA like the one k3s makes at its first start (ECDSA P-256, CN k3s-server-ca@<time>), PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k3s-server-ca@1735689600")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _tags(instance: dict) -> dict:
@@ -55,8 +87,8 @@ def node_name(instance: dict) -> str:
 class FakeK3s:
     """k3s's auto-deploy and each instance's kubelet registering its Node, for one cluster."""
 
-    def __init__(self, aws, k8s_api, cluster: str = CLUSTER):
-        self.aws, self.api, self.cluster = aws, k8s_api, cluster
+    def __init__(self, aws, k8s_api, ca_file: Path, cluster: str = CLUSTER):
+        self.aws, self.api, self.cluster, self.ca_file = aws, k8s_api, cluster, ca_file
         self.not_ready_groups: set[str] = set()  # their kubelets report NotReady
         self.controller_cpu = "2"  # what the controller's kubelet reports allocatable
         self.on_addons = None  # called once after the add-ons are applied
@@ -105,13 +137,24 @@ class FakeK3s:
                 self.on_addons(self.api)
         names = {n["metadata"]["name"] for n in self.api.list("v1/nodes")}
         for instance in instances:
-            if node_name(instance) not in names:
+            if node_name(instance) not in names and self.joins(instance):
                 try:
                     self.register(instance)
                 except kmock.KubernetesError as exc:
                     if exc.status != 404:
                         raise  # 404: the Node was deleted while registering (rm-nodes, the
                         # autoscaler); like a kubelet, the next round registers it again
+
+    def joins(self, instance: dict) -> bool:
+        """The server registers itself; an agent only once its token's hash (its own tag, read
+        through IMDS) matches the CA bundle the server serves at /cacerts."""
+        tags = _tags(instance)
+        if "clusterous:group" not in tags:
+            return True
+        if (instance.get("MetadataOptions") or {}).get("InstanceMetadataTags") != "enabled":
+            return False  # IMDS answers 404 for every tag
+        served = self.ca_file.read_bytes() if self.ca_file.exists() else b""
+        return bool(served) and tags.get(CA_HASH_TAG) == hashlib.sha256(served).hexdigest()
 
     def apply_addons(self, ec2, controller_id: str) -> None:
         """What k3s's auto-deploy does with the add-ons file the controller's user-data writes."""
@@ -175,6 +218,7 @@ def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
         ("var/lib/cloud/data/result.json", json.dumps({"v1": {"datasource": "DataSourceEc2", "errors": []}})),
         ("var/log/cloud-init-output.log", "Cloud-init v. 24.4 running 'modules:final'\ncontroller ready\n"),
         ("var/lib/clusterous/bootstrap.done", "2025-01-01T00:00:40Z\n"),  # controller.sh succeeded
+        (CA_FILE, self_signed_ca().decode()),  # what k3s made at its first start
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
@@ -202,7 +246,7 @@ def cluster_side(aws, sshd, k8s_api, monkeypatch, tmp_path):
     k8s_api.call(lambda emulator: emulator["get /readyz"] << b"ok")
     k8s_api.create("apiextensions.k8s.io/v1/customresourcedefinitions", HELMCHART_CRD)
     ref = ClusterRef("default", CLUSTER, config.cluster_dir("default", CLUSTER))
-    with FakeK3s(aws, k8s_api) as k3s:
+    with FakeK3s(aws, k8s_api, root / CA_FILE) as k3s:
         try:
             yield k3s
         finally:
@@ -256,6 +300,63 @@ def test_up_waits_for_every_stage_and_records_the_controller(cluster_side, aws, 
     assert again.exit_code == 0, again.output
     assert "pinned earlier" in again.stderr and "operator code unchanged" in again.stderr
     assert f"cluster {CLUSTER} is ready" in again.stdout
+
+
+def _instances(aws) -> list[dict]:
+    flt = [{"Name": "tag:clusterous:cluster", "Values": [CLUSTER]}]
+    return [
+        i for r in aws.client("ec2").describe_instances(Filters=flt)["Reservations"] for i in r["Instances"]
+    ]
+
+
+def test_up_tags_every_instance_with_the_hash_of_the_ca_the_controller_serves(
+    cluster_side, aws, sshd, cli
+) -> None:
+    """Nodes join with K10<hash>::node:<agent token>; the hash reaches them as their own tag."""
+    aws.realism.imds_tag_keys()  # every tag key we put on instances must be one IMDS can show
+    served = (sshd.workdir / "root" / CA_FILE).read_bytes()
+    digest = hashlib.sha256(served).hexdigest()
+    result = cli([*UP, "--workers", "3", "--timeout", "30"])
+    assert result.exit_code == 0, result.output
+    assert f"sha256 {digest[:12]}…, 5 instance(s) tagged now" in result.stderr
+    instances = _instances(aws)
+    assert len(instances) == 5
+    for instance in instances:
+        assert _tags(instance)[CA_HASH_TAG] == digest
+        assert instance["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+    assert len(aws.calls("CreateTags")) == 1  # every instance in one call
+
+    # a node that lost its tag (or a CA that changed) is put right by the next `up`, and only it
+    worker = next(i for i in instances if _tags(i).get("clusterous:group") == "worker")
+    aws.client("ec2").delete_tags(Resources=[worker["InstanceId"]], Tags=[{"Key": CA_HASH_TAG}])
+    aws.reset_calls()
+    again = cli([*UP, "--workers", "3", "--timeout", "30"])
+    assert again.exit_code == 0, again.output
+    assert "1 instance(s) tagged now" in again.stderr and len(aws.calls("CreateTags")) == 1
+    assert all(_tags(i)[CA_HASH_TAG] == digest for i in _instances(aws))
+
+    # scale and add-nodes launch with the controller's hash: their nodes join without an `up`
+    aws.reset_calls()
+    assert cli(["add-nodes", "1", "--yes"]).exit_code == 0
+    assert cli(["scale", "master", "2", "--yes"]).exit_code == 0
+    assert aws.calls("CreateTags") == []
+    new = [i for i in _instances(aws) if i["InstanceId"] not in {j["InstanceId"] for j in instances}]
+    assert len(new) == 2 and all(_tags(i)[CA_HASH_TAG] == digest for i in new)
+    assert not aws.realism.injected("RunInstances") and not aws.realism.injected("CreateTags")
+    names = {node_name(i) for i in new}
+    cluster_side.api.wait_for(
+        lambda: names <= {n["metadata"]["name"] for n in cluster_side.api.list("v1/nodes")},
+        15,
+        "the added nodes registered",
+    )
+
+
+def test_without_the_ca_hash_no_node_joins_and_up_says_what_it_waits_for(cluster_side, sshd, cli) -> None:
+    (sshd.workdir / "root" / CA_FILE).unlink()  # k3s has not started yet
+    result = cli([*UP, "--workers", "1", "--timeout", "3"])
+    assert result.exit_code == 1, result.output
+    assert "timed out after 3 s waiting for the k3s CA's hash nodes join with" in result.stderr
+    assert "k3s has not written its CA (/var/lib/rancher/k3s/server/tls/server-ca.crt) yet" in result.stderr
 
 
 def test_a_node_that_never_gets_ready_is_named_and_exit_is_1(cluster_side, cli) -> None:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clusterous_cli.endpoint import ClusterRef
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
+from clusterous_core.names import GROUP, GROUP_LABEL, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"
 NAMESPACE = "default"
 RECORD_FILE = "apps.yml"
 TOKEN_FILE = "app-token"
@@ -100,10 +100,10 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
     warnings: node groups whose nodes no application uses (they sit idle and cost money)."""
     from clusterous_cli.envfile import source_field
     from clusterous_cli.kubeapi import api_failure
-    from clusterous_operator.placement import GROUP_LABEL, node_groups
+    from clusterous_core.errors import BadInput
+    from clusterous_operator.placement import node_groups
     from clusterous_operator.reconcile import check_against_cluster
     from clusterous_operator.spec import SpecError, parse_app
-    from clusterous_provisioner.errors import BadInput
 
     try:
         nodes, pods = _list(api, "list_node"), _list(api, "list_pod_for_all_namespaces")
@@ -205,10 +205,12 @@ def list_apps(api, namespace: str = NAMESPACE) -> list[dict]:
 
 def summary(app: dict) -> dict:
     """Phase and components ready/desired, as `status` and `run` show them."""
+    from clusterous_operator.schema import Phase
+
     status = app.get("status") or {}
     return {
         "name": app["metadata"]["name"],
-        "phase": status.get("phase") or "Pending",
+        "phase": status.get("phase") or Phase.PENDING.value,
         "ready": status.get("ready") or "0/?",
         "message": status.get("message") or "waiting for the operator",
         "components": [
@@ -233,7 +235,9 @@ def wait_until_running(
     does not reach Running within `timeout` ends with the status message, which names the
     blocker (not enough CPU, no nodes in a group, containers crashing) and what to do.
     """
-    from clusterous_cli.kubeapi import api_failure, watch_objects
+    from clusterous_cli.kubeapi import api_failure
+    from clusterous_operator.schema import Phase
+    from clusterous_provisioner.kubecalls import watch_objects
 
     shown: dict[str, str] = {}
     observed, info = None, None
@@ -264,9 +268,9 @@ def wait_until_running(
             if current and info["phase"] != observed:
                 observed = info["phase"]
                 say(f"{name}: {info['phase']} ({info['ready']} ready)")
-            if current and info["phase"] == "Running":
+            if current and info["phase"] == Phase.RUNNING:
                 return info
-            if current and info["phase"] == "Failed":
+            if current and info["phase"] == Phase.FAILED:
                 raise Failure(f"{name} cannot run: {info['message']}", "fix the file and run it again")
     except Failure:
         raise
@@ -293,7 +297,7 @@ def delete(api, name: str, namespace: str = NAMESPACE, timeout: float = 60.0) ->
         raise api_failure(f"removing ClusterApp {name}", exc) from None
     except Exception as exc:  # noqa: BLE001
         raise api_failure(f"removing ClusterApp {name}", exc) from None
-    from clusterous_cli.kubeapi import watch_objects
+    from clusterous_provisioner.kubecalls import watch_objects
 
     try:
         for apps_now in watch_objects(
@@ -427,7 +431,7 @@ def status_section(ref: ClusterRef) -> dict:
     Never fails `status`: an unreachable cluster is reported in `applications_error`.
     """
     from clusterous_cli import kubeapi, tunnels
-    from clusterous_provisioner.errors import ClusterousError
+    from clusterous_core.errors import ClusterousError
 
     if not ref.controller_file.exists():
         return {}

@@ -28,7 +28,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput, Shown
 
 DOCKERFILE = "Dockerfile"
 ALWAYS_SENT = (DOCKERFILE, ".dockerignore")
@@ -132,7 +132,7 @@ def load(root: Path, source: str = "DIR", max_bytes: int = DEFAULT_MAX_BYTES) ->
     if not (root / DOCKERFILE).is_file():
         raise BadInput(source, None, f"a folder holding a Dockerfile (none in {root})", str(root))
     ignore = _ignore_file(root)
-    patterns = parse_ignore(ignore.read_text(errors="replace")) if ignore else []
+    patterns = parse_ignore(_read(ignore).decode(errors="replace")) if ignore else []
     real_root = os.path.realpath(root)
     kept: list[str] = []
     size = 0
@@ -175,13 +175,30 @@ def load(root: Path, source: str = "DIR", max_bytes: int = DEFAULT_MAX_BYTES) ->
     return Context(root, tuple(kept), size, _digest(root, kept))
 
 
+def _unreadable(path: Path, exc: OSError) -> BadInput:
+    reason = Shown((exc.strerror or str(exc)).lower())
+    return BadInput(
+        str(path), None, "a readable file of the build context (or list it in .dockerignore)", reason
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
 def _digest(root: Path, files: list[str]) -> str:
     outer = hashlib.sha256()
     for rel in files:
         inner = hashlib.sha256()
-        with open(root / rel, "rb") as handle:
-            for block in iter(lambda: handle.read(1024 * 1024), b""):
-                inner.update(block)
+        try:
+            with open(root / rel, "rb") as handle:
+                for block in iter(lambda: handle.read(1024 * 1024), b""):
+                    inner.update(block)
+        except OSError as exc:
+            raise _unreadable(root / rel, exc) from None
         executable = os.stat(root / rel).st_mode & 0o111 != 0
         outer.update(f"{rel}\0{int(executable)}\0{inner.hexdigest()}\n".encode())
     return "sha256:" + outer.hexdigest()

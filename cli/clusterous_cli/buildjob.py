@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 
 from clusterous_cli.registry import PUSH_AUTH_SECRET
+from clusterous_core.names import NAMESPACE
 from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 
-NAMESPACE = "clusterous-system"
 BUILDKIT_VERSION = "v0.32.2"
 # Docker Hub's image index of the tag (every platform), so a node never runs a re-pushed tag.
 BUILDKIT_DIGEST = "sha256:504731e577c20559c00f968f33219f30115e70be29ab96728d1d06e963fc494b"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterous_cli import buildcontext, buildjob
-from clusterous_cli.kubeapi import watch_objects
+from clusterous_core.errors import Failure
 from clusterous_operator.images import LEGACY_REGISTRY, resolve_image
-from clusterous_provisioner.errors import Failure
+from clusterous_provisioner.kubecalls import watch_objects
 
 TAIL_LINES = 25
 START_TIMEOUT = 600.0  # pulling BuildKit and mounting the volume, on a fresh node

@@ -22,8 +22,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clusterous_provisioner.errors import BadInput
-from clusterous_provisioner.yamlfile import read_mapping
+from clusterous_core.errors import BadInput
+from clusterous_core.validation import bad_input
+from clusterous_core.yamlfile import read_mapping
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PROFILE = "default"
@@ -121,9 +122,7 @@ def _model(cls, data: dict, path: Path):
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise BadInput(str(path), field, err["msg"].lower()) from None
+        raise bad_input(str(path), exc.errors()) from None
 
 
 def load_settings() -> Settings:

@@ -1,7 +1,8 @@
 """Which controller a command talks to: the cluster it names and the facts in its `controller.yml`.
 
-The provisioner writes `controller.yml` into the cluster's config directory at `up`; the SSH
-code reads only this file, so the two stay decoupled. Format (YAML mapping):
+`up` writes `controller.yml` into the cluster's config directory (`record_controller`, below,
+from what EC2 says about the controller); the SSH code reads only this file, so the two stay
+decoupled. Format (YAML mapping):
 
     host: 203.0.113.10          # required: public address (or name) of the controller
     port: 22                    # SSH port                                   [22]
@@ -19,10 +20,11 @@ code reads only this file, so the two stay decoupled. Format (YAML mapping):
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 CONTROLLER_FILE = "controller.yml"
 DEFAULT_SHARED_ROOT = "/export/shared"
@@ -154,3 +156,77 @@ def write_endpoint(ref: ClusterRef, endpoint: ControllerEndpoint) -> Path:
     data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(endpoint).items() if v is not None}
     config.write_private(ref.controller_file, yaml.safe_dump(data, sort_keys=False))
     return ref.controller_file
+
+
+# --- what `up` writes ---------------------------------------------------------------------------
+
+SSH_USERS = {"ubuntu-24.04": "ubuntu", "al2023": "ec2-user"}
+# Fields of controller.yml `up` does not learn from AWS: a hand-edited value (a jump host, say) stays.
+KEPT_ENDPOINT_FIELDS = ("port", "jump_host", "shared_root", "api_port", "k3s_kubeconfig", "known_hosts")
+# A YAML file of controller.yml fields that replace what `up` learned (the controller reached
+# through a port forward, or the stand-in controller of the tests), plus `cloud_init_root`.
+OVERRIDES_ENV = "CLUSTEROUS_CONTROLLER_OVERRIDES"
+
+
+def ssh_user(os_name: str | None) -> str:
+    return SSH_USERS.get(os_name or "", "ubuntu")
+
+
+def endpoint_fields(
+    controller: dict,
+    region: str,
+    key_file: str | None,
+    existing: dict | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """controller.yml as `up` writes it: the controller's public address, the login user of its
+    OS, the cluster's key and instance; hand-set fields of an existing file kept; overrides last."""
+    from clusterous_provisioner import tags
+
+    fields: dict = {k: v for k, v in (existing or {}).items() if k in KEPT_ENDPOINT_FIELDS}
+    os_name = tags.as_dict(controller.get("Tags")).get(tags.OS)
+    fields |= {
+        "host": controller.get("PublicIpAddress"),
+        "user": ssh_user(os_name),
+        "instance_id": controller["InstanceId"],
+        "region": region,
+    }
+    if key_file:
+        fields["key_file"] = key_file
+    fields |= {k: v for k, v in (overrides or {}).items() if k != "cloud_init_root"}
+    return fields
+
+
+def read_overrides() -> dict:
+    """$CLUSTEROUS_CONTROLLER_OVERRIDES: controller.yml fields (and cloud_init_root) to use instead."""
+    from clusterous_cli import config
+
+    path = os.environ.get(OVERRIDES_ENV)
+    if not path:
+        return {}
+    from pathlib import Path
+
+    data = config.read_yaml(Path(path))
+    allowed = {"host", "port", "user", "key_file", "known_hosts", "jump_host", "shared_root"}
+    allowed |= {"api_port", "k3s_kubeconfig", "cloud_init_root"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadInput(path, unknown[0], f"one of {', '.join(sorted(allowed))}")
+    return data
+
+
+def record_controller(ref, controller: dict, region: str, key_file: str | None) -> dict | None:
+    """Write controller.yml (0600) for the SSH code: what `up` learned, hand-set fields kept."""
+    import yaml
+
+    from clusterous_cli import config
+
+    existing = config.read_yaml(ref.controller_file) if ref.controller_file.exists() else {}
+    fields = endpoint_fields(controller, region, key_file, existing, read_overrides())
+    if not fields.get("host"):
+        return None  # nothing to reach yet; the wait says so, a later `up` writes the record
+    known = set(ControllerEndpoint.__dataclass_fields__)
+    record = {k: str(v) if k == "key_file" else v for k, v in fields.items() if k in known and v is not None}
+    config.write_private(ref.controller_file, yaml.safe_dump(record, sort_keys=False))
+    load_endpoint(ref)  # the SSH code's reader must accept it (bad overrides are named here)
+    return record

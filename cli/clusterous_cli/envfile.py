@@ -6,10 +6,8 @@ that names the file, the field (and the component, port or $variable) and what i
 before anything is copied, built or applied. docs/applications.md has the mapping table.
 
 Decisions the Clusterous format leaves open:
-- `$name` and `${name}` are filled everywhere from --param (then the cluster file's
-  `parameters`); a value that is exactly `$name` keeps the parameter's type, `$name - N` (the
-  Clusterous cluster-section syntax) subtracts. `$$` is a literal `$`. In `cmd` only given
-  names are filled: the rest are the shell's own variables (`$HOSTNAME`).
+- `$name` and `${name}` are filled from --param, then the cluster file's `parameters`
+  (envparams.py says how).
 - `cmd` as a string: Marathon ran it with `sh -c`. A plain command is split with shlex and run
   directly (the program is PID 1 and gets signals); one that uses shell syntax (pipes, `&&`,
   redirections, variables, globs) runs as `/bin/sh -c CMD`, as it did under Clusterous.
@@ -31,9 +29,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_cli.envparams import Filler
+from clusterous_core.errors import BadInput
+from clusterous_core.names import API_VERSION, DNS_1035, GROUP_NAME, GROUP_NAME_EXPECTED, INSTANCE_TYPE
 
-API_VERSION = "clusterous.io/v1alpha1"
 NODE_GROUPS_ANNOTATION = "clusterous.io/node-groups"
 SOURCE_ANNOTATION = "clusterous.io/environment-file"
 COMPONENT_KEYS = (
@@ -49,13 +48,7 @@ COMPONENT_KEYS = (
 )
 MIN_LOCAL_PORT = 1024  # tunnels listen as the user: no privileged ports
 
-_VARIABLE = re.compile(
-    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*)|(?P<dollar>\$))"
-)
-_WHOLE = re.compile(r"^\s*\$\{?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}?\s*(?:-\s*(?P<minus>\d+))?\s*$")
 _SHELL_EXPANSION = re.compile(r"[$`*?~\[]")
-_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
-_COMPONENT = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_NAME = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$"
 )
@@ -114,29 +107,11 @@ def node_groups_for_up(env_path: Path, parameters: Mapping[str, object]) -> dict
     section = data.get("cluster")
     if section is None:
         return None
-    return _node_groups(_Filler(str(env_path), parameters), section)
-
-
-def parse_params(pairs: list[str] | None, source: str = "--param") -> dict[str, object]:
-    """`k=v` pairs; values are YAML scalars, so `worker_count=4` is the integer 4."""
-    import yaml
-
-    params: dict[str, object] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            raise BadInput(source, None, "NAME=VALUE with a variable name (letters, digits, _)", pair)
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        params[key] = parsed if isinstance(parsed, (str, int, float, bool)) else value
-    return params
+    return _node_groups(Filler(str(env_path), parameters), section)
 
 
 def read_yaml(path: Path) -> dict:
-    from clusterous_provisioner.yamlfile import read_mapping
+    from clusterous_core.yamlfile import read_mapping
 
     return read_mapping(path, "environment file or ClusterApp YAML", empty_ok=False)
 
@@ -154,14 +129,14 @@ def convert(path: Path, data: Mapping, params: Mapping[str, object]) -> Applicat
     """An environment file's mapping as an Application; paths are relative to the file."""
     source = str(path)
     base = Path(path).resolve().parent
-    fill = _Filler(source, params)
+    fill = Filler(source, params)
     unknown = sorted(set(data) - {"name", "environment", "cluster"})
     if unknown:
         raise BadInput(
             source, unknown[0], "one of name, environment, cluster (Clusterous environment file keys)"
         )
     name = fill.value(data.get("name"), "name")
-    if not isinstance(name, str) or not _APP_NAME.match(name):
+    if not isinstance(name, str) or not DNS_1035.match(name):
         raise BadInput(
             source,
             "name",
@@ -244,15 +219,15 @@ def source_field(clusterapp: Mapping, field: str | None) -> str | None:
     return f"environment.components.{name}.{_ENV_KEYS.get(match[2], match[2])}{match[3]}"
 
 
-def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tuple[dict, dict[int, int]]:
+def _component(fill: Filler, cname: str, raw: object, names: list[str]) -> tuple[dict, dict[int, int]]:
     where = f"environment.components.{cname}"
     source = fill.source
-    if not _COMPONENT.match(cname) or len(cname) > 40:
+    if not DNS_1035.match(cname) or len(cname) > 40:
         raise BadInput(
             source, where, "a component name: lower case letters, digits and '-', at most 40", cname
         )
     if not isinstance(raw, Mapping):
-        raise BadInput(source, where, "a mapping with machine, image, cmd, ... ", raw)
+        raise BadInput(source, where, "a mapping with machine, image, cmd, ...", raw)
     unknown = sorted(set(raw) - set(COMPONENT_KEYS))
     if unknown:
         raise BadInput(source, f"{where}.{unknown[0]}", f"one of {', '.join(COMPONENT_KEYS)}")
@@ -299,7 +274,7 @@ def _component(fill: _Filler, cname: str, raw: object, names: list[str]) -> tupl
     return out, host_ports
 
 
-def _command(fill: _Filler, raw: object, where: str) -> list[str]:
+def _command(fill: Filler, raw: object, where: str) -> list[str]:
     if isinstance(raw, list) and raw and all(isinstance(a, (str, int, float)) for a in raw):
         return [str(fill.value(a, where, shell=True)) for a in raw]
     if not isinstance(raw, str) or not raw.strip():
@@ -382,7 +357,7 @@ def _depends(source: str, value: object, where: str, cname: str, names: list[str
 
 
 def _tunnels(
-    fill: _Filler, value: object, names: list[str], host_ports: dict[str, dict[int, int]]
+    fill: Filler, value: object, names: list[str], host_ports: dict[str, dict[int, int]]
 ) -> list[dict]:
     if value is None:
         return []
@@ -431,7 +406,7 @@ def _tunnels(
     return out
 
 
-def _copies(fill: _Filler, value: object, base: Path) -> tuple[CopyDir, ...]:
+def _copies(fill: Filler, value: object, base: Path) -> tuple[CopyDir, ...]:
     if value is None:
         return ()
     items = value if isinstance(value, list) else [value]
@@ -450,7 +425,7 @@ def _copies(fill: _Filler, value: object, base: Path) -> tuple[CopyDir, ...]:
     return tuple(out)
 
 
-def _images(fill: _Filler, value: object, base: Path) -> tuple[ImageBuild, ...]:
+def _images(fill: Filler, value: object, base: Path) -> tuple[ImageBuild, ...]:
     if value is None:
         return ()
     items = value if isinstance(value, list) else [value]
@@ -491,11 +466,9 @@ def split_image_name(source: str, where: str | None, value: object) -> tuple[str
     return name, tag or "latest"
 
 
-def _node_groups(fill: _Filler, section: object) -> dict[str, dict]:
+def _node_groups(fill: Filler, section: object) -> dict[str, dict]:
     if not isinstance(section, Mapping) or not section:
         raise BadInput(fill.source, "cluster", "a mapping of node groups to {type, count}", section)
-    from clusterous_provisioner.clusterfile import GROUP_NAME, GROUP_NAME_EXPECTED
-
     groups = {}
     for gname, raw in section.items():
         where = f"cluster.{gname}"
@@ -506,54 +479,10 @@ def _node_groups(fill: _Filler, section: object) -> dict[str, dict]:
                 fill.source, where, "a mapping with exactly type (an instance type) and count", raw
             )
         itype = fill.value(raw["type"], f"{where}.type")
-        if not isinstance(itype, str) or not re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", itype):
+        if not isinstance(itype, str) or not INSTANCE_TYPE.match(itype):
             raise BadInput(fill.source, f"{where}.type", "an EC2 instance type such as t3.large", itype)
         count = fill.value(raw["count"], f"{where}.count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise BadInput(fill.source, f"{where}.count", "a non-negative integer", count)
         groups[str(gname)] = {"type": itype, "count": count}
     return groups
-
-
-class _Filler:
-    """Fills $variables from the parameters; a missing one is a BadInput naming it and the field."""
-
-    def __init__(self, source: str, params: Mapping[str, object]):
-        self.source, self.params = source, dict(params)
-        self.notes: list[str] = []
-
-    def value(self, raw: object, where: str, shell: bool = False) -> object:
-        if not isinstance(raw, str) or "$" not in raw:
-            return raw
-        whole = _WHOLE.match(raw)
-        if whole and not shell:
-            value = self._lookup(whole["name"], where)
-            if whole["minus"] is None:
-                return value
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise BadInput(
-                    self.source,
-                    where,
-                    f"an integer in ${whole['name']} (it is used as ${whole['name']} - N)",
-                    value,
-                )
-            return value - int(whole["minus"])
-
-        def replace(match: re.Match) -> str:
-            if match["dollar"]:
-                return "$$" if shell else "$"  # in a command, $$ is the shell's (its pid)
-            name = match["braced"] or match["plain"]
-            if shell and name not in self.params:
-                return match.group(0)  # the shell's own variable
-            return str(self._lookup(name, where))
-
-        return _VARIABLE.sub(replace, raw)
-
-    def _lookup(self, name: str, where: str) -> object:
-        if name not in self.params:
-            raise BadInput(
-                self.source,
-                where,
-                f"a value for ${name}: pass --param {name}=VALUE (or set it in the cluster file's parameters)",
-            )
-        return self.params[name]

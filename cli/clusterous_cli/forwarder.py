@@ -32,7 +32,7 @@ import paramiko
 
 from clusterous_cli import controlmaster, hostkeys, ssh, tunnels
 from clusterous_cli.endpoint import ClusterRef, load_endpoint
-from clusterous_provisioner.errors import ClusterousError
+from clusterous_core.errors import ClusterousError
 
 log = logging.getLogger("clusterous.tunnels")
 
@@ -294,6 +294,8 @@ class Supervisor:
             "pid": os.getpid(),
             "connected": bool(conn and conn.is_active()),
             "transport": "openssh" if self.openssh else "paramiko",
+            # put/get run rsync's ssh through this master (no second handshake) while it lives.
+            "control_socket": str(conn.socket_path) if isinstance(conn, controlmaster.Master) else None,
             "ports": {str(p): s for p, s in sorted(self.port_states.items())},
             "last_error": self.last_error,
             "refused": self.refused,

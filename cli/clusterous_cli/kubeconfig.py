@@ -11,7 +11,7 @@ import copy
 import os
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import Failure
 
 
 def target_path() -> Path:
@@ -67,18 +67,12 @@ def write(credentials: dict, cluster: str, switch: bool = True, path: Path | Non
     import yaml
 
     from clusterous_cli.config import locked, write_private
+    from clusterous_core.yamlfile import read_mapping
 
     path = path or target_path()
     with locked(path):
         existing: dict = {}
         if path.exists():
-            try:
-                existing = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise BadInput(
-                    str(path), None, "a valid kubeconfig (YAML)", str(exc).splitlines()[0]
-                ) from None
-            if not isinstance(existing, dict):
-                raise BadInput(str(path), None, "a kubeconfig mapping", type(existing).__name__)
+            existing = read_mapping(path, "kubeconfig")
         write_private(path, yaml.safe_dump(merge(existing, credentials, cluster, switch), sort_keys=False))
     return path

@@ -1,6 +1,6 @@
 """The `clusterous-k8s` command: a typer app whose commands import heavy libraries lazily.
 
-Every command reports problems through the shared error model (clusterous_provisioner.errors):
+Every command reports problems through the shared error model (clusterous_core.errors):
 bad input exits 2, failures exit 1, neither prints a traceback unless --verbose.
 """
 
@@ -104,7 +104,7 @@ def _wants_traceback(argv: list[str]) -> bool:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; the error model lives here."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from clusterous_provisioner.errors import ClusterousError
+    from clusterous_core.errors import ClusterousError
 
     try:
         result = app(args=argv, prog_name="clusterous-k8s", standalone_mode=False)

@@ -16,9 +16,9 @@ import http.client
 import json
 from dataclasses import dataclass
 
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
+from clusterous_core.names import CLUSTER_INFO, NAMESPACE
 
-CLUSTER_INFO = ("clusterous-system", "cluster-info")
 PUSH_USER = "clusterous-build"
 HTPASSWD_SECRET = "registry-push-htpasswd"  # mounted by the registry-push pod
 PUSH_AUTH_SECRET = "registry-push-auth"  # docker config, mounted by build Jobs only
@@ -57,7 +57,7 @@ def endpoint_from_cluster_info(api) -> tuple[str, int]:
 
     from clusterous_cli.kubeapi import api_failure
 
-    namespace, name = CLUSTER_INFO
+    namespace, name = NAMESPACE, CLUSTER_INFO
     try:
         data = client.CoreV1Api(api).read_namespaced_config_map(name, namespace).data or {}
     except Exception as exc:  # noqa: BLE001 - ApiException, connection errors
@@ -197,7 +197,7 @@ def push_secrets(password: str, push_registry: str) -> list[dict]:
             "kind": "Secret",
             "metadata": {
                 "name": name,
-                "namespace": CLUSTER_INFO[0],
+                "namespace": NAMESPACE,
                 "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
             },
             "type": kind,
@@ -222,7 +222,7 @@ def ensure_push_credentials(api, push_registry: str) -> str:
     from kubernetes.client.exceptions import ApiException
 
     core = client.CoreV1Api(api)
-    namespace = CLUSTER_INFO[0]
+    namespace = NAMESPACE
     present = []
     for name in (HTPASSWD_SECRET, PUSH_AUTH_SECRET):
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from clusterous_cli import hostkeys
 from clusterous_cli.endpoint import ControllerEndpoint
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 if TYPE_CHECKING:
     import paramiko

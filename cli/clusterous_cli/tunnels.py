@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from clusterous_cli.endpoint import ClusterRef
 from clusterous_cli.polling import wait_until
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 DESIRED_FILE = "tunnels.yml"
 STATUS_FILE = "supervisor.json"

@@ -12,8 +12,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.images import CLUSTER_REGISTRY, resolve_image
-from clusterous_operator.placement import GROUP_LABEL, ComponentPlacement, Reserved, place
+from clusterous_operator.placement import ComponentPlacement, Reserved, place
 from clusterous_operator.spec import App, Component, format_cpu, format_memory
 
 APP_LABEL = "clusterous.io/app"

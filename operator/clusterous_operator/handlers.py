@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 
 import kopf
 
+from clusterous_core.names import GROUP, PLURAL, TIME_FORMAT, VERSION
 from clusterous_operator import kube
 from clusterous_operator.builders import APP_LABEL, SPEC_HASH_ANNOTATION, plan_changes
 from clusterous_operator.reconcile import decide, status_changed
+from clusterous_operator.schema import Phase
 
-CAPP = ("clusterous.io", "v1alpha1", "clusterapps")
+CAPP = (GROUP, VERSION, PLURAL)
 RESYNC_SECONDS = float(os.environ.get("CLUSTEROUS_RESYNC_SECONDS", "10"))
 FINALIZER = "clusterous.io/finalizer"
 RECENT_WRITE_SECONDS = 30.0  # trust our own writes over the indices for this long
@@ -84,7 +86,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 def configure(settings: kopf.OperatorSettings, **_) -> None:
     """Keep kopf's bookkeeping in our own annotations (the status is ours), then log in."""
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="clusterous.io")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
     kube.login()
@@ -294,7 +296,7 @@ def _reconcile(
         kube.patch_status(key[0], key[1], decision.status)
         state.status_written = (meta.get("generation"), decision.status)
         phase = decision.status["phase"]
-        if old.get("phase") != phase and phase in ("Failed", "Degraded", "Pending"):
+        if old.get("phase") != phase and phase in (Phase.FAILED, Phase.DEGRADED, Phase.PENDING):
             kopf.warn(dict(body), reason=phase, message=decision.status["message"])
 
 
@@ -319,7 +321,7 @@ def _hash(obj: dict) -> str | None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime(TIME_FORMAT)
 
 
 def _trim(body, *paths: tuple[str, ...]) -> dict:

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 
+from clusterous_core.names import GROUP, PLURAL, VERSION
 from clusterous_operator.builders import APP_LABEL, Change
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,10 @@ def patch_status(namespace: str, name: str, status: Mapping) -> None:
         _call(
             api,
             "patch_namespaced_custom_object_status",
-            "clusterous.io",
-            "v1alpha1",
+            GROUP,
+            VERSION,
             namespace,
-            "clusterapps",
+            PLURAL,
             name,
             {"status": dict(status)},
         )

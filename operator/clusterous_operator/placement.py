@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
+from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.spec import (
     AUTO,
     MI,
@@ -29,7 +30,6 @@ from clusterous_operator.spec import (
     memory_bytes,
 )
 
-GROUP_LABEL = "clusterous.io/group"
 _BLOCKING_TAINTS = ("NoSchedule", "NoExecute")
 DEFAULT_MEMORY = 64 * MI  # a component with neither cpu nor memory: enough to be counted
 

@@ -10,16 +10,26 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any
 
-AUTO: Final = "auto"
-Auto = Literal["auto"]  # the type of AUTO, so `x == AUTO` narrows `int | Auto` to int
-DEFAULT_MOUNT_PATH = "/home/data"
+from clusterous_core.errors import shown
+from clusterous_core.names import API_VERSION
+from clusterous_operator.schema import (
+    AUTO,
+    DEFAULT_MOUNT_PATH,
+    DNS_LABEL,
+    GROUP_PATTERN,
+    MAX_COMPONENT_NAME,
+    MAX_GROUP,
+    MI,
+    Auto,
+)
+
 MAX_NAME = 63  # Service and label values are DNS labels: <app>-<component> must fit
 
-_COMPONENT_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_GROUP = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # begins Service names: DNS-1035
+_COMPONENT_NAME = re.compile(DNS_LABEL)
+_GROUP = re.compile(GROUP_PATTERN)
+_APP_NAME = _COMPONENT_NAME  # begins Service names: DNS-1035
 _CPU = re.compile(r"^(?:(?P<cores>[0-9]+(?:\.[0-9]{1,3})?|\.[0-9]{1,3})|(?P<milli>[0-9]+)m)$")
 _MEMORY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _MEMORY_UNITS = {
@@ -37,7 +47,6 @@ _MEMORY_UNITS = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-MI = 2**20
 _NOTHING = object()
 
 
@@ -49,7 +58,7 @@ class SpecError(ValueError):
         self.got = None if got is _NOTHING else got
         message = f"{field}: expected {expected}"
         if got is not _NOTHING:
-            message += f" (got {got!r})"
+            message += f" (got {shown(got)})"
         super().__init__(message)
 
 
@@ -103,9 +112,9 @@ def parse_app(body: Mapping, default_namespace: str = "default") -> App:
     _expect_mapping(body, "ClusterApp", "a ClusterApp object")
     if body.get("kind", "ClusterApp") != "ClusterApp":
         raise SpecError("kind", "ClusterApp", body.get("kind"))
-    api_version = body.get("apiVersion", "clusterous.io/v1alpha1")
-    if api_version != "clusterous.io/v1alpha1":
-        raise SpecError("apiVersion", "clusterous.io/v1alpha1", api_version)
+    api_version = body.get("apiVersion", API_VERSION)
+    if api_version != API_VERSION:
+        raise SpecError("apiVersion", API_VERSION, api_version)
     meta = body.get("metadata") or {}
     _expect_mapping(meta, "metadata", "a mapping with a name")
     name = meta.get("name")
@@ -238,12 +247,14 @@ def _parse_component(raw: object, path: str) -> Component:
         if required not in raw:
             raise SpecError(f"{path}.{required}", "a value (name, group and image are required)")
     name = raw["name"]
-    if not isinstance(name, str) or len(name) > 40 or not _COMPONENT_NAME.match(name):
+    if not isinstance(name, str) or len(name) > MAX_COMPONENT_NAME or not _COMPONENT_NAME.match(name):
         raise SpecError(
-            f"{path}.name", "a DNS label of at most 40 characters (lower case letters, digits, '-')", name
+            f"{path}.name",
+            f"a DNS label of at most {MAX_COMPONENT_NAME} characters (lower case letters, digits, '-')",
+            name,
         )
     group = raw["group"]
-    if not isinstance(group, str) or len(group) > 63 or not _GROUP.match(group):
+    if not isinstance(group, str) or len(group) > MAX_GROUP or not _GROUP.match(group):
         raise SpecError(f"{path}.group", "a node group name (a label value)", group)
     image = raw["image"]
     if not isinstance(image, str) or not image or any(ch.isspace() for ch in image):

@@ -1,9 +1,8 @@
 """What a ClusterApp's status says, computed from what was observed (no I/O).
 
-The phase is a small, visible machine: Failed (the spec cannot run), Pending (nothing ready
-and something blocks it), Deploying (on its way), Running (every replica ready, no pod
-Pending), Degraded (some replicas ready but something is wrong, or fewer are ready than
-were). Conditions carry reasons a person can act on, including the command to run.
+The phase is a small, visible machine (schema.Phase documents each one); conditions carry
+reasons a person can act on (schema.Reason), including the command to run. The dicts built here
+hold plain strings (`.value`), so they dump as YAML and JSON alike.
 """
 
 from __future__ import annotations
@@ -11,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from clusterous_operator.images import in_cluster_registry, resolve_image
 from clusterous_operator.placement import ComponentPlacement
+from clusterous_operator.schema import ComponentState, ConditionType, Phase, Reason
 from clusterous_operator.spec import (
     AUTO,
     Component,
@@ -24,7 +25,6 @@ from clusterous_operator.spec import (
     format_memory,
 )
 
-PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
 FAILING_REASONS = {
     "CrashLoopBackOff",
     "ImagePullBackOff",
@@ -58,19 +58,19 @@ class PodState:
 class ComponentStatus:
     name: str
     group: str
-    state: str  # Waiting, Pending, Deploying, Ready, Degraded
+    state: ComponentState
     desired: int
     ready: int
     cpu: str | None
     message: str
-    blocked_reason: str | None = None  # InsufficientCPU, NoNodes, ContainersFailing
+    blocked_reason: Reason | None = None  # INSUFFICIENT_CPU, NO_NODES, CONTAINERS_FAILING
     memory: str | None = None
 
     def as_dict(self) -> dict:
         data = {
             "name": self.name,
             "group": self.group,
-            "state": self.state,
+            "state": self.state.value,
             "desired": self.desired,
             "ready": self.ready,
             "message": self.message,
@@ -130,7 +130,7 @@ def component_status(
     cpu = format_cpu(placement.cpu_m) if placement.cpu_m else None
     memory = format_memory(placement.memory) if placement.memory else None
 
-    def status(state: str, message: str, reason: str | None = None) -> ComponentStatus:
+    def status(state: ComponentState, message: str, reason: Reason | None = None) -> ComponentStatus:
         return ComponentStatus(
             component.name, component.group, state, desired, ready, cpu, message, reason, memory
         )
@@ -140,18 +140,19 @@ def component_status(
         detail = ", ".join(
             f"{d} ({counts.get(d, (0, 0))[0]}/{counts.get(d, (0, 0))[1]} ready)" for d in waiting_for
         )
-        return status("Waiting", f"{component.name} waiting for {detail}")
+        return status(ComponentState.WAITING, f"{component.name} waiting for {detail}")
     blocked = _placement_problem(component, placement, pods)
     failing = [p.failing_reason for p in pods if p.failing_reason]
+    stuck = ComponentState.DEGRADED if ready else ComponentState.PENDING
     if blocked:
-        return status("Degraded" if ready else "Pending", blocked[1], blocked[0])
+        return status(stuck, blocked[1], blocked[0])
     if failing:
         message = _failing_message(component, failing)
-        return status("Degraded" if ready else "Pending", message, "ContainersFailing")
+        return status(stuck, message, Reason.CONTAINERS_FAILING)
     pending = sum(1 for p in pods if p.phase == "Pending")
     if ready >= desired and observed.replicas == desired and not pending:
-        return status("Ready", f"{ready}/{desired} {component.name} replicas ready")
-    return status("Deploying", f"{ready}/{desired} {component.name} replicas ready")
+        return status(ComponentState.READY, f"{ready}/{desired} {component.name} replicas ready")
+    return status(ComponentState.DEPLOYING, f"{ready}/{desired} {component.name} replicas ready")
 
 
 def build_status(
@@ -168,21 +169,28 @@ def build_status(
     components = list(components)
     if error is not None or spec is None:
         conditions = [
-            _condition("SpecValid", False, "InvalidSpec", str(error)),
-            _condition("Ready", False, "InvalidSpec", "fix the spec; nothing is deployed"),
+            _condition(ConditionType.SPEC_VALID, False, Reason.INVALID_SPEC, str(error)),
+            _condition(ConditionType.READY, False, Reason.INVALID_SPEC, "fix the spec; nothing is deployed"),
         ]
-        return _assemble("Failed", generation, [], conditions, str(error), previous, now)
+        return _assemble(Phase.FAILED, generation, [], conditions, str(error), previous, now)
     desired = sum(c.desired for c in components)
     ready = sum(c.ready for c in components)
     phase = app_phase(components, previous, generation)
-    blocked = [c for c in components if c.blocked_reason in ("InsufficientCPU", "NoNodes")]
+    blocked = [c for c in components if c.blocked_reason in (Reason.INSUFFICIENT_CPU, Reason.NO_NODES)]
     scheduled = (
-        _condition("Scheduled", False, blocked[0].blocked_reason or "", "; ".join(c.message for c in blocked))
+        _condition(
+            ConditionType.SCHEDULED,
+            False,
+            cast(Reason, blocked[0].blocked_reason),  # not None: filtered above
+            "; ".join(c.message for c in blocked),
+        )
         if blocked
-        else _condition("Scheduled", True, "Placed", "every replica fits on the group's nodes")
+        else _condition(
+            ConditionType.SCHEDULED, True, Reason.PLACED, "every replica fits on the group's nodes"
+        )
     )
     conditions = [
-        _condition("SpecValid", True, "Valid", "the spec is valid"),
+        _condition(ConditionType.SPEC_VALID, True, Reason.VALID, "the spec is valid"),
         scheduled,
         _ready_condition(components),
     ]
@@ -192,15 +200,15 @@ def build_status(
     return _assemble(phase, generation, components, conditions, message, previous, now, (ready, desired))
 
 
-def app_phase(components: list[ComponentStatus], previous: Mapping, generation: int | None) -> str:
-    if all(c.state == "Ready" for c in components):
-        return "Running"
-    if any(c.state in ("Pending", "Degraded") for c in components):
-        return "Degraded" if any(c.ready for c in components) else "Pending"
-    was_up = previous.get("phase") in ("Running", "Degraded")
+def app_phase(components: list[ComponentStatus], previous: Mapping, generation: int | None) -> Phase:
+    if all(c.state == ComponentState.READY for c in components):
+        return Phase.RUNNING
+    if any(c.state in (ComponentState.PENDING, ComponentState.DEGRADED) for c in components):
+        return Phase.DEGRADED if any(c.ready for c in components) else Phase.PENDING
+    was_up = previous.get("phase") in (Phase.RUNNING, Phase.DEGRADED)
     if was_up and previous.get("observedGeneration") == generation:
-        return "Degraded"
-    return "Deploying"
+        return Phase.DEGRADED
+    return Phase.DEPLOYING
 
 
 def cores(millicores: int) -> str:
@@ -221,17 +229,17 @@ def scale_hint(component: Component, placement: ComponentPlacement, missing: int
 
 def _placement_problem(
     component: Component, placement: ComponentPlacement, pods: list[PodState]
-) -> tuple[str, str] | None:
+) -> tuple[Reason, str] | None:
     """(reason, message) when replicas cannot be scheduled, predicted or observed."""
     group, cpu = component.group, placement.cpu_m
     if placement.group_nodes == 0 and (placement.replicas > 0 or component.replicas == AUTO):
         hint = scale_hint(component, placement, 1)
-        return "NoNodes", f"{component.name}: no Ready, schedulable {group} node — {hint}"
+        return Reason.NO_NODES, f"{component.name}: no Ready, schedulable {group} node — {hint}"
     spread = " (hostNetwork with ports: at most one replica per node)" if placement.one_per_node else ""
     if component.replicas == AUTO and placement.replicas == 0:
         hint = scale_hint(component, placement, 1)
         return (
-            "InsufficientCPU",
+            Reason.INSUFFICIENT_CPU,
             f"0 {component.name} replicas: no {group} node has {cores(cpu or 0)} CPU free — {hint}",
         )
     unschedulable = max(placement.unplaced, sum(1 for p in pods if p.phase == "Pending" and p.unschedulable))
@@ -243,7 +251,7 @@ def _placement_problem(
         if placement.one_per_node:
             need += " and its ports"
         return (
-            "InsufficientCPU",
+            Reason.INSUFFICIENT_CPU,
             (
                 f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
                 f"no {group} node has {need} free{spread} — {hint}"
@@ -268,22 +276,24 @@ def _failing_message(component: Component, reasons: list[str]) -> str:
 
 
 def _ready_condition(components: list[ComponentStatus]) -> dict:
-    if all(c.state == "Ready" for c in components):
-        return _condition("Ready", True, "AllReplicasReady", "every replica is ready")
-    first = next(c for c in components if c.state != "Ready")
+    if all(c.state == ComponentState.READY for c in components):
+        return _condition(ConditionType.READY, True, Reason.ALL_REPLICAS_READY, "every replica is ready")
+    first = next(c for c in components if c.state != ComponentState.READY)
     reason = {
-        "Waiting": "WaitingForDependency",
-        "Deploying": "ReplicasNotReady",
-    }.get(first.state, first.blocked_reason or "ReplicasNotReady")
-    return _condition("Ready", False, reason, "; ".join(c.message for c in components if c.state != "Ready"))
+        ComponentState.WAITING: Reason.WAITING_FOR_DEPENDENCY,
+        ComponentState.DEPLOYING: Reason.REPLICAS_NOT_READY,
+    }.get(first.state, first.blocked_reason or Reason.REPLICAS_NOT_READY)
+    message = "; ".join(c.message for c in components if c.state != ComponentState.READY)
+    return _condition(ConditionType.READY, False, reason, message)
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str) -> dict:
-    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+def _condition(kind: ConditionType, ok: bool, reason: Reason, message: str) -> dict:
+    status = "True" if ok else "False"
+    return {"type": kind.value, "status": status, "reason": reason.value, "message": message}
 
 
 def _assemble(
-    phase: str,
+    phase: Phase,
     generation: int | None,
     components: list[ComponentStatus],
     conditions: list[dict],
@@ -300,7 +310,7 @@ def _assemble(
             old.get("lastTransitionTime", now) if old is not None and same else now
         )
     status = {
-        "phase": phase,
+        "phase": phase.value,
         "ready": f"{totals[0]}/{totals[1]}",
         "readyReplicas": totals[0],
         "desiredReplicas": totals[1],

@@ -12,7 +12,6 @@ from importlib import resources
 
 from clusterous_operator.images import CLUSTER_REGISTRY, LEGACY_REGISTRY
 
-NAMESPACE = "clusterous-system"
 SHARED_DIR = "/export/shared"  # the shared volume's mount point and NFS export on the controller
 REGISTRY_PORT = 5000
 REGISTRY_MIRROR_PORT = 5004  # Docker Hub's pull-through cache (5001-5003, 5005: the others' ports)

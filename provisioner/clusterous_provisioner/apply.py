@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import TIME_FORMAT
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
-from clusterous_provisioner.errors import BadInput, Failure
-from clusterous_provisioner.inventory import Inventory
+from clusterous_provisioner.inventory import Inventory, describe_instances
 
 AMI_PARAMETERS = {
     "ubuntu-24.04": "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
@@ -390,7 +391,7 @@ def ensure_network(
     ids: dict[str, str] = {}
     vpc = inv.vpc
     if vpc is None:
-        created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created_at = datetime.now(UTC).strftime(TIME_FORMAT)
         vpc = ec2.create_vpc(
             CidrBlock=layout.VPC_CIDR,
             TagSpecifications=tags.tag_spec(
@@ -640,6 +641,9 @@ def _instance_args(pre: Preflight, instance_type: str, user_data: str, key_name:
             "HttpTokens": "required",
             "HttpPutResponseHopLimit": 1,
             "HttpEndpoint": "enabled",
+            # nodes read the server CA's hash from their own tag (joinhash.py); tag keys then
+            # may hold only letters, digits and + - = . , _ : @ (EC2 refuses a launch otherwise)
+            "InstanceMetadataTags": "enabled",
         },
         "BlockDeviceMappings": [
             {
@@ -704,9 +708,10 @@ def launch_controller(clients, spec, pre, key_name, profile_arn, sg, subnet_id, 
 
 
 def launch_group(
-    clients, spec, group: NodeGroup, count: int, pre, key_name, sg, subnet_id, user_data
+    clients, spec, group: NodeGroup, count: int, pre, key_name, sg, subnet_id, user_data, extra_tags=None
 ) -> list[dict]:
-    """`count` more nodes of `group` in one call, private subnet, no public address."""
+    """`count` more nodes of `group` in one call, private subnet, no public address; extra_tags:
+    the controller's CA hash when it has one (joinhash.launch_tags), so they join at once."""
     args = _instance_args(pre, group.instance_type, user_data, key_name)
     args["NetworkInterfaces"] = [
         {
@@ -727,7 +732,7 @@ def launch_group(
         spec.name,
         "node",
         layout.resource_name(spec.name, group.name),
-        **{tags.GROUP: group.name, tags.LAUNCHED: launched},
+        **{tags.GROUP: group.name, tags.LAUNCHED: launched, **(extra_tags or {})},
     )
     args["TagSpecifications"] = tags.tag_spec("instance", tagset) + tags.tag_spec("volume", tagset)
     return run_instances(clients.ec2, count, args)
@@ -749,11 +754,7 @@ def wait_running(clients, instance_ids: list[str], report: Report) -> list[dict]
         return []
     report(f"waiting for {len(instance_ids)} instance(s) to run")
     clients.ec2.get_waiter("instance_running").wait(InstanceIds=instance_ids, WaiterConfig=WAIT)
-    found = []
-    for page in clients.ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids):
-        for reservation in page["Reservations"]:
-            found.extend(reservation["Instances"])
-    return found
+    return describe_instances(clients.ec2, instance_ids)
 
 
 # --- the whole converge -------------------------------------------------------------------------
@@ -777,7 +778,7 @@ def apply(
     report("shared volume")
     volume = ensure_shared_volume(clients, spec, inv, pre, out)
 
-    from clusterous_provisioner import bootstrap
+    from clusterous_provisioner import bootstrap, joinhash
 
     inputs = bootstrap_inputs(spec, target.bucket, token, volume["VolumeId"], target.bucket_region)
     waiting: list[str] = []
@@ -819,6 +820,7 @@ def apply(
                 sgs["sg-nodes"],
                 ids["subnet-private"],
                 bootstrap.render_node(inputs, group.name),
+                joinhash.launch_tags(controller),
             )
             out.created.append(f"{missing} node(s) in group {group.name}")
             out.instance_ids[group.name] += [i["InstanceId"] for i in new]

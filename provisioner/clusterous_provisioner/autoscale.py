@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.spec import MI, cpu_millicores, memory_bytes
+from clusterous_provisioner.kubeobjects import belongs_to_node, node_ready
 
-GROUP_LABEL = "clusterous.io/group"
-MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 DEFAULT_IDLE_MINUTES = 15
 DEFAULT_COOLDOWN_SECONDS = 300
 CAPACITY_REASONS = ("Insufficient cpu", "Insufficient memory")
@@ -75,11 +75,6 @@ def node_group(node: Mapping) -> str | None:
     return ((node.get("metadata") or {}).get("labels") or {}).get(GROUP_LABEL)
 
 
-def is_ready(node: Mapping) -> bool:
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def created_at(obj: Mapping) -> float:
     stamp = (obj.get("metadata") or {}).get("creationTimestamp")
     if not stamp:
@@ -89,10 +84,7 @@ def created_at(obj: Mapping) -> float:
 
 def is_app_pod(pod: Mapping) -> bool:
     """Work a node is kept for: not a DaemonSet's pod, not a static pod, not finished."""
-    meta = pod.get("metadata") or {}
-    if any(o.get("kind") == "DaemonSet" for o in meta.get("ownerReferences") or []):
-        return False
-    if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+    if belongs_to_node(pod):
         return False
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
@@ -171,7 +163,7 @@ def nodes_needed(requests: Sequence[tuple[int, int]], capacity: tuple[int, int])
 def node_capacity(group: str, nodes: Sequence[Mapping], pods: Sequence[Mapping]) -> tuple[int, int] | None:
     """What a new node of the group offers app pods: a Ready node's allocatable minus what its
     DaemonSet pods request (every new node gets those too); None when the group has no Ready node."""
-    ready = sorted((n for n in nodes if node_group(n) == group and is_ready(n)), key=created_at)
+    ready = sorted((n for n in nodes if node_group(n) == group and node_ready(n)[0]), key=created_at)
     if not ready:
         return None
     node = ready[-1]
@@ -262,7 +254,7 @@ def _decide_group(
 
     waiting = [p for p in pending if not members or _for_capacity(unschedulable_message(p) or "")]
     if waiting:  # nodes still booting (no Node yet, or not Ready yet) will take some of them
-        coming = launching + sum(1 for n in members if not is_ready(n))
+        coming = launching + sum(1 for n in members if not node_ready(n)[0])
         return _grow(group, members, pods, waiting, coming, current, type_capacity)
 
     if launching or pending:  # never take nodes away while some are coming or pods wait

@@ -7,7 +7,7 @@ current/min/max, the last decision with its reason, and the rounds' memory (auto
 so a restarted autoscaler forgets neither cooldowns nor idle times and `status` can show them.
 
 A grow is one `scaling.grow` (one RunInstances for the whole batch, the group's own launch
-settings); a shrink drains each chosen Node (cordon, evict, delete: the CLI's drain.py, passed in
+settings); a shrink drains each chosen Node (cordon, evict, delete: drain.py, passed in
 as `drain`) and then terminates exactly those instances with `scaling.shrink`. AWS calls per round
 do not depend on the number of nodes (bench/autoscale_calls.py).
 
@@ -27,13 +27,17 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from clusterous_core.names import NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
+from clusterous_provisioner.drain import delete_node, drain_node, uncordon
+from clusterous_provisioner.kubecalls import json_body
+from clusterous_provisioner.kubeobjects import internal_ip
 
-NAMESPACE = "clusterous-system"
 CONFIGMAP = "autoscaler"
 STATUS_KEY = "status"
-RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": 30}
+TIMEOUT = 30  # seconds for one Kubernetes API request
+RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": TIMEOUT}
 Report = Callable[[str], None]
 
 
@@ -147,7 +151,7 @@ def status_of(
 ) -> dict:
     """The ConfigMap's `status`: per group current/min/max and the last decision that changed
     something; `reason` is this round's (a "none" round keeps `last` as it was)."""
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
     groups = dict(record.status.get("groups") or {})
     bounds = {g.name: g for g in record.groups}
     for d in decisions:
@@ -179,9 +183,13 @@ def read_status(api_client) -> dict | None:
     from kubernetes.client import ApiException
 
     try:
-        data = _json(client.CoreV1Api(api_client).read_namespaced_config_map, CONFIGMAP, NAMESPACE).get(
-            "data"
+        config_map = json_body(
+            client.CoreV1Api(api_client).read_namespaced_config_map,
+            CONFIGMAP,
+            NAMESPACE,
+            request_timeout=TIMEOUT,
         )
+        data = config_map.get("data")
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -215,18 +223,6 @@ def status_line(group: str, current: int, entry: dict) -> str:
 # --- one round ---------------------------------------------------------------------------------
 
 
-def _json(call, *args, **kwargs) -> dict:
-    response = call(*args, **RAW, **kwargs)
-    return json.loads(response.data)
-
-
-def _internal_ip(node: dict) -> str | None:
-    for address in (node.get("status") or {}).get("addresses") or []:
-        if address.get("type") == "InternalIP":
-            return address.get("address")
-    return None
-
-
 def instance_type_capacity(clients, types: set[str], cache: dict) -> dict[str, tuple[int, int]]:
     """(millicores, bytes) of each instance type, from one DescribeInstanceTypes for the new ones.
     Used only for groups with no Ready node (at zero), where there is no allocatable to read."""
@@ -250,11 +246,11 @@ def run_once(
     from clusterous_provisioner.inventory import discover
 
     core = client.CoreV1Api(api_client)
-    nodes = _json(core.list_node).get("items") or []
-    pods = _json(core.list_pod_for_all_namespaces).get("items") or []
+    nodes = json_body(core.list_node, request_timeout=TIMEOUT).get("items") or []
+    pods = json_body(core.list_pod_for_all_namespaces, request_timeout=TIMEOUT).get("items") or []
     inv = discover(clients, record.cluster)
     nodes = forget_ghosts(core, nodes, record, inv, report)
-    addresses = {_internal_ip(n) for n in nodes}
+    addresses = {internal_ip(n) for n in nodes}
     launching = {  # instances on their way to a Node; shutting-down ones lost theirs for good
         g.name: sum(
             1
@@ -309,12 +305,12 @@ def act(
             drain(name)
         except Exception as exc:  # noqa: BLE001 - Failure (pods would not leave), ApiException
             # The node stays: schedulable again, and the group rests for the cooldown.
-            _uncordon(core, name)
+            uncordon(core, name)
             outcome["error"] = f"drain {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             report(f"{outcome['error']}; uncordoned, kept")
             break
         drained.append(name)
-    ips = {_internal_ip(n) for n in nodes if n["metadata"]["name"] in drained}
+    ips = {internal_ip(n) for n in nodes if n["metadata"]["name"] in drained}
     victims = [i for i in have if i.get("PrivateIpAddress") in ips]
     # scaling.shrink terminates the newest of what it is shown; shown only the drained nodes'
     # instances, it terminates exactly those (one TerminateInstances).
@@ -324,30 +320,8 @@ def act(
         else []
     )
     for name in drained:  # a kubelet may have re-registered its Node before the termination
-        _delete_node(core, name)
+        delete_node(core, name)
     return {"terminated": ids, **outcome}
-
-
-def _uncordon(core, name: str) -> None:
-    from kubernetes.client import ApiException
-
-    try:
-        core.patch_node(name, {"spec": {"unschedulable": False}}, **RAW)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-
-
-def _delete_node(core, name: str) -> bool:
-    from kubernetes.client import ApiException
-
-    try:
-        core.delete_node(name, **RAW)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        return False
-    return True
 
 
 def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) -> list[dict]:
@@ -358,9 +332,9 @@ def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) 
     elastic = {g.name for g in record.groups}
     kept = []
     for node in nodes:
-        address = _internal_ip(node)
+        address = internal_ip(node)
         if autoscale.node_group(node) in elastic and address and address not in live:
-            if _delete_node(core, node["metadata"]["name"]):
+            if delete_node(core, node["metadata"]["name"]):
                 report(f"{node['metadata']['name']}: its instance is gone; Node deleted")
             continue
         kept.append(node)
@@ -374,15 +348,15 @@ def read_record(api_client) -> Record:
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    return parse_record(_json(core.read_namespaced_config_map, CONFIGMAP, NAMESPACE).get("data") or {})
+    return parse_record(
+        json_body(core.read_namespaced_config_map, CONFIGMAP, NAMESPACE, request_timeout=TIMEOUT).get("data")
+        or {}
+    )
 
 
 def make_drain(api_client, timeout: float, report: Report) -> Callable[[str], object]:
-    """The CLI's drain (cordon, evict through the Eviction API, delete the Node), for one node.
-    The one import of clusterous_cli here: drain.py has no CLI dependency but lives there."""
-    from clusterous_cli import drain
-
-    return lambda node: drain.drain_node(api_client, node, timeout, report)
+    """The drain `scale` uses too (cordon, evict through the Eviction API, delete the Node), for one node."""
+    return lambda node: drain_node(api_client, node, timeout, report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         api_client = client.ApiClient()
 
     def report(message: str) -> None:
-        print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {message}", flush=True)
+        print(f"{datetime.now(UTC):{TIME_FORMAT}} {message}", flush=True)
 
     # SIGTERM (the pod stopping) ends the wait between rounds at once but never a round midway:
     # a node being drained or terminated is finished, not abandoned.

@@ -7,7 +7,8 @@ a command line, never echoed) and the systemd unit `clusterous-bootstrap.service
 role's script and restarts it after a failure until one run succeeds (a late volume, a mirror
 or GitHub hiccup); `runcmd` only enables and starts the unit. The k3s *server* token (cluster-admin
 equivalent) is never in any user-data: the controller generates it at its first boot and keeps
-it there; nodes join with the agent token only. Add-on manifests are written into k3s's
+it there; nodes join with the agent token only, in k3s' secure form with the server CA's hash,
+which they read from their own instance tag at boot (joinhash.py). Add-on manifests are written into k3s's
 auto-deploy directory, so k3s applies them as soon as its API is up.
 
 EC2 limits user-data to 16 KiB, so the manifests travel gzip+base64 encoded (`gz+b64`, decoded
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from clusterous_provisioner import addons
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import DEFAULT_OS, LABEL_VALUE, SUPPORTED_OS
+from clusterous_provisioner import addons, tags
 
 DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
 # The k3s installer: install.sh of one k3s commit (the v1.36.3+k3s1 release's), run only when
@@ -36,7 +38,6 @@ DEFAULT_K3S_VERSION = "v1.33.5+k3s1"
 K3S_INSTALL_COMMIT = "5aed4d7beddeb3e67120da477c876ac9efd70318"
 K3S_INSTALL_URL = f"https://raw.githubusercontent.com/k3s-io/k3s/{K3S_INSTALL_COMMIT}/install.sh"
 K3S_INSTALL_SHA256 = "46177d4c99440b4c0311b67233823a8e8a2fc09693f6c89af1a7161e152fbfad"
-SUPPORTED_OS = ("ubuntu-24.04", "al2023")
 USER_DATA_LIMIT = 16384  # bytes, EC2's limit on raw user-data
 # The login user `put`, `run` and build uploads write the shared volume as: cloud-init's default
 # user, `ubuntu` on Ubuntu 24.04 and `ec2-user` on Amazon Linux 2023, both uid/gid 1000.
@@ -46,6 +47,7 @@ LOGIN_UID = 1000
 SCRIPT_DIR = "/usr/local/lib/clusterous"
 CONFIG_FILE = "/etc/clusterous/bootstrap.env"
 AGENT_TOKEN_FILE = "/etc/clusterous/k3s-agent-token"  # from user-data: joins agents, not servers
+JOIN_TOKEN_FILE = "/etc/clusterous/k3s-join-token"  # a node's K10<CA hash>::node:<agent token>, made at boot
 SERVER_TOKEN_FILE = "/etc/clusterous/k3s-server-token"  # made on the controller, never in user-data
 REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
 K3S_MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
@@ -59,7 +61,6 @@ UNIT_DESCRIPTION = {
 }
 
 _K3S_RELEASE = re.compile(r"^v1\.(\d+)\.(\d+)\+k3s(\d+)$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class BootstrapInputs:
     bucket: str
     node_groups: list[str]
     logging_level: int = 0
-    os: str = "ubuntu-24.04"
+    os: str = DEFAULT_OS
     bucket_region: str | None = None  # the registry's S3 region; None: the cluster's (up checks they match)
 
 
@@ -94,7 +95,7 @@ def _check_inputs(inputs: BootstrapInputs) -> None:
     if inputs.os not in SUPPORTED_OS:
         raise BadInput("cluster file", "os", f"one of {', '.join(SUPPORTED_OS)}", inputs.os)
     for group in inputs.node_groups:
-        if not _LABEL_VALUE.match(group):
+        if not LABEL_VALUE.match(group):
             raise BadInput(
                 "cluster file", "node_groups", "group names usable as Kubernetes label values", group
             )
@@ -131,6 +132,7 @@ def _settings(inputs: BootstrapInputs, role: str, group: str | None = None) -> s
     }
     if group is not None:
         values["NODE_GROUP"] = group
+        values["CA_HASH_TAG"] = tags.CA_HASH  # the instance tag node.sh reads the CA hash from
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
 
 

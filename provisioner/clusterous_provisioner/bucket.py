@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from clusterous_core.errors import BadInput
 from clusterous_provisioner.addons import REGISTRY_IMAGE, REGISTRY_S3_REGIONS
-from clusterous_provisioner.errors import BadInput
 
 BUCKET_NAME = re.compile(r"^(?!xn--)(?!.*-s3alias$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 TAGS = {"clusterous:role": "registry", "clusterous:shared": "true"}

@@ -6,10 +6,7 @@ or `shared_volume_id`, `central_logging_level`, `environment_file` and `paramete
 `ssh_cidr`, `k3s_version`, `os`, `ami` and `node_groups` (a custom layout). Flags win over the
 file, the file over the profile, the profile over the defaults. Every mistake is a BadInput naming
 the file (or flag), the field and what is expected.
-
-Elastic groups (docs/elastic.md): a group may give `min` and `max` (`node_groups.G.min/max`,
-`parameters.worker_min/worker_max`, or `--workers MIN..MAX`); `count` stays the starting size and
-`min` defaults to 0 once bounds are given. The autoscaler keeps the group within them.
+Elastic groups' bounds are checked in bounds.py.
 """
 
 from __future__ import annotations
@@ -17,28 +14,26 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
-from clusterous_provisioner.errors import BadInput
-from clusterous_provisioner.yamlfile import read_mapping
-
-# A DNS label (Kubernetes object names, hostnames) that also fits AWS names built from it
-# (IAM role "clusterous-<name>-controller" must stay within 64 characters; tag values allow it).
-CLUSTER_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
-CLUSTER_NAME_EXPECTED = (
-    "a cluster name of 1-40 lowercase letters, digits and '-', starting with a letter and not "
-    "ending with '-' (it becomes a DNS label and part of AWS names)"
+from clusterous_core.errors import BadInput
+from clusterous_core.names import (
+    CLUSTER_NAME,
+    CLUSTER_NAME_EXPECTED,
+    DEFAULT_OS,
+    GROUP_NAME,
+    GROUP_NAME_RULE,
+    INSTANCE_TYPE,
+    SUPPORTED_OS,
 )
-INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+from clusterous_core.validation import problem
+from clusterous_core.yamlfile import read_mapping
+from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
+from clusterous_provisioner.bounds import MAX_GROUP_SIZE, check_bounds, no_controller_bounds, parse_workers
+
 K3S_VERSION = re.compile(r"^v1\.\d+\.\d+\+k3s\d+$")
-# Node groups are label values (clusterous.io/group=<group>) and tag values, never object or
-# host names (AWS only tags instances with them), so Clusterous' `io_master` / `cpu_worker` are valid.
-GROUP_NAME = re.compile(r"^[a-z]([a-z0-9_-]{0,20}[a-z0-9])?$")
-GROUP_NAME_RULE = "1-22 lower case letters, digits, '-' or '_', starting with a letter"
-GROUP_NAME_EXPECTED = f"a node group name: {GROUP_NAME_RULE}"
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
 AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 
@@ -48,9 +43,6 @@ DEFAULT_WORKER_TYPE = "t3.large"
 DEFAULT_WORKERS = 2
 DEFAULT_VOLUME_GIB = 20
 MAX_VOLUME_GIB = 16384
-MAX_GROUP_SIZE = 1000
-OS_CHOICES = ("ubuntu-24.04", "al2023")
-WORKERS_RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
 
 
 def _non_negative_integer(value: Any) -> Any:
@@ -134,7 +126,7 @@ class ClusterFile(BaseModel):
     spot: bool = False
     ssh_cidr: str | None = None
     k3s_version: str = DEFAULT_K3S_VERSION
-    os: Literal["ubuntu-24.04", "al2023"] = "ubuntu-24.04"
+    os: str = DEFAULT_OS
     ami: str | None = None
     node_groups: dict[str, GroupFile] | None = None
 
@@ -157,6 +149,13 @@ class ClusterFile(BaseModel):
     def _type(cls, value: str) -> str:
         if not INSTANCE_TYPE.match(value):
             raise ValueError("must be an EC2 instance type such as t3.medium")
+        return value
+
+    @field_validator("os")
+    @classmethod
+    def _os(cls, value: str) -> str:
+        if value not in SUPPORTED_OS:
+            raise ValueError(f"one of {', '.join(SUPPORTED_OS)}")
         return value
 
     @field_validator("shared_volume_id")
@@ -193,13 +192,13 @@ class ClusterFile(BaseModel):
                 raise ValueError("must name at least one group")
             for name in value:
                 if not GROUP_NAME.match(name):
-                    raise ValueError(f"group name {name!r} must be {GROUP_NAME_RULE}")
+                    raise ValueError(f"node group names of {GROUP_NAME_RULE} (not {name!r})")
         return value
 
     @model_validator(mode="after")
     def _one_volume(self) -> ClusterFile:
         if self.shared_volume_size is not None and self.shared_volume_id is not None:
-            raise ValueError("give either shared_volume_size or shared_volume_id, not both")
+            raise ValueError("either shared_volume_size or shared_volume_id, not both")
         return self
 
 
@@ -281,36 +280,18 @@ def read_cluster_file(path: Path) -> dict:
     return read_mapping(path, "cluster file")
 
 
-def _validation_error(source: str, exc: ValidationError, data: dict, flagged: dict[str, str]) -> BadInput:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    field = ".".join(loc) or None
-    message = err["msg"]
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :].removeprefix("must be ")  # "expected a ..."
-    if err["type"] == "extra_forbidden":
-        message = f"a known setting (unknown key {loc[-1]!r})"
-    elif field in ("shared_volume_size",) and err["type"].startswith(("greater", "less")):
+def _validation_error(source: str, errors: list, flagged: dict[str, str]) -> BadInput:
+    found = problem(errors)
+    message, field, bounds = found.expected, found.field, found.kind.startswith(("greater", "less"))
+    if field == "shared_volume_size" and bounds:
         message = f"an integer number of GiB from 1 to {MAX_VOLUME_GIB}"
-    elif field == "central_logging_level" and err["type"].startswith(("greater", "less")):
+    elif field == "central_logging_level" and bounds:
         message = "0 (off), 1 (application logs) or 2 (application and system logs)"
-    elif field and field.endswith(("count", "min", "max")) and err["type"].startswith(("greater", "less")):
+    elif field and field.endswith(("count", "min", "max")) and bounds:
         message = f"a non-negative integer (at most {MAX_GROUP_SIZE})"
-    elif err["type"] == "literal_error":
-        message = f"one of {', '.join(OS_CHOICES)}"
-    got = _lookup(data, loc)
     if field in flagged:  # the value came from a flag: name the flag, not the file
-        return BadInput(flagged[field], None, message, got)
-    return BadInput(source, field, message, got)
-
-
-def _lookup(data: Any, loc: list[str]) -> Any:
-    for key in loc:
-        if isinstance(data, dict) and key in data:
-            data = data[key]
-        else:
-            return None
-    return data
+        return BadInput(flagged[field], None, message, found.got)
+    return BadInput(source, field, message, found.got)
 
 
 def load_spec(
@@ -331,7 +312,62 @@ def load_spec(
 
     source = str(path) if path else "cluster settings"
     data = read_cluster_file(path) if path else {}
-    _no_controller_bounds(source, data)
+    no_controller_bounds(source, data)
+    merged, flagged, flag_bounds = _merge_flags(source, data, overrides)
+    try:
+        model = ClusterFile.model_validate(merged)
+    except ValidationError as exc:
+        raise _validation_error(source, exc.errors(), flagged) from None
+
+    name = model.cluster_name or default_name
+    if not name:
+        raise BadInput(source, "cluster_name", "a cluster name (in the file or with --name)")
+    region = model.region or profile_region
+    if not region:
+        raise BadInput("--region", None, "an AWS region (flag, cluster file or profile)")
+    check_region(region, flagged.get("region") or (f"{source}: region" if model.region else "profile region"))
+
+    if model.node_groups is None and model.environment_file and environment_groups is not None:
+        env_path = (Path(path).parent if path else Path.cwd()) / model.environment_file
+        found = environment_groups(env_path, model.parameters.model_dump())
+        if found:
+            model.node_groups = {g: GroupFile.model_validate(v) for g, v in found.items()}
+    groups = _layout(model, source, flagged, flag_bounds)
+
+    ssh_cidr = model.ssh_cidr
+    if ssh_cidr is None and profile_ssh_cidr:
+        try:
+            ssh_cidr = check_cidr(profile_ssh_cidr)
+        except ValueError as exc:
+            raise BadInput(
+                "profile", "ssh_cidr", str(exc).removeprefix("must be "), profile_ssh_cidr
+            ) from None
+
+    volume_size = model.shared_volume_size
+    if volume_size is None and model.shared_volume_id is None:
+        volume_size = DEFAULT_VOLUME_GIB
+    return ClusterSpec(
+        name=name,
+        region=region,
+        controller_type=model.controller_instance_type,
+        groups=tuple(groups),
+        shared_volume_size=volume_size,
+        shared_volume_id=model.shared_volume_id,
+        logging_level=model.central_logging_level,
+        environment_file=model.environment_file,
+        ssh_cidr=ssh_cidr,
+        k3s_version=model.k3s_version,
+        os=model.os,
+        ami=model.ami,
+        source=source,
+    )
+
+
+def _merge_flags(
+    source: str, data: dict, overrides: dict[str, Any] | None
+) -> tuple[dict, dict[str, str], tuple[int, int] | None]:
+    """The file's mapping with the flags written into it, which field each flag set, and
+    `--workers MIN..MAX` as bounds (the start is MIN)."""
     merged = _deep_copy(data)
     flagged: dict[str, str] = {}
     overrides = dict(overrides or {})
@@ -359,24 +395,14 @@ def load_spec(
         merged.pop("shared_volume_size", None)  # the flag replaces the file's choice of volume
     if "shared_volume_size" in flagged and "shared_volume_id" not in flagged:
         merged.pop("shared_volume_id", None)
-    try:
-        model = ClusterFile.model_validate(merged)
-    except ValidationError as exc:
-        raise _validation_error(source, exc, merged, flagged) from None
+    return merged, flagged, flag_bounds
 
-    name = model.cluster_name or default_name
-    if not name:
-        raise BadInput(source, "cluster_name", "a cluster name (in the file or with --name)")
-    region = model.region or profile_region
-    if not region:
-        raise BadInput("--region", None, "an AWS region (flag, cluster file or profile)")
-    check_region(region, flagged.get("region") or (f"{source}: region" if model.region else "profile region"))
 
-    if model.node_groups is None and model.environment_file and environment_groups is not None:
-        env_path = (Path(path).parent if path else Path.cwd()) / model.environment_file
-        found = environment_groups(env_path, model.parameters.model_dump())
-        if found:
-            model.node_groups = {g: GroupFile.model_validate(v) for g, v in found.items()}
+def _layout(
+    model: ClusterFile, source: str, flagged: dict[str, str], flag_bounds: tuple[int, int] | None
+) -> list[NodeGroup]:
+    """The node groups: the file's (or environment file's) `node_groups` with the flags that
+    override the worker and master groups, or the default master + worker layout."""
     if model.node_groups is not None:
         worker_flags = "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged
         if worker_flags and "worker" not in model.node_groups:
@@ -426,96 +452,7 @@ def load_spec(
                 max=high,
             ),
         ]
-
-    ssh_cidr = model.ssh_cidr
-    if ssh_cidr is None and profile_ssh_cidr:
-        try:
-            ssh_cidr = check_cidr(profile_ssh_cidr)
-        except ValueError as exc:
-            raise BadInput(
-                "profile", "ssh_cidr", str(exc).removeprefix("must be "), profile_ssh_cidr
-            ) from None
-
-    volume_size = model.shared_volume_size
-    if volume_size is None and model.shared_volume_id is None:
-        volume_size = DEFAULT_VOLUME_GIB
-    return ClusterSpec(
-        name=name,
-        region=region,
-        controller_type=model.controller_instance_type,
-        groups=tuple(groups),
-        shared_volume_size=volume_size,
-        shared_volume_id=model.shared_volume_id,
-        logging_level=model.central_logging_level,
-        environment_file=model.environment_file,
-        ssh_cidr=ssh_cidr,
-        k3s_version=model.k3s_version,
-        os=model.os,
-        ami=model.ami,
-        source=source,
-    )
-
-
-def parse_workers(value: Any) -> tuple[int, int] | None:
-    """`--workers N` (None: no bounds) or `--workers MIN..MAX` (the bounds); anything else is bad input."""
-    if value is None or isinstance(value, int):
-        return None
-    text = str(value)
-    if text.strip().isdigit():
-        return None
-    match = WORKERS_RANGE.match(text)
-    if not match:
-        raise BadInput(
-            "--workers", None, "a number of workers (e.g. 4) or bounds MIN..MAX (e.g. 0..10)", value
-        )
-    low, high = int(match.group(1)), int(match.group(2))
-    if high > MAX_GROUP_SIZE:
-        raise BadInput("--workers", None, f"a MAX of at most {MAX_GROUP_SIZE}", value)
-    if low > high:
-        raise BadInput("--workers", None, f"MIN..MAX with MIN at most MAX ({high})", value)
-    return low, high
-
-
-def check_bounds(
-    source: str, where: str, count: int, low: int | None, high: int | None
-) -> tuple[int | None, int | None]:
-    """(min, max) of a group, or (None, None) for a fixed one. `where` is the flag (`--workers`)
-    or the fields' common prefix (`node_groups.worker.`, `parameters.worker_`)."""
-    if low is None and high is None:
-        return None, None
-
-    def bad(field: str, expected: str, got: object) -> BadInput:
-        if where.startswith("--"):
-            return BadInput(where, None, expected, got)
-        return BadInput(source, where + field, expected, got)
-
-    if high is None:
-        raise bad("max", f"a maximum ({where}max) as well, since {where}min is given", None)
-    low = 0 if low is None else low  # bounds given: the group may shrink to zero
-    if low > high:
-        raise bad("min", f"at most max ({high})", low)
-    if not low <= count <= high:
-        raise bad("count", f"a starting size between min and max ({low}..{high})", count)
-    return low, high
-
-
-def _no_controller_bounds(source: str, data: dict) -> None:
-    """The controller is one k3s server holding the shared volume: it has no size to bound."""
-    for key in ("controller_count", "controller_min", "controller_max"):
-        if key in data:
-            raise BadInput(
-                source, key, "no bounds on the controller (always one instance; bounds go on node groups)"
-            )
-    groups = data.get("node_groups")
-    controller = groups.get("controller") if isinstance(groups, dict) else None
-    if isinstance(controller, dict):
-        for key in ("min", "max"):
-            if key in controller:
-                raise BadInput(
-                    source,
-                    f"node_groups.controller.{key}",
-                    "no bounds on the controller (always one instance; bounds go on node groups)",
-                )
+    return groups
 
 
 def _deep_copy(data: dict) -> dict:

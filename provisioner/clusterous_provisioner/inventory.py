@@ -1,7 +1,8 @@
 """What a cluster owns in AWS right now, found by tags alone (no local state is trusted).
 
 `discover` makes a fixed number of describe calls whatever the cluster's size; `up` plans against
-it, `down` deletes from it, `status` reports it.
+it, `down` deletes from it, `status` reports it. `describe_instances` and `console_output` are
+what `up`'s wait asks EC2 about instances it knows by id (the CLI calls no EC2 API itself).
 """
 
 from __future__ import annotations
@@ -199,6 +200,25 @@ def discover(clients, cluster: str) -> Inventory:
     )["Parameters"]
     inv.token_parameter = bool(found)
     return inv
+
+
+def describe_instances(ec2, instance_ids: list[str]) -> list[dict]:
+    """The instances as EC2 describes them now (one paginated call, whatever their number)."""
+    return _pages(ec2, "describe_instances", "Reservations", InstanceIds=instance_ids)
+
+
+def console_output(ec2, instance_id: str) -> str:
+    """The instance's console output, "" while EC2 has none yet: the latest (Nitro instances), else
+    what EC2 buffered (instances that do not support `Latest`)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        reply = ec2.get_console_output(InstanceId=instance_id, Latest=True)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "UnsupportedOperation":
+            raise
+        reply = ec2.get_console_output(InstanceId=instance_id)  # not a Nitro instance
+    return reply.get("Output") or ""
 
 
 def cluster_names(clients) -> dict[str, dict]:

@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 
 def key_pair_exists(ec2, name: str) -> bool:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from clusterous_provisioner.errors import BadInput, Failure
+from clusterous_core.errors import BadInput, Failure
 
 LEASE_SECONDS = 600.0  # a holder that stops renewing loses the lease after this
 RENEW_SECONDS = 120.0

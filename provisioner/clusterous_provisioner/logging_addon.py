@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 LEVELS = (0, 1, 2)
 LEVEL_EXPECTED = "0 (off), 1 (application logs) or 2 (application and system logs)"

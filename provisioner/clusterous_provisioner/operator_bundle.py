@@ -1,10 +1,11 @@
 """How the operator reaches a cluster that has no public registry to pull it from.
 
 The operator pod runs a stock Python image pinned by digest. Its code is this installation's
-own `clusterous_operator` package, zipped (Python imports straight from a zip) into the
-`clusterous-operator-code` ConfigMap with the pod's start script and the lock; the start script
-installs the lock with `pip install --require-hashes` once per lock hash into a cache on the
-controller (a restart, or new operator code with the same lock, needs no PyPI) and runs kopf.
+own `clusterous_operator` package and the `clusterous_core` it imports, zipped (Python imports
+straight from a zip) into the `clusterous-operator-code` ConfigMap with the pod's start script
+and the lock; the start script installs the lock with `pip install --require-hashes` once per
+lock hash into a cache on the controller (a restart, or new operator code with the same lock,
+needs no PyPI) and runs kopf.
 So the cluster runs exactly the operator the CLI was tested with, and nothing has to be built
 or published.
 """
@@ -20,6 +21,8 @@ from importlib import resources
 
 import yaml
 
+from clusterous_core.names import NAMESPACE
+
 # The official image's multi-platform index digest (linux/amd64 and linux/arm64), pinned so the
 # Python the lock's wheels were chosen for never changes under it; operator/Dockerfile uses it too.
 OPERATOR_IMAGE = (
@@ -27,7 +30,8 @@ OPERATOR_IMAGE = (
 )
 OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
 LOCK_FILE = "requirements.txt"  # in the clusterous_operator package: the operator's lock
-DIRECT = ("kopf", "kubernetes", "pyyaml")  # what the operator imports; the lock adds their closure
+# what the operator imports (pydantic: schema.py, which kubernetes requires too); the lock adds their closure
+DIRECT = ("kopf", "kubernetes", "pyyaml", "pydantic")
 
 
 def lock_text() -> str:
@@ -57,12 +61,13 @@ def lock_hash() -> str:
 # The operator's direct dependencies, pinned as tested (`name==version`).
 REQUIREMENTS = tuple(f"{name}=={read_lock()[name][0]}" for name in DIRECT)
 # Import names of those distributions (a test checks the package imports nothing else).
-PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml"}
+PROVIDES = {"kopf": "kopf", "kubernetes": "kubernetes", "pyyaml": "yaml", "pydantic": "pydantic"}
 CONFIGMAP = "clusterous-operator-code"
 ZIP_NAME = "clusterous_operator.zip"
 START_SCRIPT = "start.sh"
 _SUFFIXES = (".py", ".yaml", ".yml", ".json", ".txt")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same code gives the same bytes and hash
+PACKAGES = ("clusterous_operator", "clusterous_core")  # the operator and the core it shares with the CLI
 
 
 def _package_files(package: str = "clusterous_operator"):
@@ -79,10 +84,10 @@ def _package_files(package: str = "clusterous_operator"):
 
 @lru_cache(maxsize=1)
 def operator_zip() -> bytes:
-    """The installed clusterous_operator package as a deterministic zip."""
+    """The installed clusterous_operator and clusterous_core packages as a deterministic zip."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in _package_files():
+        for name, data in (entry for package in PACKAGES for entry in _package_files(package)):
             info = zipfile.ZipInfo(name, _EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
@@ -108,7 +113,7 @@ def code_configmap() -> dict:
         "kind": "ConfigMap",
         "metadata": {
             "name": CONFIGMAP,
-            "namespace": "clusterous-system",
+            "namespace": NAMESPACE,
             "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
             "annotations": {"clusterous.io/code-hash": code_hash()},
         },
@@ -122,7 +127,7 @@ def code_configmap_yaml() -> str:
     return header + yaml.safe_dump(code_configmap(), sort_keys=False, width=1000)
 
 
-def apply_code(api_client, namespace: str = "clusterous-system") -> str:
+def apply_code(api_client, namespace: str = NAMESPACE) -> str:
     """Create or replace the code ConfigMap through the API (the readiness stage of `up` calls
     this once the API answers through the tunnel). Returns "created", "updated" or "unchanged"."""
     import kubernetes

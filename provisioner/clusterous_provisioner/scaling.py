@@ -2,16 +2,18 @@
 
 Launch settings (AMI, root device, spot, instance type) come from the group's running instances,
 so a grown group matches the one `up` made; the k3s agent token comes from SSM, so any laptop can
-scale (the server token never leaves the controller).
+scale (the server token never leaves the controller), and the server CA's hash from the
+controller's tag, so new nodes join at once (joinhash.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from clusterous_provisioner import apply, layout, tags
+from clusterous_core.errors import BadInput, Failure
+from clusterous_core.names import DEFAULT_OS
+from clusterous_provisioner import apply, joinhash, layout, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
-from clusterous_provisioner.errors import BadInput, Failure
 from clusterous_provisioner.inventory import Inventory
 
 Report = Callable[[str], None]
@@ -61,7 +63,7 @@ def _spec_from(
         environment_file=None,
         ssh_cidr=None,
         k3s_version=tags.as_dict(controller.get("Tags")).get(tags.K3S_VERSION) or _k3s_default(),
-        os=tags.as_dict(controller.get("Tags")).get(tags.OS) or "ubuntu-24.04",
+        os=tags.as_dict(controller.get("Tags")).get(tags.OS) or DEFAULT_OS,
         ami=None,
         source="scale",
     )
@@ -102,7 +104,7 @@ def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_
     report(f"launching {missing} × {node_group.instance_type} in group {group}")
     new = apply.launch_group(
         clients, spec, node_group, missing, pre, key_name, sg["GroupId"], subnet["SubnetId"],
-        bootstrap.render_node(inputs, group),
+        bootstrap.render_node(inputs, group), joinhash.launch_tags(controller),
     )  # fmt: skip
     ids = [i["InstanceId"] for i in new]
     if wait:

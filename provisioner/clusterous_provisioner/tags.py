@@ -16,6 +16,7 @@ K3S_VERSION = "clusterous:k3s-version"  # on the controller: what nodes added la
 OS = "clusterous:os"
 CREATED = "clusterous:created"  # ISO time the cluster's VPC was made (age in `clusters`)
 REGION = "clusterous:region"  # on IAM resources (account-wide): the region of the cluster they serve
+CA_HASH = "clusterous:k3s-ca-hash"  # on every instance: the hash nodes join k3s with (joinhash.py)
 LAUNCHED = "clusterous:launched"  # microsecond UTC time of a node's RunInstances: newest-first order
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from clusterous_core.errors import BadInput
 from clusterous_provisioner import tags
-from clusterous_provisioner.errors import BadInput
 
 
 def kept_volumes(clients) -> list[dict]:

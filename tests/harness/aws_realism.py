@@ -32,6 +32,11 @@ Behaviours (each counted per call the proxy sees, retries included, or timed in 
     pending(instance_calls=..., nat_seconds=...)  instances / NAT gateways stay pending, and go
                                                   through shutting-down / deleting
     withhold_parameter(name)                      an SSM public parameter that is not published
+    imds_tag_keys()                               instances with tags in instance metadata
+                                                  (MetadataOptions.InstanceMetadataTags=enabled,
+                                                  which moto accepts and records) refuse tag keys
+                                                  IMDS cannot show: RunInstances and CreateTags
+                                                  answer InvalidParameterValue
 
 Observation: requests(operation=None) — every request the proxy answered, as Seen records
 (service, operation, status, injected), retries included.
@@ -62,6 +67,7 @@ from xml.sax.saxutils import escape
 from tests.harness.faults import CRASH_HEADER
 
 EC2_VERSION = "2016-11-15"
+_IMDS_KEY = re.compile(r"^[A-Za-z0-9+\-=._:@,]+$")  # tag keys IMDS can show (imds_tag_keys)
 
 # --- public images moto lacks -------------------------------------------------------------------
 
@@ -577,6 +583,7 @@ class Realism:
             self._launched: dict[str, Mark] = {}  # instance or NAT id -> pending window
             self._ending: dict[str, Mark] = {}  # instance or NAT id -> shutting-down / deleting window
             self._withheld: set[str] = set()
+            self._imds_keys = False
             self._nat_default_ip: str | None = None  # subnet_addresses(): a NAT's address by chance
             self._nat_ips: dict[str, str] = {}  # NAT gateway id -> its private address
             self.clock = time.monotonic
@@ -678,6 +685,15 @@ class Realism:
         with self._lock:
             self._nat_default_ip = nat_takes
 
+    def imds_tag_keys(self, on: bool = True) -> None:
+        """AWS, "View tags for your EC2 instances using instance metadata": with tags in metadata
+        allowed, instance tag keys may hold only letters, digits and + - = . , _ : @, no spaces
+        or /, and may not be `.`, `..` or `_index`; "non-compliance will result in failed
+        launches for new instances or an error for existing instances". moto checks nothing.
+        (The error code is our choice: the page names none.)"""
+        with self._lock:
+            self._imds_keys = on
+
     def withhold_parameter(self, name: str) -> None:
         """An SSM parameter that does not exist in this account (GetParameter: ParameterNotFound)."""
         with self._lock:
@@ -711,6 +727,7 @@ class Realism:
             or self._pending
             or self._withheld
             or self._nat_default_ip
+            or self._imds_keys
         )
 
     # -- the request path --
@@ -797,11 +814,43 @@ class Realism:
         if req.service != "ec2" or not req.operation:
             return None
         refused = (
-            self._not_yet_visible(req) or self._profile_not_yet_visible(req) or self._address_in_use(req)
+            self._not_yet_visible(req)
+            or self._profile_not_yet_visible(req)
+            or self._address_in_use(req)
+            or self._imds_tag_key(req, upstream)
         )
         if refused is not None:
             return refused
         return self._dependency_refusal(req, upstream)
+
+    def _imds_tag_key(self, req: Request, upstream: Upstream) -> tuple[str, str, int] | None:
+        if not self._imds_keys or req.operation not in ("RunInstances", "CreateTags"):
+            return None
+        params = req.params
+        if req.operation == "RunInstances":
+            if params.get("MetadataOptions.InstanceMetadataTags") != "enabled":
+                return None
+            specs = {
+                k.split(".")[1] for k, v in params.items() if k.endswith(".ResourceType") and v == "instance"
+            }
+            keys = [v for k, v in params.items() if k.split(".")[1:2] and k.split(".")[1] in specs
+                    and k.startswith("TagSpecification.") and k.endswith(".Key")]  # fmt: skip
+        else:
+            ids = [v for k, v in params.items() if k.startswith("ResourceId.") and v.startswith("i-")]
+            if not ids or not any(i["metadata_tags"] for i in Moto(upstream, req).instances(ids)):
+                return None
+            keys = [v for k, v in params.items() if k.startswith("Tag.") and k.endswith(".Key")]
+        bad = next((key for key in keys if not _IMDS_KEY.match(key) or key in (".", "..", "_index")), None)
+        if bad is None:
+            return None
+        return (
+            "InvalidParameterValue",
+            (
+                f"Tag key {bad!r} is not allowed for an instance with instance tags in metadata allowed "
+                "(letters, digits and + - = . , _ : @ only)"
+            ),
+            400,
+        )
 
     def _address_in_use(self, req: Request) -> tuple[str, str, int] | None:
         if req.operation != "RunInstances" or not self._nat_ips:
@@ -1154,6 +1203,10 @@ class Moto:
                             }
                         ),
                         "public": bool(_child_text(item, "ipAddress")),
+                        "metadata_tags": any(
+                            _child_text(m, "instanceMetadataTags") == "enabled"
+                            for m in _children(item, "metadataOptions")
+                        ),
                     }
                 )
         return found

@@ -21,8 +21,11 @@ How it is built (DESIGN §6, "Node bootstrap"):
   (GitHub: it serves files from a folder; the k3s installer there records its arguments and
   installs a ``k3s`` printing its version; the settings pin that installer's sha256),
   ``systemctl``, ``exportfs`` (no nfsd in a test machine), ``apt-get``, ``dnf`` and ``sysctl``
-  (``/proc`` is the host's). Each records its argv in ``/var/log/standins.log``. The scripts ask
-  nothing of the EC2 metadata service. ``run`` runs the bootstrap unit's ExecStart once.
+  (``/proc`` is the host's). Each records its argv in ``/var/log/standins.log``. ``curl`` also
+  plays the EC2 metadata service as IMDSv2 answers: a session token only for a PUT with a TTL
+  header, every other path only with that token, from ``/var/lib/standin-imds`` (``tag``: the
+  instance's tags as IMDS shows them; a node reads the server CA's hash there).
+  ``run`` runs the bootstrap unit's ExecStart once.
 
 Requirements: root, ``unshare``/``nsenter`` (util-linux), and for volumes loop devices
 (``losetup``, package ``mount``), ``mkfs.ext4`` (e2fsprogs) and ``sfdisk`` (fdisk). When one is
@@ -69,6 +72,9 @@ LABEL=UEFI\t/boot/efi\tvfat\tumask=0077\t0 1
 
 RECORD = f'log={STANDIN_LOG}; printf "%s" "$(basename "$0")" >>$log; printf " %s" "$@" >>$log; echo >>$log\n'
 WEB = "/var/lib/standin-web"  # what the GitHub URLs serve, by the URL's last part
+IMDS = "/var/lib/standin-imds"  # what the instance metadata service serves, by path
+CA_HASH_TAG = "clusterous:k3s-ca-hash"
+CA_DIGEST = hashlib.sha256(b"the controller's CA bundle\n").hexdigest()  # `up` tagged it already
 # The k3s installer served at the pinned URL: records its arguments and the INSTALL_K3S_*
 # settings, and installs a k3s that reports the version asked for.
 INSTALLER = r"""#!/bin/sh
@@ -80,8 +86,25 @@ AIRGAP_ARCHIVE = "k3s system images\n"  # the release's k3s-airgap-images-<arch>
 STAND_INS = {
     # GitHub: `curl ... -o FILE URL` copies WEB/<last part of URL>, or fails like curl -f on a 404.
     "curl": f"""
-out=""; url=""
-while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift ;; http*) url="$1" ;; esac; shift; done
+out=""; url=""; method=GET; ttl=""; session=""
+while [ $# -gt 0 ]; do case "$1" in
+    -o) out="$2"; shift ;;
+    -X) method="$2"; shift ;;
+    -H) case "$2" in
+            X-aws-ec2-metadata-token-ttl-seconds:*) ttl="${{2#*: }}" ;;
+            X-aws-ec2-metadata-token:*) session="${{2#*: }}" ;;
+        esac; shift ;;
+    http*) url="$1" ;;
+esac; shift; done
+case "$url" in http://169.254.169.254/*)
+    path="${{url#http://169.254.169.254}}"
+    if [ "$path" = /latest/api/token ]; then
+        [ "$method" = PUT ] && [ -n "$ttl" ] || exit 22
+        echo imds-session-token; exit 0
+    fi
+    [ "$session" = imds-session-token ] && [ -f "{IMDS}$path" ] || exit 22
+    cat "{IMDS}$path"; exit 0 ;;
+esac
 [ -e "{WEB}/$(basename "$url")" ] || exit 22
 cat "{WEB}/$(basename "$url")" >"$out"
 """,
@@ -199,6 +222,7 @@ class Sandbox:
             digest = hashlib.sha256(AIRGAP_ARCHIVE.encode()).hexdigest()
             files[f"{WEB}/k3s-airgap-images-{arch}.tar.zst"] = (AIRGAP_ARCHIVE, "0644")
             files[f"{WEB}/sha256sum-{arch}.txt"] = (f"{digest}  k3s-airgap-images-{arch}.tar.zst\n", "0644")
+            files[f"{IMDS}/latest/meta-data/tags/instance/{CA_HASH_TAG}"] = (CA_DIGEST, "0644")
             self.write_files(files)
         except BaseException:
             self.close()
@@ -300,6 +324,14 @@ class Sandbox:
     def publish(self, name: str, data: bytes) -> None:
         """Serve data at every GitHub URL ending in /name."""
         self.write_files({f"{WEB}/{name}": (data.decode(), "0644")})
+
+    def tag(self, key: str, value: str | None) -> None:
+        """The instance's tag as IMDS shows it (instance tags in metadata on), or none (None)."""
+        path = f"{IMDS}/latest/meta-data/tags/instance/{key}"
+        if value is None:
+            self.check(f"rm -f -- {shlex.quote(path)}")
+        else:
+            self.write(path, value)
 
     def calls(self, name: str) -> list[str]:
         return [line for line in self.read(STANDIN_LOG).splitlines() if line.split(" ", 1)[0] == name]

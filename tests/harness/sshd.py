@@ -229,6 +229,8 @@ def sshd_config(server: SshServer) -> str:
         "MaxSessions": "100",
         "LogLevel": "VERBOSE",
     }
+    if server.login_path:  # sshd sets PATH for sessions, then the admin's SetEnv overrides it
+        options["SetEnv"] = f"PATH={server.login_path}"
     return "".join(f"{key} {value}\n" for key, value in options.items())
 
 
@@ -241,6 +243,7 @@ class SshServer:
     port: int = 0
     user: str = field(default_factory=getpass.getuser)
     process: subprocess.Popen | None = field(default=None, repr=False)
+    login_path: str | None = None  # PATH of login sessions; None: sshd's default
 
     # Paths, all inside workdir.
     @property
@@ -347,6 +350,21 @@ class SshServer:
         volume = self.workdir / "home" / name
         volume.mkdir(parents=True, exist_ok=True)
         return volume
+
+    def hide_rsync(self) -> None:
+        """Make this a controller without rsync: sessions get a PATH holding every program of the
+        standard directories except rsync (restarts the server if it is running)."""
+        bin_dir = self.workdir / "bin-without-rsync"
+        bin_dir.mkdir(exist_ok=True)
+        for folder in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+            for program in Path(folder).iterdir() if Path(folder).is_dir() else ():
+                link = bin_dir / program.name
+                if program.name != "rsync" and not link.exists() and not link.is_symlink():
+                    link.symlink_to(program)
+        self.login_path = str(bin_dir)
+        self._write_config()
+        if self.is_running:
+            self.restart()
 
     # Lifecycle.
     def prepare(self) -> None:

@@ -36,18 +36,18 @@ CLUSTER_FILE_OPTION = typer.Option(
 def collect_params(param: list[str] | None, cluster_file: Path | None, token_dir: Path | None = None) -> dict:
     """$variable values: the cluster file's `parameters`, then --param (which wins); `$token`
     is the cluster's app token unless given (see `apps.app_token`)."""
-    from clusterous_cli import apps, envfile
+    from clusterous_cli import apps, envparams
 
     params: dict = {}
     if cluster_file is not None:
+        from clusterous_core.errors import BadInput
         from clusterous_provisioner.clusterfile import read_cluster_file
-        from clusterous_provisioner.errors import BadInput
 
         section = read_cluster_file(cluster_file).get("parameters") or {}
         if not isinstance(section, dict):
             raise BadInput(str(cluster_file), "parameters", "a mapping of $variable names to values", section)
         params.update(section)
-    params.update(envfile.parse_params(param))
+    params.update(envparams.parse_params(param))
     params.setdefault(apps.TOKEN_PARAM, apps.app_token(token_dir))
     return params
 
@@ -128,7 +128,7 @@ def quit_app(
 ) -> None:
     from clusterous_cli import apps, kubeapi, output
     from clusterous_cli.endpoint import load_endpoint
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     ref = cluster_ref(ctx, cluster)
     load_endpoint(ref)

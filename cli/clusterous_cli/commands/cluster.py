@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from clusterous_core.names import SUPPORTED_OS
+
 PLACEHOLDER_TOKEN = "0" * 64  # dry runs render user-data without touching the real token
 DEFAULT_NAME = "mycluster"
 
@@ -217,7 +219,7 @@ def check_instance_types(sources) -> None:
 
 def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
     """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     if not wrong:
         return
@@ -279,7 +281,10 @@ def up(
     as_json: bool = typer.Option(False, "--json", help="Print the plan (and result) as JSON."),
     render_dir: Path = typer.Option(None, "--render-dir", help="Also write user-data and manifests to DIR."),
     no_wait: bool = typer.Option(
-        False, "--no-wait", help="Return once the instances run, without waiting for the cluster in them."
+        False,
+        "--no-wait",
+        help="Return once the instances run, without waiting for the cluster in them "
+        "(nodes join once an `up` that waits has run).",
     ),
     timeout: float = typer.Option(
         None, "--timeout", help="Seconds each readiness stage may take [host key 600, cloud-init 900, ...]."
@@ -289,16 +294,16 @@ def up(
         None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
     ),
 ) -> None:
-    from clusterous_cli import config, envfile, output
+    from clusterous_cli import config, envfile, envparams, output
     from clusterous_cli.commands.apps import collect_params
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import apply, aws, clientip, plan
     from clusterous_provisioner.clients import Clients, have_credentials
     from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
-    from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import Inventory, discover
 
-    if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
-        raise BadInput("--os", None, "ubuntu-24.04 or al2023", os_name)
+    if os_name is not None and os_name not in SUPPORTED_OS:
+        raise BadInput("--os", None, " or ".join(SUPPORTED_OS), os_name)
     profile_name, profile = _profile(ctx, required=not dry_run)
     overrides = {
         "name": name,
@@ -323,7 +328,7 @@ def up(
         default_name=DEFAULT_NAME,
         # --param wins over the cluster file's parameters, as in `run` and `convert`
         environment_groups=lambda path, values: envfile.node_groups_for_up(
-            path, {**values, **envfile.parse_params(param)}
+            path, {**values, **envparams.parse_params(param)}
         ),
     )
     sources = instance_type_sources(spec, cluster_file, overrides)
@@ -420,17 +425,18 @@ def up(
             outcome = apply.apply(clients, spec, target, inv, progress, pre)
     config.set_current_cluster(profile_name, spec.name)
 
-    from clusterous_cli import readiness
-    from clusterous_cli.endpoint import ClusterRef
+    from clusterous_cli import readiness, stages
+    from clusterous_cli.endpoint import ClusterRef, record_controller
+    from clusterous_provisioner import inventory
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
     node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
     assert outcome.controller_id is not None  # apply() launched or found it
     with aws.aws_errors(f"up {spec.name}: reading the instances"):
-        instances = readiness.describe(clients.ec2, [outcome.controller_id, *node_ids])
+        instances = inventory.describe_instances(clients.ec2, [outcome.controller_id, *node_ids])
     controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
     key_file = outcome.key_file or (profile.key_file if profile else None)
-    readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
+    record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
         print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
         print(f"  created {len(outcome.created)} resource(s); {len(node_ids)} node(s)")
@@ -441,7 +447,7 @@ def up(
         explicit = logging_level is not None or (
             cluster_file is not None and "central_logging_level" in read_cluster_file(cluster_file)
         )
-        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", readiness.RERUN):
+        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", stages.RERUN):
             ready = readiness.wait_for_cluster(
                 clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
                 spec.logging_level if explicit else None, timeout,
@@ -466,7 +472,10 @@ def up(
         print(f"cluster {spec.name} is ready: {ready['nodes']}; {ready['add_ons']}")
         print("  kubectl access: clusterous-k8s kubeconfig")
     else:
-        report("not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it")
+        report(
+            "not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it "
+            "(nodes join once that `up` has tagged them with the server CA's hash)"
+        )
     if env_app is not None:
         if ready is None or as_json:  # --json keeps stdout for the JSON document
             report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
@@ -512,10 +521,10 @@ def down(
     import shutil
 
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput, Failure
     from clusterous_provisioner import aws, destroy
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
     if keep_shared_volume and delete_shared_volume:
@@ -593,9 +602,9 @@ def _uptime_hours(launch_time) -> float:
 
 
 def _cluster_region(ctx, name, region):
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput
 
     profile_name, profile = _profile(ctx, required=False)
     name = name or (profile.current_cluster if profile else None)
@@ -666,9 +675,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from clusterous_cli import apps, output
+    from clusterous_core.errors import Failure
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import Failure
     from clusterous_provisioner.inventory import discover
 
     _, _, name, region = _cluster_region(ctx, name, region)
@@ -796,10 +805,10 @@ def workon(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
 ) -> None:
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.errors import BadInput
     from clusterous_provisioner.inventory import cluster_names
 
     check_cluster_name(name, "NAME")
@@ -820,9 +829,9 @@ def _resize(
     drain_timeout: float = 300.0,
 ) -> None:  # fmt: skip
     from clusterous_cli import output
+    from clusterous_core.errors import BadInput, Failure
     from clusterous_provisioner import aws, scaling
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import BadInput, Failure
     from clusterous_provisioner.inventory import discover
 
     profile_name, profile, name, region = _cluster_region(ctx, name, region)
@@ -888,9 +897,10 @@ def _resize(
 
 def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> list[dict]:
     """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
-    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
-    from clusterous_provisioner.errors import ClusterousError, Failure
+    from clusterous_core.errors import ClusterousError, Failure
+    from clusterous_provisioner import drain
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
     try:
@@ -912,8 +922,9 @@ def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, re
 
 def _forget(profile_name: str, name: str, nodes: list[str], report) -> None:
     """After termination, remove Nodes a kubelet re-registered during the drain (best effort)."""
-    from clusterous_cli import config, drain, kubeapi
+    from clusterous_cli import config, kubeapi
     from clusterous_cli.endpoint import ClusterRef
+    from clusterous_provisioner import drain
 
     ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
     try:

@@ -29,7 +29,7 @@ def host_key(
 ) -> None:
     from clusterous_cli import hostkeys, output
     from clusterous_cli.endpoint import load_endpoint
-    from clusterous_provisioner.errors import BadInput, Failure
+    from clusterous_core.errors import BadInput, Failure
 
     ref = cluster_ref(ctx, cluster)
     endpoint = load_endpoint(ref)
@@ -47,13 +47,10 @@ def host_key(
                     "instance_id",
                     "the controller's instance id (or pass --console-output)",
                 )
-            from clusterous_provisioner import aws
+            from clusterous_provisioner import aws, inventory
 
             with aws.aws_errors("reading the console output", "check your AWS credentials"):
-                reply = aws.client("ec2", endpoint.region).get_console_output(
-                    InstanceId=endpoint.instance_id, Latest=True
-                )
-            text = reply.get("Output") or ""
+                text = inventory.console_output(aws.client("ec2", endpoint.region), endpoint.instance_id)
             if not text:
                 raise Failure("EC2 has no console output for the controller yet", "try again in a minute")
         old = {k.fingerprint for k in hostkeys.read_pinned(endpoint.known_hosts, name)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
-from clusterous_provisioner.errors import BadInput
+from clusterous_core.errors import BadInput
 
 BUILD_HELP = """Build DIR's Dockerfile on the cluster (BuildKit, rootless) into its registry.
 

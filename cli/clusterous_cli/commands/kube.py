@@ -43,7 +43,7 @@ def kubeconfig(
 
 def _first_pod(ref, component: str, namespace: str):
     from clusterous_cli import kubeapi
-    from clusterous_provisioner.errors import Failure
+    from clusterous_core.errors import Failure
 
     api = kubeapi.api_client(ref)
     pods = kubeapi.component_pods(api, component, namespace)

@@ -14,7 +14,8 @@ from typing import cast
 import typer
 
 from clusterous_cli.commands.cluster_ref import CLUSTER_OPTION, cluster_ref
-from clusterous_provisioner.errors import ClusterousError
+from clusterous_core.errors import ClusterousError
+from clusterous_core.names import CLUSTER_INFO, NAMESPACE
 
 HELP = (
     "Open the central logging UI (Grafana) through an SSH tunnel and print its URL and admin login.\n\n"
@@ -24,7 +25,6 @@ HELP = (
 LOGGING_OFF = "logging is off; enable it with `up --logging-level 1`"
 TUNNEL_NAME = "logging"
 DEFAULT_LOCAL_PORT = 3000
-CLUSTER_INFO = ("clusterous-system", "cluster-info")
 
 
 class LoggingOff(ClusterousError):
@@ -74,7 +74,7 @@ def _read_helmchart(api) -> dict | None:
 def _recorded_level(core) -> str | None:
     """`loggingLevel` from cluster-info, as the provisioner recorded it (None when absent)."""
     try:
-        info = core.read_namespaced_config_map(CLUSTER_INFO[1], CLUSTER_INFO[0])
+        info = core.read_namespaced_config_map(CLUSTER_INFO, NAMESPACE)
     except Exception:  # noqa: BLE001 - a missing record only means there is nothing to explain
         return None
     return (info.data or {}).get("loggingLevel")
@@ -87,8 +87,8 @@ def _grafana(core, namespace: str) -> tuple[str, int, str, str]:
     from kubernetes import client
 
     from clusterous_cli import kubeapi
+    from clusterous_core.errors import Failure
     from clusterous_provisioner import logging_addon as la
-    from clusterous_provisioner.errors import Failure
 
     pending = Failure(
         "central logging is still being installed (Grafana is not there yet)",
@@ -123,7 +123,7 @@ def logging(
 
     from clusterous_cli import kubeapi, output, tunnels
     from clusterous_cli.endpoint import load_endpoint
-    from clusterous_provisioner.errors import Failure
+    from clusterous_core.errors import Failure
 
     tunnels.check_local_port(port, "--port")
     ref = cluster_ref(ctx, cluster)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from clusterous_core.names import GROUP_LABEL
+
 HELP = """Print the objects the operator would create for a ClusterApp, as multi-document YAML.
 
 Works offline. NODELIST is what `kubectl get nodes -o yaml` prints; without --nodes the cluster
@@ -40,10 +42,10 @@ def render(
     import yaml
 
     from clusterous_cli import output
+    from clusterous_core.errors import BadInput
     from clusterous_operator.builders import build_children
     from clusterous_operator.reconcile import check_against_cluster
     from clusterous_operator.spec import SpecError, parse_app
-    from clusterous_provisioner.errors import BadInput
 
     body = _clusterapp(_load_yaml(app_file), app_file)
     nodes = default_nodes() if nodes_file is None else _items(_load_yaml(nodes_file), nodes_file, "Node")
@@ -68,7 +70,7 @@ def default_nodes() -> list[dict]:
         {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "labels": {"clusterous.io/group": group}},
+            "metadata": {"name": name, "labels": {GROUP_LABEL: group}},
             "status": {
                 "allocatable": {"cpu": cpu, "memory": memory},
                 "conditions": [{"type": "Ready", "status": "True"}],
@@ -79,24 +81,13 @@ def default_nodes() -> list[dict]:
 
 
 def _load_yaml(path: Path) -> list:
-    import yaml
+    from clusterous_core.yamlfile import parse, read_text
 
-    from clusterous_provisioner.errors import BadInput
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise BadInput(str(path), None, "a readable YAML file", exc.strerror) from None
-    try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise BadInput(str(path), where, "valid YAML", getattr(exc, "problem", None) or str(exc)) from None
+    return [d for d in parse(read_text(path, "YAML file"), path, every_document=True) if d is not None]
 
 
 def _clusterapp(documents: list, path: Path) -> dict:
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     apps = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ClusterApp"]
     if len(apps) != 1:
@@ -106,7 +97,7 @@ def _clusterapp(documents: list, path: Path) -> dict:
 
 def _items(documents: list, path: Path, kind: str) -> list[dict]:
     """Objects of `kind` from a List / NodeList / PodList (kubectl's output) or from documents."""
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     items: list = []
     for document in documents:

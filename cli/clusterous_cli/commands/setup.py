@@ -31,9 +31,9 @@ def setup(
     yes: bool = typer.Option(False, "--yes", "-y", help="Take the defaults instead of asking."),
 ) -> None:
     from clusterous_cli import config, output
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws, keypairs
     from clusterous_provisioner import bucket as buckets
-    from clusterous_provisioner.errors import BadInput
 
     def ask(question: str, given: str | None, default: str) -> str:
         if given is not None or yes:

@@ -84,7 +84,7 @@ def add(
     namespace: str = typer.Option("default", "--namespace", "-n", help="Namespace of the component."),
 ) -> None:
     from clusterous_cli import output, tunnels
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     parsed = tunnels.parse_spec(spec)
     ref = cluster_ref(ctx, cluster)
@@ -142,7 +142,7 @@ def remove(
     cluster: str = CLUSTER_OPTION,
 ) -> None:
     from clusterous_cli import output, tunnels
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_core.errors import BadInput
 
     ref = cluster_ref(ctx, cluster)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -25,6 +26,15 @@ GET_HELP = (
     "Example: clusterous-k8s get results ./results"
 )
 RM_HELP = "Remove a file or directory from the shared volume (asks first).\n\nExample: clusterous-k8s rm old-results --yes"
+
+
+def _progress(label: str):
+    """A progress bar on a terminal; elsewhere nothing (and rich.progress is not even imported)."""
+    import sys
+
+    from clusterous_cli import transfer
+
+    return RichProgress(label) if sys.stderr.isatty() else contextlib.nullcontext(transfer.NullProgress())
 
 
 class RichProgress:
@@ -98,6 +108,17 @@ def _report(verb: str, report, as_json: bool) -> None:
         output.say(f"skipped {len(report.skipped_links)} symlink(s) pointing outside the tree")
 
 
+def _on_demand(ctx: typer.Context, cluster: str):
+    """The controller connection for put/get, opened only if SFTP is needed (rsync makes its own)."""
+    from clusterous_cli import ssh, transfer, tunnels
+    from clusterous_cli.endpoint import load_endpoint
+
+    ref = cluster_ref(ctx, cluster)
+    status = tunnels.read_status(ref)  # a running tunnel supervisor's OpenSSH master, if any
+    master = status.get("control_socket") if status.get("connected") else None
+    return transfer.OnDemand(load_endpoint(ref), lambda: ssh.connect_cluster(ref), master)
+
+
 def ls(
     ctx: typer.Context,
     path: str = typer.Argument(".", help="Directory relative to the volume's root."),
@@ -107,12 +128,12 @@ def ls(
     import stat
     import time
 
-    from clusterous_cli import output, ssh, transfer
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_cli import output, ssh, transfer, transfer_sftp
+    from clusterous_core.errors import BadInput
 
     rel = transfer.relative_remote(path, "PATH")
     with ssh.connect_cluster(cluster_ref(ctx, cluster)) as conn, conn.sftp() as sftp:
-        _, target = transfer.resolve_remote(sftp, conn.endpoint.shared_root, rel)
+        _, target = transfer_sftp.resolve_remote(sftp, conn.endpoint.shared_root, rel)
         try:
             attrs = sftp.stat(target)
         except OSError:
@@ -153,13 +174,13 @@ def put(
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    from clusterous_cli import ssh, transfer
-    from clusterous_provisioner.errors import BadInput
+    from clusterous_cli import transfer
+    from clusterous_core.errors import BadInput
 
     if not local.exists():
         raise BadInput("LOCAL", None, "an existing file or directory", str(local))
     transfer.relative_remote(remote if remote else local.resolve().name)
-    with ssh.connect_cluster(cluster_ref(ctx, cluster)) as conn, RichProgress("put") as progress:
+    with _on_demand(ctx, cluster) as conn, _progress("put") as progress:
         report = transfer.put(conn, local, remote, method, progress)
     _report("sent", report, as_json)
 
@@ -172,10 +193,10 @@ def get(
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    from clusterous_cli import ssh, transfer
+    from clusterous_cli import transfer
 
     transfer.relative_remote(remote)
-    with ssh.connect_cluster(cluster_ref(ctx, cluster)) as conn, RichProgress("get") as progress:
+    with _on_demand(ctx, cluster) as conn, _progress("get") as progress:
         report = transfer.get(conn, remote, local, method, progress)
     _report("fetched", report, as_json)
 
@@ -188,8 +209,8 @@ def rm(
 ) -> None:
     import posixpath
 
-    from clusterous_cli import output, ssh, transfer
-    from clusterous_provisioner.errors import BadInput, Failure
+    from clusterous_cli import output, ssh, transfer, transfer_sftp
+    from clusterous_core.errors import BadInput, Failure
 
     rel = transfer.relative_remote(path, "PATH")
     if str(rel) == ".":
@@ -199,7 +220,7 @@ def rm(
     with ssh.connect_cluster(cluster_ref(ctx, cluster)) as conn:
         with conn.sftp() as sftp:
             # Resolve the parent only: a symlink named PATH is removed itself, never what it points to.
-            _, parent = transfer.resolve_remote(sftp, conn.endpoint.shared_root, rel.parent)
+            _, parent = transfer_sftp.resolve_remote(sftp, conn.endpoint.shared_root, rel.parent)
             target = posixpath.join(parent, rel.name)
             try:
                 sftp.lstat(target)

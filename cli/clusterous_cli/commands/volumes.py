@@ -78,9 +78,9 @@ def remove(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     from clusterous_cli import output
+    from clusterous_core.errors import BadInput
     from clusterous_provisioner import aws, tags, volumes
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import BadInput
 
     region = _region(ctx, region)
     clients = Clients(region)

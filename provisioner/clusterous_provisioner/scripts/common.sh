@@ -12,8 +12,9 @@
 ROOT="${CLUSTEROUS_ROOT:-}"
 CONF_DIR="$ROOT/etc/clusterous"
 STATE_DIR="$ROOT/var/lib/clusterous"
-# As k3s sees them on the instance. The agent token comes in the user-data of every role; the
-# server token (cluster-admin equivalent) only ever exists on the controller, which makes it.
+# As k3s sees them on the instance. The agent token comes in the user-data of every role (a node
+# joins with it in the K10 form node.sh writes); the server token (cluster-admin equivalent)
+# only ever exists on the controller, which makes it.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 AGENT_TOKEN_FILE="/etc/clusterous/k3s-agent-token"
 # shellcheck disable=SC2034  # used by the scripts that source this file
@@ -177,12 +178,15 @@ kubelet_args() {
     kubelet_reservations "$(nproc)" "$((kib / 1024))"
 }
 
-# install_k3s ARGS...: the pinned version, skipped when exactly that version is installed.
-# The installer is install.sh of a pinned k3s commit, run only when its sha256 is the pinned
-# one; with INSTALL_K3S_VERSION set it downloads that release's k3s binary and checks it
-# against the release's sha256sum-<arch>.txt before installing it.
+# install_k3s ARGS...: the pinned version, skipped when exactly that version is installed
+# (K3S_CHANGED=1 when this run installed it). The installer is install.sh of a pinned k3s commit,
+# run only when its sha256 is the pinned one; with INSTALL_K3S_VERSION set it downloads that
+# release's k3s binary and checks it against the release's sha256sum-<arch>.txt before
+# installing it. An agent is installed enabled but not started (INSTALL_K3S_SKIP_START): node.sh
+# starts it once its join token is written.
+K3S_CHANGED=0
 install_k3s() {
-    local installed="" installer="$STATE_DIR/k3s-install.sh"
+    local installed="" installer="$STATE_DIR/k3s-install.sh" skip_start=false
     if command -v k3s >/dev/null 2>&1; then
         installed="$(k3s --version 2>/dev/null | awk 'NR==1 {print $3}')"
     fi
@@ -199,5 +203,9 @@ install_k3s() {
     fi
     local skip_selinux=false
     [ "$OS_FAMILY" = al2023 ] && skip_selinux=true
-    INSTALL_K3S_VERSION="$K3S_VERSION" INSTALL_K3S_SKIP_SELINUX_RPM="$skip_selinux" sh "$installer" "$@"
+    [ "$1" = agent ] && skip_start=true
+    INSTALL_K3S_VERSION="$K3S_VERSION" INSTALL_K3S_SKIP_SELINUX_RPM="$skip_selinux" \
+        INSTALL_K3S_SKIP_START="$skip_start" sh "$installer" "$@"
+    # shellcheck disable=SC2034  # read by node.sh
+    K3S_CHANGED=1
 }

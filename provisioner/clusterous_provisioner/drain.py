@@ -6,10 +6,13 @@ are honoured; an API server that does not serve evictions gets a plain delete in
 DaemonSet pods (they would come straight back) and static mirror pods; once the evicted pods are
 gone the Node object is deleted. `scale`/`rm-nodes` then terminate the instances.
 
-Waiting for the pods to go is a watch on the node's pods (`kubeapi.watch_objects`): the drain
+Waiting for the pods to go is a watch on the node's pods (`kubecalls.watch_objects`): the drain
 moves on the moment the API server reports the last one gone, and asks nothing while nothing
 changes. Only an eviction a PodDisruptionBudget refused (429) is retried on a timer, every 5 s,
 as `kubectl drain` does.
+
+It lives in the provisioner, not the CLI, because the in-cluster autoscaler drains the same way
+and ships without the CLI.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clusterous_cli.kubeapi import watch_objects
-from clusterous_cli.readiness import REQUEST_TIMEOUT, _json, match_node
-from clusterous_provisioner.errors import Failure
+from clusterous_core.errors import Failure
+from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, json_body, watch_objects
+from clusterous_provisioner.kubeobjects import belongs_to_node, match_node, members_of
 
-MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"
 Report = Callable[[str], None]
 # Answers are not turned into model classes: what a server sends back is not our business here.
@@ -35,11 +37,8 @@ def pods_to_evict(pods: list[dict]) -> tuple[list[dict], list[str]]:
     evict, skipped = [], []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        owners = meta.get("ownerReferences") or []
-        if any(o.get("kind") == "DaemonSet" for o in owners):
-            skipped.append(f"{meta.get('namespace')}/{meta['name']} (DaemonSet)")
-        elif MIRROR_ANNOTATION in (meta.get("annotations") or {}):
-            skipped.append(f"{meta.get('namespace')}/{meta['name']} (static pod)")
+        if why := belongs_to_node(pod):
+            skipped.append(f"{meta.get('namespace')}/{meta['name']} ({why})")
         elif meta.get("deletionTimestamp") and (pod.get("status") or {}).get("phase") in (
             "Succeeded",
             "Failed",
@@ -52,8 +51,6 @@ def pods_to_evict(pods: list[dict]) -> tuple[list[dict], list[str]]:
 
 def nodes_of(instances: list[dict], nodes: list[dict]) -> tuple[list[str], list[str]]:
     """(names of the Nodes of these EC2 instances, ids of instances that have no Node)."""
-    from clusterous_cli.readiness import members_of
-
     names, missing = [], []
     for member in members_of(instances):
         node = match_node(member, nodes)
@@ -131,11 +128,7 @@ def drain_node(api, node: str, timeout: float, report: Report) -> dict:
                 f"drain {node}: pods still on the node after {timeout:.0f} s: {', '.join(waiting) or 'see kubectl'}",
                 FORCE_HINT,
             )
-    try:
-        core.delete_node(node, **RAW)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    delete_node(core, node)
     report(f"drain {node}: Node deleted")
     return {"node": node, **done, "skipped": skipped}
 
@@ -164,7 +157,7 @@ def drain_instances(api, instances: list[dict], timeout: float, report: Report) 
     """Drain the Nodes of these instances, one after the other; instances without a Node are fine."""
     from kubernetes import client
 
-    nodes = _json(client.CoreV1Api(api).list_node).get("items") or []
+    nodes = json_body(client.CoreV1Api(api).list_node).get("items") or []
     names, missing = nodes_of(instances, nodes)
     for instance_id in missing:
         report(f"drain: instance {instance_id} has no Kubernetes node (nothing to drain)")
@@ -178,16 +171,34 @@ def forget_nodes(api, names: list[str], report: Report) -> list[str]:
     cloud controller to remove it later, so a NotReady ghost would stay. Returns the names removed.
     """
     from kubernetes import client
-    from kubernetes.client import ApiException
 
     core, gone = client.CoreV1Api(api), []
     for name in names:
-        try:
-            core.delete_node(name, **RAW)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            continue
-        gone.append(name)
-        report(f"{name}: re-registered before its instance stopped; Node deleted again")
+        if delete_node(core, name):
+            gone.append(name)
+            report(f"{name}: re-registered before its instance stopped; Node deleted again")
     return gone
+
+
+def delete_node(core, name: str) -> bool:
+    """Delete a Node object; False when it was gone already."""
+    from kubernetes.client import ApiException
+
+    try:
+        core.delete_node(name, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
+def uncordon(core, name: str) -> None:
+    """Make a node schedulable again (a drain that could not finish keeps its node)."""
+    from kubernetes.client import ApiException
+
+    try:
+        core.patch_node(name, {"spec": {"unschedulable": False}}, **RAW)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
