@@ -310,7 +310,7 @@ class Moments(threading.Thread):
         )
         capps = find_resource(emulator, f"{GROUP}/{VERSION}/{PLURAL}")
         key = (capps, NAMESPACE, self.name)
-        stored = emulator.objects[key] if key in emulator.objects else None
+        stored = emulator.objects.get(key)
         phase = None if stored is None or stored.deleted else (stored.raw.get("status") or {}).get("phase")
         return available, phase
 

@@ -722,8 +722,10 @@ def test_kubelet_reservations_follow_the_documented_tiers(cpus, memory_mib, cpu,
     assert reservations(cpus, memory_mib) == [
         f"--kubelet-arg=kube-reserved=cpu={cpu},memory={memory}",
         "--kubelet-arg=system-reserved=cpu=50m,memory=100Mi",
-        "--kubelet-arg=eviction-hard=memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,"
-        "nodefs.inodesFree<5%",
+        (
+            "--kubelet-arg=eviction-hard=memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,"
+            "nodefs.inodesFree<5%"
+        ),
     ]
 
 

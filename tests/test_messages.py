@@ -98,8 +98,10 @@ def test_an_empty_environment_file(cli, tmp_path):
     [
         (
             "name: app\nenvironment: [" + ", ".join(["x" * 20] * 30) + "]\n",
-            "environment: expected a mapping with components (and optionally copy, image, "
-            "expose_tunnel) (got a list)",
+            (
+                "environment: expected a mapping with components (and optionally copy, image, "
+                "expose_tunnel) (got a list)"
+            ),
         ),
         (
             APP + "    engine: [" + ", ".join(["y" * 20] * 30) + "]\n",

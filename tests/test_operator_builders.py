@@ -85,7 +85,7 @@ def test_fixed_components_on_a_shared_group_are_placed_before_auto_ones() -> Non
     placed = place(spec, [node("n1", "all", "2"), node("n2", "all", "2")])
     assert placed["master"].replicas == 1
     assert placed["engine"].replicas == 3
-    used = {n: 0 for n in ("n1", "n2")}
+    used = dict.fromkeys(("n1", "n2"), 0)
     for name in ("master", "engine"):
         for n, count in placed[name].per_node.items():
             used[n] += count * 1000

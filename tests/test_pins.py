@@ -43,7 +43,7 @@ def lock() -> dict[str, str]:
 def test_the_lock_pins_the_closure_of_kopf_kubernetes_and_pyyaml_with_hashes():
     entries = operator_bundle.read_lock()
     assert set(operator_bundle.DIRECT) <= set(lock())
-    assert operator_bundle.REQUIREMENTS == tuple(f"{name}=={lock()[name]}" for name in operator_bundle.DIRECT)
+    assert tuple(f"{name}=={lock()[name]}" for name in operator_bundle.DIRECT) == operator_bundle.REQUIREMENTS
     for name, (_, hashes) in entries.items():
         assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
     # closed: what each locked distribution requires (on the image's CPython 3.12 on Linux) is locked too

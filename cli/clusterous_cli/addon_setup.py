@@ -85,6 +85,7 @@ def apply_logging(api, level: int) -> str | None:
                 raise
         return UNINSTALLING
     body = change.manifest
+    assert body is not None  # an "apply" change carries its manifest
     if current is None:
         try:
             custom.create_namespaced_custom_object(*args, body, _request_timeout=REQUEST_TIMEOUT)

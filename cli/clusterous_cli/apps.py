@@ -159,7 +159,7 @@ def ensure_pod_security(api, clusterapp: dict, namespace: str = NAMESPACE) -> st
     wanted = pod_security_labels([clusterapp, *others])
     core = client.CoreV1Api(api)
     try:
-        current = core.read_namespace(namespace).metadata.labels or {}
+        current = (core.read_namespace(namespace).metadata or client.V1ObjectMeta()).labels or {}
         if all(current.get(k) == v for k, v in wanted.items()):
             return None
         core.patch_namespace(namespace, {"metadata": {"labels": wanted}})

@@ -137,12 +137,14 @@ def run_build(
     job_name = job["metadata"]["name"]
     try:
         _create_if_missing(lambda: core.create_namespaced_persistent_volume_claim(
-            buildjob.NAMESPACE, buildjob.build_context_claim()
+            buildjob.NAMESPACE, buildjob.build_context_claim()  # type: ignore[arg-type]  # a dict body is sent as it is
         ))  # fmt: skip
         _apply_config_map(core, buildjob.buildkitd_config_map(registry_endpoint))
         registry.ensure_push_credentials(api, buildjob.PUSH_REGISTRY)  # `up` made it; older clusters
         _delete_previous(batch, job_name)
-        uid = batch.create_namespaced_job(buildjob.NAMESPACE, job).metadata.uid
+        created = batch.create_namespaced_job(buildjob.NAMESPACE, job)  # type: ignore[arg-type]  # a dict body is sent as it is
+        assert created.metadata is not None and created.metadata.uid is not None  # set by the API server
+        uid = created.metadata.uid
     except Failure:
         raise
     except Exception as exc:  # noqa: BLE001 - ApiException, connection errors

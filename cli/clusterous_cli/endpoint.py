@@ -110,8 +110,8 @@ def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
         config.load_profile(ref.profile_name) if config.profile_path(ref.profile_name).exists() else None
     )
 
-    def text(field: str, default: str | None = None) -> str | None:
-        value = data.get(field, default)
+    def text(field: str) -> str | None:
+        value = data.get(field)
         if value is not None and (not isinstance(value, str) or not value):
             raise BadInput(str(path), field, "a non-empty string", value)
         return value
@@ -130,13 +130,13 @@ def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
     endpoint = ControllerEndpoint(
         host=host,
         port=number("port", 22),
-        user=text("user", "ubuntu"),
+        user=text("user") or "ubuntu",
         key_file=key_path,
-        known_hosts=ref.directory / text("known_hosts", "known_hosts"),
+        known_hosts=ref.directory / (text("known_hosts") or "known_hosts"),
         jump_host=text("jump_host") or (profile.jump_host if profile else None),
-        shared_root=text("shared_root", DEFAULT_SHARED_ROOT),
+        shared_root=text("shared_root") or DEFAULT_SHARED_ROOT,
         api_port=number("api_port", DEFAULT_API_PORT),
-        k3s_kubeconfig=text("k3s_kubeconfig", DEFAULT_K3S_KUBECONFIG),
+        k3s_kubeconfig=text("k3s_kubeconfig") or DEFAULT_K3S_KUBECONFIG,
         instance_id=text("instance_id"),
         region=text("region") or (profile.region if profile else None),
     )

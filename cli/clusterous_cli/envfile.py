@@ -279,7 +279,7 @@ def _command(fill: Filler, raw: object, where: str) -> list[str]:
         return [str(fill.value(a, where, shell=True)) for a in raw]
     if not isinstance(raw, str) or not raw.strip():
         raise BadInput(fill.source, where, "a command line (a string) or a list of arguments", raw)
-    text = fill.value(raw, where, shell=True)
+    text = str(fill.value(raw, where, shell=True))  # a str already: raw is one
     try:
         argv = shlex.split(text)
     except ValueError as exc:
@@ -450,7 +450,7 @@ def _images(fill: Filler, value: object, base: Path) -> tuple[ImageBuild, ...]:
     return tuple(out)
 
 
-def split_image_name(source: str, where: str, value: object) -> tuple[str, str]:
+def split_image_name(source: str, where: str | None, value: object) -> tuple[str, str]:
     """`name[:tag]` of an image in the cluster registry (tag `latest` when absent)."""
     text = str(value).strip() if isinstance(value, str) else ""
     if text.startswith(_LEGACY_PREFIX):

@@ -125,13 +125,17 @@ class Supervisor:
             endpoint = load_endpoint(self.ref)
             if self.openssh:
                 relearn = hostkeys.relearn_command(self.ref.cluster)
-                conn = controlmaster.Master.start(endpoint, self.openssh, relearn)
+                conn: ssh.Connection | controlmaster.Master = controlmaster.Master.start(
+                    endpoint, self.openssh, relearn
+                )
             else:
                 conn = ssh.connect_cluster(self.ref)
         except ClusterousError as exc:
             self.last_error = exc.render().replace("\n  next:", ";")
             refused = isinstance(exc, hostkeys.Refusal)
-            self.refused = {"error": exc.what, "next": exc.next_step} if refused else None
+            self.refused = (
+                {"error": exc.what, "next": exc.next_step} if isinstance(exc, hostkeys.Refusal) else None
+            )
             self._refused_inputs = inputs if refused else None
             log.warning("connect %s: %s", "refused" if refused else "failed", self.last_error)
             return False

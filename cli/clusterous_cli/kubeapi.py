@@ -118,7 +118,12 @@ def component_pods(api, component: str, namespace: str) -> list:
     except Exception as exc:  # noqa: BLE001 - ApiException, urllib3 errors
         raise api_failure(f"listing the pods of '{component}'", exc) from None
     items = list(pods.items or [])
-    items.sort(key=lambda p: ((p.status.phase if p.status else "") != "Running", p.metadata.name))
+    items.sort(
+        key=lambda p: (
+            (p.status.phase if p.status else "") != "Running",
+            p.metadata.name if p.metadata else "",
+        )
+    )
     return items
 
 
@@ -134,7 +139,9 @@ def resolve_component(ref: ClusterRef, component: str, namespace: str = "default
         ).items
         if not services:
             services = [
-                s for s in core.list_namespaced_service(namespace).items if s.metadata.name == component
+                s
+                for s in core.list_namespaced_service(namespace).items
+                if s.metadata and s.metadata.name == component
             ]
     except Exception as exc:  # noqa: BLE001
         raise api_failure(f"looking up component '{component}'", exc) from None

@@ -175,9 +175,10 @@ def run(argv: list[str] | None = None) -> int:
         _print_error("interrupted; re-run the command to continue")
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence before the user
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()  # a usage error from typer/click: it already reads as a message
-            return exc.exit_code
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()  # a usage error from typer/click: it already reads as a message
+            return code
         if _wants_traceback(argv):
             import traceback
 

@@ -37,6 +37,7 @@ from clusterous_cli.controller_boot import (
     log_tail_command,
     parse_cloud_init,
 )
+from clusterous_cli.endpoint import ClusterRef
 from clusterous_cli.hostkeys import HostKeyChanged
 from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_stages, timeouts_for
 from clusterous_core.errors import Failure
@@ -192,7 +193,7 @@ def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -
 class Plan:
     """What `up` hands over: the cluster, its instances and what it asked for."""
 
-    ref: object  # clusterous_cli.endpoint.ClusterRef
+    ref: ClusterRef
     region: str
     controller: dict  # DescribeInstances entry
     members: list[Member]

@@ -124,7 +124,7 @@ class Registry:
             f"the cluster registry answered {status} to HEAD /v2/{name}/manifests/{tag}", REGISTRY_LOG_HINT
         )
 
-    def _pages(self, path: str, key: str) -> list[str]:
+    def _pages(self, path: str | None, key: str) -> list[str]:
         """Every entry of a paginated list, following `Link: <next>; rel="next"` headers.
 
         distribution serves `_catalog` in pages of at most `catalog.maxentries` (1000 unless
@@ -236,9 +236,9 @@ def ensure_push_credentials(api, push_registry: str) -> str:
     for body in push_secrets(secrets.token_urlsafe(32), push_registry):
         name = body["metadata"]["name"]
         if name in present:
-            core.replace_namespaced_secret(name, namespace, body)
+            core.replace_namespaced_secret(name, namespace, body)  # type: ignore[arg-type]  # a dict body is sent as it is
         else:
-            core.create_namespaced_secret(namespace, body)
+            core.create_namespaced_secret(namespace, body)  # type: ignore[arg-type]  # a dict body is sent as it is
     return "created"
 
 

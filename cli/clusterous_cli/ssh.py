@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,7 +128,9 @@ def _jump_channel(endpoint: ControllerEndpoint, timeout: float):
             banner_timeout=timeout,
             auth_timeout=timeout,
         )
-        channel = client.get_transport().open_channel(
+        transport = client.get_transport()
+        assert transport is not None  # connect() made it
+        channel = transport.open_channel(
             "direct-tcpip", (endpoint.host, endpoint.port), ("127.0.0.1", 0), timeout=timeout
         )
     except paramiko.BadHostKeyException as exc:
@@ -264,7 +267,7 @@ def connect(
     return Connection(endpoint, transport, jump)
 
 
-def _prefer(available: tuple[str, ...], preferred: tuple[str, ...]) -> tuple[str, ...]:
+def _prefer(available: Sequence[str], preferred: tuple[str, ...]) -> tuple[str, ...]:
     first = tuple(p for p in preferred if p in available)
     return first + tuple(a for a in available if a not in first)
 

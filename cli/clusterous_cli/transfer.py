@@ -91,7 +91,7 @@ class OnDemand:
 def relative_remote(path: str | None, what: str = "REMOTE") -> PurePosixPath:
     """A user path as a clean relative path inside the volume; '' or '.' is the root itself."""
     text = (path or ".").replace("\\", "/")
-    if text.startswith("/") or text.startswith("~"):
+    if text.startswith(("/", "~")):
         raise BadInput(
             what, None, "a path relative to the shared volume's root (no leading '/' or '~')", path
         )
@@ -181,6 +181,7 @@ def put(
     into_dir = bool(remote and remote.endswith("/"))
     started = time.monotonic()
     report = Report(_first_method(method))
+    files: list[tuple[str, list[str]]]
     if not local.is_dir():
         files, sizes = [("", [])], {local.name: local.stat().st_size}
     else:

@@ -26,11 +26,13 @@ the script alone knows whether the remote path is a file or a directory. Refusal
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import shlex
 import subprocess
 import tempfile
 from pathlib import PurePosixPath
+from typing import cast
 
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_cli.transfer import Report
@@ -188,8 +190,8 @@ def run(argv: list[str], report: Report, progress, rel: PurePosixPath, endpoint:
         raise BadInput(str(endpoint.key_file), None, "the cluster's private SSH key (file not found)")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     buffer = b""
-    assert process.stdout is not None
-    while chunk := process.stdout.read1(65536):
+    stdout = cast(io.BufferedReader, process.stdout)  # PIPE with the default bufsize: buffered
+    while chunk := stdout.read1(65536):
         buffer += chunk
         *lines, buffer = re.split(rb"[\r\n]", buffer)
         for raw in lines:
@@ -263,6 +265,7 @@ def put(via, local, rel: PurePosixPath, into_dir: bool, only, delete, report, pr
     the master's socket or None)."""
     endpoint, control_socket = via
     parts = () if str(rel) == "." else rel.parts
+    copy_links: tuple[str, ...]
     if local.is_dir():
         remote = remote_command("put-dir", endpoint.shared_root, parts)
         source, copy_links = local_spec(str(local)) + "/", ()

@@ -7,6 +7,7 @@ before use: no component may be a symlink (a pod may plant one to lead outside t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import secrets
@@ -104,10 +105,8 @@ def sftp_put_file(sftp, local: Path, remote: str, report: Report, progress, name
             target.utime((info.st_atime, info.st_mtime))
         sftp.posix_rename(part, remote)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             sftp.remove(part)
-        except OSError:
-            pass
         raise
     report.transferred.append(name or remote)
     report.bytes += info.st_size

@@ -367,6 +367,7 @@ def ensure_api_tunnel(ref: ClusterRef, timeout: float = 20.0) -> int:
         desired.api_local = desired.api_local or free_port()
 
     desired = update_desired(ref, choose)
+    assert desired.api_local is not None  # choose() set it
     apply(ref, None, [desired.api_local], timeout)
     wait_for(
         ref,

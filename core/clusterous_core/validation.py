@@ -8,7 +8,7 @@ pydantic itself is not imported: the error dicts of `ValidationError.errors()` a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from clusterous_core.errors import NOTHING, BadInput
@@ -86,7 +86,7 @@ def expected(error: Mapping[str, Any]) -> str:
     return message
 
 
-def problem(errors: list[Mapping[str, Any]]) -> Problem:
+def problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
     """The first of `ValidationError.errors()` as a Problem."""
     error = errors[0]
     loc = tuple(error.get("loc") or ())
@@ -98,7 +98,7 @@ def problem(errors: list[Mapping[str, Any]]) -> Problem:
     return Problem(field_name(loc), error["type"], expected(error), got)
 
 
-def bad_input(source: str, errors: list[Mapping[str, Any]]) -> BadInput:
+def bad_input(source: str, errors: Sequence[Mapping[str, Any]]) -> BadInput:
     """The BadInput for a file whose pydantic model failed: `raise bad_input(path, exc.errors())`."""
     found = problem(errors)
     return BadInput(source, found.field, found.expected, found.got)

@@ -72,7 +72,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
     Deployments, Pods...) on each of its events to compare it with nothing.
     """
 
-    def build(self, *, body: kopf.Body, extra_fields=None) -> dict:
+    def build(self, *, body: kopf.Body, extra_fields=None) -> kopf.BodyEssence:
         return {}
 
     def fetch(self, *, body: kopf.Body) -> None:
@@ -130,13 +130,13 @@ async def pod_index(body: kopf.Body, **_) -> dict:
 
 
 @kopf.index(*CAPP, when=_served)
-async def app_index(body: kopf.Body, namespace: str, name: str, **_) -> dict:
+async def app_index(body: kopf.Body, namespace: str | None, name: str, **_) -> dict:
     """Each ClusterApp as last seen, for the Deployment handler to reconcile it."""
     return {(namespace, name): _trim(body, ("apiVersion",), ("kind",), ("metadata",), ("spec",), ("status",))}
 
 
 @kopf.index("deployments", labels={APP_LABEL: kopf.PRESENT})
-async def deployment_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
+async def deployment_index(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_) -> dict:
     return {
         (namespace, labels[APP_LABEL]): _trim(
             body, ("kind",), ("metadata",), ("spec", "replicas"), ("status",)
@@ -146,14 +146,14 @@ async def deployment_index(body: kopf.Body, namespace: str, labels: kopf.Labels,
 
 @kopf.index("services", labels={APP_LABEL: kopf.PRESENT})
 async def service_index(
-    namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_
+    namespace: str | None, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_
 ) -> dict:
     return {(namespace, labels[APP_LABEL]): ("Service", name, annotations.get(SPEC_HASH_ANNOTATION))}
 
 
 @kopf.index("persistentvolumeclaims", labels={APP_LABEL: kopf.PRESENT})
 async def claim_index(
-    namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_
+    namespace: str | None, name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_
 ) -> dict:
     return {
         (namespace, labels[APP_LABEL]): ("PersistentVolumeClaim", name, annotations.get(SPEC_HASH_ANNOTATION))
@@ -186,7 +186,7 @@ _rollouts: dict[str, tuple] = {}  # each child Deployment's last seen rollout st
 
 @kopf.on.event("deployments", labels={APP_LABEL: kopf.PRESENT})
 async def on_deployment(
-    body: kopf.Body, type: str | None, namespace: str, uid: str, labels: kopf.Labels, logger, **indices
+    body: kopf.Body, type: str | None, namespace: str | None, uid: str, labels: kopf.Labels, logger, **indices
 ) -> None:
     """A child Deployment's readiness or rollout changed (or it went): reconcile its ClusterApp
     now, so dependents start and the status turns Running within a moment of the last replica
@@ -209,7 +209,8 @@ def resync(body: kopf.Body, logger, **indices) -> None:
     reconcile(body, logger, **indices)
 
 
-@kopf.on.delete(*CAPP, when=_served)
+# ClusterApps are namespaced: kopf's `namespace: str | None` is always a str here
+@kopf.on.delete(*CAPP, when=_served)  # type: ignore[arg-type]
 def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, logger, **_) -> None:
     """Delete the children explicitly (there may be no garbage collector); never hold the
     finalizer: what could not be deleted is reported as a warning Event."""

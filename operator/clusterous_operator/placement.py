@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.spec import (
@@ -124,7 +125,7 @@ def check_fits(spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, Rese
             continue
         most_cpu, most_memory = max(cpu for cpu, _ in room), max(mem for _, mem in room)
         larger = f"a {component.group} node (or a larger {component.group} instance type)"
-        if component.cpu_m not in (None, AUTO) and component.cpu_m > most_cpu:
+        if isinstance(component.cpu_m, int) and component.cpu_m > most_cpu:
             raise SpecError(
                 f"spec.components[{i}].cpu",
                 f"at most {format_cpu(most_cpu)}, the most CPU free on {larger}",
@@ -218,7 +219,7 @@ def _place_group(
     counts: dict[str, dict[str, int]] = {c.name: {} for c in members}
     unplaced = {c.name: 0 for c in members}
     for component in (c for c in members if c.replicas != AUTO):
-        for _ in range(component.replicas):
+        for _ in range(cast(int, component.replicas)):  # not AUTO: filtered above
             taken = counts[component.name] if one_per_node(component) else {}
             node = _roomiest({n: f for n, f in free.items() if n not in taken}, need[component.name])
             if node is None:

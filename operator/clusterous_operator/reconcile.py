@@ -7,7 +7,7 @@ the benchmark call it directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from clusterous_operator.builders import APP_LABEL, COMPONENT_LABEL, SPEC_HASH_ANNOTATION, build_children
@@ -80,7 +80,7 @@ def decide(
     return Decision(children=children, status=status, app=app, waiting=waiting)
 
 
-def check_against_cluster(app: App, nodes: list[Mapping], pods: Iterable[Mapping]) -> dict[str, Reserved]:
+def check_against_cluster(app: App, nodes: Sequence[Mapping], pods: Iterable[Mapping]) -> dict[str, Reserved]:
     """What the cluster must offer the spec (its groups exist, explicit cpu and memory fit a
     node); raises SpecError. Returns what other pods reserve on each node, for `place`.
     The operator, `run` (before applying) and `render --pods` call this one function."""

@@ -16,14 +16,15 @@ lock anyway (the kubernetes client requires and imports it), see docs/clusterapp
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from clusterous_core.names import DNS_1035
 
-AUTO = "auto"
+AUTO: Final = "auto"
+Auto = Literal["auto"]  # the type of AUTO, so `x == AUTO` narrows `int | Auto` to int
 DEFAULT_MOUNT_PATH = "/home/data"
 DNS_LABEL = DNS_1035.pattern  # component names; app names (DNS-1035, a letter first)
 MAX_COMPONENT_NAME = 40
@@ -57,8 +58,10 @@ class Phase(Documented):
     RUNNING = "Running", "Every replica of every component is ready and no pod is Pending."
     DEGRADED = (
         "Degraded",
-        "Some replicas are ready but something blocks the rest, or fewer are ready than were "
-        "while the spec did not change.",
+        (
+            "Some replicas are ready but something blocks the rest, or fewer are ready than were "
+            "while the spec did not change."
+        ),
     )
     FAILED = "Failed", "The spec cannot run (see the `SpecValid` condition); nothing is created or changed."
 
@@ -85,15 +88,19 @@ class Reason(Documented):
     VALID = "Valid", "The spec passed every check."
     INVALID_SPEC = (
         "InvalidSpec",
-        "A field is wrong; the message names it, e.g. `spec.components[1].dependsOn[0]: expected "
-        "the name of another component (master) (got 'mastr')`.",
+        (
+            "A field is wrong; the message names it, e.g. `spec.components[1].dependsOn[0]: expected "
+            "the name of another component (master) (got 'mastr')`."
+        ),
     )
     PLACED = "Placed", "Every replica fits on its group's nodes."
     INSUFFICIENT_CPU = (
         "InsufficientCPU",
-        "Replicas do not fit: no node of the group has the CPU (or memory, or ports) free; the "
-        "message gives the command that makes room, e.g. `3 of 8 crunch replicas Pending: no "
-        "worker node has 0.5 CPU free — clusterous-k8s scale worker 4`.",
+        (
+            "Replicas do not fit: no node of the group has the CPU (or memory, or ports) free; the "
+            "message gives the command that makes room, e.g. `3 of 8 crunch replicas Pending: no "
+            "worker node has 0.5 CPU free — clusterous-k8s scale worker 4`."
+        ),
     )
     NO_NODES = "NoNodes", "The group has no Ready, schedulable node; the message says how to add one."
     ALL_REPLICAS_READY = "AllReplicasReady", "Every replica of every component is ready."
@@ -104,8 +111,10 @@ class Reason(Documented):
     )
     CONTAINERS_FAILING = (
         "ContainersFailing",
-        "Containers crash or their image cannot be pulled; the message says what to check "
-        "(`2 engine replicas failing: ImagePullBackOff — is … in the registry?`).",
+        (
+            "Containers crash or their image cannot be pulled; the message says what to check "
+            "(`2 engine replicas failing: ImagePullBackOff — is … in the registry?`)."
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from clusterous_core.errors import shown
 from clusterous_core.names import API_VERSION
@@ -21,6 +22,7 @@ from clusterous_operator.schema import (
     MAX_COMPONENT_NAME,
     MAX_GROUP,
     MI,
+    Auto,
 )
 
 MAX_NAME = 63  # Service and label values are DNS labels: <app>-<component> must fit
@@ -68,8 +70,8 @@ class Component:
     group: str
     image: str
     command: tuple[str, ...] | None = None
-    replicas: int | str = 1
-    cpu_m: int | str | None = None  # millicores per replica, AUTO, or None for no request
+    replicas: int | Auto = 1
+    cpu_m: int | Auto | None = None  # millicores per replica, AUTO, or None for no request
     ports: tuple[int, ...] = ()
     host_network: bool = False
     depends_on: tuple[str, ...] = ()
@@ -142,7 +144,7 @@ def parse_app(body: Mapping, default_namespace: str = "default") -> App:
 
 def parse_spec(raw: object, path: str = "spec") -> Spec:
     """Check a ClusterApp spec: the schema's rules, unique names, dependsOn and tunnels."""
-    _expect_mapping(raw, path, "a mapping with components")
+    raw = _expect_mapping(raw, path, "a mapping with components")
     components_raw = raw.get("components")
     if not isinstance(components_raw, list) or not components_raw:
         raise SpecError(f"{path}.components", "a non-empty list of components", components_raw)
@@ -240,7 +242,7 @@ def dependency_order(spec: Spec) -> tuple[str, ...]:
 
 
 def _parse_component(raw: object, path: str) -> Component:
-    _expect_mapping(raw, path, "a mapping with name, group and image")
+    raw = _expect_mapping(raw, path, "a mapping with name, group and image")
     for required in ("name", "group", "image"):
         if required not in raw:
             raise SpecError(f"{path}.{required}", "a value (name, group and image are required)")
@@ -309,7 +311,7 @@ def _parse_memory(value: object, path: str) -> int | None:
     return size
 
 
-def _parse_replicas(value: object, path: str) -> int | str:
+def _parse_replicas(value: object, path: str) -> int | Auto:
     if value == AUTO:
         return AUTO
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -317,9 +319,9 @@ def _parse_replicas(value: object, path: str) -> int | str:
     return value
 
 
-def _parse_cpu(value: object, path: str) -> int | str | None:
+def _parse_cpu(value: object, path: str) -> int | Auto | None:
     if value is None or value == AUTO:
-        return value
+        return None if value is None else AUTO
     expected = 'a CPU quantity as a string ("0.5", "2", "500m") or "auto"'
     if isinstance(value, float):
         raise SpecError(path, expected + " (quote fractions)", value)
@@ -339,7 +341,7 @@ def _parse_port(value: object, path: str) -> int:
 
 
 def _parse_tunnel(raw: object, path: str, components: tuple[Component, ...]) -> Tunnel:
-    _expect_mapping(raw, path, "a mapping with localPort, component and port")
+    raw = _expect_mapping(raw, path, "a mapping with localPort, component and port")
     for required in ("localPort", "component", "port"):
         if required not in raw:
             raise SpecError(f"{path}.{required}", "a value (localPort, component and port are required)")
@@ -418,9 +420,10 @@ def _find_cycle(components: tuple[Component, ...]) -> list[str] | None:
     return None
 
 
-def _expect_mapping(value: object, path: str, expected: str) -> None:
+def _expect_mapping(value: object, path: str, expected: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise SpecError(path, expected, value)
+    return value
 
 
 def _list(value: object, path: str, expected: str) -> list:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from clusterous_operator.images import in_cluster_registry, resolve_image
 from clusterous_operator.placement import ComponentPlacement
@@ -178,7 +179,10 @@ def build_status(
     blocked = [c for c in components if c.blocked_reason in (Reason.INSUFFICIENT_CPU, Reason.NO_NODES)]
     scheduled = (
         _condition(
-            ConditionType.SCHEDULED, False, blocked[0].blocked_reason, "; ".join(c.message for c in blocked)
+            ConditionType.SCHEDULED,
+            False,
+            cast(Reason, blocked[0].blocked_reason),  # not None: filtered above
+            "; ".join(c.message for c in blocked),
         )
         if blocked
         else _condition(
@@ -248,8 +252,10 @@ def _placement_problem(
             need += " and its ports"
         return (
             Reason.INSUFFICIENT_CPU,
-            f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
-            f"no {group} node has {need} free{spread} — {hint}",
+            (
+                f"{unschedulable} of {placement.replicas} {component.name} replicas Pending: "
+                f"no {group} node has {need} free{spread} — {hint}"
+            ),
         )
     return None
 
@@ -300,7 +306,9 @@ def _assemble(
     for condition in conditions:
         old = before.get(condition["type"])
         same = old is not None and old.get("status") == condition["status"]
-        condition["lastTransitionTime"] = old.get("lastTransitionTime", now) if same else now
+        condition["lastTransitionTime"] = (
+            old.get("lastTransitionTime", now) if old is not None and same else now
+        )
     status = {
         "phase": phase.value,
         "ready": f"{totals[0]}/{totals[1]}",

@@ -183,7 +183,7 @@ def remember_busy(nodes: Sequence[Mapping], pods: Sequence[Mapping], memory: Mem
     busy = {n: t for n, t in memory.busy_at.items() if n in names}
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
-        if node in names and is_app_pod(pod):
+        if isinstance(node, str) and node in names and is_app_pod(pod):
             busy[node] = now
     return replace(memory, busy_at=busy)
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from clusterous_core.names import NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling
@@ -36,7 +37,7 @@ from clusterous_provisioner.kubeobjects import internal_ip
 CONFIGMAP = "autoscaler"
 STATUS_KEY = "status"
 TIMEOUT = 30  # seconds for one Kubernetes API request
-RAW = {"_preload_content": False, "_request_timeout": TIMEOUT}
+RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": TIMEOUT}
 Report = Callable[[str], None]
 
 
@@ -109,7 +110,7 @@ def write_record(api_client, spec, bucket: str) -> str | None:
     body = record_configmap(spec, bucket)
     if any(g.elastic for g in spec.groups):
         try:
-            core.create_namespaced_config_map(NAMESPACE, body, **RAW)
+            core.create_namespaced_config_map(NAMESPACE, body, **RAW)  # type: ignore[arg-type]  # a dict body is sent as it is
             return "created"
         except ApiException as exc:
             if exc.status != 409:

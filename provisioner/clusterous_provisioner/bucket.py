@@ -9,6 +9,7 @@ region is recorded in the profile by `setup`: the registry talks to S3 in the bu
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from clusterous_core.errors import BadInput
 from clusterous_provisioner.addons import REGISTRY_IMAGE, REGISTRY_S3_REGIONS
@@ -66,7 +67,7 @@ def ensure_bucket(s3, name: str, region: str) -> bool:
         raise BadInput("--bucket", None, "a bucket name no other AWS account owns", name)
     created = state == "missing"
     if created:
-        kwargs = {"Bucket": name}
+        kwargs: dict[str, Any] = {"Bucket": name}
         if region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         s3.create_bucket(**kwargs)

@@ -404,13 +404,13 @@ def _layout(
     """The node groups: the file's (or environment file's) `node_groups` with the flags that
     override the worker and master groups, or the default master + worker layout."""
     if model.node_groups is not None:
-        if "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged:
-            if "worker" not in model.node_groups:
-                raise BadInput(
-                    flagged.get("parameters.worker_count") or "--worker-type",
-                    None,
-                    f"a layout with a 'worker' group ({source} defines: {', '.join(model.node_groups)})",
-                )
+        worker_flags = "parameters.worker_count" in flagged or "parameters.worker_instance_type" in flagged
+        if worker_flags and "worker" not in model.node_groups:
+            raise BadInput(
+                flagged.get("parameters.worker_count") or "--worker-type",
+                None,
+                f"a layout with a 'worker' group ({source} defines: {', '.join(model.node_groups)})",
+            )
         groups = []
         for gname, g in model.node_groups.items():
             itype, count = g.instance_type, g.count

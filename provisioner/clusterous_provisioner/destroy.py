@@ -120,7 +120,7 @@ def _quietly(call, *args, also: tuple[str, ...] = (), **kwargs):
         return call(*args, **kwargs)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in GONE or code in also or code.endswith(".NotFound") or code.endswith("NotFoundException"):
+        if code in GONE or code in also or code.endswith((".NotFound", "NotFoundException")):
             return None
         raise
 

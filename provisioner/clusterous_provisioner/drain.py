@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from clusterous_core.errors import Failure
 from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, json_body, watch_objects
@@ -27,7 +28,7 @@ from clusterous_provisioner.kubeobjects import belongs_to_node, match_node, memb
 FORCE_HINT = "pass --force to terminate without draining (the pods on those nodes are killed)"
 Report = Callable[[str], None]
 # Answers are not turned into model classes: what a server sends back is not our business here.
-RAW = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
 BLOCKED_RETRY = 5.0  # kubectl drain's wait before asking again for an eviction a budget refused
 
 

@@ -139,10 +139,10 @@ class Lease:
         return True
 
     def start_renewing(self, report: Report) -> None:
-        self._stop = threading.Event()
+        stop = self._stop = threading.Event()
 
         def loop() -> None:
-            while not self._stop.wait(RENEW_SECONDS):
+            while not stop.wait(RENEW_SECONDS):
                 try:
                     if not self.renew():
                         report(f"warning: the lease of cluster {self.cluster} was taken by another run")

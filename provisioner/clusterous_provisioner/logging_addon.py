@@ -19,6 +19,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 
@@ -180,7 +181,7 @@ class LoggingChange:
 def logging_manifests(level: int, namespace: str = DEFAULT_NAMESPACE) -> LoggingChange:
     """The change for a requested level; `level` comes from the cluster file or --logging-level."""
     level = check_logging_level(level, "logging level")
-    ref = {
+    ref: dict[str, Any] = {
         "api_version": HELMCHART_API_VERSION,
         "kind": HELMCHART_KIND,
         "namespace": HELMCHART_NAMESPACE,

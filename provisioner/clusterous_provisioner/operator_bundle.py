@@ -42,7 +42,7 @@ def read_lock() -> dict[str, tuple[str, tuple[str, ...]]]:
     """The lock as {name: (version, sha256 hashes)}; its `name==version \\ --hash=...` entries."""
     entries: dict[str, tuple[str, tuple[str, ...]]] = {}
     logical = " ".join(line.split("#", 1)[0] for line in lock_text().replace("\\\n", " ").splitlines())
-    name = None
+    name = ""  # a hash before any name: KeyError, as with None
     for token in logical.split():
         if token.startswith("--hash=sha256:"):
             version, hashes = entries[name]
@@ -139,11 +139,12 @@ def apply_code(api_client, namespace: str = NAMESPACE) -> str:
     except kubernetes.client.ApiException as exc:
         if exc.status != 404:
             raise
-        core.create_namespaced_config_map(namespace, body)
+        core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]  # a dict body is sent as it is
         return "created"
+    assert current.metadata is not None  # the API server always returns it
     annotations = current.metadata.annotations or {}
     if annotations.get("clusterous.io/code-hash") == code_hash():
         return "unchanged"
     body["metadata"]["resourceVersion"] = current.metadata.resource_version
-    core.replace_namespaced_config_map(CONFIGMAP, namespace, body)
+    core.replace_namespaced_config_map(CONFIGMAP, namespace, body)  # type: ignore[arg-type]  # a dict body is sent as it is
     return "updated"

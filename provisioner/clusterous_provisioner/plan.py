@@ -207,7 +207,9 @@ def make_plan(
     root = pricing.gp3_hourly(layout.ROOT_VOLUME_GIB, region).hourly_usd
     ctrl = pricing.instance_hourly(spec.controller_type, region, prices)
     ctrl_cost = (
-        None if ctrl.hourly_usd is None or root is None else ctrl.hourly_usd + root + ip_price.hourly_usd
+        None
+        if ctrl.hourly_usd is None or root is None or ip_price.hourly_usd is None
+        else ctrl.hourly_usd + root + ip_price.hourly_usd
     )
     items.append(
         Item(
@@ -271,6 +273,7 @@ def _elastic_notes(
         price = pricing.instance_hourly(g.instance_type, region, prices).hourly_usd
         if price is None or root is None:
             return [f"autoscaler bounds: {_bounds(elastic)}; cost at min/max not priced ({g.instance_type})"]
+        assert g.min is not None and g.max is not None  # elastic: both bounds are set
         at_min += (price + root) * (g.min - g.count)
         at_max += (price + root) * (g.max - g.count)
     return [

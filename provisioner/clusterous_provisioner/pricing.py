@@ -209,10 +209,12 @@ def bundled(instance_type: str, region: str) -> bool:
 def ec2_instance_types() -> frozenset[str]:
     """Every instance type botocore's EC2 model knows (its InstanceType enum): offline, current as
     the installed botocore."""
+    import botocore.model
     import botocore.session
 
-    model = botocore.session.get_session().get_service_model("ec2")
-    return frozenset(model.shape_for("InstanceType").enum)
+    shape = botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType")
+    assert isinstance(shape, botocore.model.StringShape)  # an enum is a string shape's
+    return frozenset(shape.enum)
 
 
 def check_instance_type(value: str, source: str, field: str | None = None) -> str:

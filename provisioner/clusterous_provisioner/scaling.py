@@ -85,6 +85,7 @@ def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_
         return []
     spec, node_group = _spec_from(inv, group, instance_type, count)
     controller = inv.controller
+    assert controller is not None  # _spec_from raised otherwise
     image = (have[0] if have else controller)["ImageId"]
     root = (have[0] if have else controller).get("RootDeviceName") or "/dev/xvda"
     pre = apply.Preflight(ami=image, root_device=root, zone="", external_volume=None)

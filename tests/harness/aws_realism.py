@@ -435,8 +435,10 @@ DEPENDENT_DELETES = {
     "DetachInternetGateway": (
         "VpcId",
         "DependencyViolation",
-        "Network {id} has some mapped public address(es). Please unmap those public address(es) "
-        "before detaching the gateway.",
+        (
+            "Network {id} has some mapped public address(es). Please unmap those public address(es) "
+            "before detaching the gateway."
+        ),
     ),
     # What AWS answers while the address still belongs to a NAT gateway's interface.
     "ReleaseAddress": (
@@ -806,9 +808,9 @@ class Realism:
         rule = self._take(req, ("throttle", "unavailable"))
         if rule is not None:
             return throttling_error(req) if rule.kind == "throttle" else server_error(req, rule.status)
-        if self._withheld and req.service == "ssm" and req.operation == "GetParameter":
-            if _json_body(req).get("Name") in self._withheld:
-                return "ParameterNotFound", "", 400
+        withheld = self._withheld and req.service == "ssm" and req.operation == "GetParameter"
+        if withheld and _json_body(req).get("Name") in self._withheld:
+            return "ParameterNotFound", "", 400
         if req.service != "ec2" or not req.operation:
             return None
         refused = (
@@ -843,8 +845,10 @@ class Realism:
             return None
         return (
             "InvalidParameterValue",
-            f"Tag key {bad!r} is not allowed for an instance with instance tags in metadata allowed "
-            "(letters, digits and + - = . , _ : @ only)",
+            (
+                f"Tag key {bad!r} is not allowed for an instance with instance tags in metadata allowed "
+                "(letters, digits and + - = . , _ : @ only)"
+            ),
             400,
         )
 

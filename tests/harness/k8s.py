@@ -915,12 +915,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
     async def _wait_for_events(self, cursor: int, remaining: float | None) -> None:
         wait = WATCH_POLL_SECONDS if remaining is None else min(remaining, WATCH_POLL_SECONDS)
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: len(self._events) > cursor or self._closing), wait
                 )
-            except TimeoutError:
-                pass
 
     @staticmethod
     def _client_gone(request: rendering.Request) -> bool:

@@ -194,10 +194,9 @@ def wait_for_ssh_banner(host: str, port: int, process: subprocess.Popen, timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"sshd exited with code {process.returncode}")
-        with contextlib.suppress(OSError):
-            with socket.create_connection((host, port), timeout=1.0) as conn:
-                if conn.recv(64).startswith(b"SSH-"):
-                    return
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0) as conn:
+            if conn.recv(64).startswith(b"SSH-"):
+                return
         if time.monotonic() > deadline:
             raise TimeoutError(f"sshd did not answer on {host}:{port} within {timeout:.0f}s")
         time.sleep(0.02)

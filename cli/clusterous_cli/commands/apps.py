@@ -69,7 +69,7 @@ def run(
     file: Path = typer.Argument(..., metavar="FILE", help="Environment file or ClusterApp YAML."),
     param: list[str] = PARAM_OPTION,
     cluster_file: Path = CLUSTER_FILE_OPTION,
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for Running."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Apply and return; no tunnels are opened."),
 ) -> None:
@@ -123,7 +123,7 @@ def quit_app(
     ctx: typer.Context,
     app: str = typer.Argument(None, metavar="APP", help="Application name [the only one running]."),
     tunnels_only: bool = typer.Option(False, "--tunnels-only", help="Close the tunnels, keep the app."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
 ) -> None:
     from clusterous_cli import apps, kubeapi, output
     from clusterous_cli.endpoint import load_endpoint

@@ -442,6 +442,7 @@ def up(
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
     node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
+    assert outcome.controller_id is not None  # apply() launched or found it
     with aws.aws_errors(f"up {spec.name}: reading the instances"):
         instances = inventory.describe_instances(clients.ec2, [outcome.controller_id, *node_ids])
     controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
@@ -515,9 +516,9 @@ def _record_bounds(ref, spec, bucket: str, report) -> None:
 
 def down(
     ctx: typer.Context,
-    name: str = CLUSTER_ARGUMENT,
-    cluster: str = CLUSTER_OPTION,
-    region: str = REGION_OPTION,
+    name: str | None = CLUSTER_ARGUMENT,
+    cluster: str | None = CLUSTER_OPTION,
+    region: str | None = REGION_OPTION,
     keep_shared_volume: bool = typer.Option(
         False, "--keep-shared-volume", help="Keep the shared volume without asking."
     ),
@@ -560,6 +561,7 @@ def down(
         inv = discover(clients, name)
         volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
         if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
+            assert volume is not None  # volume_fate asks only about a volume
             delete_volume = not yes and typer.confirm(
                 f"Also delete the shared volume {volume['VolumeId']} ({volume['Size']} GiB) and the data on it?",
                 default=False,
@@ -684,7 +686,7 @@ def status_data(inv) -> dict:
 def status(
     ctx: typer.Context,
     name: str = CLUSTER_OPTION,
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import apps, output
@@ -751,7 +753,7 @@ def _elastic_status(ctx, name: str) -> dict:
 
 def clusters(
     ctx: typer.Context,
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     from datetime import datetime
@@ -785,8 +787,8 @@ def clusters(
     for row in rows.values():
         row["current"] = row["name"] == current
         if row["created"]:
-            created = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
-            row["age_hours"] = round((now - created).total_seconds() / 3600, 2)
+            started = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
+            row["age_hours"] = round((now - started).total_seconds() / 3600, 2)
         else:
             row["age_hours"] = None
     data = sorted(rows.values(), key=lambda r: r["name"])
@@ -814,9 +816,9 @@ def clusters(
 
 def workon(
     ctx: typer.Context,
-    name: str = CLUSTER_ARGUMENT,
-    cluster: str = CLUSTER_OPTION,
-    region: str = REGION_OPTION,
+    name: str | None = CLUSTER_ARGUMENT,
+    cluster: str | None = CLUSTER_OPTION,
+    region: str | None = REGION_OPTION,
 ) -> None:
     from clusterous_cli import config, output
     from clusterous_core.errors import BadInput
@@ -969,7 +971,7 @@ def scale(
     yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run or terminate."),
     name: str = CLUSTER_OPTION,
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json, drain_timeout)
@@ -983,7 +985,7 @@ def add_nodes(
     yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run."),
     name: str = CLUSTER_OPTION,
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     _resize(ctx, group, None, n, instance_type, False, yes, no_wait, name, region, as_json)
@@ -998,7 +1000,7 @@ def rm_nodes(
     yes: bool = YES_OPTION,
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to terminate."),
     name: str = CLUSTER_OPTION,
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json, drain_timeout)

@@ -20,7 +20,7 @@ Example: clusterous-k8s host-key --relearn
 
 def host_key(
     ctx: typer.Context,
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     relearn: bool = typer.Option(False, "--relearn", help="Pin the key printed in the console output."),
     console_output: Path = typer.Option(
         None, "--console-output", help="Read the console output from this file instead of EC2."

@@ -50,7 +50,7 @@ def build_image(
     max_context: int = typer.Option(
         512, "--max-context", help="Largest context to upload, in MiB (after .dockerignore)."
     ),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import buildjob, builds, envfile, kubeapi, output, ssh
@@ -75,7 +75,7 @@ def build_image(
         output.print_json(asdict(built))
 
 
-def _size(size: int | None) -> str:
+def _size(size: float | None) -> str:
     if size is None:
         return "?"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -89,7 +89,7 @@ def images(
     ctx: typer.Context,
     name: str = typer.Argument(None, metavar="NAME", help="Only this image."),
     as_json: bool = JSON_OPTION,
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
 ) -> None:
     from dataclasses import asdict
 

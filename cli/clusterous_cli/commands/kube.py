@@ -25,7 +25,7 @@ LOGS_HELP = (
 
 def kubeconfig(
     ctx: typer.Context,
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     switch: bool = typer.Option(True, "--switch/--no-switch", help="Make it kubectl's current context."),
     refresh: bool = typer.Option(False, "--refresh", help="Read the credentials from the controller again."),
     as_json: bool = JSON_OPTION,
@@ -61,7 +61,7 @@ def _first_pod(ref, component: str, namespace: str):
 def connect(
     ctx: typer.Context,
     component: str = typer.Argument(..., metavar="COMPONENT", help="Component name (as in the app file)."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     namespace: str = NAMESPACE_OPTION,
     command: str = typer.Option(
         "sh -c 'command -v bash >/dev/null && exec bash || exec sh'",
@@ -87,7 +87,7 @@ def connect(
 def logs(
     ctx: typer.Context,
     component: str = typer.Argument(..., metavar="COMPONENT", help="Component name (as in the app file)."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     namespace: str = NAMESPACE_OPTION,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     all_pods: bool = typer.Option(False, "--all", help="Every pod of the component, not just the first."),
@@ -114,7 +114,7 @@ def logs(
                 name, namespace, follow=follow, tail_lines=tail, _preload_content=False
             )
             pending = b""
-            for chunk in response.stream(65536):
+            for chunk in response.stream(65536):  # type: ignore[attr-defined]  # _preload_content=False: a urllib3 response
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 with lock:

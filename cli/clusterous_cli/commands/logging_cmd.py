@@ -9,6 +9,8 @@ the controller (a k3s server) can reach, through the same supervisor as `tunnel 
 
 from __future__ import annotations
 
+from typing import cast
+
 import typer
 
 from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, cluster_ref
@@ -57,9 +59,10 @@ def _read_helmchart(api) -> dict | None:
 
     group, version = la.HELMCHART_API_VERSION.split("/")
     try:
-        return client.CustomObjectsApi(api).get_namespaced_custom_object(
+        helmchart = client.CustomObjectsApi(api).get_namespaced_custom_object(
             group, version, la.HELMCHART_NAMESPACE, "helmcharts", la.RELEASE_NAME
         )
+        return cast(dict, helmchart)  # a custom object comes back as a dict
     except client.ApiException as exc:
         if exc.status == 404:  # no such object, or no HelmChart resource at all
             return None
@@ -110,7 +113,7 @@ def _grafana(core, namespace: str) -> tuple[str, int, str, str]:
 
 def logging(
     ctx: typer.Context,
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     port: int = typer.Option(
         DEFAULT_LOCAL_PORT, "--port", help="Local port for the UI; the next free one if it is taken."
     ),
@@ -129,7 +132,7 @@ def logging(
     core = client.CoreV1Api(api)
     helmchart = _read_helmchart(api)
     level = level_of(helmchart)
-    if level == 0:
+    if helmchart is None or level == 0:  # level_of(None) is 0
         recorded = _recorded_level(core)
         if recorded in ("1", "2"):
             raise Failure(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, NAMESPACE_OPTION, cluster_ref
@@ -21,7 +23,7 @@ app = typer.Typer(
 )
 def list_tunnels(
     ctx: typer.Context,
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import output, tunnels
@@ -30,7 +32,7 @@ def list_tunnels(
     desired = tunnels.read_desired(ref)
     pid = tunnels.supervisor_pid(ref)
     status = tunnels.read_status(ref) if pid else {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     if desired.api_local:
         rows.append({"local": desired.api_local, "name": tunnels.API_NAME, "target": "controller:api"})
     rows += [{"local": t.local, "name": t.name, "target": f"{t.host}:{t.port}"} for t in desired.tunnels]
@@ -77,7 +79,7 @@ def list_tunnels(
 def add(
     ctx: typer.Context,
     spec: str = typer.Argument(..., metavar="SPEC", help="LOCAL:COMPONENT:PORT or LOCAL:HOST:PORT."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     next_free: bool = typer.Option(False, "--next-free", help="If LOCAL is taken, use the next free port."),
     namespace: str = NAMESPACE_OPTION,
 ) -> None:
@@ -137,7 +139,7 @@ def add(
 def remove(
     ctx: typer.Context,
     local: int = typer.Argument(..., metavar="LOCAL", help="The local port of the tunnel."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
 ) -> None:
     from clusterous_cli import output, tunnels
     from clusterous_core.errors import BadInput

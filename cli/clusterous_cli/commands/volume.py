@@ -107,7 +107,7 @@ def _report(verb: str, report, as_json: bool) -> None:
         output.say(f"skipped {len(report.skipped_links)} symlink(s) pointing outside the tree")
 
 
-def _on_demand(ctx: typer.Context, cluster: str):
+def _on_demand(ctx: typer.Context, cluster: str | None):
     """The controller connection for put/get, opened only if SFTP is needed (rsync makes its own)."""
     from clusterous_cli import ssh, transfer, tunnels
     from clusterous_cli.endpoint import load_endpoint
@@ -121,7 +121,7 @@ def _on_demand(ctx: typer.Context, cluster: str):
 def ls(
     ctx: typer.Context,
     path: str = typer.Argument(".", metavar="PATH", help="Directory relative to the volume's root."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     import stat
@@ -171,7 +171,7 @@ def put(
     remote: str = typer.Argument(
         None, metavar="REMOTE", help="Destination relative to the volume's root [the local name]."
     ),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -192,7 +192,7 @@ def get(
         ..., metavar="REMOTE", help="File or directory relative to the volume's root."
     ),
     local: Path = typer.Argument(None, metavar="LOCAL", help="Local destination [./NAME]."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -207,7 +207,7 @@ def get(
 def rm(
     ctx: typer.Context,
     path: str = typer.Argument(..., metavar="PATH", help="File or directory relative to the volume's root."),
-    cluster: str = CLUSTER_OPTION,
+    cluster: str | None = CLUSTER_OPTION,
     yes: bool = YES_OPTION,
 ) -> None:
     import posixpath

@@ -31,7 +31,7 @@ def _region(ctx: typer.Context, region: str | None) -> str:
 )
 def list_volumes(
     ctx: typer.Context,
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     from clusterous_cli import output
@@ -76,7 +76,7 @@ def list_volumes(
 def remove(
     ctx: typer.Context,
     volume_id: str = typer.Argument(..., metavar="VOLUME_ID", help="Volume id from `volumes ls`."),
-    region: str = REGION_OPTION,
+    region: str | None = REGION_OPTION,
     yes: bool = YES_OPTION,
 ) -> None:
     from clusterous_cli import output
