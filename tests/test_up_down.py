@@ -8,7 +8,7 @@ import stat
 import pytest
 import yaml
 
-from clusterous_provisioner.apply import AMI_PARAMETERS
+from clusterous_provisioner.preflight import AMI_PARAMETERS
 from tests.provisioning import SSH_CIDR, UP, count_tagged, make_profile, tag, tagged
 
 
@@ -535,13 +535,13 @@ def test_the_controllers_s3_rights_stop_at_the_prefix_the_registry_writes():
     leading '/'): a change to either must change both."""
     from pathlib import Path
 
-    from clusterous_provisioner import apply
+    from clusterous_provisioner import iam
 
     manifest = (Path(__file__).parents[1] / "manifests" / "registry.yaml").read_text()
     root = manifest.split("REGISTRY_STORAGE_S3_ROOTDIRECTORY", 1)[1].split("value:", 1)[1].splitlines()[0]
-    assert root.strip().strip("\"'").lstrip("/") == apply.REGISTRY_PREFIX
-    objects = [s for s in apply.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
-    assert objects["Resource"] == f"arn:aws:s3:::b/{apply.REGISTRY_PREFIX}/*"
+    assert root.strip().strip("\"'").lstrip("/") == iam.REGISTRY_PREFIX
+    objects = [s for s in iam.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
+    assert objects["Resource"] == f"arn:aws:s3:::b/{iam.REGISTRY_PREFIX}/*"
 
 
 def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again(aws, cli, isolated_config):
