@@ -120,8 +120,13 @@ def wait_running(clients, instance_ids: list[str], report: Report) -> list[dict]
         return []
     report(f"waiting for {len(instance_ids)} instance(s) to run")
     clients.ec2.get_waiter("instance_running").wait(InstanceIds=instance_ids, WaiterConfig=WAIT)
-    found = []
-    for page in clients.ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids):
+    return describe(clients.ec2, instance_ids)
+
+
+def describe(ec2, instance_ids: list[str]) -> list[dict]:
+    """The instances as EC2 describes them now (one paginated call, whatever their number)."""
+    found: list[dict] = []
+    for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids):
         for reservation in page["Reservations"]:
             found.extend(reservation["Instances"])
     return found

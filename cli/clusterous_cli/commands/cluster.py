@@ -7,6 +7,7 @@ scaling), and print. Heavy imports stay inside the functions so `--help` stays f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from datetime import UTC
 from pathlib import Path
 
@@ -102,56 +103,38 @@ def _render(
     return bootstrap.write_render_dir(inputs, directory)
 
 
-def _bucket_region(profile_name: str, profile, s3) -> str | None:
-    """The bucket's region as `setup` recorded it; for a profile recorded before that, looked up
-    once (GetBucketLocation) and recorded. None: no such bucket yet (`up` creates it in the
-    cluster's region)."""
-    from clusterous_cli import config
-    from clusterous_provisioner import bucket as buckets
+def _confirm(question: str) -> None:
+    """A yes/no question; no ends the command (`aborted`, exit 1)."""
+    if not typer.confirm(question, default=False):
+        raise typer.Abort()
 
-    if profile.bucket_region is None:
-        profile.bucket_region = buckets.bucket_region(s3, profile.bucket)
-        if profile.bucket_region is not None:
-            config.save_profile(profile_name, profile)
-    return profile.bucket_region
+
+def _ask(question: str) -> bool:
+    return typer.confirm(question, default=False)
 
 
 @contextlib.contextmanager
-def _lease(clients, name: str, command: str, report, hold: bool = True, source: str = "--name"):
-    """The cluster's lease (provisioner/lease.py) around a command that changes the cluster."""
-    if not hold:
-        yield None
-        return
-    from clusterous_provisioner import aws, lease
+def _progress(title: str):
+    """A spinner on stderr that shows the latest step, each step also printed as a line."""
+    from rich.console import Console
 
-    with aws.aws_errors(f"{command} {name}: taking the cluster's lease", "check your AWS credentials"):
-        taken = lease.acquire(clients, name, command, report, source=source)
-    taken.start_renewing(report)
-    try:
-        yield taken
-    finally:
-        try:
-            taken.release()
-        except Exception as exc:  # noqa: BLE001 - the work is done; the lease expires on its own
-            report(f"warning: could not release the lease of cluster {name} ({exc}); it expires on its own")
+    from clusterous_cli import output
+
+    with Console(stderr=True).status(title) as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            output.say(message)
+
+        yield progress
 
 
-def report_duplicates(inv, report) -> None:
-    """A resource that should exist once but exists more than once (an earlier concurrent run)."""
-    for line in inv.duplicates():
-        report(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
-
-
-def _prices(clients, spec, report) -> dict[str, float]:
-    """Pricing API prices for the types the bundled table lacks (cached 30 days per region)."""
+def _remember_bucket_region(profile_name: str, profile, region: str) -> None:
+    """Record the bucket's region looked up for a profile written before `setup` recorded it."""
     from clusterous_cli import config
-    from clusterous_provisioner import pricing
 
-    if all(pricing.bundled(t, spec.region) for t in spec.instance_types):
-        return {}
-    return pricing.fetch_prices(
-        pricing.pricing_client(clients.session), spec.region, spec.instance_types, config.cache_dir(), report
-    )
+    profile.bucket_region = region
+    config.save_profile(profile_name, profile)
 
 
 def print_plan(plan, as_json: bool) -> None:
@@ -215,44 +198,6 @@ def check_instance_types(sources) -> None:
         check_instance_type(instance_type, source, field)
 
 
-def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
-    """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
-    from clusterous_provisioner.errors import BadInput
-
-    if not wrong:
-        return
-    _, source, field = next(s for s in sources if s[0] in wrong)
-    raise BadInput(
-        source,
-        field,
-        f"an instance type that runs {architecture}, the architecture of {image} "
-        f"({', '.join(sorted(wrong))} cannot); pick another type or an image built for it",
-        ", ".join(sorted(wrong)),
-    )
-
-
-WIDE_SSH_PREFIX = 16  # a range wider than a /16 (65,536 addresses) is "the internet", not "my lab"
-
-
-def confirm_ssh_cidr(cidr: str, yes: bool, report) -> None:
-    """SSH open to a very wide range is sometimes meant (a roaming laptop) but never by accident:
-    say what it opens and ask, unless --yes."""
-    import ipaddress
-
-    net = ipaddress.ip_network(cidr)
-    if net.prefixlen >= WIDE_SSH_PREFIX:
-        return
-    everyone = "every address on the internet" if net.prefixlen == 0 else f"{net.num_addresses:,} addresses"
-    warning = (
-        f"--ssh-cidr {cidr} opens SSH (port 22) on the controller to {everyone}; only its key pair "
-        "then stands between the internet and the cluster"
-    )
-    if yes:
-        report(f"warning: {warning}")
-    elif not typer.confirm(f"{warning}. Continue?", default=False):
-        raise typer.Abort()
-
-
 def up(
     ctx: typer.Context,
     cluster_file: Path = typer.Argument(None, help="Clusterous cluster file (YAML); optional."),
@@ -291,11 +236,10 @@ def up(
 ) -> None:
     from clusterous_cli import config, envfile, output
     from clusterous_cli.commands.apps import collect_params
-    from clusterous_provisioner import apply, aws, clientip, plan
-    from clusterous_provisioner.clients import Clients, have_credentials
-    from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
+    from clusterous_provisioner import aws, lifecycle
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.clusterfile import load_spec, read_cluster_file
     from clusterous_provisioner.errors import BadInput
-    from clusterous_provisioner.inventory import Inventory, discover
 
     if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
         raise BadInput("--os", None, "ubuntu-24.04 or al2023", os_name)
@@ -343,91 +287,36 @@ def up(
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
-    from clusterous_provisioner import bucket as buckets
-
-    bucket_region = None
-    if not dry_run:  # bad input, so before the lease: nothing is written
-        with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
-            bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
-        buckets.check_registry_region(
-            str(config.profile_path(profile_name)), bucket, bucket_region, spec.region
-        )
-    with _lease(clients, spec.name, "up", report, hold=not dry_run):
-        prices = None
-        if dry_run and not have_credentials():
-            inv = Inventory.offline(spec.name, spec.region)
-            if not spec.ami:  # an AMI's architecture is only known to AWS; the OS images are x86_64
-                from clusterous_provisioner.pricing import likely_architecture
-
-                wrong = [t for t in spec.instance_types if likely_architecture(t) != "x86_64"]
-                refuse_architecture(sources, wrong, "x86_64", f"the --os {spec.os} image")
-        else:
-            with aws.aws_errors(
-                f"up {spec.name}: reading what exists", "check your AWS credentials and region"
-            ):
-                inv = discover(clients, spec.name)
-            report_duplicates(inv, report)
-            prices = _prices(clients, spec, report)
-        the_plan = plan.make_plan(spec, inv, key_name, bucket, prices)
-        if dry_run:
-            if spec.ssh_cidr:
-                confirm_ssh_cidr(spec.ssh_cidr, True, report)
-            print_plan(the_plan, as_json)
-            return
-
-        cidr = spec.ssh_cidr
-        if cidr is None:
-            found = clientip.discover_client_cidr()
-            if found is None:
-                raise BadInput(
-                    "--ssh-cidr",
-                    None,
-                    "the address range allowed to SSH to the controller (your public address could not be "
-                    "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
-                )
-            cidr = check_cidr(found)
-            report(f"SSH will be allowed from {cidr} (your public address)")
-        confirm_ssh_cidr(cidr, yes, report)
-
-        with aws.aws_errors(
-            f"up {spec.name}: checking the region", "check --os/--ami and the instance types"
-        ):
-            pre = apply.preflight(clients, spec, inv, lambda t: next(s[1:] for s in sources if s[0] == t))
-        if not as_json:
-            print_plan(the_plan, False)
-        if not the_plan.changes and not yes:
-            report("nothing to create: the cluster matches the plan; checking it converged")
-        elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
-            raise typer.Abort()
-
-        target = apply.Target(
-            bucket=bucket,
-            ssh_cidr=cidr,
-            state_dir=config.cluster_dir(profile_name, spec.name),
-            key_name=key_name,
-            bucket_region=bucket_region,
-        )
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
-
-            def progress(message: str) -> None:
-                status.update(message)
-                output.say(message)
-
-            buckets.ensure_bucket(clients.s3, bucket, spec.region)
-            outcome = apply.apply(clients, spec, target, inv, progress, pre)
+    request = lifecycle.UpRequest(
+        spec=spec,
+        bucket=bucket,
+        state_dir=config.cluster_dir(profile_name, spec.name),
+        key_name=key_name,
+        bucket_region=profile.bucket_region if profile else None,
+        profile_file=str(config.profile_path(profile_name)),
+        sources=tuple(sources),
+        dry_run=dry_run,
+    )
+    hooks = lifecycle.Hooks(
+        report=report,
+        yes=yes,
+        confirm=_confirm,
+        show_plan=lambda plan: None if as_json else print_plan(plan, False),
+        progress=_progress,
+        remember_bucket_region=lambda found: _remember_bucket_region(profile_name, profile, found),
+    )
+    result = lifecycle.up(clients, request, hooks)
+    if dry_run:
+        print_plan(result.plan, as_json)
+        return
+    outcome, the_plan = result.outcome, result.plan
     config.set_current_cluster(profile_name, spec.name)
 
     from clusterous_cli import readiness
     from clusterous_cli.endpoint import ClusterRef
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
-    node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
-    with aws.aws_errors(f"up {spec.name}: reading the instances"):
-        instances = readiness.describe(clients.ec2, [outcome.controller_id, *node_ids])
-    controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
+    node_ids, instances, controller = result.node_ids, result.instances, result.controller
     key_file = outcome.key_file or (profile.key_file if profile else None)
     readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
@@ -511,11 +400,10 @@ def down(
     import shutil
 
     from clusterous_cli import config, output
-    from clusterous_provisioner import aws, destroy
+    from clusterous_provisioner import aws, lifecycle
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
     from clusterous_provisioner.errors import BadInput, Failure
-    from clusterous_provisioner.inventory import discover
 
     if keep_shared_volume and delete_shared_volume:
         raise BadInput(
@@ -529,30 +417,11 @@ def down(
     region = aws.check_region(
         region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
     )
-    clients = Clients(region)
-    report = _reporter()
-    with (
-        _lease(clients, name, "down", report, source="NAME"),
-        aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"),
-    ):
-        inv = discover(clients, name)
-        volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
-        if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
-            delete_volume = not yes and typer.confirm(
-                f"Also delete the shared volume {volume['VolumeId']} ({volume['Size']} GiB) and the data on it?",
-                default=False,
-            )
-        if inv.empty and volume is None:
-            report(f"cluster {name}: nothing tagged with it in {region}")
-        else:
-            lines = destroy.summary(inv, delete_volume)
-            report(f"down {name} in {region} will delete:")
-            for line in lines:
-                report(f"  - {line}")
-            if not yes and not typer.confirm("Delete all of this?", default=False):
-                raise typer.Abort()
-        key_dir = config.config_dir() / "clusters" / profile_name / name
-        receipt = destroy.destroy(clients, inv, delete_volume, report, key_dir)
+    request = lifecycle.DownRequest(
+        name, keep_shared_volume, delete_shared_volume, config.config_dir() / "clusters" / profile_name / name
+    )
+    hooks = lifecycle.Hooks(report=_reporter(), yes=yes, confirm=_confirm, ask=_ask)
+    receipt = lifecycle.down(Clients(region), request, hooks)
     if profile and profile.current_cluster == name:
         config.set_current_cluster(profile_name, None)
     if not receipt.leftovers:
@@ -814,74 +683,32 @@ def workon(
 
 
 def _resize(
-    ctx, group: str, count: int | None, delta: int, instance_type, force, yes, no_wait, name, region, as_json,
-    drain_timeout: float = 300.0,
-) -> None:  # fmt: skip
+    ctx, req, yes: bool, name: str | None, region: str | None, as_json: bool, drain_timeout: float = 300.0
+) -> None:
+    """scale, add-nodes and rm-nodes: `req` is the provisioner's ScaleRequest."""
     from clusterous_cli import output
-    from clusterous_provisioner import aws, scaling
+    from clusterous_provisioner import lifecycle
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.errors import BadInput, Failure
-    from clusterous_provisioner.inventory import discover
+    from clusterous_provisioner.errors import BadInput
 
     profile_name, profile, name, region = _cluster_region(ctx, name, region)
     if profile is None:
         raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
-    if instance_type is not None:
+    if req.instance_type is not None:
         from clusterous_provisioner.pricing import check_instance_type
 
-        check_instance_type(instance_type, "--instance-type")
-    clients = Clients(region)
+        check_instance_type(req.instance_type, "--instance-type")
     report = _reporter()
-    with (
-        _lease(clients, name, "scale", report),
-        aws.aws_errors(f"scale {name}", "re-run the command to continue"),
-    ):
-        inv = discover(clients, name)
-        if inv.vpc is None:
-            raise Failure(f"no cluster {name} in {region}", "see `clusterous-k8s clusters`")
-        have = len(inv.group_instances(group))
-        target = have + delta if count is None else count
-        if target < 0:
-            raise BadInput("N", None, f"at most {have} (group {group} has {have} node(s))", -delta)
-        added: list[str] = []
-        removed: list[str] = []
-        if target > have:
-            if not yes and not typer.confirm(
-                f"Launch {target - have} node(s) in group {group}?", default=False
-            ):
-                raise typer.Abort()
-            added = scaling.grow(
-                clients, inv, group, target, profile.bucket, instance_type, not no_wait, report
-            )
-        elif target < have:
-            victims = scaling.pick_to_remove(inv.group_instances(group), have - target)
-            verb = "Terminate" if force else "Drain and terminate"
-            if not yes and not typer.confirm(
-                f"{verb} {len(victims)} node(s) of group {group} "
-                f"({', '.join(v['InstanceId'] for v in victims)})?",
-                default=False,
-            ):
-                raise typer.Abort()
-            drained: list[dict] = []
-            if force:
-                report("--force: terminating without draining")
-            else:
-                drained = _drain(profile_name, name, victims, drain_timeout, report)
-            removed = scaling.shrink(clients, inv, group, target, not no_wait, report)
-            if drained and not no_wait:  # terminated now: no kubelet can bring the Nodes back
-                _forget(profile_name, name, [d["node"] for d in drained], report)
-    result = {
-        "cluster": name,
-        "group": group,
-        "before": have,
-        "after": target,
-        "added": added,
-        "removed": removed,
-    }
+    done = lifecycle.scale(
+        Clients(region), name, profile.bucket, req,
+        lifecycle.Hooks(report=report, yes=yes, confirm=_confirm),
+        drain=lambda victims: _drain(profile_name, name, victims, drain_timeout, report),
+        forget=lambda nodes: _forget(profile_name, name, nodes, report),
+    )  # fmt: skip
     if as_json:
-        output.print_json(result)
+        output.print_json(dataclasses.asdict(done))
     else:
-        print(f"group {group} of cluster {name}: {have} → {target} node(s)")
+        print(f"group {done.group} of cluster {name}: {done.before} → {done.after} node(s)")
 
 
 def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> list[dict]:
@@ -946,7 +773,10 @@ def scale(
     region: str = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json, drain_timeout)
+    from clusterous_provisioner.lifecycle import ScaleRequest
+
+    req = ScaleRequest(group, count=count, instance_type=instance_type, force=force, wait=not no_wait)
+    _resize(ctx, req, yes, name, region, as_json, drain_timeout)
 
 
 def add_nodes(
@@ -960,7 +790,16 @@ def add_nodes(
     region: str = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    _resize(ctx, group, None, n, instance_type, False, yes, no_wait, name, region, as_json)
+    from clusterous_provisioner.lifecycle import ScaleRequest
+
+    _resize(
+        ctx,
+        ScaleRequest(group, delta=n, instance_type=instance_type, wait=not no_wait),
+        yes,
+        name,
+        region,
+        as_json,
+    )
 
 
 def rm_nodes(
@@ -975,4 +814,7 @@ def rm_nodes(
     region: str = REGION_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json, drain_timeout)
+    from clusterous_provisioner.lifecycle import ScaleRequest
+
+    req = ScaleRequest(group, delta=-n, force=force, wait=not no_wait)
+    _resize(ctx, req, yes, name, region, as_json, drain_timeout)
