@@ -449,16 +449,6 @@ def down(
         )
 
 
-def _uptime_hours(launch_time) -> float:
-    from datetime import datetime
-
-    if launch_time is None:
-        return 0.0
-    if isinstance(launch_time, str):
-        launch_time = datetime.fromisoformat(launch_time.replace("Z", "+00:00"))
-    return max(0.0, (datetime.now(UTC) - launch_time).total_seconds() / 3600)
-
-
 def _cluster_region(ctx, name, region):
     from clusterous_provisioner import aws
     from clusterous_provisioner.clusterfile import check_cluster_name
@@ -475,57 +465,6 @@ def _cluster_region(ctx, name, region):
     return profile_name, profile, name, region
 
 
-def status_data(inv) -> dict:
-    """The status report as data (shared by the table and --json)."""
-    from clusterous_cli import config
-    from clusterous_provisioner import pricing, tags
-    from clusterous_provisioner.inventory import role_of
-
-    instances = []
-    cost = 0.0
-    fetched = pricing.cached_prices(config.cache_dir(), inv.region)  # what `up` got from the Pricing API
-    for i in sorted(inv.instances, key=lambda i: (role_of(i) != "controller", str(i.get("LaunchTime")))):
-        t = tags.as_dict(i.get("Tags"))
-        hours = _uptime_hours(i.get("LaunchTime")) if i["State"]["Name"] == "running" else 0.0
-        price = pricing.instance_hourly(i["InstanceType"], inv.region, fetched).hourly_usd or 0.0
-        cost += hours * price
-        instances.append(
-            {
-                "group": "controller" if role_of(i) == "controller" else t.get(tags.GROUP, "?"),
-                "instance_id": i["InstanceId"],
-                "type": i["InstanceType"],
-                "state": i["State"]["Name"],
-                "private_ip": i.get("PrivateIpAddress"),
-                "public_ip": i.get("PublicIpAddress"),
-                "uptime_hours": round(hours, 2),
-            }
-        )
-    nat = inv.nat_gateway
-    if nat is not None:
-        cost += _uptime_hours(nat.get("CreateTime")) * (
-            (pricing.nat_gateway_hourly(inv.region).hourly_usd or 0.0) + pricing.PUBLIC_IPV4_HOURLY
-        )
-    volume = inv.shared_volume
-    if volume is not None:
-        cost += _uptime_hours(volume.get("CreateTime")) * (
-            pricing.gp3_hourly(volume["Size"], inv.region).hourly_usd or 0.0
-        )
-    controller = inv.controller
-    return {
-        "cluster": inv.cluster,
-        "region": inv.region,
-        "exists": not inv.empty,
-        "controller_public_ip": controller.get("PublicIpAddress") if controller else None,
-        "instances": instances,
-        "groups": {g: len(inv.group_instances(g)) for g in inv.groups},
-        "shared_volume": None
-        if volume is None
-        else {"volume_id": volume["VolumeId"], "size_gib": volume["Size"], "state": volume["State"]},
-        "nat_gateway": nat["NatGatewayId"] if nat else None,
-        "cost_so_far_usd": round(cost, 4),
-    }
-
-
 def status(
     ctx: typer.Context,
     name: str = typer.Option(None, "--name", help="Cluster name [the current cluster]."),
@@ -533,7 +472,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from clusterous_cli import apps, output
-    from clusterous_provisioner import aws
+    from clusterous_provisioner import aws, cluster_status
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.errors import Failure
     from clusterous_provisioner.inventory import discover
@@ -541,7 +480,7 @@ def status(
     _, _, name, region = _cluster_region(ctx, name, region)
     with aws.aws_errors(f"status {name}", "check your AWS credentials and region"):
         inv = discover(Clients(region), name)
-    data = status_data(inv)
+    data = cluster_status.status_data(inv)
     data["duplicates"] = inv.duplicates()
     if data["exists"]:
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
