@@ -62,3 +62,27 @@ def status_data(inv) -> dict:
         "nat_gateway": nat["NatGatewayId"] if nat else None,
         "cost_so_far_usd": round(cost, 4),
     }
+
+
+def clusters_data(vpcs: dict[str, dict], instances: list[dict], current: str | None) -> list[dict]:
+    """`clusters`: one row per cluster found by tags (its VPC or its instances), by name."""
+    rows: dict[str, dict] = {}
+    for name, vpc in vpcs.items():
+        created = tags.as_dict(vpc.get("Tags")).get(tags.CREATED)
+        rows[name] = {"name": name, "nodes": 0, "controller": False, "created": created}
+    for i in instances:
+        name = tags.as_dict(i.get("Tags"))[tags.CLUSTER]
+        row = rows.setdefault(name, {"name": name, "nodes": 0, "controller": False, "created": None})
+        if role_of(i) == "controller":
+            row["controller"] = True
+        else:
+            row["nodes"] += 1
+    now = datetime.now(UTC)
+    for row in rows.values():
+        row["current"] = row["name"] == current
+        if row["created"]:
+            created = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
+            row["age_hours"] = round((now - created).total_seconds() / 3600, 2)
+        else:
+            row["age_hours"] = None
+    return sorted(rows.values(), key=lambda r: r["name"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from datetime import UTC
 from pathlib import Path
 
 import typer
@@ -137,34 +136,6 @@ def _remember_bucket_region(profile_name: str, profile, region: str) -> None:
     config.save_profile(profile_name, profile)
 
 
-def print_plan(plan, as_json: bool) -> None:
-    from clusterous_cli import output
-
-    if as_json:
-        output.print_json(plan.to_json())
-        return
-    rows = [
-        (
-            i.action,
-            i.kind,
-            i.name,
-            i.detail,
-            "?" if i.hourly_usd is None else f"{i.hourly_usd:.4f}",
-        )
-        for i in plan.items
-    ]
-    output.print_table(
-        f"plan for cluster {plan.cluster} in {plan.region}",
-        ["action", "resource", "name", "detail", "USD/hour"],
-        rows,
-    )
-    print(f"cost: {plan.cost_line}")
-    for line in plan.unpriced:
-        print(f"  not priced: {line}")
-    for note in plan.notes:
-        print(f"  note: {note}")
-
-
 def instance_type_sources(
     spec, cluster_file: Path | None, overrides: dict
 ) -> list[tuple[str, str, str | None]]:
@@ -234,6 +205,7 @@ def up(
         None, "--param", "-P", help="NAME=VALUE for a $variable of the environment file (repeatable)."
     ),
 ) -> None:
+    from clusterous_cli import cluster_views as views
     from clusterous_cli import config, envfile, output
     from clusterous_cli.commands.apps import collect_params
     from clusterous_provisioner import aws, lifecycle
@@ -301,13 +273,13 @@ def up(
         report=report,
         yes=yes,
         confirm=_confirm,
-        show_plan=lambda plan: None if as_json else print_plan(plan, False),
+        show_plan=lambda plan: None if as_json else views.print_plan(plan, False),
         progress=_progress,
         remember_bucket_region=lambda found: _remember_bucket_region(profile_name, profile, found),
     )
     result = lifecycle.up(clients, request, hooks)
     if dry_run:
-        print_plan(result.plan, as_json)
+        views.print_plan(result.plan, as_json)
         return
     outcome, the_plan = result.outcome, result.plan
     config.set_current_cluster(profile_name, spec.name)
@@ -320,10 +292,7 @@ def up(
     key_file = outcome.key_file or (profile.key_file if profile else None)
     readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
-        print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
-        print(f"  created {len(outcome.created)} resource(s); {len(node_ids)} node(s)")
-        if outcome.key_file:
-            print(f"  SSH key: {outcome.key_file}")
+        views.print_created(spec, outcome, node_ids)
     ready = None
     if not no_wait:
         explicit = logging_level is not None or (
@@ -337,22 +306,9 @@ def up(
     if ready is not None:
         _record_bounds(ref, spec, bucket, report)
     if as_json:
-        output.print_json(
-            {
-                "cluster": spec.name,
-                "region": spec.region,
-                "created": outcome.created,
-                "controller": {"instance_id": outcome.controller_id, "public_ip": outcome.public_ip},
-                "nodes": outcome.instance_ids,
-                "key_file": str(outcome.key_file) if outcome.key_file else None,
-                "hourly_cost_usd": the_plan.hourly_cost_usd,
-                "in_cluster_ready": ready is not None if not no_wait else None,
-                "readiness": ready,
-            }
-        )
+        output.print_json(views.up_json(spec, outcome, the_plan, ready, no_wait))
     elif ready is not None:
-        print(f"cluster {spec.name} is ready: {ready['nodes']}; {ready['add_ons']}")
-        print("  kubectl access: clusterous-k8s kubeconfig")
+        views.print_ready(spec, ready)
     else:
         report("not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it")
     if env_app is not None:
@@ -399,6 +355,7 @@ def down(
 ) -> None:
     import shutil
 
+    from clusterous_cli import cluster_views as views
     from clusterous_cli import config, output
     from clusterous_provisioner import aws, lifecycle
     from clusterous_provisioner.clients import Clients
@@ -429,19 +386,7 @@ def down(
     if as_json:
         output.print_json(receipt.to_json())
     else:
-        output.print_table(
-            f"receipt: cluster {name} in {region}",
-            ["", "resource"],
-            [("deleted", d) for d in receipt.deleted]
-            + [("kept", k) for k in receipt.kept]
-            + [("LEFT", x) for x in receipt.leftovers],
-        )
-        print(f"checked by tags: {', '.join(receipt.checked)}")
-        if not receipt.leftovers:
-            print(
-                f"nothing billable is left of cluster {name}"
-                + (f" (kept: {', '.join(receipt.kept)})" if receipt.kept else "")
-            )
+        views.print_receipt(receipt)
     if receipt.leftovers:
         raise Failure(
             f"down {name}: still tagged with the cluster: {', '.join(receipt.leftovers)}",
@@ -472,6 +417,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from clusterous_cli import apps, output
+    from clusterous_cli.cluster_views import print_status
     from clusterous_provisioner import aws, cluster_status
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.errors import Failure
@@ -493,28 +439,7 @@ def status(
         raise Failure(
             f"no cluster {name} in {region}", "see `clusterous-k8s clusters`, or create it with `up`"
         )
-    output.print_table(
-        f"cluster {name} in {region}",
-        ["group", "instance", "type", "state", "private address", "uptime (h)"],
-        [
-            (i["group"], i["instance_id"], i["type"], i["state"], i["private_ip"], f"{i['uptime_hours']:.2f}")
-            for i in data["instances"]
-        ],
-    )
-    print(f"controller: {data['controller_public_ip'] or 'not running'}")
-    for line in data["duplicates"]:
-        print(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
-    vol = data["shared_volume"]
-    print(
-        f"shared volume: {vol['volume_id']} ({vol['size_gib']} GiB, {vol['state']})"
-        if vol
-        else "shared volume: none"
-    )
-    print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
-    from clusterous_provisioner.autoscaler import status_line
-
-    for group, entry in (data.get("autoscaler") or {}).items():
-        print(status_line(group, data["groups"].get(group, 0), entry))
+    print_status(data, name, region)
     apps.print_status(data)
 
 
@@ -538,12 +463,11 @@ def clusters(
     region: str = typer.Option(None, "--region", help="AWS region [profile]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from datetime import datetime
-
     from clusterous_cli import output
-    from clusterous_provisioner import aws, tags
+    from clusterous_cli.cluster_views import print_clusters
+    from clusterous_provisioner import aws, cluster_status
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.inventory import cluster_instances, cluster_names, role_of
+    from clusterous_provisioner.inventory import cluster_instances, cluster_names
 
     _, profile = _profile(ctx, required=False)
     region = aws.check_region(
@@ -553,47 +477,14 @@ def clusters(
     with aws.aws_errors("clusters", "check your AWS credentials and region"):
         vpcs = cluster_names(clients)
         instances = cluster_instances(clients)
-    rows: dict[str, dict] = {}
-    for name, vpc in vpcs.items():
-        created = tags.as_dict(vpc.get("Tags")).get(tags.CREATED)
-        rows[name] = {"name": name, "nodes": 0, "controller": False, "created": created}
-    for i in instances:
-        name = tags.as_dict(i.get("Tags"))[tags.CLUSTER]
-        row = rows.setdefault(name, {"name": name, "nodes": 0, "controller": False, "created": None})
-        if role_of(i) == "controller":
-            row["controller"] = True
-        else:
-            row["nodes"] += 1
-    current = profile.current_cluster if profile else None
-    now = datetime.now(UTC)
-    for row in rows.values():
-        row["current"] = row["name"] == current
-        if row["created"]:
-            created = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
-            row["age_hours"] = round((now - created).total_seconds() / 3600, 2)
-        else:
-            row["age_hours"] = None
-    data = sorted(rows.values(), key=lambda r: r["name"])
+    data = cluster_status.clusters_data(vpcs, instances, profile.current_cluster if profile else None)
     if as_json:
         output.print_json(data)
         return
     if not data:
         output.say(f"no clusters in {region}")
         return
-    output.print_table(
-        f"clusters in {region}",
-        ["", "name", "nodes", "controller", "age (h)"],
-        [
-            (
-                "*" if r["current"] else "",
-                r["name"],
-                r["nodes"],
-                "yes" if r["controller"] else "no",
-                r["age_hours"],
-            )
-            for r in data
-        ],
-    )
+    print_clusters(data, region)
 
 
 def workon(
