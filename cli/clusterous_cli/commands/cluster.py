@@ -208,9 +208,9 @@ def up(
     from clusterous_cli import cluster_views as views
     from clusterous_cli import config, envfile, output
     from clusterous_cli.commands.apps import collect_params
-    from clusterous_provisioner import aws, lifecycle
+    from clusterous_provisioner import lifecycle
     from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.clusterfile import load_spec, read_cluster_file
+    from clusterous_provisioner.clusterfile import read_cluster_file
     from clusterous_provisioner.errors import BadInput
 
     if os_name is not None and os_name not in ("ubuntu-24.04", "al2023"):
@@ -231,17 +231,7 @@ def up(
         "os": os_name,
         "ami": ami,
     }
-    spec = load_spec(
-        cluster_file,
-        overrides,
-        profile_region=profile.region if profile else _dry_run_region(),
-        profile_ssh_cidr=profile.ssh_cidr if profile else None,
-        default_name=DEFAULT_NAME,
-        # --param wins over the cluster file's parameters, as in `run` and `convert`
-        environment_groups=lambda path, values: envfile.node_groups_for_up(
-            path, {**values, **envfile.parse_params(param)}
-        ),
-    )
+    spec = _load_spec(cluster_file, overrides, profile, param)
     sources = instance_type_sources(spec, cluster_file, overrides)
     check_instance_types(sources)
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
@@ -288,21 +278,16 @@ def up(
     from clusterous_cli.endpoint import ClusterRef
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
-    node_ids, instances, controller = result.node_ids, result.instances, result.controller
     key_file = outcome.key_file or (profile.key_file if profile else None)
-    readiness.record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
+    readiness.record_controller(ref, result.controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
-        views.print_created(spec, outcome, node_ids)
+        views.print_created(spec, outcome, result.node_ids)
     ready = None
     if not no_wait:
         explicit = logging_level is not None or (
             cluster_file is not None and "central_logging_level" in read_cluster_file(cluster_file)
         )
-        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", readiness.RERUN):
-            ready = readiness.wait_for_cluster(
-                clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
-                spec.logging_level if explicit else None, timeout,
-            )  # fmt: skip
+        ready = _wait_for_cluster(clients, ref, spec, bucket, result, explicit, timeout)
     if ready is not None:
         _record_bounds(ref, spec, bucket, report)
     if as_json:
@@ -312,13 +297,47 @@ def up(
     else:
         report("not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it")
     if env_app is not None:
-        if ready is None or as_json:  # --json keeps stdout for the JSON document
-            report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
-        else:
-            from clusterous_cli.commands.apps import run_application
+        _run_environment(ref, env_app, env_path, cluster_file, ready is None or as_json, timeout, report)
 
-            report(f"running {env_path} ({env_app.name}), as the cluster file asks")
-            run_application(ref, env_app, timeout=timeout or 900)
+
+def _load_spec(cluster_file: Path | None, overrides: dict, profile, param: list[str] | None):
+    from clusterous_cli import envfile
+    from clusterous_provisioner.clusterfile import load_spec
+
+    return load_spec(
+        cluster_file,
+        overrides,
+        profile_region=profile.region if profile else _dry_run_region(),
+        profile_ssh_cidr=profile.ssh_cidr if profile else None,
+        default_name=DEFAULT_NAME,
+        # --param wins over the cluster file's parameters, as in `run` and `convert`
+        environment_groups=lambda path, values: envfile.node_groups_for_up(
+            path, {**values, **envfile.parse_params(param)}
+        ),
+    )
+
+
+def _wait_for_cluster(clients, ref, spec, bucket: str, result, explicit_logging: bool, timeout) -> dict:
+    """The readiness wait inside the instances (cli/readiness.py); logging is set only when asked."""
+    from clusterous_cli import readiness
+    from clusterous_provisioner import aws
+
+    with aws.aws_errors(f"up {spec.name}: waiting for the cluster", readiness.RERUN):
+        return readiness.wait_for_cluster(
+            clients.ec2, ref, spec, bucket, result.instances, result.outcome.controller_id,
+            spec.logging_level if explicit_logging else None, timeout,
+        )  # fmt: skip
+
+
+def _run_environment(ref, env_app, env_path: Path, cluster_file: Path, later: bool, timeout, report) -> None:
+    """The environment file the cluster file names: run now, or (`later`) say how to run it."""
+    if later:  # not waited for, or --json, which keeps stdout for the JSON document
+        report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
+        return
+    from clusterous_cli.commands.apps import run_application
+
+    report(f"running {env_path} ({env_app.name}), as the cluster file asks")
+    run_application(ref, env_app, timeout=timeout or 900)
 
 
 def _record_bounds(ref, spec, bucket: str, report) -> None:
