@@ -544,6 +544,27 @@ def test_the_controllers_s3_rights_stop_at_the_prefix_the_registry_writes():
     assert objects["Resource"] == f"arn:aws:s3:::b/{iam.REGISTRY_PREFIX}/*"
 
 
+def test_every_kind_of_resource_is_found_deleted_and_swept():
+    """kinds.KINDS is the one list of what a cluster owns: each kind has a place in the inventory
+    and a delete step, and a leftover of each kind is named by the sweep."""
+    import dataclasses
+
+    from clusterous_provisioner import destroy
+    from clusterous_provisioner.inventory import Inventory
+    from clusterous_provisioner.kinds import KINDS, items
+
+    fields = {f.name for f in dataclasses.fields(Inventory)}
+    assert [k.field for k in KINDS if k.field not in fields] == []
+    assert list(destroy.DELETE) == [k.field for k in KINDS]  # one step each, in the table's order
+    inv = Inventory(cluster="c", region="us-east-1", token_parameter=True)
+    for kind in KINDS:
+        if kind.field != "token_parameter":
+            one = {kind.id_key: f"{kind.field}-1", "PublicIp": "192.0.2.1", "State": {"Name": "running"}}
+            setattr(inv, kind.field, [one] if isinstance(getattr(inv, kind.field), list) else one)
+    assert all(items(inv, k) for k in KINDS)
+    assert not inv.empty
+
+
 def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again(aws, cli, isolated_config):
     from tests.harness.faults import SimulatedCrash
 
