@@ -20,6 +20,25 @@ def ensure_network(
     """VPC, internet gateway, subnets, NAT gateway and route tables; returns their ids."""
     ec2 = clients.ec2
     ids: dict[str, str] = {}
+    ids["vpc"] = vpc_id = _ensure_vpc(ec2, spec, inv, out)
+    ids["igw"] = _ensure_internet_gateway(ec2, spec, inv, vpc_id, out)
+    ids |= _ensure_subnets(ec2, spec, inv, vpc_id, zone, out)
+
+    rtb_public = _ensure_route_table(
+        ec2, spec, inv, vpc_id, "rtb-public", "public", ids["subnet-public"], out
+    )
+    _ensure_default_route(ec2, rtb_public, GatewayId=ids["igw"])
+    ids["nat"] = _ensure_nat_gateway(ec2, spec, inv, ids["subnet-public"], out, report)
+
+    rtb_private = _ensure_route_table(
+        ec2, spec, inv, vpc_id, "rtb-private", "private", ids["subnet-private"], out
+    )
+    _ensure_default_route(ec2, rtb_private, NatGatewayId=ids["nat"])
+    return ids
+
+
+def _ensure_vpc(ec2, spec: ClusterSpec, inv: Inventory, out: Outcome) -> str:
+    """The VPC, with DNS hostnames on."""
     vpc = inv.vpc
     if vpc is None:
         created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -36,10 +55,12 @@ def ensure_network(
         hostnames = ec2.describe_vpc_attribute(VpcId=vpc["VpcId"], Attribute="enableDnsHostnames")[
             "EnableDnsHostnames"
         ]["Value"]
-    ids["vpc"] = vpc_id = vpc["VpcId"]
     if not hostnames:
-        ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsHostnames={"Value": True})
+        ec2.modify_vpc_attribute(VpcId=vpc["VpcId"], EnableDnsHostnames={"Value": True})
+    return vpc["VpcId"]
 
+
+def _ensure_internet_gateway(ec2, spec: ClusterSpec, inv: Inventory, vpc_id: str, out: Outcome) -> str:
     igw = inv.internet_gateways[0] if inv.internet_gateways else None
     if igw is None:
         igw = ec2.create_internet_gateway(
@@ -48,10 +69,14 @@ def ensure_network(
             )
         )["InternetGateway"]
         out.created.append(f"internet gateway {igw['InternetGatewayId']}")
-    ids["igw"] = igw["InternetGatewayId"]
     if not any(a.get("VpcId") == vpc_id for a in igw.get("Attachments", [])):
-        ec2.attach_internet_gateway(InternetGatewayId=ids["igw"], VpcId=vpc_id)
+        ec2.attach_internet_gateway(InternetGatewayId=igw["InternetGatewayId"], VpcId=vpc_id)
+    return igw["InternetGatewayId"]
 
+
+def _ensure_subnets(ec2, spec: ClusterSpec, inv: Inventory, vpc_id: str, zone: str, out: Outcome) -> dict:
+    """The public subnet (controller, NAT gateway) and the private one (nodes), in one zone."""
+    ids: dict[str, str] = {}
     for key, cidr, what in (
         ("subnet-public", layout.PUBLIC_CIDR, "public"),
         ("subnet-private", layout.PRIVATE_CIDR, "private"),
@@ -66,12 +91,13 @@ def ensure_network(
             )["Subnet"]
             out.created.append(f"subnet {subnet['SubnetId']} ({what}, {zone})")
         ids[key] = subnet["SubnetId"]
+    return ids
 
-    rtb_public = _ensure_route_table(
-        ec2, spec, inv, vpc_id, "rtb-public", "public", ids["subnet-public"], out
-    )
-    _ensure_default_route(ec2, rtb_public, GatewayId=ids["igw"])
 
+def _ensure_nat_gateway(
+    ec2, spec: ClusterSpec, inv: Inventory, subnet_id: str, out: Outcome, report: Report
+) -> str:
+    """The NAT gateway (the private subnet's only way out) and its Elastic IP; a failed one goes."""
     address = inv.address
     if address is None:
         address = ec2.allocate_address(
@@ -84,22 +110,16 @@ def ensure_network(
         for failed in [n for n in inv.nat_gateways if n["State"] == "failed"]:
             ec2.delete_nat_gateway(NatGatewayId=failed["NatGatewayId"])
         nat = ec2.create_nat_gateway(
-            SubnetId=ids["subnet-public"],
+            SubnetId=subnet_id,
             AllocationId=address["AllocationId"],
             PrivateIpAddress=layout.NAT_GATEWAY_IP,
             TagSpecifications=tags.tag_spec("natgateway", keyed_tags(spec, "network", "nat-gateway", "nat")),
         )["NatGateway"]
         out.created.append(f"NAT gateway {nat['NatGatewayId']}")
-    ids["nat"] = nat["NatGatewayId"]
     if nat["State"] != "available":
         report("waiting for the NAT gateway (usually 1-2 minutes)")
-        ec2.get_waiter("nat_gateway_available").wait(NatGatewayIds=[ids["nat"]], WaiterConfig=WAIT)
-
-    rtb_private = _ensure_route_table(
-        ec2, spec, inv, vpc_id, "rtb-private", "private", ids["subnet-private"], out
-    )
-    _ensure_default_route(ec2, rtb_private, NatGatewayId=ids["nat"])
-    return ids
+        ec2.get_waiter("nat_gateway_available").wait(NatGatewayIds=[nat["NatGatewayId"]], WaiterConfig=WAIT)
+    return nat["NatGatewayId"]
 
 
 def _ensure_route_table(
