@@ -48,7 +48,8 @@ def bootstrap_inputs(
 def apply(
     clients, spec: ClusterSpec, target: Target, inv: Inventory, report: Report, pre: Preflight | None = None
 ) -> Outcome:
-    """Converge the cluster to `spec`: create what is missing, in the order AWS needs."""
+    """Converge the cluster to `spec`: create what is missing, in the order AWS needs (one
+    function on purpose: read top to bottom, it is that order; each step is in its own module)."""
     out = Outcome()
     clients.patience.report = report  # waits for AWS to catch up show as progress
     pre = pre or preflight(clients, spec, inv)
