@@ -31,6 +31,11 @@ def _just_report(report: Report, title: str) -> Iterator[Report]:
     yield report
 
 
+def _nobody_to_ask(question: str) -> None:
+    """A caller that gave no way to ask: nothing is done without a yes (secure by default)."""
+    raise Failure(f"not confirmed: {question}", "pass --yes to go ahead without being asked")
+
+
 @dataclass(frozen=True)
 class Hooks:
     """How the front door reaches the person running it. `confirm` asks and ends the command when
@@ -38,7 +43,7 @@ class Hooks:
 
     report: Report
     yes: bool = False
-    confirm: Callable[[str], None] = lambda question: None
+    confirm: Callable[[str], None] = _nobody_to_ask
     ask: Callable[[str], bool] = lambda question: False
     show_plan: Callable[[Plan], None] = lambda plan: None
     progress: Callable[[str], AbstractContextManager[Report]] | None = None  # title → a progress reporter
