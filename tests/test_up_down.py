@@ -563,6 +563,8 @@ def test_every_kind_of_resource_is_found_deleted_and_swept():
             setattr(inv, kind.field, [one] if isinstance(getattr(inv, kind.field), list) else one)
     assert all(items(inv, k) for k in KINDS)
     assert not inv.empty
+    inv.vpcs.append({"VpcId": "vpcs-2"})
+    assert inv.duplicates() == ["VPC: vpcs-1, vpcs-2"]
 
 
 def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again(aws, cli, isolated_config):

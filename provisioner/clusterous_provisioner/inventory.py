@@ -98,7 +98,7 @@ class Inventory:
                 by_key.setdefault(tags.as_dict(item.get("Tags")).get(tags.KEY, "?"), []).append(item)
             singles += [(f"{kind.label} {key}", group, kind.id_key) for key, group in sorted(by_key.items())]
         return [
-            f"{kind}: {', '.join(str(i.get(id_key)) for i in items)}"
+            f"{kind}: {', '.join(str(i.get(id_key)) for i in found)}"
             for kind, found, id_key in singles
             if len(found) > 1
         ]
