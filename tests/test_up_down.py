@@ -551,7 +551,7 @@ def test_every_kind_of_resource_is_found_deleted_and_swept():
 
     from clusterous_provisioner import destroy
     from clusterous_provisioner.inventory import Inventory
-    from clusterous_provisioner.kinds import KINDS, items
+    from clusterous_provisioner.kinds import KINDS, resources
 
     fields = {f.name for f in dataclasses.fields(Inventory)}
     assert [k.field for k in KINDS if k.field not in fields] == []
@@ -561,7 +561,7 @@ def test_every_kind_of_resource_is_found_deleted_and_swept():
         if kind.field != "token_parameter":
             one = {kind.id_key: f"{kind.field}-1", "PublicIp": "192.0.2.1", "State": {"Name": "running"}}
             setattr(inv, kind.field, [one] if isinstance(getattr(inv, kind.field), list) else one)
-    assert all(items(inv, k) for k in KINDS)
+    assert all(resources(inv, k) for k in KINDS)
     assert not inv.empty
     inv.vpcs.append({"VpcId": "vpcs-2"})
     assert inv.duplicates() == ["VPC: vpcs-1, vpcs-2"]

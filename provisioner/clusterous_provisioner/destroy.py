@@ -20,7 +20,7 @@ from pathlib import Path
 
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.inventory import Inventory, discover, role_of
-from clusterous_provisioner.kinds import KINDS, items
+from clusterous_provisioner.kinds import KINDS, resources
 
 WAIT_DELAY = 2  # seconds between a waiter's polls
 WAIT_REPORT = 30  # seconds between progress lines
@@ -82,7 +82,7 @@ def summary(inv: Inventory, delete_volume: bool) -> list[str]:
             )
             by_role[label] = by_role.get(label, 0) + 1
         lines.append("instances: " + ", ".join(f"{k} ×{v}" for k, v in sorted(by_role.items())))
-    network = [(len([i for i in items(inv, k) if k.present(i)]), k.label) for k in KINDS if k.network]
+    network = [(len([i for i in resources(inv, k) if k.present(i)]), k.label) for k in KINDS if k.network]
     parts = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in network if n]
     if parts:
         lines.append("network: " + ", ".join(parts))
@@ -375,7 +375,7 @@ def keep_volume(clients, volume: dict, cluster: str) -> None:
 def sweep(clients, cluster: str) -> tuple[list[str], list[str]]:
     """Ask AWS again for anything carrying the cluster's tag: (leftovers, what was checked)."""
     inv = discover(clients, cluster)
-    left = [k.leftover(i) for k in KINDS for i in items(inv, k) if k.present(i)]
+    left = [k.leftover(i) for k in KINDS for i in resources(inv, k) if k.present(i)]
     checked = list(dict.fromkeys(k.plural for k in KINDS))
     # The Tagging API sees resource types the describe calls above do not know about.
     known = {k.tagging_type for k in KINDS if k.tagging_type}

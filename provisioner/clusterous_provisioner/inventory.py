@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clusterous_provisioner import layout, tags
-from clusterous_provisioner.kinds import KINDS, LIVE_INSTANCE_STATES, items
+from clusterous_provisioner.kinds import KINDS, LIVE_INSTANCE_STATES, resources
 
 
 @dataclass
@@ -87,14 +87,16 @@ class Inventory:
     def duplicates(self) -> list[str]:
         """Resources that should exist once and exist more than once (say, after two runs raced):
         one line each, kind and ids."""
-        singles = [(k.label, [i for i in items(self, k) if k.counted(i)], k.id_key) for k in KINDS if k.one]
+        singles = [
+            (k.label, [i for i in resources(self, k) if k.counted(i)], k.id_key) for k in KINDS if k.one
+        ]
         singles += [
             ("controller", [i for i in self.instances if role_of(i) == "controller"], "InstanceId"),
             ("shared volume", [v for v in self.volumes if role_of(v) == "shared-volume"], "VolumeId"),
         ]
         for kind in (k for k in KINDS if k.keyed):
             by_key: dict[str, list[dict]] = {}
-            for item in items(self, kind):
+            for item in resources(self, kind):
                 by_key.setdefault(tags.as_dict(item.get("Tags")).get(tags.KEY, "?"), []).append(item)
             singles += [(f"{kind.label} {key}", group, kind.id_key) for key, group in sorted(by_key.items())]
         return [
@@ -107,7 +109,10 @@ class Inventory:
     def empty(self) -> bool:
         """Nothing of the cluster's is left but, perhaps, its shared volume (kept at `down`)."""
         return not any(
-            i for k in KINDS for i in items(self, k) if k.field != "volumes" or role_of(i) != "shared-volume"
+            i
+            for k in KINDS
+            for i in resources(self, k)
+            if k.field != "volumes" or role_of(i) != "shared-volume"
         )
 
 

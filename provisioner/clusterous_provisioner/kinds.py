@@ -83,7 +83,7 @@ KINDS: tuple[Kind, ...] = (
 BY_FIELD = {kind.field: kind for kind in KINDS}
 
 
-def items(inv, kind: Kind) -> list[dict]:
+def resources(inv, kind: Kind) -> list[dict]:
     """The resources of `kind` in the inventory, as a list whatever the field holds."""
     value = getattr(inv, kind.field)
     if isinstance(value, list):
