@@ -12,32 +12,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "provisioner", "operator")
+PACKAGES = ("core", "cli", "provisioner", "operator")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 
-# Being split in issue 16 (items 1-4: core, readiness, frontdoor; issue 15 item 2: transfer) by
-# helpers working in parallel. The lead empties these two lists at merge: an entry that is no
-# longer over its limit fails test_lists_name_only_offenders.
-BEING_SPLIT_MODULES = {
-    "cli/clusterous_cli/commands/cluster.py",  # up/down/scale through the provisioner's front door
-    "cli/clusterous_cli/readiness.py",  # split by idea (stage engine, pure checks, setup writes)
-    "provisioner/clusterous_provisioner/apply.py",  # the table of AWS resource kinds
-}
-BEING_SPLIT_FUNCTIONS = {
-    "cli/clusterous_cli/commands/cluster.py::up",  # provisioner.up(spec, report)
-    "cli/clusterous_cli/commands/cluster.py::down",  # provisioner.down
-    "cli/clusterous_cli/commands/cluster.py::_resize",  # provisioner.scale
-    "provisioner/clusterous_provisioner/apply.py::apply",  # apply order from the table
-    "provisioner/clusterous_provisioner/apply.py::ensure_network",
-    "provisioner/clusterous_provisioner/destroy.py::destroy",  # destroy order from the table
-    "provisioner/clusterous_provisioner/plan.py::make_plan",  # plan and cost from the table
-}
+# Modules over the limit while a split is under way (none: issue 16 emptied the list). An entry
+# that is no longer over its limit fails test_lists_name_only_offenders.
+BEING_SPLIT_MODULES: set[str] = set()
+BEING_SPLIT_FUNCTIONS: set[str] = set()
 
 # Longer than MAX_FUNCTION_LINES for good: the reason, in one line.
 LONG_FUNCTIONS = {
     "cli/clusterous_cli/buildjob.py::build_job": (
         "a pure builder: the BuildKit Job manifest as one literal, read top to bottom like its YAML"
+    ),
+    "cli/clusterous_cli/commands/cluster.py::up": (
+        "23 options mapped onto one UpRequest and Hooks, then the wait and the output; the "
+        "sequence itself is lifecycle.up"
+    ),
+    "provisioner/clusterous_provisioner/apply.py::apply": (
+        "the create order, read top to bottom; each step is a call into its own module"
     ),
     "cli/clusterous_cli/commands/setup.py::setup": (
         "the setup dialogue: profile, region, key pair, bucket asked in the order the user answers them"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clusterous_provisioner.apply import AMI_PARAMETERS
+from clusterous_provisioner.preflight import AMI_PARAMETERS
 from tests.provisioning import SSH_CIDR, UP, count_tagged, make_profile, tag, tagged
 
 
@@ -589,13 +589,36 @@ def test_the_controllers_s3_rights_stop_at_the_prefix_the_registry_writes():
     leading '/'): a change to either must change both."""
     from pathlib import Path
 
-    from clusterous_provisioner import apply
+    from clusterous_provisioner import iam
 
     manifest = (Path(__file__).parents[1] / "manifests" / "registry.yaml").read_text()
     root = manifest.split("REGISTRY_STORAGE_S3_ROOTDIRECTORY", 1)[1].split("value:", 1)[1].splitlines()[0]
-    assert root.strip().strip("\"'").lstrip("/") == apply.REGISTRY_PREFIX
-    objects = [s for s in apply.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
-    assert objects["Resource"] == f"arn:aws:s3:::b/{apply.REGISTRY_PREFIX}/*"
+    assert root.strip().strip("\"'").lstrip("/") == iam.REGISTRY_PREFIX
+    objects = [s for s in iam.controller_policy("b")["Statement"] if s["Sid"] == "RegistryObjects"][0]
+    assert objects["Resource"] == f"arn:aws:s3:::b/{iam.REGISTRY_PREFIX}/*"
+
+
+def test_every_kind_of_resource_is_found_deleted_and_swept():
+    """kinds.KINDS is the one list of what a cluster owns: each kind has a place in the inventory
+    and a delete step, and a leftover of each kind is named by the sweep."""
+    import dataclasses
+
+    from clusterous_provisioner import destroy
+    from clusterous_provisioner.inventory import Inventory
+    from clusterous_provisioner.kinds import KINDS, resources
+
+    fields = {f.name for f in dataclasses.fields(Inventory)}
+    assert [k.field for k in KINDS if k.field not in fields] == []
+    assert list(destroy.DELETE) == [k.field for k in KINDS]  # one step each, in the table's order
+    inv = Inventory(cluster="c", region="us-east-1", token_parameter=True)
+    for kind in KINDS:
+        if kind.field != "token_parameter":
+            one = {kind.id_key: f"{kind.field}-1", "PublicIp": "192.0.2.1", "State": {"Name": "running"}}
+            setattr(inv, kind.field, [one] if isinstance(getattr(inv, kind.field), list) else one)
+    assert all(resources(inv, k) for k in KINDS)
+    assert not inv.empty
+    inv.vpcs.append({"VpcId": "vpcs-2"})
+    assert inv.duplicates() == ["VPC: vpcs-1, vpcs-2"]
 
 
 def test_a_key_pair_whose_private_key_was_lost_before_any_instance_is_made_again(aws, cli, isolated_config):

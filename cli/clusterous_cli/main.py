@@ -21,9 +21,11 @@ from clusterous_cli.commands import hostkey as hostkey_cmd
 from clusterous_cli.commands import images as images_cmd
 from clusterous_cli.commands import kube as kube_cmd
 from clusterous_cli.commands import logging_cmd
+from clusterous_cli.commands import nodes as nodes_cmd
 from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import render as render_cmd
 from clusterous_cli.commands import setup as setup_cmd
+from clusterous_cli.commands import status as status_cmd
 from clusterous_cli.commands import tunnel as tunnel_cmd
 from clusterous_cli.commands import volume as volume_cmd
 from clusterous_cli.commands import volumes as volumes_cmd
@@ -123,12 +125,12 @@ app.command("setup", help=setup_cmd.HELP)(setup_cmd.setup)
 app.add_typer(profile_cmd.app, name="profile")
 app.command("up", help=cluster_cmd.UP_HELP)(cluster_cmd.up)
 app.command("down", help=cluster_cmd.DOWN_HELP)(cluster_cmd.down)
-app.command("status", help=cluster_cmd.STATUS_HELP)(cluster_cmd.status)
-app.command("clusters", help=cluster_cmd.CLUSTERS_HELP)(cluster_cmd.clusters)
-app.command("workon", help=cluster_cmd.WORKON_HELP)(cluster_cmd.workon)
-app.command("scale", help=cluster_cmd.SCALE_HELP)(cluster_cmd.scale)
-app.command("add-nodes", help=cluster_cmd.ADD_HELP)(cluster_cmd.add_nodes)
-app.command("rm-nodes", help=cluster_cmd.RM_HELP)(cluster_cmd.rm_nodes)
+app.command("status", help=status_cmd.STATUS_HELP)(status_cmd.status)
+app.command("clusters", help=status_cmd.CLUSTERS_HELP)(status_cmd.clusters)
+app.command("workon", help=status_cmd.WORKON_HELP)(status_cmd.workon)
+app.command("scale", help=nodes_cmd.SCALE_HELP)(nodes_cmd.scale)
+app.command("add-nodes", help=nodes_cmd.ADD_HELP)(nodes_cmd.add_nodes)
+app.command("rm-nodes", help=nodes_cmd.RM_HELP)(nodes_cmd.rm_nodes)
 app.add_typer(volumes_cmd.app, name="volumes")
 app.add_typer(tunnel_cmd.app, name="tunnel")
 app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)

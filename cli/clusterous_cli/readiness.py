@@ -43,10 +43,9 @@ from clusterous_cli.stages import DEFAULT_TIMEOUTS, Check, Progress, Stage, run_
 from clusterous_core.errors import Failure
 from clusterous_core.names import CLUSTER_INFO, GROUP_LABEL, NAMESPACE
 from clusterous_provisioner import inventory
-from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, get_or_none, json_body
+from clusterous_provisioner.kubecalls import REQUEST_TIMEOUT, events_for, get_or_none, json_body, stuck_pods
 from clusterous_provisioner.kubeobjects import (
     Member,
-    conditions,
     crd_established,
     daemonset_ready,
     deployment_available,
@@ -54,8 +53,6 @@ from clusterous_provisioner.kubeobjects import (
     match_node,
     members_of,
     node_ready,
-    pod_problem,
-    selector_text,
 )
 
 # --- what the node and add-on stages judge (pure) -----------------------------------------------
@@ -152,38 +149,6 @@ def readyz(api) -> tuple[int, str]:
     response = api.call_api(method, url, headers, _request_timeout=REQUEST_TIMEOUT)
     response.read()
     return response.status, (response.data or b"").decode(errors="replace")
-
-
-def events_for(api, name: str, namespace: str | None = None) -> list[dict]:
-    from kubernetes import client
-
-    core = client.CoreV1Api(api)
-    selector = f"involvedObject.name={name}"
-    if namespace:
-        return json_body(core.list_namespaced_event, namespace, field_selector=selector).get("items") or []
-    return json_body(core.list_event_for_all_namespaces, field_selector=selector).get("items") or []
-
-
-def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -> list[str]:
-    """What the not-ready pods of a workload say about themselves, with their last events."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(api)
-    pods = (
-        json_body(core.list_namespaced_pod, namespace, label_selector=selector_text(match_labels)).get(
-            "items"
-        )
-        or []
-    )
-    lines = []
-    for pod in pods:
-        ready = conditions(pod).get("Ready")
-        if ready and ready.get("status") == "True":
-            continue
-        lines.append(pod_problem(pod, events_for(api, pod["metadata"]["name"], namespace)))
-        if len(lines) >= limit:
-            break
-    return lines
 
 
 # --- the wait -----------------------------------------------------------------------------------

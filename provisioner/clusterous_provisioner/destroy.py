@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clusterous_provisioner import layout, tags
 from clusterous_provisioner.inventory import Inventory, discover, role_of
+from clusterous_provisioner.kinds import KINDS, resources
 
 WAIT_DELAY = 2  # seconds between a waiter's polls
 WAIT_REPORT = 30  # seconds between progress lines
@@ -81,16 +83,7 @@ def summary(inv: Inventory, delete_volume: bool) -> list[str]:
             )
             by_role[label] = by_role.get(label, 0) + 1
         lines.append("instances: " + ", ".join(f"{k} ×{v}" for k, v in sorted(by_role.items())))
-    live_nat = [n for n in inv.nat_gateways if n["State"] != "deleted"]
-    network = [
-        (len(live_nat), "NAT gateway"),
-        (len(inv.addresses), "Elastic IP"),
-        (len(inv.internet_gateways), "internet gateway"),
-        (len(inv.subnets), "subnet"),
-        (len(inv.route_tables), "route table"),
-        (len(inv.security_groups), "security group"),
-        (len(inv.vpcs), "VPC"),
-    ]
+    network = [(len([i for i in resources(inv, k) if k.present(i)]), k.label) for k in KINDS if k.network]
     parts = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in network if n]
     if parts:
         lines.append("network: " + ", ".join(parts))
@@ -144,17 +137,35 @@ def wait_for(ec2, waiter_name: str, what: str, report: Report, **kwargs) -> None
             report(f"still waiting for {what} ({waited:.0f} s of at most {WAIT_TOTAL // 60} min)")
 
 
+@dataclass
+class _Teardown:
+    clients: Any  # clients.Clients (ec2, iam, ssm, tagging)
+    inv: Inventory
+    delete_volume: bool
+    report: Report
+    key_dir: Path | None
+    receipt: Receipt
+
+
 def destroy(
     clients, inv: Inventory, delete_volume: bool, report: Report, key_dir: Path | None = None
 ) -> Receipt:
-    """Delete in dependency order: instances, NAT, EIP, IGW, route tables and subnets, SGs, VPC,
-    then IAM, the cluster's key pair and token; the shared volume as decided by volume_fate."""
+    """Delete in the order of kinds.KINDS (the order AWS requires): instances, the volumes, NAT,
+    EIP, IGW, route tables and subnets, SGs, VPC, then IAM, the cluster's key pair and token; the
+    shared volume as decided by volume_fate."""
     clients.patience.report = report  # waits for AWS to release dependencies show as progress
-    ec2, iam = clients.ec2, clients.iam
     r = Receipt(cluster=inv.cluster, region=inv.region)
-    cluster = inv.cluster
+    run = _Teardown(clients, inv, delete_volume, report, key_dir, r)
+    for kind in KINDS:
+        DELETE[kind.field](run)
+    report("sweeping for anything still tagged with the cluster")
+    r.leftovers, r.checked = sweep(clients, inv.cluster)
+    return r
 
-    instance_ids = [i["InstanceId"] for i in inv.instances]
+
+def _instances(t: _Teardown) -> None:
+    ec2, report, r = t.clients.ec2, t.report, t.receipt
+    instance_ids = [i["InstanceId"] for i in t.inv.instances]
     if instance_ids:
         report(f"terminating {len(instance_ids)} instance(s)")
         ec2.terminate_instances(InstanceIds=instance_ids)
@@ -167,6 +178,9 @@ def destroy(
         )
         r.deleted += [f"instance {i}" for i in instance_ids]
 
+
+def _volumes(t: _Teardown) -> None:
+    ec2, report, r, inv = t.clients.ec2, t.report, t.receipt, t.inv
     volume = inv.shared_volume
     if volume is not None:
         current = ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]
@@ -182,38 +196,52 @@ def destroy(
                 ec2, "volume_available", f"volume {volume['VolumeId']} to detach", report,
                 VolumeIds=[volume["VolumeId"]],
             )  # fmt: skip
-        if delete_volume:
+        if t.delete_volume:
             report(f"deleting shared volume {volume['VolumeId']}")
             _quietly(ec2.delete_volume, VolumeId=volume["VolumeId"])
             r.deleted.append(f"shared volume {volume['VolumeId']}")
         else:
-            keep_volume(clients, volume, cluster)
+            keep_volume(t.clients, volume, inv.cluster)
             r.kept.append(f"shared volume {volume['VolumeId']} ({volume['Size']} GiB)")
     # Root volumes are deleted by the termination above (DeleteOnTermination); only volumes that
     # outlived their instance (detached, or kept by termination) are deleted here.
-    for other in left_behind(inv, instance_ids):
+    for other in left_behind(inv, [i["InstanceId"] for i in inv.instances]):
         if other is not volume:
             _quietly(ec2.delete_volume, VolumeId=other["VolumeId"])
             r.deleted.append(f"volume {other['VolumeId']}")
 
-    live_nats = [n for n in inv.nat_gateways if n["State"] != "deleted"]
-    nat_ids = [n["NatGatewayId"] for n in live_nats]
+
+def _live_nats(inv: Inventory) -> list[dict]:
+    return [n for n in inv.nat_gateways if n["State"] != "deleted"]
+
+
+def _nat_gateways(t: _Teardown) -> None:
+    ec2, report = t.clients.ec2, t.report
+    nat_ids = [n["NatGatewayId"] for n in _live_nats(t.inv)]
     if nat_ids:
         report("deleting the NAT gateway (usually about a minute)")
         for nat in nat_ids:
             _quietly(ec2.delete_nat_gateway, NatGatewayId=nat)
         wait_for(ec2, "nat_gateway_deleted", "the NAT gateway to be deleted", report, NatGatewayIds=nat_ids)
-        r.deleted += [f"NAT gateway {n}" for n in nat_ids]
+        t.receipt.deleted += [f"NAT gateway {n}" for n in nat_ids]
 
+
+def _addresses(t: _Teardown) -> None:
     # A NAT gateway's address is unmapped by deleting the gateway (disassociating it is refused).
-    nat_addresses = {a.get("AllocationId") for n in live_nats for a in n.get("NatGatewayAddresses", [])}
-    for address in inv.addresses:
+    ec2 = t.clients.ec2
+    nat_addresses = {
+        a.get("AllocationId") for n in _live_nats(t.inv) for a in n.get("NatGatewayAddresses", [])
+    }
+    for address in t.inv.addresses:
         if address.get("AssociationId") and address["AllocationId"] not in nat_addresses:
             _quietly(ec2.disassociate_address, AssociationId=address["AssociationId"])
         _quietly(ec2.release_address, AllocationId=address["AllocationId"])
-        r.deleted.append(f"Elastic IP {address.get('PublicIp', address['AllocationId'])}")
+        t.receipt.deleted.append(f"Elastic IP {address.get('PublicIp', address['AllocationId'])}")
 
-    for igw in inv.internet_gateways:
+
+def _internet_gateways(t: _Teardown) -> None:
+    ec2 = t.clients.ec2
+    for igw in t.inv.internet_gateways:
         for attachment in igw.get("Attachments", []):
             _quietly(
                 ec2.detach_internet_gateway,
@@ -221,60 +249,99 @@ def destroy(
                 VpcId=attachment["VpcId"],
             )
         _quietly(ec2.delete_internet_gateway, InternetGatewayId=igw["InternetGatewayId"])
-        r.deleted.append(f"internet gateway {igw['InternetGatewayId']}")
+        t.receipt.deleted.append(f"internet gateway {igw['InternetGatewayId']}")
 
-    for table in inv.route_tables:
+
+def _route_tables(t: _Teardown) -> None:
+    ec2 = t.clients.ec2
+    for table in t.inv.route_tables:
         if any(a.get("Main") for a in table.get("Associations", [])):
             continue  # the VPC's main table goes with the VPC
         for association in table.get("Associations", []):
             _quietly(ec2.disassociate_route_table, AssociationId=association["RouteTableAssociationId"])
         _quietly(ec2.delete_route_table, RouteTableId=table["RouteTableId"])
-        r.deleted.append(f"route table {table['RouteTableId']}")
-    for subnet in inv.subnets:
-        _quietly(ec2.delete_subnet, SubnetId=subnet["SubnetId"])
-        r.deleted.append(f"subnet {subnet['SubnetId']}")
+        t.receipt.deleted.append(f"route table {table['RouteTableId']}")
 
+
+def _subnets(t: _Teardown) -> None:
+    for subnet in t.inv.subnets:
+        _quietly(t.clients.ec2.delete_subnet, SubnetId=subnet["SubnetId"])
+        t.receipt.deleted.append(f"subnet {subnet['SubnetId']}")
+
+
+def _security_groups(t: _Teardown) -> None:
+    ec2 = t.clients.ec2
     # Groups that refer to each other cannot be deleted until those rules are gone.
-    for group in inv.security_groups:
+    for group in t.inv.security_groups:
         referencing = [p for p in group.get("IpPermissions", []) if p.get("UserIdGroupPairs")]
         if referencing:
             _quietly(ec2.revoke_security_group_ingress, GroupId=group["GroupId"], IpPermissions=referencing)
-    for group in inv.security_groups:
+    for group in t.inv.security_groups:
         _quietly(ec2.delete_security_group, GroupId=group["GroupId"])
-        r.deleted.append(f"security group {group['GroupId']}")
+        t.receipt.deleted.append(f"security group {group['GroupId']}")
 
-    for vpc in inv.vpcs:
-        _quietly(ec2.delete_vpc, VpcId=vpc["VpcId"])
-        r.deleted.append(f"VPC {vpc['VpcId']}")
 
-    name = layout.role_name(cluster, inv.region)  # discover adopted it only if tagged as ours
+def _vpcs(t: _Teardown) -> None:
+    for vpc in t.inv.vpcs:
+        _quietly(t.clients.ec2.delete_vpc, VpcId=vpc["VpcId"])
+        t.receipt.deleted.append(f"VPC {vpc['VpcId']}")
+
+
+def _instance_profile(t: _Teardown) -> None:
+    iam, inv = t.clients.iam, t.inv
+    name = layout.role_name(inv.cluster, inv.region)  # discover adopted it only if tagged as ours
     if inv.instance_profile is not None:
         for role in inv.instance_profile.get("Roles", []):
             _quietly(
                 iam.remove_role_from_instance_profile, InstanceProfileName=name, RoleName=role["RoleName"]
             )
         _quietly(iam.delete_instance_profile, InstanceProfileName=name)
-        r.deleted.append(f"instance profile {name}")
+        t.receipt.deleted.append(f"instance profile {name}")
+
+
+def _role(t: _Teardown) -> None:
+    iam, inv = t.clients.iam, t.inv
+    name = layout.role_name(inv.cluster, inv.region)
     if inv.role is not None:
         for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
             _quietly(iam.delete_role_policy, RoleName=name, PolicyName=policy)
         for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
             _quietly(iam.detach_role_policy, RoleName=name, PolicyArn=policy["PolicyArn"])
         _quietly(iam.delete_role, RoleName=name)
-        r.deleted.append(f"IAM role {name}")
+        t.receipt.deleted.append(f"IAM role {name}")
 
-    for key in inv.key_pairs:
-        _quietly(ec2.delete_key_pair, KeyName=key["KeyName"])
-        r.deleted.append(f"key pair {key['KeyName']}")
-        if key_dir is not None:
-            (key_dir / f"{key['KeyName']}.pem").unlink(missing_ok=True)
-    if inv.token_parameter:
-        _quietly(clients.ssm.delete_parameter, Name=layout.token_parameter(cluster))
-        r.deleted.append(f"SSM parameter {layout.token_parameter(cluster)}")
 
-    report("sweeping for anything still tagged with the cluster")
-    r.leftovers, r.checked = sweep(clients, cluster)
-    return r
+def _key_pairs(t: _Teardown) -> None:
+    for key in t.inv.key_pairs:
+        _quietly(t.clients.ec2.delete_key_pair, KeyName=key["KeyName"])
+        t.receipt.deleted.append(f"key pair {key['KeyName']}")
+        if t.key_dir is not None:
+            (t.key_dir / f"{key['KeyName']}.pem").unlink(missing_ok=True)
+
+
+def _token_parameter(t: _Teardown) -> None:
+    if t.inv.token_parameter:
+        name = layout.token_parameter(t.inv.cluster)
+        _quietly(t.clients.ssm.delete_parameter, Name=name)
+        t.receipt.deleted.append(f"SSM parameter {name}")
+
+
+# How each kind of kinds.KINDS is deleted (destroy runs them in the table's order).
+DELETE: dict[str, Callable[[_Teardown], None]] = {
+    "instances": _instances,
+    "volumes": _volumes,
+    "nat_gateways": _nat_gateways,
+    "addresses": _addresses,
+    "internet_gateways": _internet_gateways,
+    "route_tables": _route_tables,
+    "subnets": _subnets,
+    "security_groups": _security_groups,
+    "vpcs": _vpcs,
+    "instance_profile": _instance_profile,
+    "role": _role,
+    "key_pairs": _key_pairs,
+    "token_parameter": _token_parameter,
+}
 
 
 def left_behind(inv: Inventory, terminated: list[str]) -> list[dict]:
@@ -309,42 +376,10 @@ def keep_volume(clients, volume: dict, cluster: str) -> None:
 def sweep(clients, cluster: str) -> tuple[list[str], list[str]]:
     """Ask AWS again for anything carrying the cluster's tag: (leftovers, what was checked)."""
     inv = discover(clients, cluster)
-    left: list[str] = []
-    left += [f"instance {i['InstanceId']} ({i['State']['Name']})" for i in inv.instances]
-    left += [f"volume {v['VolumeId']}" for v in inv.volumes if v["State"] not in ("deleting", "deleted")]
-    left += [
-        f"NAT gateway {n['NatGatewayId']} ({n['State']})" for n in inv.nat_gateways if n["State"] != "deleted"
-    ]
-    left += [f"Elastic IP {a.get('PublicIp')}" for a in inv.addresses]
-    left += [f"internet gateway {g['InternetGatewayId']}" for g in inv.internet_gateways]
-    left += [f"subnet {s['SubnetId']}" for s in inv.subnets]
-    left += [f"route table {t['RouteTableId']}" for t in inv.route_tables]
-    left += [f"security group {g['GroupId']}" for g in inv.security_groups]
-    left += [f"VPC {v['VpcId']}" for v in inv.vpcs]
-    left += [f"key pair {k['KeyName']}" for k in inv.key_pairs]
-    if inv.role:
-        left.append(f"IAM role {inv.role['RoleName']}")
-    if inv.instance_profile:
-        left.append(f"instance profile {inv.instance_profile['InstanceProfileName']}")
-    if inv.token_parameter:
-        left.append(f"SSM parameter {layout.token_parameter(cluster)}")
-    checked = [
-        "instances",
-        "volumes",
-        "NAT gateways",
-        "Elastic IPs",
-        "internet gateways",
-        "subnets",
-        "route tables",
-        "security groups",
-        "VPCs",
-        "key pairs",
-        "IAM role and instance profile",
-        "SSM parameters",
-    ]
+    left = [k.leftover(i) for k in KINDS for i in resources(inv, k) if k.present(i)]
+    checked = list(dict.fromkeys(k.plural for k in KINDS))
     # The Tagging API sees resource types the describe calls above do not know about.
-    known = {"instance", "volume", "natgateway", "elastic-ip", "internet-gateway", "subnet", "route-table",
-             "security-group", "vpc", "key-pair", "parameter"}  # fmt: skip
+    known = {k.tagging_type for k in KINDS if k.tagging_type}
     try:
         pages = clients.tagging.get_paginator("get_resources").paginate(
             TagFilters=[{"Key": tags.CLUSTER, "Values": [cluster]}]

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clusterous_provisioner import layout, tags
-
-LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-LIVE_NAT_STATES = ("pending", "available", "deleting", "failed")
+from clusterous_provisioner.kinds import KINDS, LIVE_INSTANCE_STATES, resources
 
 
 @dataclass
@@ -90,47 +88,32 @@ class Inventory:
     def duplicates(self) -> list[str]:
         """Resources that should exist once and exist more than once (say, after two runs raced):
         one line each, kind and ids."""
-        live_nats = [n for n in self.nat_gateways if n["State"] in ("pending", "available")]
         singles = [
-            ("VPC", self.vpcs, "VpcId"),
-            ("internet gateway", self.internet_gateways, "InternetGatewayId"),
-            ("NAT gateway", live_nats, "NatGatewayId"),
-            ("Elastic IP", self.addresses, "AllocationId"),
+            (k.label, [i for i in resources(self, k) if k.counted(i)], k.id_key) for k in KINDS if k.one
+        ]
+        singles += [
             ("controller", [i for i in self.instances if role_of(i) == "controller"], "InstanceId"),
             ("shared volume", [v for v in self.volumes if role_of(v) == "shared-volume"], "VolumeId"),
-            ("key pair", self.key_pairs, "KeyName"),
         ]
-        keyed = [("subnet", self.subnets, "SubnetId"), ("route table", self.route_tables, "RouteTableId"),
-                 ("security group", self.security_groups, "GroupId")]  # fmt: skip
-        for kind, items, id_key in keyed:
+        for kind in (k for k in KINDS if k.keyed):
             by_key: dict[str, list[dict]] = {}
-            for item in items:
+            for item in resources(self, kind):
                 by_key.setdefault(tags.as_dict(item.get("Tags")).get(tags.KEY, "?"), []).append(item)
-            singles += [(f"{kind} {key}", group, id_key) for key, group in sorted(by_key.items())]
+            singles += [(f"{kind.label} {key}", group, kind.id_key) for key, group in sorted(by_key.items())]
         return [
-            f"{kind}: {', '.join(str(i.get(id_key)) for i in items)}"
-            for kind, items, id_key in singles
-            if len(items) > 1
+            f"{kind}: {', '.join(str(i.get(id_key)) for i in found)}"
+            for kind, found, id_key in singles
+            if len(found) > 1
         ]
 
     @property
     def empty(self) -> bool:
+        """Nothing of the cluster's is left but, perhaps, its shared volume (kept at `down`)."""
         return not any(
-            [
-                self.vpcs,
-                self.subnets,
-                self.internet_gateways,
-                self.route_tables,
-                self.addresses,
-                [n for n in self.nat_gateways if n["State"] != "deleted"],
-                self.security_groups,
-                self.instances,
-                [v for v in self.volumes if role_of(v) != "shared-volume"],
-                self.key_pairs,
-                self.role,
-                self.instance_profile,
-                self.token_parameter,
-            ]
+            i
+            for k in KINDS
+            for i in resources(self, k)
+            if k.field != "volumes" or role_of(i) != "shared-volume"
         )
 
 
@@ -162,25 +145,18 @@ def discover(clients, cluster: str) -> Inventory:
 
     ec2, flt = clients.ec2, tags.cluster_filter(cluster)
     inv = Inventory(cluster=cluster, region=clients.region)
-    inv.vpcs = ec2.describe_vpcs(Filters=flt)["Vpcs"]
-    inv.subnets = ec2.describe_subnets(Filters=flt)["Subnets"]
-    inv.internet_gateways = ec2.describe_internet_gateways(Filters=flt)["InternetGateways"]
-    inv.route_tables = ec2.describe_route_tables(Filters=flt)["RouteTables"]
-    inv.addresses = ec2.describe_addresses(Filters=flt)["Addresses"]
-    inv.nat_gateways = [
-        n for n in ec2.describe_nat_gateways(Filters=flt)["NatGateways"] if n["State"] in LIVE_NAT_STATES
-    ]
-    inv.security_groups = ec2.describe_security_groups(Filters=flt)["SecurityGroups"]
-    inv.instances = _pages(
-        ec2,
-        "describe_instances",
-        "Reservations",
-        Filters=[*flt, {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}],
-    )
-    inv.volumes = ec2.describe_volumes(Filters=flt)["Volumes"]
-    inv.key_pairs = ec2.describe_key_pairs(Filters=flt)["KeyPairs"]
+    for kind in KINDS:
+        if kind.describe is None:
+            continue
+        operation, key = kind.describe
+        filters = [*flt, *kind.filters]
+        if kind.paged:
+            found = _pages(ec2, operation, key, Filters=filters)
+        else:
+            found = getattr(ec2, operation)(Filters=filters)[key]
+        setattr(inv, kind.field, [i for i in found if kind.found(i)])
     name = layout.role_name(cluster, clients.region)
-    for kind, call, key, attr in (
+    for label, call, key, attr in (
         ("IAM role", clients.iam.get_role, "RoleName", "role"),
         ("instance profile", clients.iam.get_instance_profile, "InstanceProfileName", "instance_profile"),
     ):
@@ -194,7 +170,7 @@ def discover(clients, cluster: str) -> Inventory:
         if ours(resource, cluster, clients.region):
             setattr(inv, attr, resource)
         else:
-            inv.foreign_iam.append(f"{kind} {name}")
+            inv.foreign_iam.append(f"{label} {name}")
     found = clients.ssm.describe_parameters(
         ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [layout.token_parameter(cluster)]}]
     )["Parameters"]

@@ -85,3 +85,38 @@ def _meta(obj, name: str):
     if isinstance(metadata, dict):
         return metadata.get({"resource_version": "resourceVersion"}.get(name, name))
     return getattr(metadata, name, None)
+
+
+def events_for(api, name: str, namespace: str | None = None) -> list[dict]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    selector = f"involvedObject.name={name}"
+    if namespace:
+        return json_body(core.list_namespaced_event, namespace, field_selector=selector).get("items") or []
+    return json_body(core.list_event_for_all_namespaces, field_selector=selector).get("items") or []
+
+
+def stuck_pods(api, namespace: str, match_labels: dict | None, limit: int = 3) -> list[str]:
+    """What the not-ready pods of a workload say about themselves, with their last events (what
+    `up` shows when a workload is not ready in time)."""
+    from kubernetes import client
+
+    from clusterous_provisioner.kubeobjects import conditions, pod_problem, selector_text
+
+    core = client.CoreV1Api(api)
+    pods = (
+        json_body(core.list_namespaced_pod, namespace, label_selector=selector_text(match_labels)).get(
+            "items"
+        )
+        or []
+    )
+    lines = []
+    for pod in pods:
+        ready = conditions(pod).get("Ready")
+        if ready and ready.get("status") == "True":
+            continue
+        lines.append(pod_problem(pod, events_for(api, pod["metadata"]["name"], namespace)))
+        if len(lines) >= limit:
+            break
+    return lines

@@ -225,12 +225,24 @@ def _take_over(ssm, cluster: str, stale: Holder, lease: Lease) -> bool:
 
 @contextmanager
 def held(
-    clients, cluster: str, command: str, report: Report, wait: float | None = None, source: str = "--cluster"
-) -> Iterator[Lease]:
-    """The cluster's lease for the duration of a command, released at the end, also on failure."""
-    lease = acquire(clients, cluster, command, report, wait, source)
-    lease.start_renewing(report)
+    clients, cluster: str, command: str, report: Report, hold: bool = True, source: str = "--cluster"
+) -> Iterator[Lease | None]:
+    """The cluster's lease for the duration of a command that changes the cluster (`hold`: False
+    for one that does not, a dry run), released at the end, also on failure."""
+    if not hold:
+        yield None
+        return
+    from clusterous_provisioner import aws
+
+    with aws.aws_errors(f"{command} {cluster}: taking the cluster's lease", "check your AWS credentials"):
+        taken = acquire(clients, cluster, command, report, source=source)
+    taken.start_renewing(report)
     try:
-        yield lease
+        yield taken
     finally:
-        lease.release()
+        try:
+            taken.release()
+        except Exception as exc:  # noqa: BLE001 - the work is done; the lease expires on its own
+            report(
+                f"warning: could not release the lease of cluster {cluster} ({exc}); it expires on its own"
+            )

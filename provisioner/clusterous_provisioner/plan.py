@@ -97,10 +97,31 @@ def make_plan(
     """Desired resources of `spec` against `inv`; prices from the bundled table, then `prices`
     (what the Pricing API gave for types the table lacks)."""
     region, name = spec.region, spec.name
-    n = lambda what: layout.resource_name(name, what)  # noqa: E731
     nat_price = pricing.nat_gateway_hourly(region)
     ip_price = pricing.public_ip_hourly(region)
-    items: list[Item] = [
+    items = _network_items(spec, inv, ip_price, nat_price)
+    items += _identity_items(spec, inv, profile_key_name, bucket)
+    items.append(_volume_item(spec, inv))
+    root = pricing.gp3_hourly(layout.ROOT_VOLUME_GIB, region).hourly_usd
+    items += _instance_items(spec, inv, prices, root, ip_price)
+    notes = []
+    if not inv.online:
+        notes.append("existing resources not checked (no AWS credentials): everything is shown as new")
+    extra_groups = sorted(set(inv.groups) - {g.name for g in spec.groups})
+    if extra_groups:
+        notes.append(f"running groups not in this layout are left alone: {', '.join(extra_groups)}")
+    if any(i.action == EXTRA for i in items):
+        notes.append("`up` never removes nodes: use `clusterous-k8s scale GROUP COUNT` to shrink a group")
+    notes += _elastic_notes(spec, region, root, sum(i.hourly_usd or 0.0 for i in items), prices)
+    source = "bundled table and AWS Pricing API" if prices else "bundled table"
+    notes.append(f"costs: on-demand, {source}; data transfer and NAT per-GB charges not included")
+    return Plan(cluster=name, region=region, items=tuple(items), checked_aws=inv.online, notes=tuple(notes))
+
+
+def _network_items(spec: ClusterSpec, inv: Inventory, ip_price, nat_price) -> list[Item]:
+    """VPC, gateways, subnets, route tables, the NAT's address and the security groups."""
+    n = lambda what: layout.resource_name(spec.name, what)  # noqa: E731
+    return [
         Item("vpc", "VPC", n("vpc"), _exists(inv.vpc), layout.VPC_CIDR),
         Item("internet-gateway", "internet gateway", n("igw"), _exists(inv.internet_gateways)),
         Item(
@@ -146,6 +167,15 @@ def make_plan(
             _exists(inv.security_group("sg-nodes")),
             "cluster-internal",
         ),
+    ]
+
+
+def _identity_items(
+    spec: ClusterSpec, inv: Inventory, profile_key_name: str | None, bucket: str | None
+) -> list[Item]:
+    """The controller's IAM role, the key pair (the profile's, or one per cluster) and the token."""
+    name, region = spec.name, spec.region
+    items: list[Item] = [
         Item(
             "iam-role",
             "IAM role + instance profile",
@@ -175,36 +205,42 @@ def make_plan(
             "SecureString",
         )
     )
+    return items
+
+
+def _volume_item(spec: ClusterSpec, inv: Inventory) -> Item:
+    """The shared volume: a new gp3 one, or the user's by id (priced once its size is known)."""
+    region = spec.region
     if spec.shared_volume_id:
         vol_price = pricing.Price(0.0, "existing volume, billed already")
         size = inv.shared_volume["Size"] if inv.shared_volume else None
         if size:
             vol_price = pricing.gp3_hourly(size, region)
-        items.append(
-            Item(
-                "shared-volume",
-                "EBS volume",
-                spec.shared_volume_id,
-                EXISTS,
-                "existing volume, kept at down",
-                hourly_usd=vol_price.hourly_usd,
-                price_note=vol_price.note,
-            )
+        return Item(
+            "shared-volume",
+            "EBS volume",
+            spec.shared_volume_id,
+            EXISTS,
+            "existing volume, kept at down",
+            hourly_usd=vol_price.hourly_usd,
+            price_note=vol_price.note,
         )
-    else:
-        vol_price = pricing.gp3_hourly(spec.shared_volume_size or 0, region)
-        items.append(
-            Item(
-                "shared-volume",
-                "EBS volume",
-                n("shared"),
-                _exists(inv.shared_volume),
-                f"gp3 {spec.shared_volume_size} GiB, encrypted",
-                hourly_usd=vol_price.hourly_usd,
-                price_note=vol_price.note,
-            )
-        )
-    root = pricing.gp3_hourly(layout.ROOT_VOLUME_GIB, region).hourly_usd
+    vol_price = pricing.gp3_hourly(spec.shared_volume_size or 0, region)
+    return Item(
+        "shared-volume",
+        "EBS volume",
+        layout.resource_name(spec.name, "shared"),
+        _exists(inv.shared_volume),
+        f"gp3 {spec.shared_volume_size} GiB, encrypted",
+        hourly_usd=vol_price.hourly_usd,
+        price_note=vol_price.note,
+    )
+
+
+def _instance_items(spec: ClusterSpec, inv: Inventory, prices, root: float | None, ip_price) -> list[Item]:
+    """The controller and the node groups, each instance priced with its root volume."""
+    region, n = spec.region, lambda what: layout.resource_name(spec.name, what)  # noqa: E731
+    items: list[Item] = []
     ctrl = pricing.instance_hourly(spec.controller_type, region, prices)
     ctrl_cost = (
         None
@@ -247,18 +283,7 @@ def make_plan(
                 price_note=price.note + (" (spot: at most this)" if group.spot else ""),
             )
         )
-    notes = []
-    if not inv.online:
-        notes.append("existing resources not checked (no AWS credentials): everything is shown as new")
-    extra_groups = sorted(set(inv.groups) - {g.name for g in spec.groups})
-    if extra_groups:
-        notes.append(f"running groups not in this layout are left alone: {', '.join(extra_groups)}")
-    if any(i.action == EXTRA for i in items):
-        notes.append("`up` never removes nodes: use `clusterous-k8s scale GROUP COUNT` to shrink a group")
-    notes += _elastic_notes(spec, region, root, sum(i.hourly_usd or 0.0 for i in items), prices)
-    source = "bundled table and AWS Pricing API" if prices else "bundled table"
-    notes.append(f"costs: on-demand, {source}; data transfer and NAT per-GB charges not included")
-    return Plan(cluster=name, region=region, items=tuple(items), checked_aws=inv.online, notes=tuple(notes))
+    return items
 
 
 def _elastic_notes(

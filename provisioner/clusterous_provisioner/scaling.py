@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from clusterous_core.errors import BadInput, Failure
 from clusterous_core.names import DEFAULT_OS
-from clusterous_provisioner import apply, joinhash, layout, tags
+from clusterous_provisioner import access, apply, instances, joinhash, layout, preflight, steps, tags
 from clusterous_provisioner.clusterfile import ClusterSpec, NodeGroup
 from clusterous_provisioner.inventory import Inventory
 
@@ -88,8 +88,8 @@ def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_
     assert controller is not None  # _spec_from raised otherwise
     image = (have[0] if have else controller)["ImageId"]
     root = (have[0] if have else controller).get("RootDeviceName") or "/dev/xvda"
-    pre = apply.Preflight(ami=image, root_device=root, zone="", external_volume=None)
-    token = apply.read_token(clients, inv.cluster)
+    pre = preflight.Preflight(ami=image, root_device=root, zone="", external_volume=None)
+    token = access.read_token(clients, inv.cluster)
     volume_id = inv.shared_volume["VolumeId"] if inv.shared_volume else None
     from clusterous_provisioner import bootstrap
 
@@ -102,13 +102,13 @@ def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_
         )
     key_name = controller.get("KeyName") or layout.key_pair_name(inv.cluster)
     report(f"launching {missing} × {node_group.instance_type} in group {group}")
-    new = apply.launch_group(
+    new = instances.launch_group(
         clients, spec, node_group, missing, pre, key_name, sg["GroupId"], subnet["SubnetId"],
         bootstrap.render_node(inputs, group), joinhash.launch_tags(controller),
     )  # fmt: skip
     ids = [i["InstanceId"] for i in new]
     if wait:
-        apply.wait_running(clients, ids, report)
+        instances.wait_running(clients, ids, report)
     return ids
 
 
@@ -122,5 +122,5 @@ def shrink(clients, inv: Inventory, group: str, count: int, wait: bool, report: 
     report(f"terminating {len(ids)} node(s) of group {group}")
     clients.ec2.terminate_instances(InstanceIds=ids)
     if wait:
-        clients.ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=apply.WAIT)
+        clients.ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=steps.WAIT)
     return ids

@@ -1,13 +1,12 @@
-"""Cluster lifecycle commands: up, down, status, clusters, workon, scale, add-nodes, rm-nodes.
+"""Cluster lifecycle commands: up and down (status and the like: status.py; resizing: nodes.py).
 
-Thin: they read the profile and flags, call clusterous_provisioner (plan, apply, destroy,
-scaling), and print. Heavy imports stay inside the functions so `--help` stays fast.
+Thin: they read the profile and flags, call the provisioner's front door (lifecycle.up, down),
+and print. Heavy imports stay inside the functions so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC
 from pathlib import Path
 
 import typer
@@ -44,34 +43,6 @@ cluster created, and --yes alone keeps it (`volumes ls` / `volumes rm` later). A
 with --shared-volume-id is kept unless --delete-shared-volume. Works without local state.
 
 Example: clusterous-k8s down mycluster --yes --delete-shared-volume
-"""
-STATUS_HELP = """Instances per group, the controller's address, the shared volume and the cost so far.
-
-Example: clusterous-k8s status --json
-"""
-CLUSTERS_HELP = """List the clusters in the region (found by their tags), with node counts and age.
-
-Example: clusterous-k8s clusters --region eu-west-1
-"""
-WORKON_HELP = """Make NAME the cluster that commands act on by default.
-
-Example: clusterous-k8s workon othercluster
-"""
-SCALE_HELP = """Resize a node group to COUNT instances (new ones get the same user-data).
-
-Shrinking picks the newest nodes, drains them through Kubernetes (cordon, evict their pods,
-delete the Node) and then terminates them. --force terminates without draining, which is also
-the only way when the cluster's API cannot be reached.
-
-Example: clusterous-k8s scale worker 8 --yes
-"""
-ADD_HELP = """Add N nodes to a group (default: worker).
-
-Example: clusterous-k8s add-nodes 2 --group worker
-"""
-RM_HELP = """Remove N nodes from a group (default: worker); the newest go first, drained first.
-
-Example: clusterous-k8s rm-nodes 2 --yes
 """
 
 
@@ -113,84 +84,38 @@ def _render(
     return bootstrap.write_render_dir(inputs, directory)
 
 
-def _bucket_region(profile_name: str, profile, s3) -> str | None:
-    """The bucket's region as `setup` recorded it; for a profile recorded before that, looked up
-    once (GetBucketLocation) and recorded. None: no such bucket yet (`up` creates it in the
-    cluster's region)."""
-    from clusterous_cli import config
-    from clusterous_provisioner import bucket as buckets
+def _confirm(question: str) -> None:
+    """A yes/no question; no ends the command (`aborted`, exit 1)."""
+    if not typer.confirm(question, default=False):
+        raise typer.Abort()
 
-    if profile.bucket_region is None:
-        profile.bucket_region = buckets.bucket_region(s3, profile.bucket)
-        if profile.bucket_region is not None:
-            config.save_profile(profile_name, profile)
-    return profile.bucket_region
+
+def _ask(question: str) -> bool:
+    return typer.confirm(question, default=False)
 
 
 @contextlib.contextmanager
-def _lease(clients, name: str, command: str, report, hold: bool = True, source: str = "--cluster"):
-    """The cluster's lease (provisioner/lease.py) around a command that changes the cluster."""
-    if not hold:
-        yield None
-        return
-    from clusterous_provisioner import aws, lease
+def _progress(title: str):
+    """A spinner on stderr that shows the latest step, each step also printed as a line."""
+    from rich.console import Console
 
-    with aws.aws_errors(f"{command} {name}: taking the cluster's lease", "check your AWS credentials"):
-        taken = lease.acquire(clients, name, command, report, source=source)
-    taken.start_renewing(report)
-    try:
-        yield taken
-    finally:
-        try:
-            taken.release()
-        except Exception as exc:  # noqa: BLE001 - the work is done; the lease expires on its own
-            report(f"warning: could not release the lease of cluster {name} ({exc}); it expires on its own")
-
-
-def report_duplicates(inv, report) -> None:
-    """A resource that should exist once but exists more than once (an earlier concurrent run)."""
-    for line in inv.duplicates():
-        report(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
-
-
-def _prices(clients, spec, report) -> dict[str, float]:
-    """Pricing API prices for the types the bundled table lacks (cached 30 days per region)."""
-    from clusterous_cli import config
-    from clusterous_provisioner import pricing
-
-    if all(pricing.bundled(t, spec.region) for t in spec.instance_types):
-        return {}
-    return pricing.fetch_prices(
-        pricing.pricing_client(clients.session), spec.region, spec.instance_types, config.cache_dir(), report
-    )
-
-
-def print_plan(plan, as_json: bool) -> None:
     from clusterous_cli import output
 
-    if as_json:
-        output.print_json(plan.to_json())
-        return
-    rows = [
-        (
-            i.action,
-            i.kind,
-            i.name,
-            i.detail,
-            "?" if i.hourly_usd is None else f"{i.hourly_usd:.4f}",
-        )
-        for i in plan.items
-    ]
-    output.print_table(
-        f"plan for cluster {plan.cluster} in {plan.region}",
-        ["action", "resource", "name", "detail", "USD/hour"],
-        rows,
-    )
-    print(f"cost: {plan.cost_line}")
-    for line in plan.unpriced:
-        print(f"  not priced: {line}")
-    for note in plan.notes:
-        print(f"  note: {note}")
+    with Console(stderr=True).status(title) as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            output.say(message)
+
+        yield progress
+
+
+def _remember_bucket_region(profile_name: str, profile, region: str) -> None:
+    """Record the bucket's region looked up for a profile written before `setup` recorded it."""
+    from clusterous_cli import config
+
+    profile.bucket_region = region
+    config.save_profile(profile_name, profile)
 
 
 def instance_type_sources(
@@ -224,44 +149,6 @@ def check_instance_types(sources) -> None:
 
     for instance_type, source, field in sources:
         check_instance_type(instance_type, source, field)
-
-
-def refuse_architecture(sources, wrong: list[str], architecture: str, image: str) -> None:
-    """Exit 2 at plan time, naming where the first type that cannot run the image was written."""
-    from clusterous_core.errors import BadInput
-
-    if not wrong:
-        return
-    _, source, field = next(s for s in sources if s[0] in wrong)
-    raise BadInput(
-        source,
-        field,
-        f"an instance type that runs {architecture}, the architecture of {image} "
-        f"({', '.join(sorted(wrong))} cannot); pick another type or an image built for it",
-        ", ".join(sorted(wrong)),
-    )
-
-
-WIDE_SSH_PREFIX = 16  # a range wider than a /16 (65,536 addresses) is "the internet", not "my lab"
-
-
-def confirm_ssh_cidr(cidr: str, yes: bool, report) -> None:
-    """SSH open to a very wide range is sometimes meant (a roaming laptop) but never by accident:
-    say what it opens and ask, unless --yes."""
-    import ipaddress
-
-    net = ipaddress.ip_network(cidr)
-    if net.prefixlen >= WIDE_SSH_PREFIX:
-        return
-    everyone = "every address on the internet" if net.prefixlen == 0 else f"{net.num_addresses:,} addresses"
-    warning = (
-        f"--ssh-cidr {cidr} opens SSH (port 22) on the controller to {everyone}; only its key pair "
-        "then stands between the internet and the cluster"
-    )
-    if yes:
-        report(f"warning: {warning}")
-    elif not typer.confirm(f"{warning}. Continue?", default=False):
-        raise typer.Abort()
 
 
 def up(
@@ -305,13 +192,13 @@ def up(
     yes: bool = YES_OPTION,
     param: list[str] = PARAM_OPTION,
 ) -> None:
-    from clusterous_cli import config, envfile, envparams, output
+    from clusterous_cli import cluster_views as views
+    from clusterous_cli import config, envfile, output
     from clusterous_cli.commands.apps import collect_params
     from clusterous_core.errors import BadInput
-    from clusterous_provisioner import apply, aws, clientip, plan
-    from clusterous_provisioner.clients import Clients, have_credentials
-    from clusterous_provisioner.clusterfile import check_cidr, load_spec, read_cluster_file
-    from clusterous_provisioner.inventory import Inventory, discover
+    from clusterous_provisioner import lifecycle
+    from clusterous_provisioner.clients import Clients
+    from clusterous_provisioner.clusterfile import read_cluster_file
 
     if os_name is not None and os_name not in SUPPORTED_OS:
         raise BadInput("--os", None, " or ".join(SUPPORTED_OS), os_name)
@@ -331,17 +218,7 @@ def up(
         "os": os_name,
         "ami": ami,
     }
-    spec = load_spec(
-        cluster_file,
-        overrides,
-        profile_region=profile.region if profile else _dry_run_region(),
-        profile_ssh_cidr=profile.ssh_cidr if profile else None,
-        default_name=DEFAULT_NAME,
-        # --param wins over the cluster file's parameters, as in `run` and `convert`
-        environment_groups=lambda path, values: envfile.node_groups_for_up(
-            path, {**values, **envparams.parse_params(param)}
-        ),
-    )
+    spec = _load_spec(cluster_file, overrides, profile, param)
     sources = instance_type_sources(spec, cluster_file, overrides)
     check_instance_types(sources)
     bucket = profile.bucket if profile else "registry-bucket-of-your-profile"
@@ -359,142 +236,98 @@ def up(
         report(f"wrote {len(written)} files under {render_dir} (placeholder token)")
 
     clients = Clients(spec.region)
-    from clusterous_provisioner import bucket as buckets
-
-    bucket_region = None
-    if not dry_run:  # bad input, so before the lease: nothing is written
-        with aws.aws_errors(f"up {spec.name}: finding the bucket's region", "check your AWS credentials"):
-            bucket_region = _bucket_region(profile_name, profile, clients.s3) or spec.region
-        buckets.check_registry_region(
-            str(config.profile_path(profile_name)), bucket, bucket_region, spec.region
-        )
-    with _lease(clients, spec.name, "up", report, hold=not dry_run):
-        prices = None
-        if dry_run and not have_credentials():
-            inv = Inventory.offline(spec.name, spec.region)
-            if not spec.ami:  # an AMI's architecture is only known to AWS; the OS images are x86_64
-                from clusterous_provisioner.pricing import likely_architecture
-
-                wrong = [t for t in spec.instance_types if likely_architecture(t) != "x86_64"]
-                refuse_architecture(sources, wrong, "x86_64", f"the --os {spec.os} image")
-        else:
-            with aws.aws_errors(
-                f"up {spec.name}: reading what exists", "check your AWS credentials and region"
-            ):
-                inv = discover(clients, spec.name)
-            report_duplicates(inv, report)
-            prices = _prices(clients, spec, report)
-        the_plan = plan.make_plan(spec, inv, key_name, bucket, prices)
-        if dry_run:
-            if spec.ssh_cidr:
-                confirm_ssh_cidr(spec.ssh_cidr, True, report)
-            print_plan(the_plan, as_json)
-            return
-
-        cidr = spec.ssh_cidr
-        if cidr is None:
-            found = clientip.discover_client_cidr()
-            if found is None:
-                raise BadInput(
-                    "--ssh-cidr",
-                    None,
-                    "the address range allowed to SSH to the controller (your public address could not be "
-                    "discovered via checkip.amazonaws.com), e.g. --ssh-cidr 203.0.113.7/32",
-                )
-            cidr = check_cidr(found)
-            report(f"SSH will be allowed from {cidr} (your public address)")
-        confirm_ssh_cidr(cidr, yes, report)
-
-        with aws.aws_errors(
-            f"up {spec.name}: checking the region", "check --os/--ami and the instance types"
-        ):
-            pre = apply.preflight(clients, spec, inv, lambda t: next(s[1:] for s in sources if s[0] == t))
-        if not as_json:
-            print_plan(the_plan, False)
-        if not the_plan.changes and not yes:
-            report("nothing to create: the cluster matches the plan; checking it converged")
-        elif not yes and not typer.confirm(f"Create these resources in {spec.region}?", default=False):
-            raise typer.Abort()
-
-        target = apply.Target(
-            bucket=bucket,
-            ssh_cidr=cidr,
-            state_dir=config.cluster_dir(profile_name, spec.name),
-            key_name=key_name,
-            bucket_region=bucket_region,
-        )
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        with aws.aws_errors(f"up {spec.name}"), console.status(f"up {spec.name}") as status:
-
-            def progress(message: str) -> None:
-                status.update(message)
-                output.say(message)
-
-            buckets.ensure_bucket(clients.s3, bucket, spec.region)
-            outcome = apply.apply(clients, spec, target, inv, progress, pre)
+    request = lifecycle.UpRequest(
+        spec=spec,
+        bucket=bucket,
+        state_dir=config.cluster_dir(profile_name, spec.name),
+        key_name=key_name,
+        bucket_region=profile.bucket_region if profile else None,
+        profile_file=str(config.profile_path(profile_name)),
+        sources=tuple(sources),
+        dry_run=dry_run,
+    )
+    hooks = lifecycle.Hooks(
+        report=report,
+        yes=yes,
+        confirm=_confirm,
+        show_plan=lambda plan: None if as_json else views.print_plan(plan, False),
+        progress=_progress,
+        remember_bucket_region=lambda found: _remember_bucket_region(profile_name, profile, found),
+    )
+    result = lifecycle.up(clients, request, hooks)
+    if dry_run:
+        views.print_plan(result.plan, as_json)
+        return
+    outcome, the_plan = result.outcome, result.plan
+    assert outcome is not None  # not a dry run
     config.set_current_cluster(profile_name, spec.name)
 
-    from clusterous_cli import readiness, stages
     from clusterous_cli.endpoint import ClusterRef, record_controller
-    from clusterous_provisioner import inventory
 
     ref = ClusterRef(profile_name, spec.name, config.cluster_dir(profile_name, spec.name))
-    node_ids = [i for ids in outcome.instance_ids.values() for i in ids]
-    assert outcome.controller_id is not None  # apply() launched or found it
-    with aws.aws_errors(f"up {spec.name}: reading the instances"):
-        instances = inventory.describe_instances(clients.ec2, [outcome.controller_id, *node_ids])
-    controller = next(i for i in instances if i["InstanceId"] == outcome.controller_id)
     key_file = outcome.key_file or (profile.key_file if profile else None)
-    record_controller(ref, controller, spec.region, str(key_file) if key_file else None)
+    record_controller(ref, result.controller, spec.region, str(key_file) if key_file else None)
     if not as_json:
-        print(f"cluster {spec.name} is up in {spec.region}: controller {outcome.public_ip or '?'}")
-        print(f"  created {len(outcome.created)} resource(s); {len(node_ids)} node(s)")
-        if outcome.key_file:
-            print(f"  SSH key: {outcome.key_file}")
+        views.print_created(spec, outcome, result.node_ids)
     ready = None
     if not no_wait:
         explicit = logging_level is not None or (
             cluster_file is not None and "central_logging_level" in read_cluster_file(cluster_file)
         )
-        with aws.aws_errors(f"up {spec.name}: waiting for the cluster", stages.RERUN):
-            ready = readiness.wait_for_cluster(
-                clients.ec2, ref, spec, bucket, instances, outcome.controller_id,
-                spec.logging_level if explicit else None, timeout,
-            )  # fmt: skip
+        ready = _wait_for_cluster(clients, ref, spec, bucket, result, explicit, timeout)
     if ready is not None:
         _record_bounds(ref, spec, bucket, report)
     if as_json:
-        output.print_json(
-            {
-                "cluster": spec.name,
-                "region": spec.region,
-                "created": outcome.created,
-                "controller": {"instance_id": outcome.controller_id, "public_ip": outcome.public_ip},
-                "nodes": outcome.instance_ids,
-                "key_file": str(outcome.key_file) if outcome.key_file else None,
-                "hourly_cost_usd": the_plan.hourly_cost_usd,
-                "in_cluster_ready": ready is not None if not no_wait else None,
-                "readiness": ready,
-            }
-        )
+        output.print_json(views.up_json(spec, outcome, the_plan, ready, no_wait))
     elif ready is not None:
-        print(f"cluster {spec.name} is ready: {ready['nodes']}; {ready['add_ons']}")
-        print("  kubectl access: clusterous-k8s kubeconfig")
+        views.print_ready(spec, ready)
     else:
         report(
             "not waiting for the cluster inside the instances (--no-wait): re-run `up` to wait for it "
             "(nodes join once that `up` has tagged them with the server CA's hash)"
         )
     if env_app is not None:
-        if ready is None or as_json:  # --json keeps stdout for the JSON document
-            report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
-        else:
-            from clusterous_cli.commands.apps import run_application
+        _run_environment(ref, env_app, env_path, cluster_file, ready is None or as_json, timeout, report)
 
-            report(f"running {env_path} ({env_app.name}), as the cluster file asks")
-            run_application(ref, env_app, timeout=timeout or 900)
+
+def _load_spec(cluster_file: Path | None, overrides: dict, profile, param: list[str] | None):
+    from clusterous_cli import envfile, envparams
+    from clusterous_provisioner.clusterfile import load_spec
+
+    return load_spec(
+        cluster_file,
+        overrides,
+        profile_region=profile.region if profile else _dry_run_region(),
+        profile_ssh_cidr=profile.ssh_cidr if profile else None,
+        default_name=DEFAULT_NAME,
+        # --param wins over the cluster file's parameters, as in `run` and `convert`
+        environment_groups=lambda path, values: envfile.node_groups_for_up(
+            path, {**values, **envparams.parse_params(param)}
+        ),
+    )
+
+
+def _wait_for_cluster(clients, ref, spec, bucket: str, result, explicit_logging: bool, timeout) -> dict:
+    """The readiness wait inside the instances (cli/readiness.py); logging is set only when asked."""
+    from clusterous_cli import readiness, stages
+    from clusterous_provisioner import aws
+
+    with aws.aws_errors(f"up {spec.name}: waiting for the cluster", stages.RERUN):
+        return readiness.wait_for_cluster(
+            clients.ec2, ref, spec, bucket, result.instances, result.outcome.controller_id,
+            spec.logging_level if explicit_logging else None, timeout,
+        )  # fmt: skip
+
+
+def _run_environment(ref, env_app, env_path: Path, cluster_file: Path, later: bool, timeout, report) -> None:
+    """The environment file the cluster file names: run now, or (`later`) say how to run it."""
+    if later:  # not waited for, or --json, which keeps stdout for the JSON document
+        report(f"once the cluster is ready: clusterous-k8s run {env_path} --cluster-file {cluster_file}")
+        return
+    from clusterous_cli.commands.apps import run_application
+
+    report(f"running {env_path} ({env_app.name}), as the cluster file asks")
+    run_application(ref, env_app, timeout=timeout or 900)
 
 
 def _record_bounds(ref, spec, bucket: str, report) -> None:
@@ -532,12 +365,12 @@ def down(
 ) -> None:
     import shutil
 
+    from clusterous_cli import cluster_views as views
     from clusterous_cli import config, output
     from clusterous_core.errors import BadInput, Failure
-    from clusterous_provisioner import aws, destroy
+    from clusterous_provisioner import aws, lifecycle
     from clusterous_provisioner.clients import Clients
     from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.inventory import discover
 
     if keep_shared_volume and delete_shared_volume:
         raise BadInput(
@@ -552,31 +385,11 @@ def down(
     region = aws.check_region(
         region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
     )
-    clients = Clients(region)
-    report = _reporter()
-    with (
-        _lease(clients, name, "down", report, source=source),
-        aws.aws_errors(f"down {name}", "re-run `clusterous-k8s down` to continue"),
-    ):
-        inv = discover(clients, name)
-        volume, delete_volume = destroy.volume_fate(inv, keep_shared_volume, delete_shared_volume)
-        if delete_volume is None:  # a volume the cluster created, and no flag: the user's call
-            assert volume is not None  # volume_fate asks only about a volume
-            delete_volume = not yes and typer.confirm(
-                f"Also delete the shared volume {volume['VolumeId']} ({volume['Size']} GiB) and the data on it?",
-                default=False,
-            )
-        if inv.empty and volume is None:
-            report(f"cluster {name}: nothing tagged with it in {region}")
-        else:
-            lines = destroy.summary(inv, delete_volume)
-            report(f"down {name} in {region} will delete:")
-            for line in lines:
-                report(f"  - {line}")
-            if not yes and not typer.confirm("Delete all of this?", default=False):
-                raise typer.Abort()
-        key_dir = config.config_dir() / "clusters" / profile_name / name
-        receipt = destroy.destroy(clients, inv, delete_volume, report, key_dir)
+    request = lifecycle.DownRequest(
+        name, keep_shared_volume, delete_shared_volume, config.config_dir() / "clusters" / profile_name / name
+    )
+    hooks = lifecycle.Hooks(report=_reporter(), yes=yes, confirm=_confirm, ask=_ask)
+    receipt = lifecycle.down(Clients(region), request, hooks)
     if profile and profile.current_cluster == name:
         config.set_current_cluster(profile_name, None)
     if not receipt.leftovers:
@@ -584,34 +397,12 @@ def down(
     if as_json:
         output.print_json(receipt.to_json())
     else:
-        output.print_table(
-            f"receipt: cluster {name} in {region}",
-            ["", "resource"],
-            [("deleted", d) for d in receipt.deleted]
-            + [("kept", k) for k in receipt.kept]
-            + [("LEFT", x) for x in receipt.leftovers],
-        )
-        print(f"checked by tags: {', '.join(receipt.checked)}")
-        if not receipt.leftovers:
-            print(
-                f"nothing billable is left of cluster {name}"
-                + (f" (kept: {', '.join(receipt.kept)})" if receipt.kept else "")
-            )
+        views.print_receipt(receipt)
     if receipt.leftovers:
         raise Failure(
             f"down {name}: still tagged with the cluster: {', '.join(receipt.leftovers)}",
             "re-run `clusterous-k8s down` to continue",
         )
-
-
-def _uptime_hours(launch_time) -> float:
-    from datetime import datetime
-
-    if launch_time is None:
-        return 0.0
-    if isinstance(launch_time, str):
-        launch_time = datetime.fromisoformat(launch_time.replace("Z", "+00:00"))
-    return max(0.0, (datetime.now(UTC) - launch_time).total_seconds() / 3600)
 
 
 def _cluster_region(ctx, name, region):
@@ -630,377 +421,3 @@ def _cluster_region(ctx, name, region):
         region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
     )
     return profile_name, profile, name, region
-
-
-def status_data(inv) -> dict:
-    """The status report as data (shared by the table and --json)."""
-    from clusterous_cli import config
-    from clusterous_provisioner import pricing, tags
-    from clusterous_provisioner.inventory import role_of
-
-    instances = []
-    cost = 0.0
-    fetched = pricing.cached_prices(config.cache_dir(), inv.region)  # what `up` got from the Pricing API
-    for i in sorted(inv.instances, key=lambda i: (role_of(i) != "controller", str(i.get("LaunchTime")))):
-        t = tags.as_dict(i.get("Tags"))
-        hours = _uptime_hours(i.get("LaunchTime")) if i["State"]["Name"] == "running" else 0.0
-        price = pricing.instance_hourly(i["InstanceType"], inv.region, fetched).hourly_usd or 0.0
-        cost += hours * price
-        instances.append(
-            {
-                "group": "controller" if role_of(i) == "controller" else t.get(tags.GROUP, "?"),
-                "instance_id": i["InstanceId"],
-                "type": i["InstanceType"],
-                "state": i["State"]["Name"],
-                "private_ip": i.get("PrivateIpAddress"),
-                "public_ip": i.get("PublicIpAddress"),
-                "uptime_hours": round(hours, 2),
-            }
-        )
-    nat = inv.nat_gateway
-    if nat is not None:
-        cost += _uptime_hours(nat.get("CreateTime")) * (
-            (pricing.nat_gateway_hourly(inv.region).hourly_usd or 0.0) + pricing.PUBLIC_IPV4_HOURLY
-        )
-    volume = inv.shared_volume
-    if volume is not None:
-        cost += _uptime_hours(volume.get("CreateTime")) * (
-            pricing.gp3_hourly(volume["Size"], inv.region).hourly_usd or 0.0
-        )
-    controller = inv.controller
-    return {
-        "cluster": inv.cluster,
-        "region": inv.region,
-        "exists": not inv.empty,
-        "controller_public_ip": controller.get("PublicIpAddress") if controller else None,
-        "instances": instances,
-        "groups": {g: len(inv.group_instances(g)) for g in inv.groups},
-        "shared_volume": None
-        if volume is None
-        else {"volume_id": volume["VolumeId"], "size_gib": volume["Size"], "state": volume["State"]},
-        "nat_gateway": nat["NatGatewayId"] if nat else None,
-        "cost_so_far_usd": round(cost, 4),
-    }
-
-
-def status(
-    ctx: typer.Context,
-    name: str = CLUSTER_OPTION,
-    region: str | None = REGION_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    from clusterous_cli import apps, output
-    from clusterous_core.errors import Failure
-    from clusterous_provisioner import aws
-    from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.inventory import discover
-
-    _, _, name, region = _cluster_region(ctx, name, region)
-    with aws.aws_errors(f"status {name}", "check your AWS credentials and region"):
-        inv = discover(Clients(region), name)
-    data = status_data(inv)
-    data["duplicates"] = inv.duplicates()
-    if data["exists"]:
-        data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
-        if data.get("applications") is not None and not data.get("applications_error"):
-            data.update(_elastic_status(ctx, name))
-    if as_json:
-        output.print_json(data)
-        return
-    if not data["exists"]:
-        raise Failure(
-            f"no cluster {name} in {region}", "see `clusterous-k8s clusters`, or create it with `up`"
-        )
-    output.print_table(
-        f"cluster {name} in {region}",
-        ["group", "instance", "type", "state", "private address", "uptime (h)"],
-        [
-            (i["group"], i["instance_id"], i["type"], i["state"], i["private_ip"], f"{i['uptime_hours']:.2f}")
-            for i in data["instances"]
-        ],
-    )
-    print(f"controller: {data['controller_public_ip'] or 'not running'}")
-    for line in data["duplicates"]:
-        print(f"warning: more than one {line}; `clusterous-k8s down` deletes them all")
-    vol = data["shared_volume"]
-    print(
-        f"shared volume: {vol['volume_id']} ({vol['size_gib']} GiB, {vol['state']})"
-        if vol
-        else "shared volume: none"
-    )
-    print(f"cost so far: {data['cost_so_far_usd']:.2f} USD (uptime × bundled on-demand prices)")
-    from clusterous_provisioner.autoscaler import status_line
-
-    for group, entry in (data.get("autoscaler") or {}).items():
-        print(status_line(group, data["groups"].get(group, 0), entry))
-    apps.print_status(data)
-
-
-def _elastic_status(ctx, name: str) -> dict:
-    """Elastic groups' bounds and the autoscaler's last reason (docs/elastic.md); never fails `status`."""
-    from clusterous_cli import kubeapi
-    from clusterous_cli.endpoint import resolve_cluster
-    from clusterous_provisioner import autoscaler
-
-    try:
-        found = autoscaler.read_status(
-            kubeapi.api_client(resolve_cluster(ctx.obj.profile if ctx.obj else None, name))
-        )
-    except Exception as exc:  # noqa: BLE001 - ApiException, a malformed record: status still answers
-        return {"autoscaler_error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-    return {} if found is None else {"autoscaler": found}
-
-
-def clusters(
-    ctx: typer.Context,
-    region: str | None = REGION_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    from datetime import datetime
-
-    from clusterous_cli import output
-    from clusterous_provisioner import aws, tags
-    from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.inventory import cluster_instances, cluster_names, role_of
-
-    _, profile = _profile(ctx, required=False)
-    region = aws.check_region(
-        region or (profile.region if profile else None) or aws.session().region_name or "", "--region"
-    )
-    clients = Clients(region)
-    with aws.aws_errors("clusters", "check your AWS credentials and region"):
-        vpcs = cluster_names(clients)
-        instances = cluster_instances(clients)
-    rows: dict[str, dict] = {}
-    for name, vpc in vpcs.items():
-        created = tags.as_dict(vpc.get("Tags")).get(tags.CREATED)
-        rows[name] = {"name": name, "nodes": 0, "controller": False, "created": created}
-    for i in instances:
-        name = tags.as_dict(i.get("Tags"))[tags.CLUSTER]
-        row = rows.setdefault(name, {"name": name, "nodes": 0, "controller": False, "created": None})
-        if role_of(i) == "controller":
-            row["controller"] = True
-        else:
-            row["nodes"] += 1
-    current = profile.current_cluster if profile else None
-    now = datetime.now(UTC)
-    for row in rows.values():
-        row["current"] = row["name"] == current
-        if row["created"]:
-            started = datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
-            row["age_hours"] = round((now - started).total_seconds() / 3600, 2)
-        else:
-            row["age_hours"] = None
-    data = sorted(rows.values(), key=lambda r: r["name"])
-    if as_json:
-        output.print_json(data)
-        return
-    if not data:
-        output.say(f"no clusters in {region}")
-        return
-    output.print_table(
-        f"clusters in {region}",
-        ["", "name", "nodes", "controller", "age (h)"],
-        [
-            (
-                "*" if r["current"] else "",
-                r["name"],
-                r["nodes"],
-                "yes" if r["controller"] else "no",
-                r["age_hours"],
-            )
-            for r in data
-        ],
-    )
-
-
-def workon(
-    ctx: typer.Context,
-    name: str | None = CLUSTER_ARGUMENT,
-    cluster: str | None = CLUSTER_OPTION,
-    region: str | None = REGION_OPTION,
-) -> None:
-    from clusterous_cli import config, output
-    from clusterous_core.errors import BadInput
-    from clusterous_provisioner import aws
-    from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.clusterfile import check_cluster_name
-    from clusterous_provisioner.inventory import cluster_names
-
-    name, source = one_cluster(name, cluster)
-    if not name:
-        raise BadInput(source, None, "the cluster to work on (see `clusterous-k8s clusters`)")
-    check_cluster_name(name, source)
-    profile_name, profile = _profile(ctx)
-    region = aws.check_region(region or profile.region, "--region")
-    with aws.aws_errors(f"workon {name}", "check your AWS credentials and region"):
-        known = cluster_names(Clients(region))
-    if name not in known:
-        raise BadInput(
-            source, None, f"a cluster in {region} (known: {', '.join(sorted(known)) or 'none'})", name
-        )
-    config.set_current_cluster(profile_name, name)
-    output.say(f"now working on cluster {name}")
-
-
-def _resize(
-    ctx, group: str, count: int | None, delta: int, instance_type, force, yes, no_wait, name, region, as_json,
-    drain_timeout: float = 300.0,
-) -> None:  # fmt: skip
-    from clusterous_cli import output
-    from clusterous_core.errors import BadInput, Failure
-    from clusterous_provisioner import aws, scaling
-    from clusterous_provisioner.clients import Clients
-    from clusterous_provisioner.inventory import discover
-
-    profile_name, profile, name, region = _cluster_region(ctx, name, region)
-    if profile is None:
-        raise BadInput("--profile", None, "a profile (run `clusterous-k8s setup`)")
-    if instance_type is not None:
-        from clusterous_provisioner.pricing import check_instance_type
-
-        check_instance_type(instance_type, "--instance-type")
-    clients = Clients(region)
-    report = _reporter()
-    with (
-        _lease(clients, name, "scale", report),
-        aws.aws_errors(f"scale {name}", "re-run the command to continue"),
-    ):
-        inv = discover(clients, name)
-        if inv.vpc is None:
-            raise Failure(f"no cluster {name} in {region}", "see `clusterous-k8s clusters`")
-        have = len(inv.group_instances(group))
-        target = have + delta if count is None else count
-        if target < 0:
-            raise BadInput("N", None, f"at most {have} (group {group} has {have} node(s))", -delta)
-        added: list[str] = []
-        removed: list[str] = []
-        if target > have:
-            if not yes and not typer.confirm(
-                f"Launch {target - have} node(s) in group {group}?", default=False
-            ):
-                raise typer.Abort()
-            added = scaling.grow(
-                clients, inv, group, target, profile.bucket, instance_type, not no_wait, report
-            )
-        elif target < have:
-            victims = scaling.pick_to_remove(inv.group_instances(group), have - target)
-            verb = "Terminate" if force else "Drain and terminate"
-            if not yes and not typer.confirm(
-                f"{verb} {len(victims)} node(s) of group {group} "
-                f"({', '.join(v['InstanceId'] for v in victims)})?",
-                default=False,
-            ):
-                raise typer.Abort()
-            drained: list[dict] = []
-            if force:
-                report("--force: terminating without draining")
-            else:
-                drained = _drain(profile_name, name, victims, drain_timeout, report)
-            removed = scaling.shrink(clients, inv, group, target, not no_wait, report)
-            if drained and not no_wait:  # terminated now: no kubelet can bring the Nodes back
-                _forget(profile_name, name, [d["node"] for d in drained], report)
-    result = {
-        "cluster": name,
-        "group": group,
-        "before": have,
-        "after": target,
-        "added": added,
-        "removed": removed,
-    }
-    if as_json:
-        output.print_json(result)
-    else:
-        print(f"group {group} of cluster {name}: {have} → {target} node(s)")
-
-
-def _drain(profile_name: str, name: str, victims: list[dict], timeout: float, report) -> list[dict]:
-    """Drain the Nodes of the instances about to go; an unreachable cluster needs --force."""
-    from clusterous_cli import config, kubeapi
-    from clusterous_cli.endpoint import ClusterRef
-    from clusterous_core.errors import ClusterousError, Failure
-    from clusterous_provisioner import drain
-
-    ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
-    try:
-        api = kubeapi.api_client(ref)
-    except ClusterousError as exc:
-        reason = str(exc).splitlines()[0]
-        raise Failure(
-            f"cannot drain the nodes: the Kubernetes API of cluster {name} cannot be reached ({reason})",
-            drain.FORCE_HINT,
-        ) from None
-    try:
-        return drain.drain_instances(api, victims, timeout, report)
-    except ClusterousError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel
-        failure = kubeapi.api_failure(f"draining the nodes of cluster {name}", exc)
-        raise Failure(failure.what, drain.FORCE_HINT) from None
-
-
-def _forget(profile_name: str, name: str, nodes: list[str], report) -> None:
-    """After termination, remove Nodes a kubelet re-registered during the drain (best effort)."""
-    from clusterous_cli import config, kubeapi
-    from clusterous_cli.endpoint import ClusterRef
-    from clusterous_provisioner import drain
-
-    ref = ClusterRef(profile_name, name, config.cluster_dir(profile_name, name))
-    try:
-        drain.forget_nodes(kubeapi.api_client(ref), nodes, report)
-    except Exception as exc:  # noqa: BLE001 - the instances are gone; a leftover Node is cosmetic
-        report(f"could not check for re-registered Nodes ({str(exc).splitlines()[0]}): `kubectl get nodes`")
-
-
-# Options shared by scale, add-nodes and rm-nodes (typer reads these defaults for each command).
-INSTANCE_TYPE_OPTION = typer.Option(None, "--instance-type", help="Type for a group that has no nodes yet.")
-FORCE_OPTION = typer.Option(False, "--force", help="Terminate without draining the nodes first.")
-DRAIN_TIMEOUT_OPTION = typer.Option(
-    300.0, "--timeout", help="Seconds the drain may wait for pods to leave a node."
-)
-GROUP_OPTION = typer.Option("worker", "--group", help="Node group.")
-
-
-def scale(
-    ctx: typer.Context,
-    group: str = typer.Argument(..., metavar="GROUP", help="Node group, e.g. worker."),
-    count: int = typer.Argument(..., metavar="COUNT", min=0, help="Number of nodes the group should have."),
-    instance_type: str = INSTANCE_TYPE_OPTION,
-    force: bool = FORCE_OPTION,
-    drain_timeout: float = DRAIN_TIMEOUT_OPTION,
-    yes: bool = YES_OPTION,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run or terminate."),
-    name: str = CLUSTER_OPTION,
-    region: str | None = REGION_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    _resize(ctx, group, count, 0, instance_type, force, yes, no_wait, name, region, as_json, drain_timeout)
-
-
-def add_nodes(
-    ctx: typer.Context,
-    n: int = typer.Argument(..., metavar="N", min=1, help="How many nodes to add."),
-    group: str = GROUP_OPTION,
-    instance_type: str = INSTANCE_TYPE_OPTION,
-    yes: bool = YES_OPTION,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to run."),
-    name: str = CLUSTER_OPTION,
-    region: str | None = REGION_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    _resize(ctx, group, None, n, instance_type, False, yes, no_wait, name, region, as_json)
-
-
-def rm_nodes(
-    ctx: typer.Context,
-    n: int = typer.Argument(..., metavar="N", min=1, help="How many nodes to remove."),
-    group: str = GROUP_OPTION,
-    force: bool = FORCE_OPTION,
-    drain_timeout: float = DRAIN_TIMEOUT_OPTION,
-    yes: bool = YES_OPTION,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for instances to terminate."),
-    name: str = CLUSTER_OPTION,
-    region: str | None = REGION_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    _resize(ctx, group, None, -n, None, force, yes, no_wait, name, region, as_json, drain_timeout)
