@@ -1072,6 +1072,12 @@ class Controllers:
             code = await program(self.api, copy.deepcopy(pod), container)
         except asyncio.CancelledError:
             raise
+        except kmock.KubernetesError as exc:
+            meta = pod["metadata"]
+            current = self.api._current(PODS, meta["namespace"], meta["name"])
+            if exc.status != 404 or (current is not None and current["metadata"]["uid"] == meta["uid"]):
+                self.errors.append(exc)  # not its pod deleted under it (a Job's deadline, a drain)
+            code = 1
         except Exception as exc:  # noqa: BLE001 - a failing program is a crashed container
             self.errors.append(exc)
             code = 1
