@@ -239,7 +239,10 @@ def up(
     request = lifecycle.UpRequest(
         spec=spec,
         bucket=bucket,
-        state_dir=config.cluster_dir(profile_name, spec.name),
+        # a dry run writes nothing locally: the folder is made only when there is something to keep
+        state_dir=(config.config_dir() / "clusters" / profile_name / spec.name)
+        if dry_run
+        else config.cluster_dir(profile_name, spec.name),
         key_name=key_name,
         bucket_region=profile.bucket_region if profile else None,
         profile_file=str(config.profile_path(profile_name)),
