@@ -7,45 +7,14 @@ the expected hashes come from their bytes, independently of the code under test.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from clusterous_core.errors import Failure
 from clusterous_provisioner import joinhash
-
-NOW = datetime.datetime.now(datetime.UTC)
-
-
-def make_cert(name: str, issuer=None, key_ids: bool = True):
-    """(cert, key): self-signed when issuer is None, else signed by issuer (cert, key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer or (None, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW)
-        .not_valid_after(NOW + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    )
-    if key_ids:
-        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        authority = issuer_key.public_key()
-        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority), False)
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-def pem(*certs) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+from tests.harness.certs import make_cert, pem
 
 
 def test_k3s_own_ca_is_hashed_as_the_bytes_it_serves() -> None:

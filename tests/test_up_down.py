@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from clusterous_provisioner.preflight import AMI_PARAMETERS
+from tests.harness.certs import key_pem, make_cert, pem
 from tests.provisioning import SSH_CIDR, UP, count_tagged, make_profile, tag, tagged
 
 
@@ -434,38 +435,10 @@ def test_checkip_url_must_be_https(aws, cli, monkeypatch):
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, as a check-ip service on loopback presents it."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "checkip.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = make_cert("checkip.test", key_ids=False, ip="127.0.0.1")
     cert_file, key_file = directory / "checkip.pem", directory / "checkip.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file.write_bytes(pem(cert))
+    key_file.write_bytes(key_pem(key))
     return cert_file, key_file
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import gzip
 import hashlib
 import json
@@ -43,6 +42,7 @@ from clusterous_cli.endpoint import ClusterRef
 from tests import console_output_plugin, controller_address_plugin
 from tests.addons_support import create_documents
 from tests.harness import faults
+from tests.harness.certs import make_cert, pem
 from tests.harness.k8s import api_error
 from tests.ssh_support import HELMCHART_CRD, write_k3s_yaml
 
@@ -56,26 +56,8 @@ CA_HASH_TAG = "clusterous:k3s-ca-hash"
 
 def self_signed_ca() -> bytes:
     """A CA like the one k3s makes at its first start (ECDSA P-256, CN k3s-server-ca@<time>), PEM."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k3s-server-ca@1735689600")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    cert, _ = make_cert("k3s-server-ca@1735689600", key_ids=False)
+    return pem(cert)
 
 
 def _tags(instance: dict) -> dict:
