@@ -28,8 +28,8 @@ from pathlib import Path
 
 from clusterous_cli import hostkeys, ssh
 from clusterous_cli.endpoint import ControllerEndpoint
-from clusterous_cli.polling import wait_until
 from clusterous_core.errors import BadInput
+from clusterous_core.polling import wait_until
 
 SSH_ENV = "CLUSTEROUS_K8S_SSH"  # `paramiko` forces the paramiko transport; else the ssh binary
 MUX_VERSION = 4

@@ -31,8 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from clusterous_cli.endpoint import ClusterRef
-from clusterous_cli.polling import wait_until
 from clusterous_core.errors import BadInput, Failure
+from clusterous_core.polling import wait_until
 
 DESIRED_FILE = "tunnels.yml"
 STATUS_FILE = "supervisor.json"

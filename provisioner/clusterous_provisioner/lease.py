@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from clusterous_core.errors import BadInput, Failure
+from clusterous_core.polling import wait_until
 
 LEASE_SECONDS = 600.0  # a holder that stops renewing loses the lease after this
 RENEW_SECONDS = 120.0
 WAIT_SECONDS = 10.0  # how long a second run waits for the first before it gives up
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # the longest pause between two looks at a held lease
 
 Report = Callable[[str], None]
 
@@ -177,20 +178,22 @@ def acquire(
         token=uuid.uuid4().hex,
     )
     lease = Lease(ssm=ssm, cluster=cluster, holder=me)
-    deadline = time.monotonic() + (WAIT_SECONDS if wait is None else wait)
-    said = False
-    while True:
-        lease.holder = me = Holder(**{**asdict(me), "expires": time.time() + LEASE_SECONDS})
+    last: list[Holder] = []  # the live holder we wait for, for the message when time runs out
+
+    def taken() -> bool:
+        """One attempt: True once the lease is ours; False to look again; BadInput when another
+        identity holds it (waiting would not help)."""
+        lease.holder = Holder(**{**asdict(me), "expires": time.time() + LEASE_SECONDS})
         if _put(ssm, parameter(cluster), lease._value(), overwrite=False):
-            return lease
+            return True
         holder = _read(ssm, parameter(cluster))
         if holder is None:
-            continue  # released between our put and our read
+            return False  # released between our put and our read
         if holder.stale(time.time()):
             if _take_over(ssm, cluster, holder, lease):
                 report(f"took over the expired lease of cluster {cluster} ({holder.describe()})")
-                return lease
-            continue
+                return True
+            return False
         if holder.owner != me.owner:
             raise BadInput(
                 source,
@@ -198,15 +201,18 @@ def acquire(
                 f"a cluster nobody else is changing: {cluster} is leased to {holder.describe()}",
                 cluster,
             )
-        if time.monotonic() >= deadline:
-            raise Failure(
-                f"cluster {cluster} is busy: {holder.describe()} is changing it",
-                "wait for that run to finish and try again (a lease whose holder died expires on its own)",
-            )
-        if not said:
+        if not last:
             report(f"waiting for {holder.describe()} to finish with cluster {cluster}")
-            said = True
-        time.sleep(POLL_SECONDS)
+        last[:] = [holder]
+        return False
+
+    # Each look is an SSM put and get: start at a quarter second, back off to POLL_SECONDS.
+    if wait_until(taken, WAIT_SECONDS if wait is None else wait, first=0.25, most=POLL_SECONDS):
+        return lease
+    raise Failure(
+        f"cluster {cluster} is busy: {last[-1].describe() if last else 'another run'} is changing it",
+        "wait for that run to finish and try again (a lease whose holder died expires on its own)",
+    )
 
 
 def _take_over(ssm, cluster: str, stale: Holder, lease: Lease) -> bool:
