@@ -1,0 +1,172 @@
+"""`suspend` and `resume` against moto behind the AWS realism layer (issue 17 item 3).
+
+The realism layer plays what AWS does and moto does not: a NAT gateway stays `deleting` for a
+while and holds its Elastic IP meanwhile (ReleaseAddress refused), terminated instances linger in
+`shutting-down`, and a one-time spot instance cannot be stopped (UnsupportedOperation).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clusterous_provisioner import lifecycle, pricing
+from clusterous_provisioner.clients import Clients
+from tests.harness.faults import SimulatedCrash
+from tests.provisioning import UP, count_tagged, make_profile, tag, tagged
+
+CLUSTER = "nap"
+LAYOUT = """\
+cluster_name: nap
+node_groups:
+  master: {type: t3.large, count: 1}
+  worker: {type: t3.large, count: 2, spot: true}
+"""
+KEPT_FREE = {"vpcs": 1, "subnets": 2, "igws": 1, "route_tables": 2, "sgs": 2, "key_pairs": 1}
+# what a suspended cluster keeps: 2 stopped instances (controller, master) and their root volumes,
+# the shared volume, the network pieces that cost nothing; no NAT gateway, no Elastic IP
+SUSPENDED = {"instances": 2, "addresses": 0, "nats": 0, "volumes": 3, **KEPT_FREE}
+TAGGING_TYPES = {"instance", "volume", "vpc", "subnet", "internet-gateway", "route-table", "security-group",
+                 "key-pair", "parameter"}  # fmt: skip
+
+
+@pytest.fixture
+def napping(aws, cli, tmp_path):
+    """A cluster with an on-demand group and a spot group, and AWS's timing and refusals on."""
+    make_profile(cli)
+    layout = tmp_path / "nap.yml"
+    layout.write_text(LAYOUT)
+    result = cli([*UP, str(layout)])
+    assert result.exit_code == 0, result.output
+    _realistic(aws)
+    return layout
+
+
+def _realistic(aws) -> None:
+    aws.realism.reset()
+    aws.realism.refuse_stopping_spot()
+    aws.realism.refuse_dependent_deletes()
+    aws.realism.pending(shutdown_seconds=1.0)  # terminated: shutting-down; deleted NAT: deleting
+
+
+def _by_group(aws) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for i in tagged(aws, CLUSTER)["instances"]:
+        found.setdefault(tag(i, "clusterous:group") or "controller", []).append(i)
+    return found
+
+
+def _sweep_types(aws) -> set[str]:
+    """The resource types the Resource Groups Tagging API finds tagged with the cluster."""
+    pages = (
+        aws.client("resourcegroupstaggingapi")
+        .get_paginator("get_resources")
+        .paginate(TagFilters=[{"Key": "clusterous:cluster", "Values": [CLUSTER]}])
+    )
+    arns = [m["ResourceARN"] for page in pages for m in page["ResourceTagMappingList"]]
+    # a deleted NAT gateway stays visible for a while (AWS: about an hour), as `deleted`
+    deleted = {n["NatGatewayId"] for n in aws.client("ec2").describe_nat_gateways()["NatGateways"]
+               if n["State"] == "deleted"}  # fmt: skip
+    return {arn.split(":")[5].split("/")[0] for arn in arns if arn.rsplit("/", 1)[-1] not in deleted}
+
+
+def _assert_suspended(aws) -> None:
+    assert count_tagged(aws, CLUSTER) == SUSPENDED
+    groups = _by_group(aws)
+    assert {g: [i["State"]["Name"] for i in found] for g, found in groups.items()} == {
+        "controller": ["stopped"],
+        "master": ["stopped"],
+    }
+    assert _sweep_types(aws) <= TAGGING_TYPES  # no natgateway, no elastic-ip
+
+
+def test_suspend_keeps_only_disks_and_the_record_and_resume_restores_the_groups(aws, cli, napping):
+    before = _by_group(aws)
+    assert {i.get("InstanceLifecycle") for i in before["worker"]} == {"spot"}
+    aws.reset_calls()
+    result = cli(["suspend", "--cluster", CLUSTER, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "cluster nap is suspended: 2 instance(s) stopped, 2 spot node(s) terminated" in result.stdout
+    _assert_suspended(aws)
+    calls = [op for _, op in aws.calls()]
+    assert calls.count("StopInstances") == 1 and calls.count("TerminateInstances") == 1
+    # the address was released once the gateway was gone, never while it still held it
+    deleted_at, released_at = calls.index("DeleteNatGateway"), calls.index("ReleaseAddress")
+    assert "DescribeNatGateways" in calls[deleted_at:released_at]
+    assert not aws.realism.injected("ReleaseAddress")
+
+    shown = cli(["status", "--cluster", CLUSTER, "--json"])
+    assert shown.exit_code == 0, shown.output
+    suspended = json.loads(shown.stdout)["suspended"]
+    sizes = sum(v["Size"] for v in tagged(aws, CLUSTER)["volumes"])
+    assert suspended["monthly_usd"] == round(sizes * pricing.GP3_GIB_MONTH["us-east-1"], 2)
+    assert suspended["spot_to_relaunch"] == {"worker": 2}
+    assert suspended["next"] == "clusterous-k8s resume --cluster nap"
+    text = cli(["status", "--cluster", CLUSTER])
+    assert "SUSPENDED since" in text.stdout and "USD/month" in text.stdout
+    assert "clusterous-k8s resume --cluster nap" in text.stdout
+
+    refused = cli([*UP, str(napping)])
+    assert refused.exit_code == 1 and "resume" in refused.stderr, refused.output
+    for argv in (["tunnel", "add", "8888:master:8888"], ["ls"]):
+        blocked = cli([*argv, "--cluster", CLUSTER])
+        assert blocked.exit_code == 1 and "is suspended" in blocked.stderr, (argv, blocked.output)
+        assert "clusterous-k8s resume --cluster nap" in blocked.stderr
+
+    aws.reset_calls()
+    done = lifecycle.resume(
+        Clients(aws.region), lifecycle.ResumeRequest(CLUSTER, "b"), lifecycle.Hooks(report=print)
+    )
+    after = _by_group(aws)
+    assert [i["InstanceId"] for i in after["controller"]] == [i["InstanceId"] for i in before["controller"]]
+    assert [i["InstanceId"] for i in after["master"]] == [i["InstanceId"] for i in before["master"]]
+    assert len(after["worker"]) == 2 and {i.get("InstanceLifecycle") for i in after["worker"]} == {"spot"}
+    assert {i["State"]["Name"] for found in after.values() for i in found} == {"running"}
+    assert len(done.launched) == 2 and len(done.started) == 2
+    calls = [op for _, op in aws.calls()]
+    assert calls.count("StartInstances") == 1 and calls.count("RunInstances") == 1
+    (nat,) = tagged(aws, CLUSTER)["nats"]
+    table = next(t for t in tagged(aws, CLUSTER)["route_tables"] if tag(t, "clusterous:key") == "rtb-private")
+    route = next(r for r in table["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0")
+    assert route["NatGatewayId"] == nat["NatGatewayId"]
+    assert count_tagged(aws, CLUSTER)["addresses"] == 1
+    assert "clusterous:suspended" not in {t["Key"] for t in after["controller"][0]["Tags"]}
+
+    down = cli(["down", CLUSTER, "--yes", "--delete-shared-volume"])
+    assert down.exit_code == 0, down.output
+    assert sum(count_tagged(aws, CLUSTER).values()) == 0
+
+
+def test_suspend_and_resume_cut_short_anywhere_converge_and_down_removes_a_suspended_cluster(
+    aws, cli, napping
+):
+    """Each run dies right after one more of its AWS calls was applied (the realism layer's
+    crash_after); the next run picks up from there."""
+    for operation in ("TerminateInstances", "StopInstances", "DeleteNatGateway", "ReleaseAddress"):
+        aws.realism.crash_after(operation)
+        with pytest.raises(SimulatedCrash):
+            cli(["suspend", "--cluster", CLUSTER, "--yes"])
+        _realistic(aws)
+    again = cli(["suspend", "--cluster", CLUSTER, "--yes"])
+    assert again.exit_code == 0, again.output
+    _assert_suspended(aws)
+    shown = json.loads(cli(["status", "--cluster", CLUSTER, "--json"]).stdout)
+    assert shown["suspended"]["spot_to_relaunch"] == {"worker": 2}
+
+    request, hooks = lifecycle.ResumeRequest(CLUSTER, "b"), lifecycle.Hooks(report=print)
+    for operation in ("CreateNatGateway", "StartInstances", "RunInstances"):
+        aws.realism.crash_after(operation)
+        with pytest.raises(SimulatedCrash):
+            lifecycle.resume(Clients(aws.region), request, hooks)
+        _realistic(aws)
+    lifecycle.resume(Clients(aws.region), request, hooks)
+    groups = _by_group(aws)
+    assert {g: len(found) for g, found in groups.items()} == {"controller": 1, "master": 1, "worker": 2}
+    assert {i["State"]["Name"] for found in groups.values() for i in found} == {"running"}
+    assert count_tagged(aws, CLUSTER)["nats"] == 1 and count_tagged(aws, CLUSTER)["addresses"] == 1
+
+    assert cli(["suspend", "--cluster", CLUSTER, "--yes"]).exit_code == 0
+    down = cli(["down", CLUSTER, "--yes", "--delete-shared-volume"])
+    assert down.exit_code == 0, down.output
+    assert sum(count_tagged(aws, CLUSTER).values()) == 0
