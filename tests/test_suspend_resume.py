@@ -8,13 +8,20 @@ while and holds its Elastic IP meanwhile (ReleaseAddress refused), terminated in
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import yaml
+from kubernetes import config as kube_config
 
-from clusterous_provisioner import lifecycle, pricing
+from clusterous_provisioner import autoscaler, lifecycle, pricing
+from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings, decide
 from clusterous_provisioner.clients import Clients
+from tests import test_up_ready
 from tests.harness.faults import SimulatedCrash
 from tests.provisioning import UP, count_tagged, make_profile, tag, tagged
+from tests.test_autoscale import node
+from tests.test_up_ready import cluster_side  # noqa: F401 - a fixture
 
 CLUSTER = "nap"
 LAYOUT = """\
@@ -170,3 +177,80 @@ def test_suspend_and_resume_cut_short_anywhere_converge_and_down_removes_a_suspe
     down = cli(["down", CLUSTER, "--yes", "--delete-shared-volume"])
     assert down.exit_code == 0, down.output
     assert sum(count_tagged(aws, CLUSTER).values()) == 0
+
+
+# --- the autoscaler's clock ------------------------------------------------------------------------
+
+MINUTE, DAY = 60.0, 86400.0
+
+
+def test_idle_time_counts_from_the_resume_never_across_the_stop():
+    groups, nodes, memory = (
+        [GroupBounds("worker", "t3.large", 0, 4)],
+        [node("w1", 0.0)],
+        Memory({}, {"w1": 100.0}),
+    )
+
+    def action(now: float, settings: Settings) -> str:
+        (decision,), _ = decide(groups, nodes, [], {}, memory, now, settings)
+        return decision.action
+
+    assert action(DAY, Settings()) == "shrink"  # idle for a day, never suspended
+    # suspended at 200 s; back a day later, before `resume` recorded its time: nothing is idle yet
+    assert action(DAY, Settings(suspended_at=200.0)) == "none"
+    resumed = Settings(suspended_at=200.0, resumed_at=DAY)
+    assert action(DAY + 10 * MINUTE, resumed) == "none"
+    assert action(DAY + 16 * MINUTE, resumed) == "shrink"
+
+
+def test_resume_brings_the_same_nodes_back_ready_and_restarts_the_autoscalers_clock(
+    cluster_side,
+    aws,
+    k8s_api,
+    cli,
+    tmp_path,  # noqa: F811 - the imported fixture
+):
+    layout = tmp_path / "ready.yml"
+    layout.write_text(yaml.safe_dump({"cluster_name": "ready", "parameters": {
+        "worker_count": 1, "worker_min": 0, "worker_max": 4}}))  # fmt: skip
+    up = cli([*test_up_ready.UP, str(layout), "--timeout", "30"])
+    assert up.exit_code == 0, up.output
+    api = kube_config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
+    cluster = test_up_ready.CLUSTER
+    before = {g: [i["InstanceId"] for i in found] for g, found in _groups_of(aws, cluster).items()}
+
+    start = time.time()
+    suspended = cli(["suspend", "--cluster", cluster, "--yes"])
+    assert suspended.exit_code == 0, suspended.output
+    record = autoscaler.read_record(api)
+    assert start - 1 <= record.settings.suspended_at <= time.time()
+    blocked = cli(["run", "examples/basic-python/clusterapp.yaml", "--cluster", cluster])
+    assert blocked.exit_code == 1 and f"clusterous-k8s resume --cluster {cluster}" in blocked.stderr
+    # The controller boots before `resume` records its time: a round then sees the worker idle
+    # for as long as the suspend lasted, and must not take it.
+    said: list[str] = []
+    drain = autoscaler.make_drain(api, 15, said.append)
+    later = time.time() + 20 * MINUTE
+    (decision,) = autoscaler.run_once(api, Clients(aws.region), record, later, drain, said.append)
+    assert decision.action == "none", decision
+
+    resumed = cli(["resume", "--cluster", cluster, "--timeout", "30"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"cluster {cluster} is back" in resumed.stdout and "nodes Ready" in resumed.stdout
+    after = {g: [i["InstanceId"] for i in found] for g, found in _groups_of(aws, cluster).items()}
+    assert after == before
+    record = autoscaler.read_record(api)
+    assert record.settings.resumed_at >= record.settings.suspended_at
+    (decision,) = autoscaler.run_once(
+        api, Clients(aws.region), record, record.settings.resumed_at + 10 * MINUTE, drain, said.append
+    )
+    assert decision.action == "none", decision
+    shown = json.loads(cli(["status", "--cluster", cluster, "--json"]).stdout)
+    assert shown["suspended"] is None and shown.get("applications") is not None
+
+
+def _groups_of(aws, cluster: str) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for i in tagged(aws, cluster)["instances"]:
+        found.setdefault(tag(i, "clusterous:group") or "controller", []).append(i)
+    return {g: sorted(v, key=lambda i: i["InstanceId"]) for g, v in found.items()}
