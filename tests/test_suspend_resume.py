@@ -204,11 +204,11 @@ def test_idle_time_counts_from_the_resume_never_across_the_stop():
 
 
 def test_resume_brings_the_same_nodes_back_ready_and_restarts_the_autoscalers_clock(
-    cluster_side,
+    cluster_side,  # noqa: F811 - the imported fixture
     aws,
     k8s_api,
     cli,
-    tmp_path,  # noqa: F811 - the imported fixture
+    tmp_path,
 ):
     layout = tmp_path / "ready.yml"
     layout.write_text(yaml.safe_dump({"cluster_name": "ready", "parameters": {

@@ -90,7 +90,7 @@ def up(clients, req: UpRequest, hooks: Hooks) -> UpResult:
     bucket_region = None if req.dry_run else _bucket_region(clients, req, hooks)
     with lease.held(clients, spec.name, "up", report, hold=not req.dry_run):
         inv, the_plan = _plan(clients, req, report)
-        _refuse_if_suspended(inv)
+        _refuse_if_suspended(inv, "up")
         if req.dry_run:
             if spec.ssh_cidr:
                 confirm_ssh_cidr(spec.ssh_cidr, Hooks(report=report, yes=True))
@@ -321,6 +321,7 @@ def scale(
         inv = discover(clients, cluster)
         if inv.vpc is None:
             raise Failure(f"no cluster {cluster} in {clients.region}", "see `clusterous-k8s clusters`")
+        _refuse_if_suspended(inv, "scale")
         have = len(inv.group_instances(group))
         target = have + req.delta if req.count is None else req.count
         if target < 0:
@@ -353,12 +354,12 @@ def scale(
 # --- suspend and resume (suspension.py) ----------------------------------------------------------
 
 
-def _refuse_if_suspended(inv) -> None:
-    """`up` converges a running cluster; a suspended one comes back with `resume` (its stopped
-    instances would never reach `running` in up's wait)."""
+def _refuse_if_suspended(inv, command: str) -> None:
+    """`up` converges a running cluster and `scale` launches nodes that join its controller; a
+    suspended one comes back with `resume` first (up's wait would never see stopped instances run)."""
     from clusterous_provisioner import suspension
 
-    suspension.refuse_if_suspended(inv, "up")
+    suspension.refuse_if_suspended(inv, command)
 
 
 @dataclass(frozen=True)
