@@ -211,8 +211,10 @@ def test_resume_brings_the_same_nodes_back_ready_and_restarts_the_autoscalers_cl
     tmp_path,
 ):
     layout = tmp_path / "ready.yml"
-    layout.write_text(yaml.safe_dump({"cluster_name": "ready", "parameters": {
-        "worker_count": 1, "worker_min": 0, "worker_max": 4}}))  # fmt: skip
+    layout.write_text(yaml.safe_dump({"cluster_name": "ready", "node_groups": {
+        "master": {"type": "t3.large", "count": 1, "spot": True},  # fixed, spot: relaunched at resume
+        "worker": {"type": "t3.large", "count": 1, "min": 0, "max": 4},  # elastic, on-demand: stopped
+    }}))  # fmt: skip
     up = cli([*test_up_ready.UP, str(layout), "--timeout", "30"])
     assert up.exit_code == 0, up.output
     api = kube_config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
@@ -234,11 +236,24 @@ def test_resume_brings_the_same_nodes_back_ready_and_restarts_the_autoscalers_cl
     (decision,) = autoscaler.run_once(api, Clients(aws.region), record, later, drain, said.append)
     assert decision.action == "none", decision
 
+    # Meanwhile another machine took the address the spot node had: its relaunch gets another one
+    # (on AWS a launch takes a random free address anyway), and its old Node is a ghost.
+    (ghost,) = [n["metadata"]["name"] for n in k8s_api.list("v1/nodes") if _group(n) == "master"]
+    subnet = next(s for s in tagged(aws, cluster)["subnets"] if tag(s, "clusterous:key") == "subnet-private")
+    image = _groups_of(aws, cluster)["controller"][0]["ImageId"]
+    aws.client("ec2").run_instances(
+        ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, SubnetId=subnet["SubnetId"]
+    )
     resumed = cli(["resume", "--cluster", cluster, "--timeout", "30"])
     assert resumed.exit_code == 0, resumed.output
     assert f"cluster {cluster} is back" in resumed.stdout and "nodes Ready" in resumed.stdout
     after = {g: [i["InstanceId"] for i in found] for g, found in _groups_of(aws, cluster).items()}
-    assert after == before
+    assert (after["controller"], after["worker"]) == (before["controller"], before["worker"])
+    assert len(after["master"]) == 1 and after["master"] != before["master"]  # spot: launched again
+    # the terminated spot node's Node is gone; every instance has its own
+    live = {test_up_ready.node_name(i) for found in _groups_of(aws, cluster).values() for i in found}
+    assert {n["metadata"]["name"] for n in k8s_api.list("v1/nodes")} == live and ghost not in live
+    assert f"{ghost}: its spot instance was terminated at suspend; Node deleted" in resumed.stderr
     record = autoscaler.read_record(api)
     assert record.settings.resumed_at >= record.settings.suspended_at
     (decision,) = autoscaler.run_once(
@@ -254,3 +269,7 @@ def _groups_of(aws, cluster: str) -> dict[str, list[dict]]:
     for i in tagged(aws, cluster)["instances"]:
         found.setdefault(tag(i, "clusterous:group") or "controller", []).append(i)
     return {g: sorted(v, key=lambda i: i["InstanceId"]) for g, v in found.items()}
+
+
+def _group(node: dict) -> str | None:
+    return (node["metadata"].get("labels") or {}).get("clusterous.io/group")

@@ -114,6 +114,7 @@ def resume(
             clients.ec2, ref, spec, bucket, done.instances, done.controller["InstanceId"], None, timeout
         )
     _autoscaler_clock(ref, "resumed_at", report)
+    _forget_terminated(ref, done.instances, report)
     data = {
         "cluster": name,
         "region": region,
@@ -157,3 +158,27 @@ def _autoscaler_clock(ref, key: str, report) -> None:
                 f"resume {ref.cluster}: recording the resume for the autoscaler", exc
             ) from None
         report(f"note: could not tell the autoscaler about the suspend ({first})")
+
+
+def _forget_terminated(ref, instances: list[dict], report) -> None:
+    """Delete the Nodes of the spot nodes `suspend` terminated: k3s on EC2 has no cloud controller
+    to remove them, and NotReady ghosts would stay in `status` and in the operator's view."""
+    from kubernetes import client
+
+    from clusterous_cli import kubeapi
+    from clusterous_core.names import GROUP_LABEL
+    from clusterous_provisioner.drain import delete_node
+    from clusterous_provisioner.kubecalls import json_body
+    from clusterous_provisioner.kubeobjects import internal_ip
+
+    live = {i.get("PrivateIpAddress") for i in instances}
+    core = client.CoreV1Api(kubeapi.api_client(ref))
+    nodes = json_body(core.list_node).get("items") or []
+    ghosts = [
+        n["metadata"]["name"]
+        for n in nodes
+        if GROUP_LABEL in (n["metadata"].get("labels") or {}) and internal_ip(n) not in live | {None}
+    ]
+    for name in ghosts:
+        if delete_node(core, name):
+            report(f"{name}: its spot instance was terminated at suspend; Node deleted")
