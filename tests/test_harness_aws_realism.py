@@ -285,6 +285,20 @@ def test_tags_in_instance_metadata_are_recorded_and_refuse_keys_imds_cannot_show
     assert len(aws.realism.injected()) == 5
 
 
+def test_spot_instances_cannot_be_stopped_on_demand_ones_can(aws):
+    aws.realism.refuse_stopping_spot()
+    ec2 = client(aws, "ec2")
+    spot = launch(
+        ec2, InstanceMarketOptions={"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time"}}
+    )
+    plain = launch(ec2)
+    with pytest.raises(ClientError) as err:
+        ec2.stop_instances(InstanceIds=[plain, spot])
+    assert code_of(err) == "UnsupportedOperation" and "one-time Spot Instance request" in str(err.value)
+    ec2.stop_instances(InstanceIds=[plain])
+    ec2.terminate_instances(InstanceIds=[spot])
+
+
 # --- throttling and server errors below botocore's retries --------------------------------------
 
 

@@ -106,6 +106,7 @@ def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
             "is the cluster up?",
         )
     data = config.read_yaml(path)
+    refuse_suspended(ref, data)
     profile = (
         config.load_profile(ref.profile_name) if config.profile_path(ref.profile_name).exists() else None
     )
@@ -144,6 +145,34 @@ def load_endpoint(ref: ClusterRef) -> ControllerEndpoint:
 
     hostkeys.migrate(endpoint.known_hosts, endpoint.host_key_name, endpoint.address_name)
     return endpoint
+
+
+SUSPENDED_FIELD = "suspended"  # written by `suspend` (the UTC time), dropped by `resume`'s record
+
+
+def refuse_suspended(ref: ClusterRef, data: dict) -> None:
+    """A suspended cluster has no controller to reach (stopped; its public address is gone): every
+    command that would connect says so and what brings it back."""
+    since = data.get(SUSPENDED_FIELD)
+    if since:
+        from clusterous_core.errors import Failure
+
+        raise Failure(
+            f"cluster {ref.cluster} is suspended (since {since}): its instances are stopped",
+            f"bring it back with `clusterous-k8s resume --cluster {ref.cluster}`",
+        )
+
+
+def mark_suspended(ref: ClusterRef, since: str) -> None:
+    """Note in controller.yml that the cluster is suspended (`resume` writes the record anew)."""
+    import yaml
+
+    from clusterous_cli import config
+
+    if ref.controller_file.exists():
+        data = config.read_yaml(ref.controller_file) or {}
+        data[SUSPENDED_FIELD] = since
+        config.write_private(ref.controller_file, yaml.safe_dump(data, sort_keys=False))
 
 
 def write_endpoint(ref: ClusterRef, endpoint: ControllerEndpoint) -> Path:

@@ -26,6 +26,7 @@ from clusterous_cli.commands import profile as profile_cmd
 from clusterous_cli.commands import render as render_cmd
 from clusterous_cli.commands import setup as setup_cmd
 from clusterous_cli.commands import status as status_cmd
+from clusterous_cli.commands import suspend as suspend_cmd
 from clusterous_cli.commands import tunnel as tunnel_cmd
 from clusterous_cli.commands import volume as volume_cmd
 from clusterous_cli.commands import volumes as volumes_cmd
@@ -128,6 +129,8 @@ app.command("down", help=cluster_cmd.DOWN_HELP)(cluster_cmd.down)
 app.command("status", help=status_cmd.STATUS_HELP)(status_cmd.status)
 app.command("clusters", help=status_cmd.CLUSTERS_HELP)(status_cmd.clusters)
 app.command("workon", help=status_cmd.WORKON_HELP)(status_cmd.workon)
+app.command("suspend", help=suspend_cmd.SUSPEND_HELP)(suspend_cmd.suspend)
+app.command("resume", help=suspend_cmd.RESUME_HELP)(suspend_cmd.resume)
 app.command("scale", help=nodes_cmd.SCALE_HELP)(nodes_cmd.scale)
 app.command("add-nodes", help=nodes_cmd.ADD_HELP)(nodes_cmd.add_nodes)
 app.command("rm-nodes", help=nodes_cmd.RM_HELP)(nodes_cmd.rm_nodes)

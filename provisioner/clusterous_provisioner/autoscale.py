@@ -47,6 +47,8 @@ class GroupBounds:
 class Settings:
     idle_minutes: float = DEFAULT_IDLE_MINUTES
     cooldown_seconds: float = DEFAULT_COOLDOWN_SECONDS
+    suspended_at: float = 0.0  # epoch seconds of the last `suspend` (idle_clock_start)
+    resumed_at: float = 0.0  # and of the `resume` after it
 
 
 @dataclass(frozen=True)
@@ -261,10 +263,11 @@ def _decide_group(
         what = f"{launching} node(s) launching" if launching else f"{len(pending)} pod(s) pending"
         return replace(none, reason=f"{what} ({_first_reason(pending)})" if pending else what)
     idle_for = settings.idle_minutes * 60
+    start = idle_clock_start(settings, now)
     idle = [
         n
         for n in members
-        if now - max(memory.busy_at.get(n["metadata"]["name"], 0.0), created_at(n)) >= idle_for
+        if now - max(memory.busy_at.get(n["metadata"]["name"], 0.0), created_at(n), start) >= idle_for
     ]
     removable = min(len(idle), current - group.min)
     if removable <= 0:
@@ -282,6 +285,13 @@ def _decide_group(
         f"{len(names)} node(s) ran no app pod for {settings.idle_minutes:g} min (min {group.min})",
         current,
     )
+
+
+def idle_clock_start(settings: Settings, now: float) -> float:
+    """Idle time never counts across a `suspend`: it counts from the last `resume`, and from now
+    while a suspend has no resume recorded after it (the cluster is coming back; `resume` records
+    its time once the cluster is ready)."""
+    return now if settings.suspended_at > settings.resumed_at else settings.resumed_at
 
 
 def _first_reason(pending: list[Mapping]) -> str:

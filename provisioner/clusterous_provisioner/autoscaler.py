@@ -140,10 +140,36 @@ def parse_record(data: dict) -> Record:
         settings=Settings(
             idle_minutes=float(data.get("idle_minutes") or autoscale.DEFAULT_IDLE_MINUTES),
             cooldown_seconds=float(data.get("cooldown_seconds") or autoscale.DEFAULT_COOLDOWN_SECONDS),
+            **{key: _epoch(data[key]) for key in CLOCK_KEYS if data.get(key)},
         ),
         memory=Memory(last_change=kept.get("last_change") or {}, busy_at=kept.get("busy_at") or {}),
         status=status,
     )
+
+
+CLOCK_KEYS = ("suspended_at", "resumed_at")  # written by `suspend` / `resume` (write_clock)
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+
+
+def write_clock(api_client, key: str, when: float) -> bool:
+    """Record when the cluster was suspended or resumed (`key`: one of CLOCK_KEYS), so idle
+    times never count across a stop (autoscale.idle_clock_start); False: no elastic group here."""
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    stamp = datetime.fromtimestamp(when, UTC).strftime(TIME_FORMAT)
+    try:
+        client.CoreV1Api(api_client).patch_namespaced_config_map(
+            CONFIGMAP, NAMESPACE, {"data": {key: stamp}}, **RAW
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
 
 
 def status_of(

@@ -326,6 +326,16 @@ def _token_parameter(t: _Teardown) -> None:
         t.receipt.deleted.append(f"SSM parameter {name}")
 
 
+def remove_nat(clients, inv: Inventory, report: Report) -> list[str]:
+    """`suspend`: the NAT gateway and its Elastic IP, by the same steps as `down` (the address is
+    released once the gateway is `deleted`: a deleting gateway still holds it). Returns what went."""
+    clients.patience.report = report
+    run = _Teardown(clients, inv, False, report, None, Receipt(cluster=inv.cluster, region=inv.region))
+    _nat_gateways(run)
+    _addresses(run)
+    return run.receipt.deleted
+
+
 # How each kind of kinds.KINDS is deleted (destroy runs them in the table's order).
 DELETE: dict[str, Callable[[_Teardown], None]] = {
     "instances": _instances,

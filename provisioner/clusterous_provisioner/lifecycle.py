@@ -1,4 +1,4 @@
-"""The provisioner's front door: `up`, `down` and `scale` are one call each.
+"""The provisioner's front door: `up`, `down`, `scale`, `suspend` and `resume` are one call each.
 
 Each call runs the whole sequence under the cluster's lease — what exists (by tags), the plan and
 its checks, the bucket, the converge, the teardown or the resize — and reaches the person running
@@ -90,6 +90,7 @@ def up(clients, req: UpRequest, hooks: Hooks) -> UpResult:
     bucket_region = None if req.dry_run else _bucket_region(clients, req, hooks)
     with lease.held(clients, spec.name, "up", report, hold=not req.dry_run):
         inv, the_plan = _plan(clients, req, report)
+        _refuse_if_suspended(inv, "up")
         if req.dry_run:
             if spec.ssh_cidr:
                 confirm_ssh_cidr(spec.ssh_cidr, Hooks(report=report, yes=True))
@@ -320,6 +321,7 @@ def scale(
         inv = discover(clients, cluster)
         if inv.vpc is None:
             raise Failure(f"no cluster {cluster} in {clients.region}", "see `clusterous-k8s clusters`")
+        _refuse_if_suspended(inv, "scale")
         have = len(inv.group_instances(group))
         target = have + req.delta if req.count is None else req.count
         if target < 0:
@@ -347,3 +349,68 @@ def scale(
             if drained and req.wait:  # terminated now: no kubelet can bring the Nodes back
                 forget([d["node"] for d in drained])
     return Resized(cluster, group, have, target, added, removed)
+
+
+# --- suspend and resume (suspension.py) ----------------------------------------------------------
+
+
+def _refuse_if_suspended(inv, command: str) -> None:
+    """`up` converges a running cluster and `scale` launches nodes that join its controller; a
+    suspended one comes back with `resume` first (up's wait would never see stopped instances run)."""
+    from clusterous_provisioner import suspension
+
+    suspension.refuse_if_suspended(inv, command)
+
+
+@dataclass(frozen=True)
+class SuspendRequest:
+    cluster: str
+
+
+def suspend(clients, req: SuspendRequest, hooks: Hooks):
+    """Stop every instance and remove the NAT gateway and its address; keep disks, bucket, record."""
+    from clusterous_provisioner import suspension
+    from clusterous_provisioner.inventory import discover
+
+    name, report = req.cluster, hooks.report
+    with (
+        lease.held(clients, name, "suspend", report),
+        aws.aws_errors(f"suspend {name}", "re-run `clusterous-k8s suspend` to continue"),
+    ):
+        inv = discover(clients, name)
+        if inv.vpc is None:
+            raise Failure(f"no cluster {name} in {clients.region}", "see `clusterous-k8s clusters`")
+        if not hooks.yes:
+            hooks.confirm(
+                f"Stop the {len(inv.instances)} instance(s) of {name} and delete its NAT gateway "
+                "(the shared volume, the images and the cluster are kept)?"
+            )
+        progress = hooks.progress or (lambda title: _just_report(report, title))
+        with progress(f"suspend {name}") as step:
+            return suspension.suspend(clients, inv, step)
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    cluster: str
+    bucket: str  # the profile's registry bucket: nodes launched again (spot groups) mirror it
+
+
+def resume(clients, req: ResumeRequest, hooks: Hooks):
+    """The NAT gateway back, every instance running again (spot groups launched to their size)."""
+    from clusterous_provisioner import suspension
+    from clusterous_provisioner.inventory import discover
+
+    name, report = req.cluster, hooks.report
+    with (
+        lease.held(clients, name, "resume", report),
+        aws.aws_errors(f"resume {name}", "re-run `clusterous-k8s resume` to continue"),
+    ):
+        inv = discover(clients, name)
+        if inv.vpc is None:
+            raise Failure(f"no cluster {name} in {clients.region}", "see `clusterous-k8s clusters`")
+        if suspension.suspended_since(inv) is None:
+            report(f"cluster {name} is not suspended; checking that it runs")
+        progress = hooks.progress or (lambda title: _just_report(report, title))
+        with progress(f"resume {name}") as step:
+            return suspension.resume(clients, inv, req.bucket, step)

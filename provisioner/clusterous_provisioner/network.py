@@ -29,13 +29,21 @@ def ensure_network(
         ec2, spec, inv, vpc_id, "rtb-public", "public", ids["subnet-public"], out
     )
     _ensure_default_route(ec2, rtb_public, GatewayId=ids["igw"])
-    ids["nat"] = _ensure_nat_gateway(ec2, spec, inv, ids["subnet-public"], out, report)
-
     rtb_private = _ensure_route_table(
         ec2, spec, inv, vpc_id, "rtb-private", "private", ids["subnet-private"], out
     )
-    _ensure_default_route(ec2, rtb_private, NatGatewayId=ids["nat"])
+    ids["nat"] = ensure_nat(ec2, spec, inv, ids["subnet-public"], rtb_private, out, report)
     return ids
+
+
+def ensure_nat(
+    ec2, spec: ClusterSpec, inv: Inventory, subnet_id: str, rtb_private: dict, out: Outcome, report: Report
+) -> str:
+    """The private subnet's way out: the NAT gateway, its Elastic IP and the private route table's
+    default route to it (`up`, and `resume` after `suspend` removed the first two)."""
+    nat_id = _ensure_nat_gateway(ec2, spec, inv, subnet_id, out, report)
+    _ensure_default_route(ec2, rtb_private, NatGatewayId=nat_id)
+    return nat_id
 
 
 def _ensure_vpc(ec2, spec: ClusterSpec, inv: Inventory, out: Outcome) -> str:

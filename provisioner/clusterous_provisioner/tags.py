@@ -18,6 +18,8 @@ CREATED = "clusterous:created"  # ISO time the cluster's VPC was made (age in `c
 REGION = "clusterous:region"  # on IAM resources (account-wide): the region of the cluster they serve
 CA_HASH = "clusterous:k3s-ca-hash"  # on every instance: the hash nodes join k3s with (joinhash.py)
 LAUNCHED = "clusterous:launched"  # microsecond UTC time of a node's RunInstances: newest-first order
+SUSPENDED = "clusterous:suspended"  # on the controller: UTC time `suspend` began (suspension.py)
+SUSPENDED_SPOT = "clusterous:suspended-spot"  # on the controller: spot groups to launch again at `resume`
 
 
 def tag_dict(cluster: str, role: str, name: str, **extra: str) -> dict[str, str]:

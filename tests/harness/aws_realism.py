@@ -32,6 +32,10 @@ Behaviours (each counted per call the proxy sees, retries included, or timed in 
     pending(instance_calls=..., nat_seconds=...)  instances / NAT gateways stay pending, and go
                                                   through shutting-down / deleting
     withhold_parameter(name)                      an SSM public parameter that is not published
+    refuse_stopping_spot()                        StopInstances naming a spot instance answers
+                                                  UnsupportedOperation, as AWS does for instances
+                                                  of one-time spot requests (the only kind the
+                                                  provisioner launches); moto stops them
     imds_tag_keys()                               instances with tags in instance metadata
                                                   (MetadataOptions.InstanceMetadataTags=enabled,
                                                   which moto accepts and records) refuse tag keys
@@ -584,6 +588,7 @@ class Realism:
             self._ending: dict[str, Mark] = {}  # instance or NAT id -> shutting-down / deleting window
             self._withheld: set[str] = set()
             self._imds_keys = False
+            self._spot_stops = False
             self._nat_default_ip: str | None = None  # subnet_addresses(): a NAT's address by chance
             self._nat_ips: dict[str, str] = {}  # NAT gateway id -> its private address
             self.clock = time.monotonic
@@ -685,6 +690,13 @@ class Realism:
         with self._lock:
             self._nat_default_ip = nat_takes
 
+    def refuse_stopping_spot(self, on: bool = True) -> None:
+        """StopInstances naming a spot instance is refused: "You can't stop the Spot Instance ...
+        because it is associated with a one-time Spot Instance request. You can only stop Spot
+        Instances associated with persistent Spot Instance requests" (UnsupportedOperation)."""
+        with self._lock:
+            self._spot_stops = on
+
     def imds_tag_keys(self, on: bool = True) -> None:
         """AWS, "View tags for your EC2 instances using instance metadata": with tags in metadata
         allowed, instance tag keys may hold only letters, digits and + - = . , _ : @, no spaces
@@ -728,6 +740,7 @@ class Realism:
             or self._withheld
             or self._nat_default_ip
             or self._imds_keys
+            or self._spot_stops
         )
 
     # -- the request path --
@@ -818,10 +831,25 @@ class Realism:
             or self._profile_not_yet_visible(req)
             or self._address_in_use(req)
             or self._imds_tag_key(req, upstream)
+            or self._spot_stop(req, upstream)
         )
         if refused is not None:
             return refused
         return self._dependency_refusal(req, upstream)
+
+    def _spot_stop(self, req: Request, upstream: Upstream) -> tuple[str, str, int] | None:
+        if not self._spot_stops or req.operation != "StopInstances":
+            return None
+        ids = [v for k, v in req.params.items() if k.startswith("InstanceId.")]
+        spot = next((i["id"] for i in Moto(upstream, req).instances(ids) if i["spot"]), None) if ids else None
+        if spot is None:
+            return None
+        message = (
+            f"You can't stop the Spot Instance '{spot}' because it is associated with a one-time Spot "
+            "Instance request. You can only stop Spot Instances associated with persistent Spot Instance "
+            "requests."
+        )
+        return "UnsupportedOperation", message, 400
 
     def _imds_tag_key(self, req: Request, upstream: Upstream) -> tuple[str, str, int] | None:
         if not self._imds_keys or req.operation not in ("RunInstances", "CreateTags"):
@@ -1203,6 +1231,7 @@ class Moto:
                             }
                         ),
                         "public": bool(_child_text(item, "ipAddress")),
+                        "spot": _child_text(item, "instanceLifecycle") == "spot",
                         "metadata_tags": any(
                             _child_text(m, "instanceMetadataTags") == "enabled"
                             for m in _children(item, "metadataOptions")

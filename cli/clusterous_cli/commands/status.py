@@ -15,6 +15,9 @@ from clusterous_cli.commands.options import (
 
 STATUS_HELP = """Instances per group, the controller's address, the shared volume and the cost so far.
 
+A suspended cluster (`suspend`) shows since when, what its disks still cost per month, and the
+`resume` that brings it back.
+
 Example: clusterous-k8s status --json
 """
 CLUSTERS_HELP = """List the clusters in the region (found by their tags), with node counts and age.
@@ -45,7 +48,8 @@ def status(
         inv = discover(Clients(region), name)
     data = cluster_status.status_data(inv)
     data["duplicates"] = inv.duplicates()
-    if data["exists"]:
+    data["suspended"] = _suspended(inv)
+    if data["exists"] and not data["suspended"]:
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
         if data.get("applications") is not None and not data.get("applications_error"):
             data.update(_elastic_status(ctx, name))
@@ -58,6 +62,28 @@ def status(
         )
     print_status(data, name, region)
     apps.print_status(data)
+    _print_suspended(data["suspended"])
+
+
+def _suspended(inv) -> dict | None:
+    """A suspended cluster: since when, its monthly cost (disks only), what brings it back."""
+    from clusterous_provisioner import suspension
+
+    return suspension.suspended_status(inv)
+
+
+def _print_suspended(suspended: dict | None) -> None:
+    if not suspended:
+        return
+    volumes = ", ".join(f"{v['size_gib']} GiB {v['type']}" for v in suspended["volumes"]) or "none"
+    print(f"SUSPENDED since {suspended['since']}: instances stopped, no NAT gateway or public address")
+    print(f"  still costs about {suspended['monthly_usd']:.2f} USD/month: EBS volumes ({volumes})")
+    for line in suspended["unpriced"]:
+        print(f"  not priced: {line}")
+    if suspended["spot_to_relaunch"]:
+        groups = ", ".join(f"{g} {n}" for g, n in suspended["spot_to_relaunch"].items())
+        print(f"  spot groups launched again at resume: {groups}")
+    print(f"  bring it back with: {suspended['next']}")
 
 
 def _elastic_status(ctx, name: str) -> dict:
