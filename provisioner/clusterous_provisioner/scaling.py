@@ -34,7 +34,7 @@ def pick_to_remove(instances: list[dict], count: int) -> list[dict]:
 
 
 def _spec_from(
-    inv: Inventory, group: str, instance_type: str | None, count: int
+    inv: Inventory, group: str, instance_type: str | None, count: int, spot: bool | None = None
 ) -> tuple[ClusterSpec, NodeGroup]:
     controller = inv.controller
     if controller is None or inv.vpc is None:
@@ -49,7 +49,8 @@ def _spec_from(
         raise BadInput(
             "--instance-type", None, f"an instance type for the new group {group!r} (running groups: {known})"
         )
-    spot = bool(sample and sample.get("InstanceLifecycle") == "spot")
+    if spot is None:  # as the group runs (the autoscaler's record says it for a group at zero)
+        spot = bool(sample and sample.get("InstanceLifecycle") == "spot")
     node_group = NodeGroup(name=group, instance_type=itype, count=count, spot=spot)
     groups = [NodeGroup(name=g, instance_type="t3.micro", count=0) for g in inv.groups if g != group]
     spec = ClusterSpec(
@@ -77,13 +78,14 @@ def _k3s_default() -> str:
 
 
 def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_type: str | None,
-         wait: bool, report: Report) -> list[str]:  # fmt: skip
-    """Launch instances until `group` has `count`; one RunInstances call. Returns the new ids."""
+         wait: bool, report: Report, spot: bool | None = None) -> list[str]:  # fmt: skip
+    """Launch instances until `group` has `count`; one RunInstances call, spot or on-demand as
+    `spot` says (None: as the group's running instances are). Returns the new ids."""
     have = inv.group_instances(group)
     missing = count - len(have)
     if missing <= 0:
         return []
-    spec, node_group = _spec_from(inv, group, instance_type, count)
+    spec, node_group = _spec_from(inv, group, instance_type, count, spot)
     controller = inv.controller
     assert controller is not None  # _spec_from raised otherwise
     image = (have[0] if have else controller)["ImageId"]
@@ -101,7 +103,8 @@ def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_
             f"cluster {inv.cluster}: its private subnet or node security group is missing", "re-run `up`"
         )
     key_name = controller.get("KeyName") or layout.key_pair_name(inv.cluster)
-    report(f"launching {missing} × {node_group.instance_type} in group {group}")
+    market = " spot" if node_group.spot else ""
+    report(f"launching {missing} ×{market} {node_group.instance_type} in group {group}")
     new = instances.launch_group(
         clients, spec, node_group, missing, pre, key_name, sg["GroupId"], subnet["SubnetId"],
         bootstrap.render_node(inputs, group), joinhash.launch_tags(controller),
