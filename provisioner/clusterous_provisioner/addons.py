@@ -41,12 +41,11 @@ TEMPLATES = (
     "storage-classes.yaml",
     "registry.yaml",
     "operator.yaml",
-    "spot-watch.yaml",
 )
 CRD_FILE = "crd-clusterapp.yaml"  # the operator's CRD (clusterous_operator/crd.yaml), never edited here
 OPERATOR_CODE_FILE = "operator-code.yaml"
 # Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers.
-SPOT_WATCH_FILE = "spot-watch.yaml"  # the spot watcher carries its script (spot.watch_values)
+SPOT_WATCH_FILE = "spot-watch.yaml"  # rendered by spot.manifest_text (it carries its script)
 APPLIED_LATER = frozenset({OPERATOR_CODE_FILE, SPOT_WATCH_FILE})
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
@@ -77,7 +76,7 @@ def registries_yaml(controller_ip: str) -> str:
 
 def values_for(inputs) -> dict[str, str]:
     """Template values from BootstrapInputs (duck-typed to keep this module free of a cycle)."""
-    from clusterous_provisioner import operator_bundle, spot
+    from clusterous_provisioner import operator_bundle
 
     parent, _, name = SHARED_DIR.rpartition("/")
     return {
@@ -100,7 +99,6 @@ def values_for(inputs) -> dict[str, str]:
         "operator_image": operator_bundle.OPERATOR_IMAGE,
         "operator_module": operator_bundle.OPERATOR_MODULE,
         "operator_code_hash": operator_bundle.code_hash(),
-        **spot.watch_values(),
     }
 
 

@@ -404,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (the pod stopping) ends the wait between rounds at once but never a round midway:
     # a node being drained or terminated is finished, not abandoned.
     stop, wake = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: (stop.set(), wake.set()))
+
+    def on_sigterm(signum, frame) -> None:
+        stop.set()
+        wake.set()  # ends the wait between rounds
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if not args.once:  # a spot interruption notice starts a round at once (docs/elastic.md)
         spot.wake_on_notice(api_client, wake, stop)
     type_cache: dict = {}

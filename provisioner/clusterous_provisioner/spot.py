@@ -183,6 +183,15 @@ def wake_on_notice(api_client, wake: threading.Event, stop: threading.Event) -> 
 # --- the watcher's manifest --------------------------------------------------------------------
 
 
+def manifest_text() -> str:
+    """manifests/spot-watch.yaml filled in: the operator's pinned Python image and the script.
+    Applied by `up` through the API (addons.APPLIED_LATER), not in the controller's user-data."""
+    from clusterous_provisioner import addons, operator_bundle
+
+    values = {"operator_image": operator_bundle.OPERATOR_IMAGE, **watch_values()}
+    return addons.fill(addons.template(addons.SPOT_WATCH_FILE), values, addons.SPOT_WATCH_FILE)
+
+
 def watch_values() -> dict[str, str]:
     """manifests/spot-watch.yaml's values: the watcher's script, JSON-escaped (a valid YAML
     double-quoted scalar), and its hash (a changed script rolls the DaemonSet's pods)."""
