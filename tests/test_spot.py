@@ -300,31 +300,49 @@ def test_an_interrupted_node_is_drained_and_replaced_with_on_demand_when_spot_ha
     assert _lifecycle_of(second) == "spot"
     pods = [p for p in k8s_api.list("v1/pods", "default") if p["metadata"]["labels"].get("app") == "sim"]
     assert all(p["spec"].get("nodeName") != node for p in pods)  # evicted from the interrupted node
-    kept = k8s_api.get("v1/nodes", node)
-    assert kept["spec"]["unschedulable"] is True and spot.notice(
-        kept
-    )  # kept cordoned until its instance goes
+    kept = k8s_api.get("v1/nodes", node)  # kept, cordoned and marked, until its instance goes
+    assert kept["spec"]["unschedulable"] is True and spot.notice(kept)
     assert any(f"drain {node}: evicted default/" in line for line in said)
     k8s_api.wait_for(lambda: _available(k8s_api) == 1, 15, "the app on the replacement")
     again = round_at(t0 + 90)  # the same notice is answered once
     assert not (again.action == "grow" and again.nodes) and len(aws.calls("RunInstances")) == 1
 
-    # EC2 takes the first instance: its Node goes. The replacement gets a notice; no spot capacity.
+    # EC2 takes the first instance: its Node goes. The autoscaler runs as its process, rounds 10
+    # minutes apart; the replacement gets a notice and the Node watch starts a round at once.
+    # EC2 has no spot capacity: the replacement's replacement is on-demand.
     aws.client("ec2", direct=True).terminate_instances(InstanceIds=[first["InstanceId"]])
-    node2 = interrupt(second)
-    aws.reset_calls()
-    aws.fail("RunInstances", code="InsufficientInstanceCapacity", status=500,
-             message="There is no Spot capacity available that matches your request.")  # fmt: skip
-    fallback = round_at(t0 + 120)
-    assert (fallback.action, fallback.count, fallback.nodes) == ("grow", 1, (node2,)), fallback
-    assert None in k8s_api.history("v1/nodes", node)  # its instance gone, the kept Node is deleted
-    assert len(aws.calls("RunInstances")) == 2  # refused on spot, then on-demand
+    argv = [
+        sys.executable,
+        "-m",
+        "clusterous_provisioner.autoscaler",
+        "--kubeconfig",
+        str(k8s_api.kubeconfig),
+    ]
+    process = subprocess.Popen(
+        [*argv, "--interval", "600"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        k8s_api.wait_for(
+            lambda: None in k8s_api.history("v1/nodes", node), 30, "the first round: the Node is gone"
+        )
+        aws.reset_calls()
+        aws.fail("RunInstances", code="InsufficientInstanceCapacity", status=500,
+                 message="There is no Spot capacity available that matches your request.")  # fmt: skip
+        node2 = interrupt(second)
+        k8s_api.wait_for(
+            lambda: len(aws.calls("RunInstances")) == 2, 20, "a replacement, without waiting 600 s"
+        )
+    finally:
+        process.terminate()  # SIGTERM: it ends between rounds
+        out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and f"worker: grow 1: spot interruption of {node2}" in out, out
+    assert "no spot capacity (InsufficientInstanceCapacity); launching on-demand instead" in out
     (third,) = [
         i
         for i in _workers(aws).values()
         if i["InstanceId"] not in (first["InstanceId"], second["InstanceId"])
     ]
-    assert _lifecycle_of(third) == "on-demand"
+    assert _lifecycle_of(third) == "on-demand"  # refused on spot, then launched on-demand
 
     shown = cli(["status", "--cluster", CLUSTER, "--json"])
     assert shown.exit_code == 0, shown.output
