@@ -284,19 +284,21 @@ def run_once(
         {g.name: by_type[g.instance_type] for g in record.groups if g.instance_type in by_type},
     )  # fmt: skip
     acted: dict[str, dict] = {}
-    for decision in decisions:
-        if decision.action == "none":
-            continue
-        report(f"{decision.group}: {decision.action} {decision.count}: {decision.reason}")
-        acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
-    stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
-    status = spot.record_interruptions(
-        status_of(decisions, record, memory, now, acted), decisions, nodes, acted, stamp
-    )
-    core.patch_namespaced_config_map(
-        CONFIGMAP, NAMESPACE, {"data": {STATUS_KEY: json.dumps(status, sort_keys=True)}}, **RAW
-    )
-    spot.drain_interrupted(api_client, nodes, now, report)  # after the replacements' launch: it may wait
+    try:
+        for decision in decisions:
+            if decision.action == "none":
+                continue
+            report(f"{decision.group}: {decision.action} {decision.count}: {decision.reason}")
+            acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
+        stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
+        status = spot.record_interruptions(
+            status_of(decisions, record, memory, now, acted), decisions, nodes, acted, stamp
+        )
+        core.patch_namespaced_config_map(
+            CONFIGMAP, NAMESPACE, {"data": {STATUS_KEY: json.dumps(status, sort_keys=True)}}, **RAW
+        )
+    finally:  # after the replacements' launch (a drain may wait), and even if it failed
+        spot.drain_interrupted(api_client, nodes, now, report)
     return decisions
 
 
