@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         wake.set()  # ends the wait between rounds
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    if not args.once:  # a spot interruption notice starts a round at once (docs/elastic.md)
-        spot.wake_on_notice(api_client, wake, stop)
+    # a spot interruption notice starts a round at once (docs/elastic.md)
+    notices = None if args.once else spot.wake_on_notice(api_client, wake, stop)
     type_cache: dict = {}
     clients = None
     while not stop.is_set():
@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.once:
             return 0
         wake.wait(args.interval)
+    if notices is not None:  # let it end before the interpreter does (a daemon thread writing
+        notices.join(2)  # to stderr at shutdown aborts the process)
     report("stopped")
     return 0
 
