@@ -33,6 +33,8 @@ from clusterous_provisioner.clients import Clients
 from clusterous_provisioner.clusterfile import load_spec
 from tests.addons_support import create_documents, rendered_manifest
 from tests.harness.k8s_admission import service_account_token
+from tests.harness.k8s_controllers import tolerates
+from tests.harness.tools import validate_k8s
 from tests.test_autoscale_cluster import _app, _available, _workers
 from tests.test_up_ready import CLUSTER, UP, cluster_side, node_name  # noqa: F401 - a fixture
 
@@ -135,13 +137,24 @@ def _watcher(k8s_api, imds: Imds, node: str, tmp_path: Path):
         print(out)
 
 
+def _watch_pods(k8s_api, node: str) -> list[dict]:
+    """The DaemonSet's pods for `node` (bound to it, or pinned to it by the controller's affinity)."""
+    return [
+        p
+        for p in k8s_api.list("v1/pods", "clusterous-system")
+        if p["metadata"]["labels"].get("app.kubernetes.io/name") == "clusterous-spot-watch"
+        and (p["spec"].get("nodeName") == node or f'"{node}"' in json.dumps(p["spec"].get("affinity")))
+    ]
+
+
 def _marks(node: dict) -> tuple:
     spec = node.get("spec") or {}
     taints = {t["key"]: (t.get("value"), t["effect"]) for t in spec.get("taints") or []}
     return spec.get("unschedulable"), taints.get(spot.ANNOTATION), spot.notice(node)
 
 
-def test_the_watcher_script_needs_only_the_standard_library() -> None:
+def test_the_watcher_manifest_is_valid_least_privilege_and_its_script_needs_only_the_stdlib() -> None:
+    assert validate_k8s(_watcher_docs()) == len(_watcher_docs())
     script = next(d for d in _watcher_docs() if d["kind"] == "ConfigMap")["data"]["spot_watch.py"]
     assert script == (Path(spot.__file__).parent / "spot_watch.py").read_text()
     imported = set()
@@ -154,6 +167,10 @@ def test_the_watcher_script_needs_only_the_standard_library() -> None:
     daemonset = next(d for d in _watcher_docs() if d["kind"] == "DaemonSet")["spec"]["template"]
     assert daemonset["spec"]["hostNetwork"] is True  # IMDSv2 hop limit 1
     assert "@sha256:" in daemonset["spec"]["containers"][0]["image"]
+    assert tolerates(
+        daemonset["spec"]["tolerations"],
+        {"key": spot.ANNOTATION, "value": "terminate", "effect": "NoSchedule"},
+    )
     (role,) = [d for d in _watcher_docs() if d["kind"] == "ClusterRole"]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
 
@@ -173,6 +190,9 @@ def test_a_notice_cordons_taints_and_annotates_the_node_and_no_notice_changes_no
                 )
             )
             k8s_api.wait_for(lambda: labelled() == "spot", 15, "the node labelled with its market")
+            assert k8s_api.wait_for(
+                lambda: _watch_pods(k8s_api, "ip-10-0-1-5"), 15, "the DaemonSet's pod stays"
+            )
             k8s_api.wait_for(lambda: imds.reads.count(NOTICE) >= 5, 15, "five looks for a notice")
             assert _marks(k8s_api.get("v1/nodes", "ip-10-0-1-5")) == (None, None, None)  # no notice: nothing
 
@@ -197,6 +217,7 @@ def test_a_notice_cordons_taints_and_annotates_the_node_and_no_notice_changes_no
 def test_an_on_demand_node_is_labelled_and_never_watched(k8s_api, tmp_path) -> None:
     _account(k8s_api)
     k8s_api.add_node("ip-10-0-1-6", labels={"clusterous.io/group": "worker"})
+    k8s_api.wait_for(lambda: _watch_pods(k8s_api, "ip-10-0-1-6"), 15, "a watcher pod on the new agent node")
     imds = Imds({**_lifecycle("on-demand"), NOTICE: _notice()})
     try:
         with _watcher(k8s_api, imds, "ip-10-0-1-6", tmp_path):
@@ -208,7 +229,10 @@ def test_an_on_demand_node_is_labelled_and_never_watched(k8s_api, tmp_path) -> N
                     == "on-demand"
                 ),
                 15,
-                "the on-demand label (the DaemonSet's affinity then leaves the node)",
+                "the on-demand label",
+            )
+            k8s_api.wait_for(
+                lambda: not _watch_pods(k8s_api, "ip-10-0-1-6"), 15, "the DaemonSet leaving the node"
             )
             time.sleep(0.5)
     finally:
