@@ -35,6 +35,7 @@ from tests.addons_support import create_documents, rendered_manifest
 from tests.harness.k8s_admission import service_account_token
 from tests.harness.k8s_controllers import tolerates
 from tests.harness.tools import validate_k8s
+from tests.test_autoscale import MIN, T0, node, one, pod
 from tests.test_autoscale_cluster import _app, _available, _workers
 from tests.test_up_ready import CLUSTER, UP, cluster_side, node_name  # noqa: F401 - a fixture
 
@@ -158,11 +159,11 @@ def test_the_watcher_manifest_is_valid_least_privilege_and_its_script_needs_only
     script = next(d for d in _watcher_docs() if d["kind"] == "ConfigMap")["data"]["spot_watch.py"]
     assert script == (Path(spot.__file__).parent / "spot_watch.py").read_text()
     imported = set()
-    for node in ast.walk(ast.parse(script)):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+    for found in ast.walk(ast.parse(script)):
+        if isinstance(found, ast.Import):
+            imported |= {a.name.split(".")[0] for a in found.names}
+        elif isinstance(found, ast.ImportFrom) and found.module:
+            imported.add(found.module.split(".")[0])
     assert imported and imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
     daemonset = next(d for d in _watcher_docs() if d["kind"] == "DaemonSet")["spec"]["template"]
     assert daemonset["spec"]["hostNetwork"] is True  # IMDSv2 hop limit 1
@@ -380,3 +381,35 @@ def test_an_interrupted_node_is_drained_and_replaced_with_on_demand_when_spot_ha
     table = cli(["status", "--cluster", CLUSTER]).stdout
     assert f"spot interruption {seen['at']}: {node2} (terminate at {seen['time']})" in table
     assert f"replaced by {third['InstanceId']} (on-demand (InsufficientInstanceCapacity))" in table
+
+
+def _interrupted(node: dict) -> dict:
+    """A Node as the watcher leaves it (the watcher's own marks are tested above)."""
+    notice = {"action": "terminate", "time": "2026-01-01T12:02:00Z", "noticed": "2026-01-01T12:00:01Z"}
+    node["metadata"]["annotations"] = {spot.ANNOTATION: json.dumps(notice)}
+    node["spec"] = {"unschedulable": True}
+    return node
+
+
+def test_decide_replaces_busy_interrupted_nodes_at_once_and_only_once() -> None:
+    group = autoscale.GroupBounds("worker", "t3.large", 1, 3, True)
+    cooling = autoscale.Memory(last_change={"worker": T0 - 2 * MIN})  # grew 2 minutes ago
+    nodes = [node("w1", T0 - 60 * MIN), _interrupted(node("w2", T0 - 60 * MIN))]
+    busy = [pod("app", "1500m", on="w2")]
+    decision, memory = one([group], nodes, busy, T0, cooling)
+    assert (decision.action, decision.count, decision.nodes) == ("grow", 1, ("w2",)), decision
+    assert decision.current == 1  # the interrupted node does not count
+    assert memory.last_change == cooling.last_change  # a replacement starts no cooldown
+    again, _ = one([group], nodes, busy, T0 + 30, memory)
+    assert again.action == "none" and "cooling down" in again.reason  # answered once
+
+    idle, _ = one([group], nodes, [], T0, autoscale.Memory())  # w2 ran nothing for an hour
+    assert (idle.action, idle.nodes) == ("none", ("w2",)) and "no replacement (idle" in idle.reason
+    alone = [_interrupted(node("w1", T0 - 60 * MIN))]  # idle, but the group would fall below min 1
+    floor, _ = one([group], alone, [], T0, autoscale.Memory())
+    assert (floor.action, floor.count, floor.nodes) == ("grow", 1, ("w1",))
+    full = autoscale.GroupBounds("worker", "t3.large", 0, 1, True)
+    capped, _ = one(
+        [full], [_interrupted(node("w1", T0 - 60 * MIN))], [pod("app", on="w1")], T0, launching={"worker": 1}
+    )
+    assert capped.action == "none" and "at max 1" in capped.reason
