@@ -49,7 +49,7 @@ def _spec_from(
         raise BadInput(
             "--instance-type", None, f"an instance type for the new group {group!r} (running groups: {known})"
         )
-    if spot is None:  # as the group runs (the autoscaler's record says it for a group at zero)
+    if spot is None:
         spot = bool(sample and sample.get("InstanceLifecycle") == "spot")
     node_group = NodeGroup(name=group, instance_type=itype, count=count, spot=spot)
     groups = [NodeGroup(name=g, instance_type="t3.micro", count=0) for g in inv.groups if g != group]
@@ -79,8 +79,8 @@ def _k3s_default() -> str:
 
 def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_type: str | None,
          wait: bool, report: Report, spot: bool | None = None) -> list[str]:  # fmt: skip
-    """Launch instances until `group` has `count`; one RunInstances call, spot or on-demand as
-    `spot` says (None: as the group's running instances are). Returns the new ids."""
+    """Launch instances until `group` has `count`; one RunInstances call. Returns the new ids.
+    `spot`: None learns it from a running member (on-demand for a group with none)."""
     have = inv.group_instances(group)
     missing = count - len(have)
     if missing <= 0:
@@ -103,8 +103,7 @@ def grow(clients, inv: Inventory, group: str, count: int, bucket: str, instance_
             f"cluster {inv.cluster}: its private subnet or node security group is missing", "re-run `up`"
         )
     key_name = controller.get("KeyName") or layout.key_pair_name(inv.cluster)
-    market = " spot" if node_group.spot else ""
-    report(f"launching {missing} ×{market} {node_group.instance_type} in group {group}")
+    report(f"launching {missing} × {node_group.instance_type} in group {group}")
     new = instances.launch_group(
         clients, spec, node_group, missing, pre, key_name, sg["GroupId"], subnet["SubnetId"],
         bootstrap.render_node(inputs, group), joinhash.launch_tags(controller),
