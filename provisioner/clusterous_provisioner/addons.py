@@ -45,7 +45,8 @@ TEMPLATES = (
 CRD_FILE = "crd-clusterapp.yaml"  # the operator's CRD (clusterous_operator/crd.yaml), never edited here
 OPERATOR_CODE_FILE = "operator-code.yaml"
 # Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers.
-APPLIED_LATER = frozenset({OPERATOR_CODE_FILE})
+SPOT_WATCH_FILE = "spot-watch.yaml"  # rendered by spot.manifest_text (it carries its script)
+APPLIED_LATER = frozenset({OPERATOR_CODE_FILE, SPOT_WATCH_FILE})
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
 

@@ -15,7 +15,9 @@ and the bench reach the rules without a cluster. The rules (docs/elastic.md):
   for `idle_minutes`: the newest idle nodes first, never below `min`, drained before they go;
 - below `min` (nodes lost) grow back to it;
 - after any change the group rests for `cooldown_seconds`, and never shrinks while it has
-  pending pods or launching nodes: a burst of pending pods is one decision, and nothing flaps.
+  pending pods or launching nodes: a burst of pending pods is one decision, and nothing flaps;
+- a spot node with an interruption notice (spot.notice) counts as gone: its busy nodes are
+  replaced at once, in the cooldown too, without starting one (`_replace_interrupted`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from datetime import datetime
 from clusterous_core.names import GROUP_LABEL
 from clusterous_operator.spec import MI, cpu_millicores, memory_bytes
 from clusterous_provisioner.kubeobjects import belongs_to_node, node_ready
+from clusterous_provisioner.spot import notice
 
 DEFAULT_IDLE_MINUTES = 15
 DEFAULT_COOLDOWN_SECONDS = 300
@@ -41,6 +44,8 @@ class GroupBounds:
     instance_type: str
     min: int
     max: int
+    spot: bool | None = None  # None: not recorded (a record from before), learnt from a member
+    spot_fallback: str | None = None  # "on-demand" when EC2 has no spot capacity
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Memory:
 
     last_change: Mapping[str, float] = field(default_factory=dict)
     busy_at: Mapping[str, float] = field(default_factory=dict)
+    interrupted: Mapping[str, float] = field(default_factory=dict)  # handled notices, by node
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ class Decision:
     group: str
     action: str  # "grow" | "shrink" | "none"
     count: int = 0  # nodes to add or remove
-    nodes: tuple[str, ...] = ()  # shrink: the Nodes to drain and remove, newest first
+    nodes: tuple[str, ...] = ()  # shrink: the Nodes to drain and remove, newest first;
+    # otherwise the interrupted spot Nodes it answers (a grow then replaces them)
     reason: str = ""
     current: int = 0  # nodes now (registered + launching)
 
@@ -217,16 +224,51 @@ def decide(
                 break
     decisions = []
     changed = dict(memory.last_change)
+    interrupted = {n["metadata"]["name"] for n in nodes if notice(n) is not None}
     for group in groups:
-        members = [n for n in nodes if node_group(n) == group.name]
-        decision = _decide_group(
+        members = [
+            n for n in nodes if node_group(n) == group.name and n["metadata"]["name"] not in interrupted
+        ]
+        gone = [n for n in nodes if node_group(n) == group.name and n["metadata"]["name"] in interrupted]
+        decision = _replace_interrupted(
+            group, members, gone, launching.get(group.name, 0), memory, now, settings
+        ) or _decide_group(
             group, members, pods, pending[group.name], launching.get(group.name, 0), memory, now, settings,
             (type_capacity or {}).get(group.name),
         )  # fmt: skip
-        if decision.action != "none":
-            changed[group.name] = now
+        if decision.action == "shrink" or (decision.action == "grow" and not decision.nodes):
+            changed[group.name] = now  # a replacement does not start a cooldown: it restores
         decisions.append(decision)
-    return decisions, replace(memory, last_change=changed)
+    handled = {name: memory.interrupted.get(name, now) for name in interrupted}
+    return decisions, replace(memory, last_change=changed, interrupted=handled)
+
+
+def _replace_interrupted(
+    group: GroupBounds, members: list[Mapping], gone: list[Mapping], launching: int, memory: Memory, now: float,
+    settings: Settings,
+) -> Decision | None:  # fmt: skip
+    """The answer to new interruption notices in the group, or None when there are none: one
+    replacement per interrupted node that ran app pods within `idle_minutes` (an idle one would
+    only be shrunk again), and at least back to `min`; capped by `max`. Cooldown or not."""
+    fresh = [n for n in gone if n["metadata"]["name"] not in memory.interrupted]
+    if not fresh:
+        return None
+    names = tuple(sorted(n["metadata"]["name"] for n in fresh))
+    current = len(members) + launching
+    busy = [
+        n
+        for n in fresh
+        if now - max(memory.busy_at.get(n["metadata"]["name"], 0.0), created_at(n))
+        < settings.idle_minutes * 60
+    ]
+    add = min(max(len(busy), group.min - current), group.max - current)
+    what = f"spot interruption of {', '.join(names)}"
+    if add <= 0:
+        why = f"at max {group.max}" if len(busy) > 0 else f"idle, and {current} node(s) >= min {group.min}"
+        return Decision(group.name, "none", 0, names, f"{what}: no replacement ({why})", current)
+    return Decision(
+        group.name, "grow", add, names, f"{what}: {add} replacement(s) × {group.instance_type}", current
+    )
 
 
 def _decide_group(

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clusterous_core.names import NAMESPACE, TIME_FORMAT
-from clusterous_provisioner import autoscale, scaling
+from clusterous_provisioner import autoscale, scaling, spot
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 from clusterous_provisioner.drain import delete_node, drain_node, uncordon
 from clusterous_provisioner.kubecalls import json_body
@@ -73,7 +73,7 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
     """The ConfigMap body for a ClusterSpec (its elastic groups only); no `status` key, so
     writing it again on a re-run of `up` keeps what the autoscaler recorded."""
     groups = {
-        g.name: {"instance_type": g.instance_type, "min": g.min, "max": g.max}
+        g.name: {"instance_type": g.instance_type, "min": g.min, "max": g.max, **_market(g)}
         for g in spec.groups
         if g.elastic
     }
@@ -97,6 +97,13 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
             "cooldown_seconds": f"{settings.cooldown_seconds:g}",
         },
     }
+
+
+def _market(group) -> dict:
+    """A spot group's market in the record, so a launch at zero is spot too (spot.launch)."""
+    if not group.spot:
+        return {}
+    return {"spot": True, **({"spot_fallback": group.spot_fallback} if group.spot_fallback else {})}
 
 
 def write_record(api_client, spec, bucket: str) -> str | None:
@@ -127,7 +134,9 @@ def write_record(api_client, spec, bucket: str) -> str | None:
 def parse_record(data: dict) -> Record:
     """The ConfigMap's data as a Record (ValueError on a malformed one)."""
     groups = tuple(
-        GroupBounds(name, g["instance_type"], int(g["min"]), int(g["max"]))
+        GroupBounds(
+            name, g["instance_type"], int(g["min"]), int(g["max"]), g.get("spot"), g.get("spot_fallback")
+        )
         for name, g in sorted(json.loads(data.get("groups") or "{}").items())
     )
     status = json.loads(data.get(STATUS_KEY) or "{}")
@@ -142,7 +151,11 @@ def parse_record(data: dict) -> Record:
             cooldown_seconds=float(data.get("cooldown_seconds") or autoscale.DEFAULT_COOLDOWN_SECONDS),
             **{key: _epoch(data[key]) for key in CLOCK_KEYS if data.get(key)},
         ),
-        memory=Memory(last_change=kept.get("last_change") or {}, busy_at=kept.get("busy_at") or {}),
+        memory=Memory(
+            last_change=kept.get("last_change") or {},
+            busy_at=kept.get("busy_at") or {},
+            interrupted=kept.get("interrupted") or {},
+        ),
         status=status,
     )
 
@@ -228,6 +241,7 @@ def read_status(api_client) -> dict | None:
             "max": g.max,
             "reason": (seen.get(g.name) or {}).get("reason") or "the autoscaler has not run yet",
             "last": (seen.get(g.name) or {}).get("last"),
+            "interruption": (seen.get(g.name) or {}).get("interruption"),
         }
         for g in record.groups
     }
@@ -243,6 +257,8 @@ def status_line(group: str, current: int, entry: dict) -> str:
         line += f"; last change {last['at']}: {last['action']} {last['count']} ({last['reason']})"
         if last.get("error"):
             line += f"; {last['error']}"
+    if entry.get("interruption"):
+        line += f"; {spot.status_text(entry['interruption'])}"
     return line
 
 
@@ -294,15 +310,21 @@ def run_once(
         {g.name: by_type[g.instance_type] for g in record.groups if g.instance_type in by_type},
     )  # fmt: skip
     acted: dict[str, dict] = {}
-    for decision in decisions:
-        if decision.action == "none":
-            continue
-        report(f"{decision.group}: {decision.action} {decision.count}: {decision.reason}")
-        acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
-    body = {
-        "data": {STATUS_KEY: json.dumps(status_of(decisions, record, memory, now, acted), sort_keys=True)}
-    }
-    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, body, **RAW)
+    try:
+        for decision in decisions:
+            if decision.action == "none":
+                continue
+            report(f"{decision.group}: {decision.action} {decision.count}: {decision.reason}")
+            acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
+        stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
+        status = spot.record_interruptions(
+            status_of(decisions, record, memory, now, acted), decisions, nodes, acted, stamp
+        )
+        core.patch_namespaced_config_map(
+            CONFIGMAP, NAMESPACE, {"data": {STATUS_KEY: json.dumps(status, sort_keys=True)}}, **RAW
+        )
+    finally:  # after the replacements' launch (a drain may wait), and even if it failed
+        spot.drain_interrupted(api_client, nodes, now, report)
     return decisions
 
 
@@ -314,17 +336,14 @@ def act(
     group = next(g for g in record.groups if g.name == decision.group)
     have = inv.group_instances(group.name)
     if decision.action == "grow":
-        ids = scaling.grow(
-            clients,
-            inv,
-            group.name,
-            len(have) + decision.count,
-            record.bucket,
-            group.instance_type,
-            False,
+        size = len(have) + decision.count
+        return spot.launch(
+            lambda market: scaling.grow(
+                clients, inv, group.name, size, record.bucket, group.instance_type, False, report, market
+            ),
+            group,
             report,
         )
-        return {"launched": ids}
     drained, outcome = [], {}
     for name in decision.nodes:
         try:
@@ -359,7 +378,8 @@ def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) 
     kept = []
     for node in nodes:
         address = internal_ip(node)
-        if autoscale.node_group(node) in elastic and address and address not in live:
+        ours = autoscale.node_group(node) in elastic or spot.notice(node) is not None  # kept by the drain
+        if ours and address and address not in live:
             if delete_node(core, node["metadata"]["name"]):
                 report(f"{node['metadata']['name']}: its instance is gone; Node deleted")
             continue
@@ -411,11 +431,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM (the pod stopping) ends the wait between rounds at once but never a round midway:
     # a node being drained or terminated is finished, not abandoned.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_sigterm(signum, frame) -> None:
+        stop.set()
+        wake.set()  # ends the wait between rounds
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # a spot interruption notice starts a round at once (docs/elastic.md)
+    notices = None if args.once else spot.wake_on_notice(api_client, wake, stop)
     type_cache: dict = {}
     clients = None
     while not stop.is_set():
+        wake.clear()
         try:
             record = read_record(api_client)
             if clients is None or clients.region != record.region:
@@ -428,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         if args.once:
             return 0
-        stop.wait(args.interval)
+        wake.wait(args.interval)
+    if notices is not None:  # let it end before the interpreter does (a daemon thread writing
+        notices.join(2)  # to stderr at shutdown aborts the process)
     report("stopped")
     return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -43,6 +43,7 @@ DEFAULT_WORKER_TYPE = "t3.large"
 DEFAULT_WORKERS = 2
 DEFAULT_VOLUME_GIB = 20
 MAX_VOLUME_GIB = 16384
+SpotFallback = Literal["none", "on-demand"]  # when EC2 has no spot capacity (docs/elastic.md)
 
 
 def _non_negative_integer(value: Any) -> Any:
@@ -66,6 +67,7 @@ class GroupFile(BaseModel):
     instance_type: str = Field(alias="type")
     count: int = Field(ge=0, le=MAX_GROUP_SIZE)
     spot: bool | None = None
+    spot_fallback: SpotFallback | None = None
     min: int | None = Field(default=None, ge=0, le=MAX_GROUP_SIZE)
     max: int | None = Field(default=None, ge=0, le=MAX_GROUP_SIZE)
 
@@ -124,6 +126,7 @@ class ClusterFile(BaseModel):
     parameters: Parameters = Field(default_factory=Parameters)
     region: str | None = None
     spot: bool = False
+    spot_fallback: SpotFallback = "none"
     ssh_cidr: str | None = None
     k3s_version: str = DEFAULT_K3S_VERSION
     os: str = DEFAULT_OS
@@ -221,6 +224,7 @@ class NodeGroup(BaseModel):
     instance_type: str
     count: int
     spot: bool = False
+    spot_fallback: str | None = None  # "on-demand": the autoscaler's launches when spot has no capacity
     min: int | None = None  # both set, or neither: the group is elastic (docs/elastic.md)
     max: int | None = None
 
@@ -425,15 +429,9 @@ def _layout(
             if gname == "master" and "parameters.master_instance_type" in flagged:
                 itype = model.parameters.master_instance_type
             low, high = check_bounds(source, where, count, low, high)
+            market = _market(source, g.spot, g.spot_fallback, f"node_groups.{gname}.", model)
             groups.append(
-                NodeGroup(
-                    name=gname,
-                    instance_type=itype,
-                    count=count,
-                    spot=model.spot if g.spot is None else g.spot,
-                    min=low,
-                    max=high,
-                )
+                NodeGroup(name=gname, instance_type=itype, count=count, min=low, max=high, **market)
             )
     else:
         p = model.parameters
@@ -441,18 +439,35 @@ def _layout(
         if flag_bounds is not None:
             low, high, where = flag_bounds[0], flag_bounds[1], "--workers"
         low, high = check_bounds(source, where, p.worker_count, low, high)
+        market = _market(source, None, None, "", model)
         groups = [
-            NodeGroup(name="master", instance_type=p.master_instance_type, count=1, spot=model.spot),
+            NodeGroup(name="master", instance_type=p.master_instance_type, count=1, **market),
             NodeGroup(
                 name="worker",
                 instance_type=p.worker_instance_type,
                 count=p.worker_count,
-                spot=model.spot,
                 min=low,
                 max=high,
+                **market,
             ),
         ]
     return groups
+
+
+def _market(source: str, spot: bool | None, fallback: str | None, where: str, model: ClusterFile) -> dict:
+    """A group's `spot` and `spot_fallback` (its own, else the file's); a fallback where the
+    nodes are on-demand already is bad input."""
+    spot = model.spot if spot is None else spot
+    chosen = fallback if fallback is not None else model.spot_fallback
+    if chosen == "on-demand" and not spot:
+        if fallback is not None:
+            raise BadInput(source, f"{where}spot_fallback", "a spot group (spot: true) to fall back from")
+        if model.node_groups is None:
+            raise BadInput(
+                source, "spot_fallback", "spot: true or --spot with it (on-demand needs no fallback)"
+            )
+        return {"spot": False}  # the file's default, for its spot groups; this one is on-demand
+    return {"spot": spot, "spot_fallback": "on-demand" if chosen == "on-demand" else None}
 
 
 def _deep_copy(data: dict) -> dict:

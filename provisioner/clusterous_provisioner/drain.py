@@ -87,8 +87,9 @@ def _evict(core, pod: dict) -> str:
     return "deleted"
 
 
-def drain_node(api, node: str, timeout: float, report: Report) -> dict:
-    """Cordon, evict (retrying while a budget blocks), wait for the pods to go, delete the Node."""
+def drain_node(api, node: str, timeout: float, report: Report, delete: bool = True) -> dict:
+    """Cordon, evict (retrying while a budget blocks), wait for the pods to go, delete the Node
+    (`delete=False`: keep it cordoned, for a spot node whose instance EC2 is about to take)."""
     from kubernetes import client
     from kubernetes.client import ApiException
 
@@ -128,8 +129,9 @@ def drain_node(api, node: str, timeout: float, report: Report) -> dict:
                 f"drain {node}: pods still on the node after {timeout:.0f} s: {', '.join(waiting) or 'see kubectl'}",
                 FORCE_HINT,
             )
-    delete_node(core, node)
-    report(f"drain {node}: Node deleted")
+    if delete:
+        delete_node(core, node)
+    report(f"drain {node}: " + ("Node deleted" if delete else "drained, kept cordoned"))
     return {"node": node, **done, "skipped": skipped}
 
 
