@@ -1,13 +1,21 @@
-"""The `clusterous-k8s` command: a typer app whose commands import heavy libraries lazily.
+"""The `clusterous-k8s` command: a typer app that imports only the command it runs.
 
 Every command reports problems through the shared error model (clusterous_core.errors):
 bad input exits 2, failures exit 1, neither prints a traceback unless --verbose, which also turns
 on debug logging on stderr.
+
+Start-up time is part of every command (a small `put` is mostly start-up: issue 15, docs/ssh.md
+"Throughput"), so `run` registers only the command named on the command line (`build(only=...)`):
+the other command modules, and the libraries they import at the top, are never loaded. `--help`,
+no command, an unknown one or global options it cannot read register them all, so the listing,
+suggestions and errors are typer's own. Command modules import heavy libraries (boto3, paramiko,
+kubernetes, rich, pydantic) inside the functions that use them; tests/test_startup.py checks it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -15,34 +23,43 @@ from dataclasses import dataclass
 
 import typer
 
-from clusterous_cli.commands import apps as apps_cmd
-from clusterous_cli.commands import cluster as cluster_cmd
-from clusterous_cli.commands import hostkey as hostkey_cmd
-from clusterous_cli.commands import images as images_cmd
-from clusterous_cli.commands import kube as kube_cmd
-from clusterous_cli.commands import logging_cmd
-from clusterous_cli.commands import nodes as nodes_cmd
-from clusterous_cli.commands import profile as profile_cmd
-from clusterous_cli.commands import render as render_cmd
-from clusterous_cli.commands import setup as setup_cmd
-from clusterous_cli.commands import status as status_cmd
-from clusterous_cli.commands import tunnel as tunnel_cmd
-from clusterous_cli.commands import volume as volume_cmd
-from clusterous_cli.commands import volumes as volumes_cmd
-
 HELP = """Private compute clusters on AWS for Docker-based master/worker applications.
 
 Example: clusterous-k8s setup --region eu-west-1
 """
 
-app = typer.Typer(
-    name="clusterous-k8s",
-    help=HELP,
-    no_args_is_help=True,
-    rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# Every command, in --help's order: name -> (its module in clusterous_cli.commands, the function
+# or the typer app of a command group, the name of its help text in that module; None for a group).
+# Adding a command is one line here.
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "setup": ("setup", "setup", "HELP"),
+    "profile": ("profile", "app", None),
+    "up": ("cluster", "up", "UP_HELP"),
+    "down": ("cluster", "down", "DOWN_HELP"),
+    "status": ("status", "status", "STATUS_HELP"),
+    "clusters": ("status", "clusters", "CLUSTERS_HELP"),
+    "workon": ("status", "workon", "WORKON_HELP"),
+    "scale": ("nodes", "scale", "SCALE_HELP"),
+    "add-nodes": ("nodes", "add_nodes", "ADD_HELP"),
+    "rm-nodes": ("nodes", "rm_nodes", "RM_HELP"),
+    "volumes": ("volumes", "app", None),
+    "tunnel": ("tunnel", "app", None),
+    "host-key": ("hostkey", "host_key", "HELP"),
+    "ls": ("volume", "ls", "LS_HELP"),
+    "put": ("volume", "put", "PUT_HELP"),
+    "get": ("volume", "get", "GET_HELP"),
+    "rm": ("volume", "rm", "RM_HELP"),
+    "kubeconfig": ("kube", "kubeconfig", "KUBECONFIG_HELP"),
+    "connect": ("kube", "connect", "CONNECT_HELP"),
+    "logs": ("kube", "logs", "LOGS_HELP"),
+    "logging": ("logging_cmd", "logging", "HELP"),
+    "render": ("render", "render", "HELP"),
+    "convert": ("apps", "convert", "CONVERT_HELP"),
+    "run": ("apps", "run", "RUN_HELP"),
+    "quit": ("apps", "quit_app", "QUIT_HELP"),
+    "build-image": ("images", "build_image", "BUILD_HELP"),
+    "images": ("images", "images", "IMAGES_HELP"),
+}
 
 
 @dataclass(frozen=True)
@@ -103,7 +120,6 @@ def debug_logging() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-@app.callback()
 def root(
     ctx: typer.Context,
     profile: str = typer.Option(
@@ -121,33 +137,46 @@ def root(
         ctx.with_resource(debug_logging())
 
 
-app.command("setup", help=setup_cmd.HELP)(setup_cmd.setup)
-app.add_typer(profile_cmd.app, name="profile")
-app.command("up", help=cluster_cmd.UP_HELP)(cluster_cmd.up)
-app.command("down", help=cluster_cmd.DOWN_HELP)(cluster_cmd.down)
-app.command("status", help=status_cmd.STATUS_HELP)(status_cmd.status)
-app.command("clusters", help=status_cmd.CLUSTERS_HELP)(status_cmd.clusters)
-app.command("workon", help=status_cmd.WORKON_HELP)(status_cmd.workon)
-app.command("scale", help=nodes_cmd.SCALE_HELP)(nodes_cmd.scale)
-app.command("add-nodes", help=nodes_cmd.ADD_HELP)(nodes_cmd.add_nodes)
-app.command("rm-nodes", help=nodes_cmd.RM_HELP)(nodes_cmd.rm_nodes)
-app.add_typer(volumes_cmd.app, name="volumes")
-app.add_typer(tunnel_cmd.app, name="tunnel")
-app.command("host-key", help=hostkey_cmd.HELP)(hostkey_cmd.host_key)
-app.command("ls", help=volume_cmd.LS_HELP)(volume_cmd.ls)
-app.command("put", help=volume_cmd.PUT_HELP)(volume_cmd.put)
-app.command("get", help=volume_cmd.GET_HELP)(volume_cmd.get)
-app.command("rm", help=volume_cmd.RM_HELP)(volume_cmd.rm)
-app.command("kubeconfig", help=kube_cmd.KUBECONFIG_HELP)(kube_cmd.kubeconfig)
-app.command("connect", help=kube_cmd.CONNECT_HELP)(kube_cmd.connect)
-app.command("logs", help=kube_cmd.LOGS_HELP)(kube_cmd.logs)
-app.command("logging", help=logging_cmd.HELP)(logging_cmd.logging)
-app.command("render", help=render_cmd.HELP)(render_cmd.render)
-app.command("convert", help=apps_cmd.CONVERT_HELP)(apps_cmd.convert)
-app.command("run", help=apps_cmd.RUN_HELP)(apps_cmd.run)
-app.command("quit", help=apps_cmd.QUIT_HELP)(apps_cmd.quit_app)
-app.command("build-image", help=images_cmd.BUILD_HELP)(images_cmd.build_image)
-app.command("images", help=images_cmd.IMAGES_HELP)(images_cmd.images)
+def build(only: str | None = None) -> typer.Typer:
+    """The app with every command of COMMANDS, or only the one named `only`."""
+    app = typer.Typer(
+        name="clusterous-k8s",
+        help=HELP,
+        no_args_is_help=True,
+        rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(root)
+    for name, (module_name, attribute, help_name) in COMMANDS.items():
+        if only not in (None, name):
+            continue
+        module = importlib.import_module(f"clusterous_cli.commands.{module_name}")
+        target = getattr(module, attribute)
+        if help_name is None:
+            app.add_typer(target, name=name)
+        else:
+            app.command(name, help=getattr(module, help_name))(target)
+    return app
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """`main.app`: the whole app, built when asked for (tests walk it; `run` builds its own)."""
+    if name == "app":
+        return build()
+    raise AttributeError(name)
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The command `argv` runs, read past the root's options; None when there is none, it is
+    unknown, or an option is spelled in a way this does not read (all commands are registered)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-p", "--profile"):
+            next(args, None)
+        elif not (arg.startswith("--profile=") or arg in ("-v", "--verbose")):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def _wants_traceback(argv: list[str]) -> bool:
@@ -160,7 +189,7 @@ def run(argv: list[str] | None = None) -> int:
     from clusterous_core.errors import ClusterousError
 
     try:
-        result = app(args=argv, prog_name="clusterous-k8s", standalone_mode=False)
+        result = build(command_named(argv))(args=argv, prog_name="clusterous-k8s", standalone_mode=False)
     except ClusterousError as exc:
         if _wants_traceback(argv):
             import traceback

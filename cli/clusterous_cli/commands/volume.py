@@ -109,13 +109,18 @@ def _report(verb: str, report, as_json: bool) -> None:
 
 def _on_demand(ctx: typer.Context, cluster: str | None):
     """The controller connection for put/get, opened only if SFTP is needed (rsync makes its own)."""
-    from clusterous_cli import ssh, transfer, tunnels
+    from clusterous_cli import transfer, tunnels
     from clusterous_cli.endpoint import load_endpoint
+
+    def connect():
+        from clusterous_cli import ssh  # paramiko's side: not imported when rsync does the work
+
+        return ssh.connect_cluster(ref)
 
     ref = cluster_ref(ctx, cluster)
     status = tunnels.read_status(ref)  # a running tunnel supervisor's OpenSSH master, if any
     master = status.get("control_socket") if status.get("connected") else None
-    return transfer.OnDemand(load_endpoint(ref), lambda: ssh.connect_cluster(ref), master)
+    return transfer.OnDemand(load_endpoint(ref), connect, master)
 
 
 def ls(

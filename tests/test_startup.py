@@ -1,0 +1,82 @@
+"""Start-up: a command imports only what it uses (issue 15 item 2; docs/ssh.md "Throughput").
+
+A small `put` is mostly the CLI's start-up, so what put/get never need stays unimported: the
+other commands' modules (main.py registers only the command it runs), pydantic (profiles are
+read without it), rich (a plain result line), paramiko (rsync makes its own connection), boto3
+and the kubernetes client. Observed in a fresh interpreter's sys.modules after the command
+really ran; no timing is asserted (bench/cli_startup.py and bench/transfer_throughput.py measure).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.ssh_support import controller  # noqa: F401
+
+# Never on put/get's path (rich only for an error's red "error:").
+HEAVY = {"pydantic", "rich", "paramiko", "cryptography", "boto3", "botocore", "kubernetes"}
+OTHER_COMMANDS = {"cluster", "status", "apps", "images", "kube", "nodes", "setup", "tunnel", "profile"}
+
+
+def imported_by(argv: list[str]) -> tuple[int, set[str], str]:
+    """(exit code, top-level packages and clusterous modules imported, stderr) of one command run
+    in a fresh interpreter, as the console script runs it."""
+    code = (
+        "import json, sys\n"
+        "from clusterous_cli.main import run\n"
+        f"code = run({argv!r})\n"
+        "names = {m.split('.')[0] for m in sys.modules} | {m for m in sys.modules if m.startswith('clusterous')}\n"
+        "print(json.dumps([code, sorted(names)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    exit_code, names = json.loads(done.stdout.strip().splitlines()[-1])
+    return exit_code, set(names), done.stderr
+
+
+def commands_imported(names: set[str]) -> set[str]:
+    return {n for n in OTHER_COMMANDS if f"clusterous_cli.commands.{n}" in names}
+
+
+def test_put_and_get_import_only_what_rsync_needs(controller, tmp_path) -> None:  # noqa: F811
+    source = tmp_path / "notes.txt"
+    source.write_text("start-up\n")
+    code, names, _ = imported_by(["put", str(source), "notes.txt"])
+    assert code == 0 and (controller.shared / "notes.txt").read_text() == "start-up\n"
+    assert names & HEAVY == set()
+    assert commands_imported(names) == set()
+
+    code, names, _ = imported_by(["get", "notes.txt", str(tmp_path / "back.txt")])
+    assert code == 0 and (tmp_path / "back.txt").read_text() == "start-up\n"
+    assert names & HEAVY == set()
+    assert commands_imported(names) == set()
+
+
+@pytest.mark.parametrize("argv", [["put", "--help"], ["get", "--help"], ["-v", "put", "--help"]])
+def test_help_of_put_and_get_reads_no_file_format(isolated_config, argv) -> None:
+    code, names, _ = imported_by(argv)
+    assert code == 0
+    assert names & (HEAVY | {"yaml"}) == set()
+    assert commands_imported(names) == set()
+
+
+def test_a_bad_profile_is_refused_without_pydantic(isolated_config, tmp_path) -> None:
+    """Profiles are checked by config.py itself: still bad input naming the file and field."""
+    (isolated_config / "profiles").mkdir(parents=True)
+    (isolated_config / "profiles" / "default.yml").write_text("region: eu-west-1\nbucket: [b]\n")
+    code, names, stderr = imported_by(["put", str(tmp_path), "x"])
+    assert code == 2
+    assert (
+        stderr.strip()
+        == f"error: {isolated_config}/profiles/default.yml: bucket: expected a string (got a list)"
+    )
+    assert names & HEAVY <= {"rich"}
+
+
+def test_every_command_is_still_registered_for_the_listing(isolated_config) -> None:
+    code, names, _ = imported_by(["--help"])
+    assert code == 0
+    assert commands_imported(names) == OTHER_COMMANDS
