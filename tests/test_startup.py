@@ -42,17 +42,52 @@ def commands_imported(names: set[str]) -> set[str]:
 
 
 def test_put_and_get_import_only_what_rsync_needs(controller, tmp_path) -> None:  # noqa: F811
+    """A plain command line does not even import typer (volume_copy.plain_command)."""
     source = tmp_path / "notes.txt"
     source.write_text("start-up\n")
     code, names, _ = imported_by(["put", str(source), "notes.txt"])
     assert code == 0 and (controller.shared / "notes.txt").read_text() == "start-up\n"
-    assert names & HEAVY == set()
+    assert names & (HEAVY | {"typer"}) == set()
     assert commands_imported(names) == set()
 
-    code, names, _ = imported_by(["get", "notes.txt", str(tmp_path / "back.txt")])
+    code, names, _ = imported_by(
+        ["-p", "default", "get", "notes.txt", str(tmp_path / "back.txt"), "-c", "lab"]
+    )
     assert code == 0 and (tmp_path / "back.txt").read_text() == "start-up\n"
-    assert names & HEAVY == set()
+    assert names & (HEAVY | {"typer"}) == set()
     assert commands_imported(names) == set()
+
+
+def test_typer_runs_what_is_not_plain_with_the_same_result(controller, tmp_path) -> None:  # noqa: F811
+    (tmp_path / "a.txt").write_text("a\n")
+    plain = imported_by(["put", str(tmp_path / "a.txt"), "one/", "--json", "--method", "rsync"])
+    spelled = imported_by(["put", str(tmp_path / "a.txt"), "two/", "--json", "--method=rsync"])
+    assert "typer" not in plain[1] and "typer" in spelled[1]
+    assert plain[0] == spelled[0] == 0
+    assert (controller.shared / "one" / "a.txt").read_text() == (
+        controller.shared / "two" / "a.txt"
+    ).read_text()
+    assert commands_imported(spelled[1]) == set()  # typer, with only the command that runs
+
+
+def test_the_plain_path_reads_the_options_typer_declares() -> None:
+    """volume_copy's table of put/get options is the typer commands' own: they cannot drift."""
+    import typer
+
+    from clusterous_cli import volume_copy
+    from clusterous_cli.main import app
+
+    group = typer.main.get_command(app)
+    assert {o for p in group.params if p.name == "profile" for o in p.opts} == set(
+        volume_copy.PROFILE_OPTIONS
+    )
+    for name in ("put", "get"):
+        params = group.commands[name].params  # type: ignore[attr-defined]
+        options = {o: p for p in params for o in p.opts if o.startswith("-") and o not in ("-h", "--help")}
+        assert {o: p.name for o, p in options.items()} == volume_copy.VALUE_OPTIONS | volume_copy.FLAG_OPTIONS
+        assert {o for o, p in options.items() if p.is_flag} == set(volume_copy.FLAG_OPTIONS)
+        defaults = {p.name: p.default for p in params if p.opts[0].startswith("-")}
+        assert defaults == volume_copy.DEFAULTS
 
 
 @pytest.mark.parametrize("argv", [["put", "--help"], ["get", "--help"], ["-v", "put", "--help"]])

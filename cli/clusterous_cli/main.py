@@ -1,32 +1,23 @@
-"""The `clusterous-k8s` command: a typer app that imports only the command it runs.
+"""The `clusterous-k8s` command's entry point: the error model, and which code a command line runs.
 
 Every command reports problems through the shared error model (clusterous_core.errors):
 bad input exits 2, failures exit 1, neither prints a traceback unless --verbose, which also turns
 on debug logging on stderr.
 
 Start-up time is part of every command (a small `put` is mostly start-up: issue 15, docs/ssh.md
-"Throughput"), so `run` registers only the command named on the command line (`build(only=...)`):
-the other command modules, and the libraries they import at the top, are never loaded. `--help`,
-no command, an unknown one or global options it cannot read register them all, so the listing,
-suggestions and errors are typer's own. Command modules import heavy libraries (boto3, paramiko,
-kubernetes, rich, pydantic) inside the functions that use them; tests/test_startup.py checks it.
+"Throughput"). So this module imports no library at the top, and `run`
+- runs a plain `put`/`get` command line without typer (volume_copy.plain_command);
+- gives typer (app.py) only the command named on the command line (`command_named`): the other
+  command modules, and what they import at the top, are never loaded. `--help`, no command, an
+  unknown one or root options it cannot read register them all, so the listing, suggestions
+  and errors are typer's own.
+Command modules import heavy libraries (boto3, paramiko, kubernetes, rich, pydantic) inside the
+functions that use them. tests/test_startup.py checks all this through sys.modules.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import logging
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-
-import typer
-
-HELP = """Private compute clusters on AWS for Docker-based master/worker applications.
-
-Example: clusterous-k8s setup --region eu-west-1
-"""
 
 # Every command, in --help's order: name -> (its module in clusterous_cli.commands, the function
 # or the typer app of a command group, the name of its help text in that module; None for a group).
@@ -62,108 +53,12 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class Options:
-    """Global options every command can read from ctx.obj."""
-
-    profile: str | None
-    verbose: bool
-
-
-DISTRIBUTION = "clusterous-k8s"
-# --verbose: our own loggers at DEBUG; the libraries' at INFO (boto's credential source, paramiko's
-# handshake) or WARNING (urllib3's and the kubernetes client's DEBUG carry request and response bodies).
-VERBOSE_LEVELS = {
-    "clusterous": logging.DEBUG,
-    "clusterous_cli": logging.DEBUG,
-    "clusterous_provisioner": logging.DEBUG,
-    "clusterous_operator": logging.DEBUG,
-    "botocore": logging.INFO,
-    "boto3": logging.INFO,
-    "paramiko": logging.INFO,
-    "urllib3": logging.WARNING,
-    "kubernetes": logging.WARNING,
-}
-
-
-def version() -> str:
-    """The installed distribution's version: pyproject.toml's `version` is the only place it is written."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed_version
-
-    try:
-        return installed_version(DISTRIBUTION)
-    except PackageNotFoundError:  # a source tree on sys.path that was never installed
-        return "unknown (not installed)"
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"{DISTRIBUTION} {version()}")
-        raise typer.Exit()
-
-
-@contextlib.contextmanager
-def debug_logging() -> Iterator[None]:
-    """Log records of VERBOSE_LEVELS on stderr for the length of one command, then as before."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    before = {name: logging.getLogger(name).level for name in VERBOSE_LEVELS}
-    for name, level in VERBOSE_LEVELS.items():
-        logging.getLogger(name).setLevel(level)
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        for name, level in before.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def root(
-    ctx: typer.Context,
-    profile: str = typer.Option(
-        None, "--profile", "-p", envvar="CLUSTEROUS_K8S_PROFILE", help="Configuration profile to use."
-    ),
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Debug logging on stderr, and the traceback of an error."
-    ),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    ctx.obj = Options(profile=profile, verbose=verbose)
-    if verbose:
-        ctx.with_resource(debug_logging())
-
-
-def build(only: str | None = None) -> typer.Typer:
-    """The app with every command of COMMANDS, or only the one named `only`."""
-    app = typer.Typer(
-        name="clusterous-k8s",
-        help=HELP,
-        no_args_is_help=True,
-        rich_markup_mode=None,  # plain help: flags without placeholders, every [default] shown
-        pretty_exceptions_enable=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    app.callback()(root)
-    for name, (module_name, attribute, help_name) in COMMANDS.items():
-        if only not in (None, name):
-            continue
-        module = importlib.import_module(f"clusterous_cli.commands.{module_name}")
-        target = getattr(module, attribute)
-        if help_name is None:
-            app.add_typer(target, name=name)
-        else:
-            app.command(name, help=getattr(module, help_name))(target)
-    return app
-
-
-def __getattr__(name: str) -> typer.Typer:
-    """`main.app`: the whole app, built when asked for (tests walk it; `run` builds its own)."""
+def __getattr__(name: str):
+    """`main.app`: the whole typer app, built when asked for (tests walk it; `run` builds its own)."""
     if name == "app":
-        return build()
+        from clusterous_cli import app
+
+        return app.build()
     raise AttributeError(name)
 
 
@@ -186,24 +81,26 @@ def _wants_traceback(argv: list[str]) -> bool:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; the error model lives here."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from clusterous_cli.volume_copy import plain_command
     from clusterous_core.errors import ClusterousError
 
     try:
-        result = build(command_named(argv))(args=argv, prog_name="clusterous-k8s", standalone_mode=False)
+        if plain := plain_command(argv):
+            function, arguments = plain
+            function(**arguments)
+            return 0
+        from clusterous_cli import app
+
+        return app.invoke(argv, command_named(argv))
     except ClusterousError as exc:
         if _wants_traceback(argv):
             import traceback
 
             traceback.print_exc()
-        _print_error(exc.render())
+        print_error(exc.render())
         return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        _print_error("aborted")
-        return 1
     except KeyboardInterrupt:
-        _print_error("interrupted; re-run the command to continue")
+        print_error("interrupted; re-run the command to continue")
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence before the user
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
@@ -214,14 +111,13 @@ def run(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        _print_error(
+        print_error(
             f"unexpected {type(exc).__name__}: {exc}\n  next: re-run with --verbose for the traceback"
         )
         return 1
-    return result if isinstance(result, int) else 0
 
 
-def _print_error(message: str) -> None:
+def print_error(message: str) -> None:
     from rich.console import Console
     from rich.text import Text
 
