@@ -19,6 +19,8 @@ from tests.ssh_support import controller  # noqa: F401
 
 # Never on put/get's path (rich only for an error's red "error:").
 HEAVY = {"pydantic", "rich", "paramiko", "cryptography", "boto3", "botocore", "kubernetes"}
+# Not on a plain put/get's either: typer parses only what is not plain, logging is for --verbose.
+PLAIN = HEAVY | {"typer", "logging"}
 OTHER_COMMANDS = {"cluster", "status", "apps", "images", "kube", "nodes", "setup", "tunnel", "profile"}
 
 
@@ -47,14 +49,14 @@ def test_put_and_get_import_only_what_rsync_needs(controller, tmp_path) -> None:
     source.write_text("start-up\n")
     code, names, _ = imported_by(["put", str(source), "notes.txt"])
     assert code == 0 and (controller.shared / "notes.txt").read_text() == "start-up\n"
-    assert names & (HEAVY | {"typer"}) == set()
+    assert names & PLAIN == set()
     assert commands_imported(names) == set()
 
     code, names, _ = imported_by(
         ["-p", "default", "get", "notes.txt", str(tmp_path / "back.txt"), "-c", "lab"]
     )
     assert code == 0 and (tmp_path / "back.txt").read_text() == "start-up\n"
-    assert names & (HEAVY | {"typer"}) == set()
+    assert names & PLAIN == set()
     assert commands_imported(names) == set()
 
 

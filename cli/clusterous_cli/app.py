@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,15 +31,15 @@ DISTRIBUTION = "clusterous-k8s"
 # --verbose: our own loggers at DEBUG; the libraries' at INFO (boto's credential source, paramiko's
 # handshake) or WARNING (urllib3's and the kubernetes client's DEBUG carry request and response bodies).
 VERBOSE_LEVELS = {
-    "clusterous": logging.DEBUG,
-    "clusterous_cli": logging.DEBUG,
-    "clusterous_provisioner": logging.DEBUG,
-    "clusterous_operator": logging.DEBUG,
-    "botocore": logging.INFO,
-    "boto3": logging.INFO,
-    "paramiko": logging.INFO,
-    "urllib3": logging.WARNING,
-    "kubernetes": logging.WARNING,
+    "clusterous": "DEBUG",
+    "clusterous_cli": "DEBUG",
+    "clusterous_provisioner": "DEBUG",
+    "clusterous_operator": "DEBUG",
+    "botocore": "INFO",
+    "boto3": "INFO",
+    "paramiko": "INFO",
+    "urllib3": "WARNING",
+    "kubernetes": "WARNING",
 }
 
 
@@ -64,6 +63,8 @@ def _version(value: bool) -> None:
 @contextlib.contextmanager
 def debug_logging() -> Iterator[None]:
     """Log records of VERBOSE_LEVELS on stderr for the length of one command, then as before."""
+    import logging  # only with --verbose: a plain command never imports it
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     before = {name: logging.getLogger(name).level for name in VERBOSE_LEVELS}
