@@ -75,8 +75,8 @@ def debug_logging() -> Iterator[None]:
         yield
     finally:
         logging.getLogger().removeHandler(handler)
-        for name, level in before.items():
-            logging.getLogger(name).setLevel(level)
+        for name, old_level in before.items():
+            logging.getLogger(name).setLevel(old_level)
 
 
 def root(
