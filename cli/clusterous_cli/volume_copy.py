@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # The options of put and get (commands/volume.py declares them for typer): flag -> parameter.
@@ -21,7 +22,7 @@ DEFAULTS = {"cluster": None, "method": "auto", "as_json": False}
 PROFILE_OPTIONS = ("--profile", "-p")  # the root's, before the command
 
 
-def plain_command(argv: list[str]):
+def plain_command(argv: list[str]) -> tuple[Callable[..., None], dict] | None:
     """(put or get, its keyword arguments) for a plain command line; None for typer to parse."""
     args, profile = list(argv), None
     if args[:1] and args[0] in PROFILE_OPTIONS and len(args) > 1 and not args[1].startswith("-"):
