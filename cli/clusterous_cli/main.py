@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import sys
 
-# Every command, in --help's order (typer lists the groups last): name -> (its module in clusterous_cli.commands, the function
-# or the typer app of a command group, the name of its help text in that module; None for a group).
-# Adding a command is one line here.
+# Every command, in --help's order (typer lists the groups last): name -> (its module in
+# clusterous_cli.commands, the function or the typer app of a command group, the name of its help
+# text in that module; None for a group). Adding a command is one line here.
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "setup": ("setup", "setup", "HELP"),
     "profile": ("profile", "app", None),
