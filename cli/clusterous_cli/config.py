@@ -17,10 +17,8 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clusterous_core.errors import BadInput
 from clusterous_core.validation import bad_input
@@ -30,26 +28,26 @@ PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PROFILE = "default"
 
 
-class Profile(BaseModel):
-    """One account/region setting the user picked with `setup`."""
+@dataclass
+class Profile:
+    """One account/region setting the user picked with `setup`.
 
-    model_config = ConfigDict(extra="forbid")
+    Plain dataclasses, not pydantic models: every command reads the profile before it starts (a
+    small `put` spends more time importing pydantic than rsync takes), and `_from_file` checks
+    these few string fields in pydantic's words (clusterous_core.validation) all the same."""
 
-    region: str = Field(min_length=1)
-    bucket: str = Field(min_length=3, description="S3 bucket for the image registry")
-    bucket_region: str | None = Field(
-        default=None, description="the bucket's region (GetBucketLocation); None: recorded before it was"
-    )
-    key_name: str | None = Field(default=None, description="EC2 key pair; None: one per cluster")
-    key_file: str | None = Field(default=None, description="private key of key_name")
+    region: str = field(metadata={"min_length": 1})
+    bucket: str = field(metadata={"min_length": 3})  # S3 bucket for the image registry
+    bucket_region: str | None = None  # the bucket's region (GetBucketLocation); None: recorded before it was
+    key_name: str | None = None  # EC2 key pair; None: one per cluster
+    key_file: str | None = None  # private key of key_name
     ssh_cidr: str | None = None
     jump_host: str | None = None
     current_cluster: str | None = None
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+@dataclass
+class Settings:
     current_profile: str | None = None
 
 
@@ -118,22 +116,52 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _model(cls, data: dict, path: Path):
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise bad_input(str(path), exc.errors()) from None
+def _from_file(cls, data: dict, path: Path):
+    """`cls` from a file's mapping. Every field is a string (None allowed where it has a default),
+    the required ones present and long enough, no unknown key: the first problem is bad input
+    worded as for the pydantic-checked files (validation.bad_input), in pydantic's order."""
+    if problem := _first_problem(cls, data):
+        raise bad_input(str(path), [problem])
+    return cls(**data)
+
+
+def _first_problem(cls, data: dict) -> dict | None:
+    """The first problem as pydantic's error dict (what validation.bad_input words)."""
+    names = [spec.name for spec in fields(cls)]
+    for spec in fields(cls):
+        value, required = data.get(spec.name, MISSING), spec.default is MISSING
+        min_length = spec.metadata.get("min_length", 0)
+        if value is MISSING or (value is None and not required):
+            if required:
+                return {"type": "missing", "loc": (spec.name,), "input": data}
+        elif not isinstance(value, str):
+            return {"type": "string_type", "loc": (spec.name,), "input": value}
+        elif len(value) < min_length:
+            ctx = {"min_length": min_length}
+            return {"type": "string_too_short", "loc": (spec.name,), "input": value, "ctx": ctx}
+    for key, value in data.items():
+        if key not in names:
+            return {"type": "extra_forbidden", "loc": (key,), "input": value}
+    return None
+
+
+def _dump(record: Profile | Settings) -> str:
+    """The YAML of a profile or the settings: the fields that are set, in order."""
+    import yaml
+
+    data = {key: value for key, value in asdict(record).items() if value is not None}
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def load_settings() -> Settings:
     path = settings_path()
     if not path.exists():
         return Settings()
-    return _model(Settings, read_yaml(path), path)
+    return _from_file(Settings, read_yaml(path), path)
 
 
 def save_settings(settings: Settings) -> None:
-    write_private(settings_path(), yaml.safe_dump(settings.model_dump(exclude_none=True), sort_keys=False))
+    write_private(settings_path(), _dump(settings))
 
 
 def profile_names() -> list[str]:
@@ -157,13 +185,13 @@ def load_profile(name: str) -> Profile:
             None,
             f"an existing profile '{name}' (known: {known}); create it with `clusterous-k8s setup`",
         )
-    return _model(Profile, read_yaml(path), path)
+    return _from_file(Profile, read_yaml(path), path)
 
 
 def save_profile(name: str, profile: Profile) -> Path:
     check_profile_name(name)
     path = profile_path(name)
-    write_private(path, yaml.safe_dump(profile.model_dump(exclude_none=True), sort_keys=False))
+    write_private(path, _dump(profile))
     return path
 
 

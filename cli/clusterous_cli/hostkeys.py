@@ -14,7 +14,6 @@ key silently: learning happens at `up` or with `clusterous-k8s host-key --relear
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,8 @@ class HostKey:
     @property
     def fingerprint(self) -> str:
         """OpenSSH's `SHA256:...` form, the one cloud-init and ssh-keygen print."""
+        import hashlib  # loads OpenSSL: not on every command's path (load_endpoint imports us)
+
         digest = hashlib.sha256(base64.b64decode(self.blob)).digest()
         return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 

@@ -9,7 +9,6 @@ the OpenSSH command line rsync uses (`openssh_argv`), so both paths trust exactl
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shlex
 import socket
@@ -21,8 +20,6 @@ from typing import TYPE_CHECKING
 from clusterous_cli import hostkeys
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_core.errors import BadInput, Failure
-
-log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import paramiko
@@ -217,6 +214,8 @@ def connect(
     endpoint: ControllerEndpoint, timeout: float = CONNECT_TIMEOUT, relearn: str = hostkeys.RELEARN
 ) -> Connection:
     """Open, check the host key against the pin, authenticate with the cluster key, keep alive."""
+    import logging  # here, with paramiko: rsync's path imports this module for openssh_options only
+
     import paramiko
 
     key = load_key(endpoint.key_file)
@@ -225,7 +224,7 @@ def connect(
     if not pinned:
         hostkeys.check(hostkeys.HostKey("none", ""), pinned, name, relearn)  # raises: nothing pinned
     jump = None
-    log.debug(
+    logging.getLogger(__name__).debug(
         "SSH to %s@%s:%s%s, host key pinned as %s",
         endpoint.user, endpoint.host, endpoint.port,
         f" through {endpoint.jump_host}" if endpoint.jump_host else "", name,

@@ -170,7 +170,7 @@ def put(
     For a tree: `only` limits what is sent to those relative paths; `delete` removes what the
     destination holds beyond what is sent (files the user deleted, or left out with `only`).
     `conn` needs `.endpoint` and, for SFTP only, `.sftp()` (an `OnDemand` opens it when needed)."""
-    from clusterous_cli import transfer_rsync, transfer_sftp
+    from clusterous_cli import transfer_rsync
 
     progress = progress or NullProgress()
     if not local.exists():
@@ -198,6 +198,8 @@ def put(
             _no_rsync_there(method)
             report.method = "sftp"
     if report.method == "sftp":
+        from clusterous_cli import transfer_sftp  # only then: it imports what rsync's path never needs
+
         transfer_sftp.put(conn, local, rel, into_dir, files, delete, report, progress)
     report.seconds = time.monotonic() - started
     return report
@@ -205,7 +207,7 @@ def put(
 
 def get(conn, remote: str, local: Path | None, method: str = "auto", progress=None) -> Report:
     """Fetch a file or tree from the shared volume; unchanged local files are not fetched again."""
-    from clusterous_cli import transfer_rsync, transfer_sftp
+    from clusterous_cli import transfer_rsync
 
     progress = progress or NullProgress()
     rel = relative_remote(remote)
@@ -220,6 +222,8 @@ def get(conn, remote: str, local: Path | None, method: str = "auto", progress=No
             _no_rsync_there(method)
             report.method = "sftp"
     if report.method == "sftp":
+        from clusterous_cli import transfer_sftp
+
         transfer_sftp.get(conn, rel, local, report, progress)
     report.seconds = time.monotonic() - started
     return report

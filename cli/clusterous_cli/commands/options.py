@@ -30,7 +30,12 @@ def one_cluster(name: str | None, cluster: str | None) -> tuple[str | None, str]
     return (name, "NAME") if name else (cluster, "--cluster")
 
 
+def profile_option(ctx: typer.Context) -> str | None:
+    """The root's --profile (or $CLUSTEROUS_K8S_PROFILE), if given."""
+    return ctx.obj.profile if ctx.obj else None
+
+
 def cluster_ref(ctx: typer.Context, cluster: str | None):
     from clusterous_cli.endpoint import resolve_cluster
 
-    return resolve_cluster(ctx.obj.profile if ctx.obj else None, cluster)
+    return resolve_cluster(profile_option(ctx), cluster)

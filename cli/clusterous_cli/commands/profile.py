@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import typer
 
 from clusterous_cli.commands.options import JSON_OPTION, YES_OPTION
@@ -27,7 +29,7 @@ def list_profiles(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     rows = []
     for name in config.profile_names():
         profile = config.load_profile(name)
-        rows.append({"name": name, "current": name == current, **profile.model_dump()})
+        rows.append({"name": name, "current": name == current, **asdict(profile)})
     if as_json:
         output.print_json(rows)
         return
@@ -71,7 +73,7 @@ def show(
 
     name = name or config.selected_profile_name(_profile_option(ctx))
     profile = config.load_profile(name)
-    data = {"name": name, "path": str(config.profile_path(name)), **profile.model_dump()}
+    data = {"name": name, "path": str(config.profile_path(name)), **asdict(profile)}
     if as_json:
         output.print_json(data)
     else:

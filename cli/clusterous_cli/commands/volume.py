@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
 
-from clusterous_cli.commands.options import CLUSTER_OPTION, JSON_OPTION, YES_OPTION, cluster_ref
+from clusterous_cli.commands.options import (
+    CLUSTER_OPTION,
+    JSON_OPTION,
+    YES_OPTION,
+    cluster_ref,
+    profile_option,
+)
 
 METHOD_OPTION = typer.Option(
     "auto", "--method", help="auto: rsync when both ends have it, else SFTP; or force rsync / sftp."
@@ -25,97 +30,6 @@ GET_HELP = (
     "Example: clusterous-k8s get results ./results"
 )
 RM_HELP = "Remove a file or directory from the shared volume (asks first).\n\nExample: clusterous-k8s rm old-results --yes"
-
-
-def _progress(label: str):
-    """A progress bar on a terminal; elsewhere nothing (and rich.progress is not even imported)."""
-    import sys
-
-    from clusterous_cli import transfer
-
-    return RichProgress(label) if sys.stderr.isatty() else contextlib.nullcontext(transfer.NullProgress())
-
-
-class RichProgress:
-    """A byte progress bar on stderr, shown only on a terminal."""
-
-    def __init__(self, label: str):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        console = Console(stderr=True)
-        self._bar = Progress(
-            TextColumn(label),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
-        self._task = self._bar.add_task(label, total=None)
-
-    def __enter__(self):
-        self._bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._bar.stop()
-
-    def total(self, size: int) -> None:
-        self._bar.update(self._task, total=size)
-
-    def advance(self, size: int) -> None:
-        self._bar.advance(self._task, size)
-
-    def absolute(self, done: int, percent: int) -> None:
-        total = done * 100 // percent if percent else None
-        self._bar.update(self._task, completed=done, total=total)
-
-
-def _report(verb: str, report, as_json: bool) -> None:
-    from clusterous_cli import output
-
-    if as_json:
-        output.print_json(
-            {
-                "method": report.method,
-                "transferred": report.transferred,
-                "bytes": report.bytes,
-                "unchanged": report.unchanged,
-                "skipped_links": report.skipped_links,
-                "seconds": round(report.seconds, 3),
-            }
-        )
-        return
-    for name in report.transferred:
-        typer.echo(name)
-    mb = report.bytes / 1e6
-    output.say(
-        f"{verb} {len(report.transferred)} file(s), {mb:.1f} MB in {report.seconds:.1f}s; "
-        f"{report.unchanged} unchanged [{report.method}]"
-    )
-    if report.skipped_links:
-        output.say(f"skipped {len(report.skipped_links)} symlink(s) pointing outside the tree")
-
-
-def _on_demand(ctx: typer.Context, cluster: str | None):
-    """The controller connection for put/get, opened only if SFTP is needed (rsync makes its own)."""
-    from clusterous_cli import ssh, transfer, tunnels
-    from clusterous_cli.endpoint import load_endpoint
-
-    ref = cluster_ref(ctx, cluster)
-    status = tunnels.read_status(ref)  # a running tunnel supervisor's OpenSSH master, if any
-    master = status.get("control_socket") if status.get("connected") else None
-    return transfer.OnDemand(load_endpoint(ref), lambda: ssh.connect_cluster(ref), master)
 
 
 def ls(
@@ -175,15 +89,9 @@ def put(
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    from clusterous_cli import transfer
-    from clusterous_core.errors import BadInput
+    from clusterous_cli import volume_copy  # a plain put runs it without typer: see there
 
-    if not local.exists():
-        raise BadInput("LOCAL", None, "an existing file or directory", str(local))
-    transfer.relative_remote(remote if remote else local.resolve().name)
-    with _on_demand(ctx, cluster) as conn, _progress("put") as progress:
-        report = transfer.put(conn, local, remote, method, progress)
-    _report("sent", report, as_json)
+    volume_copy.put(profile_option(ctx), cluster, local, remote, method, as_json)
 
 
 def get(
@@ -196,12 +104,9 @@ def get(
     method: str = METHOD_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    from clusterous_cli import transfer
+    from clusterous_cli import volume_copy
 
-    transfer.relative_remote(remote)
-    with _on_demand(ctx, cluster) as conn, _progress("get") as progress:
-        report = transfer.get(conn, remote, local, method, progress)
-    _report("fetched", report, as_json)
+    volume_copy.get(profile_option(ctx), cluster, remote, local, method, as_json)
 
 
 def rm(
