@@ -197,7 +197,9 @@ def test_the_record_round_trips_and_keeps_the_memory(tmp_path):
 
 
 def test_the_manifest_runs_on_the_controller_with_least_privilege():
-    docs = [d for d in yaml.safe_load_all(autoscaler.manifest_text()) if d]
+    from clusterous_provisioner import addons
+
+    docs = [d for d in yaml.safe_load_all(addons.autoscaler_manifest()) if d]
     assert validate_k8s(docs) == len(docs)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     spec = deployment["spec"]["template"]["spec"]
@@ -205,7 +207,9 @@ def test_the_manifest_runs_on_the_controller_with_least_privilege():
     assert tolerates(
         spec["tolerations"], {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}
     )
-    assert spec["containers"][0]["command"][:3] == ["python", "-m", "clusterous_provisioner.autoscaler"]
+    container = spec["containers"][0]
+    assert container["command"] == ["/bin/sh", "/opt/clusterous/code/start.sh"]  # code_bundle.AUTOSCALER
+    assert container["args"][:2] == ["-m", "clusterous_provisioner.autoscaler"]
     rules = [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
     verbs = {(res, v) for r in rules for res in r["resources"] for v in r["verbs"]}
     assert ("nodes", "delete") in verbs and ("pods/eviction", "create") in verbs

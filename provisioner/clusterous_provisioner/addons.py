@@ -44,8 +44,11 @@ TEMPLATES = (
 )
 CRD_FILE = "crd-clusterapp.yaml"  # the operator's CRD (clusterous_operator/crd.yaml), never edited here
 OPERATOR_CODE_FILE = "operator-code.yaml"
-# Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers.
-APPLIED_LATER = frozenset({OPERATOR_CODE_FILE})
+AUTOSCALER_FILE = "autoscaler.yaml"  # the autoscaler's RBAC and Deployment (always deployed)
+AUTOSCALER_CODE_FILE = "autoscaler-code.yaml"
+# Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers
+# (cli/clusterous_cli/addon_setup.py), in this order; `render` and --render-dir show them too.
+APPLIED_LATER = (OPERATOR_CODE_FILE, AUTOSCALER_CODE_FILE, AUTOSCALER_FILE)
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
 
@@ -98,7 +101,23 @@ def values_for(inputs) -> dict[str, str]:
         "operator_image": operator_bundle.OPERATOR_IMAGE,
         "operator_module": operator_bundle.OPERATOR_MODULE,
         "operator_code_hash": operator_bundle.code_hash(),
+        **autoscaler_values(),
     }
+
+
+def autoscaler_values() -> dict[str, str]:
+    """The autoscaler manifest's values: none depends on the cluster (its record does)."""
+    from clusterous_provisioner.code_bundle import AUTOSCALER, PYTHON_IMAGE
+
+    return {
+        "operator_image": PYTHON_IMAGE,  # the same pinned Python as the operator's
+        "autoscaler_code_hash": AUTOSCALER.code_hash(),
+        "autoscaler_configmap": AUTOSCALER.configmap,
+    }
+
+
+def autoscaler_manifest() -> str:
+    return fill(template(AUTOSCALER_FILE), autoscaler_values(), AUTOSCALER_FILE)
 
 
 def template(name: str) -> str:
@@ -120,12 +139,14 @@ def fill(text: str, values: dict[str, str], name: str = "template") -> str:
 
 def render(values: dict[str, str]) -> dict[str, str]:
     """Every add-on manifest, file name -> YAML text, in apply order."""
-    from clusterous_provisioner import operator_bundle
+    from clusterous_provisioner.code_bundle import AUTOSCALER, OPERATOR
 
     rendered = {CRD_FILE: crd_text()}
     for name in TEMPLATES:
         rendered[name] = fill(template(name), values, name)
-    rendered[OPERATOR_CODE_FILE] = operator_bundle.code_configmap_yaml()
+    rendered[OPERATOR_CODE_FILE] = OPERATOR.configmap_yaml()
+    rendered[AUTOSCALER_CODE_FILE] = AUTOSCALER.configmap_yaml()
+    rendered[AUTOSCALER_FILE] = autoscaler_manifest()
     return rendered
 
 
