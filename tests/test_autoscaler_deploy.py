@@ -51,8 +51,10 @@ def _running_hash(k8s_api) -> str | None:
 
 def test_up_deploys_the_autoscaler_keeps_it_on_a_rerun_and_rolls_it_for_new_code(
     cluster_side,  # noqa: F811 - the imported fixture
+    aws,
     k8s_api,
     cli,
+    tmp_path,
 ) -> None:
     result = cli([*UP, "--workers", "1", "--timeout", "30"])  # no bounds: deployed all the same
     assert result.exit_code == 0, result.output
@@ -98,6 +100,15 @@ def test_up_deploys_the_autoscaler_keeps_it_on_a_rerun_and_rolls_it_for_new_code
     )
     code = k8s_api.get("v1/configmaps", AUTOSCALER.configmap, NS)
     assert code["metadata"]["annotations"][code_bundle.HASH_ANNOTATION] == AUTOSCALER.code_hash()
+
+    # Without elastic groups there is no record: the process idles, asking AWS nothing.
+    before = len(aws.realism.requests())
+    run = _run_shipped(k8s_api, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "round failed" not in run.stdout
+    made = aws.realism.requests()[before:]
+    # not one AWS request (FakeK3s, k3s' stand-in, keeps describing instances meanwhile)
+    assert [s.operation for s in made if s.operation != "DescribeInstances"] == []
 
 
 def _locked_site(directory: Path) -> Path:
@@ -153,21 +164,3 @@ def test_the_shipped_zip_and_the_locked_distributions_alone_run_a_round(
     assert "worker: grow 2: 3 pod(s) unschedulable" in run.stdout, run.stdout
     assert len(_workers(aws)) == 2
     k8s_api.wait_for(lambda: _available(k8s_api) == 3, 15, "the app on the new nodes")
-
-
-def test_without_elastic_groups_the_deployed_autoscaler_idles_without_aws_calls(
-    cluster_side,  # noqa: F811 - the imported fixture
-    aws,
-    k8s_api,
-    cli,
-    tmp_path,
-) -> None:
-    result = cli([*UP, "--workers", "1", "--timeout", "30"])
-    assert result.exit_code == 0, result.output
-    before = len(aws.realism.requests())
-    run = _run_shipped(k8s_api, tmp_path)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "round failed" not in run.stdout
-    made = aws.realism.requests()[before:]
-    # not one AWS request (FakeK3s, k3s' stand-in, keeps describing instances meanwhile)
-    assert [s.operation for s in made if s.operation != "DescribeInstances"] == []
