@@ -413,7 +413,7 @@ class Waiter:
             Stage("nodes", "every node Ready with its group label", self.nodes, self.explain_nodes),
             Stage(
                 "add-ons",
-                "the add-ons (CRDs, registry, operator, NFS driver)",
+                "the add-ons (CRDs, registry, operator, autoscaler, NFS driver)",
                 self.addons,
                 self.explain_addons,
             ),
