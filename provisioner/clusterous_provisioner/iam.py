@@ -57,90 +57,81 @@ def controller_policy(bucket: str) -> dict:
 def autoscaler_policy(cluster: str, region: str, account: str, key_name: str, partition: str = "aws") -> dict:
     """What the autoscaler (and nothing else on the controller) may do in EC2, SSM and IAM: launch
     and terminate only this cluster's nodes, read only this cluster's agent token and IAM names.
-
-    AWS authorizes RunInstances once per resource it touches (EC2 User Guide, "Example policies
-    to control access the Amazon EC2 API", Launch instances): the new instance and its volumes
-    must carry this cluster's tag and role `node` in the request (`aws:RequestTag`), the subnet
-    and security group must already be this cluster's (`aws:ResourceTag`); the AMI, the network
-    interface it creates, the key pair (by name) and a spot request have no tag to check. Tags
-    are written at launch only (`ec2:CreateAction` = RunInstances), so no existing instance can
-    be re-tagged into the cluster; only nodes of the cluster can be terminated (the controller
-    is not a node). No iam:PassRole: nodes have no instance profile, so a launch cannot hand any
-    role to an instance. The Describe calls allow no resource scoping (Resource "*"); they are
-    kept to the cluster's region."""
+    No iam:PassRole: nodes have no instance profile, so a launch cannot hand any role to an
+    instance. The Describe calls allow no resource scoping (Resource "*"); they are kept to the
+    cluster's region. docs/provisioning.md, "The controller's rights for the autoscaler"."""
     ec2 = f"arn:{partition}:ec2:{region}:{account}"
-    ours = {"aws:RequestTag/clusterous:cluster": cluster, "aws:RequestTag/clusterous:role": "node"}
+    iam_name = f"{layout.IAM_PATH}{layout.role_name(cluster, region)}"
+    node = {"aws:ResourceTag/clusterous:cluster": cluster, "aws:ResourceTag/clusterous:role": "node"}
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {
-                "Sid": "LaunchClusterNodes",
-                "Effect": "Allow",
-                "Action": "ec2:RunInstances",
-                "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
-                "Condition": {"StringEquals": ours},
-            },
-            {
-                "Sid": "LaunchIntoClusterNetwork",
-                "Effect": "Allow",
-                "Action": "ec2:RunInstances",
-                "Resource": [f"{ec2}:subnet/*", f"{ec2}:security-group/*"],
-                "Condition": {"StringEquals": {"aws:ResourceTag/clusterous:cluster": cluster}},
-            },
-            {
-                "Sid": "LaunchWith",
-                "Effect": "Allow",
-                "Action": "ec2:RunInstances",
-                "Resource": [
-                    f"arn:{partition}:ec2:{region}::image/*",
-                    f"{ec2}:network-interface/*",
-                    f"{ec2}:key-pair/{key_name}",
-                    f"{ec2}:spot-instances-request/*",
-                ],
-            },
-            {
-                "Sid": "TagAtLaunchOnly",
-                "Effect": "Allow",
-                "Action": "ec2:CreateTags",
-                "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
-                "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances", **ours}},
-            },
-            {
-                "Sid": "TerminateClusterNodes",
-                "Effect": "Allow",
-                "Action": "ec2:TerminateInstances",
-                "Resource": f"{ec2}:instance/*",
-                "Condition": {
-                    "StringEquals": {
-                        "aws:ResourceTag/clusterous:cluster": cluster,
-                        "aws:ResourceTag/clusterous:role": "node",
-                    }
-                },
-            },
-            {
-                "Sid": "DescribeInRegion",
-                "Effect": "Allow",
-                "Action": [*DESCRIBE_CALLS, "ssm:DescribeParameters"],
-                "Resource": "*",
-                "Condition": {"StringEquals": {"aws:RequestedRegion": region}},
-            },
-            {
-                "Sid": "AgentToken",
-                "Effect": "Allow",
-                "Action": "ssm:GetParameter",
-                "Resource": f"arn:{partition}:ssm:{region}:{account}:parameter{layout.token_parameter(cluster)}",
-            },
-            {
-                "Sid": "OwnIamNames",  # inventory.discover looks them up to tell ours from others'
-                "Effect": "Allow",
-                "Action": ["iam:GetRole", "iam:GetInstanceProfile"],
-                "Resource": [
-                    f"arn:{partition}:iam::{account}:role{layout.IAM_PATH}{layout.role_name(cluster, region)}",
-                    f"arn:{partition}:iam::{account}:instance-profile{layout.IAM_PATH}{layout.role_name(cluster, region)}",
-                ],
-            },
+            *_launch_statements(cluster, region, ec2, key_name, partition),
+            _allow(
+                "TerminateClusterNodes", "ec2:TerminateInstances", f"{ec2}:instance/*", {"StringEquals": node}
+            ),
+            _allow(
+                "DescribeInRegion",
+                [*DESCRIBE_CALLS, "ssm:DescribeParameters"],
+                "*",
+                {"StringEquals": {"aws:RequestedRegion": region}},
+            ),
+            _allow(
+                "AgentToken",
+                "ssm:GetParameter",
+                f"arn:{partition}:ssm:{region}:{account}:parameter{layout.token_parameter(cluster)}",
+            ),
+            _allow(  # inventory.discover looks them up to tell ours from others'
+                "OwnIamNames",
+                ["iam:GetRole", "iam:GetInstanceProfile"],
+                [f"arn:{partition}:iam::{account}:{kind}{iam_name}" for kind in ("role", "instance-profile")],
+            ),
         ],
     }
+
+
+def _launch_statements(cluster: str, region: str, ec2: str, key_name: str, partition: str) -> list[dict]:
+    """AWS authorizes RunInstances once per resource it touches (EC2 User Guide, "Example
+    policies to control access the Amazon EC2 API", Launch instances): the new instance and its
+    volumes must carry this cluster's tag and role `node` in the request (`aws:RequestTag`), the
+    subnet and security group must already be this cluster's (`aws:ResourceTag`); the AMI, the
+    network interface it creates, the key pair (by name) and a spot request have no tag to
+    check. Tags are written at launch only (`ec2:CreateAction`), so no existing instance can be
+    re-tagged into the cluster."""
+    ours = {"aws:RequestTag/clusterous:cluster": cluster, "aws:RequestTag/clusterous:role": "node"}
+    launched = [f"{ec2}:instance/*", f"{ec2}:volume/*"]
+    return [
+        _allow("LaunchClusterNodes", "ec2:RunInstances", launched, {"StringEquals": ours}),
+        _allow(
+            "LaunchIntoClusterNetwork",
+            "ec2:RunInstances",
+            [f"{ec2}:subnet/*", f"{ec2}:security-group/*"],
+            {"StringEquals": {"aws:ResourceTag/clusterous:cluster": cluster}},
+        ),
+        _allow(
+            "LaunchWith",
+            "ec2:RunInstances",
+            [
+                f"arn:{partition}:ec2:{region}::image/*",
+                f"{ec2}:network-interface/*",
+                f"{ec2}:key-pair/{key_name}",
+                f"{ec2}:spot-instances-request/*",
+            ],
+        ),
+        _allow(
+            "TagAtLaunchOnly",
+            "ec2:CreateTags",
+            launched,
+            {"StringEquals": {"ec2:CreateAction": "RunInstances", **ours}},
+        ),
+    ]
+
+
+def _allow(
+    sid: str, action: str | list[str], resource: str | list[str], condition: dict | None = None
+) -> dict:
+    statement = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+    return {**statement, "Condition": condition} if condition else statement
 
 
 # inventory.discover's EC2 calls, and DescribeInstanceTypes (a group at zero: autoscaler.py)
