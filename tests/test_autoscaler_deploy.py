@@ -135,8 +135,8 @@ def _run_shipped(k8s_api, tmp_path: Path) -> subprocess.CompletedProcess:
     site = _locked_site(tmp_path / "site")
     probe = (
         f"import sys, runpy; sys.path[:0] = [{str(site)!r}, {str(archive)!r}]; "
-        "import clusterous_provisioner.autoscaler as a; "
-        f"assert a.__file__.startswith({str(archive)!r}), a.__file__; "
+        "import clusterous_provisioner as p; "  # the package from the zip, not from this checkout
+        f"assert p.__file__.startswith({str(archive)!r}), p.__file__; "
         "sys.argv[0] = 'autoscaler'; runpy.run_module('clusterous_provisioner.autoscaler', run_name='__main__')"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("BOTOCORE_EXPERIMENTAL__PLUGINS", "PYTHONPATH")}
