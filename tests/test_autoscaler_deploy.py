@@ -61,7 +61,7 @@ def test_up_deploys_the_autoscaler_keeps_it_on_a_rerun_and_rolls_it_for_new_code
     assert "autoscaler created" in result.stderr
     code = k8s_api.get("v1/configmaps", AUTOSCALER.configmap, NS)
     assert base64.b64decode(code["binaryData"][AUTOSCALER.zip_name]) == AUTOSCALER.zip()
-    assert code["data"][AUTOSCALER.lock_file] == AUTOSCALER.lock_text()
+    assert code["data"][code_bundle.LOCK_KEY] == AUTOSCALER.lock_text()
     deployment = k8s_api.get("apps/v1/deployments", NAME, NS)
     template = deployment["spec"]["template"]
     assert template["metadata"]["annotations"][code_bundle.HASH_ANNOTATION] == AUTOSCALER.code_hash()

@@ -93,7 +93,10 @@ def test_the_code_configmap_is_deterministic_and_fits_in_a_configmap():
         assert len(rendered) < code_bundle.CONFIGMAP_LIMIT, (bundle.configmap, len(rendered))
     (configmap,) = yaml.safe_load_all(addons.render(_values())[addons.AUTOSCALER_CODE_FILE])
     assert base64.b64decode(configmap["binaryData"][AUTOSCALER.zip_name]) == archive
-    assert configmap["data"][AUTOSCALER.lock_file] == LOCK.read_text()
+    assert configmap["data"][code_bundle.LOCK_KEY] == LOCK.read_text()
+    assert (
+        configmap["data"][code_bundle.ARGS_KEY] == "-m\nclusterous_provisioner.autoscaler\n--interval\n30\n"
+    )
     assert configmap["data"][code_bundle.START_SCRIPT] == AUTOSCALER.script()
     docs = [d for d in yaml.safe_load_all(addons.render(_values())[addons.AUTOSCALER_FILE]) if d]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
@@ -120,8 +123,8 @@ def _values() -> dict[str, str]:
 
 
 def start(tmp_path: Path, lock_text: str) -> list[str]:
-    """autoscaler-start.sh as the pod runs it, with a stand-in `python` that records its
-    arguments and the PYTHONPATH it got (and creates pip's --target)."""
+    """The start script as the autoscaler pod runs it, on its ConfigMap's files, with a stand-in
+    `python` that records its arguments and the PYTHONPATH it got (and creates pip's --target)."""
     bin_dir, log, code = tmp_path / "bin", tmp_path / "python.log", tmp_path / "code"
     if not bin_dir.exists():
         bin_dir.mkdir()
@@ -133,16 +136,16 @@ def start(tmp_path: Path, lock_text: str) -> list[str]:
         )
         (bin_dir / "python").chmod(0o755)
         code.mkdir()
-    (code / code_bundle.START_SCRIPT).write_text(AUTOSCALER.script())
-    (code / AUTOSCALER.lock_file).write_text(lock_text)
+    configmap = AUTOSCALER.configmap_body()
+    for key, text in configmap["data"].items():  # as the pod mounts the ConfigMap
+        (code / key).write_text(text)
+    for key, data in configmap["binaryData"].items():
+        (code / key).write_bytes(base64.b64decode(data))
+    (code / code_bundle.LOCK_KEY).write_text(lock_text)
     env = {"PATH": str(bin_dir), "LOG": str(log), "CLUSTEROUS_CODE_DIR": str(code),
            "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site")}  # fmt: skip
-    args = ["-m", "clusterous_provisioner.autoscaler", "--interval", "30"]
     result = subprocess.run(
-        [str(bin_dir / "sh"), str(code / code_bundle.START_SCRIPT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
+        [str(bin_dir / "sh"), str(code / code_bundle.START_SCRIPT)], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return log.read_text().splitlines()
@@ -155,7 +158,7 @@ def test_the_pod_installs_its_lock_with_hashes_once_per_lock_hash_then_runs_the_
     installs = [line for line in lines if " pip install " in line]
     assert len(installs) == 1
     assert all(flag in installs[0] for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:"))
-    assert f"-r {tmp_path}/code/{AUTOSCALER.lock_file}" in installs[0]
+    assert f"-r {tmp_path}/code/{code_bundle.LOCK_KEY}" in installs[0]
     site = tmp_path / "site" / f"site-{AUTOSCALER.lock_hash()}"
     assert (site / ".complete").exists()
     assert AUTOSCALER.lock_hash() == hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]

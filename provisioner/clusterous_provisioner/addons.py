@@ -99,7 +99,6 @@ def values_for(inputs) -> dict[str, str]:
         "csi_nfs_version": CSI_NFS_VERSION,
         "csi_nfs_image": CSI_NFS_IMAGE,
         "operator_image": operator_bundle.OPERATOR_IMAGE,
-        "operator_module": operator_bundle.OPERATOR_MODULE,
         "operator_code_hash": operator_bundle.code_hash(),
         **autoscaler_values(),
     }

@@ -33,7 +33,9 @@ PYTHON_IMAGE = (
 )
 FIRST_PARTY = ("clusterous_core", "clusterous_cli", "clusterous_provisioner", "clusterous_operator")
 HASH_ANNOTATION = "clusterous.io/code-hash"
-START_SCRIPT = "start.sh"  # the start script's key in every code ConfigMap
+START_SCRIPT = "start.sh"  # scripts/code-start.sh's key in every code ConfigMap
+LOCK_KEY = "requirements.txt"  # the lock's key in every code ConfigMap (what the start script installs)
+ARGS_KEY = "args"  # what the start script runs: `python <args>`
 CONFIGMAP_LIMIT = 1024 * 1024  # bytes of data a ConfigMap holds (etcd's object size, Kubernetes docs)
 _SUFFIXES = (".py", ".yaml", ".yml", ".json", ".txt", ".sh")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same code gives the same bytes and hash
@@ -47,8 +49,8 @@ class Bundle:
     zip_name: str  # the zip's key in the ConfigMap (the start script puts it on PYTHONPATH)
     lock_package: str  # the package holding the lock file
     lock_file: str
-    start_script: str  # in clusterous_provisioner/scripts/
     provides: tuple[tuple[str, str], ...]  # (distribution, import name) of what the code imports
+    argv: tuple[str, ...]  # python's arguments in the pod (the ConfigMap's `args`, one a line)
     packages: tuple[str, ...] = ()  # zipped whole (their .py and data files)
     entry: str = ""  # or: this module and its first-party import closure, .py files only ...
     data: tuple[tuple[str, str], ...] = ()  # ... plus these (package, folder) data files
@@ -95,14 +97,19 @@ class Bundle:
         return _zip(self)
 
     def script(self) -> str:
-        return (resources.files("clusterous_provisioner") / "scripts" / self.start_script).read_text()
+        """The start script: one for every bundle, the pod's arguments say what runs."""
+        return (resources.files("clusterous_provisioner") / "scripts" / "code-start.sh").read_text()
 
     def code_hash(self) -> str:
         """Changes whenever the code, the start script or the pins change: the pod rolls then."""
         digest = hashlib.sha256(self.zip())
         digest.update(self.script().encode())
         digest.update(self.lock_text().encode())
+        digest.update(self.args_text().encode())
         return digest.hexdigest()[:16]
+
+    def args_text(self) -> str:
+        return "".join(f"{arg}\n" for arg in self.argv)
 
     def configmap_body(self) -> dict:
         return {
@@ -114,7 +121,7 @@ class Bundle:
                 "labels": {"app.kubernetes.io/part-of": "clusterous-k8s"},
                 "annotations": {HASH_ANNOTATION: self.code_hash()},
             },
-            "data": {START_SCRIPT: self.script(), self.lock_file: self.lock_text()},
+            "data": {START_SCRIPT: self.script(), LOCK_KEY: self.lock_text(), ARGS_KEY: self.args_text()},
             "binaryData": {self.zip_name: base64.b64encode(self.zip()).decode()},
         }
 
@@ -151,9 +158,19 @@ OPERATOR = Bundle(
     zip_name="clusterous_operator.zip",
     lock_package="clusterous_operator",
     lock_file="requirements.txt",
-    start_script="operator-start.sh",
     # what the operator imports (pydantic: schema.py, which kubernetes requires too)
     provides=(("kopf", "kopf"), ("kubernetes", "kubernetes"), ("pyyaml", "yaml"), ("pydantic", "pydantic")),
+    # one active instance (peering); the liveness endpoint the Deployment's probe asks
+    argv=(
+        "-m",
+        "kopf",
+        "run",
+        "--all-namespaces",
+        "--peering=clusterous-operator",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "-m",
+        "clusterous_operator.handlers",
+    ),  # fmt: skip
     packages=("clusterous_operator", "clusterous_core"),
 )
 AUTOSCALER = Bundle(
@@ -161,7 +178,6 @@ AUTOSCALER = Bundle(
     zip_name="clusterous_autoscaler.zip",
     lock_package="clusterous_provisioner",
     lock_file="autoscaler-requirements.txt",
-    start_script="autoscaler-start.sh",
     # cryptography: joinhash.ca_hash, which the process never calls, but the zip's modules import
     provides=(
         ("boto3", "boto3"),
@@ -171,6 +187,7 @@ AUTOSCALER = Bundle(
         ("pyyaml", "yaml"),
         ("cryptography", "cryptography"),
     ),
+    argv=("-m", "clusterous_provisioner.autoscaler", "--interval", "30"),
     entry="clusterous_provisioner.autoscaler",
     data=(("clusterous_provisioner", "scripts"),),  # scaling.grow renders the node's user-data
 )

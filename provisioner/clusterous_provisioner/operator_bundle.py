@@ -9,7 +9,7 @@ from __future__ import annotations
 from clusterous_provisioner.code_bundle import OPERATOR, PYTHON_IMAGE
 
 OPERATOR_IMAGE = PYTHON_IMAGE  # operator/Dockerfile builds FROM the same reference
-OPERATOR_MODULE = "clusterous_operator.handlers"  # the module with the kopf handlers
+OPERATOR_MODULE = OPERATOR.argv[-1]  # the module with the kopf handlers
 LOCK_FILE = OPERATOR.lock_file
 DIRECT = OPERATOR.direct
 PROVIDES = dict(OPERATOR.provides)
