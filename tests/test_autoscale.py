@@ -197,7 +197,9 @@ def test_the_record_round_trips_and_keeps_the_memory(tmp_path):
 
 
 def test_the_manifest_runs_on_the_controller_with_least_privilege():
-    docs = [d for d in yaml.safe_load_all(autoscaler.manifest_text()) if d]
+    from clusterous_provisioner import addons
+
+    docs = [d for d in yaml.safe_load_all(addons.autoscaler_manifest()) if d]
     assert validate_k8s(docs) == len(docs)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     spec = deployment["spec"]["template"]["spec"]
@@ -205,7 +207,9 @@ def test_the_manifest_runs_on_the_controller_with_least_privilege():
     assert tolerates(
         spec["tolerations"], {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}
     )
-    assert spec["containers"][0]["command"][:3] == ["python", "-m", "clusterous_provisioner.autoscaler"]
+    container = spec["containers"][0]
+    assert container["command"] == ["/bin/sh", "/opt/clusterous/code/start.sh"]  # code_bundle.AUTOSCALER
+    assert "args" not in container  # the code ConfigMap's `args` say what runs
     rules = [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
     verbs = {(res, v) for r in rules for res in r["resources"] for v in r["verbs"]}
     assert ("nodes", "delete") in verbs and ("pods/eviction", "create") in verbs
@@ -216,6 +220,7 @@ def test_the_manifest_runs_on_the_controller_with_least_privilege():
 
 
 def test_dry_run_shows_the_bounds_and_the_cost_at_min_and_at_max(no_aws, cli):
+    from clusterous_provisioner import plan as plan_module
     from clusterous_provisioner import pricing
 
     result = cli(
@@ -236,6 +241,7 @@ def test_dry_run_shows_the_bounds_and_the_cost_at_min_and_at_max(no_aws, cli):
     worker = next(r for r in plan["resources"] if r["key"] == "group:worker")
     assert worker["count"] == 0 and "autoscaled 0..10" in worker["detail"]
     (bounds,) = [n for n in plan["notes"] if n.startswith("autoscaler bounds")]
+    assert plan_module.AUTOSCALER_NOTE in plan["notes"]
     assert "worker 0..10 (starts at 0)" in bounds
     (costs,) = [n for n in plan["notes"] if "at min" in n]
     node = (
@@ -246,7 +252,11 @@ def test_dry_run_shows_the_bounds_and_the_cost_at_min_and_at_max(no_aws, cli):
     assert at_min == pytest.approx(plan["hourly_cost_usd"], abs=1e-3)  # starts at min
     assert at_max - at_min == pytest.approx(10 * node, abs=1e-3)
     fixed = json.loads(cli(["up", "--dry-run", "--json", "--region", "us-east-1", "--workers", "3"]).stdout)
-    assert not [n for n in fixed["notes"] if "autoscaler" in n]
+    assert not [n for n in fixed["notes"] if n.startswith("autoscaler bounds")]
+    # always deployed (docs/elastic.md, "Running it"); without bounds it idles
+    assert [n for n in fixed["notes"] if n.startswith("autoscaler: ")] == [
+        plan_module.AUTOSCALER_NOTE + "; it idles: no group has bounds"
+    ]
 
 
 def test_up_writes_the_record_keeps_the_status_and_empties_groups_that_lost_their_bounds(k8s_api, tmp_path):

@@ -989,8 +989,8 @@ def test_kopf_peering_crds_and_object_exist():
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "clusterapps.clusterous.io"} <= crds
     (peering,) = [d for d in docs if d["kind"] == "ClusterKopfPeering"]
-    start = operator_bundle.start_script()
-    assert f"--peering={peering['metadata']['name']}" in start
+    start = operator_bundle.code_configmap()["data"]["args"]  # what the start script runs
+    assert f"--peering={peering['metadata']['name']}" in start.splitlines()
 
 
 def test_the_crd_is_the_operators_own():

@@ -111,7 +111,7 @@ def test_the_operator_deployment_runs_the_pinned_image_and_gets_the_lock_with_it
 
 
 def start_operator(tmp_path: Path, lock_text: str) -> list[str]:
-    """Run operator-start.sh as the pod would, with a stand-in `python` that records its
+    """Run the start script (scripts/code-start.sh) as the operator pod would, with a stand-in `python` that records its
     arguments (and creates pip's --target); returns the recorded lines so far."""
     bin_dir, log, code = tmp_path / "bin", tmp_path / "python.log", tmp_path / "code"
     if not bin_dir.exists():
@@ -124,11 +124,13 @@ def start_operator(tmp_path: Path, lock_text: str) -> list[str]:
         )
         (bin_dir / "python").chmod(0o755)
         code.mkdir()
-    (code / "start.sh").write_text(operator_bundle.start_script())
+    configmap = operator_bundle.code_configmap()
+    for key, text in configmap["data"].items():  # as the pod mounts the ConfigMap
+        (code / key).write_text(text)
     (code / operator_bundle.LOCK_FILE).write_text(lock_text)
     env = {
         "PATH": str(bin_dir), "LOG": str(log), "CLUSTEROUS_CODE_DIR": str(code),
-        "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site"), "CLUSTEROUS_OPERATOR_MODULE": operator_bundle.OPERATOR_MODULE,
+        "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site"),
     }  # fmt: skip
     result = subprocess.run(
         [str(bin_dir / "sh"), str(code / "start.sh")], env=env, capture_output=True, text=True

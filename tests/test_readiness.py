@@ -60,7 +60,14 @@ def test_the_addons_to_wait_for_come_from_the_rendered_manifests() -> None:
     assert set(addons.crds) == crds and "clusterapps.clusterous.io" in crds
     assert set(addons.deployments) == {
         ("clusterous-system", n)
-        for n in ("registry", "registry-push", "registry-mirror", "clusterous-operator", "csi-nfs-controller")
+        for n in (
+            "registry",
+            "registry-push",
+            "registry-mirror",
+            "clusterous-operator",
+            "clusterous-autoscaler",
+            "csi-nfs-controller",
+        )
     }
     assert addons.daemonsets == (("clusterous-system", "csi-nfs-node"),)
 

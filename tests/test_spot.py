@@ -259,6 +259,21 @@ def test_spot_fallback_is_checked(tmp_path) -> None:
     assert {(g.spot, g.spot_fallback) for g in load_spec(path).groups} == {(True, "on-demand")}
 
 
+def test_the_watcher_is_an_add_on_of_clusters_with_a_spot_group_only(tmp_path) -> None:
+    """`up` renders (and applies) the watcher for a cluster with a spot group; elsewhere its pod
+    would only pull an image onto every node to learn that the node is on-demand."""
+    from clusterous_provisioner import apply, bootstrap
+
+    path = tmp_path / "cluster.yml"
+    for text, expected in (("", False), ("spot: true\n", True)):
+        path.write_text("cluster_name: c\nregion: eu-west-1\n" + text)
+        inputs = apply.bootstrap_inputs(load_spec(path), "bucket", "0" * 64, None)
+        rendered = bootstrap.render_manifests(inputs)
+        assert ("spot-watch.yaml" in rendered) is expected, text
+        if expected:
+            assert rendered["spot-watch.yaml"] == spot.manifest_text()
+
+
 def _lifecycle_of(instance: dict) -> str:
     return instance.get("InstanceLifecycle") or "on-demand"
 
@@ -280,7 +295,13 @@ def test_an_interrupted_node_is_drained_and_replaced_with_on_demand_when_spot_ha
     assert result.exit_code == 0, result.output
     record = autoscaler.read_record(kube_config.new_client_from_config(config_file=str(k8s_api.kubeconfig)))
     assert record.groups == (autoscale.GroupBounds("worker", "t3.large", 0, 3, True, "on-demand"),)
-    _account(k8s_api)
+    for resource, namespace in (  # `up` applied the watcher: its account, rights and DaemonSet
+        ("v1/serviceaccounts", ACCOUNT[0]),
+        ("rbac.authorization.k8s.io/v1/clusterroles", None),
+        ("rbac.authorization.k8s.io/v1/clusterrolebindings", None),
+        ("apps/v1/daemonsets", ACCOUNT[0]),
+    ):
+        assert k8s_api.get(resource, ACCOUNT[1], namespace), resource
     api = kube_config.new_client_from_config(config_file=str(k8s_api.kubeconfig))
     said: list[str] = []
 

@@ -1,5 +1,5 @@
 """What `up` writes into the cluster once k3s has applied the add-ons: the operator's code,
-the registry's push credentials, the logging chart for the level asked for, and that level in
+the autoscaler (its code and its manifest: addons.APPLIED_LATER), the registry's push credentials, the logging chart for the level asked for, and that level in
 `cluster-info` (so a later `up` without a level keeps it).
 
 Every write is idempotent: readiness.py's setup stage calls `set_up` again until the logging
@@ -22,18 +22,24 @@ class Setup:
     operator_code: str
     logging_level: int
     logging: str | None
+    autoscaler: str = "unchanged"
 
 
-def set_up(api, info: dict, wanted_level: int | None) -> Setup:
-    """Apply the operator code, the push credentials and the logging chart; record the level in
-    `cluster-info` (`info`, as read) once the chart settled. `wanted_level` None keeps the
-    recorded level."""
+def set_up(api, info: dict, wanted_level: int | None, spot: bool = False) -> Setup:
+    """Apply the operator code, the autoscaler, the spot watcher (`spot`: a group runs on spot),
+    the push credentials and the logging chart; record the level in `cluster-info` (`info`, as
+    read) once the chart settled. `wanted_level` None keeps the recorded level."""
     from kubernetes import client
 
     from clusterous_cli import buildjob, registry
     from clusterous_provisioner import operator_bundle
 
     code = operator_bundle.apply_code(api, NAMESPACE)
+    autoscaler = apply_autoscaler(api)
+    if spot:
+        from clusterous_provisioner import spot as spot_addon
+
+        apply_manifest(api, spot_addon.manifest_text())
     registry.ensure_push_credentials(api, buildjob.PUSH_REGISTRY)  # issue 12 item 14
     recorded = str((info.get("data") or {}).get("loggingLevel") or "0")
     level = wanted_level
@@ -47,7 +53,73 @@ def set_up(api, info: dict, wanted_level: int | None) -> Setup:
             {"data": {"loggingLevel": str(level)}},
             _request_timeout=REQUEST_TIMEOUT,
         )
-    return Setup(code, level, logging)
+    return Setup(code, level, logging, autoscaler)
+
+
+def apply_autoscaler(api) -> str:
+    """The autoscaler's code ConfigMap, then its RBAC and Deployment (manifests/autoscaler.yaml,
+    whose pod template carries the code hash: new code rolls the pod). Always deployed: without
+    elastic groups it idles (docs/elastic.md, "Running it"). "created", "updated" or "unchanged"."""
+    from clusterous_provisioner import addons
+    from clusterous_provisioner.code_bundle import AUTOSCALER
+
+    done = {AUTOSCALER.apply(api, NAMESPACE), *apply_manifest(api, addons.autoscaler_manifest())}
+    return next(state for state in ("created", "updated", "unchanged") if state in done)
+
+
+APPLIED_HASH = "clusterous.io/applied-hash"  # on each object: what `up` last applied
+
+
+def apply_manifest(api, text: str) -> list[str]:
+    """Create, or replace when it changed, every object of a manifest; one state per object.
+
+    Each object carries the hash of what `up` sent, so a re-run replaces only what changed,
+    whatever defaults the API server filled in."""
+    import hashlib
+    import json
+
+    import yaml
+
+    states = []
+    for doc in (d for d in yaml.safe_load_all(text) if d):
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+        meta = doc["metadata"]
+        meta.setdefault("annotations", {})[APPLIED_HASH] = digest
+        version, plural = doc["apiVersion"], doc["kind"].lower() + "s"
+        path = ("/api/" if "/" not in version else "/apis/") + version
+        path += f"/namespaces/{meta['namespace']}/{plural}" if meta.get("namespace") else f"/{plural}"
+        current = _request(api, "GET", f"{path}/{meta['name']}")
+        if current is None:
+            _request(api, "POST", path, doc)
+            states.append("created")
+        elif (current["metadata"].get("annotations") or {}).get(APPLIED_HASH) == digest:
+            states.append("unchanged")
+        else:
+            meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+            _request(api, "PUT", f"{path}/{meta['name']}", doc)
+            states.append("updated")
+    return states
+
+
+def _request(api, method: str, path: str, body: dict | None = None) -> dict | None:
+    """One API request with a JSON body; its answer as a dict, None for a 404 GET."""
+    import json
+
+    from kubernetes.client import ApiException
+
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    request = api.param_serialize(
+        method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    response = api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+    response.read()
+    if method == "GET" and response.status == 404:
+        return None
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(
+            http_resp=response, body=response.data.decode(errors="replace"), data=None
+        )
+    return json.loads(response.data or b"{}")
 
 
 UNINSTALLING = "uninstalling"

@@ -8,7 +8,7 @@
 | bootstrap | the controller's bootstrap unit (NFS, k3s) finished a run (it retries until one does) |
 | ca hash | every instance is tagged with the hash of k3s' CA, which nodes join with (joinhash.py) |
 | api | the k3s API answers `/readyz` through the SSH tunnel |
-| setup | the operator's code ConfigMap, the logging HelmChart (applied or deleted) and `cluster-info` |
+| setup | the operator's code ConfigMap, the autoscaler (code and manifest), the logging HelmChart (applied or deleted) and `cluster-info` |
 | nodes | every instance is a Ready Node; every node carries its `clusterous.io/group` label |
 | add-ons | the CRDs are established, the Deployments available, the DaemonSets ready |
 
@@ -164,6 +164,7 @@ class Plan:
     members: list[Member]
     addons: Addons
     logging_level: int | None  # None: keep the level the cluster has (cluster-info)
+    spot: bool = False  # a group runs on spot: `up` applies the spot watcher
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
 
 
@@ -302,7 +303,7 @@ class Waiter:
         failing = [line for line in body.splitlines() if line.startswith("[-]")]
         return Check(False, f"/readyz answered {status}", tuple(failing[:10]))
 
-    # -- setup: operator code, logging, cluster-info -------------------------------------------
+    # -- setup: operator code, autoscaler, logging, cluster-info --------------------------------
 
     def setup(self) -> Check:
         """Once k3s applied the add-ons, write what `up` sets up in them (addon_setup.py); polled
@@ -318,7 +319,7 @@ class Waiter:
                 return Check(
                     False, f"k3s has not applied the add-ons yet (no ConfigMap {NAMESPACE}/{CLUSTER_INFO})"
                 )
-            done = addon_setup.set_up(self.api, info, self.plan.logging_level)
+            done = addon_setup.set_up(self.api, info, self.plan.logging_level, self.plan.spot)
         except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel: tried again
             return Check(False, _failure_text(exc))
         logging = done.logging
@@ -330,9 +331,12 @@ class Waiter:
         if logging == "off" and self.logging_removed:
             logging = "removed"
         self.outcome["operator_code"] = done.operator_code
+        self.outcome["autoscaler"] = done.autoscaler
         self.outcome["logging_level"] = done.logging_level
         return Check(
-            True, f"operator code {done.operator_code}; logging level {done.logging_level} ({logging})"
+            True,
+            f"operator code {done.operator_code}; autoscaler {done.autoscaler}; "
+            f"logging level {done.logging_level} ({logging})",
         )
 
     # -- nodes and add-ons ---------------------------------------------------------------------
@@ -406,11 +410,11 @@ class Waiter:
             Stage("bootstrap", "the controller's bootstrap (NFS server, k3s)", self.bootstrap),
             Stage("ca hash", "the k3s CA's hash nodes join with (instance tags)", self.ca_hash),
             Stage("api", "the Kubernetes API through the SSH tunnel", self.api_ready),
-            Stage("setup", "operator code, logging and cluster-info", self.setup),
+            Stage("setup", "operator code, autoscaler, logging and cluster-info", self.setup),
             Stage("nodes", "every node Ready with its group label", self.nodes, self.explain_nodes),
             Stage(
                 "add-ons",
-                "the add-ons (CRDs, registry, operator, NFS driver)",
+                "the add-ons (CRDs, registry, operator, autoscaler, NFS driver)",
                 self.addons,
                 self.explain_addons,
             ),
@@ -463,6 +467,7 @@ def wait_for_cluster(
         members=members_of(instances),
         addons=addons_from_manifests(documents),
         logging_level=logging_level,
+        spot=inputs.spot,
         timeouts=timeouts_for(timeout),
     )
     with Progress() as progress:

@@ -44,9 +44,13 @@ TEMPLATES = (
 )
 CRD_FILE = "crd-clusterapp.yaml"  # the operator's CRD (clusterous_operator/crd.yaml), never edited here
 OPERATOR_CODE_FILE = "operator-code.yaml"
-# Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers.
+AUTOSCALER_FILE = "autoscaler.yaml"  # the autoscaler's RBAC and Deployment (always deployed)
+AUTOSCALER_CODE_FILE = "autoscaler-code.yaml"
 SPOT_WATCH_FILE = "spot-watch.yaml"  # rendered by spot.manifest_text (it carries its script)
-APPLIED_LATER = frozenset({OPERATOR_CODE_FILE, SPOT_WATCH_FILE})
+# Too big for EC2's 16 KiB user-data: applied by `up` through the API once it answers
+# (cli/clusterous_cli/addon_setup.py), in this order; `render` and --render-dir show them too
+# (the spot watcher only for a cluster with a spot group).
+APPLIED_LATER = (OPERATOR_CODE_FILE, AUTOSCALER_CODE_FILE, AUTOSCALER_FILE, SPOT_WATCH_FILE)
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
 
@@ -97,9 +101,24 @@ def values_for(inputs) -> dict[str, str]:
         "csi_nfs_version": CSI_NFS_VERSION,
         "csi_nfs_image": CSI_NFS_IMAGE,
         "operator_image": operator_bundle.OPERATOR_IMAGE,
-        "operator_module": operator_bundle.OPERATOR_MODULE,
         "operator_code_hash": operator_bundle.code_hash(),
+        **autoscaler_values(),
     }
+
+
+def autoscaler_values() -> dict[str, str]:
+    """The autoscaler manifest's values: none depends on the cluster (its record does)."""
+    from clusterous_provisioner.code_bundle import AUTOSCALER, PYTHON_IMAGE
+
+    return {
+        "operator_image": PYTHON_IMAGE,  # the same pinned Python as the operator's
+        "autoscaler_code_hash": AUTOSCALER.code_hash(),
+        "autoscaler_configmap": AUTOSCALER.configmap,
+    }
+
+
+def autoscaler_manifest() -> str:
+    return fill(template(AUTOSCALER_FILE), autoscaler_values(), AUTOSCALER_FILE)
 
 
 def template(name: str) -> str:
@@ -119,14 +138,20 @@ def fill(text: str, values: dict[str, str], name: str = "template") -> str:
     return filled
 
 
-def render(values: dict[str, str]) -> dict[str, str]:
-    """Every add-on manifest, file name -> YAML text, in apply order."""
-    from clusterous_provisioner import operator_bundle
+def render(values: dict[str, str], spot: bool = False) -> dict[str, str]:
+    """Every add-on manifest, file name -> YAML text, in apply order; the spot watcher only for a
+    cluster with a spot group (on other nodes its pod would only pull an image to say so)."""
+    from clusterous_provisioner import spot as spot_addon
+    from clusterous_provisioner.code_bundle import AUTOSCALER, OPERATOR
 
     rendered = {CRD_FILE: crd_text()}
     for name in TEMPLATES:
         rendered[name] = fill(template(name), values, name)
-    rendered[OPERATOR_CODE_FILE] = operator_bundle.code_configmap_yaml()
+    rendered[OPERATOR_CODE_FILE] = OPERATOR.configmap_yaml()
+    rendered[AUTOSCALER_CODE_FILE] = AUTOSCALER.configmap_yaml()
+    rendered[AUTOSCALER_FILE] = autoscaler_manifest()
+    if spot:
+        rendered[SPOT_WATCH_FILE] = spot_addon.manifest_text()
     return rendered
 
 

@@ -39,6 +39,7 @@ def bootstrap_inputs(
         logging_level=spec.logging_level,
         os=spec.os,
         bucket_region=bucket_region,
+        spot=any(g.spot for g in spec.groups),
     )
 
 

@@ -12,8 +12,8 @@ as `drain`) and then terminates exactly those instances with `scaling.shrink`. A
 do not depend on the number of nodes (bench/autoscale_calls.py).
 
 Run: `python -m clusterous_provisioner.autoscaler [--once] [--interval 30] [--kubeconfig PATH]`
-(in the cluster it uses its ServiceAccount; manifests/autoscaler.yaml, not yet applied by `up`:
-docs/elastic.md).
+(in the cluster it uses its ServiceAccount: manifests/autoscaler.yaml, which `up` applies with
+the code, code_bundle.AUTOSCALER; docs/elastic.md "Running it").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from clusterous_core.names import NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling, spot
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 from clusterous_provisioner.drain import delete_node, drain_node, uncordon
-from clusterous_provisioner.kubecalls import json_body
+from clusterous_provisioner.kubecalls import get_or_none, json_body
 from clusterous_provisioner.kubeobjects import internal_ip
 
 CONFIGMAP = "autoscaler"
@@ -52,18 +52,6 @@ class Record:
     settings: Settings = Settings()
     memory: Memory = Memory()
     status: dict = field(default_factory=dict)
-
-
-MANIFEST = "autoscaler.yaml"  # manifests/: written, not yet in addons.TEMPLATES (docs/elastic.md)
-
-
-def manifest_text() -> str:
-    """The autoscaler's add-on manifest with its one value (the operator's pinned Python image)."""
-    from clusterous_provisioner import addons, operator_bundle
-
-    return addons.fill(
-        addons.template(MANIFEST), {"operator_image": operator_bundle.OPERATOR_IMAGE}, MANIFEST
-    )
 
 
 # --- the record `up` writes --------------------------------------------------------------------
@@ -390,6 +378,15 @@ def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) 
 # --- the process -------------------------------------------------------------------------------
 
 
+def has_record(api_client) -> bool:
+    """False while there is nothing to scale: `up` writes no record for a cluster without elastic
+    groups (the deployed autoscaler then idles, making no AWS call), or it lists none."""
+    from kubernetes import client
+
+    found = get_or_none(client.CoreV1Api(api_client).read_namespaced_config_map, CONFIGMAP, NAMESPACE)
+    return bool(found and json.loads((found.get("data") or {}).get("groups") or "{}"))
+
+
 def read_record(api_client) -> Record:
     from kubernetes import client
 
@@ -445,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.is_set():
         wake.clear()
         try:
+            if not has_record(api_client):
+                if args.once:
+                    return 0
+                stop.wait(args.interval)
+                continue
             record = read_record(api_client)
             if clients is None or clients.region != record.region:
                 clients = Clients(record.region)

@@ -81,6 +81,7 @@ class BootstrapInputs:
     logging_level: int = 0
     os: str = DEFAULT_OS
     bucket_region: str | None = None  # the registry's S3 region; None: the cluster's (up checks they match)
+    spot: bool = False  # a group runs on spot: the spot watcher is one of the add-ons
 
 
 def check_k3s_version(version: str, source: str = "cluster file", field_name: str = "k3s_version") -> str:
@@ -235,7 +236,7 @@ def render_node(inputs: BootstrapInputs, group: str) -> str:
 def render_manifests(inputs: BootstrapInputs) -> dict[str, str]:
     """Add-on manifests (file name -> YAML) with this cluster's values filled in."""
     _check_inputs(inputs)
-    return addons.render(addons.values_for(inputs))
+    return addons.render(addons.values_for(inputs), spot=inputs.spot)
 
 
 def write_render_dir(inputs: BootstrapInputs, directory: Path | str) -> list[Path]:

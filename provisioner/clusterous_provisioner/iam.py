@@ -1,4 +1,6 @@
-"""The controller's IAM role and instance profile: the registry's prefix of the bucket, nothing else."""
+"""The controller's IAM role and instance profile: the registry's prefix of the bucket, and what
+the in-cluster autoscaler does to its own cluster's nodes (docs/provisioning.md, "The controller's
+rights"), nothing else. Nodes get no role at all."""
 
 from __future__ import annotations
 
@@ -52,6 +54,106 @@ def controller_policy(bucket: str) -> dict:
     }
 
 
+def autoscaler_policy(cluster: str, region: str, account: str, key_name: str, partition: str = "aws") -> dict:
+    """What the autoscaler (and nothing else on the controller) may do in EC2, SSM and IAM: launch
+    and terminate only this cluster's nodes, read only this cluster's agent token and IAM names.
+    No iam:PassRole: nodes have no instance profile, so a launch cannot hand any role to an
+    instance. The Describe calls allow no resource scoping (Resource "*"); they are kept to the
+    cluster's region. docs/provisioning.md, "The controller's rights for the autoscaler"."""
+    ec2 = f"arn:{partition}:ec2:{region}:{account}"
+    iam_name = f"{layout.IAM_PATH}{layout.role_name(cluster, region)}"
+    node = {"aws:ResourceTag/clusterous:cluster": cluster, "aws:ResourceTag/clusterous:role": "node"}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            *_launch_statements(cluster, region, ec2, key_name, partition),
+            _allow(
+                "TerminateClusterNodes", "ec2:TerminateInstances", f"{ec2}:instance/*", {"StringEquals": node}
+            ),
+            _allow(
+                "DescribeInRegion",
+                [*DESCRIBE_CALLS, "ssm:DescribeParameters"],
+                "*",
+                {"StringEquals": {"aws:RequestedRegion": region}},
+            ),
+            _allow(
+                "AgentToken",
+                "ssm:GetParameter",
+                f"arn:{partition}:ssm:{region}:{account}:parameter{layout.token_parameter(cluster)}",
+            ),
+            _allow(  # inventory.discover looks them up to tell ours from others'
+                "OwnIamNames",
+                ["iam:GetRole", "iam:GetInstanceProfile"],
+                [f"arn:{partition}:iam::{account}:{kind}{iam_name}" for kind in ("role", "instance-profile")],
+            ),
+        ],
+    }
+
+
+def _launch_statements(cluster: str, region: str, ec2: str, key_name: str, partition: str) -> list[dict]:
+    """AWS authorizes RunInstances once per resource it touches (EC2 User Guide, "Example
+    policies to control access the Amazon EC2 API", Launch instances): the new instance and its
+    volumes must carry this cluster's tag and role `node` in the request (`aws:RequestTag`), the
+    subnet and security group must already be this cluster's (`aws:ResourceTag`); the AMI, the
+    network interface it creates, the key pair (by name) and a spot request have no tag to
+    check. Tags are written at launch only (`ec2:CreateAction`), so no existing instance can be
+    re-tagged into the cluster."""
+    ours = {"aws:RequestTag/clusterous:cluster": cluster, "aws:RequestTag/clusterous:role": "node"}
+    launched = [f"{ec2}:instance/*", f"{ec2}:volume/*"]
+    return [
+        _allow("LaunchClusterNodes", "ec2:RunInstances", launched, {"StringEquals": ours}),
+        _allow(
+            "LaunchIntoClusterNetwork",
+            "ec2:RunInstances",
+            [f"{ec2}:subnet/*", f"{ec2}:security-group/*"],
+            {"StringEquals": {"aws:ResourceTag/clusterous:cluster": cluster}},
+        ),
+        _allow(
+            "LaunchWith",
+            "ec2:RunInstances",
+            [
+                f"arn:{partition}:ec2:{region}::image/*",
+                f"{ec2}:network-interface/*",
+                f"{ec2}:key-pair/{key_name}",
+                f"{ec2}:spot-instances-request/*",
+            ],
+        ),
+        _allow(
+            "TagAtLaunchOnly",
+            "ec2:CreateTags",
+            launched,
+            {"StringEquals": {"ec2:CreateAction": "RunInstances", **ours}},
+        ),
+    ]
+
+
+def _allow(
+    sid: str, action: str | list[str], resource: str | list[str], condition: dict | None = None
+) -> dict:
+    statement = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+    return {**statement, "Condition": condition} if condition else statement
+
+
+# inventory.discover's EC2 calls, and DescribeInstanceTypes (a group at zero: autoscaler.py)
+DESCRIBE_CALLS = tuple(
+    f"ec2:{op}"
+    for op in (
+        "DescribeInstances",
+        "DescribeVolumes",
+        "DescribeNatGateways",
+        "DescribeAddresses",
+        "DescribeInternetGateways",
+        "DescribeRouteTables",
+        "DescribeSubnets",
+        "DescribeSecurityGroups",
+        "DescribeVpcs",
+        "DescribeKeyPairs",
+        "DescribeInstanceTypes",
+    )
+)
+POLICY_NAMES = ("registry-bucket", "autoscaler")  # the role's inline policies
+
+
 ASSUME_EC2 = {
     "Version": "2012-10-17",
     "Statement": [
@@ -65,20 +167,24 @@ def ensure_iam(clients, spec: ClusterSpec, target: Target, inv: Inventory, out: 
     name = layout.role_name(spec.name, spec.region)
     tag = tags.tag_list(tags.tag_dict(spec.name, "iam", name, **{tags.REGION: spec.region}))
     iam = clients.iam
-    if inv.role is None:
-        iam.create_role(
+    role = inv.role
+    if role is None:
+        role = iam.create_role(
             RoleName=name,
             Path=layout.IAM_PATH,
             AssumeRolePolicyDocument=json.dumps(ASSUME_EC2),
-            Description=f"clusterous cluster {spec.name}: controller (registry bucket only)",
+            Description=f"clusterous cluster {spec.name}: controller (registry bucket, its own nodes)",
             Tags=tag,
-        )
+        )["Role"]
         out.created.append(f"IAM role {name}")
-    iam.put_role_policy(
-        RoleName=name,
-        PolicyName="registry-bucket",
-        PolicyDocument=json.dumps(controller_policy(target.bucket)),
+    _, partition, _, _, account, _ = role["Arn"].split(":", 5)
+    key_name = target.key_name or layout.key_pair_name(spec.name)
+    policies = (
+        controller_policy(target.bucket),
+        autoscaler_policy(spec.name, spec.region, account, key_name, partition),
     )
+    for policy_name, document in zip(POLICY_NAMES, policies, strict=True):
+        iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(document))
     profile = inv.instance_profile
     if profile is None:
         profile = iam.create_instance_profile(InstanceProfileName=name, Path=layout.IAM_PATH, Tags=tag)[

@@ -181,7 +181,9 @@ def _identity_items(
             "IAM role + instance profile",
             layout.role_name(name, region),
             _exists(inv.role and inv.instance_profile),
-            f"controller: registry bucket {bucket} only" if bucket else "controller: registry bucket only",
+            f"controller: registry bucket {bucket}, its own nodes"
+            if bucket
+            else "controller: registry bucket, its own nodes",
         ),
     ]
     if profile_key_name:
@@ -286,22 +288,32 @@ def _instance_items(spec: ClusterSpec, inv: Inventory, prices, root: float | Non
     return items
 
 
+AUTOSCALER_NOTE = (
+    "autoscaler: Deployment clusterous-system/clusterous-autoscaler on the controller, applied by `up` "
+    "once the API answers"
+)
+
+
 def _elastic_notes(
     spec: ClusterSpec, region: str, root: float | None, hourly: float, prices: dict[str, float] | None
 ) -> list[str]:
     """Groups with bounds (docs/elastic.md): the autoscaler, and the cost per hour at min and at max."""
     elastic = [g for g in spec.groups if g.elastic]
     if not elastic:
-        return []
+        return [AUTOSCALER_NOTE + "; it idles: no group has bounds"]
     at_min = at_max = hourly
     for g in elastic:
         price = pricing.instance_hourly(g.instance_type, region, prices).hourly_usd
         if price is None or root is None:
-            return [f"autoscaler bounds: {_bounds(elastic)}; cost at min/max not priced ({g.instance_type})"]
+            return [
+                AUTOSCALER_NOTE,
+                f"autoscaler bounds: {_bounds(elastic)}; cost at min/max not priced ({g.instance_type})",
+            ]
         assert g.min is not None and g.max is not None  # elastic: both bounds are set
         at_min += (price + root) * (g.min - g.count)
         at_max += (price + root) * (g.max - g.count)
     return [
+        AUTOSCALER_NOTE,
         f"autoscaler bounds: {_bounds(elastic)} (docs/elastic.md)",
         f"cost with every elastic group at min: {at_min:.4f} USD per hour; at max: {at_max:.4f} USD per hour",
     ]

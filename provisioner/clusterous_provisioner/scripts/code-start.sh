@@ -1,12 +1,13 @@
 #!/bin/sh
-# Entry point of the operator pod (a stock Python image pinned by digest): install the lock
+# Entry point of the operator and autoscaler pods (a stock Python image pinned by digest; their
+# code ConfigMaps: clusterous_provisioner/code_bundle.py). Install the lock beside this script
 # (requirements.txt, every distribution pinned with its sha256) once per lock hash into a cache
-# on the controller (a hostPath), so a restart or new operator code with the same lock needs no
-# PyPI; then run kopf on the zipped clusterous_operator package shipped beside this script in the
-# clusterous-operator-code ConfigMap.
+# on the controller (a hostPath), so a restart or new code with the same lock needs no PyPI;
+# then run python with the arguments the ConfigMap's `args` lists (one a line; the pod's own, if
+# it gives any), the cache and the zipped code on PYTHONPATH.
 set -eu
 CODE_DIR="${CLUSTEROUS_CODE_DIR:-/opt/clusterous/code}"
-SITE_ROOT="${CLUSTEROUS_SITE_ROOT:-/var/lib/clusterous-operator}"
+SITE_ROOT="${CLUSTEROUS_SITE_ROOT:-/var/lib/clusterous-code}"
 LOCK="$CODE_DIR/requirements.txt"
 LOCK_HASH="$(sha256sum "$LOCK" | cut -c1-16)"
 SITE="$SITE_ROOT/site-$LOCK_HASH"
@@ -21,6 +22,14 @@ if [ ! -e "$SITE/.complete" ]; then
     rm -rf "$SITE"
     mv "$SITE.partial" "$SITE"
 fi
-export PYTHONPATH="$SITE:$CODE_DIR/clusterous_operator.zip"
-exec python -m kopf run --all-namespaces --peering=clusterous-operator \
-    --liveness=http://0.0.0.0:8080/healthz -m "$CLUSTEROUS_OPERATOR_MODULE"
+PYTHONPATH="$SITE"
+for zip in "$CODE_DIR"/*.zip; do
+    PYTHONPATH="$PYTHONPATH:$zip"
+done
+export PYTHONPATH
+if [ "$#" -eq 0 ]; then
+    while IFS= read -r arg; do
+        set -- "$@" "$arg"
+    done <"$CODE_DIR/args"
+fi
+exec python "$@"
