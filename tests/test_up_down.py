@@ -493,7 +493,16 @@ def test_spot_is_for_node_groups_never_the_controller(aws, cli):
         role = tag(instance, "clusterous:group") or tag(instance, "clusterous:role")
         lifecycle.setdefault(role, set()).add(instance.get("InstanceLifecycle", "on-demand"))
     assert lifecycle == {"controller": {"on-demand"}, "master": {"spot"}, "worker": {"spot"}}
+    # The account's spot service-linked role exists for the autoscaler's later spot launches (its
+    # role has no IAM rights); a second `up` makes no second one, `down` leaves it.
+    spot_roles = aws.client("iam").list_roles(PathPrefix="/aws-service-role/spot.amazonaws.com/")["Roles"]
+    assert len(spot_roles) == 1
+    assert cli([*UP, "--cluster", "spotty", "--workers", "2", "--spot"]).exit_code == 0
     assert cli(["down", "spotty", "--yes", "--delete-shared-volume"]).exit_code == 0
+    assert (
+        aws.client("iam").list_roles(PathPrefix="/aws-service-role/spot.amazonaws.com/")["Roles"]
+        == spot_roles
+    )
 
 
 def test_ssh_open_to_the_internet_asks_first_and_says_what_it_opens(aws, cli):

@@ -162,6 +162,21 @@ ASSUME_EC2 = {
 }
 
 
+SPOT_ROLE_PATH = "/aws-service-role/spot.amazonaws.com/"  # AWSServiceRoleForEC2Spot's path
+
+
+def ensure_spot_role(iam, out: Outcome) -> None:
+    """The account's service-linked role for spot (AWSServiceRoleForEC2Spot). EC2 makes it at an
+    account's first spot launch only for a caller allowed iam:CreateServiceLinkedRole, and
+    "If you use the AWS CLI or an API, you must ensure that these roles exist" (EC2 User Guide,
+    Spot Fleet permissions): the autoscaler's role has no IAM rights, so a spot group that starts
+    at zero would fail its first launch. The account's, shared and free: `down` leaves it."""
+    if iam.list_roles(PathPrefix=SPOT_ROLE_PATH).get("Roles"):
+        return
+    iam.create_service_linked_role(AWSServiceName="spot.amazonaws.com")
+    out.created.append("service-linked role for EC2 Spot (the account's)")
+
+
 def ensure_iam(clients, spec: ClusterSpec, target: Target, inv: Inventory, out: Outcome) -> str:
     """The controller's role and instance profile; nodes get none (the minimum)."""
     name = layout.role_name(spec.name, spec.region)
@@ -185,6 +200,8 @@ def ensure_iam(clients, spec: ClusterSpec, target: Target, inv: Inventory, out: 
     )
     for policy_name, document in zip(POLICY_NAMES, policies, strict=True):
         iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(document))
+    if any(g.spot for g in spec.groups):
+        ensure_spot_role(iam, out)
     profile = inv.instance_profile
     if profile is None:
         profile = iam.create_instance_profile(InstanceProfileName=name, Path=layout.IAM_PATH, Tags=tag)[
