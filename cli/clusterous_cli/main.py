@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import typer
 
 from clusterous_cli.commands import apps as apps_cmd
+from clusterous_cli.commands import budget as budget_cmd
 from clusterous_cli.commands import cluster as cluster_cmd
 from clusterous_cli.commands import hostkey as hostkey_cmd
 from clusterous_cli.commands import images as images_cmd
@@ -148,6 +149,7 @@ app.command("run", help=apps_cmd.RUN_HELP)(apps_cmd.run)
 app.command("quit", help=apps_cmd.QUIT_HELP)(apps_cmd.quit_app)
 app.command("build-image", help=images_cmd.BUILD_HELP)(images_cmd.build_image)
 app.command("images", help=images_cmd.IMAGES_HELP)(images_cmd.images)
+app.command("budget", help=budget_cmd.HELP)(budget_cmd.budget)
 
 
 def _wants_traceback(argv: list[str]) -> bool:

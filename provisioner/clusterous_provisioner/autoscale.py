@@ -15,7 +15,9 @@ and the bench reach the rules without a cluster. The rules (docs/elastic.md):
   for `idle_minutes`: the newest idle nodes first, never below `min`, drained before they go;
 - below `min` (nodes lost) grow back to it;
 - after any change the group rests for `cooldown_seconds`, and never shrinks while it has
-  pending pods or launching nodes: a burst of pending pods is one decision, and nothing flaps.
+  pending pods or launching nodes: a burst of pending pods is one decision, and nothing flaps;
+- with the budget reached (`Budget`), no group grows for pending pods: idle nodes still go
+  down to `min`, and pending pods no longer hold them (`budget_gate`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ class Memory:
 
     last_change: Mapping[str, float] = field(default_factory=dict)
     busy_at: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the cluster has spent and may spend (USD; spending.py): at the limit nothing grows."""
+
+    spent: float
+    limit: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
 
 
 @dataclass(frozen=True)
@@ -197,12 +211,13 @@ def decide(
     now: float,
     settings: Settings = Settings(),
     type_capacity: Mapping[str, tuple[int, int]] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[list[Decision], Memory]:
     """One decision per group, and the memory for the next round (a grow or shrink starts the
     group's cooldown: the caller acts on every decision it is given).
 
     `type_capacity` is a group's per-node (millicores, bytes) when it has no Ready node to learn
-    it from (the instance type's, from EC2)."""
+    it from (the instance type's, from EC2). `budget`: see budget_gate."""
     memory = remember_busy(nodes, pods, memory, now)
     pending: dict[str, list[Mapping]] = {g.name: [] for g in groups}
     for pod in pods:
@@ -217,14 +232,26 @@ def decide(
     changed = dict(memory.last_change)
     for group in groups:
         members = [n for n in nodes if node_group(n) == group.name]
+        over = budget is not None and budget.reached
         decision = _decide_group(
-            group, members, pods, pending[group.name], launching.get(group.name, 0), memory, now, settings,
-            (type_capacity or {}).get(group.name),
+            group, members, pods, [] if over else pending[group.name], launching.get(group.name, 0), memory,
+            now, settings, (type_capacity or {}).get(group.name),
         )  # fmt: skip
+        if over:
+            decision = budget_gate(decision, len(pending[group.name]), budget)
         if decision.action != "none":
             changed[group.name] = now
         decisions.append(decision)
     return decisions, replace(memory, last_change=changed)
+
+
+def budget_gate(decision: Decision, pending: int, budget) -> Decision:
+    """With the budget reached the group was decided as if nothing were pending: it never grows
+    for pods (only back to `min`), and its idle nodes go as usual; the reason says so."""
+    words = f"budget reached (${budget.spent:.2f} of ${budget.limit:.2f})"
+    if pending:
+        words += f": {pending} pod(s) pending, not grown for"
+    return replace(decision, reason=f"{words}; {decision.reason}")
 
 
 def _decide_group(

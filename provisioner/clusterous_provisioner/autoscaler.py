@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clusterous_core.names import NAMESPACE, TIME_FORMAT
-from clusterous_provisioner import autoscale, scaling
+from clusterous_provisioner import autoscale, scaling, spending
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 from clusterous_provisioner.drain import delete_node, drain_node, uncordon
 from clusterous_provisioner.kubecalls import json_body
@@ -52,6 +52,7 @@ class Record:
     settings: Settings = Settings()
     memory: Memory = Memory()
     status: dict = field(default_factory=dict)
+    budget: float | None = None  # USD (spending.py)
 
 
 MANIFEST = "autoscaler.yaml"  # manifests/: written, not yet in addons.TEMPLATES (docs/elastic.md)
@@ -77,6 +78,7 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
         for g in spec.groups
         if g.elastic
     }
+    budget = getattr(spec, "budget", None)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -95,20 +97,22 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
             "groups": json.dumps(groups, sort_keys=True),
             "idle_minutes": f"{settings.idle_minutes:g}",
             "cooldown_seconds": f"{settings.cooldown_seconds:g}",
+            # only when given: a re-run of `up` without one keeps what `budget N` set
+            **({spending.BUDGET_KEY: str(budget)} if budget is not None else {}),
         },
     }
 
 
 def write_record(api_client, spec, bucket: str) -> str | None:
     """Create the ConfigMap, or merge-patch its settings (never `status`): "created"/"updated".
-    A cluster without elastic groups gets none; one that had some gets its groups emptied
-    (None when there was nothing to do)."""
+    A cluster without elastic groups or a budget gets none; one that had some gets its groups
+    emptied (None when there was nothing to do)."""
     from kubernetes import client
     from kubernetes.client import ApiException
 
     core = client.CoreV1Api(api_client)
     body = record_configmap(spec, bucket)
-    if any(g.elastic for g in spec.groups):
+    if any(g.elastic for g in spec.groups) or spending.BUDGET_KEY in body["data"]:
         try:
             core.create_namespaced_config_map(NAMESPACE, body, **RAW)  # type: ignore[arg-type]  # a dict body is sent as it is
             return "created"
@@ -143,6 +147,7 @@ def parse_record(data: dict) -> Record:
         ),
         memory=Memory(last_change=kept.get("last_change") or {}, busy_at=kept.get("busy_at") or {}),
         status=status,
+        budget=spending.parse_budget(data.get(spending.BUDGET_KEY)),
     )
 
 
@@ -263,9 +268,11 @@ def run_once(
     by_type = (
         instance_type_capacity(clients, at_zero, {} if type_cache is None else type_cache) if at_zero else {}
     )
+    spent = spending.spending_round(record.status.get("spending"), inv, now)
     decisions, memory = autoscale.decide(
         record.groups, nodes, pods, launching, record.memory, now, record.settings,
         {g.name: by_type[g.instance_type] for g in record.groups if g.instance_type in by_type},
+        autoscale.Budget(spent["usd"], record.budget),
     )  # fmt: skip
     acted: dict[str, dict] = {}
     for decision in decisions:
@@ -273,9 +280,8 @@ def run_once(
             continue
         report(f"{decision.group}: {decision.action} {decision.count}: {decision.reason}")
         acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
-    body = {
-        "data": {STATUS_KEY: json.dumps(status_of(decisions, record, memory, now, acted), sort_keys=True)}
-    }
+    status = {**status_of(decisions, record, memory, now, acted), "spending": spent}
+    body = {"data": {STATUS_KEY: json.dumps(status, sort_keys=True)}}
     core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, body, **RAW)
     return decisions
 
