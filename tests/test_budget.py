@@ -171,7 +171,9 @@ def budgeted(cluster_side, aws, k8s_api, cli):  # noqa: F811 - the imported fixt
     return round_at
 
 
-def test_the_budget_stops_growth_warns_at_80_percent_and_raising_it_resumes(budgeted, aws, k8s_api, cli):
+def test_the_budget_stops_growth_warns_at_80_percent_and_raising_it_resumes(
+    budgeted, aws, k8s_api, cli, tmp_path
+):
     round_at = budgeted
     assert k8s_api.get("v1/configmaps", "autoscaler", "clusterous-system")["data"]["budget"] == "100.0"
     _app(k8s_api, 3)  # one fits the single worker, two are Unschedulable (Insufficient cpu)
@@ -212,6 +214,13 @@ def test_the_budget_stops_growth_warns_at_80_percent_and_raising_it_resumes(budg
         json.loads(cli(["status", "--cluster", CLUSTER, "--json"]).stdout)["budget"]["percent"]
         == found["percent"]
     )
+    app = tmp_path / "probe.yaml"  # `run` warns before it applies anything
+    app.write_text(json.dumps({"apiVersion": "clusterous.io/v1alpha1", "kind": "ClusterApp",
+                               "metadata": {"name": "probe"}, "spec": {"components": [
+                                   {"name": "p", "group": "worker", "image": "busybox:1.37", "cpu": "0.1"}]}}))  # fmt: skip
+    ran = cli(["run", str(app), "--no-wait", "--cluster", CLUSTER])
+    assert ran.exit_code == 0, ran.output
+    assert ran.stderr.count("85% of the budget spent") == 1 and "clusterous-k8s budget N" in ran.stderr
 
     # After the cooldown the spending passes the budget: no growth, the reason says why.
     aws.reset_calls()
