@@ -227,7 +227,9 @@ def test_the_budget_stops_growth_warns_at_80_percent_and_raising_it_resumes(
     stopped = round_at(t0 + 6 * MINUTE)
     assert stopped.action == "none" and not aws.calls("RunInstances")
     assert stopped.reason.startswith("budget reached ($") and f"of ${limit:.2f})" in stopped.reason
-    assert "3 pod(s) pending, not grown for" in stopped.reason
+    assert (
+        stopped.reason.split("): ", 1)[1] == "3 pod(s) pending, not grown for; 3 node(s), 3 running app pods"
+    )
     assert "budget reached" in cli(["status", "--cluster", CLUSTER]).stdout
     assert len(_workers(aws)) == 3
 

@@ -249,9 +249,11 @@ def budget_gate(decision: Decision, pending: int, budget) -> Decision:
     """With the budget reached the group was decided as if nothing were pending: it never grows
     for pods (only back to `min`), and its idle nodes go as usual; the reason says so."""
     words = f"budget reached (${budget.spent:.2f} of ${budget.limit:.2f})"
+    reason = decision.reason
     if pending:
         words += f": {pending} pod(s) pending, not grown for"
-    return replace(decision, reason=f"{words}; {decision.reason}")
+        reason = reason.removesuffix("; nothing pending")  # they were left out on purpose
+    return replace(decision, reason=f"{words}; {reason}")
 
 
 def _decide_group(
