@@ -1,7 +1,7 @@
 """`run` on a cluster whose node group is at zero (issue 17 item 2): the app's pods go Pending,
 the autoscaler grows the group, and `run` says so until the new nodes are Ready and the app runs.
 
-The world: `up` of a cluster file whose only node group is `worker: 0..3` (tests/test_up_ready.py:
+The world: `up --workers 0..3`, the default layout (tests/test_up_ready.py:
 moto behind the AWS realism layer, FakeK3s registering a 2-CPU Node for every running
 instance); the real kopf operator against the Kubernetes API emulator with its scheduler and
 kubelets; `run` in a thread, as a user's terminal; the autoscaler's rounds (`run_once`) driven
@@ -23,6 +23,7 @@ os.environ.setdefault("CLUSTEROUS_RESYNC_SECONDS", "0.5")
 import kopf.testing as kopf_testing  # noqa: E402
 
 from clusterous_cli import scaleup  # noqa: E402
+from clusterous_operator.reconcile import decide  # noqa: E402
 from clusterous_provisioner import autoscale, autoscaler  # noqa: E402
 from clusterous_provisioner.clients import Clients  # noqa: E402
 from tests.test_run_quit import OPERATOR_ARGS  # noqa: E402
@@ -42,7 +43,7 @@ APP = {
 
 
 def _unschedulable(k8s_api) -> int:
-    """Pods kube-scheduler found no node for (here: only the controller, tainted, is a Node)."""
+    """Pods kube-scheduler found no node for (the master's does not match, the controller is tainted)."""
     return len([p for p in k8s_api.list("v1/pods", "default") if autoscale.unschedulable_message(p)])
 
 
@@ -56,11 +57,7 @@ def _workers(k8s_api) -> list[str]:
 
 @pytest.fixture
 def at_zero(cluster_side, aws, k8s_api, cli, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    path = tmp_path / "cluster.yml"
-    path.write_text(
-        yaml.safe_dump({"node_groups": {"worker": {"type": "t3.large", "count": 0, "min": 0, "max": 3}}})
-    )
-    result = cli([*UP[:1], str(path), *UP[1:], "--timeout", "30"])
+    result = cli([*UP, "--workers", "0..3", "--timeout", "30"])  # master 1 (fixed), worker at 0
     assert result.exit_code == 0, result.output
     assert "autoscaler bounds created: worker 0..3" in result.stderr
     monkeypatch.setattr(scaleup, "POLL_SECONDS", 0.2)
@@ -124,3 +121,26 @@ def test_run_on_a_group_at_zero_waits_for_the_autoscaler_and_its_nodes_with_prog
     running = first("sim: Running")
     assert waiting < launching < ready < running
     assert len([line for line in lines if "waiting for the autoscaler" in line]) == 1  # no countdown spam
+
+
+def test_a_group_the_autoscaler_may_grow_exists_at_zero_and_auto_asks_it_for_a_first_node() -> None:
+    """The operator's side (reconcile.decide): with only the master's Node, a component on the
+    elastic worker group is no spec error, and `count: auto` there has one Pending replica (the
+    pod that makes the autoscaler grow the group); without the record it is refused, as before."""
+    master = {
+        "metadata": {"name": "m1", "labels": {"clusterous.io/group": "master"}},
+        "status": {
+            "allocatable": {"cpu": "2", "memory": "8Gi"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    body = {**APP, "metadata": {"name": "sim", "namespace": "default", "generation": 1}}
+    auto = {**APP["spec"]["components"][0], "replicas": "auto", "cpu": "auto"}
+    body["spec"] = {"components": [auto]}
+    refused = decide(body, [master], now="2026-11-30T00:00:00Z")
+    assert refused.error is not None and refused.error.field == "spec.components[0].group"
+    grown = decide(body, [master], now="2026-11-30T00:00:00Z", elastic=frozenset({"worker"}))
+    assert grown.error is None
+    (deployment,) = [c for c in grown.children if c["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"clusterous.io/group": "worker"}

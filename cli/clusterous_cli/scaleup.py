@@ -32,6 +32,13 @@ def budget_warning(api) -> str | None:
     return found["warning"] if found else None
 
 
+def elastic_groups(api) -> set[str]:
+    """The node groups the autoscaler may grow (its record): they exist even with no node."""
+    from clusterous_provisioner import autoscaler
+
+    return set(autoscaler.read_status(api) or {})
+
+
 def _epoch(stamp: str | None) -> float | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
 

@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from clusterous_core.names import NAMESPACE, TIME_FORMAT
+from clusterous_core.names import AUTOSCALER_RECORD, NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling, spending
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 from clusterous_provisioner.drain import delete_node, drain_node, uncordon
 from clusterous_provisioner.kubecalls import json_body
 from clusterous_provisioner.kubeobjects import internal_ip
 
-CONFIGMAP = "autoscaler"
+CONFIGMAP = AUTOSCALER_RECORD  # the operator reads its `groups` too (groups at zero exist)
 STATUS_KEY = "status"
 TIMEOUT = 30  # seconds for one Kubernetes API request
 RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": TIMEOUT}
