@@ -144,3 +144,7 @@ def test_a_group_the_autoscaler_may_grow_exists_at_zero_and_auto_asks_it_for_a_f
     (deployment,) = [c for c in grown.children if c["kind"] == "Deployment"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"clusterous.io/group": "worker"}
+    (component,) = grown.status["components"]
+    assert (
+        "the autoscaler grows worker" in component["message"] and "scale worker" not in component["message"]
+    )

@@ -65,6 +65,7 @@ class ComponentPlacement:
     memory: int | None = None  # bytes per replica; None only when the group has no usable node
     one_per_node: bool = False  # hostNetwork with ports: host ports collide, one replica a node
     per_new_node: int = 0  # replicas one more node of the group would hold (for the scale hint)
+    elastic: bool = False  # the autoscaler may grow the group (the hint names it, not `scale`)
 
 
 def node_groups(nodes: Iterable[Mapping]) -> set[str]:
@@ -109,9 +110,12 @@ def place(
         members = [c for c in spec.components if c.group == group]
         group_nodes = [n for n in capacity if n.group == group]
         result.update(_place_group(members, group_nodes, reserved or {}))
-        if not group_nodes and group in set(elastic):
-            for c in (c for c in members if c.replicas == AUTO):
-                result[c.name] = replace(result[c.name], replicas=1)
+        if group in set(elastic):
+            for c in members:
+                one = not group_nodes and c.replicas == AUTO
+                result[c.name] = replace(
+                    result[c.name], elastic=True, replicas=1 if one else result[c.name].replicas
+                )
     return {c.name: result[c.name] for c in spec.components}
 
 
