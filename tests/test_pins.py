@@ -171,8 +171,15 @@ def test_rbac_writes_only_in_the_application_namespace():
         for resource in rule["resources"]
     }
     assert cluster_writes == {("kopf.dev", "clusterkopfpeerings")}  # kopf's peering only
-    (role,) = [d for d in docs if d["kind"] == "Role"]
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] != "clusterous-system"]
+    (binding,) = [
+        d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] != "clusterous-system"
+    ]
+    # In its own namespace it reads one thing: the autoscaler's record (groups at zero exist).
+    (own,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "clusterous-system"]
+    assert own["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["autoscaler"], "verbs": ["get"]}
+    ]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     from clusterous_cli.apps import NAMESPACE  # where `run` applies every ClusterApp

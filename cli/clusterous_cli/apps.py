@@ -98,6 +98,7 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
     (`check_against_cluster`: groups exist, an explicit cpu or memory fits a node), before
     anything is copied, built or applied: BadInput naming `source` and the field. Returns
     warnings: node groups whose nodes no application uses (they sit idle and cost money)."""
+    from clusterous_cli import scaleup
     from clusterous_cli.envfile import source_field
     from clusterous_cli.kubeapi import api_failure
     from clusterous_core.errors import BadInput
@@ -107,6 +108,7 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
 
     try:
         nodes, pods = _list(api, "list_node"), _list(api, "list_pod_for_all_namespaces")
+        elastic = scaleup.elastic_groups(api)  # groups that exist at zero nodes
         others = [
             a for a in list_apps(api, namespace) if a["metadata"]["name"] != clusterapp["metadata"]["name"]
         ]
@@ -116,7 +118,7 @@ def check_on_cluster(api, source: str, clusterapp: dict, namespace: str = NAMESP
         raise api_failure("reading the cluster's nodes and pods", exc) from None
     body = {**clusterapp, "metadata": {**clusterapp["metadata"], "namespace": namespace}}
     try:
-        check_against_cluster(parse_app(body), nodes, pods)
+        check_against_cluster(parse_app(body), nodes, pods, elastic)
     except SpecError as error:
         raise BadInput(source, source_field(clusterapp, error.field), error.expected, error.got) from None
     used = {c.get("group") for a in [body, *others] for c in (a.get("spec") or {}).get("components") or []}

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "workon": ("status", "workon", "WORKON_HELP"),
     "suspend": ("suspend", "suspend", "SUSPEND_HELP"),
     "resume": ("suspend", "resume", "RESUME_HELP"),
+    "budget": ("budget", "budget", "HELP"),
     "scale": ("nodes", "scale", "SCALE_HELP"),
     "add-nodes": ("nodes", "add_nodes", "ADD_HELP"),
     "rm-nodes": ("nodes", "rm_nodes", "RM_HELP"),

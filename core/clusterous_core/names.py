@@ -10,6 +10,7 @@ NAMESPACE = "clusterous-system"
 # The label every node carries with its node group (k3s --node-label at join); apps select on it.
 GROUP_LABEL = "clusterous.io/group"
 CLUSTER_INFO = "cluster-info"  # ConfigMap in NAMESPACE: what the provisioner recorded at bootstrap
+AUTOSCALER_RECORD = "autoscaler"  # ConfigMap in NAMESPACE: elastic groups' bounds, budget, status
 
 # The ClusterApp custom resource (operator/clusterous_operator/crd.yaml).
 GROUP, VERSION, PLURAL = "clusterous.io", "v1alpha1", "clusterapps"

@@ -33,14 +33,15 @@ def build_children(
     reserved: Mapping[str, Reserved] | None = None,
     waiting: Iterable[str] = (),
     registry: str = CLUSTER_REGISTRY,
+    elastic: Iterable[str] = (),
 ) -> list[dict]:
-    """The shared-volume claim, then a Deployment and a Service per component.
+    """The shared-volume claim, then a Deployment and a Service per component (`elastic`: as `place`).
 
     `waiting` names components whose dependencies are not ready yet: their Deployment is
     created once they can start, at its full replicas (one write, not a create at 0 and an
     update), and their Service at once (its DNS name may be looked up early).
     """
-    placements = place(app.spec, list(nodes), reserved)
+    placements = place(app.spec, list(nodes), reserved, elastic)
     held = set(waiting)
     objects: list[dict] = [build_shared_claim(app)]
     for component in app.spec.components:

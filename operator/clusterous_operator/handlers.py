@@ -276,8 +276,9 @@ def _reconcile(
         old = written
     deployments = list(deployment_index.get(key, []))
     decision = decide(
-        {**body, "status": old}, node_index.get(None, []), pod_index.get(None, []), deployments, now=_now()
-    )
+        {**body, "status": old}, node_index.get(None, []), pod_index.get(None, []), deployments, now=_now(),
+        elastic=kube.elastic_groups(),
+    )  # fmt: skip
     if decision.error is None:
         existing = {
             **{(d["kind"], d["metadata"]["name"]): _hash(d) for d in deployments},

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 
-from clusterous_core.names import GROUP, PLURAL, VERSION
+from clusterous_core.names import AUTOSCALER_RECORD, GROUP, NAMESPACE, PLURAL, VERSION
 from clusterous_operator.builders import APP_LABEL, Change
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ CONFLICT_ATTEMPTS = 5  # a read-modify-replace overtaken by another writer (409)
 
 
 _client = None  # one API client (and connection pool) per run of the operator, made by login()
+ELASTIC_SECONDS = 10.0  # how long the elastic groups read are reused (reconciliations are frequent)
+_elastic: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
 
 
 def login() -> None:
@@ -38,7 +40,8 @@ def login() -> None:
 
     import kubernetes
 
-    global _client
+    global _client, _elastic
+    _elastic = (float("-inf"), frozenset())  # a new operator run reads the record afresh
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
@@ -135,6 +138,28 @@ def delete_children(namespace: str, app_name: str) -> tuple[list[str], list[str]
 # (connect, read) seconds: a handler thread blocked on a silent API server would hold kopf's
 # shutdown (and the next reconcile) forever; a timeout turns it into a retried error.
 REQUEST_TIMEOUT = (5, 30)
+
+
+def elastic_groups() -> frozenset[str]:
+    """The node groups the autoscaler may grow, from its record (`groups` of the ConfigMap `up`
+    writes): they exist even with no node. Empty without a record, or when it cannot be read
+    (the groups with nodes are then the only ones known, as before)."""
+    import time
+
+    from kubernetes import client
+
+    global _elastic
+    if time.monotonic() < _elastic[0]:
+        return _elastic[1]
+    try:
+        with _api_client() as api:
+            found = _call(client.CoreV1Api(api), "read_namespaced_config_map", AUTOSCALER_RECORD, NAMESPACE)
+        groups = frozenset(json.loads((found.get("data") or {}).get("groups") or "{}"))
+    except Exception as exc:  # noqa: BLE001 - 404 (no elastic group), 403, a malformed record
+        log.debug("no elastic groups: %s", exc)
+        groups = frozenset()
+    _elastic = (time.monotonic() + ELASTIC_SECONDS, groups)
+    return groups
 
 
 def _call(api, method: str, *args, **kwargs) -> dict:

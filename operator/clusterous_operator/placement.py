@@ -14,7 +14,7 @@ fit its free memory too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from clusterous_core.names import GROUP_LABEL
@@ -65,6 +65,7 @@ class ComponentPlacement:
     memory: int | None = None  # bytes per replica; None only when the group has no usable node
     one_per_node: bool = False  # hostNetwork with ports: host ports collide, one replica a node
     per_new_node: int = 0  # replicas one more node of the group would hold (for the scale hint)
+    elastic: bool = False  # the autoscaler may grow the group (the hint names it, not `scale`)
 
 
 def node_groups(nodes: Iterable[Mapping]) -> set[str]:
@@ -94,16 +95,27 @@ def usable_nodes(nodes: Iterable[Mapping]) -> list[NodeCapacity]:
 
 
 def place(
-    spec: Spec, nodes: Iterable[Mapping], reserved: Mapping[str, Reserved] | None = None
+    spec: Spec,
+    nodes: Iterable[Mapping],
+    reserved: Mapping[str, Reserved] | None = None,
+    elastic: Iterable[str] = (),
 ) -> dict[str, ComponentPlacement]:
     """Replicas, per-replica CPU and memory of every component; `reserved` is what pods outside
-    this application already request on each node."""
+    this application already request on each node. An `auto` component on an `elastic` group
+    with no usable node gets one replica: its Pending pod is what makes the autoscaler grow the
+    group from zero (docs/elastic.md); once nodes join, `auto` fills them."""
     capacity = usable_nodes(nodes)
     result: dict[str, ComponentPlacement] = {}
     for group in dict.fromkeys(c.group for c in spec.components):
         members = [c for c in spec.components if c.group == group]
         group_nodes = [n for n in capacity if n.group == group]
         result.update(_place_group(members, group_nodes, reserved or {}))
+        if group in set(elastic):
+            for c in members:
+                one = not group_nodes and c.replicas == AUTO
+                result[c.name] = replace(
+                    result[c.name], elastic=True, replicas=1 if one else result[c.name].replicas
+                )
     return {c.name: result[c.name] for c in spec.components}
 
 

@@ -43,22 +43,26 @@ def decide(
     *,
     now: str,
     registry: str = CLUSTER_REGISTRY,
+    elastic: frozenset[str] = frozenset(),
 ) -> Decision:
     """Children and status of the ClusterApp `body` given the cluster's Nodes, all Pods and the
-    app's existing Deployments."""
+    app's existing Deployments; `elastic` names the node groups the autoscaler may grow, which
+    exist even with no node (scale to zero)."""
     nodes, pods = list(nodes), list(pods)
     previous = body.get("status") or {}
     generation = (body.get("metadata") or {}).get("generation")
     try:
         app = parse_app(body)
-        reserved = check_against_cluster(app, nodes, pods)
+        reserved = check_against_cluster(app, nodes, pods, elastic)
     except SpecError as error:
         status = build_status(None, generation=generation, now=now, error=error, previous=previous)
         return Decision(children=[], status=status, error=error)
-    placements = place(app.spec, nodes, reserved)
+    placements = place(app.spec, nodes, reserved, elastic)
     observed = observed_deployments(app, deployments)
     waiting = waiting_components(app.spec, placements, observed)
-    children = build_children(app, nodes, reserved=reserved, waiting=waiting, registry=registry)
+    children = build_children(
+        app, nodes, reserved=reserved, waiting=waiting, registry=registry, elastic=elastic
+    )
     observed = _mark_outdated(observed, children, deployments)
     app_pods = [pod_state(p) for p in pods if _belongs(p, app)]
     counts = {
@@ -80,11 +84,14 @@ def decide(
     return Decision(children=children, status=status, app=app, waiting=waiting)
 
 
-def check_against_cluster(app: App, nodes: Sequence[Mapping], pods: Iterable[Mapping]) -> dict[str, Reserved]:
+def check_against_cluster(
+    app: App, nodes: Sequence[Mapping], pods: Iterable[Mapping], elastic: Iterable[str] = ()
+) -> dict[str, Reserved]:
     """What the cluster must offer the spec (its groups exist, explicit cpu and memory fit a
     node); raises SpecError. Returns what other pods reserve on each node, for `place`.
-    The operator, `run` (before applying) and `render --pods` call this one function."""
-    check_groups(app.spec, node_groups(nodes))
+    The operator, `run` (before applying) and `render --pods` call this one function; a group
+    the autoscaler may grow (`elastic`) exists even at zero nodes."""
+    check_groups(app.spec, node_groups(nodes) | set(elastic))
     reserved = reserved_resources(pods, app)
     check_fits(app.spec, nodes, reserved)
     return reserved

@@ -219,6 +219,8 @@ def cores(millicores: int) -> str:
 def scale_hint(component: Component, placement: ComponentPlacement, missing: int) -> str:
     """The command that makes room for `missing` more replicas of `component`: as many more
     nodes as it takes at the replicas a new node holds (placement's arithmetic)."""
+    if placement.elastic:
+        return f"the autoscaler grows {component.group} up to its max (`clusterous-k8s status` says why)"
     if placement.group_nodes == 0:
         return f"`clusterous-k8s scale {component.group} 1`"
     if placement.per_new_node == 0:

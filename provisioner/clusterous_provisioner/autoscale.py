@@ -18,6 +18,8 @@ and the bench reach the rules without a cluster. The rules (docs/elastic.md):
   pending pods or launching nodes: a burst of pending pods is one decision, and nothing flaps;
 - a spot node with an interruption notice (spot.notice) counts as gone: its busy nodes are
   replaced at once, in the cooldown too, without starting one (`_replace_interrupted`).
+- with the budget reached (`Budget`), no group grows for pending pods: idle nodes still go
+  down to `min`, and pending pods no longer hold them (`budget_gate`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ class Memory:
     last_change: Mapping[str, float] = field(default_factory=dict)
     busy_at: Mapping[str, float] = field(default_factory=dict)
     interrupted: Mapping[str, float] = field(default_factory=dict)  # handled notices, by node
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the cluster has spent and may spend (USD; spending.py): at the limit nothing grows."""
+
+    spent: float
+    limit: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
 
 
 @dataclass(frozen=True)
@@ -206,12 +220,13 @@ def decide(
     now: float,
     settings: Settings = Settings(),
     type_capacity: Mapping[str, tuple[int, int]] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[list[Decision], Memory]:
     """One decision per group, and the memory for the next round (a grow or shrink starts the
     group's cooldown: the caller acts on every decision it is given).
 
     `type_capacity` is a group's per-node (millicores, bytes) when it has no Ready node to learn
-    it from (the instance type's, from EC2)."""
+    it from (the instance type's, from EC2). `budget`: see budget_gate."""
     memory = remember_busy(nodes, pods, memory, now)
     pending: dict[str, list[Mapping]] = {g.name: [] for g in groups}
     for pod in pods:
@@ -230,12 +245,15 @@ def decide(
             n for n in nodes if node_group(n) == group.name and n["metadata"]["name"] not in interrupted
         ]
         gone = [n for n in nodes if node_group(n) == group.name and n["metadata"]["name"] in interrupted]
-        decision = _replace_interrupted(
+        over = budget is not None and budget.reached  # no replacement beyond min either
+        decision = (not over and _replace_interrupted(
             group, members, gone, launching.get(group.name, 0), memory, now, settings
-        ) or _decide_group(
-            group, members, pods, pending[group.name], launching.get(group.name, 0), memory, now, settings,
-            (type_capacity or {}).get(group.name),
+        )) or _decide_group(
+            group, members, pods, [] if over else pending[group.name], launching.get(group.name, 0), memory,
+            now, settings, (type_capacity or {}).get(group.name),
         )  # fmt: skip
+        if over:
+            decision = budget_gate(decision, len(pending[group.name]), budget)
         if decision.action == "shrink" or (decision.action == "grow" and not decision.nodes):
             changed[group.name] = now  # a replacement does not start a cooldown: it restores
         decisions.append(decision)
@@ -269,6 +287,17 @@ def _replace_interrupted(
     return Decision(
         group.name, "grow", add, names, f"{what}: {add} replacement(s) × {group.instance_type}", current
     )
+
+
+def budget_gate(decision: Decision, pending: int, budget) -> Decision:
+    """With the budget reached the group was decided as if nothing were pending: it never grows
+    for pods (only back to `min`), and its idle nodes go as usual; the reason says so."""
+    words = f"budget reached (${budget.spent:.2f} of ${budget.limit:.2f})"
+    reason = decision.reason
+    if pending:
+        words += f": {pending} pod(s) pending, not grown for"
+        reason = reason.removesuffix("; nothing pending")  # they were left out on purpose
+    return replace(decision, reason=f"{words}; {reason}")
 
 
 def _decide_group(

@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from clusterous_core.names import NAMESPACE, TIME_FORMAT
-from clusterous_provisioner import autoscale, scaling, spot
+from clusterous_core.names import AUTOSCALER_RECORD, NAMESPACE, TIME_FORMAT
+from clusterous_provisioner import autoscale, scaling, spending, spot
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
 from clusterous_provisioner.drain import delete_node, drain_node, uncordon
 from clusterous_provisioner.kubecalls import get_or_none, json_body
 from clusterous_provisioner.kubeobjects import internal_ip
 
-CONFIGMAP = "autoscaler"
+CONFIGMAP = AUTOSCALER_RECORD  # the operator reads its `groups` too (groups at zero exist)
 STATUS_KEY = "status"
 TIMEOUT = 30  # seconds for one Kubernetes API request
 RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": TIMEOUT}
@@ -52,6 +52,7 @@ class Record:
     settings: Settings = Settings()
     memory: Memory = Memory()
     status: dict = field(default_factory=dict)
+    budget: float | None = None  # USD (spending.py)
 
 
 # --- the record `up` writes --------------------------------------------------------------------
@@ -65,6 +66,7 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
         for g in spec.groups
         if g.elastic
     }
+    budget = getattr(spec, "budget", None)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -83,6 +85,8 @@ def record_configmap(spec, bucket: str, settings: Settings = Settings()) -> dict
             "groups": json.dumps(groups, sort_keys=True),
             "idle_minutes": f"{settings.idle_minutes:g}",
             "cooldown_seconds": f"{settings.cooldown_seconds:g}",
+            # only when given: a re-run of `up` without one keeps what `budget N` set
+            **({spending.BUDGET_KEY: str(budget)} if budget is not None else {}),
         },
     }
 
@@ -96,14 +100,14 @@ def _market(group) -> dict:
 
 def write_record(api_client, spec, bucket: str) -> str | None:
     """Create the ConfigMap, or merge-patch its settings (never `status`): "created"/"updated".
-    A cluster without elastic groups gets none; one that had some gets its groups emptied
-    (None when there was nothing to do)."""
+    A cluster without elastic groups or a budget gets none; one that had some gets its groups
+    emptied (None when there was nothing to do)."""
     from kubernetes import client
     from kubernetes.client import ApiException
 
     core = client.CoreV1Api(api_client)
     body = record_configmap(spec, bucket)
-    if any(g.elastic for g in spec.groups):
+    if any(g.elastic for g in spec.groups) or spending.BUDGET_KEY in body["data"]:
         try:
             core.create_namespaced_config_map(NAMESPACE, body, **RAW)  # type: ignore[arg-type]  # a dict body is sent as it is
             return "created"
@@ -145,6 +149,7 @@ def parse_record(data: dict) -> Record:
             interrupted=kept.get("interrupted") or {},
         ),
         status=status,
+        budget=spending.parse_budget(data.get(spending.BUDGET_KEY)),
     )
 
 
@@ -293,9 +298,11 @@ def run_once(
     by_type = (
         instance_type_capacity(clients, at_zero, {} if type_cache is None else type_cache) if at_zero else {}
     )
+    spent = spending.spending_round(record.status.get("spending"), inv, now)
     decisions, memory = autoscale.decide(
         record.groups, nodes, pods, launching, record.memory, now, record.settings,
         {g.name: by_type[g.instance_type] for g in record.groups if g.instance_type in by_type},
+        autoscale.Budget(spent["usd"], record.budget),
     )  # fmt: skip
     acted: dict[str, dict] = {}
     try:
@@ -306,11 +313,11 @@ def run_once(
             acted[decision.group] = act(clients, core, inv, record, decision, nodes, drain, report)
         stamp = datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)
         status = spot.record_interruptions(
-            status_of(decisions, record, memory, now, acted), decisions, nodes, acted, stamp
-        )
-        core.patch_namespaced_config_map(
-            CONFIGMAP, NAMESPACE, {"data": {STATUS_KEY: json.dumps(status, sort_keys=True)}}, **RAW
-        )
+            {**status_of(decisions, record, memory, now, acted), "spending": spent},
+            decisions, nodes, acted, stamp,
+        )  # fmt: skip
+        body = {"data": {STATUS_KEY: json.dumps(status, sort_keys=True)}}
+        core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, body, **RAW)
     finally:  # after the replacements' launch (a drain may wait), and even if it failed
         spot.drain_interrupted(api_client, nodes, now, report)
     return decisions

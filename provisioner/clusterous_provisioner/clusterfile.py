@@ -3,9 +3,9 @@
 Clusterous users keep their files: `cluster_name`, `controller_instance_type`, `shared_volume_size`
 or `shared_volume_id`, `central_logging_level`, `environment_file` and `parameters`
 (`master_instance_type`, `worker_instance_type`, `worker_count`). Extensions: `region`, `spot`,
-`ssh_cidr`, `k3s_version`, `os`, `ami` and `node_groups` (a custom layout). Flags win over the
-file, the file over the profile, the profile over the defaults. Every mistake is a BadInput naming
-the file (or flag), the field and what is expected.
+`ssh_cidr`, `k3s_version`, `os`, `ami`, `node_groups` (a custom layout) and `budget` (USD,
+spending.py). Flags win over the file, the file over the profile, the profile over the defaults.
+Every mistake is a BadInput naming the file (or flag), the field and what is expected.
 Elastic groups' bounds are checked in bounds.py.
 """
 
@@ -32,6 +32,7 @@ from clusterous_core.validation import problem
 from clusterous_core.yamlfile import read_mapping
 from clusterous_provisioner.bootstrap import DEFAULT_K3S_VERSION  # the renderer's pinned default
 from clusterous_provisioner.bounds import MAX_GROUP_SIZE, check_bounds, no_controller_bounds, parse_workers
+from clusterous_provisioner.spending import BUDGET_EXPECTED
 
 K3S_VERSION = re.compile(r"^v1\.\d+\.\d+\+k3s\d+$")
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
@@ -132,12 +133,20 @@ class ClusterFile(BaseModel):
     os: str = DEFAULT_OS
     ami: str | None = None
     node_groups: dict[str, GroupFile] | None = None
+    budget: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # USD (spending.py)
 
     @field_validator("shared_volume_size", "central_logging_level", mode="before")
     @classmethod
     def _integer(cls, value: Any) -> Any:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError("must be an integer")
+        return value
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _usd(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(BUDGET_EXPECTED)
         return value
 
     @field_validator("cluster_name")
@@ -251,6 +260,7 @@ class ClusterSpec(BaseModel):
     os: str
     ami: str | None
     source: str
+    budget: float | None = None  # USD the cluster may spend (docs/elastic.md, "Budget")
 
     def group(self, name: str) -> NodeGroup | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -276,6 +286,7 @@ FLAG_FIELDS = {
     "os": ("--os", "os"),
     "ami": ("--ami", "ami"),
     "k3s_version": ("--k3s-version", "k3s_version"),
+    "budget": ("--budget", "budget"),
 }
 
 
@@ -291,6 +302,8 @@ def _validation_error(source: str, errors: list, flagged: dict[str, str]) -> Bad
         message = f"an integer number of GiB from 1 to {MAX_VOLUME_GIB}"
     elif field == "central_logging_level" and bounds:
         message = "0 (off), 1 (application logs) or 2 (application and system logs)"
+    elif field == "budget":
+        message = BUDGET_EXPECTED
     elif field and field.endswith(("count", "min", "max")) and bounds:
         message = f"a non-negative integer (at most {MAX_GROUP_SIZE})"
     if field in flagged:  # the value came from a flag: name the flag, not the file
@@ -364,6 +377,7 @@ def load_spec(
         os=model.os,
         ami=model.ami,
         source=source,
+        budget=model.budget,
     )
 
 

@@ -84,7 +84,7 @@ def run(
 
 def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> list[tuple[int, str]]:
     """Copy, build, apply, follow, tunnel: the body of `run` (and of `up` with environment_file)."""
-    from clusterous_cli import apps, builds, kubeapi, output, ssh, transfer
+    from clusterous_cli import apps, builds, kubeapi, output, scaleup, ssh, transfer
     from clusterous_cli.endpoint import load_endpoint
 
     load_endpoint(ref)  # a missing controller record is bad input, before any connection
@@ -92,6 +92,9 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
     api = kubeapi.api_client(ref)
     for warning in apps.check_on_cluster(api, str(app.source), app.clusterapp):  # before any change
         output.say(warning)
+    spent = scaleup.budget_warning(api)  # 80% of the budget or more (docs/elastic.md, "Budget")
+    if spent:
+        output.say(spent)
     with ssh.connect_cluster(ref) as conn:
         for copy in app.copies:
             report = transfer.put(conn, copy.local, copy.remote)
@@ -112,7 +115,9 @@ def run_application(ref, app, *, timeout: float = 900, wait: bool = True) -> lis
     if not wait:
         output.say("not waiting: follow it with `clusterous-k8s status`; tunnels open with `run` again")
         return []
-    apps.wait_until_running(api, app.name, output.say, timeout)
+    # groups at zero first: the autoscaler grows them for the pods just created (docs/elastic.md)
+    waited = scaleup.wait_for_groups(api, clusterapp, output.say, timeout)
+    apps.wait_until_running(api, app.name, output.say, max(1.0, timeout - waited))
     opened = apps.open_tunnels(ref, api, app.clusterapp)
     for _, message in opened:
         typer.echo(message)

@@ -177,6 +177,9 @@ def up(
     os_name: str = typer.Option(None, "--os", help="ubuntu-24.04 (default) or al2023."),
     ami: str = typer.Option(None, "--ami", help="An AMI id instead of --os."),
     ssh_cidr: str = typer.Option(None, "--ssh-cidr", help="Who may SSH to the controller [your address]."),
+    budget: float = typer.Option(
+        None, "--budget", help="USD the cluster may spend; at it, no node group grows [no budget]."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its cost; create nothing."),
     as_json: bool = JSON_OPTION,
     render_dir: Path = typer.Option(None, "--render-dir", help="Also write user-data and manifests to DIR."),
@@ -217,6 +220,7 @@ def up(
         "ssh_cidr": ssh_cidr,
         "os": os_name,
         "ami": ami,
+        "budget": budget,
     }
     spec = _load_spec(cluster_file, overrides, profile, param)
     sources = instance_type_sources(spec, cluster_file, overrides)
@@ -348,6 +352,8 @@ def _record_bounds(ref, spec, bucket: str, report) -> None:
             ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups if g.elastic) or "no elastic group"
         )
         report(f"autoscaler bounds {done}: {bounds} ({autoscaler.NAMESPACE}/{autoscaler.CONFIGMAP})")
+    if done and spec.budget is not None:
+        report(f"budget: {spec.budget:.2f} USD (`clusterous-k8s budget` shows what is spent)")
 
 
 def down(

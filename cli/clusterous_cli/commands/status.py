@@ -53,6 +53,7 @@ def status(
         data.update(apps.status_for(ctx.obj.profile if ctx.obj else None, name))
         if data.get("applications") is not None and not data.get("applications_error"):
             data.update(_elastic_status(ctx, name))
+            data.update(_budget_status(ctx, name))
     if as_json:
         output.print_json(data)
         return
@@ -63,6 +64,7 @@ def status(
     print_status(data, name, region)
     apps.print_status(data)
     _print_suspended(data["suspended"])
+    _print_budget(data)
 
 
 def _suspended(inv) -> dict | None:
@@ -99,6 +101,30 @@ def _elastic_status(ctx, name: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - ApiException, a malformed record: status still answers
         return {"autoscaler_error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     return {} if found is None else {"autoscaler": found}
+
+
+def _budget_status(ctx, name: str) -> dict:
+    """What the cluster spent against its budget, as its autoscaler counts it (docs/elastic.md,
+    "Budget"); never fails `status`."""
+    from clusterous_cli import kubeapi
+    from clusterous_cli.endpoint import resolve_cluster
+    from clusterous_provisioner import spending
+
+    try:
+        found = spending.read(kubeapi.api_client(resolve_cluster(ctx.obj.profile if ctx.obj else None, name)))
+    except Exception as exc:  # noqa: BLE001 - ApiException, a malformed budget: status still answers
+        return {"budget_error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return {} if found is None else {"budget": found}
+
+
+def _print_budget(data: dict) -> None:
+    from clusterous_provisioner import spending
+
+    found = data.get("budget")
+    if found and (found["budget_usd"] is not None or found["spent_usd"] is not None):
+        print(spending.line(found))
+        if found["warning"]:
+            print(found["warning"])
 
 
 def clusters(
