@@ -434,3 +434,19 @@ def test_decide_replaces_busy_interrupted_nodes_at_once_and_only_once() -> None:
         [full], [_interrupted(node("w1", T0 - 60 * MIN))], [pod("app", on="w1")], T0, launching={"worker": 1}
     )
     assert capped.action == "none" and "at max 1" in capped.reason
+
+
+def test_with_the_budget_reached_an_interrupted_node_is_replaced_only_back_to_min() -> None:
+    """At 100% of the budget nothing grows beyond `min` (issue 17 item 4): a busy interrupted
+    node above `min` is drained but not replaced; one whose loss takes the group below `min` is."""
+    group = autoscale.GroupBounds("worker", "t3.large", 1, 3, True)
+    spent = autoscale.Budget(spent=10.0, limit=10.0)
+    nodes = [node("w1", T0 - 60 * MIN), _interrupted(node("w2", T0 - 60 * MIN))]
+    (held,), _ = autoscale.decide([group], nodes, [pod("app", "1500m", on="w2")], {}, autoscale.Memory(), T0,
+                                  budget=spent)  # fmt: skip
+    assert held.action == "none" and "budget reached" in held.reason, held
+    alone = [_interrupted(node("w1", T0 - 60 * MIN))]
+    (floor,), _ = autoscale.decide(
+        [group], alone, [pod("app", on="w1")], {}, autoscale.Memory(), T0, budget=spent
+    )
+    assert (floor.action, floor.count) == ("grow", 1) and "budget reached" in floor.reason, floor
