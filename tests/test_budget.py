@@ -275,3 +275,26 @@ def test_spending_goes_on_across_rounds_and_a_restarted_autoscaler_process(budge
     assert run.returncode == 0, run.stdout + run.stderr
     assert _spending(k8s_api)["usd"] == pytest.approx(later["usd"], rel=1e-9)
     assert _spending(k8s_api)["since"] == first["since"]
+
+
+def test_a_budget_without_elastic_groups_is_still_counted_by_the_deployed_autoscaler(
+    cluster_side,  # noqa: F811 - the imported fixture
+    aws,
+    k8s_api,
+    cli,
+):
+    """Fixed groups and a budget: the autoscaler has nothing to scale but the spending to count
+    (the process used to idle without elastic groups, so `budget` said nothing was spent)."""
+    result = cli([*UP, "--workers", "1", "--budget", "100", "--timeout", "30"])
+    assert result.exit_code == 0, result.output
+    argv = [
+        sys.executable,
+        "-m",
+        "clusterous_provisioner.autoscaler",
+        "--once",
+        "--kubeconfig",
+        str(k8s_api.kubeconfig),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _spending(k8s_api)["usd"] > 0

@@ -386,12 +386,14 @@ def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) 
 
 
 def has_record(api_client) -> bool:
-    """False while there is nothing to scale: `up` writes no record for a cluster without elastic
-    groups (the deployed autoscaler then idles, making no AWS call), or it lists none."""
+    """False while there is nothing to do: `up` writes no record for a cluster without elastic
+    groups or a budget (the deployed autoscaler then idles, making no AWS call); with a budget
+    and fixed groups it still counts the spending."""
     from kubernetes import client
 
     found = get_or_none(client.CoreV1Api(api_client).read_namespaced_config_map, CONFIGMAP, NAMESPACE)
-    return bool(found and json.loads((found.get("data") or {}).get("groups") or "{}"))
+    data = (found or {}).get("data") or {}
+    return bool(json.loads(data.get("groups") or "{}") or data.get("budget"))
 
 
 def read_record(api_client) -> Record:
