@@ -257,6 +257,15 @@ def test_dry_run_shows_the_bounds_and_the_cost_at_min_and_at_max(no_aws, cli):
     assert [n for n in fixed["notes"] if n.startswith("autoscaler: ")] == [
         plan_module.AUTOSCALER_NOTE + "; it idles: no group has bounds"
     ]
+    # a budget (issue 17 item 4): how long it lasts at the starting cost, and the autoscaler counts it
+    budgeted = cli(["up", "--dry-run", "--json", "--region", "us-east-1", "--workers", "3", "--budget", "50"])
+    notes = json.loads(budgeted.stdout)["notes"]
+    assert (
+        plan_module.AUTOSCALER_NOTE + "; it only counts the budget's spending: no group has bounds" in notes
+    )
+    (budget,) = [n for n in notes if n.startswith("budget: ")]
+    hours = 50 / json.loads(budgeted.stdout)["hourly_cost_usd"]
+    assert f"budget: 50.00 USD (about {hours:.0f} hours at the starting cost)" in budget
 
 
 def test_up_writes_the_record_keeps_the_status_and_empties_groups_that_lost_their_bounds(k8s_api, tmp_path):

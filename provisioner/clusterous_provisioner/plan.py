@@ -112,7 +112,9 @@ def make_plan(
         notes.append(f"running groups not in this layout are left alone: {', '.join(extra_groups)}")
     if any(i.action == EXTRA for i in items):
         notes.append("`up` never removes nodes: use `clusterous-k8s scale GROUP COUNT` to shrink a group")
-    notes += _elastic_notes(spec, region, root, sum(i.hourly_usd or 0.0 for i in items), prices)
+    hourly = sum(i.hourly_usd or 0.0 for i in items)
+    notes += _elastic_notes(spec, region, root, hourly, prices)
+    notes += _budget_notes(spec, hourly)
     source = "bundled table and AWS Pricing API" if prices else "bundled table"
     notes.append(f"costs: on-demand, {source}; data transfer and NAT per-GB charges not included")
     return Plan(cluster=name, region=region, items=tuple(items), checked_aws=inv.online, notes=tuple(notes))
@@ -300,7 +302,8 @@ def _elastic_notes(
     """Groups with bounds (docs/elastic.md): the autoscaler, and the cost per hour at min and at max."""
     elastic = [g for g in spec.groups if g.elastic]
     if not elastic:
-        return [AUTOSCALER_NOTE + "; it idles: no group has bounds"]
+        doing = "it only counts the budget's spending" if spec.budget is not None else "it idles"
+        return [f"{AUTOSCALER_NOTE}; {doing}: no group has bounds"]
     at_min = at_max = hourly
     for g in elastic:
         price = pricing.instance_hourly(g.instance_type, region, prices).hourly_usd
@@ -317,6 +320,15 @@ def _elastic_notes(
         f"autoscaler bounds: {_bounds(elastic)} (docs/elastic.md)",
         f"cost with every elastic group at min: {at_min:.4f} USD per hour; at max: {at_max:.4f} USD per hour",
     ]
+
+
+def _budget_notes(spec: ClusterSpec, hourly: float) -> list[str]:
+    """How long the budget lasts at the starting cost, and what happens at 80% and 100%."""
+    if spec.budget is None:
+        return []
+    lasts = f"about {spec.budget / hourly:.0f} hours at the starting cost" if hourly > 0 else "not priced"
+    then = "status and run warn at 80%, and at 100% the autoscaler keeps every group at its min"
+    return [f"budget: {spec.budget:.2f} USD ({lasts}); {then} until `clusterous-k8s budget N` raises it"]
 
 
 def _bounds(groups) -> str:
