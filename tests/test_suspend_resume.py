@@ -114,6 +114,10 @@ def test_suspend_keeps_only_disks_and_the_record_and_resume_restores_the_groups(
     assert "SUSPENDED since" in text.stdout and "USD/month" in text.stdout
     assert "clusterous-k8s resume --cluster nap" in text.stdout
 
+    (row,) = [r for r in json.loads(cli(["clusters", "--json"]).stdout) if r["name"] == CLUSTER]
+    assert row["suspended"] == suspended["since"]  # `clusters` shows it too
+    assert f"suspended since {suspended['since']}" in cli(["clusters"]).stdout
+
     refused = cli([*UP, str(napping)])
     assert refused.exit_code == 1 and "resume" in refused.stderr, refused.output
     for argv in (["tunnel", "add", "8888:master:8888"], ["ls"]):

@@ -106,7 +106,7 @@ def print_status(data: dict, name: str, region: str) -> None:
 def print_clusters(data: list[dict], region: str) -> None:
     output.print_table(
         f"clusters in {region}",
-        ["", "name", "nodes", "controller", "age (h)"],
+        ["", "name", "nodes", "controller", "age (h)", "state"],
         [
             (
                 "*" if r["current"] else "",
@@ -114,6 +114,7 @@ def print_clusters(data: list[dict], region: str) -> None:
                 r["nodes"],
                 "yes" if r["controller"] else "no",
                 r["age_hours"],
+                f"suspended since {r['suspended']}" if r.get("suspended") else "",
             )
             for r in data
         ],

@@ -69,12 +69,15 @@ def clusters_data(vpcs: dict[str, dict], instances: list[dict], current: str | N
     rows: dict[str, dict] = {}
     for name, vpc in vpcs.items():
         created = tags.as_dict(vpc.get("Tags")).get(tags.CREATED)
-        rows[name] = {"name": name, "nodes": 0, "controller": False, "created": created}
+        rows[name] = {"name": name, "nodes": 0, "controller": False, "created": created, "suspended": None}
     for i in instances:
         name = tags.as_dict(i.get("Tags"))[tags.CLUSTER]
-        row = rows.setdefault(name, {"name": name, "nodes": 0, "controller": False, "created": None})
+        row = rows.setdefault(
+            name, {"name": name, "nodes": 0, "controller": False, "created": None, "suspended": None}
+        )
         if role_of(i) == "controller":
             row["controller"] = True
+            row["suspended"] = tags.as_dict(i.get("Tags")).get(tags.SUSPENDED)  # since when (suspension.py)
         else:
             row["nodes"] += 1
     now = datetime.now(UTC)
