@@ -163,14 +163,17 @@ def _epoch(stamp: str) -> float:
 def write_clock(api_client, key: str, when: float) -> bool:
     """Record when the cluster was suspended or resumed (`key`: one of CLOCK_KEYS), so idle
     times never count across a stop (autoscale.idle_clock_start); False: no elastic group here."""
+    return patch_record(api_client, {key: datetime.fromtimestamp(when, UTC).strftime(TIME_FORMAT)})
+
+
+def patch_record(api_client, data: dict[str, str | None]) -> bool:
+    """Set (None: remove) only these keys of the record; False when the cluster has none (`up`
+    writes it for elastic groups or a budget)."""
     from kubernetes import client
     from kubernetes.client import ApiException
 
-    stamp = datetime.fromtimestamp(when, UTC).strftime(TIME_FORMAT)
     try:
-        client.CoreV1Api(api_client).patch_namespaced_config_map(
-            CONFIGMAP, NAMESPACE, {"data": {key: stamp}}, **RAW
-        )
+        client.CoreV1Api(api_client).patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": data}, **RAW)
     except ApiException as exc:
         if exc.status != 404:
             raise

@@ -182,18 +182,6 @@ def read(api_client) -> dict | None:
 
 def write(api_client, budget: float | None) -> bool:
     """Set (or, with None, remove) only the `budget` key; False when the cluster has no record."""
-    from kubernetes import client
-    from kubernetes.client import ApiException
+    from clusterous_provisioner.autoscaler import patch_record
 
-    from clusterous_provisioner.autoscaler import CONFIGMAP, RAW
-
-    value = None if budget is None else str(budget)
-    try:
-        client.CoreV1Api(api_client).patch_namespaced_config_map(
-            CONFIGMAP, NAMESPACE, {"data": {BUDGET_KEY: value}}, **RAW
-        )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        return False
-    return True
+    return patch_record(api_client, {BUDGET_KEY: None if budget is None else str(budget)})
