@@ -27,7 +27,6 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CIPHER = os.environ.get("BENCH_CIPHER", "aes128-gcm@openssh.com")
 FILE_MB = 5
 # What the installed `clusterous-k8s` script runs (without a version manager's shim in front).
-OURS = [sys.executable, "-c", "import sys; from clusterous_cli.main import main; sys.exit(main())"]
+MAIN = "import sys; from clusterous_cli.main import main; sys.exit(main())"
 CASES = ("tree put", "tree get", "small put", "small get")
 CPU_SECONDS: list[float] = []  # of each timed() call, in order
 
@@ -62,25 +61,43 @@ def timed(argv: list[str]) -> float:
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise SystemExit(f"{argv[3:5] if argv[0] == sys.executable else argv[:1]} failed:\n{done.stderr}")
+        raise SystemExit(f"{argv[3:5] if argv[1] == '-c' else argv[:1]} failed:\n{done.stderr}")
     CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return elapsed
 
 
-def installed_like(scratch: Path) -> None:
-    """Our processes run this checkout's code with bytecode caches, as an installed CLI has them
-    (pip compiles on install); a PYTHONDONTWRITEBYTECODE in the environment would otherwise make
-    every run compile our sources again (about 40 ms, none of it the CLI's own cost)."""
+def installed_like(scratch: Path) -> list[str]:
+    """How to start ours as a regular install runs it: this checkout's code with bytecode caches
+    (pip compiles on install; a PYTHONDONTWRITEBYTECODE in the environment would otherwise make
+    every run compile our sources again, about 40 ms), in a clean virtual environment whose only
+    `.pth` file puts the installed dependencies on its path. This machine's site-packages also
+    runs two `.pth` hooks at every start that a user's installation has not (a sandbox's CA
+    injection, which imports certifi and importlib.resources, and the editable install's finder):
+    about 50 ms, none of it the CLI's. The venv's site does not run them (a path listed in a
+    `.pth` file is added to sys.path; only site directories have their `.pth` files run)."""
+    import sysconfig
+    import venv
+
     os.environ["PYTHONPATH"] = os.pathsep.join(
         str(ROOT / p) for p in ("core", "cli", "provisioner", "operator")
     )
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")  # filled by the cipher round
+    env = scratch / "venv"
+    venv.EnvBuilder(symlinks=True, with_pip=False).create(env)
+    python = env / "bin" / "python"
+    found = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    deps = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(found.stdout.strip()) / "dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
+    return [str(python), "-c", MAIN]
 
 
 def main() -> None:
     with controller_stand_in() as (sshd, ref, scratch):
-        installed_like(scratch)
+        ours = installed_like(scratch)
         offer_only(sshd, CIPHER)
         tree, small = scratch / "tree", scratch / "small.dat"
         size = make_tree(tree)
@@ -94,8 +111,8 @@ def main() -> None:
             source = tree if case.startswith("tree") else small
             if tool == "ours":
                 if case.endswith("put"):
-                    return [*OURS, "put", str(source), remote], [shared / remote]
-                return [*OURS, "get", remote, str(back)], [back]
+                    return [*ours, "put", str(source), remote], [shared / remote]
+                return [*ours, "get", remote, str(back)], [back]
             if case.endswith("put"):
                 slash = "/" if source.is_dir() else ""
                 return [*rsync, f"{source}{slash}", sshd.remote(f"{shared / remote}{slash}")], [

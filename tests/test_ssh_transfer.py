@@ -435,3 +435,32 @@ def test_rsync_reports_ssh_refusals_as_the_paramiko_path_does(controller, cli, t
     down = cli(["put", str(local), "--method", "rsync"])
     assert down.exit_code == 1 and "cannot reach the controller" in down.output
     assert "Traceback" not in missing.output + wrong.output + changed.output + down.output
+
+
+def test_rsync_reports_progress_only_to_a_bar_that_is_shown(controller, cli, tmp_path) -> None:  # noqa: F811
+    """A terminal's bar gets rsync's progress2 figures; without one (a pipe, a script) rsync is not
+    asked for them, so neither it nor we spend time on progress nobody sees."""
+    from clusterous_cli import transfer, transfer_rsync, volume_copy
+
+    class Bar:  # what volume_copy.RichProgress does with the figures, recorded
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
+        def total(self, size: int) -> None: ...
+
+        def advance(self, size: int) -> None: ...
+
+        def absolute(self, done: int, percent: int) -> None:
+            self.seen.append((done, percent))
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(3 * 1024 * 1024))
+    bar = Bar()
+    with volume_copy._on_demand(None, None) as conn:
+        report = transfer.put(conn, data, "data.bin", "auto", bar)
+    assert report.method == "rsync" and (controller.shared / "data.bin").read_bytes() == data.read_bytes()
+    assert bar.seen and bar.seen[-1] == (3 * 1024 * 1024, 100)
+    endpoint = conn.endpoint
+    quiet = transfer_rsync.rsync_argv(endpoint, "a", "b", "r", progress=False)
+    assert "--info=progress2" in transfer_rsync.rsync_argv(endpoint, "a", "b", "r")
+    assert "--info=progress2" not in quiet

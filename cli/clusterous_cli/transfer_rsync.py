@@ -35,7 +35,7 @@ from pathlib import PurePosixPath
 from typing import cast
 
 from clusterous_cli.endpoint import ControllerEndpoint
-from clusterous_cli.transfer import Report
+from clusterous_cli.transfer import NullProgress, Report
 from clusterous_core.errors import BadInput, Failure
 
 # PLACEHOLDER, NO_RSYNC, INTO and the `refused` lines are spelled out in SCRIPT too.
@@ -117,8 +117,10 @@ def rsync_argv(
     remote: str,
     extra: tuple[str, ...] = (),
     control_socket: str | None = None,
+    progress: bool = True,
 ) -> list[str]:
     """rsync with our pinned ssh; no owner/group (the login user owns the volume's files).
+    `progress`: rsync reports its progress (`--info=progress2`) only for a bar that is shown.
 
     With `control_socket` (the tunnel supervisor's live OpenSSH master, same pinned options) ssh
     opens its session through the master: no new TCP connection, key exchange or login. Should
@@ -132,7 +134,7 @@ def rsync_argv(
         "-rlpt",
         "--safe-links",
         "--out-format=%i %l %n",
-        "--info=progress2",
+        *(["--info=progress2"] if progress else []),
         *extra,
         "-e",
         shlex.join(["ssh", *mux, *ssh.openssh_options(endpoint)]),
@@ -275,7 +277,13 @@ def put(via, local, rel: PurePosixPath, into_dir: bool, only, delete, report, pr
         source, copy_links = local_spec(str(local)), ("--copy-links",)  # the file, as SFTP sends it
     with selection(only, delete) as extra:
         argv = rsync_argv(
-            endpoint, source, remote_spec(endpoint), remote, (*copy_links, *extra), control_socket
+            endpoint,
+            source,
+            remote_spec(endpoint),
+            remote,
+            (*copy_links, *extra),
+            control_socket,
+            _shown(progress),
         )
         stderr = run(argv, report, progress, rel, endpoint)
     if not local.is_dir() and report.transferred:
@@ -290,5 +298,17 @@ def get(via, rel: PurePosixPath, local, report, progress) -> None:
     parts = () if str(rel) == "." else rel.parts
     remote = remote_command("get", endpoint.shared_root, parts[:-1], parts[-1] if parts else "")
     destination = local_spec(str(local if local is not None else (parts[-1] if parts else "shared")))
-    argv = rsync_argv(endpoint, remote_spec(endpoint), destination, remote, control_socket=control_socket)
+    argv = rsync_argv(
+        endpoint,
+        remote_spec(endpoint),
+        destination,
+        remote,
+        control_socket=control_socket,
+        progress=_shown(progress),
+    )
     run(argv, report, progress, rel, endpoint)
+
+
+def _shown(progress) -> bool:
+    """A bar someone sees (a terminal); without one rsync need not send, nor we parse, its progress."""
+    return not isinstance(progress, NullProgress)
