@@ -82,3 +82,40 @@ def apply_storage_classes(api) -> None:
     for doc in yaml.safe_load_all(text):
         if doc:
             api.create("storage.k8s.io/v1/storageclasses", doc)
+
+
+def run_start_script(tmp_path, bundle, lock_text: str) -> list[str]:
+    """scripts/code-start.sh as a code bundle's pod runs it, on its ConfigMap's files (`lock_text`
+    as the lock), with a stand-in `python` that records its arguments and the PYTHONPATH it got
+    (and creates pip's --target); returns the recorded lines so far (a second call is a restart
+    with the same cache on the host)."""
+    import base64
+    import shutil
+    import subprocess
+
+    from clusterous_provisioner import code_bundle
+
+    bin_dir, log, code = tmp_path / "bin", tmp_path / "python.log", tmp_path / "code"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        for tool in ("sh", "rm", "mv", "touch", "mkdir", "sha256sum", "cut"):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+        (bin_dir / "python").write_text(
+            '#!/bin/sh\necho "python $* PYTHONPATH=${PYTHONPATH:-}" >>"$LOG"\n'
+            'prev=""; for a; do [ "$prev" = --target ] && mkdir -p "$a"; prev="$a"; done\n'
+        )
+        (bin_dir / "python").chmod(0o755)
+        code.mkdir()
+    configmap = bundle.configmap_body()
+    for key, text in configmap["data"].items():  # as the pod mounts the ConfigMap
+        (code / key).write_text(text)
+    for key, data in (configmap.get("binaryData") or {}).items():
+        (code / key).write_bytes(base64.b64decode(data))
+    (code / code_bundle.LOCK_KEY).write_text(lock_text)
+    env = {"PATH": str(bin_dir), "LOG": str(log), "CLUSTEROUS_CODE_DIR": str(code),
+           "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site")}  # fmt: skip
+    result = subprocess.run(
+        [str(bin_dir / "sh"), str(code / code_bundle.START_SCRIPT)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines()

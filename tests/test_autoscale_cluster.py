@@ -23,6 +23,21 @@ from tests.test_up_ready import CLUSTER, UP, cluster_side, node_name  # noqa: F4
 MINUTE = 60.0
 
 
+def autoscaler_once(k8s_api) -> subprocess.CompletedProcess:
+    """One round of the autoscaler as its pod runs it (`--once`), against the emulator's API."""
+    argv = [
+        sys.executable,
+        "-m",
+        "clusterous_provisioner.autoscaler",
+        "--once",
+        "--kubeconfig",
+        str(k8s_api.kubeconfig),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run
+
+
 def _workers(aws, states=("running", "pending")) -> dict[str, dict]:
     flt = [
         {"Name": "tag:clusterous:cluster", "Values": [CLUSTER]},
@@ -201,16 +216,7 @@ def test_the_process_grows_a_group_from_zero_for_its_first_pods(cluster_side, aw
 
     k8s_api.wait_for(waiting, 15, "three pods with no node of their group")
     aws.reset_calls()
-    argv = [
-        sys.executable,
-        "-m",
-        "clusterous_provisioner.autoscaler",
-        "--once",
-        "--kubeconfig",
-        str(k8s_api.kubeconfig),
-    ]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run = autoscaler_once(k8s_api)
     assert "worker: grow 2: 3 pod(s) unschedulable" in run.stdout
     assert len(aws.calls("RunInstances")) == 1 and len(aws.calls("DescribeInstanceTypes")) == 1
     assert len(_workers(aws)) == 2

@@ -11,8 +11,6 @@ at chosen clock times and observes EC2, the ConfigMap and the commands' output.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -24,7 +22,7 @@ from clusterous_provisioner.autoscale import Budget, GroupBounds, Memory, decide
 from clusterous_provisioner.clients import Clients
 from clusterous_provisioner.inventory import Inventory
 from tests.test_autoscale import CPU_SHORT, T0, node, pod
-from tests.test_autoscale_cluster import _app, _available, _unschedulable, _workers
+from tests.test_autoscale_cluster import _app, _available, _unschedulable, _workers, autoscaler_once
 from tests.test_up_ready import CLUSTER, UP, cluster_side  # noqa: F401 - a fixture
 
 MINUTE, HOUR = 60.0, 3600.0
@@ -263,16 +261,7 @@ def test_spending_goes_on_across_rounds_and_a_restarted_autoscaler_process(budge
     assert later["usd"] == pytest.approx(first["usd"] + later["hourly_usd"], rel=1e-6)
     # The process, started afresh, continues from the recorded sum (its clock is behind the
     # test's: it adds nothing rather than starting again from the launch times).
-    argv = [
-        sys.executable,
-        "-m",
-        "clusterous_provisioner.autoscaler",
-        "--once",
-        "--kubeconfig",
-        str(k8s_api.kubeconfig),
-    ]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
+    autoscaler_once(k8s_api)
     assert _spending(k8s_api)["usd"] == pytest.approx(later["usd"], rel=1e-9)
     assert _spending(k8s_api)["since"] == first["since"]
 
@@ -287,14 +276,5 @@ def test_a_budget_without_elastic_groups_is_still_counted_by_the_deployed_autosc
     (the process used to idle without elastic groups, so `budget` said nothing was spent)."""
     result = cli([*UP, "--workers", "1", "--budget", "100", "--timeout", "30"])
     assert result.exit_code == 0, result.output
-    argv = [
-        sys.executable,
-        "-m",
-        "clusterous_provisioner.autoscaler",
-        "--once",
-        "--kubeconfig",
-        str(k8s_api.kubeconfig),
-    ]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
+    autoscaler_once(k8s_api)
     assert _spending(k8s_api)["usd"] > 0

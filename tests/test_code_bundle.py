@@ -15,8 +15,6 @@ import hashlib
 import importlib.metadata
 import io
 import re
-import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from packaging.utils import canonicalize_name
 
 from clusterous_provisioner import addons, code_bundle, operator_bundle
 from clusterous_provisioner.code_bundle import AUTOSCALER, OPERATOR
+from tests.addons_support import run_start_script
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "provisioner" / "clusterous_provisioner" / AUTOSCALER.lock_file
@@ -123,32 +122,7 @@ def _values() -> dict[str, str]:
 
 
 def start(tmp_path: Path, lock_text: str) -> list[str]:
-    """The start script as the autoscaler pod runs it, on its ConfigMap's files, with a stand-in
-    `python` that records its arguments and the PYTHONPATH it got (and creates pip's --target)."""
-    bin_dir, log, code = tmp_path / "bin", tmp_path / "python.log", tmp_path / "code"
-    if not bin_dir.exists():
-        bin_dir.mkdir()
-        for tool in ("sh", "rm", "mv", "touch", "mkdir", "sha256sum", "cut"):
-            (bin_dir / tool).symlink_to(shutil.which(tool))
-        (bin_dir / "python").write_text(
-            '#!/bin/sh\necho "python $* PYTHONPATH=${PYTHONPATH:-}" >>"$LOG"\n'
-            'prev=""; for a; do [ "$prev" = --target ] && mkdir -p "$a"; prev="$a"; done\n'
-        )
-        (bin_dir / "python").chmod(0o755)
-        code.mkdir()
-    configmap = AUTOSCALER.configmap_body()
-    for key, text in configmap["data"].items():  # as the pod mounts the ConfigMap
-        (code / key).write_text(text)
-    for key, data in configmap["binaryData"].items():
-        (code / key).write_bytes(base64.b64decode(data))
-    (code / code_bundle.LOCK_KEY).write_text(lock_text)
-    env = {"PATH": str(bin_dir), "LOG": str(log), "CLUSTEROUS_CODE_DIR": str(code),
-           "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site")}  # fmt: skip
-    result = subprocess.run(
-        [str(bin_dir / "sh"), str(code / code_bundle.START_SCRIPT)], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return log.read_text().splitlines()
+    return run_start_script(tmp_path, AUTOSCALER, lock_text)
 
 
 def test_the_pod_installs_its_lock_with_hashes_once_per_lock_hash_then_runs_the_zip(tmp_path):

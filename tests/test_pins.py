@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import re
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +24,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from clusterous_provisioner import addons, operator_bundle
+from clusterous_provisioner import addons, code_bundle, operator_bundle
+from tests.addons_support import run_start_script
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "operator" / "clusterous_operator" / operator_bundle.LOCK_FILE
@@ -111,32 +110,7 @@ def test_the_operator_deployment_runs_the_pinned_image_and_gets_the_lock_with_it
 
 
 def start_operator(tmp_path: Path, lock_text: str) -> list[str]:
-    """Run the start script (scripts/code-start.sh) as the operator pod would, with a stand-in `python` that records its
-    arguments (and creates pip's --target); returns the recorded lines so far."""
-    bin_dir, log, code = tmp_path / "bin", tmp_path / "python.log", tmp_path / "code"
-    if not bin_dir.exists():
-        bin_dir.mkdir()
-        for tool in ("sh", "rm", "mv", "touch", "mkdir", "sha256sum", "cut"):
-            (bin_dir / tool).symlink_to(shutil.which(tool))
-        (bin_dir / "python").write_text(
-            '#!/bin/sh\necho "python $*" >>"$LOG"\n'
-            'prev=""; for a; do [ "$prev" = --target ] && mkdir -p "$a"; prev="$a"; done\n'
-        )
-        (bin_dir / "python").chmod(0o755)
-        code.mkdir()
-    configmap = operator_bundle.code_configmap()
-    for key, text in configmap["data"].items():  # as the pod mounts the ConfigMap
-        (code / key).write_text(text)
-    (code / operator_bundle.LOCK_FILE).write_text(lock_text)
-    env = {
-        "PATH": str(bin_dir), "LOG": str(log), "CLUSTEROUS_CODE_DIR": str(code),
-        "CLUSTEROUS_SITE_ROOT": str(tmp_path / "site"),
-    }  # fmt: skip
-    result = subprocess.run(
-        [str(bin_dir / "sh"), str(code / "start.sh")], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return log.read_text().splitlines()
+    return run_start_script(tmp_path, code_bundle.OPERATOR, lock_text)
 
 
 def test_the_pod_installs_the_lock_with_hashes_once_per_lock_hash(tmp_path):
@@ -150,11 +124,11 @@ def test_the_pod_installs_the_lock_with_hashes_once_per_lock_hash(tmp_path):
         and "--no-deps" in installs[0]
         and "--only-binary=:all:" in installs[0]
     )
-    assert installs[0].endswith(f"-r {tmp_path}/code/{operator_bundle.LOCK_FILE}")
+    assert f"-r {tmp_path}/code/{operator_bundle.LOCK_FILE} PYTHONPATH=" in installs[0]
     assert (tmp_path / "site" / f"site-{operator_bundle.lock_hash()}" / ".complete").exists()
     assert operator_bundle.lock_hash() == hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
     runs = [line for line in lines if " kopf run " in line]
-    assert len(runs) == 2 and runs[0].endswith(f"-m {operator_bundle.OPERATOR_MODULE}")
+    assert len(runs) == 2 and f"-m {operator_bundle.OPERATOR_MODULE} PYTHONPATH=" in runs[0]
     lines = start_operator(tmp_path, lock_text + "# a new version\n")  # a new lock: installed anew
     assert len([line for line in lines if " pip install " in line]) == 2
 
