@@ -15,6 +15,7 @@ from datetime import datetime
 
 from clusterous_core.errors import Failure
 from clusterous_core.names import GROUP_LABEL
+from clusterous_core.polling import wait_until
 
 POLL_SECONDS = 1.0
 ROUND_SECONDS = 30  # the autoscaler's interval (autoscaler.py --interval)
@@ -90,11 +91,13 @@ def wait_for_groups(api, clusterapp: dict, say: Callable[[str], None], timeout: 
     shown: dict[str, str] = {}
     core = client.CoreV1Api(api)
     name = clusterapp["metadata"]["name"]
-    while True:
+
+    def all_ready() -> bool:
+        """One look: say what changed; True once every wanted group has its Ready nodes."""
         try:
             found = get_or_none(core.read_namespaced_config_map, autoscaler.CONFIGMAP, autoscaler.NAMESPACE)
             if found is None:
-                return 0.0
+                return True
             record = autoscaler.parse_record(found.get("data") or {})
             nodes = json_body(core.list_node).get("items") or []
         except Exception as exc:  # noqa: BLE001 - ApiException, a dropped tunnel, a malformed record
@@ -117,14 +120,12 @@ def wait_for_groups(api, clusterapp: dict, say: Callable[[str], None], timeout: 
                     f"raise the budget with `clusterous-k8s budget N` (then {name} starts by itself), "
                     f"or `clusterous-k8s quit {name}`",
                 )
-        spent = time.monotonic() - started
-        if not pending:
-            return spent
-        if spent >= timeout:
-            raise Failure(
-                f"{name}: its node groups have no Ready node after {int(timeout)} s",
-                "it keeps trying: follow it with `clusterous-k8s status`, or `clusterous-k8s quit "
-                + name
-                + "`",
-            )
-        time.sleep(POLL_SECONDS)
+        return not pending
+
+    # Nodes take minutes: look again backing off to every POLL_SECONDS (two API reads a look).
+    if not wait_until(all_ready, timeout, first=min(0.1, POLL_SECONDS), most=POLL_SECONDS):
+        raise Failure(
+            f"{name}: its node groups have no Ready node after {int(timeout)} s",
+            "it keeps trying: follow it with `clusterous-k8s status`, or `clusterous-k8s quit " + name + "`",
+        )
+    return time.monotonic() - started

@@ -174,7 +174,7 @@ def watch(imds: Imds, api: Api, node: str, poll: float) -> None:
     log(f"{node}: {MARKET_LABEL}={label_value(market)}")
     if market != "spot":  # the DaemonSet no longer selects this node: Kubernetes removes the pod
         while True:
-            time.sleep(3600)
+            signal.pause()  # until its SIGTERM (main's handler exits)
     marked = None
     while True:
         try:
