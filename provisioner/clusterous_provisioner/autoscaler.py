@@ -30,7 +30,7 @@ from typing import Any
 from clusterous_core.names import AUTOSCALER_RECORD, NAMESPACE, TIME_FORMAT
 from clusterous_provisioner import autoscale, scaling, spending, spot
 from clusterous_provisioner.autoscale import GroupBounds, Memory, Settings
-from clusterous_provisioner.drain import delete_node, drain_node, uncordon
+from clusterous_provisioner.drain import delete_node, drain_node, forget_gone, uncordon
 from clusterous_provisioner.kubecalls import get_or_none, json_body
 from clusterous_provisioner.kubeobjects import internal_ip
 
@@ -371,18 +371,14 @@ def forget_ghosts(core, nodes: list[dict], record: Record, inv, report: Report) 
     """Delete Nodes of elastic groups whose instance is gone (a kubelet re-registered during a
     shrink, or an instance terminated behind our back): k3s on EC2 has no cloud controller to do
     it, and a ghost would count towards `max`. Returns the Nodes that remain."""
-    live = {i.get("PrivateIpAddress") for i in inv.instances}
     elastic = {g.name for g in record.groups}
-    kept = []
-    for node in nodes:
-        address = internal_ip(node)
-        ours = autoscale.node_group(node) in elastic or spot.notice(node) is not None  # kept by the drain
-        if ours and address and address not in live:
-            if delete_node(core, node["metadata"]["name"]):
-                report(f"{node['metadata']['name']}: its instance is gone; Node deleted")
-            continue
-        kept.append(node)
-    return kept
+    return forget_gone(  # spot-interrupted Nodes too: the drain kept them cordoned until now
+        core,
+        nodes,
+        inv.instances,
+        lambda n: autoscale.node_group(n) in elastic or spot.notice(n) is not None,
+        report,
+    )
 
 
 # --- the process -------------------------------------------------------------------------------

@@ -195,6 +195,24 @@ def delete_node(core, name: str) -> bool:
     return True
 
 
+def forget_gone(core, nodes: list[dict], instances: list[dict], ours: Callable[[dict], bool], report,
+                why: str = "its instance is gone") -> list[dict]:  # fmt: skip
+    """Delete the Nodes `ours` picks whose instance is not among `instances` (k3s on EC2 has no
+    cloud controller to remove a Node whose instance went); returns the Nodes that remain."""
+    from clusterous_provisioner.kubeobjects import internal_ip
+
+    live = {i.get("PrivateIpAddress") for i in instances}
+    kept = []
+    for node in nodes:
+        address = internal_ip(node)
+        if ours(node) and address and address not in live:
+            if delete_node(core, node["metadata"]["name"]):
+                report(f"{node['metadata']['name']}: {why}; Node deleted")
+            continue
+        kept.append(node)
+    return kept
+
+
 def uncordon(core, name: str) -> None:
     """Make a node schedulable again (a drain that could not finish keeps its node)."""
     from kubernetes.client import ApiException

@@ -311,16 +311,9 @@ def scale(
     """Grow a group in one launch, or drain (`drain`: the instances going → their drained Nodes)
     and terminate its newest nodes; `forget` then removes Nodes a kubelet registered again."""
     from clusterous_provisioner import scaling
-    from clusterous_provisioner.inventory import discover
 
     group, report = req.group, hooks.report
-    with (
-        lease.held(clients, cluster, "scale", report),
-        aws.aws_errors(f"scale {cluster}", "re-run the command to continue"),
-    ):
-        inv = discover(clients, cluster)
-        if inv.vpc is None:
-            raise Failure(f"no cluster {cluster} in {clients.region}", "see `clusterous-k8s clusters`")
+    with _existing_cluster(clients, cluster, "scale", report, "re-run the command to continue") as inv:
         _refuse_if_suspended(inv, "scale")
         have = len(inv.group_instances(group))
         target = have + req.delta if req.count is None else req.count
@@ -351,6 +344,17 @@ def scale(
     return Resized(cluster, group, have, target, added, removed)
 
 
+@contextlib.contextmanager
+def _existing_cluster(clients, name: str, command: str, report: Callable[[str], None], next_step: str):
+    """Under the cluster's lease, AWS errors worded for `command`: its inventory, which must
+    exist (scale, suspend and resume act on a cluster; `up` makes one, `down` takes what it finds)."""
+    with lease.held(clients, name, command, report), aws.aws_errors(f"{command} {name}", next_step):
+        inv = inventory.discover(clients, name)
+        if inv.vpc is None:
+            raise Failure(f"no cluster {name} in {clients.region}", "see `clusterous-k8s clusters`")
+        yield inv
+
+
 # --- suspend and resume (suspension.py) ----------------------------------------------------------
 
 
@@ -370,16 +374,11 @@ class SuspendRequest:
 def suspend(clients, req: SuspendRequest, hooks: Hooks):
     """Stop every instance and remove the NAT gateway and its address; keep disks, bucket, record."""
     from clusterous_provisioner import suspension
-    from clusterous_provisioner.inventory import discover
 
     name, report = req.cluster, hooks.report
-    with (
-        lease.held(clients, name, "suspend", report),
-        aws.aws_errors(f"suspend {name}", "re-run `clusterous-k8s suspend` to continue"),
-    ):
-        inv = discover(clients, name)
-        if inv.vpc is None:
-            raise Failure(f"no cluster {name} in {clients.region}", "see `clusterous-k8s clusters`")
+    with _existing_cluster(
+        clients, name, "suspend", report, "re-run `clusterous-k8s suspend` to continue"
+    ) as inv:
         if not hooks.yes:
             hooks.confirm(
                 f"Stop the {len(inv.instances)} instance(s) of {name} and delete its NAT gateway "
@@ -399,16 +398,11 @@ class ResumeRequest:
 def resume(clients, req: ResumeRequest, hooks: Hooks):
     """The NAT gateway back, every instance running again (spot groups launched to their size)."""
     from clusterous_provisioner import suspension
-    from clusterous_provisioner.inventory import discover
 
     name, report = req.cluster, hooks.report
-    with (
-        lease.held(clients, name, "resume", report),
-        aws.aws_errors(f"resume {name}", "re-run `clusterous-k8s resume` to continue"),
-    ):
-        inv = discover(clients, name)
-        if inv.vpc is None:
-            raise Failure(f"no cluster {name} in {clients.region}", "see `clusterous-k8s clusters`")
+    with _existing_cluster(
+        clients, name, "resume", report, "re-run `clusterous-k8s resume` to continue"
+    ) as inv:
         if suspension.suspended_since(inv) is None:
             report(f"cluster {name} is not suspended; checking that it runs")
         progress = hooks.progress or (lambda title: _just_report(report, title))

@@ -167,18 +167,10 @@ def _forget_terminated(ref, instances: list[dict], report) -> None:
 
     from clusterous_cli import kubeapi
     from clusterous_core.names import GROUP_LABEL
-    from clusterous_provisioner.drain import delete_node
+    from clusterous_provisioner.drain import forget_gone
     from clusterous_provisioner.kubecalls import json_body
-    from clusterous_provisioner.kubeobjects import internal_ip
 
-    live = {i.get("PrivateIpAddress") for i in instances}
     core = client.CoreV1Api(kubeapi.api_client(ref))
     nodes = json_body(core.list_node).get("items") or []
-    ghosts = [
-        n["metadata"]["name"]
-        for n in nodes
-        if GROUP_LABEL in (n["metadata"].get("labels") or {}) and internal_ip(n) not in live | {None}
-    ]
-    for name in ghosts:
-        if delete_node(core, name):
-            report(f"{name}: its spot instance was terminated at suspend; Node deleted")
+    ours = lambda n: GROUP_LABEL in (n["metadata"].get("labels") or {})  # noqa: E731 - a node of a group
+    forget_gone(core, nodes, instances, ours, report, "its spot instance was terminated at suspend")
