@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from clusterous_cli import hostkeys, ssh
+from clusterous_cli import hostkeys, openssh, ssh
 from clusterous_cli.endpoint import load_endpoint, write_endpoint
 from clusterous_core.errors import BadInput, Failure
 from tests.harness.sshd import SshServer, cloud_init_console_output
@@ -75,7 +75,7 @@ def test_nothing_pinned_means_no_connection(controller) -> None:  # noqa: F811
 def test_openssh_command_trusts_the_same_pin(controller) -> None:  # noqa: F811
     import subprocess
 
-    argv = [*ssh.openssh_argv(controller.endpoint), controller.endpoint.host, "echo", "ok"]
+    argv = [*openssh.argv(controller.endpoint), controller.endpoint.host, "echo", "ok"]
     assert "StrictHostKeyChecking=yes" in argv
     assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout == "ok\n"
     controller.sshd.rotate_host_key()
@@ -91,7 +91,7 @@ def test_jump_host_reaches_the_controller(sshd: SshServer) -> None:
         assert conn.run(["echo", "via bastion"])[1] == b"via bastion\n"
     import subprocess
 
-    argv = [*ssh.openssh_argv(endpoint), endpoint.host, "echo", "ok"]
+    argv = [*openssh.argv(endpoint), endpoint.host, "echo", "ok"]
     assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout == "ok\n"
     from clusterous_cli import controlmaster  # the tunnel supervisor's master goes through it too
 
@@ -155,7 +155,7 @@ def _reach_all_ways(ref) -> None:
     endpoint = load_endpoint(ref)
     with ssh.connect_cluster(ref) as conn:
         assert conn.run(["echo", "ok"])[1] == b"ok\n"
-    argv = [*ssh.openssh_argv(endpoint), endpoint.host, "echo", "ok"]
+    argv = [*openssh.argv(endpoint), endpoint.host, "echo", "ok"]
     assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout == "ok\n"
     master = controlmaster.Master.start(endpoint, controlmaster.openssh_binary() or "ssh")
     try:

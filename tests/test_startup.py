@@ -2,8 +2,8 @@
 
 A small `put` is mostly the CLI's start-up, so what put/get never need stays unimported: the
 other commands' modules (main.py registers only the command it runs), pydantic (profiles are
-read without it), rich (a plain result line), paramiko (rsync makes its own connection), boto3
-and the kubernetes client. Observed in a fresh interpreter's sys.modules after the command
+read without it), rich (a plain result line), paramiko and our code around it (rsync makes its own
+connection: openssh.py builds its options), boto3 and the kubernetes client. Observed in a fresh interpreter's sys.modules after the command
 really ran; no timing is asserted (bench/cli_startup.py and bench/transfer_throughput.py measure).
 """
 
@@ -19,8 +19,9 @@ from tests.ssh_support import controller  # noqa: F401
 
 # Never on put/get's path (rich only for an error's red "error:").
 HEAVY = {"pydantic", "rich", "paramiko", "cryptography", "boto3", "botocore", "kubernetes"}
-# Not on a plain put/get's either: typer parses only what is not plain, logging is for --verbose.
-PLAIN = HEAVY | {"typer", "logging"}
+# Not on a plain put/get's either: typer parses only what is not plain, logging is for --verbose;
+# paramiko's side of our SSH code and sockets are for SFTP and tunnels.
+PLAIN = HEAVY | {"typer", "logging", "clusterous_cli.ssh", "socket"}
 OTHER_COMMANDS = {"cluster", "status", "apps", "images", "kube", "nodes", "setup", "tunnel", "profile"}
 
 

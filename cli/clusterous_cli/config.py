@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -89,6 +88,8 @@ def write_private(path: Path, text: str) -> None:
     stays a symlink: its target is what gets replaced (a ~/.kube/config kept in a dotfiles repo)."""
     path = Path(os.path.realpath(path)) if os.path.islink(path) else path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tempfile  # not at the top: most commands only read
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:  # mkstemp creates it 0600

@@ -2,7 +2,7 @@
 
 Why OpenSSH: paramiko encrypts and copies every packet in Python, which caps a tunnel at about
 half of `ssh -L` with the same cipher (issue 15). The supervisor therefore runs
-`ssh -M -S SOCKET -N` to the controller with the options `ssh.openssh_options` builds (the
+`ssh -M -S SOCKET -N` to the controller with the options `openssh.options` builds (the
 pinned known_hosts, `StrictHostKeyChecking=yes`, `HostKeyAlias`, the cluster key only) and hands
 each accepted client socket to that master with the multiplexing request `ssh -S SOCKET -W
 host:port` sends (MUX_C_NEW_STDIO_FWD, OpenSSH's PROTOCOL.mux §3): the client's descriptor is
@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from clusterous_cli import hostkeys, ssh
+from clusterous_cli import hostkeys, openssh, ssh
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_core.errors import BadInput
 from clusterous_core.polling import wait_until
@@ -121,7 +121,7 @@ class Master:
         endpoint: ControllerEndpoint,
         binary: str,
         relearn: str = hostkeys.RELEARN,
-        timeout: float = ssh.CONNECT_TIMEOUT,
+        timeout: float = openssh.CONNECT_TIMEOUT,
     ) -> Master:
         """Connect, or raise what the paramiko path raises: a Refusal for a changed or missing
         host key and a refused login (retrying cannot help), a Failure for the network."""
@@ -140,7 +140,7 @@ class Master:
             "-o", "ExitOnForwardFailure=yes",
             # Two unanswered probes 15 s apart and the master exits: a dead link is replaced.
             "-o", "ServerAliveCountMax=2",
-            *ssh.openssh_options(endpoint),
+            *openssh.options(endpoint),
             endpoint.host,
         ]  # fmt: skip
         # Linux: the master gets SIGTERM when the supervisor dies, even by SIGKILL (util-linux

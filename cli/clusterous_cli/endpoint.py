@@ -60,6 +60,23 @@ class ControllerEndpoint:
 
 
 @dataclass(frozen=True)
+class JumpHost:
+    """A bastion in front of the controller, written `[user@]host[:port]` (`jump_host`)."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> JumpHost:
+        user, _, rest = text.rpartition("@")
+        host, _, port = rest.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise BadInput("jump_host", None, "[user@]host[:port]", text)
+        return cls(host=host, port=int(port or 22), user=user or None)
+
+
+@dataclass(frozen=True)
 class ClusterRef:
     """A cluster as the CLI addresses it: profile, name, and its private state directory."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import paramiko
 
-from clusterous_cli import controlmaster, hostkeys, ssh, tunnels
+from clusterous_cli import controlmaster, hostkeys, openssh, ssh, tunnels
 from clusterous_cli.endpoint import ClusterRef, load_endpoint
 from clusterous_core.errors import ClusterousError
 
@@ -253,7 +253,7 @@ class Supervisor:
                 break
             try:
                 if isinstance(conn, controlmaster.Master):
-                    control = conn.forward(client, target[0], target[1], ssh.CONNECT_TIMEOUT)
+                    control = conn.forward(client, target[0], target[1], openssh.CONNECT_TIMEOUT)
                     client.close()  # the master holds its own copy now and does all the copying
                     controlmaster.wait_closed(control)
                     return

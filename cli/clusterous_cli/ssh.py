@@ -3,29 +3,26 @@
 Why a bare `paramiko.Transport` and not `SSHClient`: we check the host key ourselves right after
 key exchange (before authenticating), offer only the pinned key types, and set window, packet,
 cipher and socket options that a naive client leaves at slow defaults. The same facts also build
-the OpenSSH command line rsync uses (`openssh_argv`), so both paths trust exactly the same key.
+the OpenSSH command line rsync uses (openssh.py), so both paths trust exactly the same key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clusterous_cli import hostkeys
-from clusterous_cli.endpoint import ControllerEndpoint
+from clusterous_cli.endpoint import ControllerEndpoint, JumpHost
+from clusterous_cli.openssh import CONNECT_TIMEOUT, KEEPALIVE_SECONDS
 from clusterous_core.errors import BadInput, Failure
 
 if TYPE_CHECKING:
     import paramiko
 
-CONNECT_TIMEOUT = 10.0
-KEEPALIVE_SECONDS = 15
 # Big windows keep the pipe full on long fat links; 32 KiB packets are what OpenSSH's
 # direct-tcpip channels accept anyway. AES-GCM is an AEAD (no separate MAC pass) and runs on
 # AES-NI through `cryptography`; paramiko has no chacha20-poly1305.
@@ -41,24 +38,6 @@ MAX_PACKET_SIZE = 32768
 SOCKET_BUFFER = 4 * 1024 * 1024
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256")
-OPENSSH_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr"
-
-
-@dataclass(frozen=True)
-class JumpHost:
-    """A bastion in front of the controller, written `[user@]host[:port]`."""
-
-    host: str
-    port: int = 22
-    user: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> JumpHost:
-        user, _, rest = text.rpartition("@")
-        host, _, port = rest.partition(":")
-        if not host or (port and not port.isdigit()):
-            raise BadInput("jump_host", None, "[user@]host[:port]", text)
-        return cls(host=host, port=int(port or 22), user=user or None)
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -214,7 +193,7 @@ def connect(
     endpoint: ControllerEndpoint, timeout: float = CONNECT_TIMEOUT, relearn: str = hostkeys.RELEARN
 ) -> Connection:
     """Open, check the host key against the pin, authenticate with the cluster key, keep alive."""
-    import logging  # here, with paramiko: rsync's path imports this module for openssh_options only
+    import logging  # here, with paramiko: not needed before a connection is made
 
     import paramiko
 
@@ -269,47 +248,6 @@ def connect(
 def _prefer(available: Sequence[str], preferred: tuple[str, ...]) -> tuple[str, ...]:
     first = tuple(p for p in preferred if p in available)
     return first + tuple(a for a in available if a not in first)
-
-
-def openssh_options(endpoint: ControllerEndpoint) -> list[str]:
-    """OpenSSH client options that trust only the pinned key and use only the cluster key."""
-    options = _openssh_common(endpoint, str(endpoint.known_hosts))
-    # The pin's name, whatever the address: the instance id once `up` knows it (a stop/start that
-    # changes the public address needs no relearn), else `[host]:port` as paramiko spells it.
-    options += ["-o", f"HostKeyAlias={endpoint.host_key_name}"]
-    options += ["-p", str(endpoint.port), "-l", endpoint.user]
-    if endpoint.jump_host:
-        jump = JumpHost.parse(endpoint.jump_host)
-        user_known = Path(os.path.expanduser("~/.ssh/known_hosts"))
-        inner = [
-            "ssh", *_openssh_common(endpoint, f"{endpoint.known_hosts} {user_known}"),
-            "-p", str(jump.port), "-l", jump.user or endpoint.user, "-W", "[%h]:%p", jump.host,
-        ]  # fmt: skip
-        options += ["-o", "ProxyCommand=" + shlex.join(inner)]
-    return options
-
-
-def _openssh_common(endpoint: ControllerEndpoint, known_hosts: str) -> list[str]:
-    return [
-        "-F", "/dev/null",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "UpdateHostKeys=no",
-        "-o", "BatchMode=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT)}",
-        "-o", f"ServerAliveInterval={KEEPALIVE_SECONDS}",
-        "-o", "ServerAliveCountMax=4",
-        "-o", f"Ciphers={OPENSSH_CIPHERS}",
-        "-o", "LogLevel=ERROR",
-        "-i", str(endpoint.key_file),
-    ]  # fmt: skip
-
-
-def openssh_argv(endpoint: ControllerEndpoint) -> list[str]:
-    """`ssh` plus options; append the host (and a command) to use it, or join it for `rsync -e`."""
-    return ["ssh", *openssh_options(endpoint)]
 
 
 def connect_cluster(ref, timeout: float = CONNECT_TIMEOUT) -> Connection:

@@ -30,10 +30,9 @@ import io
 import re
 import shlex
 import subprocess
-import tempfile
 from pathlib import PurePosixPath
-from typing import cast
 
+from clusterous_cli import openssh
 from clusterous_cli.endpoint import ControllerEndpoint
 from clusterous_cli.transfer import NullProgress, Report
 from clusterous_core.errors import BadInput, Failure
@@ -126,8 +125,6 @@ def rsync_argv(
     opens its session through the master: no new TCP connection, key exchange or login. Should
     the master be gone, ssh connects by itself (`ControlMaster=no` never starts or removes one).
     `%l` (the file's length) comes before `%n` so that names with spaces stay whole."""
-    from clusterous_cli import ssh
-
     mux = ["-o", f"ControlPath={control_socket}", "-o", "ControlMaster=no"] if control_socket else []
     return [
         "rsync",
@@ -137,7 +134,7 @@ def rsync_argv(
         *(["--info=progress2"] if progress else []),
         *extra,
         "-e",
-        shlex.join(["ssh", *mux, *ssh.openssh_options(endpoint)]),
+        shlex.join(["ssh", *mux, *openssh.options(endpoint)]),
         "--rsync-path",
         remote,
         source,
@@ -175,6 +172,8 @@ def selection(only: list[str] | None, delete: bool):
     if only is None:
         yield tuple(extra)
         return
+    import tempfile
+
     with tempfile.NamedTemporaryFile("w", prefix="clusterous-only-", suffix=".rules") as rules:
         rules.write(only_rules(only))
         rules.flush()
@@ -192,7 +191,8 @@ def run(argv: list[str], report: Report, progress, rel: PurePosixPath, endpoint:
         raise BadInput(str(endpoint.key_file), None, "the cluster's private SSH key (file not found)")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     buffer = b""
-    stdout = cast(io.BufferedReader, process.stdout)  # PIPE with the default bufsize: buffered
+    stdout = process.stdout
+    assert isinstance(stdout, io.BufferedReader)  # PIPE with the default bufsize: buffered
     while chunk := stdout.read1(65536):
         buffer += chunk
         *lines, buffer = re.split(rb"[\r\n]", buffer)

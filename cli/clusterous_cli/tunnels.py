@@ -13,18 +13,19 @@ Two files in the cluster's config directory connect the CLI and the supervisor p
                       by that process for as long as it lives: a pid in an unlocked file is stale
                       and is never signalled (it may belong to an unrelated process by now).
     tunnels.log       the supervisor's log (no secrets in it).
+
+`socket` and `ipaddress` are imported where they are used: `put` and `get` only read the status
+file, and start-up is most of a small transfer (docs/ssh.md "Throughput").
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import ipaddress
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -85,6 +86,8 @@ def _port(text: str, what: str, spec: str, low: int) -> int:
 
 def is_raw_host(target: str) -> bool:
     """IP addresses and dotted names are hosts; a bare lowercase label is a component."""
+    import ipaddress
+
     with contextlib.suppress(ValueError):
         ipaddress.ip_address(target.strip("[]"))
         return True
@@ -307,6 +310,8 @@ def port_state(status: dict, port: int) -> str | None:
 
 def bindable(port: int) -> bool:
     """True when a tunnel could listen on this local port now."""
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -324,6 +329,8 @@ def next_free_port(start: int, taken: set[int]) -> int:
 
 
 def free_port() -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((LISTEN_HOST, 0))
         return probe.getsockname()[1]
