@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -437,10 +438,18 @@ def test_rsync_reports_ssh_refusals_as_the_paramiko_path_does(controller, cli, t
     assert "Traceback" not in missing.output + wrong.output + changed.output + down.output
 
 
-def test_rsync_reports_progress_only_to_a_bar_that_is_shown(controller, cli, tmp_path) -> None:  # noqa: F811
+def test_rsync_reports_progress_only_to_a_bar_that_is_shown(controller, cli, tmp_path, monkeypatch) -> None:  # noqa: F811
     """A terminal's bar gets rsync's progress2 figures; without one (a pipe, a script) rsync is not
-    asked for them, so neither it nor we spend time on progress nobody sees."""
-    from clusterous_cli import transfer, transfer_rsync, volume_copy
+    asked for them, so neither it nor we spend time on progress nobody sees. What rsync was asked
+    is read from a stand-in on PATH that writes down its arguments and runs the real rsync."""
+    from clusterous_cli import transfer, volume_copy
+
+    shim, calls = tmp_path / "shim", tmp_path / "rsync-calls"
+    shim.mkdir()
+    real = shutil.which("rsync")
+    (shim / "rsync").write_text(f'#!/bin/sh\nprintf "%s\\n" "-- call" "$@" >> {calls}\nexec {real} "$@"\n')
+    (shim / "rsync").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
 
     class Bar:  # what volume_copy.RichProgress does with the figures, recorded
         def __init__(self) -> None:
@@ -460,7 +469,12 @@ def test_rsync_reports_progress_only_to_a_bar_that_is_shown(controller, cli, tmp
         report = transfer.put(conn, data, "data.bin", "auto", bar)
     assert report.method == "rsync" and (controller.shared / "data.bin").read_bytes() == data.read_bytes()
     assert bar.seen and bar.seen[-1] == (3 * 1024 * 1024, 100)
-    endpoint = conn.endpoint
-    quiet = transfer_rsync.rsync_argv(endpoint, "a", "b", "r", progress=False)
-    assert "--info=progress2" in transfer_rsync.rsync_argv(endpoint, "a", "b", "r")
-    assert "--info=progress2" not in quiet
+    assert "--info=progress2" in calls.read_text().splitlines()
+
+    calls.unlink()
+    piped = cli(["put", str(data), "again.bin"])  # the runner's stderr is no terminal: no bar
+    assert piped.exit_code == 0 and (controller.shared / "again.bin").read_bytes() == data.read_bytes()
+    fetched = cli(["get", "again.bin", str(tmp_path / "back.bin")])
+    assert fetched.exit_code == 0 and (tmp_path / "back.bin").read_bytes() == data.read_bytes()
+    asked = calls.read_text().splitlines()
+    assert asked.count("-- call") == 2 and "--info=progress2" not in asked

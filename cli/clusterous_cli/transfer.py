@@ -151,6 +151,12 @@ def _rsync_ssh(conn):
     return conn.endpoint, getattr(conn, "control_socket", None)
 
 
+def _figures(progress):
+    """Where rsync's progress figures go: the bar's `absolute`; None when no bar is shown (a pipe,
+    a script), and then rsync is not asked for them at all."""
+    return None if isinstance(progress, NullProgress) else progress.absolute
+
+
 def _no_rsync_there(method: str) -> None:
     if method == "rsync":
         raise Failure("the controller has no rsync", "install rsync there, or pass --method sftp")
@@ -191,7 +197,7 @@ def put(
     if report.method == "rsync":
         try:
             transfer_rsync.put(
-                _rsync_ssh(conn), local, rel, into_dir, only, delete, report, progress.absolute
+                _rsync_ssh(conn), local, rel, into_dir, only, delete, report, _figures(progress)
             )
             report.unchanged = len(sizes) - len(report.transferred)
         except transfer_rsync.NoRemoteRsync:
@@ -217,7 +223,7 @@ def get(conn, remote: str, local: Path | None, method: str = "auto", progress=No
     report = Report(_first_method(method))
     if report.method == "rsync":
         try:
-            transfer_rsync.get(_rsync_ssh(conn), rel, local, report, progress.absolute)
+            transfer_rsync.get(_rsync_ssh(conn), rel, local, report, _figures(progress))
         except transfer_rsync.NoRemoteRsync:
             _no_rsync_there(method)
             report.method = "sftp"

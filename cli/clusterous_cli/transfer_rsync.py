@@ -34,7 +34,7 @@ from pathlib import PurePosixPath
 
 from clusterous_cli import openssh
 from clusterous_cli.endpoint import ControllerEndpoint
-from clusterous_cli.transfer import NullProgress, Report
+from clusterous_cli.transfer import Report
 from clusterous_core.errors import BadInput, Failure
 
 # PLACEHOLDER, NO_RSYNC, INTO and the `refused` lines are spelled out in SCRIPT too.
@@ -184,8 +184,9 @@ class NoRemoteRsync(Exception):
     """The controller has no rsync: the caller falls back to SFTP."""
 
 
-def run(argv: list[str], report: Report, progress, rel: PurePosixPath, endpoint: ControllerEndpoint) -> str:
-    """Run rsync, turning its itemized lines into the report and its progress2 lines into the bar;
+def run(argv: list[str], report: Report, figures, rel: PurePosixPath, endpoint: ControllerEndpoint) -> str:
+    """Run rsync, turning its itemized lines into the report and its progress2 lines into
+    `figures(done, percent)` (None: no bar is shown, and rsync was not asked for them);
     returns rsync's stderr (the script's notes are in it)."""
     if not endpoint.key_file.is_file():  # ssh would only say "Permission denied"
         raise BadInput(str(endpoint.key_file), None, "the cluster's private SSH key (file not found)")
@@ -197,8 +198,8 @@ def run(argv: list[str], report: Report, progress, rel: PurePosixPath, endpoint:
         buffer += chunk
         *lines, buffer = re.split(rb"[\r\n]", buffer)
         for raw in lines:
-            _line(raw.decode(errors="replace"), report, progress)
-    _line(buffer.decode(errors="replace"), report, progress)
+            _line(raw.decode(errors="replace"), report, figures)
+    _line(buffer.decode(errors="replace"), report, figures)
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     code = process.wait()
     if NO_RSYNC in stderr:
@@ -249,7 +250,7 @@ def _refusal(why: str, where: str, rel: PurePosixPath) -> Exception:
     return BadInput("REMOTE", None, expected, str(rel))
 
 
-def _line(line: str, report: Report, progress) -> None:
+def _line(line: str, report: Report, figures) -> None:
     if match := DELETING.match(line):
         report.deleted.append(match.group(1).strip())
     elif match := ITEM.match(line):
@@ -257,11 +258,11 @@ def _line(line: str, report: Report, progress) -> None:
         if item[1] == "f" and item[0] in "<>":
             report.transferred.append(name)
             report.bytes += int(size)
-    elif match := PROGRESS.match(line):
-        progress(int(match.group(1).replace(",", "")), int(match.group(2)))
+    elif figures and (match := PROGRESS.match(line)):
+        figures(int(match.group(1).replace(",", "")), int(match.group(2)))
 
 
-def put(via, local, rel: PurePosixPath, into_dir: bool, only, delete, report, progress) -> None:
+def put(via, local, rel: PurePosixPath, into_dir: bool, only, delete, report, figures) -> None:
     """A tree lands exactly at rel (the script creates and enters it); a file lands at rel, or
     inside it when rel is a directory (`into_dir`, or found so by the script). `via`: (endpoint,
     the master's socket or None)."""
@@ -283,15 +284,15 @@ def put(via, local, rel: PurePosixPath, into_dir: bool, only, delete, report, pr
             remote,
             (*copy_links, *extra),
             control_socket,
-            _shown(progress),
+            figures is not None,
         )
-        stderr = run(argv, report, progress, rel, endpoint)
+        stderr = run(argv, report, figures, rel, endpoint)
     if not local.is_dir() and report.transferred:
         landed = rel / local.name if into_dir or not parts or INTO in stderr else rel
         report.transferred = [str(landed)]
 
 
-def get(via, rel: PurePosixPath, local, report, progress) -> None:
+def get(via, rel: PurePosixPath, local, report, figures) -> None:
     """A directory's contents land exactly at the destination, a file at it or inside it when it
     is a directory: rsync's own rules, once the script has put `./` or `./NAME` in as the source."""
     endpoint, control_socket = via
@@ -304,11 +305,6 @@ def get(via, rel: PurePosixPath, local, report, progress) -> None:
         destination,
         remote,
         control_socket=control_socket,
-        progress=_shown(progress),
+        progress=figures is not None,
     )
-    run(argv, report, progress, rel, endpoint)
-
-
-def _shown(progress) -> bool:
-    """A bar someone sees (a terminal); without one rsync need not send, nor we parse, its progress."""
-    return not isinstance(progress, NullProgress)
+    run(argv, report, figures, rel, endpoint)
