@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 from _common import ROOT, controller_stand_in
@@ -78,7 +77,7 @@ def main() -> None:
     with controller_stand_in() as (sshd, ref, scratch):
         context = make_context(scratch / "context")
         relay = CountingRelay((sshd.host, sshd.port))
-        relayed = replace(endpoint.load_endpoint(ref), port=relay.port)
+        relayed = endpoint.load_endpoint(ref)._replace(port=relay.port)
         endpoint.write_endpoint(ref, relayed)
         hostkeys.pin_from_console_output(relayed.known_hosts, relayed.host_key_name, sshd.console_output())
         on_disk = sum(p.stat().st_size for p in context.rglob("*") if p.is_file())

@@ -117,9 +117,7 @@ def test_wrong_key_is_refused(controller, tmp_path) -> None:  # noqa: F811
     from tests.harness.sshd import generate_ed25519_key
 
     other = generate_ed25519_key(tmp_path / "other", "someone-else")
-    write_endpoint(
-        controller.ref, type(controller.endpoint)(**{**controller.endpoint.__dict__, "key_file": other})
-    )
+    write_endpoint(controller.ref, controller.endpoint._replace(key_file=other))
     with pytest.raises(Failure, match="refused the key"):
         ssh.connect_cluster(controller.ref)
 
@@ -129,7 +127,7 @@ def test_missing_key_file_is_bad_input(controller, tmp_path) -> None:  # noqa: F
     shutil.copy(controller.endpoint.key_file, gone)
     gone.unlink()
     with pytest.raises(BadInput, match="not found"):
-        ssh.connect(type(controller.endpoint)(**{**controller.endpoint.__dict__, "key_file": gone}))
+        ssh.connect(controller.endpoint._replace(key_file=gone))
 
 
 def test_missing_controller_record_is_bad_input(cli) -> None:
@@ -171,7 +169,7 @@ def test_host_key_pinned_under_the_instance_id_survives_a_new_address(sshd: SshS
     assert pinned.startswith(f"{INSTANCE} ssh-ed25519 ") and sshd.host not in pinned
     _reach_all_ways(made.ref)
 
-    moved = type(made.endpoint)(**{**made.endpoint.__dict__, "host": "localhost"})  # a new address
+    moved = made.endpoint._replace(host="localhost")  # a new address
     write_endpoint(made.ref, moved)
     _reach_all_ways(made.ref)  # no relearn
     listed = cli(["host-key", "--json"])
@@ -183,13 +181,13 @@ def test_a_pin_keyed_by_address_moves_to_the_instance_id_once(sshd: SshServer) -
     made = make_controller(sshd)  # pinned under [127.0.0.1]:port, no instance id known
     address_pin = made.endpoint.known_hosts.read_text()
     assert address_pin.startswith(f"[{sshd.host}]:{sshd.port} ")
-    write_endpoint(made.ref, type(made.endpoint)(**{**made.endpoint.__dict__, "instance_id": INSTANCE}))
+    write_endpoint(made.ref, made.endpoint._replace(instance_id=INSTANCE))
     _reach_all_ways(made.ref)
     assert made.endpoint.known_hosts.read_text() == address_pin.replace(
         f"[{sshd.host}]:{sshd.port}", INSTANCE
     )
     write_endpoint(
         made.ref,
-        type(made.endpoint)(**{**made.endpoint.__dict__, "instance_id": INSTANCE, "host": "localhost"}),
+        made.endpoint._replace(instance_id=INSTANCE, host="localhost"),
     )
     _reach_all_ways(made.ref)

@@ -415,9 +415,7 @@ def test_rsync_reports_ssh_refusals_as_the_paramiko_path_does(controller, cli, t
     local.write_text("a")
 
     def with_endpoint(**changes) -> None:
-        write_endpoint(
-            controller.ref, type(controller.endpoint)(**{**controller.endpoint.__dict__, **changes})
-        )
+        write_endpoint(controller.ref, controller.endpoint._replace(**changes))
 
     with_endpoint(key_file=tmp_path / "gone.pem")
     missing = cli(["put", str(local), "--method", "rsync"])

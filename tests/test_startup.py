@@ -20,8 +20,9 @@ from tests.ssh_support import controller  # noqa: F401
 # Never on put/get's path (rich only for an error's red "error:").
 HEAVY = {"pydantic", "rich", "paramiko", "cryptography", "boto3", "botocore", "kubernetes"}
 # Not on a plain put/get's either: typer parses only what is not plain, logging is for --verbose;
-# paramiko's side of our SSH code and sockets are for SFTP and tunnels.
-PLAIN = HEAVY | {"typer", "logging", "clusterous_cli.ssh", "socket"}
+# paramiko's side of our SSH code and sockets are for SFTP and tunnels; the records it reads are
+# NamedTuples, as `dataclasses` (with `inspect`) costs a sixth of a small put's start-up.
+PLAIN = HEAVY | {"typer", "logging", "clusterous_cli.ssh", "socket", "dataclasses", "inspect"}
 OTHER_COMMANDS = {"cluster", "status", "apps", "images", "kube", "nodes", "setup", "tunnel", "profile"}
 
 

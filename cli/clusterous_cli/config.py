@@ -16,8 +16,8 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from clusterous_core.errors import BadInput
 from clusterous_core.validation import bad_input
@@ -27,16 +27,16 @@ PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PROFILE = "default"
 
 
-@dataclass
-class Profile:
-    """One account/region setting the user picked with `setup`.
+class Profile(NamedTuple):
+    """One account/region setting the user picked with `setup`; a change is `_replace`d and saved.
 
-    Plain dataclasses, not pydantic models: every command reads the profile before it starts (a
-    small `put` spends more time importing pydantic than rsync takes), and `_from_file` checks
-    these few string fields in pydantic's words (clusterous_core.validation) all the same."""
+    NamedTuples, not pydantic models nor dataclasses: every command reads the profile before it
+    starts, and a small `put` would spend more time importing pydantic than rsync takes (and a
+    sixth of its start-up importing dataclasses); `_from_file` checks these few string fields in
+    pydantic's words (clusterous_core.validation) all the same."""
 
-    region: str = field(metadata={"min_length": 1})
-    bucket: str = field(metadata={"min_length": 3})  # S3 bucket for the image registry
+    region: str
+    bucket: str  # S3 bucket for the image registry
     bucket_region: str | None = None  # the bucket's region (GetBucketLocation); None: recorded before it was
     key_name: str | None = None  # EC2 key pair; None: one per cluster
     key_file: str | None = None  # private key of key_name
@@ -45,9 +45,11 @@ class Profile:
     current_cluster: str | None = None
 
 
-@dataclass
-class Settings:
+class Settings(NamedTuple):
     current_profile: str | None = None
+
+
+MIN_LENGTH = {"region": 1, "bucket": 3}  # of Profile's fields
 
 
 def config_dir() -> Path:
@@ -128,20 +130,20 @@ def _from_file(cls, data: dict, path: Path):
 
 def _first_problem(cls, data: dict) -> dict | None:
     """The first problem as pydantic's error dict (what validation.bad_input words)."""
-    names = [spec.name for spec in fields(cls)]
-    for spec in fields(cls):
-        value, required = data.get(spec.name, MISSING), spec.default is MISSING
-        min_length = spec.metadata.get("min_length", 0)
-        if value is MISSING or (value is None and not required):
+    for name in cls._fields:
+        required, min_length = name not in cls._field_defaults, MIN_LENGTH.get(name, 0)
+        if name not in data or (data[name] is None and not required):
             if required:
-                return {"type": "missing", "loc": (spec.name,), "input": data}
-        elif not isinstance(value, str):
-            return {"type": "string_type", "loc": (spec.name,), "input": value}
+                return {"type": "missing", "loc": (name,), "input": data}
+            continue
+        value = data[name]
+        if not isinstance(value, str):
+            return {"type": "string_type", "loc": (name,), "input": value}
         elif len(value) < min_length:
             ctx = {"min_length": min_length}
-            return {"type": "string_too_short", "loc": (spec.name,), "input": value, "ctx": ctx}
+            return {"type": "string_too_short", "loc": (name,), "input": value, "ctx": ctx}
     for key, value in data.items():
-        if key not in names:
+        if key not in cls._fields:
             return {"type": "extra_forbidden", "loc": (key,), "input": value}
     return None
 
@@ -150,7 +152,7 @@ def _dump(record: Profile | Settings) -> str:
     """The YAML of a profile or the settings: the fields that are set, in order."""
     import yaml
 
-    data = {key: value for key, value in asdict(record).items() if value is not None}
+    data = {key: value for key, value in record._asdict().items() if value is not None}
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -202,24 +204,19 @@ def remove_profile(name: str) -> None:
     with locked(settings_path()):
         settings = load_settings()
         if settings.current_profile == name:
-            settings.current_profile = None
-            save_settings(settings)
+            save_settings(settings._replace(current_profile=None))
 
 
 def use_profile(name: str) -> None:
     load_profile(name)
     with locked(settings_path()):
-        settings = load_settings()
-        settings.current_profile = name
-        save_settings(settings)
+        save_settings(load_settings()._replace(current_profile=name))
 
 
 def set_current_cluster(profile_name: str, cluster: str | None) -> None:
     """The record that `workon` changes: which cluster commands act on by default."""
     with locked(profile_path(check_profile_name(profile_name))):
-        profile = load_profile(profile_name)
-        profile.current_cluster = cluster
-        save_profile(profile_name, profile)
+        save_profile(profile_name, load_profile(profile_name)._replace(current_cluster=cluster))
 
 
 def cluster_dir(profile_name: str, cluster: str) -> Path:

@@ -20,8 +20,8 @@ decoupled. Format (YAML mapping):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from clusterous_core.errors import BadInput
 
@@ -31,9 +31,12 @@ DEFAULT_API_PORT = 6443
 DEFAULT_K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 
 
-@dataclass(frozen=True)
-class ControllerEndpoint:
-    """Everything needed to open a checked SSH connection to one controller."""
+class ControllerEndpoint(NamedTuple):
+    """Everything needed to open a checked SSH connection to one controller.
+
+    The records a `put` reads are NamedTuples or plain classes, not dataclasses: importing
+    `dataclasses` (and the `inspect` it imports) would be a sixth of a small transfer's start-up
+    (docs/ssh.md "Throughput"; tests/test_startup.py keeps it off that path)."""
 
     host: str
     port: int
@@ -59,8 +62,7 @@ class ControllerEndpoint:
         return self.instance_id or self.address_name
 
 
-@dataclass(frozen=True)
-class JumpHost:
+class JumpHost(NamedTuple):
     """A bastion in front of the controller, written `[user@]host[:port]` (`jump_host`)."""
 
     host: str
@@ -76,8 +78,7 @@ class JumpHost:
         return cls(host=host, port=int(port or 22), user=user or None)
 
 
-@dataclass(frozen=True)
-class ClusterRef:
+class ClusterRef(NamedTuple):
     """A cluster as the CLI addresses it: profile, name, and its private state directory."""
 
     profile_name: str
@@ -198,7 +199,7 @@ def write_endpoint(ref: ClusterRef, endpoint: ControllerEndpoint) -> Path:
 
     from clusterous_cli import config
 
-    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(endpoint).items() if v is not None}
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in endpoint._asdict().items() if v is not None}
     config.write_private(ref.controller_file, yaml.safe_dump(data, sort_keys=False))
     return ref.controller_file
 
@@ -252,7 +253,7 @@ def record_controller(ref, controller: dict, region: str, key_file: str | None) 
     fields = endpoint_fields(controller, region, key_file, existing)
     if not fields.get("host"):
         return None  # nothing to reach yet; the wait says so, a later `up` writes the record
-    known = set(ControllerEndpoint.__dataclass_fields__)
+    known = set(ControllerEndpoint._fields)
     record = {k: str(v) if k == "key_file" else v for k, v in fields.items() if k in known and v is not None}
     config.write_private(ref.controller_file, yaml.safe_dump(record, sort_keys=False))
     load_endpoint(ref)  # the SSH code's reader must accept it (a bad hand-set field is named here)

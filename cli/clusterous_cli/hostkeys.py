@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from clusterous_core.errors import Failure
 
@@ -29,8 +29,7 @@ FINGERPRINT = re.compile(r"\bSHA256:([0-9A-Za-z+/]{43})\b")
 RELEARN = "clusterous-k8s host-key --relearn"
 
 
-@dataclass(frozen=True)
-class HostKey:
+class HostKey(NamedTuple):
     """One public host key: its algorithm name and base64 blob."""
 
     key_type: str

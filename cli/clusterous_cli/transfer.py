@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from clusterous_core.errors import BadInput, Failure
@@ -40,17 +39,18 @@ PART_SUFFIX = ".clusterous-part"
 CHUNK = 1024 * 1024
 
 
-@dataclass
 class Report:
-    """What a transfer did: the files it sent and how many bytes, per method."""
+    """What a transfer did: the files it sent and how many bytes, per method. (A plain class: see
+    endpoint.ControllerEndpoint on dataclasses and start-up.)"""
 
-    method: str
-    transferred: list[str] = field(default_factory=list)
-    bytes: int = 0
-    unchanged: int = 0
-    skipped_links: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    deleted: list[str] = field(default_factory=list)
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.transferred: list[str] = []
+        self.bytes = 0
+        self.unchanged = 0
+        self.skipped_links: list[str] = []
+        self.seconds = 0.0
+        self.deleted: list[str] = []
 
 
 class NullProgress:

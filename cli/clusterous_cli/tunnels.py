@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from clusterous_cli.endpoint import ClusterRef
 from clusterous_core.errors import BadInput, Failure
@@ -48,8 +48,7 @@ SPEC_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class TunnelSpec:
+class TunnelSpec(NamedTuple):
     """A parsed `LOCAL:TARGET:PORT`: TARGET is a component name or, when raw, a host."""
 
     local: int
@@ -58,8 +57,7 @@ class TunnelSpec:
     raw: bool  # True: target is a host the controller connects to directly
 
 
-@dataclass
-class Tunnel:
+class Tunnel(NamedTuple):
     """One forwarded port as recorded in tunnels.yml."""
 
     local: int
@@ -72,10 +70,13 @@ class Tunnel:
         return self.component or f"{self.host}:{self.port}"
 
 
-@dataclass
 class Desired:
-    api_local: int | None = None
-    tunnels: list[Tunnel] = field(default_factory=list)
+    """tunnels.yml: the Kubernetes API tunnel's local port and the other tunnels. (No dataclasses
+    here: see endpoint.ControllerEndpoint on start-up.)"""
+
+    def __init__(self, api_local: int | None = None, tunnels: list[Tunnel] | None = None) -> None:
+        self.api_local = api_local
+        self.tunnels = tunnels if tunnels is not None else []
 
 
 def _port(text: str, what: str, spec: str, low: int) -> int:
@@ -153,7 +154,7 @@ def write_desired(ref: ClusterRef, desired: Desired) -> None:
     data: dict = {}
     if desired.api_local:
         data["api"] = {"local": desired.api_local}
-    data["tunnels"] = [{k: v for k, v in asdict(t).items() if v is not None} for t in desired.tunnels]
+    data["tunnels"] = [{k: v for k, v in t._asdict().items() if v is not None} for t in desired.tunnels]
     config.write_private(ref.directory / DESIRED_FILE, yaml.safe_dump(data, sort_keys=False))
 
 

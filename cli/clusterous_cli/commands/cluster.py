@@ -114,8 +114,7 @@ def _remember_bucket_region(profile_name: str, profile, region: str) -> None:
     """Record the bucket's region looked up for a profile written before `setup` recorded it."""
     from clusterous_cli import config
 
-    profile.bucket_region = region
-    config.save_profile(profile_name, profile)
+    config.save_profile(profile_name, profile._replace(bucket_region=region))
 
 
 def instance_type_sources(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import typer
 
 from clusterous_cli.commands.options import JSON_OPTION, YES_OPTION
@@ -29,7 +27,7 @@ def list_profiles(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     rows = []
     for name in config.profile_names():
         profile = config.load_profile(name)
-        rows.append({"name": name, "current": name == current, **asdict(profile)})
+        rows.append({"name": name, "current": name == current, **profile._asdict()})
     if as_json:
         output.print_json(rows)
         return
@@ -73,7 +71,7 @@ def show(
 
     name = name or config.selected_profile_name(_profile_option(ctx))
     profile = config.load_profile(name)
-    data = {"name": name, "path": str(config.profile_path(name)), **asdict(profile)}
+    data = {"name": name, "path": str(config.profile_path(name)), **profile._asdict()}
     if as_json:
         output.print_json(data)
     else:
