@@ -5,6 +5,10 @@ Honest by construction (issue 15 item 3):
   chacha20-poly1305@openssh.com), so both forwarders must use it; the cipher each one really
   negotiated is read back from sshd's own debug log and printed (`ciphers: ours=… openssh=…`);
 - every round runs both forwarders, alternating which goes first;
+- both forwarders run in a session of their own: the supervisor does (`tunnel start` detaches
+  it), so `ssh -L` is started the same way. Linux's autogroup scheduler shares the CPU between
+  sessions, not processes; with `ssh -L` in the bench's own session (beside the client and
+  server threads) it got a different share, worth 5-10 % at 700-800 MB/s on 2 cores;
 - payloads of 512 MB each way by default (`BENCH_PAYLOAD_MB`; CI runs a small smoke size);
 - the ratio is taken from the medians of the rounds (`ratio=`), and the worst round is printed.
 
@@ -116,7 +120,8 @@ def main() -> None:
                     "-L", f"127.0.0.1:{theirs['up']}:127.0.0.1:{sink_port}",
                     "-L", f"127.0.0.1:{theirs['down']}:127.0.0.1:{source_port}",
                     f"{sshd.user}@{sshd.host}",
-                ]
+                ],
+                start_new_session=True,  # as the supervisor runs: see the module's docstring
             )  # fmt: skip
             for port in theirs.values():
                 wait_listening(port)
