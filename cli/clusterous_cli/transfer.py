@@ -189,17 +189,19 @@ def put(
     report = Report(_first_method(method))
     files: list[tuple[str, list[str]]]
     if not local.is_dir():
-        files, sizes = [("", [])], {local.name: local.stat().st_size}
+        files, count = [("", [])], 1
     else:
         files = _grouped(only) if only is not None else list(local_tree(local, report))
-        sizes = {os.path.join(d, n): (local / d / n).stat().st_size for d, names in files for n in names}
-    progress.total(sum(sizes.values()))
+        count = sum(len(names) for _, names in files)
+    if not isinstance(progress, NullProgress):  # a stat of every file, only for a bar someone sees
+        paths = [local] if not local.is_dir() else [local / d / n for d, names in files for n in names]
+        progress.total(sum(path.stat().st_size for path in paths))
     if report.method == "rsync":
         try:
             transfer_rsync.put(
                 _rsync_ssh(conn), local, rel, into_dir, only, delete, report, _figures(progress)
             )
-            report.unchanged = len(sizes) - len(report.transferred)
+            report.unchanged = count - len(report.transferred)
         except transfer_rsync.NoRemoteRsync:
             _no_rsync_there(method)
             report.method = "sftp"
