@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from clusterous_core.errors import BadInput
-from clusterous_provisioner import addons, operator_bundle
+from clusterous_provisioner import addons, code_bundle
 from clusterous_provisioner.bootstrap import (
     ADDONS_FILE,
     AGENT_TOKEN_FILE,
@@ -339,7 +339,7 @@ def test_user_data_fits_ec2_limit_and_carries_every_boot_manifest(instance):
     shipped_kinds = {doc["kind"] for doc in shipped_docs}
     assert {"CustomResourceDefinition", "StorageClass", "Deployment", "DaemonSet"} <= shipped_kinds
     # the operator's code is applied through the API instead (too big for user-data)
-    assert operator_bundle.CONFIGMAP not in {doc["metadata"]["name"] for doc in shipped_docs}
+    assert code_bundle.OPERATOR.configmap not in {doc["metadata"]["name"] for doc in shipped_docs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -989,7 +989,7 @@ def test_kopf_peering_crds_and_object_exist():
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "clusterapps.clusterous.io"} <= crds
     (peering,) = [d for d in docs if d["kind"] == "ClusterKopfPeering"]
-    start = operator_bundle.code_configmap()["data"]["args"]  # what the start script runs
+    start = code_bundle.OPERATOR.configmap_body()["data"]["args"]  # what the start script runs
     assert f"--peering={peering['metadata']['name']}" in start.splitlines()
 
 
@@ -1035,9 +1035,9 @@ def test_shared_class_maps_every_claim_to_the_exported_root(instance):
 
 
 def test_operator_code_zip_imports_the_installed_package(tmp_path):
-    archive = tmp_path / operator_bundle.ZIP_NAME
-    archive.write_bytes(operator_bundle.operator_zip())
-    assert operator_bundle.operator_zip() == archive.read_bytes()  # deterministic
+    archive = tmp_path / code_bundle.OPERATOR.zip_name
+    archive.write_bytes(code_bundle.OPERATOR.zip())
+    assert code_bundle.OPERATOR.zip() == archive.read_bytes()  # deterministic
     names = zipfile.ZipFile(archive).namelist()
     assert "clusterous_operator/__init__.py" in names and "clusterous_operator/crd.yaml" in names
     assert "clusterous_core/__init__.py" in names  # the core the operator imports rides along
@@ -1060,9 +1060,11 @@ def test_operator_requirements_cover_every_import_of_the_operator():
     """The pod has only the stdlib and the pinned requirements: nothing else may be imported."""
     import ast
 
-    provided = {operator_bundle.PROVIDES[req.split("==")[0]] for req in operator_bundle.REQUIREMENTS}
+    provided = {
+        dict(code_bundle.OPERATOR.provides)[req.split("==")[0]] for req in code_bundle.OPERATOR.requirements()
+    }
     imported = set()
-    with zipfile.ZipFile(io.BytesIO(operator_bundle.operator_zip())) as archive:
+    with zipfile.ZipFile(io.BytesIO(code_bundle.OPERATOR.zip())) as archive:
         for name in archive.namelist():
             if name.endswith(".py"):
                 for node in ast.walk(ast.parse(archive.read(name))):
@@ -1070,8 +1072,8 @@ def test_operator_requirements_cover_every_import_of_the_operator():
                         imported |= {alias.name.split(".")[0] for alias in node.names}
                     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                         imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - set(operator_bundle.PACKAGES)
-    assert third_party <= provided, f"not in operator_bundle.REQUIREMENTS: {third_party - provided}"
+    third_party = imported - set(sys.stdlib_module_names) - set(code_bundle.OPERATOR.packages)
+    assert third_party <= provided, f"not in code_bundle.OPERATOR.requirements(): {third_party - provided}"
     assert "kopf" in third_party
 
 
@@ -1079,7 +1081,7 @@ def test_operator_code_configmap_matches_the_deployment(tmp_path):
     (configmap,) = yaml.safe_load_all(render_manifests(make_inputs())[addons.OPERATOR_CODE_FILE])
     validate_k8s([configmap])
     assert (
-        base64.b64decode(configmap["binaryData"][operator_bundle.ZIP_NAME]) == operator_bundle.operator_zip()
+        base64.b64decode(configmap["binaryData"][code_bundle.OPERATOR.zip_name]) == code_bundle.OPERATOR.zip()
     )
     (deployment,) = [
         d for d in all_docs() if d["metadata"]["name"] == "clusterous-operator" and d["kind"] == "Deployment"
@@ -1089,7 +1091,7 @@ def test_operator_code_configmap_matches_the_deployment(tmp_path):
     assert volumes["code"]["configMap"]["name"] == configmap["metadata"]["name"]
     annotation = "clusterous.io/code-hash"
     assert template["metadata"]["annotations"][annotation] == configmap["metadata"]["annotations"][annotation]
-    assert len(configmap["binaryData"][operator_bundle.ZIP_NAME]) < 900_000  # ConfigMaps hold 1 MiB
+    assert len(configmap["binaryData"][code_bundle.OPERATOR.zip_name]) < 900_000  # ConfigMaps hold 1 MiB
 
 
 # The operator's start script (install the lock once per lock hash, then kopf): tests/test_pins.py.
@@ -1147,16 +1149,16 @@ def test_up_applies_the_operator_code_through_the_api_once(k8s_api):
         "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "clusterous-system"}}
     )
     with kubernetes.config.new_client_from_config(config_file=str(k8s_api.kubeconfig)) as client:
-        assert operator_bundle.apply_code(client) == "created"
-        assert operator_bundle.apply_code(client) == "unchanged"
+        assert code_bundle.OPERATOR.apply(client) == "created"
+        assert code_bundle.OPERATOR.apply(client) == "unchanged"
         k8s_api.patch(
-            "configmaps", operator_bundle.CONFIGMAP, {"metadata": {"annotations": {"clusterous.io/code-hash": "old"}}},
+            "configmaps", code_bundle.OPERATOR.configmap, {"metadata": {"annotations": {"clusterous.io/code-hash": "old"}}},
             namespace="clusterous-system",
         )  # fmt: skip
-        assert operator_bundle.apply_code(client) == "updated"
-    stored = k8s_api.get("configmaps", operator_bundle.CONFIGMAP, namespace="clusterous-system")
-    assert base64.b64decode(stored["binaryData"][operator_bundle.ZIP_NAME]) == operator_bundle.operator_zip()
-    assert stored["metadata"]["annotations"]["clusterous.io/code-hash"] == operator_bundle.code_hash()
+        assert code_bundle.OPERATOR.apply(client) == "updated"
+    stored = k8s_api.get("configmaps", code_bundle.OPERATOR.configmap, namespace="clusterous-system")
+    assert base64.b64decode(stored["binaryData"][code_bundle.OPERATOR.zip_name]) == code_bundle.OPERATOR.zip()
+    assert stored["metadata"]["annotations"]["clusterous.io/code-hash"] == code_bundle.OPERATOR.code_hash()
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,46 +14,29 @@ import base64
 import hashlib
 import importlib.metadata
 import io
-import re
 import zipfile
 from pathlib import Path
 
 import yaml
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from clusterous_provisioner import addons, code_bundle, operator_bundle
+from clusterous_provisioner import addons, code_bundle
 from clusterous_provisioner.code_bundle import AUTOSCALER, OPERATOR
 from tests.addons_support import run_start_script
+from tests.lock_support import assert_hashed_and_closed, locked_versions
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "provisioner" / "clusterous_provisioner" / AUTOSCALER.lock_file
-# the pinned Python image's CPython 3.12 on Linux (test_pins.py evaluates markers the same way)
-MARKERS = {
-    "python_version": "3.12", "python_full_version": "3.12.11", "sys_platform": "linux",
-    "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython", "extra": "",
-    "platform_python_implementation": "CPython", "platform_machine": "x86_64",
-}  # fmt: skip
 
 
 def lock(bundle=AUTOSCALER) -> dict[str, str]:
-    return {canonicalize_name(name): version for name, (version, _) in bundle.read_lock().items()}
+    return locked_versions(bundle)
 
 
 def test_the_lock_pins_the_closure_of_what_the_code_imports_with_hashes():
     entries = AUTOSCALER.read_lock()
     assert set(AUTOSCALER.direct) <= set(lock())
-    for name, (version, hashes) in entries.items():
-        assert re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), name
-        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
-    for name, version in lock().items():  # closed
-        for text in importlib.metadata.requires(name) or []:
-            requirement = Requirement(text)
-            if requirement.marker is not None and not requirement.marker.evaluate(MARKERS):
-                continue
-            dependency = canonicalize_name(requirement.name)
-            assert dependency in lock(), f"{name} {version} needs {requirement}, which the lock lacks"
-            assert requirement.specifier.contains(lock()[dependency], prereleases=True), (name, requirement)
+    assert_hashed_and_closed(AUTOSCALER)
     # what both pods install is the same version with the same wheels
     shared = set(lock()) & set(lock(OPERATOR))
     assert {"kubernetes", "pydantic", "pyyaml", "urllib3"} <= shared
@@ -104,7 +87,7 @@ def test_the_code_configmap_is_deterministic_and_fits_in_a_configmap():
     assert configmap["metadata"]["annotations"][code_bundle.HASH_ANNOTATION] == AUTOSCALER.code_hash()
     volumes = {v["name"]: v for v in template["spec"]["volumes"]}
     assert volumes["code"]["configMap"]["name"] == configmap["metadata"]["name"] == AUTOSCALER.configmap
-    assert template["spec"]["containers"][0]["image"] == operator_bundle.OPERATOR_IMAGE
+    assert template["spec"]["containers"][0]["image"] == code_bundle.PYTHON_IMAGE
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in opened.infolist())
 

@@ -24,39 +24,25 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from clusterous_provisioner import addons, code_bundle, operator_bundle
+from clusterous_provisioner import addons, code_bundle
 from tests.addons_support import run_start_script
+from tests.lock_support import assert_hashed_and_closed, locked_versions
 
 REPO = Path(__file__).resolve().parents[1]
-LOCK = REPO / "operator" / "clusterous_operator" / operator_bundle.LOCK_FILE
+LOCK = REPO / "operator" / "clusterous_operator" / code_bundle.OPERATOR.lock_file
 
 
 def lock() -> dict[str, str]:
-    pins = {}
-    for name, (version, _) in operator_bundle.read_lock().items():
-        assert re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), f"not name==version: {name}=={version}"
-        pins[canonicalize_name(name)] = version
-    return pins
+    return locked_versions(code_bundle.OPERATOR)
 
 
 def test_the_lock_pins_the_closure_of_kopf_kubernetes_and_pyyaml_with_hashes():
-    entries = operator_bundle.read_lock()
-    assert set(operator_bundle.DIRECT) <= set(lock())
-    assert tuple(f"{name}=={lock()[name]}" for name in operator_bundle.DIRECT) == operator_bundle.REQUIREMENTS
-    for name, (_, hashes) in entries.items():
-        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
-    # closed: what each locked distribution requires (on the image's CPython 3.12 on Linux) is locked too
-    env = {"python_version": "3.12", "python_full_version": "3.12.11", "sys_platform": "linux"}
-    env |= {"platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython", "extra": ""}
-    env |= {"platform_python_implementation": "CPython", "platform_machine": "x86_64"}
-    for name, version in lock().items():
-        for text in importlib.metadata.requires(name) or []:
-            requirement = Requirement(text)
-            if requirement.marker is not None and not requirement.marker.evaluate(env):
-                continue
-            dependency = canonicalize_name(requirement.name)
-            assert dependency in lock(), f"{name} {version} needs {requirement}, which the lock lacks"
-            assert requirement.specifier.contains(lock()[dependency], prereleases=True), (name, requirement)
+    assert set(code_bundle.OPERATOR.direct) <= set(lock())
+    assert (
+        tuple(f"{name}=={lock()[name]}" for name in code_bundle.OPERATOR.direct)
+        == code_bundle.OPERATOR.requirements()
+    )
+    assert_hashed_and_closed(code_bundle.OPERATOR)
 
 
 def test_the_installed_versions_are_the_locked_ones():
@@ -77,11 +63,9 @@ def test_ci_installs_with_the_lock_as_constraints():
 
 def test_the_operator_image_is_the_deployments_pinned_by_digest_and_installs_the_lock_with_hashes():
     dockerfile = (REPO / "operator" / "Dockerfile").read_text()
-    assert f"FROM {operator_bundle.OPERATOR_IMAGE}\n" in dockerfile
-    assert re.fullmatch(
-        r"python:3\.12\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", operator_bundle.OPERATOR_IMAGE
-    )
-    assert f"COPY operator/clusterous_operator/{operator_bundle.LOCK_FILE} " in dockerfile
+    assert f"FROM {code_bundle.PYTHON_IMAGE}\n" in dockerfile
+    assert re.fullmatch(r"python:3\.12\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", code_bundle.PYTHON_IMAGE)
+    assert f"COPY operator/clusterous_operator/{code_bundle.OPERATOR.lock_file} " in dockerfile
     assert re.search(
         r"pip install --require-hashes --no-deps --only-binary=:all: -r \S*requirements\.txt", dockerfile
     )
@@ -100,12 +84,12 @@ def rendered_operator() -> list[dict]:
 def test_the_operator_deployment_runs_the_pinned_image_and_gets_the_lock_with_its_code():
     (deployment,) = [d for d in rendered_operator() if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == operator_bundle.OPERATOR_IMAGE
-    configmap = operator_bundle.code_configmap()
-    assert configmap["data"][operator_bundle.LOCK_FILE] == LOCK.read_text()  # what start.sh installs
+    assert container["image"] == code_bundle.PYTHON_IMAGE
+    configmap = code_bundle.OPERATOR.configmap_body()
+    assert configmap["data"][code_bundle.OPERATOR.lock_file] == LOCK.read_text()  # what start.sh installs
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["code"]["configMap"]["name"] == operator_bundle.CONFIGMAP
+    assert volumes["code"]["configMap"]["name"] == code_bundle.OPERATOR.configmap
     assert mounts["code"] == "/opt/clusterous/code" and "hostPath" in volumes["site"]  # the cache survives
 
 
@@ -114,7 +98,7 @@ def start_operator(tmp_path: Path, lock_text: str) -> list[str]:
 
 
 def test_the_pod_installs_the_lock_with_hashes_once_per_lock_hash(tmp_path):
-    lock_text = operator_bundle.lock_text()
+    lock_text = code_bundle.OPERATOR.lock_text()
     start_operator(tmp_path, lock_text)
     lines = start_operator(tmp_path, lock_text)  # a restart: the cache on the host is used
     installs = [line for line in lines if " pip install " in line]
@@ -124,11 +108,11 @@ def test_the_pod_installs_the_lock_with_hashes_once_per_lock_hash(tmp_path):
         and "--no-deps" in installs[0]
         and "--only-binary=:all:" in installs[0]
     )
-    assert f"-r {tmp_path}/code/{operator_bundle.LOCK_FILE} PYTHONPATH=" in installs[0]
-    assert (tmp_path / "site" / f"site-{operator_bundle.lock_hash()}" / ".complete").exists()
-    assert operator_bundle.lock_hash() == hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
+    assert f"-r {tmp_path}/code/{code_bundle.OPERATOR.lock_file} PYTHONPATH=" in installs[0]
+    assert (tmp_path / "site" / f"site-{code_bundle.OPERATOR.lock_hash()}" / ".complete").exists()
+    assert code_bundle.OPERATOR.lock_hash() == hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
     runs = [line for line in lines if " kopf run " in line]
-    assert len(runs) == 2 and f"-m {operator_bundle.OPERATOR_MODULE} PYTHONPATH=" in runs[0]
+    assert len(runs) == 2 and f"-m {code_bundle.OPERATOR.argv[-1]} PYTHONPATH=" in runs[0]
     lines = start_operator(tmp_path, lock_text + "# a new version\n")  # a new lock: installed anew
     assert len([line for line in lines if " pip install " in line]) == 2
 

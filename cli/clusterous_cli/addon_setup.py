@@ -32,9 +32,9 @@ def set_up(api, info: dict, wanted_level: int | None, spot: bool = False) -> Set
     from kubernetes import client
 
     from clusterous_cli import buildjob, registry
-    from clusterous_provisioner import operator_bundle
+    from clusterous_provisioner import code_bundle
 
-    code = operator_bundle.apply_code(api, NAMESPACE)
+    code = code_bundle.OPERATOR.apply(api, NAMESPACE)
     autoscaler = apply_autoscaler(api)
     if spot:
         from clusterous_provisioner import spot as spot_addon

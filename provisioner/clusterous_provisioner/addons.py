@@ -80,7 +80,7 @@ def registries_yaml(controller_ip: str) -> str:
 
 def values_for(inputs) -> dict[str, str]:
     """Template values from BootstrapInputs (duck-typed to keep this module free of a cycle)."""
-    from clusterous_provisioner import operator_bundle
+    from clusterous_provisioner import code_bundle
 
     parent, _, name = SHARED_DIR.rpartition("/")
     return {
@@ -100,8 +100,8 @@ def values_for(inputs) -> dict[str, str]:
         "registry_image": REGISTRY_IMAGE,
         "csi_nfs_version": CSI_NFS_VERSION,
         "csi_nfs_image": CSI_NFS_IMAGE,
-        "operator_image": operator_bundle.OPERATOR_IMAGE,
-        "operator_code_hash": operator_bundle.code_hash(),
+        "operator_image": code_bundle.PYTHON_IMAGE,
+        "operator_code_hash": code_bundle.OPERATOR.code_hash(),
         **autoscaler_values(),
     }
 

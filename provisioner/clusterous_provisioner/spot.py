@@ -186,9 +186,9 @@ def wake_on_notice(api_client, wake: threading.Event, stop: threading.Event) -> 
 def manifest_text() -> str:
     """manifests/spot-watch.yaml filled in: the operator's pinned Python image and the script.
     Applied by `up` through the API (addons.APPLIED_LATER), not in the controller's user-data."""
-    from clusterous_provisioner import addons, operator_bundle
+    from clusterous_provisioner import addons, code_bundle
 
-    values = {"operator_image": operator_bundle.OPERATOR_IMAGE, **watch_values()}
+    values = {"operator_image": code_bundle.PYTHON_IMAGE, **watch_values()}
     return addons.fill(addons.template(addons.SPOT_WATCH_FILE), values, addons.SPOT_WATCH_FILE)
 
 
