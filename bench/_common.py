@@ -3,6 +3,7 @@ behind the AWS realism layer, as an account with no credentials of the user's.""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -15,6 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / p) for p in ("", "core", "cli", "provisioner", "operator")]
 KEX_CIPHER = re.compile(r"kex: client->server cipher: (\S+)")
+# moto as the AWS-call benches need it: AMI ids checked, AWS managed IAM policies present
+os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
+os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 
 
 @contextlib.contextmanager
@@ -85,6 +89,12 @@ def moto_account() -> Iterator[tuple[str, Path]]:
     finally:
         proxy.stop()
         server.stop()
+
+
+def counted_calls(log: Path) -> collections.Counter:
+    """AWS API calls by operation, from the call log of tests/harness/faults.py (`<service> <operation>`
+    a line)."""
+    return collections.Counter(line.split()[1] for line in log.read_text().splitlines() if line.strip())
 
 
 def offer_only(sshd, cipher: str) -> None:

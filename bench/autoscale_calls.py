@@ -23,19 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import moto_account
+from _common import counted_calls, moto_account
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / p) for p in ("", "core", "cli", "provisioner", "operator")]
-os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
-os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 SIZES = (1, 10, 50)
 
 from clusterous_core.names import GROUP_LABEL  # noqa: E402
-
-
-def _counted(log: Path) -> collections.Counter:
-    return collections.Counter(line.split()[1] for line in log.read_text().splitlines() if line.strip())
 
 
 def _pod(i: int) -> dict:
@@ -87,7 +79,7 @@ def measure(url: str, workdir: Path, nodes: int) -> tuple[collections.Counter, c
         log.write_text("")
         (grow,) = autoscaler.run_once(api, clients, autoscaler.read_record(api), now, drain, quiet)
         assert (grow.action, grow.count) == ("grow", nodes), grow
-        grew = _counted(log)
+        grew = counted_calls(log)
 
         ec2 = clients.ec2
         flt = [{"Name": "tag:clusterous:group", "Values": ["worker"]}]
@@ -104,7 +96,7 @@ def measure(url: str, workdir: Path, nodes: int) -> tuple[collections.Counter, c
             api, clients, autoscaler.read_record(api), now + 20 * 60, drain, quiet
         )
         assert (shrink.action, shrink.count) == ("shrink", nodes), shrink
-        return grew, _counted(log)
+        return grew, counted_calls(log)
     finally:
         k8s.stop()
 

@@ -22,16 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import moto_account
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
-os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-
-
-def _counted(log: Path) -> collections.Counter:
-    return collections.Counter(line.split()[1] for line in log.read_text().splitlines() if line.strip())
+from _common import counted_calls, moto_account
 
 
 def count_down(workdir: Path, workers: int) -> tuple[collections.Counter, float]:
@@ -45,7 +36,7 @@ def count_down(workdir: Path, workers: int) -> tuple[collections.Counter, float]
         code = run(["down", "bench", "--yes"])
     elapsed = time.perf_counter() - start
     assert code == 0, f"down failed with exit code {code}"
-    return _counted(log), elapsed
+    return counted_calls(log), elapsed
 
 
 def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter, float]:
@@ -66,7 +57,7 @@ def count_up(url: str, workdir: Path, workers: int) -> tuple[collections.Counter
                     "--ssh-cidr", "198.51.100.7/32", "--no-wait", "--yes"])  # fmt: skip
     elapsed = time.perf_counter() - start
     assert code == 0, f"up failed with exit code {code}"
-    return _counted(log), elapsed
+    return counted_calls(log), elapsed
 
 
 def main() -> int:

@@ -20,17 +20,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from _common import moto_account
+from _common import counted_calls, moto_account
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / p) for p in ("", "core", "cli", "provisioner", "operator")]
-os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
-os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 SIZES = (1, 10, 40)
-
-
-def _counted(log: Path) -> collections.Counter:
-    return collections.Counter(line.split()[1] for line in log.read_text().splitlines() if line.strip())
 
 
 def measure(url: str, workdir: Path, workers: int) -> tuple[collections.Counter, collections.Counter]:
@@ -50,11 +42,11 @@ def measure(url: str, workdir: Path, workers: int) -> tuple[collections.Counter,
                     "--no-wait", "--yes"]) == 0  # fmt: skip
         log.write_text("")
         assert run(["suspend", "--cluster", "bench", "--yes"]) == 0
-        suspended = _counted(log)
+        suspended = counted_calls(log)
         log.write_text("")
         request = lifecycle.ResumeRequest("bench", "bench-bucket")
         lifecycle.resume(Clients("us-east-1"), request, lifecycle.Hooks(report=lambda _line: None))
-        return suspended, _counted(log)
+        return suspended, counted_calls(log)
 
 
 def main() -> int:
